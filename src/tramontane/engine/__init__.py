@@ -1,0 +1,39 @@
+"""Tramontane's inference engine: Llama/Mistral/Mixtral on PyTorch with continuous
+batching, a paged KV cache with prefix caching, and an asyncio front end."""
+
+from .async_engine import AsyncEngine
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import EngineConfig, ModelConfig
+from .errors import (
+    EngineDeadError,
+    EngineError,
+    EngineOverloadedError,
+    InvalidRequestError,
+    ModelLoadError,
+)
+from .llm_engine import EngineStats, LLMEngine
+from .outputs import CompletionOutput, RequestOutput, TokenLogprob
+from .sampling_params import SamplingParams, TokenConstraint
+from .tokenizer import IncrementalDecoder, Tokenizer
+
+__all__ = [
+    "AsyncEngine",
+    "Checkpoint",
+    "CompletionOutput",
+    "EngineConfig",
+    "EngineDeadError",
+    "EngineError",
+    "EngineOverloadedError",
+    "EngineStats",
+    "IncrementalDecoder",
+    "InvalidRequestError",
+    "LLMEngine",
+    "ModelConfig",
+    "ModelLoadError",
+    "RequestOutput",
+    "SamplingParams",
+    "TokenConstraint",
+    "TokenLogprob",
+    "Tokenizer",
+    "load_checkpoint",
+]

@@ -1,0 +1,147 @@
+"""Asyncio front end: many concurrent requests, one engine loop thread.
+
+Callers on the event loop never touch engine state directly: adds and aborts go
+through a command queue that the loop thread drains between steps, and outputs
+come back through a per-request asyncio.Queue. A step never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from .config import EngineConfig
+from .errors import EngineDeadError, EngineError
+from .llm_engine import EngineStats, LLMEngine
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.dead: BaseException | None = None
+
+    @classmethod
+    def from_path(
+        cls, path: str, config: EngineConfig | None = None, on_progress: Callable[[int, int], None] | None = None
+    ) -> "AsyncEngine":
+        return cls(LLMEngine.from_path(path, config, on_progress))
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def model_config(self):
+        return self.engine.model_config
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
+            self._thread.start()
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[RequestOutput]:
+        if self.dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self.dead}")
+        if request_id in self._streams:
+            raise EngineError(f"request id {request_id!r} is already in use")
+        self.engine.check_request(prompt_token_ids, params)  # fail fast, before queueing
+        stream = _Stream(asyncio.get_running_loop())
+        self._streams[request_id] = stream
+        self._commands.put(("add", request_id, list(prompt_token_ids), params))
+        self._wakeup.set()
+        finished = False
+        try:
+            while not finished:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:
+                self._commands.put(("abort", request_id))
+                self._wakeup.set()
+            self._streams.pop(request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+        self._wakeup.set()
+
+    # -- the loop thread -----------------------------------------------------------
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            request_id = command[1]
+            if command[0] == "add":
+                try:
+                    self.engine.add_request(request_id, command[2], command[3])
+                except EngineError as exc:
+                    if (stream := self._streams.get(request_id)) is not None:
+                        stream.put(exc)
+            else:
+                out = self.engine.abort(request_id)
+                if out is not None and (stream := self._streams.get(request_id)) is not None:
+                    stream.put(out)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                self._apply_commands()
+                if not self.engine.has_work():
+                    self._wakeup.wait()
+                    self._wakeup.clear()
+                    continue
+                for out in self.engine.step():
+                    if (stream := self._streams.get(out.request_id)) is not None:
+                        stream.put(out)
+        except BaseException as exc:  # a bug in the loop: fail every waiter, loudly
+            log.exception("engine loop crashed")
+            self.dead = exc
+            for stream in list(self._streams.values()):
+                stream.put(EngineDeadError(f"the engine stopped: {exc}"))

@@ -1,0 +1,110 @@
+"""Paged attention over a block-structured KV cache (portable PyTorch path).
+
+Each layer's cache is a flat pool of slots `[num_blocks * block_size, kv_heads, head_dim]`;
+a sequence owns whole blocks, listed in its block table. A step writes the new tokens'
+K/V into their slots, gathers each sequence's context through its slot list and runs
+one batched scaled-dot-product attention with a mask that encodes causality, padding
+and the sliding window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    # Where this step's K/V go: one slot per real (non-padding) query token.
+    slot_mapping: torch.Tensor  # [num_real_tokens]
+    # Positions of the real tokens in the flattened [B * Lq] batch; None when no padding.
+    real_token_index: torch.Tensor | None
+    # Cache slots forming each sequence's context, padded to the longest.
+    key_slots: torch.Tensor  # [B, Lk]
+    # True where query i of sequence b may attend key j; None when every key is visible.
+    attn_mask: torch.Tensor | None  # [B, 1, Lq, Lk]
+
+
+def build_metadata(
+    positions: list[list[int]],
+    block_tables: list[list[int]],
+    block_size: int,
+    sliding_window: int | None,
+    device: torch.device,
+) -> AttentionMetadata:
+    """Metadata for a batch where sequence b computes tokens at `positions[b]`
+    (consecutive) and attends to everything up to its last position."""
+    batch = len(positions)
+    max_q = max(len(p) for p in positions)
+    ctx_lens = [p[-1] + 1 for p in positions]
+    max_k = max(ctx_lens)
+
+    tables = torch.zeros(batch, max(len(t) for t in block_tables), dtype=torch.long)
+    for b, table in enumerate(block_tables):
+        tables[b, : len(table)] = torch.tensor(table, dtype=torch.long)
+    key_pos = torch.arange(max_k)
+    key_slots = tables[:, key_pos // block_size] * block_size + key_pos % block_size
+    key_slots = torch.where(key_pos[None, :] < torch.tensor(ctx_lens)[:, None], key_slots, 0)
+
+    q_pos = torch.full((batch, max_q), -1, dtype=torch.long)
+    for b, p in enumerate(positions):
+        q_pos[b, : len(p)] = torch.tensor(p, dtype=torch.long)
+    real = q_pos >= 0
+    flat_real = real.flatten()
+    slot_of_query = tables.gather(1, (q_pos.clamp(min=0) // block_size)) * block_size + q_pos.clamp(
+        min=0
+    ) % block_size
+    slot_mapping = slot_of_query.flatten()[flat_real]
+    real_index = None if bool(flat_real.all()) else flat_real.nonzero().squeeze(1)
+
+    mask = None
+    needs_mask = not (batch == 1 and max_q == 1 and sliding_window is None)
+    if needs_mask:
+        kp = key_pos[None, None, :]
+        qp = q_pos[:, :, None]
+        mask = kp <= qp
+        if sliding_window is not None:
+            mask &= kp > qp - sliding_window
+        # Padding queries see key 0 only, so softmax never meets an all-masked row.
+        mask |= (~real)[:, :, None] & (kp == 0)
+        mask = mask.unsqueeze(1)
+    return AttentionMetadata(
+        slot_mapping=slot_mapping.to(device),
+        real_token_index=None if real_index is None else real_index.to(device),
+        key_slots=key_slots.to(device),
+        attn_mask=None if mask is None else mask.to(device),
+    )
+
+
+def paged_attention(
+    q: torch.Tensor,  # [B, Lq, H, D]
+    k: torch.Tensor,  # [B, Lq, KVH, D]
+    v: torch.Tensor,
+    k_cache: torch.Tensor,  # [slots, KVH, D]
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    k_new = k.reshape(-1, kv_heads, head_dim)
+    v_new = v.reshape(-1, kv_heads, head_dim)
+    if meta.real_token_index is not None:
+        k_new = k_new.index_select(0, meta.real_token_index)
+        v_new = v_new.index_select(0, meta.real_token_index)
+    k_cache.index_copy_(0, meta.slot_mapping, k_new.to(k_cache.dtype))
+    v_cache.index_copy_(0, meta.slot_mapping, v_new.to(v_cache.dtype))
+
+    keys = k_cache[meta.key_slots].to(q.dtype)  # [B, Lk, KVH, D]
+    values = v_cache[meta.key_slots].to(q.dtype)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        keys.transpose(1, 2),
+        values.transpose(1, 2),
+        attn_mask=meta.attn_mask,
+        scale=scale,
+        enable_gqa=heads != kv_heads,
+    )
+    return out.transpose(1, 2).reshape(batch, q_len, heads * head_dim)

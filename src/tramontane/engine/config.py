@@ -1,0 +1,52 @@
+"""Model architecture and engine settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """Hyperparameters of a Llama/Mistral/Mixtral-family decoder, in HF terms."""
+
+    architecture: str  # "llama" | "mistral" | "mixtral"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # HF rope_scaling dict, e.g. {"rope_type": "llama3", "factor": 8.0, ...} or linear.
+    rope_scaling: dict | None = None
+    max_position_embeddings: int = 4096
+    sliding_window: int | None = None
+    tie_word_embeddings: bool = False
+    # Mixtral-style sparse MoE; 0 experts means a dense MLP.
+    num_local_experts: int = 0
+    num_experts_per_tok: int = 2
+    bos_token_id: int | None = None
+    eos_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_local_experts > 0
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    # KV cache size; None sizes it from kv_cache_memory_gb.
+    num_kv_blocks: int | None = None
+    kv_cache_memory_gb: float = 1.0
+    max_num_seqs: int = 64  # sequences running at once
+    max_num_batched_tokens: int = 512  # prefill chunk budget per step
+    max_model_len: int | None = None  # defaults to the model's context length
+    max_waiting_requests: int = 256  # admission limit before EngineOverloadedError
+    enable_prefix_caching: bool = True
+    # Weight-only quantization of the linear layers: "none" | "bf16" | "int8" | "int4".
+    quantization: str = "none"
+    device: str = "cpu"
+    dtype: str = "float32"

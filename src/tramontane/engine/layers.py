@@ -1,0 +1,132 @@
+"""Building blocks of the decoder: RMSNorm, rotary embeddings, weight-only quantized linears."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in f32 whatever the activation dtype, as HF does.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
+    """Inverse frequencies, with Llama-3 or linear context scaling applied."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if not scaling:
+        return inv_freq.float()
+    kind = scaling.get("rope_type") or scaling.get("type")
+    factor = float(scaling.get("factor", 1.0))
+    if kind == "linear":
+        return (inv_freq / factor).float()
+    if kind == "llama3":
+        low = float(scaling.get("low_freq_factor", 1.0))
+        high = float(scaling.get("high_freq_factor", 4.0))
+        old_ctx = float(scaling.get("original_max_position_embeddings", 8192))
+        wavelen = 2 * math.pi / inv_freq
+        # Long wavelengths are slowed by `factor`, short ones kept, the band between blended.
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        out = torch.where(wavelen > old_ctx / low, inv_freq / factor, blended)
+        out = torch.where(wavelen < old_ctx / high, inv_freq, out)
+        return out.float()
+    if kind in (None, "default"):
+        return inv_freq.float()
+    raise ValueError(f"unsupported rope scaling type {kind!r}")
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables indexed by absolute position, HF rotate_half layout."""
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: dict | None):
+        super().__init__()
+        inv_freq = rope_inv_freq(head_dim, theta, scaling)
+        t = torch.arange(max_positions, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # [B, L] -> [B, L, 1, D] so they broadcast over heads.
+        return self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+QUANTIZATIONS = ("none", "bf16", "int8", "int4")
+INT4_GROUP = 32
+
+
+class Linear(nn.Module):
+    """A bias-free linear layer whose weight may be stored quantized (weight-only).
+
+    Decode on CPU is bound by reading weights, so smaller weights mean faster tokens;
+    activations stay in the model dtype and only the matmul sees the compact form.
+    """
+
+    def __init__(self, weight: torch.Tensor, quantization: str = "none"):
+        super().__init__()
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}")
+        out_features, in_features = weight.shape
+        if quantization == "int4" and in_features % (INT4_GROUP * 2) != 0:
+            quantization = "int8"  # the int4 kernel needs whole groups
+        self.quantization = quantization
+        self.out_features = out_features
+        weight = weight.float()
+        if quantization == "none":
+            self.register_buffer("weight", weight.contiguous())
+        elif quantization == "bf16":
+            self.register_buffer("weight", weight.to(torch.bfloat16).contiguous())
+        elif quantization == "int8":
+            scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+            q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+            self.register_buffer("weight", q.contiguous())
+            self.register_buffer("scale", scale)
+        else:
+            self._quantize_int4(weight)
+
+    def _quantize_int4(self, weight: torch.Tensor) -> None:
+        # Asymmetric 4-bit groups of 32 along the input dim: w = (q - 8) * scale + zero.
+        n, k = weight.shape
+        groups = weight.view(n, k // INT4_GROUP, INT4_GROUP)
+        lo, hi = groups.amin(-1), groups.amax(-1)
+        scale = ((hi - lo) / 15.0).clamp(min=1e-8)
+        q = torch.round((groups - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
+        zero = lo + 8.0 * scale
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.view(n, k), INT4_GROUP)
+        self.register_buffer("weight", packed)
+        scales_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
+        self.register_buffer("scales_zeros", scales_zeros.to(torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantization == "none":
+            return F.linear(x, self.weight)
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.quantization == "bf16":
+            y = F.linear(x2.to(torch.bfloat16), self.weight)
+        elif self.quantization == "int8":
+            y = torch._weight_int8pack_mm(x2, self.weight, self.scale.to(x2.dtype))
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2.to(torch.bfloat16), self.weight, INT4_GROUP, self.scales_zeros
+            )
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)

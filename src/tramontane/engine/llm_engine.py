@@ -1,0 +1,254 @@
+"""The synchronous engine: admission, one scheduling step at a time, outputs.
+
+`LLMEngine.step()` schedules a batch, runs the model, samples, and turns new tokens
+into text, applying stop conditions. The async front end (`AsyncEngine`) drives it
+from a single background thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .block_manager import BlockManager
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import EngineConfig
+from .errors import EngineOverloadedError, InvalidRequestError
+from .outputs import CompletionOutput, RequestOutput
+from .runner import ModelRunner
+from .sampler import sample
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Sequence, SeqStatus
+from .tokenizer import IncrementalDecoder
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_kv_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    seqs: list[Sequence]
+    arrival_time: float
+
+
+class LLMEngine:
+    def __init__(self, checkpoint: Checkpoint, config: EngineConfig | None = None):
+        self.config = config = config or EngineConfig()
+        self.name = checkpoint.name
+        self.model_config = checkpoint.config
+        self.tokenizer = checkpoint.tokenizer
+        self.runner = ModelRunner(checkpoint.config, checkpoint.tensors, config)
+        assert config.num_kv_blocks is not None
+        self.blocks = BlockManager(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.blocks)
+        capacity = config.num_kv_blocks * config.block_size
+        self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings, capacity)
+        self.eos_ids = sorted(set(self.model_config.eos_token_ids) | set(self.tokenizer.eos_token_ids))
+        self.requests: dict[str, _Request] = {}
+        self._arrivals = itertools.count()
+
+    @classmethod
+    def from_path(
+        cls, path: str, config: EngineConfig | None = None, on_progress: Callable[[int, int], None] | None = None
+    ) -> "LLMEngine":
+        return cls(load_checkpoint(path, on_progress=on_progress), config)
+
+    # -- admission -----------------------------------------------------------------
+
+    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
+        """Validate a request without changing any state; returns its max_tokens.
+        Safe to call from another thread: it reads only sizes."""
+        params.validate()
+        n_prompt = len(prompt_token_ids)
+        if n_prompt == 0:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        if n_prompt >= self.max_model_len:
+            raise InvalidRequestError(
+                f"This model's maximum context length is {self.max_model_len} tokens, "
+                f"but the prompt has {n_prompt} tokens.",
+                param="messages",
+            )
+        room = self.max_model_len - n_prompt
+        max_tokens = params.max_tokens if params.max_tokens is not None else room
+        if max_tokens > room:
+            raise InvalidRequestError(
+                f"max_tokens is too large: the prompt has {n_prompt} tokens and the model's "
+                f"maximum context length is {self.max_model_len}, leaving room for {room}.",
+                param="max_tokens",
+            )
+        if len(self.scheduler.waiting) + params.n > self.config.max_waiting_requests:
+            raise EngineOverloadedError(
+                f"the engine queue is full ({len(self.scheduler.waiting)} waiting); retry later"
+            )
+        return max_tokens
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        max_tokens = self.check_request(prompt_token_ids, params)
+        arrival = next(self._arrivals)
+        seqs = [
+            Sequence(request_id, i, prompt_token_ids, params, max_tokens,
+                     IncrementalDecoder(self.tokenizer, prompt_token_ids), arrival)
+            for i in range(params.n)
+        ]
+        self.requests[request_id] = _Request(request_id, list(prompt_token_ids), seqs, time.monotonic())
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        for seq in req.seqs:
+            if not seq.finished:
+                self._finish(seq, "abort")
+        return self._collect(req)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.blocks.usage(),
+            num_kv_blocks=self.blocks.num_blocks,
+            prefix_cache_queries=self.blocks.prefix_queries,
+            prefix_cache_hits=self.blocks.prefix_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+        )
+
+    # -- the step ------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        try:
+            logits, rows = self.runner.execute(batch)
+        except Exception as exc:  # a failed forward must not take the other requests down
+            failed = {s.request_id: self.requests[s.request_id] for s in batch.seqs}
+            return [self._fail(req, exc) for req in failed.values()]
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.blocks.register_full_blocks(seq)
+        sampling_seqs = [batch.seqs[r] for r in rows]
+        touched: dict[str, _Request] = {}
+        if sampling_seqs:
+            tokens, logprobs = sample(logits, sampling_seqs, self.eos_ids)
+            for seq, token, lp in zip(sampling_seqs, tokens, logprobs):
+                try:
+                    self._append_token(seq, token, lp)
+                except Exception as exc:  # e.g. a grammar rejecting a token
+                    self._finish(seq, "error", stop_reason=str(exc))
+                touched[seq.request_id] = self.requests[seq.request_id]
+        return [self._collect(req) for req in touched.values()]
+
+    def _append_token(self, seq: Sequence, token: int, logprob) -> None:
+        p = seq.params
+        seq.token_ids.append(token)
+        seq.new_token_ids.append(token)
+        if logprob is not None:
+            seq.new_logprobs.append(logprob)
+        if seq.constraint is not None:
+            seq.constraint.accept(token)
+        is_eos = token in self.eos_ids and not p.ignore_eos
+        if not is_eos:
+            seq.text += seq.decoder.step(token)
+        if is_eos:
+            self._finish(seq, "stop")
+        elif token in p.stop_token_ids:
+            self._finish(seq, "stop", stop_reason=token)
+        elif self._match_stop_string(seq):
+            pass
+        elif seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
+            self._finish(seq, "length")
+        elif seq.constraint is not None and seq.constraint.is_finished():
+            self._finish(seq, "stop")
+
+    def _match_stop_string(self, seq: Sequence) -> bool:
+        stops = seq.params.stop
+        if not stops:
+            return False
+        # Only text that could contain a stop string not seen at the previous token.
+        window_start = max(0, seq.emitted_chars - max(len(s) for s in stops))
+        best: tuple[int, str] | None = None
+        for stop in stops:
+            idx = seq.text.find(stop, window_start)
+            if idx != -1 and (best is None or idx < best[0]):
+                best = (idx, stop)
+        if best is None:
+            return False
+        idx, stop = best
+        seq.text = seq.text[: idx + (len(stop) if seq.params.include_stop_str_in_output else 0)]
+        self._finish(seq, "stop", stop_reason=stop)
+        return True
+
+    def _finish(self, seq: Sequence, reason: str, stop_reason: str | int | None = None) -> None:
+        if reason in ("length", "abort", "error"):
+            seq.text += seq.decoder.flush()
+        seq.finish_reason = reason
+        seq.stop_reason = stop_reason
+        self.scheduler.remove(seq)
+        seq.status = SeqStatus.FINISHED
+
+    def _fail(self, req: _Request, exc: Exception) -> RequestOutput:
+        for seq in req.seqs:
+            if not seq.finished:
+                self._finish(seq, "error", stop_reason=f"{type(exc).__name__}: {exc}")
+        out = self._collect(req)
+        out.error = f"{type(exc).__name__}: {exc}"
+        return out
+
+    def _collect(self, req: _Request) -> RequestOutput:
+        """Build the RequestOutput for everything new since the last one."""
+        outputs = []
+        for seq in req.seqs:
+            hold = 0
+            if not seq.finished and seq.params.stop:
+                # Hold back a tail that may be the start of a stop string.
+                hold = max(len(s) for s in seq.params.stop) - 1
+            upto = max(seq.emitted_chars, len(seq.text) - hold)
+            delta = seq.text[seq.emitted_chars : upto]
+            seq.emitted_chars = upto
+            outputs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=seq.text[:upto],
+                    token_ids=seq.output_token_ids,
+                    delta_text=delta,
+                    delta_token_ids=seq.new_token_ids,
+                    delta_logprobs=seq.new_logprobs,
+                    finish_reason=seq.finish_reason,
+                    stop_reason=seq.stop_reason,
+                )
+            )
+            seq.new_token_ids = []
+            seq.new_logprobs = []
+        finished = all(s.finished for s in req.seqs)
+        if finished:
+            del self.requests[req.request_id]
+        return RequestOutput(
+            request_id=req.request_id,
+            prompt_token_ids=req.prompt_token_ids,
+            outputs=outputs,
+            finished=finished,
+            num_cached_prompt_tokens=req.seqs[0].num_cached_tokens,
+        )

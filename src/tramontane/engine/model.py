@@ -1,0 +1,156 @@
+"""Llama / Mistral / Mixtral decoder, written to read like the papers.
+
+One class covers the family: grouped-query attention with RoPE (optionally scaled)
+and an optional sliding window, then either a SwiGLU MLP or a sparse mixture of
+SwiGLU experts chosen per token by a top-k router (Mixtral).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import AttentionMetadata, paged_attention
+from .config import ModelConfig
+from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], quant: str):
+        super().__init__()
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.scale = cfg.head_dim**-0.5
+        # One matmul for Q, K and V: a third of the kernel launches on the hot path.
+        self.qkv_proj = Linear(torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]]), quant)
+        self.o_proj = Linear(w["o_proj"], quant)
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+
+    def forward(self, x, cos, sin, meta: AttentionMetadata) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q_size = self.n_heads * self.head_dim
+        kv_size = self.n_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = apply_rope(q.view(batch, length, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(batch, length, self.n_kv_heads, self.head_dim), cos, sin)
+        v = v.view(batch, length, self.n_kv_heads, self.head_dim)
+        out = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, quant: str):
+        super().__init__()
+        self.hidden = gate.shape[0]
+        self.gate_up_proj = Linear(torch.cat([gate, up]), quant)
+        self.down_proj = Linear(down, quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.hidden, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class SparseMoE(nn.Module):
+    """Mixtral's mixture of experts: each token goes to its top-k experts, whose
+    outputs are mixed by the renormalised router probabilities."""
+
+    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], quant: str):
+        super().__init__()
+        self.top_k = cfg.num_experts_per_tok
+        self.router = Linear(w["gate"], "none")
+        self.experts = nn.ModuleList(
+            MLP(w[f"experts.{e}.w1"], w[f"experts.{e}.w3"], w[f"experts.{e}.w2"], quant)
+            for e in range(cfg.num_local_experts)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])
+        probs = F.softmax(self.router(tokens).float(), dim=-1)
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(tokens)
+        # Group the (token, slot) pairs by expert so each expert runs once on its tokens.
+        flat_expert = chosen.flatten()
+        order = flat_expert.argsort()
+        counts = torch.bincount(flat_expert, minlength=len(self.experts)).tolist()
+        token_of_pair = order // self.top_k
+        pair_weight = weights.flatten()[order]
+        start = 0
+        for expert, count in zip(self.experts, counts):
+            if count:
+                idx = token_of_pair[start : start + count]
+                y = expert(tokens.index_select(0, idx)) * pair_weight[start : start + count, None]
+                out.index_add_(0, idx, y)
+            start += count
+        return out.view(shape)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], quant: str):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.input_layernorm.weight.copy_(w["input_layernorm.weight"])
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm.weight.copy_(w["post_attention_layernorm.weight"])
+        attn = {k: w[f"self_attn.{k}.weight"] for k in ("q_proj", "k_proj", "v_proj", "o_proj")}
+        self.self_attn = Attention(cfg, attn, quant)
+        if cfg.is_moe:
+            prefix = "block_sparse_moe."
+            moe = {k[len(prefix) :].removesuffix(".weight"): v for k, v in w.items() if k.startswith(prefix)}
+            self.mlp: nn.Module = SparseMoE(cfg, moe, quant)
+        else:
+            self.mlp = MLP(w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"], quant)
+
+    def forward(self, x, cos, sin, meta):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class CausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, tensors: dict[str, torch.Tensor], quantization: str = "none",
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = cfg
+        self.dtype = dtype
+        embed = tensors["model.embed_tokens.weight"]
+        self.embed_tokens = nn.Embedding.from_pretrained(embed.to(dtype), freeze=True)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        self.layers = nn.ModuleList()
+        for i in range(cfg.num_hidden_layers):
+            prefix = f"model.layers.{i}."
+            layer_w = {k[len(prefix) :]: v.to(dtype) for k, v in tensors.items() if k.startswith(prefix)}
+            self.layers.append(DecoderLayer(cfg, layer_w, quantization))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm.weight.copy_(tensors["model.norm.weight"])
+        head = embed if cfg.tie_word_embeddings else tensors["lm_head.weight"]
+        self.lm_head = Linear(head.to(dtype), quantization)
+        # Not self.to(dtype): that would also cast bf16/int4-scale weight buffers.
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.weight.data = module.weight.data.to(dtype)
+
+    def attention_layers(self) -> list[Attention]:
+        return [layer.self_attn for layer in self.layers]
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, L]
+        positions: torch.Tensor,  # [B, L]
+        meta: AttentionMetadata,
+        logits_index: torch.Tensor,  # flat indices of the tokens whose logits are wanted
+    ) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, meta)
+        # Only the last token of each sequence needs the (large) vocabulary projection.
+        x = x.reshape(-1, x.shape[-1]).index_select(0, logits_index)
+        return self.lm_head(self.norm(x)).float()

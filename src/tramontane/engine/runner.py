@@ -1,0 +1,71 @@
+"""Model runner: owns the weights and the KV cache, turns a scheduled batch into
+tensors, runs the forward pass and hands back logits for the sequences that sample."""
+
+from __future__ import annotations
+
+import torch
+
+from .attention import build_metadata
+from .config import EngineConfig, ModelConfig
+from .model import CausalLM
+from .scheduler import ScheduledBatch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
+
+
+class ModelRunner:
+    def __init__(self, model_config: ModelConfig, tensors: dict[str, torch.Tensor], config: EngineConfig):
+        self.config = config
+        self.model_config = model_config
+        self.device = torch.device(config.device)
+        self.dtype = _DTYPES[config.dtype]
+        self.model = CausalLM(model_config, tensors, config.quantization, self.dtype).to(self.device)
+        if config.num_kv_blocks is None:
+            per_block = kv_bytes_per_token(model_config, self.dtype) * config.block_size
+            config.num_kv_blocks = max(int(config.kv_cache_memory_gb * 2**30) // per_block, 1)
+        self.num_kv_blocks = config.num_kv_blocks
+        slots = config.num_kv_blocks * config.block_size
+        shape = (slots, model_config.num_key_value_heads, model_config.head_dim)
+        for attn in self.model.attention_layers():
+            attn.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            attn.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
+        """Run one step. Returns logits [k, vocab] and the batch rows they belong to:
+        the sequences whose computed tokens reach their end (so they sample)."""
+        positions: list[list[int]] = []
+        token_rows: list[list[int]] = []
+        sampling_rows: list[int] = []
+        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+            start = seq.num_computed_tokens
+            positions.append(list(range(start, start + n)))
+            token_rows.append(seq.token_ids[start : start + n])
+            if start + n == seq.num_tokens:
+                sampling_rows.append(row)
+        max_len = max(len(p) for p in positions)
+        input_ids = torch.zeros(len(positions), max_len, dtype=torch.long)
+        pos = torch.zeros(len(positions), max_len, dtype=torch.long)
+        for row, (toks, p) in enumerate(zip(token_rows, positions)):
+            input_ids[row, : len(toks)] = torch.tensor(toks)
+            pos[row, : len(p)] = torch.tensor(p)
+        meta = build_metadata(
+            positions,
+            [s.block_table for s in batch.seqs],
+            self.config.block_size,
+            self.model_config.sliding_window,
+            self.device,
+        )
+        logits_index = torch.tensor(
+            [row * max_len + len(positions[row]) - 1 for row in sampling_rows], dtype=torch.long
+        )
+        if not sampling_rows:
+            logits_index = logits_index[:0]
+        logits = self.model(
+            input_ids.to(self.device), pos.to(self.device), meta, logits_index.to(self.device)
+        )
+        return logits.cpu(), sampling_rows

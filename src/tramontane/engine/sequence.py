@@ -1,0 +1,87 @@
+"""State of one generated sequence (a request with n > 1 owns n of them)."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from typing import TYPE_CHECKING
+
+import torch
+
+from .outputs import TokenLogprob
+from .sampling_params import SamplingParams, TokenConstraint
+
+if TYPE_CHECKING:
+    from .tokenizer import IncrementalDecoder
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+_seq_ids = itertools.count()
+
+
+class Sequence:
+    def __init__(
+        self,
+        request_id: str,
+        index: int,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        max_tokens: int,
+        decoder: IncrementalDecoder,
+        arrival: int,
+    ):
+        self.seq_id = next(_seq_ids)
+        self.request_id = request_id
+        self.index = index
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.params = params
+        self.max_tokens = max_tokens
+        self.arrival = arrival  # FIFO order; preempted sequences keep theirs
+        self.status = SeqStatus.WAITING
+        # KV cache
+        self.block_table: list[int] = []
+        self.block_hashes: list[int] = []
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0
+        # Sampling state
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed + index)
+        self.constraint: TokenConstraint | None = (
+            params.constraint_factory() if params.constraint_factory else None
+        )
+        # Output state
+        self.decoder = decoder
+        self.text = ""  # all decoded text, stop string still included
+        self.emitted_chars = 0  # how much of `text` was already streamed
+        self.new_token_ids: list[int] = []
+        self.new_logprobs: list[TokenLogprob] = []
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def is_prefilling(self) -> bool:
+        # Decode computes exactly the newest token; anything more is (re)prefill.
+        return self.num_tokens - self.num_computed_tokens > 1
+
+    @property
+    def finished(self) -> bool:
+        return self.status == SeqStatus.FINISHED
