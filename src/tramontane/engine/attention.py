@@ -97,8 +97,10 @@ def paged_attention(
     k_cache.index_copy_(0, meta.slot_mapping, k_new.to(k_cache.dtype))
     v_cache.index_copy_(0, meta.slot_mapping, v_new.to(v_cache.dtype))
 
-    keys = k_cache[meta.key_slots].to(q.dtype)  # [B, Lk, KVH, D]
-    values = v_cache[meta.key_slots].to(q.dtype)
+    # index_select on the flat slot list: far faster on CPU than advanced indexing.
+    flat_slots = meta.key_slots.flatten()
+    keys = k_cache.index_select(0, flat_slots).view(batch, -1, kv_heads, head_dim).to(q.dtype)
+    values = v_cache.index_select(0, flat_slots).view(batch, -1, kv_heads, head_dim).to(q.dtype)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2),
         keys.transpose(1, 2),

@@ -1,0 +1,58 @@
+"""`tramontane up`: load models, then serve the API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from ..engine import ModelLoadError
+from ..server import ModelRegistry, ModelSpec, create_app, default_model_specs
+
+console = Console(stderr=True)
+
+
+def up(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", metavar="[NAME=]PATH",
+            help="A model to serve (GGUF file, HF or sentence-transformers folder); repeatable. "
+            "Default: the bundled SmolLM2-135M-Instruct chat model and all-MiniLM-L6-v2 embeddings.",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="TRAMONTANE_API_KEY", help="Require this bearer token on /v1.")
+    ] = None,
+) -> None:
+    """Serve the OpenAI- and Mistral-compatible API."""
+    try:
+        specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
+        registry = load_models(specs)
+    except (ModelLoadError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    console.print(f"Serving {', '.join(registry.names())} on [bold]{url}[/] (OpenAI base_url: {url}/v1)")
+    uvicorn.run(create_app(registry, api_key=api_key), host=host, port=port, log_level="info")
+
+
+def load_models(specs: list[ModelSpec]) -> ModelRegistry:
+    registry = ModelRegistry()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        for spec in specs:
+            task = progress.add_task(f"Loading {spec.name or spec.path}", total=None)
+
+            def on_progress(done: int, total: int, task=task) -> None:
+                progress.update(task, completed=done, total=total)
+
+            name = registry.load(spec, on_progress)
+            total = progress.tasks[task].total or 1
+            progress.update(task, description=f"Loaded {name}", completed=total, total=total)
+    return registry

@@ -1,0 +1,217 @@
+"""Loading a checkpoint (GGUF file or HF safetensors folder) into HF-named tensors."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from tramontane.engine.config import ModelConfig
+from tramontane.engine.errors import ModelLoadError
+from tramontane.engine.gguf_file import load_gguf
+from tramontane.engine.tokenizer import Tokenizer
+
+ProgressCallback = Callable[[int, int], None]
+
+_SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral")
+_LAYER_TENSOR = re.compile(r"model\.layers\.(\d+)\.(.+)")
+_LAYER_NAMES = {
+    "input_layernorm.weight",
+    "post_attention_layernorm.weight",
+    "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",
+    "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight",
+    "mlp.up_proj.weight",
+    "mlp.down_proj.weight",
+    "block_sparse_moe.gate.weight",
+}
+_EXPERT_NAME = re.compile(r"block_sparse_moe\.experts\.\d+\.w[123]\.weight")
+_GLOBAL_NAMES = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+_IGNORED = re.compile(r".*\.rotary_emb\.inv_freq")  # a buffer some old checkpoints saved
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    # HF names (model.layers.{i}.self_attn.q_proj.weight, ...); Mixtral experts as
+    # model.layers.{i}.block_sparse_moe.experts.{e}.w{1,2,3}.weight.
+    tensors: dict[str, torch.Tensor]
+    tokenizer: Tokenizer
+    name: str
+
+
+def load_checkpoint(path: str, on_progress: ProgressCallback | None = None) -> Checkpoint:
+    """Load a .gguf file or a HF folder (config.json, *.safetensors, tokenizer.json).
+
+    Tensors come back as float: f32 for quantized and f32 sources, f16/bf16 as
+    stored. on_progress(done, total) is called as tensors load.
+    """
+    if os.path.isdir(path):
+        return _load_hf_dir(path, on_progress)
+    if os.path.isfile(path):
+        config, tensors, tokenizer = load_gguf(path, on_progress)
+        return Checkpoint(config, tensors, tokenizer, os.path.splitext(os.path.basename(path))[0])
+    raise ModelLoadError(f"model path {path!r} does not exist")
+
+
+def _load_hf_dir(path: str, on_progress: ProgressCallback | None) -> Checkpoint:
+    raw = _read_json(os.path.join(path, "config.json"))
+    if raw is None:
+        raise ModelLoadError(f"{path} is neither a GGUF file nor a HF model folder (no config.json)")
+    generation = _read_json(os.path.join(path, "generation_config.json")) or {}
+    config_eos = _id_list(raw.get("eos_token_id")) + _id_list(generation.get("eos_token_id"))
+    tokenizer = Tokenizer.from_hf_dir(path, extra_eos_token_ids=config_eos)
+    config = _model_config(raw, tokenizer)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in _read_safetensors(path, on_progress):
+        tensors.update(_hf_tensors(name, tensor, config))
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    elif "lm_head.weight" not in tensors:
+        raise ModelLoadError(f"{path} has no lm_head.weight and its config does not tie embeddings")
+    return Checkpoint(config, tensors, tokenizer, os.path.basename(os.path.normpath(path)))
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e
+
+
+def _id_list(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling) from either config style: transformers 5's
+    rope_parameters or the older rope_theta + rope_scaling."""
+    params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
+    theta = float(params.pop("rope_theta", raw.get("rope_theta", 10000.0)))
+    kind = params.pop("rope_type", params.pop("type", "default"))
+    return theta, (None if kind == "default" else {"rope_type": kind, **params})
+
+
+def _model_config(raw: dict[str, Any], tokenizer: Tokenizer) -> ModelConfig:
+    model_type = raw.get("model_type")
+    if model_type not in _SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"unsupported model_type {model_type!r}; supported: {', '.join(_SUPPORTED_MODEL_TYPES)}"
+        )
+    if raw.get("attention_bias") or raw.get("mlp_bias"):
+        raise ModelLoadError("checkpoints with attention or MLP biases are not supported")
+    try:
+        hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
+        theta, scaling = _rope(raw)
+        bos = raw.get("bos_token_id")
+        return ModelConfig(
+            architecture=model_type,
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(raw["intermediate_size"]),
+            num_hidden_layers=int(raw["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+            sliding_window=raw.get("sliding_window") or None,
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            num_local_experts=int(raw.get("num_local_experts", 0)) if model_type == "mixtral" else 0,
+            num_experts_per_tok=int(raw.get("num_experts_per_tok", 2)),
+            bos_token_id=bos if bos is not None else tokenizer.bos_token_id,
+            eos_token_ids=sorted(tokenizer.eos_token_ids),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"config.json is missing or has a bad value: {e!r}") from e
+
+
+def _safetensors_files(path: str) -> list[str]:
+    index = _read_json(os.path.join(path, "model.safetensors.index.json"))
+    if index is not None:
+        return [os.path.join(path, f) for f in sorted(set(index.get("weight_map", {}).values()))]
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise ModelLoadError(f"{path} has no .safetensors weights (other formats are not supported)")
+    return files
+
+
+def _read_safetensors(path: str, on_progress: ProgressCallback | None) -> Iterator[tuple[str, torch.Tensor]]:
+    # safe_open maps each file and materializes one tensor at a time, so peak
+    # memory is the loaded weights plus a single tensor.
+    files = _safetensors_files(path)
+    try:
+        handles = [safe_open(f, framework="pt") for f in files]
+    except Exception as e:  # safetensors raises its own error type besides OSError
+        raise ModelLoadError(f"cannot open the safetensors files in {path}: {e}") from e
+    total = sum(len(h.keys()) for h in handles)
+    done = 0
+    if on_progress:
+        on_progress(0, total)
+    for handle in handles:
+        for name in handle.keys():
+            yield name, handle.get_tensor(name)
+            done += 1
+            if on_progress:
+                on_progress(done, total)
+
+
+def _hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors `name` stands for in our naming; newer transformers' fused
+    Mixtral experts (mlp.experts.gate_up_proj / down_proj) are split per expert."""
+    if name in _GLOBAL_NAMES:
+        yield name, tensor
+        return
+    if _IGNORED.fullmatch(name):
+        return
+    match = _LAYER_TENSOR.fullmatch(name)
+    local = match[2] if match else ""
+    if config.is_moe and local == "mlp.gate.weight":
+        yield f"model.layers.{match[1]}.block_sparse_moe.gate.weight", tensor
+    elif config.is_moe and local in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):
+        yield from _split_fused_experts(f"model.layers.{match[1]}.block_sparse_moe.experts", local, tensor, config)
+    elif local in _LAYER_NAMES or _EXPERT_NAME.fullmatch(local):
+        yield name, tensor
+    else:
+        raise ModelLoadError(f"unexpected tensor {name!r} in checkpoint")
+
+
+def _split_fused_experts(
+    prefix: str, local: str, tensor: torch.Tensor, config: ModelConfig
+) -> Iterator[tuple[str, torch.Tensor]]:
+    ffn, hidden = config.intermediate_size, config.hidden_size
+    if local.endswith("gate_up_proj"):
+        fused = _expert_major(tensor, 2 * ffn, hidden, local)  # gate rows, then up rows
+        for e in range(fused.shape[0]):
+            yield f"{prefix}.{e}.w1.weight", fused[e, :ffn]
+            yield f"{prefix}.{e}.w3.weight", fused[e, ffn:]
+    else:
+        down = _expert_major(tensor, hidden, ffn, local)
+        for e in range(down.shape[0]):
+            yield f"{prefix}.{e}.w2.weight", down[e]
+
+
+def _expert_major(tensor: torch.Tensor, rows: int, cols: int, name: str) -> torch.Tensor:
+    """`tensor` as [experts, rows, cols] (each expert a Linear weight); some
+    writers store the last two dimensions the other way round."""
+    if tensor.dim() == 3 and tensor.shape[1:] == (rows, cols):
+        return tensor
+    if tensor.dim() == 3 and tensor.shape[1:] == (cols, rows):
+        return tensor.transpose(1, 2).contiguous()
+    raise ModelLoadError(f"fused expert tensor {name} has shape {tuple(tensor.shape)}, expected [E, {rows}, {cols}]")

@@ -1,0 +1,108 @@
+"""Error bodies and the exception handlers that produce them.
+
+Every error is `{"error": {"message", "type", "param", "code"}}`, the shape both
+SDKs read, except request validation, which keeps FastAPI's 422 `{"detail": [...]}`
+because the Mistral SDK parses exactly that.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+from ..engine.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
+
+logger = logging.getLogger("tramontane.server")
+
+# OpenAI's error types, by status.
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+class APIError(Exception):
+    """An error to send back as-is; raise it from routes and helpers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after_s: float | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+    @property
+    def type(self) -> str:
+        return _TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {}
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(404, f"The model '{name}' does not exist", code="model_not_found", param="model")
+
+
+def from_engine_error(exc: Exception) -> APIError:
+    """Maps the engine's errors (and anything unexpected) to an API error."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, InvalidRequestError):
+        return APIError(400, str(exc), param=exc.param, code="invalid_request")
+    if isinstance(exc, EngineOverloadedError):
+        return APIError(503, str(exc), code="engine_overloaded", retry_after_s=exc.retry_after_s)
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, str(exc), code="engine_dead")
+    logger.exception("unhandled error", exc_info=exc)
+    return APIError(500, "Internal server error", code="internal_error")
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    return from_engine_error(exc).response()
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    error = APIError(exc.status_code, message, code=HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_"))
+    response = error.response()
+    response.headers.update(exc.headers or {})
+    return response
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, request_validation_exception_handler)
+    app.add_exception_handler(HTTPException, _http_error)
+    # Anything else is turned into a 500 by RequestContextMiddleware.
+    for exc_type in (APIError, InvalidRequestError, EngineOverloadedError, EngineDeadError):
+        app.add_exception_handler(exc_type, _api_error)

@@ -1,0 +1,30 @@
+"""Liveness, readiness and Prometheus endpoints (outside /v1, never behind the API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import JSONResponse, Response
+
+from .deps import MetricsDep, Models
+from .protocol import HealthStatus
+
+router = APIRouter()
+
+
+@router.get("/health", response_model=HealthStatus)
+async def health() -> HealthStatus:
+    return HealthStatus(status="ok")
+
+
+@router.get("/ready", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
+async def ready(models: Models) -> HealthStatus | JSONResponse:
+    if not models.ready:
+        body = HealthStatus(status="unavailable", models=models.names())
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
+    return HealthStatus(status="ready", models=models.names())
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(metrics: MetricsDep) -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

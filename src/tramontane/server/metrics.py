@@ -1,0 +1,95 @@
+"""Prometheus metrics, one collector registry per app so that apps don't share counters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .registry import ModelRegistry
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+
+
+class _EngineCollector(Collector):
+    """Reads engine state at scrape time rather than mirroring it on every step."""
+
+    def __init__(self, models: ModelRegistry):
+        self.models = models
+
+    def collect(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily("tramontane_requests_running", "Requests being generated", labels=["model"])
+        waiting = GaugeMetricFamily("tramontane_requests_waiting", "Requests queued in the engine", labels=["model"])
+        kv = GaugeMetricFamily("tramontane_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", labels=["model"])
+        hits = CounterMetricFamily("tramontane_prefix_cache_hits", "Prompt tokens served from the prefix cache", labels=["model"])
+        queries = CounterMetricFamily("tramontane_prefix_cache_queries", "Prompt tokens looked up in the prefix cache", labels=["model"])
+        for name, engine in self.models.engines():
+            stats = engine.stats()
+            running.add_metric([name], stats.num_running)
+            waiting.add_metric([name], stats.num_waiting)
+            kv.add_metric([name], stats.kv_cache_usage)
+            hits.add_metric([name], stats.prefix_cache_hits)
+            queries.add_metric([name], stats.prefix_cache_queries)
+        yield from (running, waiting, kv, hits, queries)
+
+
+class Metrics:
+    def __init__(self, models: ModelRegistry):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("tramontane_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
+        self.request_latency = Histogram(
+            "tramontane_http_request_duration_seconds", "HTTP request latency, to the last byte",
+            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.prompt_tokens = Counter("tramontane_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.completion_tokens = Counter("tramontane_completion_tokens", "Tokens generated", ["model"], registry=r)
+        self.ttft = Histogram(
+            "tramontane_time_to_first_token_seconds", "Request arrival to first generated token",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.itl = Histogram(
+            "tramontane_inter_token_latency_seconds", "Time between generated tokens",
+            ["model"], buckets=_TOKEN_BUCKETS, registry=r,
+        )
+        r.register(_EngineCollector(models))
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def timer(self, model: str, started: float) -> GenerationTimer:
+        return GenerationTimer(self, model, started)
+
+
+class GenerationTimer:
+    """Feeds TTFT, inter-token latency and token counts for one request."""
+
+    def __init__(self, metrics: Metrics, model: str, started: float):
+        self._ttft = metrics.ttft.labels(model)
+        self._itl = metrics.itl.labels(model)
+        self._completion = metrics.completion_tokens.labels(model)
+        self._prompt = metrics.prompt_tokens.labels(model)
+        self._last: float | None = None
+        self._started = started
+
+    def prompt(self, num_tokens: int) -> None:
+        self._prompt.inc(num_tokens)
+
+    def tokens(self, num_new: int) -> None:
+        """Called once per engine step with the tokens it produced over all sequences."""
+        if num_new <= 0:
+            return
+        now = time.perf_counter()
+        if self._last is None:
+            self._ttft.observe(now - self._started)
+        else:
+            # One observation per engine step: with n > 1 each sequence still got one token.
+            self._itl.observe(now - self._last)
+        self._last = now
+        self._completion.inc(num_new)

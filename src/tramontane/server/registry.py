@@ -1,0 +1,187 @@
+"""The models one server holds, by name: chat engines and embedding models side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..engine import AsyncEngine, EngineConfig
+from ..engine.defaults import (
+    DEFAULT_CHAT_MODEL_NAME,
+    DEFAULT_EMBEDDING_MODEL_NAME,
+    default_chat_model_path,
+    default_embedding_model_path,
+)
+from ..engine.embedding import EmbeddingModel
+from .errors import APIError, model_not_found
+from .fim import FIMFormat
+from .protocol import ModelCapabilities, ModelCard
+from .structured import GrammarCompiler
+from .tool_calls import template_handles_tools
+
+# Sampling temperature when a request sets none (Mistral publishes one per model).
+DEFAULT_TEMPERATURE = 0.7
+
+Kind = Literal["chat", "embedding"]
+
+
+@dataclass
+class ModelSpec:
+    path: str
+    name: str | None = None  # None: the model's own name
+    kind: Kind | None = None  # None: detected from the files
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """`PATH` or `NAME=PATH`."""
+        name, sep, path = text.partition("=")
+        return cls(path=path, name=name) if sep and name and path else cls(path=text)
+
+    @property
+    def resolved_kind(self) -> Kind:
+        return self.kind or detect_kind(self.path)
+
+
+def default_model_specs() -> list[ModelSpec]:
+    return [
+        ModelSpec(default_chat_model_path(), DEFAULT_CHAT_MODEL_NAME, "chat"),
+        ModelSpec(default_embedding_model_path(), DEFAULT_EMBEDDING_MODEL_NAME, "embedding"),
+    ]
+
+
+def detect_kind(path: str) -> Kind:
+    """Sentence-transformers folders and BERT-family configs are embedding models;
+    everything else (GGUF files, Llama/Mistral folders) is served for chat."""
+    if not os.path.isdir(path):
+        return "chat"
+    if os.path.exists(os.path.join(path, "modules.json")):
+        return "embedding"
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            model_type = json.load(f).get("model_type", "")
+    except (OSError, ValueError):
+        return "chat"
+    return "embedding" if model_type in {"bert", "roberta", "xlm-roberta", "mpnet", "nomic_bert"} else "chat"
+
+
+@dataclass
+class ChatModel:
+    name: str
+    engine: AsyncEngine
+    grammar: GrammarCompiler
+    fim: FIMFormat | None
+    tools_in_template: bool  # False: tools are described in the system prompt instead
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def card(self) -> ModelCard:
+        return ModelCard(
+            id=self.name,
+            created=self.created,
+            name=self.name,
+            description=f"{self.engine.model_config.architecture} chat model served by Tramontane",
+            capabilities=ModelCapabilities(
+                completion_chat=True, completion_fim=self.fim is not None, function_calling=True
+            ),
+            max_context_length=self.engine.max_model_len,
+            default_model_temperature=DEFAULT_TEMPERATURE,
+        )
+
+
+@dataclass
+class EmbeddingEntry:
+    name: str
+    model: EmbeddingModel
+    created: int = field(default_factory=lambda: int(time.time()))
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one forward pass at a time
+
+    def card(self) -> ModelCard:
+        return ModelCard(
+            id=self.name,
+            created=self.created,
+            name=self.name,
+            description=f"{self.model.dim}-dimensional text embedding model served by Tramontane",
+            capabilities=ModelCapabilities(),
+            max_context_length=self.model.max_seq_len,
+        )
+
+
+class ModelRegistry:
+    def __init__(self) -> None:
+        self._models: dict[str, ChatModel | EmbeddingEntry] = {}
+        self._started = False
+
+    def load(self, spec: ModelSpec, on_progress: Callable[[int, int], None] | None = None) -> str:
+        """Loads a model (blocking) and returns the name it is served under."""
+        if spec.resolved_kind == "embedding":
+            model = EmbeddingModel.from_path(spec.path)
+            entry: ChatModel | EmbeddingEntry = EmbeddingEntry(spec.name or model.name, model)
+        else:
+            engine = AsyncEngine.from_path(spec.path, EngineConfig(), on_progress)
+            tokenizer = engine.tokenizer
+            entry = ChatModel(
+                spec.name or engine.name,
+                engine,
+                GrammarCompiler(tokenizer),
+                FIMFormat.detect(tokenizer),
+                template_handles_tools(tokenizer),
+            )
+        self.add(entry)
+        return entry.name
+
+    def add(self, entry: ChatModel | EmbeddingEntry) -> None:
+        if entry.name in self._models:
+            raise ValueError(f"two models are named {entry.name!r}; name one with NAME=PATH")
+        self._models[entry.name] = entry
+
+    def chat(self, name: str) -> ChatModel:
+        entry = self._get(name)
+        if not isinstance(entry, ChatModel):
+            raise APIError(400, f"The model '{name}' is an embedding model and cannot generate text",
+                           code="model_not_supported", param="model")
+        return entry
+
+    def embedding(self, name: str) -> EmbeddingEntry:
+        entry = self._get(name)
+        if not isinstance(entry, EmbeddingEntry):
+            raise APIError(400, f"The model '{name}' is not an embedding model",
+                           code="model_not_supported", param="model")
+        return entry
+
+    def card(self, name: str) -> ModelCard:
+        return self._get(name).card()
+
+    def cards(self) -> list[ModelCard]:
+        return [entry.card() for entry in self._models.values()]
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def engines(self) -> Iterator[tuple[str, AsyncEngine]]:
+        for entry in self._models.values():
+            if isinstance(entry, ChatModel):
+                yield entry.name, entry.engine
+
+    @property
+    def ready(self) -> bool:
+        return self._started and all(engine.dead is None for _, engine in self.engines())
+
+    async def start(self) -> None:
+        for _, engine in self.engines():
+            await engine.start()
+        self._started = True
+
+    async def shutdown(self) -> None:
+        self._started = False
+        for _, engine in self.engines():
+            await engine.shutdown()
+
+    def _get(self, name: str) -> ChatModel | EmbeddingEntry:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise model_not_found(name) from None

@@ -1,0 +1,66 @@
+"""Server-sent events and tying generation to the client's connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from .errors import APIError, from_engine_error
+
+T = TypeVar("T")
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(event: BaseModel) -> bytes:
+    # exclude_unset: a chunk carries exactly the fields its builder set, so
+    # `finish_reason: null` is sent while an absent `delta.role` is not.
+    return b"data: " + event.model_dump_json(exclude_unset=True).encode() + b"\n\n"
+
+
+def sse_error(exc: Exception) -> bytes:
+    """A mid-stream failure; the openai SDK raises on an event with an "error" key."""
+    return b"data: " + json.dumps(from_engine_error(exc).body()).encode() + b"\n\n"
+
+
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[bytes]):
+        # no-transform and X-Accel-Buffering keep proxies from batching events.
+        headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+        super().__init__(content, headers=headers)
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Awaits `work`, cancelling it if the client goes away first.
+
+    Starlette does not cancel a handler when its client disconnects; without this
+    a long non-streamed generation would run to the end for nobody. (Streamed
+    responses need no help: Starlette cancels the body iterator on disconnect.)
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            # Let the cancellation unwind the engine stream (which aborts it) before returning.
+            await asyncio.wait({task})
+    if not task.done() or task.cancelled():
+        # 499 is nginx's "client closed request"; nobody reads it, but logs and metrics do.
+        raise APIError(499, "Client closed the request", code="client_closed_request")
+    return task.result()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
