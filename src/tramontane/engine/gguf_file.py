@@ -146,6 +146,8 @@ class GGUFFile:
             qtype_raw, offset = cur.unpack("<IQ")
             raw_infos.append((name, tuple(reversed(dims)), GGMLQuantizationType(qtype_raw), offset))
         align = int(self.metadata.get("general.alignment", GGUF_DEFAULT_ALIGNMENT))
+        if align <= 0 or align & (align - 1):
+            raise ValueError(f"alignment {align} is not a power of two")
         data_start = -(-cur.pos // align) * align
         self.tensors: dict[str, TensorInfo] = {}
         for name, shape, qtype, offset in raw_infos:
@@ -231,12 +233,19 @@ def _llama3_rope_scaling(freq_factors: torch.Tensor, theta: float, head_dim: int
 
 def _model_config(gguf: GGUFFile) -> ModelConfig:
     """The architecture from the metadata; token ids are filled in from the tokenizer."""
-    md = gguf.metadata
-    arch = _meta(md, "general.architecture", required=True)
+    arch = _meta(gguf.metadata, "general.architecture", required=True)
     if arch not in _SUPPORTED_ARCHS:
         raise ModelLoadError(f"unsupported GGUF architecture {arch!r}; supported: {', '.join(_SUPPORTED_ARCHS)}")
     if "token_embd.weight" not in gguf.tensors:
         raise ModelLoadError(f"{gguf.path} has no token_embd.weight tensor")
+    try:
+        return _architecture_config(gguf, arch)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ModelLoadError(f"{gguf.path} has a malformed {arch}.* metadata value: {e}") from e
+
+
+def _architecture_config(gguf: GGUFFile, arch: str) -> ModelConfig:
+    md = gguf.metadata
     hidden = int(_meta(md, f"{arch}.embedding_length", required=True))
     heads = int(_meta(md, f"{arch}.attention.head_count", required=True))
     head_dim = int(
@@ -337,7 +346,10 @@ def load_gguf(
     if on_progress:
         on_progress(0, len(infos))
     for done, info in enumerate(infos, 1):
-        tensors.update(_hf_tensors(info.name, gguf.read(info), config))
+        try:
+            tensors.update(_hf_tensors(info.name, gguf.read(info), config))
+        except (RuntimeError, ValueError) as e:  # e.g. a shape the head counts cannot split
+            raise ModelLoadError(f"{path}: tensor {info.name} does not fit the model's metadata: {e}") from e
         if on_progress:
             on_progress(done, len(infos))
     return config, tensors, tokenizer

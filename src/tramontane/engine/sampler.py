@@ -21,7 +21,7 @@ def _apply_masks(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int])
         p = seq.params
         if seq.constraint is not None:
             allowed = seq.constraint.allowed_tokens(vocab)
-            logits[row].masked_fill_(~allowed, float("-inf"))
+            logits[row].masked_fill_(~allowed.to(logits.device), float("-inf"))
         if seq.num_output_tokens < p.min_tokens:
             banned = ([] if p.ignore_eos else eos_ids) + p.stop_token_ids
             if banned:
@@ -72,6 +72,7 @@ def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
     return probs
 
 
+@torch.inference_mode()
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> tuple[list[int], list[TokenLogprob | None]]:
     """logits: [len(seqs), vocab] f32 (modified in place)."""
     _apply_masks(logits, seqs, eos_ids)

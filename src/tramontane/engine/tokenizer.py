@@ -86,59 +86,45 @@ class Tokenizer:
     def from_gguf_metadata(cls, md: Mapping[str, Any]) -> Tokenizer:
         """From llama.cpp's tokenizer.* metadata keys ("gpt2" byte-level BPE or "llama" SentencePiece)."""
         kind = md.get("tokenizer.ggml.model")
-        tokens: list[str] = md.get("tokenizer.ggml.tokens") or []
-        if not tokens:
-            raise ModelLoadError("the GGUF file has no tokenizer vocabulary")
-        types: list[int] = md.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
-        vocab: dict[str, int] = {}
-        for i, token in enumerate(tokens):
-            vocab.setdefault(token, i)  # a few files repeat a token; keep its first id
-        if kind == "gpt2":
-            merges = [tuple(m.split(" ", 1)) for m in md.get("tokenizer.ggml.merges", [])]
-            hf = tokenizers.Tokenizer(BPE(vocab, merges))
-            hf.pre_tokenizer = _byte_level_pre_tokenizer(md.get("tokenizer.ggml.pre"))
-            hf.decoder = decoders.ByteLevel()
-        elif kind == "llama":
-            scores = md.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
-            unk = md.get("tokenizer.ggml.unknown_token_id")
-            hf = _sentencepiece_bpe(
-                vocab, tokens, scores, types, tokens[unk] if unk is not None else None,
-                add_space_prefix=md.get("tokenizer.ggml.add_space_prefix", True),
-            )
-        else:
-            raise ModelLoadError(f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2, llama)")
-        # llama.cpp matches control, unknown and user-defined tokens whole in text;
-        # the first two are special (skipped when decoding), the last is not.
-        hf.add_special_tokens(
-            [AddedToken(tokens[i], normalized=False, special=True) for i, t in enumerate(types) if t in (_UNKNOWN, _CONTROL)]
-        )
-        hf.add_tokens([AddedToken(tokens[i], normalized=False) for i, t in enumerate(types) if t == _USER_DEFINED])
+        hf = _gguf_backend(md)
         bos = md.get("tokenizer.ggml.bos_token_id")
         eos = [md.get(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot", "eom")]
         # llama.cpp's defaults when the flags are absent: BOS for SentencePiece only.
         add_bos = md.get("tokenizer.ggml.add_bos_token", kind == "llama")
         add_eos = md.get("tokenizer.ggml.add_eos_token", False)
         hf.post_processor = _bos_eos_processor(hf, bos if add_bos else None, eos[0] if add_eos else None)
-        templates = {k.removeprefix("tokenizer.chat_template."): v for k, v in md.items() if k.startswith("tokenizer.chat_template.")}
+        named = "tokenizer.chat_template."  # llama.cpp's key prefix for extra named templates
+        templates = {k.removeprefix(named): v for k, v in md.items() if k.startswith(named)}
         if "tokenizer.chat_template" in md:
             templates["default"] = md["tokenizer.chat_template"]
         return cls(
-            hf, bos_token_id=bos, eos_token_ids=[i for i in eos if i is not None],
-            chat_templates=templates, byte_level=kind == "gpt2",
+            hf,
+            bos_token_id=bos,
+            eos_token_ids=[i for i in eos if i is not None],
+            chat_templates=templates,
+            byte_level=kind == "gpt2",
         )
 
     @classmethod
     def from_hf_dir(cls, path: str, extra_eos_token_ids: Iterable[int] = ()) -> Tokenizer:
         """From a HF folder: tokenizer.json, tokenizer_config.json, chat_template.jinja."""
         try:
-            hf = tokenizers.Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+            with open(os.path.join(path, "tokenizer.json"), encoding="utf-8") as f:
+                spec = f.read()
+            hf = tokenizers.Tokenizer.from_str(spec)
         except Exception as e:  # tokenizers raises a bare Exception for bad files
             raise ModelLoadError(f"cannot load {path}/tokenizer.json: {e}") from e
+        # Some files (sentence-transformers') pad or truncate every encoding; callers do that themselves.
+        hf.no_padding()
+        hf.no_truncation()
         config: dict[str, Any] = {}
         config_path = os.path.join(path, "tokenizer_config.json")
         if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
+            try:
+                with open(config_path, encoding="utf-8") as f:
+                    config = json.load(f)
+            except ValueError as e:
+                raise ModelLoadError(f"cannot parse {config_path}: {e}") from e
         bos = _added_token_id(hf, config.get("bos_token"))
         eos = _added_token_id(hf, config.get("eos_token"))
         if "add_bos_token" in config or "add_eos_token" in config:
@@ -151,8 +137,8 @@ class Tokenizer:
         if os.path.isfile(jinja_path):  # newer transformers saves the template beside the config
             with open(jinja_path, encoding="utf-8") as f:
                 templates["default"] = f.read()
-        decoder = json.loads(hf.to_str()).get("decoder") or {}
-        byte_level = "ByteLevel" in json.dumps(decoder)
+        # Byte-level vocabularies spell bytes as symbols; the decoder says which kind this is.
+        byte_level = "ByteLevel" in json.dumps(json.loads(spec).get("decoder"))
         eos_ids = [*([eos] if eos is not None else []), *extra_eos_token_ids]
         return cls(hf, bos_token_id=bos, eos_token_ids=eos_ids, chat_templates=templates, byte_level=byte_level)
 
@@ -223,6 +209,43 @@ class Tokenizer:
         return "" if token_id is None else (self._hf.id_to_token(token_id) or "")
 
 
+def _gguf_backend(md: Mapping[str, Any]) -> tokenizers.Tokenizer:
+    kind = md.get("tokenizer.ggml.model")
+    tokens: list[str] = md.get("tokenizer.ggml.tokens") or []
+    if not tokens:
+        raise ModelLoadError("the GGUF file has no tokenizer vocabulary")
+    types: list[int] = md.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
+    scores: list[float] = md.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+    if not len(tokens) == len(types) == len(scores):
+        raise ModelLoadError("the GGUF tokenizer's tokens, token types and scores differ in length")
+    vocab: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        vocab.setdefault(token, i)  # a few files repeat a token; keep its first id
+    if kind == "gpt2":
+        merges = [tuple(m.split(" ", 1)) for m in md.get("tokenizer.ggml.merges", [])]
+        hf = tokenizers.Tokenizer(BPE(vocab, merges))
+        hf.pre_tokenizer = _byte_level_pre_tokenizer(md.get("tokenizer.ggml.pre"))
+        hf.decoder = decoders.ByteLevel()
+    elif kind == "llama":
+        unk = md.get("tokenizer.ggml.unknown_token_id")
+        hf = _sentencepiece_bpe(
+            vocab,
+            tokens,
+            scores,
+            types,
+            tokens[unk] if unk is not None else None,
+            add_space_prefix=md.get("tokenizer.ggml.add_space_prefix", True),
+        )
+    else:
+        raise ModelLoadError(f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2, llama)")
+    # llama.cpp matches control, unknown and user-defined tokens whole in text;
+    # the first two are special (skipped when decoding), the last is not.
+    special = [tokens[i] for i, t in enumerate(types) if t in (_UNKNOWN, _CONTROL)]
+    hf.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in special])
+    hf.add_tokens([AddedToken(tokens[i], normalized=False) for i, t in enumerate(types) if t == _USER_DEFINED])
+    return hf
+
+
 def _byte_level_pre_tokenizer(pre: str | None) -> pre_tokenizers.PreTokenizer:
     if pre in (None, "default", "gpt-2", "gpt2"):
         return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -258,7 +281,7 @@ def _sentencepiece_bpe(
     text; where two splits make the same piece their order is our own choice.
     """
     ranked: list[tuple[float, int, int]] = []
-    for token, score, ttype in zip(tokens, scores, types):
+    for token, score, ttype in zip(tokens, scores, types, strict=True):
         if ttype != _NORMAL:
             continue
         for cut in range(1, len(token)):
@@ -281,9 +304,7 @@ def _sentencepiece_bpe(
     return hf
 
 
-def _bos_eos_processor(
-    hf: tokenizers.Tokenizer, bos: int | None, eos: int | None
-) -> processors.TemplateProcessing:
+def _bos_eos_processor(hf: tokenizers.Tokenizer, bos: int | None, eos: int | None) -> processors.TemplateProcessing:
     head = [hf.id_to_token(bos)] if bos is not None else []
     tail = [hf.id_to_token(eos)] if eos is not None else []
     return processors.TemplateProcessing(

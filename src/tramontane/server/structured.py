@@ -76,9 +76,10 @@ class GrammarConstraint:
 class GrammarCompiler:
     """Turns response_format / tool_choice into constraint factories for one model."""
 
-    def __init__(self, tokenizer: GrammarTokenizer, cache_size: int = 128):
+    def __init__(self, tokenizer: GrammarTokenizer, cache_size: int = 32):
         spec = json.loads(tokenizer.to_json_str())
-        # Truncation would cut llguidance's own tokenizations of long literals short.
+        # tokenizer.json may carry training-time truncation and padding; llguidance
+        # tokenizes grammar literals with this tokenizer and needs neither.
         spec["truncation"] = None
         spec["padding"] = None
         eos = sorted(tokenizer.eos_token_ids)

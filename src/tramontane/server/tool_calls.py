@@ -10,18 +10,18 @@ call is one JSON object between tags, several blocks in a row are parallel calls
 Text outside the blocks is the message content. Tool results go back to the model
 as `<tool_response>` blocks in a user turn (see `prepare_messages`).
 
-A block is a tool call as soon as its `"name"` string is known (and, while
-streaming, its `"arguments"` object has begun). Its `arguments` are the model's
-own text for that value, so streamed fragments concatenate to exactly what the
-non-streaming parse returns; if the model breaks the JSON after that point the
-arguments stay as written (OpenAI makes the same no-validity promise). Blocks
-whose name never parses stay in the content, tags included. `parse_tool_calls`
-runs the streaming parser over the whole text, so both paths always agree.
+A block is a tool call once its `"name"` string is known (while streaming: once
+its `"arguments"` object has begun, too). Its arguments are the model's own text
+for that value, so streamed fragments add up to exactly what the whole-text parse
+returns, even if the model breaks the JSON later (OpenAI promises no validity
+either). Blocks whose name never parses stay in the content, tags included.
+`parse_tool_calls` runs the streaming parser over the whole text, so both agree.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import string
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ _ARGUMENT_KEYS = ("arguments", "parameters")  # the latter is what Llama-style m
 _ID_ALPHABET = string.ascii_letters + string.digits
 _DECODER = json.JSONDecoder()
 _WHITESPACE = " \t\n\r"
+_WS_RUN = re.compile(r"[ \t\n\r]*")
 
 
 def new_tool_call_id() -> str:
@@ -70,18 +71,13 @@ class ToolCallDelta:
     name: str | None = None
 
     def to_openai(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"index": self.index, "function": {"arguments": self.arguments}}
-        if self.id is not None:
-            entry["id"] = self.id
-            entry["type"] = "function"
-            entry["function"]["name"] = self.name
-        return entry
+        if self.id is None:
+            return {"index": self.index, "function": {"arguments": self.arguments}}
+        function = {"name": self.name, "arguments": self.arguments}
+        return {"index": self.index, "id": self.id, "type": "function", "function": function}
 
 
 Event = ContentDelta | ToolCallDelta
-
-
-# --- prompt side ----------------------------------------------------------------
 
 
 class ChatTemplater(Protocol):
@@ -125,11 +121,9 @@ def render_tools_prompt(tools: list[dict]) -> str:
 
 def _text(content: Any) -> str:
     """Message content as text: OpenAI allows a list of parts instead of a string."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    return content or ""
 
 
 def _render_assistant(message: dict) -> str:
@@ -183,13 +177,8 @@ def prepare_messages(messages: list[dict], tools: list[dict] | None, template_ha
     return out
 
 
-# --- output side ----------------------------------------------------------------
-
-
 def _skip_ws(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in _WHITESPACE:
-        pos += 1
-    return pos
+    return _WS_RUN.match(text, pos).end()  # type: ignore[union-attr]  # `*` always matches
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -268,28 +257,27 @@ class _Block:
             self.index = next_index
             self.sent = found.args_start
             out.append(ToolCallDelta(self.index, id=new_tool_call_id(), name=found.name))
-        if found.args_start is None:
-            return
+        self._send_arguments(text, found, out)
+
+    def close(self, text: str, next_index: int, out: list[Event]) -> bool:
+        """Emits the rest of the call; False if the block turned out not to be one."""
+        found = _scan_call(text)
+        if self.index is not None:
+            self._send_arguments(text, found, out)
+            return True
+        if found.name is None:
+            return False
+        self.index = next_index
+        out.append(ToolCallDelta(self.index, _whole_arguments(text, found), new_tool_call_id(), found.name))
+        return True
+
+    def _send_arguments(self, text: str, found: _Members, out: list[Event]) -> None:
+        assert self.index is not None and found.args_start is not None  # committed blocks have both
         # Trailing whitespace is held back: it may turn out to follow the value.
         end = found.args_end if found.args_end is not None else len(text.rstrip(_WHITESPACE))
         if end > self.sent:
             out.append(ToolCallDelta(self.index, arguments=text[self.sent : end]))
             self.sent = end
-
-    def close(self, text: str, next_index: int, out: list[Event]) -> bool:
-        """Emits the rest of the call; False if the block turned out not to be one."""
-        found = _scan_call(text)
-        if self.index is None:
-            if found.name is None:
-                return False
-            self.index = next_index
-            out.append(ToolCallDelta(self.index, arguments=_whole_arguments(text, found), id=new_tool_call_id(), name=found.name))
-            return True
-        assert found.args_start is not None  # a committed block had its arguments started
-        end = found.args_end if found.args_end is not None else len(text.rstrip(_WHITESPACE))
-        if end > self.sent:
-            out.append(ToolCallDelta(self.index, arguments=text[self.sent : end]))
-        return True
 
 
 def _whole_arguments(text: str, found: _Members) -> str:

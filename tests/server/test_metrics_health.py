@@ -1,0 +1,30 @@
+"""Probes and Prometheus metrics."""
+
+from __future__ import annotations
+
+from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
+
+
+def test_health_and_ready(http):
+    assert http.get("/health").json() == {"status": "ok", "models": []}
+    ready = http.get("/ready")
+    assert ready.status_code == 200 and CHAT_MODEL in ready.json()["models"]
+
+
+def test_metrics(http):
+    http.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    http.get("/v1/models/nope")
+    text = http.get("/metrics").text
+    assert f'tramontane_http_requests_total{{method="POST",route="/v1/chat/completions",status="200"}}' in text
+    assert 'route="/v1/models/{model_id:path}",status="404"' in text
+    for name in (
+        "tramontane_prompt_tokens_total",
+        "tramontane_completion_tokens_total",
+        "tramontane_time_to_first_token_seconds_bucket",
+        "tramontane_inter_token_latency_seconds_bucket",
+        "tramontane_http_request_duration_seconds_bucket",
+        "tramontane_requests_running",
+        "tramontane_requests_waiting",
+        "tramontane_kv_cache_usage_ratio",
+    ):
+        assert f"{name}{{" in text, name
