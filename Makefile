@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-test up test clean
+.PHONY: install install-test up test bench clean
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -27,6 +27,11 @@ up: install
 
 test: install-test
 	$(PY) -m pytest -q -m "not gpu and not kvm" tests
+
+# Peers for the side-by-side figures; never part of the product's install.
+bench: install-test
+	$(PIP) install -q llama-cpp-python
+	$(PY) benchmarks/cpu_engine.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -251,6 +251,14 @@ def test_hf_llama_folder(tmp_path: Path, transformers: Any, default_tokenizer: T
     for name, tensor in reference.items():
         assert torch.equal(checkpoint.tensors[name], tensor), name
 
+    # Configs written before transformers 5 spell the rope settings differently.
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["rope_parameters"]
+    raw["rope_theta"], raw["rope_scaling"] = 5e5, {**rope, "type": rope["rope_type"]}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    c = load_checkpoint(str(tmp_path)).config
+    assert (c.rope_theta, c.rope_scaling) == (5e5, rope)
+
 
 def test_hf_mixtral_folder(tmp_path: Path, transformers: Any, default_tokenizer: Tokenizer) -> None:
     config = transformers.MixtralConfig(**HF_SIZES, num_local_experts=EXPERTS, num_experts_per_tok=2)

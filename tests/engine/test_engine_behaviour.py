@@ -32,11 +32,12 @@ def test_prefix_cache_hit_gives_same_output(make_engine, run, chat_prompt):
 
 def test_preemption_recomputes_and_matches_unpreempted(make_engine, run, chat_prompt):
     prompts = [f"Write a long story about a {animal}." for animal in ("cat", "dog", "fox", "owl")]
-    alone = make_engine()
-    expected = {}
+    roomy = make_engine()
     for i, text in enumerate(prompts):
-        alone.add_request(str(i), chat_prompt(alone, text), SamplingParams(max_tokens=40, **GREEDY))
-        expected[i] = run(alone)[(str(i), 0)].token_ids
+        roomy.add_request(str(i), chat_prompt(roomy, text), SamplingParams(max_tokens=40, **GREEDY))
+    roomy_results = run(roomy)
+    expected = {i: roomy_results[(str(i), 0)].token_ids for i in range(len(prompts))}
+    assert roomy.stats().num_preemptions == 0
     # 10 blocks of 16 tokens cannot hold four ~70-token sequences at once.
     tight = make_engine(num_kv_blocks=10, enable_prefix_caching=False)
     for i, text in enumerate(prompts):

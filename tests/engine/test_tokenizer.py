@@ -67,7 +67,7 @@ def hf_reference(default_gguf_path: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def spm() -> tuple[Any, Tokenizer]:
+def spm() -> tuple[Any, Tokenizer, dict[str, Any]]:
     """A small SentencePiece BPE vocabulary (trained here, like Llama 2's: byte
     fallback, no normalization) and our tokenizer built from it as a GGUF would store it."""
     sentencepiece = pytest.importorskip("sentencepiece")
@@ -102,7 +102,7 @@ def spm() -> tuple[Any, Tokenizer]:
         "tokenizer.ggml.eos_token_id": sp.eos_id(),
         "tokenizer.ggml.unknown_token_id": sp.unk_id(),
     }
-    return sp, Tokenizer.from_gguf_metadata(metadata)
+    return sp, Tokenizer.from_gguf_metadata(metadata), metadata
 
 
 def _stream(decoder: IncrementalDecoder, ids: list[int]) -> list[str]:
@@ -248,8 +248,8 @@ def test_hf_folder_padding_is_left_to_callers() -> None:
 # -- SentencePiece vocabularies (Llama 2 / Mistral GGUFs) --------------------
 
 
-def test_sentencepiece_matches_sentencepiece(spm: tuple[Any, Tokenizer]) -> None:
-    sp, tok = spm
+def test_sentencepiece_matches_sentencepiece(spm: tuple[Any, Tokenizer, dict[str, Any]]) -> None:
+    sp, tok, _ = spm
     texts = [s for s in SAMPLES if "<|" not in s] + ["jumpsover thelazy", "Über 東京 大阪", " x", "x "]
     for text in texts:
         ids = tok.encode(text)
@@ -258,17 +258,33 @@ def test_sentencepiece_matches_sentencepiece(spm: tuple[Any, Tokenizer]) -> None
         assert b"".join(tok.token_bytes(i) for i in ids) == (" " + text if text else "").encode()
 
 
-def test_sentencepiece_specials_and_bos(spm: tuple[Any, Tokenizer]) -> None:
-    sp, tok = spm
+def test_sentencepiece_specials_and_bos(spm: tuple[Any, Tokenizer, dict[str, Any]]) -> None:
+    sp, tok, _ = spm
     assert tok.encode("hi", add_special_tokens=True)[0] == sp.bos_id()
     assert tok.encode("a</s>")[-1] == sp.eos_id() and sp.eos_id() in tok.eos_token_ids
     assert tok.token_bytes(sp.piece_to_id("<0x41>")) == b"A"
 
 
-def test_sentencepiece_streaming_keeps_leading_space(spm: tuple[Any, Tokenizer]) -> None:
-    _, tok = spm
+def test_sentencepiece_streaming_keeps_leading_space(spm: tuple[Any, Tokenizer, dict[str, Any]]) -> None:
+    _, tok, _ = spm
     prompt, reply = tok.encode("hello"), tok.encode("world 東京 🙂 café")  # "▁world", ...
     pieces = _stream(IncrementalDecoder(tok, prompt_ids=prompt), reply)
     assert not any("\ufffd" in p for p in pieces)
     assert "".join(pieces) == tok.decode(prompt + reply)[len(tok.decode(prompt)) :]
     assert "".join(pieces).startswith(" world")
+
+
+def test_sentencepiece_matches_transformers_conversion(spm: tuple[Any, Tokenizer, dict[str, Any]]) -> None:
+    """transformers' GGUF conversion agrees on ordinary text. It differs, by design,
+    on text opening with spaces (its Metaspace adds no ▁ there; sentencepiece and
+    llama.cpp do, and so do we) and after special tokens (llama.cpp adds a ▁ there)."""
+    pytest.importorskip("transformers")
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+
+    _, tok, metadata = spm
+    fields = {key.removeprefix("tokenizer.ggml."): value for key, value in metadata.items()}
+    backend, _ = convert_gguf_tokenizer("llama", {**fields, "tokenizer_type": "llama", "unk_token_id": 0})
+    for text in SAMPLES:
+        if "<|" not in text and not text.startswith(" "):
+            assert tok.encode(text) == backend.encode(text, add_special_tokens=False).ids, text
+    assert tok.encode("  two") != backend.encode("  two", add_special_tokens=False).ids

@@ -126,7 +126,7 @@ def test_seed_reproducible(oai, mistral):
 def test_json_schema(oai):
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
         "required": ["name", "age"],
         "additionalProperties": False,
     }
@@ -139,7 +139,7 @@ def test_json_schema(oai):
     value = json.loads(completion.choices[0].message.content)
     assert set(value) == {"name", "age"}
     assert isinstance(value["name"], str) and len(value["name"]) <= 12
-    assert isinstance(value["age"], int)
+    assert isinstance(value["age"], int) and 0 <= value["age"] <= 120
     assert completion.choices[0].finish_reason == "stop"
 
 

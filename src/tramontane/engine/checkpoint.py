@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -69,8 +70,10 @@ def _load_hf_dir(path: str, on_progress: ProgressCallback | None) -> Checkpoint:
         raise ModelLoadError(f"{path} is neither a GGUF file nor a HF model folder (no config.json)")
     generation = _read_json(os.path.join(path, "generation_config.json")) or {}
     config_eos = _id_list(raw.get("eos_token_id")) + _id_list(generation.get("eos_token_id"))
+    config = _model_config(raw)
     tokenizer = Tokenizer.from_hf_dir(path, extra_eos_token_ids=config_eos)
-    config = _model_config(raw, tokenizer)
+    bos = config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id
+    config = dataclasses.replace(config, bos_token_id=bos, eos_token_ids=sorted(tokenizer.eos_token_ids))
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in _read_safetensors(path, on_progress):
         tensors.update(_hf_tensors(name, tensor, config))
@@ -106,7 +109,8 @@ def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     return theta, (None if kind == "default" else {"rope_type": kind, **params})
 
 
-def _model_config(raw: dict[str, Any], tokenizer: Tokenizer) -> ModelConfig:
+def _model_config(raw: dict[str, Any]) -> ModelConfig:
+    """The architecture from config.json; eos ids are filled in with the tokenizer's."""
     model_type = raw.get("model_type")
     if model_type not in _SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(f"unsupported model_type {model_type!r}; supported: {', '.join(_SUPPORTED_MODEL_TYPES)}")
@@ -115,7 +119,6 @@ def _model_config(raw: dict[str, Any], tokenizer: Tokenizer) -> ModelConfig:
     try:
         hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
         theta, scaling = _rope(raw)
-        bos = raw.get("bos_token_id")
         return ModelConfig(
             architecture=model_type,
             vocab_size=int(raw["vocab_size"]),
@@ -133,8 +136,7 @@ def _model_config(raw: dict[str, Any], tokenizer: Tokenizer) -> ModelConfig:
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             num_local_experts=int(raw.get("num_local_experts", 0)) if model_type == "mixtral" else 0,
             num_experts_per_tok=int(raw.get("num_experts_per_tok", 2)),
-            bos_token_id=bos if bos is not None else tokenizer.bos_token_id,
-            eos_token_ids=sorted(tokenizer.eos_token_ids),
+            bos_token_id=raw.get("bos_token_id"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"config.json is missing or has a bad value: {e!r}") from e
