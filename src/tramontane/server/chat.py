@@ -29,7 +29,7 @@ from .protocol import (
 )
 from .registry import ChatModel
 from .sampling import finish_reason, sampling_params
-from .streaming import DONE, EventStreamResponse, sse, sse_error, until_disconnected
+from .streaming import DONE, STREAMABLE, EventStreamResponse, sse, sse_error, until_disconnected
 from .tool_calls import ContentDelta, ToolCallStreamParser, parse_tool_calls, prepare_messages
 
 router = APIRouter()
@@ -51,7 +51,7 @@ class ChatOutput:
     logprobs: bool = False
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep
 ) -> Response | ChatCompletionResponse:

@@ -21,7 +21,7 @@ from .protocol import (
 )
 from .registry import ChatModel
 from .sampling import finish_reason, sampling_params
-from .streaming import DONE, EventStreamResponse, sse, sse_error, until_disconnected
+from .streaming import DONE, STREAMABLE, EventStreamResponse, sse, sse_error, until_disconnected
 
 router = APIRouter()
 
@@ -29,7 +29,7 @@ router = APIRouter()
 DEFAULT_MAX_TOKENS = 16
 
 
-@router.post("/v1/completions", response_model=CompletionResponse)
+@router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE)
 async def create_completion(
     body: CompletionRequest, request: Request, models: Models, metrics: MetricsDep
 ) -> Response | CompletionResponse:
@@ -65,7 +65,7 @@ async def create_completion(
     return CompletionResponse(id=gens[0].id, created=gens[0].created, model=model.name, choices=choices, usage=usage(gens))
 
 
-@router.post("/v1/fim/completions", response_model=ChatCompletionResponse)
+@router.post("/v1/fim/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_fim_completion(
     body: FIMCompletionRequest, request: Request, models: Models, metrics: MetricsDep
 ) -> Response | ChatCompletionResponse:
@@ -85,15 +85,12 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
 
 
 def _prompt_ids(model: ChatModel, prompt: str | list[int], suffix: str | None) -> list[int]:
+    tokenizer = model.engine.tokenizer
+    if isinstance(prompt, list) and any(not 0 <= t < tokenizer.vocab_size for t in prompt):
+        raise APIError(400, f"prompt token ids must be in [0, {tokenizer.vocab_size})", param="prompt")
     if suffix is not None:
-        text = prompt if isinstance(prompt, str) else model.engine.tokenizer.decode(prompt)
-        return _fim_prompt(model, text, suffix)
-    if isinstance(prompt, list):
-        vocab = model.engine.tokenizer.vocab_size
-        if any(not 0 <= t < vocab for t in prompt):
-            raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
-        return prompt
-    return model.engine.tokenizer.encode(prompt, add_special_tokens=True)
+        return _fim_prompt(model, prompt if isinstance(prompt, str) else tokenizer.decode(prompt), suffix)
+    return prompt if isinstance(prompt, list) else tokenizer.encode(prompt, add_special_tokens=True)
 
 
 def _fim_prompt(model: ChatModel, prefix: str, suffix: str) -> list[int]:

@@ -92,9 +92,12 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method, body too large while read)."""
     assert isinstance(exc, HTTPException)
-    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    error = APIError(exc.status_code, message, code=HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_"))
+    phrase = HTTPStatus(exc.status_code).phrase
+    message = exc.detail if isinstance(exc.detail, str) else phrase
+    code = "request_too_large" if exc.status_code == 413 else phrase.lower().replace(" ", "_")
+    error = APIError(exc.status_code, message, code=code)
     response = error.response()
     response.headers.update(exc.headers or {})
     return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..engine import SamplingParams, TokenConstraint
+from ..engine import InvalidRequestError, SamplingParams, TokenConstraint
 from .protocol import SamplingFields
 from .registry import DEFAULT_TEMPERATURE
 
@@ -19,6 +19,10 @@ def sampling_params(
 ) -> SamplingParams:
     """Raises InvalidRequestError (a 400) for out-of-range values."""
     seed = req.seed if req.seed is not None else req.random_seed
+    if seed is not None:
+        if not -(2**63) <= seed < 2**64:
+            raise InvalidRequestError("seed must fit in 64 bits", param="seed")
+        seed %= 2**64  # OpenAI allows negative (int64) seeds; the generator takes unsigned ones
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return SamplingParams(
         n=1 if n is None else n,

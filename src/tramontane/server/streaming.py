@@ -17,6 +17,9 @@ T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
 
+# OpenAPI for routes that answer JSON, or an event stream when the body asks for one.
+STREAMABLE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
 
 def sse(event: BaseModel) -> bytes:
     # exclude_unset: a chunk carries exactly the fields its builder set, so

@@ -1,0 +1,132 @@
+"""What the HTTP layer costs on top of the engine, with the default chat model.
+
+The same engine serves both paths: `engine.generate` called directly, and
+POST /v1/chat/completions through uvicorn on loopback. min_tokens = max_tokens
+makes every request generate exactly the same number of tokens.
+
+    python benchmarks/http_overhead.py [--requests 30] [--concurrency 32] [--tokens 16]
+
+Prints, for sequential non-streamed requests, latency p50/p99 of each path and the
+difference; then, for `--concurrency` streamed requests at once, requests/s and
+time-to-first-token p50/p99 of each path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import socket
+import threading
+import time
+import uuid
+
+import httpx
+import uvicorn
+
+from tramontane.engine import SamplingParams
+from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME, default_chat_model_path
+from tramontane.server import ModelRegistry, ModelSpec, create_app
+
+MESSAGES = [{"role": "user", "content": "Describe the sea in one sentence."}]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def serve(registry: ModelRegistry) -> tuple[str, uvicorn.Server, threading.Thread]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(registry), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
+
+
+async def direct_request(engine, prompt: list[int], tokens: int) -> tuple[float, float]:
+    """(time to first token, total) of one request straight to the engine."""
+    params = SamplingParams(max_tokens=tokens, min_tokens=tokens, temperature=0.0)
+    start = time.perf_counter()
+    first = None
+    async for out in engine.generate(uuid.uuid4().hex, prompt, params):
+        if first is None and out.outputs[0].delta_token_ids:
+            first = time.perf_counter() - start
+    return first or math.nan, time.perf_counter() - start
+
+
+async def http_request(client: httpx.AsyncClient, tokens: int, stream: bool) -> tuple[float, float]:
+    body = {
+        "model": DEFAULT_CHAT_MODEL_NAME,
+        "messages": MESSAGES,
+        "max_tokens": tokens,
+        "min_tokens": tokens,
+        "temperature": 0,
+        "stream": stream,
+    }
+    start = time.perf_counter()
+    first = None
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if first is None and '"content":"' in line and '"content":""' not in line:
+                first = time.perf_counter() - start
+    return first or math.nan, time.perf_counter() - start
+
+
+async def measure(args, registry: ModelRegistry, url: str) -> None:
+    engine = registry.chat(DEFAULT_CHAT_MODEL_NAME).engine
+    tokenizer = engine.tokenizer
+    prompt = tokenizer.encode(tokenizer.apply_chat_template(MESSAGES))
+    limits = httpx.Limits(max_connections=args.concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        await http_request(client, args.tokens, False)  # warm-up: connection, caches
+        direct = [(await direct_request(engine, prompt, args.tokens))[1] for _ in range(args.requests)]
+        http = [(await http_request(client, args.tokens, False))[1] for _ in range(args.requests)]
+        print(f"\nsequential, non-streamed, {args.requests} requests of {args.tokens} tokens (ms)")
+        print(f"{'':12}{'p50':>10}{'p99':>10}")
+        for name, values in (("engine", direct), ("HTTP", http)):
+            print(f"{name:12}{percentile(values, 50) * 1e3:10.1f}{percentile(values, 99) * 1e3:10.1f}")
+        print(
+            f"{'overhead':12}{(percentile(http, 50) - percentile(direct, 50)) * 1e3:10.1f}"
+            f"{(percentile(http, 99) - percentile(direct, 99)) * 1e3:10.1f}"
+        )
+
+        print(f"\n{args.concurrency} concurrent streamed requests of {args.tokens} tokens")
+        print(f"{'':12}{'req/s':>10}{'TTFT p50':>12}{'TTFT p99':>12}")
+        for name, one in (
+            ("engine", lambda: direct_request(engine, prompt, args.tokens)),
+            ("HTTP", lambda: http_request(client, args.tokens, True)),
+        ):
+            start = time.perf_counter()
+            results = await asyncio.gather(*(one() for _ in range(args.concurrency)))
+            elapsed = time.perf_counter() - start
+            ttft = [r[0] for r in results]
+            print(
+                f"{name:12}{args.concurrency / elapsed:10.2f}"
+                f"{percentile(ttft, 50) * 1e3:10.0f}ms{percentile(ttft, 99) * 1e3:10.0f}ms"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=16)
+    args = parser.parse_args()
+
+    registry = ModelRegistry()
+    registry.load(ModelSpec(default_chat_model_path(), DEFAULT_CHAT_MODEL_NAME, "chat"))
+    url, server, thread = serve(registry)  # the app's lifespan starts the engine
+    try:
+        asyncio.run(measure(args, registry, url))
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+if __name__ == "__main__":
+    main()
