@@ -1,8 +1,9 @@
 """What the HTTP layer costs on top of the engine, with the default chat model.
 
 The same engine serves both paths: `engine.generate` called directly, and
-POST /v1/chat/completions through uvicorn on loopback. min_tokens = max_tokens
-makes every request generate exactly the same number of tokens.
+POST /v1/chat/completions through uvicorn on loopback, from an httpx client in a
+separate process. min_tokens = max_tokens makes every request generate exactly
+the same number of tokens.
 
     python benchmarks/http_overhead.py [--requests 30] [--concurrency 32] [--tokens 16]
 
@@ -16,10 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import multiprocessing
 import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 
 import httpx
 import uvicorn
@@ -58,57 +61,72 @@ async def direct_request(engine, prompt: list[int], tokens: int) -> tuple[float,
     return first or math.nan, time.perf_counter() - start
 
 
-async def http_request(client: httpx.AsyncClient, tokens: int, stream: bool) -> tuple[float, float]:
-    body = {
-        "model": DEFAULT_CHAT_MODEL_NAME,
-        "messages": MESSAGES,
-        "max_tokens": tokens,
-        "min_tokens": tokens,
-        "temperature": 0,
-        "stream": stream,
-    }
-    start = time.perf_counter()
-    first = None
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if first is None and '"content":"' in line and '"content":""' not in line:
-                first = time.perf_counter() - start
-    return first or math.nan, time.perf_counter() - start
+def http_batch(url: str, tokens: int, stream: bool, count: int) -> tuple[list[tuple[float, float]], float]:
+    """Runs in a client process, so that the client's own Python work does not take
+    the server's GIL: `count` requests at once, their (TTFT, total) and the wall time."""
+
+    async def one(client: httpx.AsyncClient) -> tuple[float, float]:
+        body = {
+            "model": DEFAULT_CHAT_MODEL_NAME,
+            "messages": MESSAGES,
+            "max_tokens": tokens,
+            "min_tokens": tokens,
+            "temperature": 0,
+            "stream": stream,
+        }
+        start = time.perf_counter()
+        first = None
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if first is None and '"content":"' in line and '"content":""' not in line:
+                    first = time.perf_counter() - start
+        return first or math.nan, time.perf_counter() - start
+
+    async def run() -> tuple[list[tuple[float, float]], float]:
+        limits = httpx.Limits(max_connections=count)
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+            start = time.perf_counter()
+            results = await asyncio.gather(*(one(client) for _ in range(count)))
+            return list(results), time.perf_counter() - start
+
+    return asyncio.run(run())
 
 
-async def measure(args, registry: ModelRegistry, url: str) -> None:
-    engine = registry.chat(DEFAULT_CHAT_MODEL_NAME).engine
+async def measure(args, engine, url: str, clients: ProcessPoolExecutor) -> None:
     tokenizer = engine.tokenizer
     prompt = tokenizer.encode(tokenizer.apply_chat_template(MESSAGES))
-    limits = httpx.Limits(max_connections=args.concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        await http_request(client, args.tokens, False)  # warm-up: connection, caches
-        direct = [(await direct_request(engine, prompt, args.tokens))[1] for _ in range(args.requests)]
-        http = [(await http_request(client, args.tokens, False))[1] for _ in range(args.requests)]
-        print(f"\nsequential, non-streamed, {args.requests} requests of {args.tokens} tokens (ms)")
-        print(f"{'':12}{'p50':>10}{'p99':>10}")
-        for name, values in (("engine", direct), ("HTTP", http)):
-            print(f"{name:12}{percentile(values, 50) * 1e3:10.1f}{percentile(values, 99) * 1e3:10.1f}")
-        print(
-            f"{'overhead':12}{(percentile(http, 50) - percentile(direct, 50)) * 1e3:10.1f}"
-            f"{(percentile(http, 99) - percentile(direct, 99)) * 1e3:10.1f}"
-        )
+    loop = asyncio.get_running_loop()
 
-        print(f"\n{args.concurrency} concurrent streamed requests of {args.tokens} tokens")
-        print(f"{'':12}{'req/s':>10}{'TTFT p50':>12}{'TTFT p99':>12}")
-        for name, one in (
-            ("engine", lambda: direct_request(engine, prompt, args.tokens)),
-            ("HTTP", lambda: http_request(client, args.tokens, True)),
-        ):
-            start = time.perf_counter()
-            results = await asyncio.gather(*(one() for _ in range(args.concurrency)))
-            elapsed = time.perf_counter() - start
-            ttft = [r[0] for r in results]
-            print(
-                f"{name:12}{args.concurrency / elapsed:10.2f}"
-                f"{percentile(ttft, 50) * 1e3:10.0f}ms{percentile(ttft, 99) * 1e3:10.0f}ms"
-            )
+    def http(stream: bool, count: int):
+        return loop.run_in_executor(clients, http_batch, url, args.tokens, stream, count)
+
+    await http(False, 1)  # warm-up: client process, connection, prefix cache
+    await direct_request(engine, prompt, args.tokens)
+    direct, over_http = [], []
+    for _ in range(args.requests):  # interleaved, so that load drift hits both paths alike
+        direct.append((await direct_request(engine, prompt, args.tokens))[1])
+        over_http.append((await http(False, 1))[0][0][1])
+    print(f"\nsequential, non-streamed, {args.requests} requests of {args.tokens} tokens (ms)")
+    print(f"{'':12}{'p50':>10}{'p99':>10}")
+    for name, values in (("engine", direct), ("HTTP", over_http)):
+        print(f"{name:12}{percentile(values, 50) * 1e3:10.1f}{percentile(values, 99) * 1e3:10.1f}")
+    print(
+        f"{'overhead':12}{(percentile(over_http, 50) - percentile(direct, 50)) * 1e3:10.1f}"
+        f"{(percentile(over_http, 99) - percentile(direct, 99)) * 1e3:10.1f}"
+    )
+
+    print(f"\n{args.concurrency} concurrent streamed requests of {args.tokens} tokens")
+    print(f"{'':12}{'req/s':>10}{'TTFT p50':>12}{'TTFT p99':>12}")
+    start = time.perf_counter()
+    results = await asyncio.gather(*(direct_request(engine, prompt, args.tokens) for _ in range(args.concurrency)))
+    rows = [("engine", list(results), time.perf_counter() - start), ("HTTP", *(await http(True, args.concurrency)))]
+    for name, results, elapsed in rows:
+        ttft = [r[0] for r in results]
+        print(
+            f"{name:12}{len(results) / elapsed:10.2f}"
+            f"{percentile(ttft, 50) * 1e3:10.0f}ms{percentile(ttft, 99) * 1e3:10.0f}ms"
+        )
 
 
 def main() -> None:
@@ -122,7 +140,8 @@ def main() -> None:
     registry.load(ModelSpec(default_chat_model_path(), DEFAULT_CHAT_MODEL_NAME, "chat"))
     url, server, thread = serve(registry)  # the app's lifespan starts the engine
     try:
-        asyncio.run(measure(args, registry, url))
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
+            asyncio.run(measure(args, registry.chat(DEFAULT_CHAT_MODEL_NAME).engine, url, clients))
     finally:
         server.should_exit = True
         thread.join()

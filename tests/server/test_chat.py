@@ -22,11 +22,27 @@ def test_openai_plain_chat(oai):
     assert usage.completion_tokens <= 8 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+def test_prefix_cache_shows_in_usage(oai):
+    for _ in range(2):
+        completion = oai.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=1)
+    assert 0 < completion.usage.prompt_tokens_details.cached_tokens <= completion.usage.prompt_tokens
+
+
 def test_mistral_plain_chat(mistral):
     response = mistral.chat.complete(model=CHAT_MODEL, messages=HI, max_tokens=8, random_seed=1)
     assert response.choices[0].message.content
     assert response.choices[0].finish_reason in ("stop", "length")
     assert response.usage.completion_tokens <= 8
+
+
+def test_mistral_prefix_and_safe_prompt(mistral):
+    messages = [*HI, {"role": "assistant", "content": "Hello Ada", "prefix": True}]
+    response = mistral.chat.complete(model=CHAT_MODEL, messages=messages, max_tokens=4)
+    # The model continues the prefix, which is part of the returned content.
+    assert response.choices[0].message.content.startswith("Hello Ada")
+    plain = mistral.chat.complete(model=CHAT_MODEL, messages=HI, max_tokens=1)
+    safe = mistral.chat.complete(model=CHAT_MODEL, messages=HI, max_tokens=1, safe_prompt=True)
+    assert safe.usage.prompt_tokens > plain.usage.prompt_tokens
 
 
 def test_content_parts_and_system_roles(oai):
@@ -134,6 +150,7 @@ def test_json_schema(oai):
         model=CHAT_MODEL,
         messages=[{"role": "user", "content": "Invent a person. Answer in JSON."}],
         max_tokens=40,
+        temperature=0,
         response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
     )
     value = json.loads(completion.choices[0].message.content)
@@ -146,8 +163,10 @@ def test_json_schema(oai):
 def test_json_object(mistral):
     response = mistral.chat.complete(
         model=CHAT_MODEL,
-        messages=[{"role": "user", "content": "Give me a JSON object with a colour."}],
+        messages=[{"role": "user", "content": 'Reply with a JSON object holding one key, "colour".'}],
         max_tokens=60,
+        temperature=0,
         response_format={"type": "json_object"},
     )
+    assert response.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(response.choices[0].message.content), dict)

@@ -45,7 +45,7 @@ def test_no_server_errors(live_server):
         )
         def check(case) -> None:
             _aim_at_real_models(case)
-            case.call_and_validate(checks=[not_a_server_error])
+            case.call_and_validate(checks=[not_a_server_error], timeout=120)
 
         check()
         live_server.wait_idle()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import openai
+import pytest
+
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
 
 WEATHER = {
@@ -34,7 +37,7 @@ def _check_weather_call(call) -> None:
 
 def test_openai_required(oai):
     completion = oai.chat.completions.create(
-        model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=40, parallel_tool_calls=False
+        model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=40, parallel_tool_calls=False, temperature=0
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -49,6 +52,7 @@ def test_openai_named_stream(oai):
         tools=[TIME, WEATHER],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         max_tokens=40,
+        temperature=0,
         stream=True,
     )
     calls: dict[int, dict] = {}
@@ -69,7 +73,7 @@ def test_openai_named_stream(oai):
 
 
 def test_mistral_any_and_tool_result_round_trip(mistral):
-    response = mistral.chat.complete(model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice="any", max_tokens=40)
+    response = mistral.chat.complete(model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice="any", max_tokens=40, temperature=0)
     message = response.choices[0].message
     assert response.choices[0].finish_reason == "tool_calls"
     _check_weather_call(message.tool_calls[0])
@@ -86,9 +90,6 @@ def test_mistral_any_and_tool_result_round_trip(mistral):
 
 
 def test_unknown_named_tool_is_400(oai):
-    import openai
-    import pytest
-
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(
             model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}

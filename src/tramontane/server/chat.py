@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ..engine import Tokenizer
+from ..engine import TokenLogprob, Tokenizer
 from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, usage
@@ -23,6 +23,7 @@ from .protocol import (
     ChatCompletionResponse,
     Delta,
     DeltaToolCall,
+    NamedToolChoice,
     ResponseMessage,
     ToolCall,
     Usage,
@@ -57,7 +58,7 @@ async def create_chat_completion(
 ) -> Response | ChatCompletionResponse:
     model = models.chat(body.model)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
-    tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
+    tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
     prompt, prefix = _render_prompt(model, body, tools)
     factory = model.grammar.constraint_factory(
         body.response_format.model_dump(by_alias=True) if body.response_format else None,
@@ -93,7 +94,7 @@ async def respond(
     )
 
 
-def _choice(index: int, text: str, logprobs: list, reason: str | None, output: ChatOutput) -> ChatChoice:
+def _choice(index: int, text: str, logprobs: list[TokenLogprob], reason: str | None, output: ChatOutput) -> ChatChoice:
     content: str | None = output.prefix + text
     calls: list[ToolCall] = []
     if output.tools:

@@ -12,8 +12,6 @@ import math
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
@@ -104,7 +102,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, request_validation_exception_handler)
+    # RequestValidationError keeps FastAPI's own handler (the 422 `detail` shape).
     app.add_exception_handler(HTTPException, _http_error)
     # Anything else is turned into a 500 by RequestContextMiddleware.
     for exc_type in (APIError, InvalidRequestError, EngineOverloadedError, EngineDeadError):

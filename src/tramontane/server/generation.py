@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ..engine import AsyncEngine, RequestOutput, SamplingParams, TokenLogprob
 from .errors import from_engine_error
 from .metrics import Metrics
-from .protocol import Usage
+from .protocol import PromptTokensDetails, Usage
 
 
 @dataclass
@@ -105,7 +105,10 @@ class Generation:
 def usage(gens: list[Generation]) -> Usage:
     prompt = sum(g.prompt_tokens for g in gens)
     completion = sum(g.completion_tokens for g in gens)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    cached = PromptTokensDetails(cached_tokens=sum(g.num_cached_tokens for g in gens))
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion, prompt_tokens_details=cached
+    )
 
 
 async def run_all(gens: list[Generation], streamed: bool) -> None:

@@ -51,7 +51,7 @@ class Metrics:
         self.prompt_tokens = Counter("tramontane_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
         self.completion_tokens = Counter("tramontane_completion_tokens", "Tokens generated", ["model"], registry=r)
         self.ttft = Histogram(
-            "tramontane_time_to_first_token_seconds", "Request arrival to first generated token",
+            "tramontane_time_to_first_token_seconds", "Submission to the engine to first generated token",
             ["model"], buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.itl = Histogram(

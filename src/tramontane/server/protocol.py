@@ -85,10 +85,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int  # served from the prefix cache
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 # -- chat --------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..engine import AsyncEngine, EngineConfig
+from ..engine import AsyncEngine
 from ..engine.defaults import (
     DEFAULT_CHAT_MODEL_NAME,
     DEFAULT_EMBEDDING_MODEL_NAME,
@@ -121,7 +121,7 @@ class ModelRegistry:
             model = EmbeddingModel.from_path(spec.path)
             entry: ChatModel | EmbeddingEntry = EmbeddingEntry(spec.name or model.name, model)
         else:
-            engine = AsyncEngine.from_path(spec.path, EngineConfig(), on_progress)
+            engine = AsyncEngine.from_path(spec.path, on_progress=on_progress)
             tokenizer = engine.tokenizer
             entry = ChatModel(
                 spec.name or engine.name,

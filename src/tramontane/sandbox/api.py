@@ -1,0 +1,256 @@
+"""The sandbox REST API: a FastAPI router under /v1/sandboxes.
+
+Errors are `{"error": {"message", "type", "param", "code"}}` whatever app mounts
+the router: its routes turn sandbox errors and validation failures into that
+shape themselves. Streamed endpoints answer NDJSON, or server-sent events when
+the request accepts text/event-stream; an error before the first event is a
+plain HTTP error, one after it is a final {"type": "error"} event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
+
+from .errors import NotFound, SandboxError, TooLarge
+from .manager import SandboxManager
+from .sandbox import SandboxState
+from .schemas import (
+    CodeBody,
+    CommandBody,
+    CommandResultModel,
+    CreateSandboxBody,
+    EntryList,
+    EntryModel,
+    MakeDirModel,
+    MetricsModel,
+    ProcessList,
+    ProcessModel,
+    RenameBody,
+    SandboxList,
+    SandboxModel,
+    StartedModel,
+    TimeoutBody,
+)
+
+_TYPES = {
+    400: "invalid_request_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    503: "overloaded_error",
+}
+
+
+def error_body(status: int, message: str, code: str | None, param: str | None) -> dict[str, Any]:
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _sandbox_error(exc: SandboxError) -> dict[str, Any]:
+    return error_body(exc.status, exc.message, exc.code, exc.param)
+
+
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    message = f"{'.'.join(location) or 'request'}: {first.get('msg', 'invalid')}"
+    return JSONResponse(error_body(422, message, "invalid_value", ".".join(location) or None), status_code=422)
+
+
+class _SandboxRoute(APIRoute):
+    """Answers sandbox and validation errors in the API's error shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except SandboxError as exc:
+                return JSONResponse(_sandbox_error(exc), status_code=exc.status)
+            except RequestValidationError as exc:
+                return _validation_error(exc)
+
+        return route
+
+
+def _event(event: dict[str, Any], sse: bool) -> bytes:
+    data = json.dumps({k: v for k, v in event.items() if v is not None})
+    if sse:
+        return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    return data.encode() + b"\n"
+
+
+async def _stream(request: Request, events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    first = await anext(events)  # errors before any event become the HTTP status
+    sse = "text/event-stream" in request.headers.get("accept", "")
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            yield _event(first, sse)
+            async for event in events:
+                yield _event(event, sse)
+        except SandboxError as exc:
+            yield _event({"type": "error", **_sandbox_error(exc)}, sse)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    media = "text/event-stream" if sse else "application/x-ndjson"
+    return StreamingResponse(body(), media_type=media, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _as_dicts(events: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
+    async with aclosing(events):  # type: ignore[type-var]
+        async for event in events:
+            yield dataclasses.asdict(event)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"file is larger than {limit} bytes", param="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"file is larger than {limit} bytes", param="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_router(manager: SandboxManager, *, dependencies: Sequence[Any] = ()) -> APIRouter:
+    """The API over `manager`; the app must run `manager.start()` and `shutdown()` in its lifespan."""
+    router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"], route_class=_SandboxRoute,
+                       dependencies=list(dependencies))  # fmt: skip
+
+    @router.post("", status_code=201, response_model=SandboxModel)
+    async def create_sandbox(body: CreateSandboxBody) -> SandboxModel:
+        sandbox = await manager.create(body.spec(manager.config.default_limits))
+        return SandboxModel.of(sandbox.info())
+
+    @router.get("", response_model=SandboxList)
+    async def list_sandboxes(
+        state: SandboxState | None = None,
+        metadata: str | None = Query(None, description='URL-encoded pairs, e.g. "user=alice&app=x".'),
+    ) -> SandboxList:
+        wanted = dict(parse_qsl(metadata)) if metadata else None
+        return SandboxList(sandboxes=[SandboxModel.of(s.info()) for s in manager.list(metadata=wanted, state=state)])
+
+    @router.get("/{sandbox_id}", response_model=SandboxModel)
+    async def get_sandbox(sandbox_id: str) -> SandboxModel:
+        return SandboxModel.of(manager.get(sandbox_id).info())
+
+    @router.delete("/{sandbox_id}", status_code=204)
+    async def kill_sandbox(sandbox_id: str) -> Response:
+        await manager.kill(sandbox_id)
+        return Response(status_code=204)
+
+    @router.post("/{sandbox_id}/timeout", response_model=SandboxModel)
+    async def set_timeout(sandbox_id: str, body: TimeoutBody) -> SandboxModel:
+        return SandboxModel.of(manager.set_timeout(sandbox_id, body.timeout).info())
+
+    @router.post("/{sandbox_id}/pause", response_model=SandboxModel)
+    async def pause(sandbox_id: str) -> SandboxModel:
+        return SandboxModel.of((await manager.pause(sandbox_id)).info())
+
+    @router.post("/{sandbox_id}/resume", response_model=SandboxModel)
+    async def resume(sandbox_id: str) -> SandboxModel:
+        return SandboxModel.of((await manager.resume(sandbox_id)).info())
+
+    @router.get("/{sandbox_id}/metrics", response_model=MetricsModel)
+    async def metrics(sandbox_id: str) -> MetricsModel:
+        sandbox = manager.get(sandbox_id)
+        return MetricsModel.of(sandbox.usage(), sandbox.spec.limits)
+
+    # -- commands
+
+    @router.post("/{sandbox_id}/commands", response_model=None)
+    async def run_command(sandbox_id: str, body: CommandBody, request: Request) -> Response | StartedModel:
+        commands = manager.get(sandbox_id).commands
+        options = {"cwd": body.cwd, "envs": body.envs, "timeout": body.timeout}
+        if body.stream:
+            events = commands.stream(body.cmd, background=body.background, **options)
+            return await _stream(request, _as_dicts(events))
+        if body.background:
+            return StartedModel(pid=await commands.start(body.cmd, **options))
+        result = await commands.run(body.cmd, **options)
+        return JSONResponse(CommandResultModel(**dataclasses.asdict(result)).model_dump())
+
+    @router.get("/{sandbox_id}/processes", response_model=ProcessList)
+    async def list_processes(sandbox_id: str) -> ProcessList:
+        processes = await manager.get(sandbox_id).commands.list()
+        return ProcessList(processes=[ProcessModel.of(p) for p in processes])
+
+    @router.delete("/{sandbox_id}/processes/{pid}", status_code=204)
+    async def kill_process(sandbox_id: str, pid: int, signal: int = Query(9, ge=1, le=64)) -> Response:
+        if not await manager.get(sandbox_id).commands.kill(pid, signal):
+            raise NotFound(f"no process {pid} in the sandbox", code="process_not_found", param="pid")
+        return Response(status_code=204)
+
+    # -- files
+
+    @router.get("/{sandbox_id}/files", response_class=Response)
+    async def download(sandbox_id: str, path: str) -> Response:
+        data = await manager.get(sandbox_id).files.read(path)
+        return Response(data, media_type="application/octet-stream")
+
+    @router.put("/{sandbox_id}/files", response_model=EntryModel)
+    async def upload(sandbox_id: str, path: str, request: Request) -> EntryModel:
+        files = manager.get(sandbox_id).files
+        return EntryModel.of(await files.write(path, await _read_body(request, files.max_file_bytes)))
+
+    @router.delete("/{sandbox_id}/files", status_code=204)
+    async def remove(sandbox_id: str, path: str) -> Response:
+        await manager.get(sandbox_id).files.remove(path)
+        return Response(status_code=204)
+
+    @router.get("/{sandbox_id}/files/list", response_model=EntryList)
+    async def list_files(sandbox_id: str, path: str = ".", depth: int = 1) -> EntryList:
+        entries = await manager.get(sandbox_id).files.list(path, depth)
+        return EntryList(entries=[EntryModel.of(e) for e in entries])
+
+    @router.get("/{sandbox_id}/files/info", response_model=EntryModel)
+    async def file_info(sandbox_id: str, path: str) -> EntryModel:
+        return EntryModel.of(await manager.get(sandbox_id).files.get_info(path))
+
+    @router.post("/{sandbox_id}/files/mkdir", response_model=MakeDirModel)
+    async def make_dir(sandbox_id: str, path: str) -> MakeDirModel:
+        return MakeDirModel(created=await manager.get(sandbox_id).files.make_dir(path))
+
+    @router.post("/{sandbox_id}/files/rename", response_model=EntryModel)
+    async def rename(sandbox_id: str, body: RenameBody) -> EntryModel:
+        return EntryModel.of(await manager.get(sandbox_id).files.rename(body.old_path, body.new_path))
+
+    # -- code interpreter
+
+    @router.post("/{sandbox_id}/code", response_model=None)
+    async def run_code(sandbox_id: str, body: CodeBody, request: Request) -> Response:
+        interpreter = manager.get(sandbox_id).interpreter
+        if not body.stream:
+            execution = await interpreter.run(body.code, timeout=body.timeout)
+            return JSONResponse(dataclasses.asdict(execution))
+
+        async def events() -> AsyncIterator[dict[str, Any]]:
+            async with aclosing(interpreter.stream(body.code, timeout=body.timeout)) as stream:
+                async for event in stream:
+                    if event.execution is not None:
+                        yield {"type": "result", **dataclasses.asdict(event.execution)}
+                    else:
+                        yield {"type": event.type, "data": event.data}
+
+        return await _stream(request, events())
+
+    return router
+

@@ -1,0 +1,154 @@
+"""The bubblewrap command line of a tier-1 sandbox.
+
+The sandbox sees: the host's /usr read-only (with the merged-/usr links), a few
+public files of /etc, generated passwd/group/hosts, a fresh /proc of its own PID
+namespace, a minimal /dev, and three size-capped tmpfs mounts (/home/user, /tmp,
+/dev/shm). No /sys, no /root, no /home of the host, no /etc/shadow, nothing of the
+platform's own files. The root itself is a tmpfs remounted read-only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .policy import MiB, Limits
+
+SANDBOX_UID = 1000
+SANDBOX_USER = "user"
+HOME = "/home/user"
+HOSTNAME = "sandbox"
+PYTHON = "/usr/bin/python3"
+GUEST_ROOT = "/opt/tramontane"  # the guest package lands in GUEST_ROOT/guest
+
+# Top-level directories a merged-/usr system links into /usr, or binds on an older one.
+_USR_ROOTS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# Public configuration programs read; none of it is secret.
+_ETC_PUBLIC = (
+    "alternatives",  # Debian's /usr/bin/* -> /etc/alternatives/* links
+    "ld.so.cache",
+    "localtime",
+    "ssl",
+    "ca-certificates",
+    "fonts",
+    "matplotlibrc",
+    "mime.types",
+    "protocols",
+    "services",
+)
+
+
+def _passwd() -> bytes:
+    return (
+        f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"{SANDBOX_USER}:x:{SANDBOX_UID}:{SANDBOX_UID}:{SANDBOX_USER}:{HOME}:/bin/bash\n"
+        f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    ).encode()
+
+
+def _group() -> bytes:
+    return f"root:x:0:\n{SANDBOX_USER}:x:{SANDBOX_UID}:\nnogroup:x:65534:\n".encode()
+
+
+def _hosts() -> bytes:
+    return f"127.0.0.1\tlocalhost {HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n".encode()
+
+
+def sandbox_files() -> dict[str, bytes]:
+    """Files bwrap writes into the sandbox read-only: identity files and the guest code."""
+    files = {"/etc/passwd": _passwd(), "/etc/group": _group(), "/etc/hosts": _hosts()}
+    guest = Path(__file__).with_name("guest")
+    for name in ("__init__.py", "agent.py", "fileops.py", "interpreter.py"):
+        files[f"{GUEST_ROOT}/guest/{name}"] = (guest / name).read_bytes()
+    return files
+
+
+def base_env() -> dict[str, str]:
+    """The environment every sandboxed process starts from."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "HOME": HOME,
+        "USER": SANDBOX_USER,
+        "LOGNAME": SANDBOX_USER,
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "MPLCONFIGDIR": "/tmp/.matplotlib",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+@dataclass
+class LaunchFds:
+    """Descriptors bwrap inherits; the caller opens and closes them."""
+
+    seccomp: int
+    info: int
+    block: int
+    files: dict[str, int]  # path in the sandbox -> fd holding its content
+
+    def all(self) -> tuple[int, ...]:
+        return (self.seccomp, self.info, self.block, *self.files.values())
+
+
+def open_file_fds(files: dict[str, bytes]) -> dict[str, int]:
+    fds = {}
+    for path, content in files.items():
+        fd = os.memfd_create("tramontane-file", os.MFD_CLOEXEC)
+        os.write(fd, content)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fds[path] = fd
+    return fds
+
+
+def _root_filesystem(host_root: Path) -> list[str]:
+    argv = ["--ro-bind", "/usr", "/usr"]
+    for name in _USR_ROOTS:
+        host = host_root / name
+        if host.is_symlink():
+            argv += ["--symlink", os.readlink(host), f"/{name}"]
+        elif host.is_dir():
+            argv += ["--ro-bind", str(host), f"/{name}"]
+    argv += ["--dir", "/etc"]
+    for name in _ETC_PUBLIC:
+        if (host_root / "etc" / name).exists():
+            argv += ["--ro-bind", str(host_root / "etc" / name), f"/etc/{name}"]
+    return argv
+
+
+def build_argv(bwrap: str, limits: Limits, fds: LaunchFds, command: list[str], host_root: Path = Path("/")) -> list[str]:
+    argv = [
+        bwrap,
+        # Every namespace; --disable-userns stops the sandbox nesting its own.
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--uid", str(SANDBOX_UID),
+        "--gid", str(SANDBOX_UID),
+        "--hostname", HOSTNAME,
+        # A new session defeats TIOCSTI on the host terminal; dying with the
+        # manager means no sandbox outlives the process that accounts for it.
+        "--new-session",
+        "--die-with-parent",
+        "--cap-drop", "ALL",
+        *_root_filesystem(host_root),
+    ]  # fmt: skip
+    for path, fd in fds.files.items():
+        argv += ["--perms", "0444", "--ro-bind-data", str(fd), path]
+    argv += [
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--perms", "1777", "--size", str(limits.tmp_mb * MiB), "--tmpfs", "/dev/shm",
+        "--perms", "1777", "--size", str(limits.tmp_mb * MiB), "--tmpfs", "/tmp",
+        "--dir", "/home",
+        "--perms", "0700", "--size", str(limits.workspace_mb * MiB), "--tmpfs", HOME,
+        "--remount-ro", "/",
+        "--chdir", HOME,
+        "--seccomp", str(fds.seccomp),
+        "--info-fd", str(fds.info),
+        "--block-fd", str(fds.block),
+        "--",
+        *command,
+    ]  # fmt: skip
+    return argv

@@ -1,0 +1,356 @@
+"""The agent inside every sandbox (the role E2B's envd plays in its VMs).
+
+It runs under the host's /usr/bin/python3 (`python3 -I -S`, see launcher.py), so
+it uses the standard library only and imports little: its start-up is on the
+path of every sandbox creation. Everything the host asks
+(commands, files, code) goes through it over stdin/stdout, one JSON object per
+line, which means file operations resolve paths with the sandbox's own view of
+the filesystem: a symlink planted by sandboxed code cannot point the host
+anywhere.
+
+Requests: {"id": n, "op": ..., ...}. Replies: {"id": n, "ev": ...}; "ok" and
+"error" end a request, "start", "stdout", "stderr", "exit" and "result" belong to
+streams. The host treats everything said here as untrusted.
+"""
+
+import codecs
+import fcntl
+import json
+import os
+import resource
+import selectors
+import signal
+import sys
+import time
+
+from .fileops import HOME, OPS, Failure, errno_name, failure_from, kind_of
+
+CHUNK = 65536
+CHILD_OOM_SCORE_ADJ = b"500"  # sandboxed work dies before the agent when memory runs out
+SIGINT_GRACE_S = 2.0
+GUEST_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INTERPRETER_BOOT = f"import sys; sys.path.insert(0, {GUEST_ROOT!r}); from guest.interpreter import main; main()"
+
+
+class Child:
+    """A process the agent started; its output pipes stream to request `rid`."""
+
+    def __init__(self, rid, pid, cmd, cwd, out_fd, err_fd, deadline):
+        self.rid, self.pid, self.cmd, self.cwd = rid, pid, cmd, cwd
+        self.streams = {out_fd: "stdout", err_fd: "stderr"}
+        self.decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in self.streams}
+        self.deadline = deadline
+        self.started = time.time()
+        self.error = None
+
+
+class Agent:
+    def __init__(self):
+        self.env = dict(os.environ)
+        self.sel = selectors.DefaultSelector()
+        self.inbuf = b""
+        self.children = {}  # pid -> Child
+        self.repl = None  # Child running the interpreter
+        self.repl_io = None  # (request fd, response fd, response buffer)
+        self.repl_rid = None  # request being executed
+        self.repl_interrupted_at = None
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(wake_w)
+        self.sel.register(wake_r, selectors.EVENT_READ, "wake")
+        os.set_blocking(0, False)
+        self.sel.register(0, selectors.EVENT_READ, "stdin")
+
+    # -- output to the host
+
+    def send(self, message):
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        view = memoryview(data)
+        while view:
+            view = view[os.write(1, view) :]
+
+    # -- main loop
+
+    def run(self):
+        while True:
+            timeout = self.next_timeout()
+            for key, _ in self.sel.select(timeout):
+                if key.data == "stdin":
+                    if not self.read_requests():
+                        return
+                elif key.data == "wake":
+                    try:
+                        os.read(key.fd, 4096)
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                elif key.data == "repl":
+                    self.read_repl_response()
+                else:
+                    self.pump(key.data, key.fd)
+            self.enforce_deadlines()
+
+    def read_requests(self):
+        try:
+            chunk = os.read(0, 1 << 20)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False  # the host went away
+        self.inbuf += chunk
+        *lines, self.inbuf = self.inbuf.split(b"\n")
+        for line in lines:
+            request = json.loads(line)
+            rid = request.get("id")
+            try:
+                handler = OPS.get(request["op"]) or getattr(self, "op_" + request["op"])
+                result = handler(request)
+                if result is not None:
+                    self.send({"id": rid, "ev": "ok", **result})
+            except Failure as exc:
+                self.send({"id": rid, "ev": "error", "kind": exc.kind, "message": str(exc)})
+            except OSError as exc:
+                failure = failure_from(exc)
+                self.send({"id": rid, "ev": "error", "kind": failure.kind, "message": str(failure)})
+        return True
+
+    # -- processes
+
+    def spawn(self, argv, cwd, env, extra_fds=()):
+        """Forks `argv` in its own session; returns (pid, stdout fd, stderr fd)."""
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                # Parked above the targets first, so no dup2 below clobbers a source.
+                sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in extra_fds]
+                os.dup2(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), 0)
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                for target, fd in enumerate(sources, start=3):
+                    os.dup2(fd, target)
+                with open("/proc/self/oom_score_adj", "wb") as f:
+                    f.write(CHILD_OOM_SCORE_ADJ)
+                os.chdir(cwd)
+                os.execve(argv[0], argv, env)
+            except OSError as exc:
+                os.write(status_w, f"{errno_name(exc.errno)} {exc.strerror}: {exc.filename or argv[0]}".encode())
+            os._exit(127)
+        for fd in (out_w, err_w, status_w):
+            os.close(fd)
+        failure = os.read(status_r, 4096).decode()
+        os.close(status_r)
+        if failure:
+            os.waitpid(pid, 0)
+            os.close(out_r)
+            os.close(err_r)
+            name, _, message = failure.partition(" ")
+            raise Failure(kind_of(name), message)
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
+        return pid, out_r, err_r
+
+    def watch(self, child):
+        self.children[child.pid] = child
+        for fd in child.streams:
+            self.sel.register(fd, selectors.EVENT_READ, child)
+
+    def op_exec(self, request):
+        cwd = request.get("cwd") or HOME
+        env = {**self.env, **(request.get("env") or {})}
+        timeout = request.get("timeout")
+        deadline = time.monotonic() + timeout if timeout else None
+        argv = ["/bin/bash", "-c", request["cmd"]]
+        pid, out_r, err_r = self.spawn(argv, cwd, env)
+        self.watch(Child(request["id"], pid, request["cmd"], cwd, out_r, err_r, deadline))
+        self.send({"id": request["id"], "ev": "start", "pid": pid})
+        return None
+
+    def op_kill(self, request):
+        pid, sig = int(request["pid"]), int(request.get("signal", signal.SIGKILL))
+        try:
+            # Commands lead their own process group: take their children along.
+            if pid in self.children:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            return {"killed": False}
+        return {"killed": True}
+
+    def op_ps(self, request):
+        return {
+            "processes": [
+                {"pid": c.pid, "cmd": c.cmd, "cwd": c.cwd, "started_at": c.started}
+                for c in self.children.values()
+                if c is not self.repl
+            ]
+        }
+
+    def op_configure(self, request):
+        self.env.update(request.get("env") or {})
+        return {}
+
+    def pump(self, child, fd):
+        """Forwards what `fd` holds now; closes it at end of file."""
+        while True:
+            try:
+                data = os.read(fd, CHUNK)
+            except BlockingIOError:
+                return
+            if not data:
+                self.close_stream(child, fd)
+                return
+            self.emit(child, fd, data)
+            if len(data) < CHUNK:
+                return
+
+    def emit(self, child, fd, data, final=False):
+        text = child.decoders[fd].decode(data, final)
+        rid = self.repl_rid if child is self.repl else child.rid
+        if text and rid is not None:
+            self.send({"id": rid, "ev": child.streams[fd], "data": text})
+
+    def close_stream(self, child, fd):
+        self.emit(child, fd, b"", final=True)
+        self.sel.unregister(fd)
+        os.close(fd)
+        del child.streams[fd]
+
+    def drain(self, child):
+        """Everything the child wrote before it exited; later writers (its
+        background children) lose their pipe."""
+        for fd in list(child.streams):
+            self.pump(child, fd)
+            if fd in child.streams:
+                self.close_stream(child, fd)
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            self.drain(child)
+            code = os.waitstatus_to_exitcode(status)
+            exit_code = 128 - code if code < 0 else code
+            if child is self.repl:
+                self.repl_exited(exit_code)
+            else:
+                self.send({"id": child.rid, "ev": "exit", "exit_code": exit_code, "error": child.error})
+
+    def enforce_deadlines(self):
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.deadline is not None and now >= child.deadline:
+                child.deadline = None
+                if child is self.repl:
+                    self.interrupt_repl()
+                else:
+                    child.error = "timeout"
+                    try:
+                        os.killpg(child.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        if self.repl_interrupted_at is not None and now - self.repl_interrupted_at > SIGINT_GRACE_S:
+            self.repl_interrupted_at = None
+            os.killpg(self.repl.pid, signal.SIGKILL)
+
+    def next_timeout(self):
+        deadlines = [c.deadline for c in self.children.values() if c.deadline is not None]
+        if self.repl_interrupted_at is not None:
+            deadlines.append(self.repl_interrupted_at + SIGINT_GRACE_S)
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    # -- code interpreter
+
+    def op_code(self, request):
+        if self.repl_rid is not None:
+            raise Failure("busy", "the code interpreter is running another execution")
+        if self.repl is None:
+            self.start_repl(request)
+        timeout = request.get("timeout")
+        self.repl.deadline = time.monotonic() + timeout if timeout else None
+        self.repl_rid = request["id"]
+        payload = json.dumps({"code": request["code"]}).encode() + b"\n"
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(self.repl_io[0], view) :]
+        return None
+
+    def op_interrupt(self, request):
+        if self.repl_rid is not None and self.repl_interrupted_at is None:
+            self.interrupt_repl()
+        return {}
+
+    def start_repl(self, request):
+        req_r, req_w = os.pipe2(os.O_CLOEXEC)
+        resp_r, resp_w = os.pipe2(os.O_CLOEXEC)
+        env = {**self.env, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+        argv = ["/usr/bin/python3", "-c", INTERPRETER_BOOT]
+        try:
+            pid, out_r, err_r = self.spawn(argv, request.get("cwd") or HOME, env, extra_fds=(req_r, resp_w))
+        finally:
+            os.close(req_r)
+            os.close(resp_w)
+        os.set_blocking(resp_r, False)
+        self.repl = Child(None, pid, "python3 (code interpreter)", HOME, out_r, err_r, None)
+        self.watch(self.repl)
+        self.repl_io = (req_w, resp_r, b"")
+        self.sel.register(resp_r, selectors.EVENT_READ, "repl")
+
+    def read_repl_response(self):
+        req_w, resp_r, buf = self.repl_io
+        try:
+            chunk = os.read(resp_r, CHUNK)
+        except BlockingIOError:
+            return
+        if not chunk:
+            return  # handled when the process is reaped
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        self.repl_io = (req_w, resp_r, buf)
+        for line in lines:
+            # Output printed before the reply is already in the pipes: send it first.
+            for fd in list(self.repl.streams):
+                self.pump(self.repl, fd)
+            self.repl.deadline = None
+            self.repl_interrupted_at = None
+            rid, self.repl_rid = self.repl_rid, None
+            if rid is not None:
+                self.send({"id": rid, "ev": "result", **json.loads(line)})
+
+    def interrupt_repl(self):
+        os.kill(self.repl.pid, signal.SIGINT)
+        self.repl_interrupted_at = time.monotonic()
+
+    def repl_exited(self, exit_code):
+        req_w, resp_r, _ = self.repl_io
+        self.sel.unregister(resp_r)
+        os.close(resp_r)
+        os.close(req_w)
+        self.repl = self.repl_io = None
+        self.repl_interrupted_at = None
+        rid, self.repl_rid = self.repl_rid, None
+        if rid is not None:
+            message = f"the interpreter exited with code {exit_code}; its state is lost"
+            error = {"name": "InterpreterDied", "value": message, "traceback": ""}
+            self.send({"id": rid, "ev": "result", "results": [], "error": error, "execution_count": None})
+
+
+
+def main(rlimits):
+    # Only the host's pipes may cross into commands: drop whatever bwrap left open.
+    os.closerange(3, 1 << 16)
+    # Soft and hard: nothing started from here can raise them again.
+    for limit, value in rlimits.items():
+        resource.setrlimit(int(limit), (value, value))
+    Agent().run()

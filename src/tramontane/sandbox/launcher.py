@@ -1,0 +1,162 @@
+"""Starting and stopping one sandbox: bwrap, its cgroup, the agent channel.
+
+bwrap is told to block (`--block-fd`) once its namespaces exist and before the
+sandbox's PID 1 forks anything; the host then moves that process into the
+sandbox's cgroup, so every process the sandbox will ever have is born inside it.
+The rlimits are set by the agent before it runs anything (the host may lack
+CAP_SYS_RESOURCE for prlimit(2), and lowering one's own limits needs nothing). bwrap runs as a host uid of its own per sandbox, which
+its user namespace maps to uid 1000 inside: even an escape lands as an
+unprivileged user no other sandbox shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import subprocess
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from . import bwrap, seccomp
+from .cgroups import Cgroup, CgroupTree
+from .channel import MAX_LINE_BYTES, AgentChannel
+from .errors import SandboxError, Unavailable
+from .policy import MiB, Limits
+
+logger = logging.getLogger("tramontane.sandbox")
+
+STDERR_TAIL_BYTES = 8192
+
+
+AGENT_BOOT = (
+    f"import json, sys; sys.path.insert(0, {bwrap.GUEST_ROOT!r}); "
+    "from guest.agent import main; main(json.loads(sys.argv[1]))"
+)
+
+
+@lru_cache(maxsize=1)
+def _sandbox_files() -> dict[str, bytes]:
+    return bwrap.sandbox_files()
+
+
+def _rlimits(limits: Limits) -> dict[int, int]:
+    return {
+        resource.RLIMIT_NOFILE: limits.nofile,
+        # Counted per uid, and the uid is this sandbox's alone: a second pids ceiling.
+        resource.RLIMIT_NPROC: limits.pids,
+        resource.RLIMIT_FSIZE: max(limits.workspace_mb, limits.tmp_mb) * MiB,
+        resource.RLIMIT_CORE: 0,
+    }
+
+
+def agent_command(limits: Limits) -> list[str]:
+    return [bwrap.PYTHON, "-I", "-S", "-c", AGENT_BOOT, json.dumps(_rlimits(limits))]
+
+
+def _read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _spawn(
+    bwrap_path: str, group: Cgroup, limits: Limits, host_uid: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Starts bwrap, places it, releases it; returns the process and the sandbox's PID 1."""
+    info_r, info_w = os.pipe2(os.O_CLOEXEC)
+    block_r, block_w = os.pipe2(os.O_CLOEXEC)
+    fds = bwrap.LaunchFds(seccomp.filter_fd(), info_w, block_r, bwrap.open_file_fds(_sandbox_files()))
+    try:
+        process = subprocess.Popen(
+            bwrap.build_argv(bwrap_path, limits, fds, agent_command(limits)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=fds.all(),
+            env=env,
+            user=host_uid,
+            group=host_uid,
+            extra_groups=[],
+        )
+    finally:
+        for fd in fds.all():
+            os.close(fd)
+    try:
+        info = _read_to_end(info_r)
+        if not info:
+            process.wait()
+            assert process.stderr is not None
+            message = process.stderr.read(STDERR_TAIL_BYTES).decode(errors="replace").strip()
+            raise Unavailable(f"bwrap could not start the sandbox: {message}", code="bwrap_failed")
+        init_pid = int(json.loads(info)["child-pid"])
+        group.add(process.pid)
+        group.add(init_pid)
+        os.write(block_w, b"go")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        os.close(info_r)
+        os.close(block_w)
+    return process, init_pid
+
+
+@dataclass
+class Runtime:
+    process: subprocess.Popen[bytes]
+    cgroup: Cgroup
+    channel: AgentChannel
+    init_pid: int
+    host_uid: int
+    stderr_tail: bytearray = field(default_factory=bytearray)
+    _stderr_task: asyncio.Task[None] | None = None
+
+    async def _collect_stderr(self, reader: asyncio.StreamReader) -> None:
+        while chunk := await reader.read(4096):
+            self.stderr_tail += chunk
+            del self.stderr_tail[:-STDERR_TAIL_BYTES]
+
+    async def stop(self) -> None:
+        """Kills everything in the sandbox and releases its cgroup."""
+        try:
+            await asyncio.to_thread(self.cgroup.kill)
+        except (OSError, SandboxError) as exc:
+            logger.error("could not empty the cgroup of a sandbox: %s", exc)
+        self.channel.close()
+        await asyncio.to_thread(self.process.wait)
+        if self._stderr_task is not None:
+            await self._stderr_task
+        try:
+            self.cgroup.remove()
+        except OSError as exc:
+            logger.error("could not remove a sandbox cgroup: %s", exc)
+
+
+async def launch(
+    *, bwrap_path: str, tree: CgroupTree, name: str, limits: Limits, host_uid: int, env: dict[str, str]
+) -> Runtime:
+    group = tree.create(name, limits)
+    try:
+        process, init_pid = await asyncio.to_thread(_spawn, bwrap_path, group, limits, host_uid, env)
+    except BaseException:
+        await asyncio.to_thread(group.kill)
+        group.remove()
+        raise
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), process.stdout)
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), process.stdin
+    )
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    errors = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(errors), process.stderr)
+    runtime = Runtime(process, group, AgentChannel(reader, writer), init_pid, host_uid)
+    runtime._stderr_task = asyncio.create_task(runtime._collect_stderr(errors))
+    return runtime

@@ -1,0 +1,261 @@
+"""SandboxManager: creates, lists, finds and kills sandboxes, and reclaims them
+when their absolute or idle timeout passes.
+
+A few sandboxes of the default shape are kept started ahead of demand (the
+pool): a pooled sandbox is a pristine bwrap + agent that has run nothing, so
+handing it out only means writing its cgroup limits and environment, which takes
+creation off the agent's start-up time. Sandboxes whose mount sizes or rlimits
+differ from the default are started on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import bwrap
+from .cgroups import CgroupTree
+from .errors import NotFound, SandboxError, Unavailable
+from .files import MAX_FILE_BYTES
+from .launcher import Runtime, launch
+from .policy import Limits, SandboxSpec, validate_timeout
+from .sandbox import ManagedSandbox, SandboxState
+
+logger = logging.getLogger("tramontane.sandbox")
+
+
+def _default_max_limits() -> Limits:
+    return Limits(
+        cpu=float(os.cpu_count() or 1),
+        memory_mb=16384,
+        pids=4096,
+        workspace_mb=16384,
+        tmp_mb=4096,
+        nofile=65536,
+    )
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    bwrap_path: str | None = None  # found on PATH when None
+    max_sandboxes: int = 256
+    pool_size: int = 4
+    default_limits: Limits = field(default_factory=Limits)
+    max_limits: Limits = field(default_factory=_default_max_limits)
+    max_timeout_s: float = 24 * 3600.0
+    templates: frozenset[str] = frozenset({"base"})
+    # Each sandbox runs as its own host uid, from this one up; pick a range no
+    # account or subordinate-id range (/etc/subuid) uses.
+    host_uid_base: int = 1_500_000_000
+    cgroup_v2_parent: str = "/"
+    max_file_bytes: int = MAX_FILE_BYTES
+    reap_interval_s: float = 0.25
+
+
+def _pool_key(limits: Limits) -> tuple[int, int, int, int]:
+    """The limits fixed when a sandbox starts: mount sizes and the agent's rlimits."""
+    return (limits.workspace_mb, limits.tmp_mb, limits.nofile, limits.pids)
+
+
+class SandboxManager:
+    def __init__(self, config: ManagerConfig | None = None):
+        self.config = config or ManagerConfig()
+        self._sandboxes: dict[str, ManagedSandbox] = {}
+        self._pool: list[tuple[str, Runtime]] = []
+        self._free_uids = list(range(self.config.max_sandboxes + self.config.pool_size))[::-1]
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._filling: asyncio.Task[None] | None = None
+        self._bwrap = ""
+        self._tree: CgroupTree | None = None
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Checks the host can run tier-1 sandboxes, then starts the reaper and the pool."""
+        found = self.config.bwrap_path or shutil.which("bwrap")
+        if not found:
+            raise Unavailable("bubblewrap (bwrap) is not installed", code="bwrap_missing")
+        if os.geteuid() != 0:
+            raise Unavailable("tier-1 sandboxes need root (a host uid and a cgroup per sandbox)", code="not_root")
+        if not Path(bwrap.PYTHON).exists():
+            raise Unavailable(f"{bwrap.PYTHON} is missing; the sandbox agent runs on it", code="python_missing")
+        self._bwrap = found
+        self._tree = CgroupTree.detect(self.config.cgroup_v2_parent)
+        self._tree.reap_stale()
+        self._reaper = asyncio.create_task(self._reap_loop())
+        self._refill()
+
+    async def shutdown(self) -> None:
+        for task in (self._reaper, self._filling):
+            if task is not None:
+                task.cancel()
+        pooled, self._pool = self._pool, []
+        await asyncio.gather(
+            *(self._remove(s, "shutdown") for s in list(self._sandboxes.values())),
+            *(self._release(runtime) for _, runtime in pooled),
+            return_exceptions=True,
+        )
+        for task in list(self._tasks):
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- creation
+
+    async def create(self, spec: SandboxSpec | None = None) -> ManagedSandbox:
+        if self._tree is None:
+            raise Unavailable("the sandbox manager is not started", code="not_started")
+        spec = spec or SandboxSpec(limits=self.config.default_limits)
+        spec.validate(
+            templates=self.config.templates, max_limits=self.config.max_limits, max_timeout_s=self.config.max_timeout_s
+        )
+        if len(self._sandboxes) >= self.config.max_sandboxes:
+            raise Unavailable(f"all {self.config.max_sandboxes} sandboxes are in use", code="capacity")
+        pooled = self._claim(spec)
+        if pooled is not None:
+            sandbox_id, runtime = pooled
+            try:
+                await asyncio.to_thread(runtime.cgroup.set_limits, spec.limits)
+                await runtime.channel.call("configure", env=spec.env)
+            except BaseException:
+                await self._release(runtime)
+                raise
+        else:
+            sandbox_id, runtime = await self._launch(spec.limits, spec.env)
+        sandbox = ManagedSandbox(sandbox_id, spec, runtime, self.config.max_file_bytes)
+        self._sandboxes[sandbox_id] = sandbox
+        runtime.channel.closed.add_done_callback(lambda _: self._background(self._remove(sandbox, "exited")))
+        self._refill()
+        return sandbox
+
+    def _claim(self, spec: SandboxSpec) -> tuple[str, Runtime] | None:
+        if _pool_key(spec.limits) != _pool_key(self.config.default_limits):
+            return None
+        while self._pool:
+            sandbox_id, runtime = self._pool.pop(0)
+            if not runtime.channel.closed.done():
+                return sandbox_id, runtime
+            self._background(self._release(runtime))
+        return None
+
+    async def _launch(self, limits: Limits, env: dict[str, str]) -> tuple[str, Runtime]:
+        if not self._free_uids:
+            raise Unavailable("no free sandbox slot", code="capacity")
+        assert self._tree is not None
+        slot = self._free_uids.pop()
+        sandbox_id = secrets.token_hex(10)
+        try:
+            runtime = await launch(
+                bwrap_path=self._bwrap,
+                tree=self._tree,
+                name=sandbox_id,
+                limits=limits,
+                host_uid=self.config.host_uid_base + slot,
+                env={**bwrap.base_env(), **env},
+            )
+        except BaseException:
+            self._free_uids.append(slot)
+            raise
+        return sandbox_id, runtime
+
+    def _refill(self) -> None:
+        if self.config.pool_size and (self._filling is None or self._filling.done()):
+            self._filling = asyncio.create_task(self._fill_pool())
+
+    async def _fill_pool(self) -> None:
+        while len(self._pool) < self.config.pool_size and self._free_uids:
+            try:
+                pooled = await self._launch(self.config.default_limits, {})
+            except (OSError, SandboxError) as exc:
+                # Not retried in a loop: the next create() launches directly and reports the cause.
+                logger.error("could not start a pooled sandbox: %s", exc)
+                return
+            self._pool.append(pooled)
+
+    # -- lookup
+
+    def get(self, sandbox_id: str) -> ManagedSandbox:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise NotFound(f"sandbox {sandbox_id!r} does not exist or was stopped", code="sandbox_not_found")
+        return sandbox
+
+    def list(self, *, metadata: dict[str, str] | None = None, state: SandboxState | None = None) -> list[ManagedSandbox]:
+        found = []
+        for sandbox in self._sandboxes.values():
+            if state is not None and sandbox.state is not state:
+                continue
+            if metadata and any(sandbox.spec.metadata.get(k) != v for k, v in metadata.items()):
+                continue
+            found.append(sandbox)
+        return sorted(found, key=lambda s: s.started_at)
+
+    # -- control
+
+    async def kill(self, sandbox_id: str) -> None:
+        await self._remove(self.get(sandbox_id), "killed")
+
+    def set_timeout(self, sandbox_id: str, seconds: float) -> ManagedSandbox:
+        validate_timeout(seconds, self.config.max_timeout_s)
+        sandbox = self.get(sandbox_id)
+        sandbox.require_running_or_paused()
+        sandbox.set_timeout(seconds)
+        return sandbox
+
+    async def pause(self, sandbox_id: str) -> ManagedSandbox:
+        sandbox = self.get(sandbox_id)
+        await sandbox.pause()
+        return sandbox
+
+    async def resume(self, sandbox_id: str) -> ManagedSandbox:
+        sandbox = self.get(sandbox_id)
+        await sandbox.resume()
+        return sandbox
+
+    # -- reclaiming
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reap_interval_s)
+            now = time.monotonic()
+            for sandbox in list(self._sandboxes.values()):
+                reason = sandbox.expired(now)
+                if reason is not None:
+                    self._background(self._remove(sandbox, reason))
+
+    async def _remove(self, sandbox: ManagedSandbox, reason: str) -> None:
+        if self._sandboxes.get(sandbox.id) is sandbox:
+            del self._sandboxes[sandbox.id]
+            logger.info("sandbox %s stopped: %s", sandbox.id, reason)
+        if await sandbox.stop(reason):
+            self._free_uid(sandbox.runtime)
+
+    async def _release(self, runtime: Runtime) -> None:
+        await runtime.stop()
+        self._free_uid(runtime)
+
+    def _free_uid(self, runtime: Runtime) -> None:
+        self._free_uids.append(runtime.host_uid - self.config.host_uid_base)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- figures
+
+    def stats(self) -> dict[str, int]:
+        states = [s.state for s in self._sandboxes.values()]
+        return {
+            "running": states.count(SandboxState.RUNNING),
+            "paused": states.count(SandboxState.PAUSED),
+            "pooled": len(self._pool),
+            "capacity": self.config.max_sandboxes,
+        }

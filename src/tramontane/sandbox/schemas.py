@@ -1,0 +1,175 @@
+"""Request and response bodies of the sandbox REST API."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .cgroups import Usage
+from .files import EntryInfo
+from .policy import Limits, NetworkPolicy, SandboxSpec
+from .process import ProcessInfo
+from .sandbox import SandboxInfo
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NetworkBody(_Body):
+    allow_out: list[str] = Field(default_factory=list, description="Hosts or CIDRs to allow (not available in tier 1).")
+
+
+class CreateSandboxBody(_Body):
+    template: str = "base"
+    timeout: float = Field(300, description="Seconds until the sandbox is killed; extend with POST /timeout.")
+    idle_timeout: float | None = Field(None, description="Seconds without an API call after which it is killed.")
+    envs: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    cpu: float | None = Field(None, description="Cores (a CFS quota).")
+    memory_mb: int | None = None
+    disk_mb: int | None = Field(None, description="Size of /home/user.")
+    allow_internet_access: bool = Field(False, description="E2B's switch; tier 1 refuses true.")
+    network: NetworkBody = Field(default_factory=NetworkBody)
+
+    def spec(self, defaults: Limits) -> SandboxSpec:
+        changes = {"cpu": self.cpu, "memory_mb": self.memory_mb, "workspace_mb": self.disk_mb}
+        limits = Limits(**{**defaults.__dict__, **{k: v for k, v in changes.items() if v is not None}})
+        allow_out = tuple(self.network.allow_out) + (("*",) if self.allow_internet_access else ())
+        return SandboxSpec(
+            template=self.template,
+            timeout_s=self.timeout,
+            idle_timeout_s=self.idle_timeout,
+            env=dict(self.envs),
+            metadata=dict(self.metadata),
+            limits=limits,
+            network=NetworkPolicy(allow_out=allow_out),
+        )
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+class SandboxModel(BaseModel):
+    sandbox_id: str
+    template: str
+    state: Literal["running", "paused", "killed"]
+    metadata: dict[str, str]
+    started_at: datetime
+    end_at: datetime
+    cpu: float
+    memory_mb: int
+    disk_mb: int
+    idle_timeout: float | None
+
+    @classmethod
+    def of(cls, info: SandboxInfo) -> SandboxModel:
+        return cls(
+            sandbox_id=info.sandbox_id,
+            template=info.template,
+            state=info.state.value,
+            metadata=info.metadata,
+            started_at=_utc(info.started_at),
+            end_at=_utc(info.end_at),
+            cpu=info.cpu,
+            memory_mb=info.memory_mb,
+            disk_mb=info.disk_mb,
+            idle_timeout=info.idle_timeout_s,
+        )
+
+
+class SandboxList(BaseModel):
+    sandboxes: list[SandboxModel]
+
+
+class TimeoutBody(_Body):
+    timeout: float
+
+
+class MetricsModel(BaseModel):
+    memory_bytes: int
+    memory_limit_bytes: int
+    pids: int
+    oom_kills: int
+
+    @classmethod
+    def of(cls, usage: Usage, limits: Limits) -> MetricsModel:
+        return cls(
+            memory_bytes=usage.memory_bytes,
+            memory_limit_bytes=limits.memory_mb * 1024 * 1024,
+            pids=usage.pids,
+            oom_kills=usage.oom_kills,
+        )
+
+
+class CommandBody(_Body):
+    cmd: str
+    cwd: str | None = None
+    envs: dict[str, str] = Field(default_factory=dict)
+    timeout: float | None = Field(60, description="Seconds; null for none (background commands default to none).")
+    background: bool = Field(False, description="Keep running when the stream is closed.")
+    stream: bool = Field(True, description="NDJSON (or SSE with Accept: text/event-stream) events as they happen.")
+
+
+class CommandResultModel(BaseModel):
+    pid: int
+    exit_code: int
+    stdout: str
+    stderr: str
+    error: str | None
+    truncated: bool
+
+
+class StartedModel(BaseModel):
+    pid: int
+
+
+class ProcessModel(BaseModel):
+    pid: int
+    cmd: str
+    cwd: str
+    started_at: datetime
+
+    @classmethod
+    def of(cls, process: ProcessInfo) -> ProcessModel:
+        return cls(pid=process.pid, cmd=process.cmd, cwd=process.cwd, started_at=_utc(process.started_at))
+
+
+class ProcessList(BaseModel):
+    processes: list[ProcessModel]
+
+
+class EntryModel(BaseModel):
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink"]
+    size: int
+    mode: int
+    modified_at: datetime
+    symlink_target: str | None = None
+
+    @classmethod
+    def of(cls, entry: EntryInfo) -> EntryModel:
+        return cls(**{**entry.__dict__, "modified_at": _utc(entry.modified_at)})
+
+
+class EntryList(BaseModel):
+    entries: list[EntryModel]
+
+
+class RenameBody(_Body):
+    old_path: str
+    new_path: str
+
+
+class MakeDirModel(BaseModel):
+    created: bool
+
+
+class CodeBody(_Body):
+    code: str
+    timeout: float | None = 300
+    stream: bool = Field(False, description="NDJSON events stdout/stderr, then result.")

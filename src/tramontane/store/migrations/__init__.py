@@ -1,0 +1,1 @@
+"""Alembic migrations for the store; `tramontane.store.migrate` runs them."""

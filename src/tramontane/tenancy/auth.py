@@ -1,0 +1,115 @@
+"""Authentication: from an `Authorization` header to a Principal, or a 401.
+
+Nothing is cached: every request reads the key's row (one indexed lookup), so
+revocation and expiry take effect on the very next request, in every process
+sharing the database. Every failure is audited under the key's public id."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from sqlalchemy import select
+
+from ..store import ApiKey, Organisation, Store, Workspace
+from ..store.types import utcnow
+from . import audit
+from .audit import ANONYMOUS, Actor
+from .capabilities import Capability, deserialise_capabilities
+from .errors import TenancyError
+from .keys import hash_secret, parse_key, public_key_id, secret_matches
+from .principal import KEY_PREFIX, LIMIT_FIELDS, Limits, Principal
+
+_LOOKUP = select(
+    ApiKey.id,
+    ApiKey.workspace_id,
+    ApiKey.secret_hash,
+    ApiKey.capabilities,
+    ApiKey.expires_at,
+    ApiKey.revoked_at,
+    *(getattr(ApiKey, name) for name in LIMIT_FIELDS),
+    Workspace.organisation_id,
+    *(getattr(Workspace, name).label(f"workspace_{name}") for name in LIMIT_FIELDS),
+    Organisation.is_platform,
+).join(Workspace, Workspace.id == ApiKey.workspace_id).join(Organisation, Organisation.id == Workspace.organisation_id)
+
+_BEARER_HINT = "Send it as 'Authorization: Bearer tmt_...'."
+
+
+class Authenticator:
+    def __init__(self, store: Store, pepper: bytes):
+        self.store = store
+        self.pepper = pepper
+        # Compared against when the key id is unknown, so that a miss costs as much
+        # as a wrong secret and timing does not tell which ids exist.
+        self._decoy_hash = hash_secret(pepper, "0" * 16, "decoy")
+
+    def authenticate(self, authorization: str | None, *, where: str | None = None) -> Principal:
+        """The caller behind `Authorization: Bearer tmt_...`; raises a 401 (audited)
+        for a missing, malformed, unknown, wrong, revoked or expired key.
+        `where` (say "POST /v1/chat/completions") goes into the audit entry."""
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            self._fail("missing", None, where, f"You didn't provide an API key. {_BEARER_HINT}", "missing_api_key")
+        parsed = parse_key(token)
+        if parsed is None:
+            self._fail("malformed", public_key_id(token), where, "Incorrect API key provided", "invalid_api_key")
+        key_id, secret = parsed
+        with self.store.read() as connection:
+            row = connection.execute(_LOOKUP.where(ApiKey.id == key_id)).first()
+        if row is None:
+            secret_matches(self.pepper, key_id, secret, self._decoy_hash)
+            self._fail("unknown_key", key_id, where, "Incorrect API key provided", "invalid_api_key")
+        if not secret_matches(self.pepper, key_id, secret, row.secret_hash):
+            self._fail("wrong_secret", key_id, where, "Incorrect API key provided", "invalid_api_key", row)
+        # The secret is right, so the caller holds the key: telling why it no
+        # longer works gives nothing away.
+        if row.revoked_at is not None:
+            self._fail("revoked", key_id, where, "This API key has been revoked", "api_key_revoked", row)
+        if row.expires_at is not None and row.expires_at <= utcnow():
+            self._fail("expired", key_id, where, "This API key has expired", "api_key_expired", row)
+        capabilities = deserialise_capabilities(row.capabilities)
+        return Principal(
+            key_id=row.id,
+            workspace_id=row.workspace_id,
+            organisation_id=row.organisation_id,
+            capabilities=capabilities,
+            platform_admin=row.is_platform and Capability.ADMIN in capabilities,
+            key_limits=Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
+            workspace_limits=Limits(**{name: getattr(row, f"workspace_{name}") for name in LIMIT_FIELDS}),
+        )
+
+    def authorize(self, principal: Principal, capability: Capability, *, where: str | None = None) -> None:
+        """Raises a 403 (audited) unless the key holds `capability`."""
+        if principal.can(capability):
+            return
+        with self.store.session() as session:
+            audit.record(
+                session,
+                "auth.denied",
+                Actor(principal.key_prefix),
+                outcome="denied",
+                organisation_id=principal.organisation_id,
+                workspace_id=principal.workspace_id,
+                target=where,
+                details={"missing_capability": capability.value},
+            )
+        raise TenancyError(
+            403, f"This API key lacks the '{capability.value}' capability", code="insufficient_capability"
+        )
+
+    def _fail(
+        self, reason: str, key_id: str | None, where: str | None, message: str, code: str, row: Any = None
+    ) -> NoReturn:
+        with self.store.session() as session:
+            audit.record(
+                session,
+                "auth.failure",
+                Actor(f"{KEY_PREFIX}{key_id}") if key_id else ANONYMOUS,
+                outcome="failure",
+                organisation_id=row.organisation_id if row is not None else None,
+                workspace_id=row.workspace_id if row is not None else None,
+                target=where,
+                details={"reason": reason},
+            )
+        raise TenancyError(401, message, code=code)

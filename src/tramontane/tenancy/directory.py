@@ -1,0 +1,116 @@
+"""Organisations and workspaces: creation and changes, each audited."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..store import Organisation, Workspace
+from . import audit
+from .audit import Actor
+from .errors import Conflict, TenancyError
+from .principal import LIMIT_FIELDS, Limits
+
+_WORKSPACE_ID = re.compile(r"ws_[0-9a-f]{16}")
+
+
+def workspace_dir(home: Path, workspace_id: str) -> Path:
+    """Where a workspace's files live: `<home>/workspaces/<id>/`."""
+    # The id becomes a path: accept only the shape we generate, never `..` or `/`.
+    if not _WORKSPACE_ID.fullmatch(workspace_id):
+        raise TenancyError(400, f"'{workspace_id}' is not a workspace id", code="invalid_workspace_id")
+    return home / "workspaces" / workspace_id
+
+
+def _flush(session: Session, message: str) -> None:
+    """Flushes, reporting a uniqueness clash (a race the pre-check lost) as 409."""
+    try:
+        session.flush()
+    except IntegrityError:
+        raise Conflict(message) from None
+
+
+def create_organisation(session: Session, name: str, actor: Actor, *, is_platform: bool = False) -> Organisation:
+    if session.scalar(select(Organisation.id).where(Organisation.name == name)) is not None:
+        raise Conflict(f"An organisation named '{name}' already exists")
+    organisation = Organisation(name=name, is_platform=is_platform)
+    session.add(organisation)
+    _flush(session, f"An organisation named '{name}' already exists")
+    audit.record(
+        session, "organisation.create", actor, organisation_id=organisation.id, target=organisation.id, details={"name": name}
+    )
+    return organisation
+
+
+def rename_organisation(session: Session, organisation: Organisation, name: str, actor: Actor) -> Organisation:
+    if session.scalar(select(Organisation.id).where(Organisation.name == name, Organisation.id != organisation.id)):
+        raise Conflict(f"An organisation named '{name}' already exists")
+    organisation.name = name
+    _flush(session, f"An organisation named '{name}' already exists")
+    audit.record(
+        session, "organisation.update", actor, organisation_id=organisation.id, target=organisation.id, details={"name": name}
+    )
+    return organisation
+
+
+def _check_workspace_name(session: Session, organisation_id: str, name: str, exclude_id: str | None = None) -> None:
+    statement = select(Workspace.id).where(Workspace.organisation_id == organisation_id, Workspace.name == name)
+    if exclude_id is not None:
+        statement = statement.where(Workspace.id != exclude_id)
+    if session.scalar(statement) is not None:
+        raise Conflict(f"This organisation already has a workspace named '{name}'")
+
+
+def create_workspace(
+    session: Session, organisation: Organisation, name: str, actor: Actor, limits: Limits = Limits()
+) -> Workspace:
+    _check_workspace_name(session, organisation.id, name)
+    workspace = Workspace(organisation_id=organisation.id, name=name, **limits.as_dict())
+    session.add(workspace)
+    _flush(session, f"This organisation already has a workspace named '{name}'")
+    audit.record(
+        session,
+        "workspace.create",
+        actor,
+        organisation_id=organisation.id,
+        workspace_id=workspace.id,
+        target=workspace.id,
+        details={"name": name, "limits": limits.as_dict()},
+    )
+    return workspace
+
+
+def update_workspace(
+    session: Session,
+    workspace: Workspace,
+    actor: Actor,
+    *,
+    name: str | None = None,
+    limits: dict[str, int | None] | None = None,
+) -> Workspace:
+    """Renames and/or changes the limits named in `limits` (None there lifts one)."""
+    changes: dict[str, object] = {}
+    if name is not None and name != workspace.name:
+        _check_workspace_name(session, workspace.organisation_id, name, exclude_id=workspace.id)
+        workspace.name = name
+        changes["name"] = name
+    for field, value in (limits or {}).items():
+        if field not in LIMIT_FIELDS:
+            raise ValueError(f"unknown limit {field!r}")
+        setattr(workspace, field, value)
+        changes[field] = value
+    _flush(session, f"This organisation already has a workspace named '{name}'")
+    audit.record(
+        session,
+        "workspace.update",
+        actor,
+        organisation_id=workspace.organisation_id,
+        workspace_id=workspace.id,
+        target=workspace.id,
+        details=changes,
+    )
+    return workspace
