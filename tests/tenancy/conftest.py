@@ -15,9 +15,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
 from tramontane.store import Store, open_store
 from tramontane.tenancy import Tenancy
+
+from tenancy_helpers import build_app
 
 
 @dataclass
@@ -110,3 +113,9 @@ def store(database_url: str) -> Iterator[Store]:
 @pytest.fixture
 def tenancy(store: Store, tmp_path: Path) -> Tenancy:
     return Tenancy(store, home=tmp_path / "home", pepper=b"test-pepper-0123456789abcdef")
+
+
+@pytest.fixture
+def client(tenancy: Tenancy) -> Iterator[TestClient]:
+    with TestClient(build_app(tenancy)) as client:
+        yield client

@@ -9,7 +9,7 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from ..engine import ModelLoadError
+from ..engine import EngineConfig, ModelLoadError
 from ..server import ModelRegistry, ModelSpec, create_app, default_model_specs
 
 console = Console(stderr=True)
@@ -29,11 +29,17 @@ def up(
     api_key: Annotated[
         str | None, typer.Option(envvar="TRAMONTANE_API_KEY", help="Require this bearer token on /v1.")
     ] = None,
+    quantization: Annotated[
+        str, typer.Option(help="Weight-only quantization of linear layers: none, bf16, int8 or int4.")
+    ] = "none",
+    kv_cache_gb: Annotated[float, typer.Option(help="Memory for each chat model's KV cache, in GiB.")] = 1.0,
+    device: Annotated[str, typer.Option(help="Torch device for the chat models, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
     """Serve the OpenAI- and Mistral-compatible API."""
     try:
         specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
-        registry = load_models(specs)
+        config = EngineConfig(quantization=quantization, kv_cache_memory_gb=kv_cache_gb, device=device)
+        registry = load_models(specs, config)
     except (ModelLoadError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
@@ -42,7 +48,7 @@ def up(
     uvicorn.run(create_app(registry, api_key=api_key), host=host, port=port, log_level="info")
 
 
-def load_models(specs: list[ModelSpec]) -> ModelRegistry:
+def load_models(specs: list[ModelSpec], engine_config: EngineConfig | None = None) -> ModelRegistry:
     registry = ModelRegistry()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
@@ -52,7 +58,7 @@ def load_models(specs: list[ModelSpec]) -> ModelRegistry:
             def on_progress(done: int, total: int, task=task) -> None:
                 progress.update(task, completed=done, total=total)
 
-            name = registry.load(spec, on_progress)
+            name = registry.load(spec, on_progress, engine_config)
             total = progress.tasks[task].total or 1
             progress.update(task, description=f"Loaded {name}", completed=total, total=total)
     return registry

@@ -1,0 +1,48 @@
+"""Sandboxes for AI agents, tier 1: Linux namespaces through bubblewrap, a seccomp
+filter, a cgroup and rlimits per sandbox, no network; an E2B-shaped REST API and
+Python SDK.
+
+Host side (inside the platform's event loop):
+
+    manager = SandboxManager()
+    await manager.start()
+    sandbox = await manager.create(SandboxSpec(timeout_s=60))
+    result = await sandbox.commands.run("echo hi")
+    app.include_router(create_router(manager))
+
+Client side (any process that reaches the API):
+
+    with Sandbox.create(api_url="http://127.0.0.1:8000") as sbx:
+        sbx.commands.run("echo hi").stdout
+"""
+
+from .api import create_router
+from .client import CommandExitException, Sandbox, SandboxException
+from .errors import SandboxError
+from .execution import Execution, ExecutionError, Result
+from .files import EntryInfo
+from .manager import ManagerConfig, SandboxManager
+from .policy import Limits, NetworkPolicy, SandboxSpec
+from .process import CommandResult
+from .sandbox import ManagedSandbox, SandboxInfo, SandboxState
+
+__all__ = [
+    "CommandExitException",
+    "CommandResult",
+    "EntryInfo",
+    "Execution",
+    "ExecutionError",
+    "Limits",
+    "ManagedSandbox",
+    "ManagerConfig",
+    "NetworkPolicy",
+    "Result",
+    "Sandbox",
+    "SandboxError",
+    "SandboxException",
+    "SandboxInfo",
+    "SandboxManager",
+    "SandboxSpec",
+    "SandboxState",
+    "create_router",
+]

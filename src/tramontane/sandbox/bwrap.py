@@ -140,6 +140,7 @@ def build_argv(bwrap: str, limits: Limits, fds: LaunchFds, command: list[str], h
         "--proc", "/proc",
         "--dev", "/dev",
         "--perms", "1777", "--size", str(limits.tmp_mb * MiB), "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev",  # device nodes stay usable; new files there do not
         "--perms", "1777", "--size", str(limits.tmp_mb * MiB), "--tmpfs", "/tmp",
         "--dir", "/home",
         "--perms", "0700", "--size", str(limits.workspace_mb * MiB), "--tmpfs", HOME,

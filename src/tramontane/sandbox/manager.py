@@ -122,8 +122,12 @@ class SandboxManager:
         if pooled is not None:
             sandbox_id, runtime = pooled
             try:
-                await asyncio.to_thread(runtime.cgroup.set_limits, spec.limits)
-                await runtime.channel.call("configure", env=spec.env)
+                # Inline, not in a thread: a few in-memory cgroupfs writes, and a
+                # thread hop costs more on a loaded host.
+                if spec.limits != self.config.default_limits:
+                    runtime.cgroup.set_limits(spec.limits)
+                if spec.env:
+                    await runtime.channel.call("configure", env=spec.env)
             except BaseException:
                 await self._release(runtime)
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -115,13 +116,20 @@ class ModelRegistry:
         self._models: dict[str, ChatModel | EmbeddingEntry] = {}
         self._started = False
 
-    def load(self, spec: ModelSpec, on_progress: Callable[[int, int], None] | None = None) -> str:
+    def load(
+        self,
+        spec: ModelSpec,
+        on_progress: Callable[[int, int], None] | None = None,
+        engine_config: EngineConfig | None = None,
+    ) -> str:
         """Loads a model (blocking) and returns the name it is served under."""
         if spec.resolved_kind == "embedding":
             model = EmbeddingModel.from_path(spec.path)
             entry: ChatModel | EmbeddingEntry = EmbeddingEntry(spec.name or model.name, model)
         else:
-            engine = AsyncEngine.from_path(spec.path, on_progress=on_progress)
+            # Each engine owns its config (it records the KV-cache size it chose).
+            config = dataclasses.replace(engine_config) if engine_config else None
+            engine = AsyncEngine.from_path(spec.path, config, on_progress=on_progress)
             tokenizer = engine.tokenizer
             entry = ChatModel(
                 spec.name or engine.name,

@@ -15,6 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -65,7 +66,10 @@ def secret_matches(pepper: bytes, key_id: str, secret: str, stored_hash: str) ->
     return hmac.compare_digest(hash_secret(pepper, key_id, secret), stored_hash)
 
 
-def key_status(key: ApiKey, now: datetime) -> str:
+KeyStatus = Literal["active", "revoked", "expired"]
+
+
+def key_status(key: ApiKey, now: datetime) -> KeyStatus:
     if key.revoked_at is not None:
         return "revoked"
     if key.expires_at is not None and key.expires_at <= now:

@@ -84,9 +84,12 @@ class Agent:
                     except BlockingIOError:
                         pass
                     self.reap()
+                # Handling an earlier event of this batch (a reaped child) may have
+                # closed this one's fd, whose number a new pipe may even reuse.
                 elif key.data == "repl":
-                    self.read_repl_response()
-                else:
+                    if self.repl_io is not None and key.fd == self.repl_io[1]:
+                        self.read_repl_response()
+                elif key.fd in key.data.streams:
                     self.pump(key.data, key.fd)
             self.enforce_deadlines()
 
@@ -294,7 +297,7 @@ class Agent:
     def start_repl(self, request):
         req_r, req_w = os.pipe2(os.O_CLOEXEC)
         resp_r, resp_w = os.pipe2(os.O_CLOEXEC)
-        env = {**self.env, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+        env = {**self.env, "MPLBACKEND": "Agg"}
         argv = ["/usr/bin/python3", "-c", INTERPRETER_BOOT]
         try:
             pid, out_r, err_r = self.spawn(argv, request.get("cwd") or HOME, env, extra_fds=(req_r, resp_w))

@@ -12,12 +12,13 @@ import ast
 import base64
 import io
 import json
+import linecache
 import os
 import sys
 import traceback
 
 REQUESTS_FD, REPLIES_FD = 3, 4
-FILENAME = "<cell>"
+CELL_PREFIX = "<cell "
 
 
 class Interpreter:
@@ -28,12 +29,15 @@ class Interpreter:
     def execute(self, code):
         self.count += 1
         results, error = [], None
+        # Registered like a file, so tracebacks (now and from later cells) quote its lines.
+        filename = f"{CELL_PREFIX}{self.count}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         try:
-            tree = ast.parse(code, FILENAME, "exec")
+            tree = ast.parse(code, filename, "exec")
             last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-            exec(compile(tree, FILENAME, "exec"), self.namespace)
+            exec(compile(tree, filename, "exec"), self.namespace)
             if last is not None:
-                value = eval(compile(ast.Expression(last.value), FILENAME, "eval"), self.namespace)
+                value = eval(compile(ast.Expression(last.value), filename, "eval"), self.namespace)
                 if value is not None:
                     self.namespace["_"] = value
                     results.append(represent(value))
@@ -79,7 +83,7 @@ def figures():
 def describe(exc):
     frames = traceback.extract_tb(exc.__traceback__)
     # Drop the interpreter's own frames: the user's traceback starts in their cell.
-    while frames and frames[0].filename != FILENAME:
+    while frames and not frames[0].filename.startswith(CELL_PREFIX):
         frames.pop(0)
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)] if frames else []
     lines += traceback.format_exception_only(type(exc), exc)
@@ -91,6 +95,9 @@ def main():
         os.set_inheritable(fd, False)  # keep the protocol away from the user's subprocesses
     requests = os.fdopen(REQUESTS_FD, "rb")
     replies = os.fdopen(REPLIES_FD, "wb")
+    # Whole lines reach the agent as they are printed; execute() flushes the rest.
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
     interpreter = Interpreter()
     sys.argv = [""]
     # The user's imports see their working directory first, not the guest code.

@@ -1,0 +1,159 @@
+"""Tier-1 sandbox figures: create-to-first-command latency and idle density.
+
+Latency is the time from asking for a sandbox to having the output of a first
+command (`echo ok`), measured three ways: in-process with the warm pool (the
+default), in-process with the pool off (every sandbox started cold: bwrap, the
+namespaces, the agent's Python start-up), and through the REST API with the SDK
+(server in a process of its own, a new client per sandbox, warm pool).
+Density starts N sandboxes at once, checks each answers a command, and reports
+what they cost in memory (their cgroups' own accounting, and the host's
+MemAvailable before and after). Needs root and bubblewrap.
+
+    python benchmarks/sandbox.py [--iterations 50] [--concurrent 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import socket
+import statistics
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
+
+MiB = 1024 * 1024
+
+
+def percentiles(samples_ms: list[float]) -> str:
+    ordered = sorted(samples_ms)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return f"p50 {statistics.median(ordered):6.1f} ms   p99 {p99:6.1f} ms   (n={len(ordered)})"
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+async def wait_for_pool(manager: SandboxManager, size: int) -> None:
+    while manager.stats()["pooled"] < size:
+        await asyncio.sleep(0.01)
+
+
+async def latency(iterations: int, pool_size: int) -> list[float]:
+    manager = SandboxManager(ManagerConfig(pool_size=pool_size))
+    await manager.start()
+    samples = []
+    try:
+        for _ in range(iterations):
+            await wait_for_pool(manager, pool_size)
+            started = time.perf_counter()
+            sandbox = await manager.create()
+            result = await sandbox.commands.run("echo ok")
+            samples.append((time.perf_counter() - started) * 1000)
+            assert result.stdout == "ok\n"
+            await manager.kill(sandbox.id)
+    finally:
+        await manager.shutdown()
+    return samples
+
+
+def serve(port: int, pool_size: int) -> None:
+    """The API server, in a process of its own as in production."""
+    manager = SandboxManager(ManagerConfig(pool_size=pool_size))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        await manager.start()
+        yield
+        await manager.shutdown()
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(create_router(manager))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def latency_over_http(iterations: int, pool_size: int) -> list[float]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = multiprocessing.get_context("spawn").Process(target=serve, args=(port, pool_size), daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            Sandbox.list(api_url=url)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    samples = []
+    try:
+        for _ in range(iterations):
+            time.sleep(0.3)  # the pool refills between sandboxes
+            started = time.perf_counter()
+            sandbox = Sandbox.create(api_url=url)
+            output = sandbox.commands.run("echo ok").stdout
+            samples.append((time.perf_counter() - started) * 1000)
+            assert output == "ok\n"
+            sandbox.kill()
+            sandbox.close()
+    finally:
+        server.terminate()
+        server.join(30)
+    return samples
+
+
+async def density(count: int) -> None:
+    manager = SandboxManager(ManagerConfig(pool_size=0, max_sandboxes=count))
+    await manager.start()
+    try:
+        before = mem_available()
+        started = time.perf_counter()
+        sandboxes = await asyncio.gather(*(manager.create() for _ in range(count)))
+        created_s = time.perf_counter() - started
+        results = await asyncio.gather(*(s.commands.run("echo ok") for s in sandboxes))
+        alive = sum(r.stdout == "ok\n" for r in results)
+        await asyncio.sleep(1)  # let start-up transients settle
+        charged = sum(s.usage().memory_bytes for s in sandboxes)
+        host = before - mem_available()
+        print(f"  {count} sandboxes started at once in {created_s:.2f} s; {alive}/{count} answered a command")
+        print(f"  memory charged to their cgroups: {charged / MiB:7.1f} MiB total, {charged / count / MiB:5.1f} MiB each")
+        print(f"  host MemAvailable drop:          {host / MiB:7.1f} MiB total, {host / count / MiB:5.1f} MiB each")
+        started = time.perf_counter()
+        await asyncio.gather(*(manager.kill(s.id) for s in sandboxes))
+        print(f"  killed all in {time.perf_counter() - started:.2f} s")
+    finally:
+        await manager.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--concurrent", type=int, default=100)
+    parser.add_argument("--pool", type=int, default=4, help="warm pool size for the pooled runs")
+    args = parser.parse_args()
+    print("create -> first command output (echo ok), tier 1 (bubblewrap)")
+    print(f"  in-process, warm pool:  {percentiles(asyncio.run(latency(args.iterations, args.pool)))}")
+    print(f"  in-process, cold start: {percentiles(asyncio.run(latency(args.iterations, 0)))}")
+    print(f"  REST API + SDK, warm:   {percentiles(latency_over_http(args.iterations, args.pool))}")
+    print(f"idle density ({args.concurrent} concurrent sandboxes)")
+    asyncio.run(density(args.concurrent))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Multi-tenant governance: API keys scoped to workspaces and capabilities, limits
+shared through the database, usage and energy metering, audit, and erasure.
+
+A server opens one `Tenancy`, calls `install(app)`, guards routes with
+`Depends(require(Capability.INFERENCE))` and meters them with `record_usage`;
+`admin_router` serves `/v1/admin`, and `cli.app` is the `tramontane` sub-command.
+"""
+
+from .audit import CLI, SYSTEM, Actor
+from .capabilities import ALL_CAPABILITIES, Capability, parse_capabilities
+from .dependencies import get_tenancy, require
+from .energy import EnergyMeter, EnergyReading
+from .errors import NotFound, TenancyError, install_error_handler
+from .keys import bootstrap_admin_key
+from .ownership import get_owned, owned
+from .principal import Limits, Principal
+from .service import Tenancy
+from .usage import Usage
+
+__all__ = [
+    "ALL_CAPABILITIES",
+    "CLI",
+    "SYSTEM",
+    "Actor",
+    "Capability",
+    "EnergyMeter",
+    "EnergyReading",
+    "Limits",
+    "NotFound",
+    "Principal",
+    "Tenancy",
+    "TenancyError",
+    "Usage",
+    "bootstrap_admin_key",
+    "get_owned",
+    "get_tenancy",
+    "install_error_handler",
+    "owned",
+    "parse_capabilities",
+    "require",
+]

@@ -1,0 +1,119 @@
+"""`Tenancy`: the one object a server holds for keys, limits, metering and erasure."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from ..store import Store, open_store, tramontane_home
+from . import erasure, keys, usage
+from .audit import Actor
+from .auth import Authenticator
+from .capabilities import Capability
+from .directory import workspace_dir
+from .energy import EnergyMeter, EnergyReading
+from .errors import install_error_handler
+from .limits import DEFAULT_LEASE_TTL_S, Limiter
+from .pepper import load_pepper
+from .principal import Principal, Ticket
+from .usage import Usage
+
+
+class Tenancy:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        home: Path | None = None,
+        pepper: bytes | None = None,
+        meter: EnergyMeter | None = None,
+        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+    ):
+        self.store = store
+        self.home = home or tramontane_home()
+        self.pepper = pepper or load_pepper(self.home)
+        self.authenticator = Authenticator(store, self.pepper)
+        self.limiter = Limiter(store, lease_ttl_s=lease_ttl_s)
+        self.meter = meter or EnergyMeter()
+
+    @classmethod
+    def open(cls, url: str | None = None, *, home: Path | None = None) -> Tenancy:
+        """Opens (and migrates) the database at `url` or `$TRAMONTANE_DATABASE_URL`."""
+        return cls(open_store(url), home=home)
+
+    def install(self, app: FastAPI) -> None:
+        """Makes `require(...)` work in `app` and renders tenancy errors there."""
+        app.state.tenancy = self
+        install_error_handler(app)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def bootstrap_admin_key(self) -> str | None:
+        """The admin key, on the very first start only; print it then."""
+        return keys.bootstrap_admin_key(self.store, self.pepper)
+
+    def authenticate(self, authorization: str | None, *, where: str | None = None) -> Principal:
+        return self.authenticator.authenticate(authorization, where=where)
+
+    def authorize(self, principal: Principal, capability: Capability, *, where: str | None = None) -> None:
+        self.authenticator.authorize(principal, capability, where=where)
+
+    def admit(self, principal: Principal, *, weight_tokens: int = 1) -> Principal:
+        """Applies the limits (429 when over) and starts metering; returns the
+        principal carrying the request's ticket. Pair with `finish`."""
+        lease_id = self.limiter.admit(principal)
+        return replace(principal, ticket=Ticket(lease_id, self.meter.begin(weight_tokens)))
+
+    def finish(self, principal: Principal) -> None:
+        """Ends an admitted request: frees its concurrency slot, stops its meter."""
+        if principal.ticket is not None:
+            self.meter.finish(principal.ticket.span)
+            self.limiter.release(principal.ticket.lease_id)
+
+    def record_usage(
+        self,
+        principal: Principal,
+        *,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        request_id: str | None = None,
+        latency_s: float | None = None,
+        energy: EnergyReading | None = None,
+    ) -> Usage:
+        """Meters one finished request. For a request admitted by `require`, latency
+        and energy come from its ticket; otherwise pass both."""
+        ticket = principal.ticket
+        if ticket is not None:
+            if ticket.usage_recorded:
+                raise RuntimeError("usage of this request was already recorded")
+            ticket.usage_recorded = True
+            latency_s = time.perf_counter() - ticket.started if latency_s is None else latency_s
+            energy = energy or self.meter.finish(ticket.span, prompt_tokens + completion_tokens)
+        if latency_s is None or energy is None:
+            raise ValueError("outside an admitted request, pass latency_s and energy")
+        record = Usage(
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=latency_s * 1000.0,
+            energy_wh=energy.wh,
+            energy_source=energy.source,
+            request_id=request_id,
+        )
+        usage.record(self.store, self.limiter, principal, record)
+        return record
+
+    def workspace_dir(self, workspace_id: str) -> Path:
+        """Where the workspace's files go; erasure removes the whole directory."""
+        return workspace_dir(self.home, workspace_id)
+
+    def erase_workspace(self, workspace_id: str, actor: Actor) -> None:
+        erasure.erase_workspace(self.store, self.home, workspace_id, actor)
+
+    def erase_organisation(self, organisation_id: str, actor: Actor) -> None:
+        erasure.erase_organisation(self.store, self.home, organisation_id, actor)

@@ -1,0 +1,105 @@
+"""One sandbox API server for the whole session: a SandboxManager behind the
+sandbox router, in a small FastAPI app served by uvicorn on a free loopback
+port. Tests that need it are skipped, with the reason, on a host that cannot
+run tier-1 sandboxes (no bwrap, not root, no cgroups)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
+from tramontane.sandbox.cgroups import CgroupTree
+from tramontane.sandbox.errors import SandboxError
+
+T = TypeVar("T")
+
+
+def _unavailable_reason() -> str | None:
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (apt-get install bubblewrap)"
+    if os.geteuid() != 0:
+        return "tier-1 sandboxes need root (a host uid and a cgroup per sandbox)"
+    try:
+        CgroupTree.detect()
+    except (OSError, SandboxError) as exc:
+        return f"cgroups are not usable here: {exc}"
+    return None
+
+
+UNAVAILABLE = _unavailable_reason()
+
+
+@dataclass
+class LiveSandboxes:
+    url: str
+    manager: SandboxManager
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, work: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Runs a coroutine on the server's loop, where the manager lives."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
+
+    def create(self, **kwargs: Any) -> Sandbox:
+        return Sandbox.create(api_url=self.url, **kwargs)
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def live() -> Iterator[LiveSandboxes]:
+    if UNAVAILABLE is not None:
+        pytest.skip(UNAVAILABLE)
+    manager = SandboxManager(ManagerConfig(max_sandboxes=64, pool_size=2, reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024))
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        loops.append(asyncio.get_running_loop())
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+
+    app = FastAPI(lifespan=lifespan)
+    app.include_router(create_router(manager))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the sandbox API server did not start")
+        time.sleep(0.02)
+    yield LiveSandboxes(f"http://127.0.0.1:{port}", manager, loops[0])
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture
+def sbx(live: LiveSandboxes) -> Iterator[Sandbox]:
+    """A fresh sandbox, killed after the test."""
+    sandbox = live.create(timeout=120)
+    try:
+        yield sandbox
+    finally:
+        sandbox.kill()
+        sandbox.close()

@@ -1,0 +1,300 @@
+"""Escape attempts against tier-1 sandboxes. Each must fail safely: denied inside
+the sandbox, nothing changed on the host, and the host and the other sandboxes
+still healthy afterwards (the last tests check that)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tramontane
+from tramontane.sandbox import CommandExitException, Sandbox
+
+HERE = Path(__file__).parent
+
+
+def sh(sandbox: Sandbox, cmd: str, timeout: float = 30) -> tuple[int, str]:
+    """Exit code and stdout+stderr of a command that may fail."""
+    try:
+        result = sandbox.commands.run(cmd, timeout=timeout)
+    except CommandExitException as failed:
+        return failed.exit_code, failed.stdout + failed.stderr
+    return result.exit_code, result.stdout + result.stderr
+
+
+def py(sandbox: Sandbox, code: str, timeout: float = 30) -> dict:
+    """Runs a Python snippet in the sandbox that prints one JSON object."""
+    sandbox.files.write("probe.py", code)
+    return json.loads(sandbox.commands.run("python3 probe.py", timeout=timeout).stdout)
+
+
+def host_uid_of(live, sandbox: Sandbox) -> int:
+    return live.manager.get(sandbox.sandbox_id).runtime.host_uid
+
+
+def host_pids_of_uid(uid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            real_uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+            if int(real_uid) == uid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def witness(live) -> Iterator[Sandbox]:
+    """A bystander sandbox that must come through the whole suite untouched."""
+    sandbox = live.create(timeout=600)
+    sandbox.files.write("diary.txt", "intact")
+    sandbox.commands.run("sleep 600", background=True).disconnect()
+    yield sandbox
+    sandbox.kill()
+
+
+@pytest.fixture(scope="module")
+def host_service() -> Iterator[int]:
+    """A TCP service on the host's loopback that no sandbox may reach."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_host_secrets_are_not_there(sbx: Sandbox, witness: Sandbox) -> None:
+    project = Path(tramontane.__file__).resolve().parents[2]
+    for path in ("/etc/shadow", "/root", "/work", str(project), "/etc/ssh", "/var", "/srv", "/mnt", "/sys"):
+        code, out = sh(sbx, f"ls -d {path}")
+        assert code != 0 and "No such file" in out, path
+    assert sh(sbx, "ls /home")[1].split() == ["user"]
+    # A bystander's files are invisible: there is no path to them at all.
+    assert "No such file" in sh(sbx, "cat /home/user/diary.txt")[1]
+
+
+def test_sandboxes_run_as_distinct_unprivileged_host_uids(live, sbx: Sandbox, witness: Sandbox) -> None:
+    uids = {host_uid_of(live, sbx), host_uid_of(live, witness)}
+    assert len(uids) == 2 and all(uid >= 1_000_000 for uid in uids)
+    assert host_pids_of_uid(host_uid_of(live, sbx)), "the sandbox's processes run as its own host uid"
+
+
+def test_no_writes_outside_the_workspace(sbx: Sandbox) -> None:
+    for path in ("/x", "/usr/x", "/etc/x", "/opt/tramontane/guest/agent.py", "/proc/x", "/dev/x", "/home/x"):
+        code, _ = sh(sbx, f"echo pwned > {path}")
+        assert code != 0, path
+    # Through symlinks: resolution happens inside the sandbox, into read-only mounts.
+    sh(sbx, "ln -s /usr/lib escape && ln -s /etc/passwd passwd-link")
+    assert sh(sbx, "echo pwned > escape/evil")[0] != 0
+    assert sh(sbx, "echo pwned >> passwd-link")[0] != 0
+    with pytest.raises(Exception) as caught:
+        sbx.files.write("escape/evil", "pwned")
+    assert getattr(caught.value, "status", None) == 403
+    assert not Path("/usr/lib/evil").exists() and not Path("/usr/x").exists() and not Path("/x").exists()
+    # What a symlink reads is the sandbox's own file, never the host's.
+    assert "root:x:0:0" in sbx.files.read("passwd-link") and "user:x:1000" in sbx.files.read("passwd-link")
+
+
+def test_no_network_egress(sbx: Sandbox, host_service: int) -> None:
+    result = py(
+        sbx,
+        f"""
+import json, socket
+def attempt(host, port):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((host, port))
+        return "connected"
+    except OSError as e:
+        return type(e).__name__
+def resolve():
+    try:
+        socket.getaddrinfo("example.com", 80)
+        return "resolved"
+    except OSError as e:
+        return type(e).__name__
+def udp():
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("8.8.8.8", 53))
+        return "sent"
+    except OSError as e:
+        return type(e).__name__
+print(json.dumps({{
+    "external": attempt("1.1.1.1", 80),
+    "metadata": attempt("169.254.169.254", 80),
+    "host_loopback": attempt("127.0.0.1", {host_service}),
+    "dns": resolve(),
+    "udp": udp(),
+    "interfaces": sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:]),
+}}))
+""",
+    )
+    assert result["external"] != "connected" and result["metadata"] != "connected"
+    assert result["host_loopback"] == "ConnectionRefusedError"  # the sandbox's own, empty loopback
+    assert result["dns"] != "resolved" and result["udp"] != "sent"
+    assert result["interfaces"] == ["lo"]
+
+
+def test_host_unix_sockets_are_unreachable(sbx: Sandbox, tmp_path: Path) -> None:
+    path = f"/tmp/tramontane-isolation-{os.getpid()}.sock"
+    abstract = f"\0tramontane-isolation-{os.getpid()}"
+    servers = []
+    for address in (path, abstract):
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(address)
+        server.listen()
+        servers.append(server)
+    try:
+        result = py(
+            sbx,
+            f"""
+import json, socket
+def attempt(address):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(address)
+        return "connected"
+    except OSError as e:
+        return type(e).__name__
+print(json.dumps({{"path": attempt({path!r}), "abstract": attempt({abstract!r})}}))
+""",
+        )
+        assert result == {"path": "FileNotFoundError", "abstract": "ConnectionRefusedError"}
+    finally:
+        for server in servers:
+            server.close()
+        os.unlink(path)
+
+
+def test_host_pids_are_invisible_and_unsignalable(sbx: Sandbox) -> None:
+    me = os.getpid()
+    pids = sorted(int(p) for p in sh(sbx, "ls /proc")[1].split() if p.isdigit())
+    assert pids[:2] == [1, 2] and len(pids) < 10 and me not in pids
+    code, out = sh(sbx, f"kill -9 {me}")
+    assert code != 0 and "No such process" in out
+    os.kill(me, 0)  # still here
+
+
+def test_only_standard_fds_are_open(sbx: Sandbox) -> None:
+    listing = "import os, json; print(json.dumps(sorted(int(f) for f in os.listdir('/proc/self/fd'))))"
+    fds = json.loads(sbx.commands.run(f'python3 -c "{listing}"').stdout)
+    assert fds[:3] == [0, 1, 2] and len(fds) == 4  # the fourth is listdir's own
+    # Children of the code interpreter do not inherit its protocol pipes either.
+    execution = sbx.run_code(f"import subprocess\nprint(subprocess.run(['python3', '-c', {listing!r}], capture_output=True, text=True).stdout)")
+    assert json.loads("".join(execution.logs.stdout))[:3] == [0, 1, 2] and len(json.loads("".join(execution.logs.stdout))) == 4
+
+
+def test_no_privileges(sbx: Sandbox) -> None:
+    status = dict(line.split(":\t") for line in sbx.files.read("/proc/self/status").splitlines() if ":\t" in line)
+    # That is the agent's status: what every command inherits.
+    for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[field], 16) == 0, field
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    code, out = sh(sbx, "python3 -c 'import os; os.setuid(0)'")
+    assert code != 0 and ("PermissionError" in out or "Invalid argument" in out)  # uid 0 is not even mapped
+    if sh(sbx, "test -u /usr/bin/su")[0] == 0:
+        assert sh(sbx, "su -c id root </dev/null")[0] != 0
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers below are x86-64's")
+def test_dangerous_syscalls_are_denied(sbx: Sandbox) -> None:
+    sbx.files.write("syscalls.py", (HERE / "syscall_probe.py").read_text())
+    results = json.loads(sbx.commands.run("python3 syscalls.py").stdout)
+    expected = {name: "EPERM" for name in results}
+    expected |= {"clone3": "ENOSYS", "socket_vsock": "EAFNOSUPPORT", "socket_packet": "EAFNOSUPPORT"}
+    assert results == expected
+
+
+def test_cgroupfs_sysfs_and_kernel_files_are_out_of_reach(sbx: Sandbox) -> None:
+    for cmd in (
+        "cat /proc/kcore",
+        "cat /sys/fs/cgroup/memory/release_agent",
+        "echo /tmp/x > /sys/fs/cgroup/memory/release_agent",
+        "echo 1 > /proc/sys/kernel/sysrq",
+        "echo b > /proc/sysrq-trigger",
+        "echo 1 > /proc/sys/vm/drop_caches",
+        "ls /dev/kvm",
+        "ls /dev/mem",
+        "ls /dev/sda",
+    ):
+        assert sh(sbx, cmd)[0] != 0, cmd
+    assert sorted(sh(sbx, "ls /dev")[1].split()) == sorted(
+        ["core", "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom", "zero"]
+    )
+    for agent in Path("/sys/fs/cgroup").glob("*/release_agent"):
+        assert agent.read_text().strip() == "", agent
+
+
+def test_fork_bomb_hits_the_pids_limit(live) -> None:
+    with live.create(timeout=60) as bomb:
+        limit = live.manager.get(bomb.sandbox_id).spec.limits.pids
+        code, _ = sh(bomb, "python3 -c 'import os\nwhile True:\n  try: os.fork()\n  except OSError: pass'", timeout=3)
+        assert code == 137
+        assert bomb.get_metrics()["pids"] <= limit
+        assert bomb.commands.run("echo alive").stdout == "alive\n"
+    assert subprocess.run(["true"]).returncode == 0
+
+
+def test_memory_bomb_is_killed_inside_the_cgroup(live) -> None:
+    with live.create(memory_mb=64, timeout=60) as hog:
+        code, _ = sh(hog, "python3 -c 'b = bytearray(256 * 1024 * 1024); b[::4096] = b\"x\" * 65536'")
+        assert code == 137  # SIGKILL from the cgroup's OOM killer
+        assert hog.get_metrics()["oom_kills"] >= 1
+        assert hog.commands.run("echo alive").stdout == "alive\n"  # the agent was spared
+
+
+def test_disk_fill_stops_at_the_size_limit(live) -> None:
+    with live.create(disk_mb=16, timeout=60) as filler:
+        code, out = sh(filler, "dd if=/dev/zero of=big bs=1M count=64")
+        assert code != 0 and "No space left" in out
+        assert int(sh(filler, "stat -c %s big")[1]) <= 16 * 1024 * 1024
+        code, out = sh(filler, "dd if=/dev/zero of=/tmp/big bs=1M count=200")
+        assert code != 0 and ("No space left" in out or "File too large" in out)
+        with pytest.raises(Exception) as caught:
+            filler.files.write("more.bin", b"x" * 2 * 1024 * 1024)
+        assert getattr(caught.value, "status", None) == 507
+
+
+def test_cpu_spin_is_killed_at_its_time_limit(sbx: Sandbox) -> None:
+    started = time.monotonic()
+    code, _ = sh(sbx, "while :; do :; done", timeout=1)
+    assert code == 137 and time.monotonic() - started < 5
+
+
+def test_detached_processes_die_with_the_sandbox(live) -> None:
+    sandbox = live.create(timeout=3)
+    uid = host_uid_of(live, sandbox)
+    managed = live.manager.get(sandbox.sandbox_id)
+    cgroup_dirs = list(managed.runtime.cgroup.dirs.values())
+    # setsid, a double fork and a CPU spinner: none stays in the command's process group.
+    sandbox.commands.run("setsid sleep 1000 & (sleep 1000 &) & nohup sh -c 'while :; do :; done' >/dev/null 2>&1 &")
+    sandbox.commands.run("python3 -c 'import os\nif os.fork() == 0:\n  os.setsid()\n  os.fork() or __import__(\"time\").sleep(1000)'")
+    assert len(host_pids_of_uid(uid)) >= 6
+    deadline = time.monotonic() + 8
+    while sandbox.is_running() or host_pids_of_uid(uid):
+        assert time.monotonic() < deadline, f"left behind: {host_pids_of_uid(uid)}"
+        time.sleep(0.1)
+    assert not any(d.exists() for d in cgroup_dirs)
+
+
+def test_host_and_bystanders_are_healthy(live, witness: Sandbox, host_service: int) -> None:
+    assert witness.files.read("diary.txt") == "intact"
+    assert "sleep 600" in {p.cmd for p in witness.commands.list()}
+    assert witness.commands.run("echo still here").stdout == "still here\n"
+    with socket.create_connection(("127.0.0.1", host_service), timeout=2):
+        pass
+    assert subprocess.run(["sh", "-c", "echo ok"], capture_output=True, text=True).stdout == "ok\n"
+    with live.create() as fresh:
+        assert fresh.commands.run("echo fine").stdout == "fine\n"

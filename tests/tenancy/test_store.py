@@ -1,0 +1,48 @@
+"""The store: URL resolution, SQLite settings, and migrations that match the models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from tramontane.store import Base, Store, current_revision, database_url, open_store, upgrade
+
+
+def test_migrations_match_the_models(store: Store) -> None:
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    assert set(inspect(store.engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+
+
+def test_upgrade_is_idempotent(store: Store) -> None:
+    head = current_revision(store)
+    upgrade(store)
+    assert current_revision(store) == head == "0001"
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with store.read() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert connection.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
+    store.close()
+
+
+def test_database_url_defaults_to_sqlite_in_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("TRAMONTANE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TRAMONTANE_HOME", str(tmp_path))
+    assert database_url() == f"sqlite:///{tmp_path / 'tramontane.db'}"
+    monkeypatch.setenv("TRAMONTANE_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    assert database_url() == "postgresql+psycopg://u@h/db"
+    assert database_url("sqlite:///~/x.db") == f"sqlite:///{Path.home() / 'x.db'}"
+
+
+def test_in_memory_sqlite_is_refused() -> None:
+    with pytest.raises(ValueError, match="file"):
+        Store("sqlite://")
