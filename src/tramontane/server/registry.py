@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..engine import AsyncEngine
+from ..engine import AsyncEngine, EngineConfig
 from ..engine.defaults import (
     DEFAULT_CHAT_MODEL_NAME,
     DEFAULT_EMBEDDING_MODEL_NAME,
