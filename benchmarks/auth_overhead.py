@@ -1,12 +1,14 @@
-"""What tenancy costs per request: authentication, then the limit check.
+"""What tenancy costs per request: authentication, then the limit checks.
 
-Three cases, each timed over `--requests` iterations after a warm-up:
+Each case is timed over `--requests` iterations after a warm-up:
 - auth: `authenticate` alone (one indexed read and an HMAC);
-- auth + limits: `authenticate`, `admit` and `finish` for a key whose workspace
-  has requests/min and concurrency limits (a write transaction to take a
-  request slot and a lease, another to release the lease);
-- auth + limits + usage: the same, plus `record_usage` (the usage row and the
-  token counters), i.e. everything tenancy adds to one metered request.
+- auth + rpm: `authenticate`, `admit`, `finish` for a key whose workspace has a
+  requests/min limit (one write transaction, one atomic upsert);
+- auth + rpm + concurrency: the workspace also limits concurrent requests
+  (admission also counts and adds a lease; `finish` deletes it: a second
+  write transaction);
+- auth + rpm + concurrency + usage: the same plus `record_usage` (the usage row
+  and the token counters): everything tenancy adds to one metered request.
 
     python benchmarks/auth_overhead.py [--requests 2000] [--database-url URL]
 
@@ -43,6 +45,17 @@ def measure(step: Callable[[], None], requests: int) -> list[float]:
     return timings
 
 
+def _key(tenancy: Tenancy, name: str, limits: Limits) -> str:
+    """An Authorization header for a key in a new workspace with `limits`."""
+    with tenancy.store.session() as session:
+        organisation = directory.create_organisation(session, f"bench-{name}-{time.time_ns()}", CLI)
+        workspace = directory.create_workspace(session, organisation, "bench", CLI, limits)
+        created = keys.create_key(
+            session, tenancy.pepper, workspace, name="bench", capabilities=frozenset(Capability), actor=CLI
+        )
+    return f"Bearer {created.plaintext}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -52,31 +65,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         url = args.database_url or f"sqlite:///{Path(home) / 'bench.db'}"
         tenancy = Tenancy(open_store(url), home=Path(home))
-        with tenancy.store.session() as session:
-            organisation = directory.create_organisation(session, f"bench-{time.time_ns()}", CLI)
-            # Limits high enough never to refuse: the benchmark measures the checks.
-            limits = Limits(requests_per_minute=10**9, max_concurrent_requests=10**6)
-            workspace = directory.create_workspace(session, organisation, "bench", CLI, limits)
-            created = keys.create_key(
-                session, tenancy.pepper, workspace, name="bench", capabilities=frozenset(Capability), actor=CLI
-            )
-        header = f"Bearer {created.plaintext}"
+        # Limits high enough never to refuse: the benchmark measures the checks.
+        rpm_only = Limits(requests_per_minute=10**9)
+        with_concurrency = Limits(requests_per_minute=10**9, max_concurrent_requests=10**6)
+        rpm_header = _key(tenancy, "rpm", rpm_only)
+        full_header = _key(tenancy, "full", with_concurrency)
 
         def auth() -> None:
-            tenancy.authenticate(header)
+            tenancy.authenticate(full_header)
+
+        def auth_rpm() -> None:
+            tenancy.finish(tenancy.admit(tenancy.authenticate(rpm_header)))
 
         def auth_limits() -> None:
-            tenancy.finish(tenancy.admit(tenancy.authenticate(header)))
+            tenancy.finish(tenancy.admit(tenancy.authenticate(full_header)))
 
         def auth_limits_usage() -> None:
-            admitted = tenancy.admit(tenancy.authenticate(header))
+            admitted = tenancy.admit(tenancy.authenticate(full_header))
             tenancy.record_usage(admitted, model="bench", prompt_tokens=10, completion_tokens=20)
             tenancy.finish(admitted)
 
         print(f"database: {tenancy.store.dialect}, {args.requests} requests per case")
-        for name, step in (("auth", auth), ("auth + limits", auth_limits), ("auth + limits + usage", auth_limits_usage)):
+        cases = (
+            ("auth", auth),
+            ("auth + rpm", auth_rpm),
+            ("auth + rpm + concurrency", auth_limits),
+            ("... + usage", auth_limits_usage),
+        )
+        for name, step in cases:
             timings = measure(step, args.requests)
-            print(f"{name:<24} p50 {percentile(timings, 50):7.3f} ms   p99 {percentile(timings, 99):7.3f} ms")
+            print(f"{name:<26} p50 {percentile(timings, 50):7.3f} ms   p99 {percentile(timings, 99):7.3f} ms")
         tenancy.close()
 
 

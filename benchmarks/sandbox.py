@@ -132,7 +132,9 @@ async def density(count: int) -> None:
         charged = sum(s.usage().memory_bytes for s in sandboxes)
         host = before - mem_available()
         print(f"  {count} sandboxes started at once in {created_s:.2f} s; {alive}/{count} answered a command")
-        print(f"  memory charged to their cgroups: {charged / MiB:7.1f} MiB total, {charged / count / MiB:5.1f} MiB each")
+        print(
+            f"  memory charged to their cgroups: {charged / MiB:7.1f} MiB total, {charged / count / MiB:5.1f} MiB each"
+        )
         print(f"  host MemAvailable drop:          {host / MiB:7.1f} MiB total, {host / count / MiB:5.1f} MiB each")
         started = time.perf_counter()
         await asyncio.gather(*(manager.kill(s.id) for s in sandboxes))

@@ -64,7 +64,9 @@ class LiveSandboxes:
 def live() -> Iterator[LiveSandboxes]:
     if UNAVAILABLE is not None:
         pytest.skip(UNAVAILABLE)
-    manager = SandboxManager(ManagerConfig(max_sandboxes=64, pool_size=2, reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024))
+    manager = SandboxManager(
+        ManagerConfig(max_sandboxes=64, pool_size=2, reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024)
+    )
     loops: list[asyncio.AbstractEventLoop] = []
 
     @asynccontextmanager

@@ -66,7 +66,9 @@ def test_stream_as_server_sent_events(live, sbx: Sandbox) -> None:
 
 def test_non_streamed_json_result(live, sbx: Sandbox) -> None:
     with live.http() as http:
-        response = http.post(f"/v1/sandboxes/{sbx.sandbox_id}/commands", json={"cmd": "echo hi; false", "stream": False})
+        response = http.post(
+            f"/v1/sandboxes/{sbx.sandbox_id}/commands", json={"cmd": "echo hi; false", "stream": False}
+        )
     assert response.status_code == 200
     body = response.json()
     assert (body["stdout"], body["exit_code"], body["error"]) == ("hi\n", 1, None)
@@ -101,9 +103,10 @@ def test_background_keeps_running_after_disconnect(sbx: Sandbox) -> None:
 
 
 def test_closing_a_foreground_stream_kills_the_command(live, sbx: Sandbox) -> None:
-    with live.http() as http, http.stream(
-        "POST", f"/v1/sandboxes/{sbx.sandbox_id}/commands", json={"cmd": "echo up; sleep 60"}
-    ) as response:
+    with (
+        live.http() as http,
+        http.stream("POST", f"/v1/sandboxes/{sbx.sandbox_id}/commands", json={"cmd": "echo up; sleep 60"}) as response,
+    ):
         lines = response.iter_lines()
         pid = json.loads(next(lines))["pid"]
     deadline = time.monotonic() + 5
@@ -125,7 +128,10 @@ def test_files_round_trip(sbx: Sandbox) -> None:
     assert sbx.files.read("data/blob.bin", format="bytes") == payload
     sbx.files.write("/tmp/note.txt", "héllo")
     assert sbx.files.read("/tmp/note.txt") == "héllo"
-    assert sbx.commands.run("sha256sum data/blob.bin").stdout.split()[0] == __import__("hashlib").sha256(payload).hexdigest()
+    assert (
+        sbx.commands.run("sha256sum data/blob.bin").stdout.split()[0]
+        == __import__("hashlib").sha256(payload).hexdigest()
+    )
 
 
 def test_files_list_info_rename_remove(sbx: Sandbox) -> None:

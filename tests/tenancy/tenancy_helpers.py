@@ -9,9 +9,21 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 
 from tramontane.store import ApiKey, Organisation, Workspace
-from tramontane.tenancy import CLI, Capability, Limits, Principal, Tenancy, directory, get_owned, get_tenancy, keys, require
+from tramontane.tenancy import (
+    CLI,
+    Capability,
+    Limits,
+    Principal,
+    Tenancy,
+    directory,
+    get_owned,
+    get_tenancy,
+    owned,
+    keys,
+    require,
+)
 from tramontane.tenancy.admin_api import router as admin_router
-
+from tramontane.tenancy.principal import NO_LIMITS
 
 # Module level: with postponed annotations FastAPI resolves these by name here.
 Inference = Annotated[Principal, Depends(require(Capability.INFERENCE))]
@@ -36,8 +48,8 @@ def make_tenant(
     name: str,
     *,
     capabilities: frozenset[Capability] = frozenset({Capability.INFERENCE}),
-    key_limits: Limits = Limits(),
-    workspace_limits: Limits = Limits(),
+    key_limits: Limits = NO_LIMITS,
+    workspace_limits: Limits = NO_LIMITS,
     expires_at: datetime | None = None,
     organisation_id: str | None = None,
 ) -> Tenant:
@@ -101,6 +113,11 @@ def build_app(tenancy: Tenancy) -> FastAPI:
     def own_key(key_id: str, principal: Inference, tenancy: TenancyDep) -> dict:
         with tenancy.store.session() as session:
             return {"id": get_owned(session, ApiKey, key_id, principal, "API key").id}
+
+    @app.get("/v1/own-keys")
+    def own_keys(principal: Inference, tenancy: TenancyDep) -> list[str]:
+        with tenancy.store.session() as session:
+            return sorted(key.id for key in session.scalars(owned(ApiKey, principal)))
 
     @app.post("/v1/deploy")
     def deploy(principal: Deploy) -> dict:

@@ -75,7 +75,9 @@ def test_an_organisation_admin_sees_only_its_organisation(client: TestClient, te
     assert client.post("/v1/admin/organisations", json={"name": "x"}, headers=headers).status_code == 403
     # It may create keys in its own workspaces, but not grant what it lacks.
     grant = client.post(
-        f"/v1/admin/workspaces/{acme.workspace_id}/keys", json={"name": "d", "capabilities": ["deploy"]}, headers=headers
+        f"/v1/admin/workspaces/{acme.workspace_id}/keys",
+        json={"name": "d", "capabilities": ["deploy"]},
+        headers=headers,
     )
     assert grant.status_code == 403
     events = client.get("/v1/admin/audit", headers=headers).json()["data"]
@@ -89,7 +91,9 @@ def test_usage_report_endpoint(client: TestClient, tenancy: Tenancy) -> None:
         body = {"model": "m", "prompt_tokens": prompt, "completion_tokens": 1}
         client.post("/v1/generate", json=body, headers=tenant.headers)
     report = client.get(
-        "/v1/admin/usage", params={"group_by": ["workspace", "model"], "workspace_id": tenant.workspace_id}, headers=admin
+        "/v1/admin/usage",
+        params={"group_by": ["workspace", "model"], "workspace_id": tenant.workspace_id},
+        headers=admin,
     ).json()
     assert [(r["workspace"], r["model"], r["requests"], r["total_tokens"]) for r in report["data"]] == [
         (tenant.workspace_id, "m", 2, 12)

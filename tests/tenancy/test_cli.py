@@ -29,7 +29,9 @@ def test_cli_key_lifecycle_usage_and_erasure(tmp_path: Path, monkeypatch: pytest
     key = run("keys", "create", "--workspace", workspace, "--capability", "inference").splitlines()[-1]
     principal = tenancy.authenticate(f"Bearer {key}")
     assert principal.workspace_limits.requests_per_minute == 10
-    tenancy.record_usage(principal, model="m", prompt_tokens=2, completion_tokens=3, latency_s=0.1, energy=EnergyReading(0.5, "estimate"))
+    tenancy.record_usage(
+        principal, model="m", prompt_tokens=2, completion_tokens=3, latency_s=0.1, energy=EnergyReading(0.5, "estimate")
+    )
     listed = run("keys", "list", "--workspace", workspace)
     assert principal.key_prefix in listed and key not in listed and "active" in listed
     assert "5" in run("usage", "--workspace", workspace, "--group-by", "model")

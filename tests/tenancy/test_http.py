@@ -69,6 +69,7 @@ def test_missing_capability_is_403_and_audited(client: TestClient, tenancy: Tena
 def test_objects_of_another_workspace_are_404(client: TestClient, tenancy: Tenancy) -> None:
     alice, bob = make_tenant(tenancy, "alice"), make_tenant(tenancy, "bob")
     assert client.get(f"/v1/own-keys/{alice.key_id}", headers=alice.headers).json() == {"id": alice.key_id}
+    assert client.get("/v1/own-keys", headers=alice.headers).json() == [alice.key_id]
     for missing in (bob.key_id, "0000000000000000"):
         response = client.get(f"/v1/own-keys/{missing}", headers=alice.headers)
         assert response.status_code == 404

@@ -96,6 +96,17 @@ def test_energy_is_split_by_tokens_among_concurrent_requests() -> None:
     assert meter.finish(meter.begin()).wh == 0
 
 
+def test_progress_reweights_a_running_request() -> None:
+    counter = FakeCounter()
+    meter = EnergyMeter([counter])
+    a, b = meter.begin(), meter.begin()
+    counter.joules = 3600.0  # 1:1 so far
+    meter.progress(a, 3)
+    counter.joules = 7200.0  # now 3:1
+    assert meter.finish(a).wh == pytest.approx(0.5 + 0.75)
+    assert meter.finish(b).wh == pytest.approx(0.5 + 0.25)
+
+
 def _zone(root: Path, name: str, energy: int, max_range: int = 1000) -> Path:
     zone = root / name
     zone.mkdir()

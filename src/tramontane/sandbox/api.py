@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qsl
@@ -93,7 +93,7 @@ def _event(event: dict[str, Any], sse: bool) -> bytes:
     return data.encode() + b"\n"
 
 
-async def _stream(request: Request, events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+async def _stream(request: Request, events: AsyncGenerator[dict[str, Any], None]) -> StreamingResponse:
     first = await anext(events)  # errors before any event become the HTTP status
     sse = "text/event-stream" in request.headers.get("accept", "")
 
@@ -105,14 +105,14 @@ async def _stream(request: Request, events: AsyncIterator[dict[str, Any]]) -> St
         except SandboxError as exc:
             yield _event({"type": "error", **_sandbox_error(exc)}, sse)
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
     media = "text/event-stream" if sse else "application/x-ndjson"
     return StreamingResponse(body(), media_type=media, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _as_dicts(events: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
-    async with aclosing(events):  # type: ignore[type-var]
+async def _as_dicts(events: AsyncGenerator[Any, None]) -> AsyncGenerator[dict[str, Any], None]:
+    async with aclosing(events):
         async for event in events:
             yield dataclasses.asdict(event)
 
@@ -179,13 +179,13 @@ def create_router(manager: SandboxManager, *, dependencies: Sequence[Any] = ()) 
     @router.post("/{sandbox_id}/commands", response_model=None)
     async def run_command(sandbox_id: str, body: CommandBody, request: Request) -> Response | StartedModel:
         commands = manager.get(sandbox_id).commands
-        options = {"cwd": body.cwd, "envs": body.envs, "timeout": body.timeout}
+        cwd, envs, timeout = body.cwd, body.envs, body.timeout
         if body.stream:
-            events = commands.stream(body.cmd, background=body.background, **options)
+            events = commands.stream(body.cmd, cwd=cwd, envs=envs, timeout=timeout, background=body.background)
             return await _stream(request, _as_dicts(events))
         if body.background:
-            return StartedModel(pid=await commands.start(body.cmd, **options))
-        result = await commands.run(body.cmd, **options)
+            return StartedModel(pid=await commands.start(body.cmd, cwd=cwd, envs=envs, timeout=timeout))
+        result = await commands.run(body.cmd, cwd=cwd, envs=envs, timeout=timeout)
         return JSONResponse(CommandResultModel(**dataclasses.asdict(result)).model_dump())
 
     @router.get("/{sandbox_id}/processes", response_model=ProcessList)
@@ -242,7 +242,7 @@ def create_router(manager: SandboxManager, *, dependencies: Sequence[Any] = ()) 
             execution = await interpreter.run(body.code, timeout=body.timeout)
             return JSONResponse(dataclasses.asdict(execution))
 
-        async def events() -> AsyncIterator[dict[str, Any]]:
+        async def events() -> AsyncGenerator[dict[str, Any], None]:
             async with aclosing(interpreter.stream(body.code, timeout=body.timeout)) as stream:
                 async for event in stream:
                     if event.execution is not None:
@@ -253,4 +253,3 @@ def create_router(manager: SandboxManager, *, dependencies: Sequence[Any] = ()) 
         return await _stream(request, events())
 
     return router
-

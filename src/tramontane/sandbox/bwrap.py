@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .policy import MiB, Limits
+from .policy import Limits, MiB
 
 SANDBOX_UID = 1000
 SANDBOX_USER = "user"
@@ -102,7 +102,8 @@ def open_file_fds(files: dict[str, bytes]) -> dict[str, int]:
     return fds
 
 
-def _root_filesystem(host_root: Path) -> list[str]:
+def _root_filesystem() -> list[str]:
+    host_root = Path("/")
     argv = ["--ro-bind", "/usr", "/usr"]
     for name in _USR_ROOTS:
         host = host_root / name
@@ -117,7 +118,7 @@ def _root_filesystem(host_root: Path) -> list[str]:
     return argv
 
 
-def build_argv(bwrap: str, limits: Limits, fds: LaunchFds, command: list[str], host_root: Path = Path("/")) -> list[str]:
+def build_argv(bwrap: str, limits: Limits, fds: LaunchFds, command: list[str]) -> list[str]:
     argv = [
         bwrap,
         # Every namespace; --disable-userns stops the sandbox nesting its own.
@@ -132,7 +133,7 @@ def build_argv(bwrap: str, limits: Limits, fds: LaunchFds, command: list[str], h
         "--new-session",
         "--die-with-parent",
         "--cap-drop", "ALL",
-        *_root_filesystem(host_root),
+        *_root_filesystem(),
     ]  # fmt: skip
     for path, fd in fds.files.items():
         argv += ["--perms", "0444", "--ro-bind-data", str(fd), path]

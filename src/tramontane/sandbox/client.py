@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import httpx
@@ -49,7 +51,12 @@ class CommandExitException(SandboxException):
     def __init__(self, result: CommandResult):
         super().__init__(f"command exited with code {result.exit_code}: {result.stderr[-500:]}")
         self.result = result
-        self.exit_code, self.stdout, self.stderr, self.error = result.exit_code, result.stdout, result.stderr, result.error
+        self.exit_code, self.stdout, self.stderr, self.error = (
+            result.exit_code,
+            result.stdout,
+            result.stderr,
+            result.error,
+        )
 
 
 _BY_STATUS: dict[int, type[SandboxException]] = {
@@ -59,6 +66,13 @@ _BY_STATUS: dict[int, type[SandboxException]] = {
     422: InvalidArgumentException,
     507: NotEnoughSpaceException,
 }
+
+
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs tens of milliseconds; httpx would redo it for
+    # every client, that is every Sandbox.create().
+    return httpx.create_ssl_context()
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -247,7 +261,7 @@ class Sandbox:
         url = api_url or os.environ.get("TRAMONTANE_API_URL", DEFAULT_API_URL)
         key = api_key or os.environ.get("TRAMONTANE_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=request_timeout)
+        return httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=request_timeout, verify=_tls_context())
 
     @classmethod
     def create(

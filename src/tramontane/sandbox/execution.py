@@ -7,7 +7,7 @@ KeyboardInterrupt (state kept) and kills the interpreter only if that fails.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,7 +87,7 @@ class CodeInterpreter:
     def __init__(self, sandbox: ChannelUser):
         self._sandbox = sandbox
 
-    async def stream(self, code: str, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> AsyncIterator[CodeEvent]:
+    async def stream(self, code: str, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> AsyncGenerator[CodeEvent, None]:
         if len(code.encode()) > MAX_CODE_BYTES:
             raise InvalidArgument(f"code is larger than {MAX_CODE_BYTES} bytes", param="code")
         if timeout is not None and timeout <= 0:

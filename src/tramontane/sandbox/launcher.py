@@ -4,9 +4,10 @@ bwrap is told to block (`--block-fd`) once its namespaces exist and before the
 sandbox's PID 1 forks anything; the host then moves that process into the
 sandbox's cgroup, so every process the sandbox will ever have is born inside it.
 The rlimits are set by the agent before it runs anything (the host may lack
-CAP_SYS_RESOURCE for prlimit(2), and lowering one's own limits needs nothing). bwrap runs as a host uid of its own per sandbox, which
-its user namespace maps to uid 1000 inside: even an escape lands as an
-unprivileged user no other sandbox shares.
+CAP_SYS_RESOURCE for prlimit(2), and lowering one's own limits needs nothing).
+bwrap runs as a host uid of its own per sandbox, which its user namespace maps
+to uid 1000 inside: even an escape lands as an unprivileged user no other
+sandbox shares.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from . import bwrap, seccomp
 from .cgroups import Cgroup, CgroupTree
 from .channel import MAX_LINE_BYTES, AgentChannel
 from .errors import SandboxError, Unavailable
-from .policy import MiB, Limits
+from .policy import Limits, MiB
 
 logger = logging.getLogger("tramontane.sandbox")
 
@@ -65,8 +66,8 @@ def _read_to_end(fd: int) -> bytes:
 
 def _spawn(
     bwrap_path: str, group: Cgroup, limits: Limits, host_uid: int, env: dict[str, str]
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Starts bwrap, places it, releases it; returns the process and the sandbox's PID 1."""
+) -> subprocess.Popen[bytes]:
+    """Starts bwrap, moves it and the sandbox's PID 1 into `group`, then lets it go on."""
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
     block_r, block_w = os.pipe2(os.O_CLOEXEC)
     fds = bwrap.LaunchFds(seccomp.filter_fd(), info_w, block_r, bwrap.open_file_fds(_sandbox_files()))
@@ -103,7 +104,7 @@ def _spawn(
     finally:
         os.close(info_r)
         os.close(block_w)
-    return process, init_pid
+    return process
 
 
 @dataclass
@@ -111,7 +112,6 @@ class Runtime:
     process: subprocess.Popen[bytes]
     cgroup: Cgroup
     channel: AgentChannel
-    init_pid: int
     host_uid: int
     stderr_tail: bytearray = field(default_factory=bytearray)
     _stderr_task: asyncio.Task[None] | None = None
@@ -142,7 +142,7 @@ async def launch(
 ) -> Runtime:
     group = tree.create(name, limits)
     try:
-        process, init_pid = await asyncio.to_thread(_spawn, bwrap_path, group, limits, host_uid, env)
+        process = await asyncio.to_thread(_spawn, bwrap_path, group, limits, host_uid, env)
     except BaseException:
         await asyncio.to_thread(group.kill)
         group.remove()
@@ -157,6 +157,6 @@ async def launch(
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
     errors = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(errors), process.stderr)
-    runtime = Runtime(process, group, AgentChannel(reader, writer), init_pid, host_uid)
+    runtime = Runtime(process, group, AgentChannel(reader, writer), host_uid)
     runtime._stderr_task = asyncio.create_task(runtime._collect_stderr(errors))
     return runtime

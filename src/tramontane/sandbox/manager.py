@@ -72,6 +72,8 @@ class SandboxManager:
         self._pool: list[tuple[str, Runtime]] = []
         self._free_uids = list(range(self.config.max_sandboxes + self.config.pool_size))[::-1]
         self._tasks: set[asyncio.Task[None]] = set()
+        self._creating = 0  # launches in flight for create(), counted against capacity
+        self._closing = False
         self._reaper: asyncio.Task[None] | None = None
         self._filling: asyncio.Task[None] | None = None
         self._bwrap = ""
@@ -95,9 +97,12 @@ class SandboxManager:
         self._refill()
 
     async def shutdown(self) -> None:
-        for task in (self._reaper, self._filling):
-            if task is not None:
-                task.cancel()
+        self._closing = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._filling is not None:
+            # It stops after the launch in flight, which must not be orphaned.
+            await asyncio.gather(self._filling, return_exceptions=True)
         pooled, self._pool = self._pool, []
         await asyncio.gather(
             *(self._remove(s, "shutdown") for s in list(self._sandboxes.values())),
@@ -116,7 +121,7 @@ class SandboxManager:
         spec.validate(
             templates=self.config.templates, max_limits=self.config.max_limits, max_timeout_s=self.config.max_timeout_s
         )
-        if len(self._sandboxes) >= self.config.max_sandboxes:
+        if len(self._sandboxes) + self._creating >= self.config.max_sandboxes:
             raise Unavailable(f"all {self.config.max_sandboxes} sandboxes are in use", code="capacity")
         pooled = self._claim(spec)
         if pooled is not None:
@@ -129,10 +134,14 @@ class SandboxManager:
                 if spec.env:
                     await runtime.channel.call("configure", env=spec.env)
             except BaseException:
-                await self._release(runtime)
+                self._background(self._release(runtime))
                 raise
         else:
-            sandbox_id, runtime = await self._launch(spec.limits, spec.env)
+            self._creating += 1
+            try:
+                sandbox_id, runtime = await self._launch_to_completion(spec.limits, spec.env)
+            finally:
+                self._creating -= 1
         sandbox = ManagedSandbox(sandbox_id, spec, runtime, self.config.max_file_bytes)
         self._sandboxes[sandbox_id] = sandbox
         runtime.channel.closed.add_done_callback(lambda _: self._background(self._remove(sandbox, "exited")))
@@ -148,6 +157,20 @@ class SandboxManager:
                 return sandbox_id, runtime
             self._background(self._release(runtime))
         return None
+
+    async def _launch_to_completion(self, limits: Limits, env: dict[str, str]) -> tuple[str, Runtime]:
+        """A launch the caller's cancellation (a client hanging up) cannot cut in
+        half: it runs on, and what it started is released."""
+        launching = asyncio.ensure_future(self._launch(limits, env))
+        try:
+            return await asyncio.shield(launching)
+        except asyncio.CancelledError:
+            launching.add_done_callback(self._release_orphan)
+            raise
+
+    def _release_orphan(self, launched: asyncio.Future[tuple[str, Runtime]]) -> None:
+        if not launched.cancelled() and launched.exception() is None:
+            self._background(self._release(launched.result()[1]))
 
     async def _launch(self, limits: Limits, env: dict[str, str]) -> tuple[str, Runtime]:
         if not self._free_uids:
@@ -170,18 +193,35 @@ class SandboxManager:
         return sandbox_id, runtime
 
     def _refill(self) -> None:
-        if self.config.pool_size and (self._filling is None or self._filling.done()):
+        if self.config.pool_size and not self._closing and (self._filling is None or self._filling.done()):
             self._filling = asyncio.create_task(self._fill_pool())
 
     async def _fill_pool(self) -> None:
-        while len(self._pool) < self.config.pool_size and self._free_uids:
+        while len(self._pool) < self.config.pool_size and self._free_uids and not self._closing:
             try:
-                pooled = await self._launch(self.config.default_limits, {})
+                sandbox_id, runtime = await self._launch(self.config.default_limits, {})
             except (OSError, SandboxError) as exc:
                 # Not retried in a loop: the next create() launches directly and reports the cause.
                 logger.error("could not start a pooled sandbox: %s", exc)
                 return
-            self._pool.append(pooled)
+            try:
+                await self._warm(runtime)
+            except SandboxError as exc:
+                logger.error("a pooled sandbox died while warming up: %s", exc)
+                await self._release(runtime)
+                return
+            self._pool.append((sandbox_id, runtime))
+
+    @staticmethod
+    async def _warm(runtime: Runtime) -> None:
+        """Runs `true` twice: a fresh sandbox's first commands pay one-time costs
+        (its new cgroup's and namespaces' first allocations, cold caches) that
+        would otherwise land on the user's first command."""
+        for _ in range(2):
+            rid, events = runtime.channel.open("exec", cmd="true", cwd=None, env={}, timeout=10)
+            async for _event in events:
+                pass
+            runtime.channel.forget(rid)
 
     # -- lookup
 
@@ -191,7 +231,9 @@ class SandboxManager:
             raise NotFound(f"sandbox {sandbox_id!r} does not exist or was stopped", code="sandbox_not_found")
         return sandbox
 
-    def list(self, *, metadata: dict[str, str] | None = None, state: SandboxState | None = None) -> list[ManagedSandbox]:
+    def list(
+        self, *, metadata: dict[str, str] | None = None, state: SandboxState | None = None
+    ) -> list[ManagedSandbox]:
         found = []
         for sandbox in self._sandboxes.values():
             if state is not None and sandbox.state is not state:
@@ -240,6 +282,9 @@ class SandboxManager:
             logger.info("sandbox %s stopped: %s", sandbox.id, reason)
         if await sandbox.stop(reason):
             self._free_uid(sandbox.runtime)
+            if reason == "exited":
+                tail = sandbox.runtime.stderr_tail.decode(errors="replace").strip()
+                logger.warning("sandbox %s ended on its own%s", sandbox.id, f"; its stderr: {tail}" if tail else "")
 
     async def _release(self, runtime: Runtime) -> None:
         await runtime.stop()

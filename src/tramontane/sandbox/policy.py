@@ -7,7 +7,7 @@ argv, cgroup files, rlimits) can trust its numbers.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .errors import InvalidArgument
 
@@ -97,9 +97,6 @@ class SandboxSpec:
         self.limits.validate(max_limits)
         self.network.validate()
         return self
-
-    def with_limits(self, **changes: float) -> SandboxSpec:
-        return replace(self, limits=replace(self.limits, **changes))
 
 
 def validate_timeout(seconds: float, maximum: float) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal as signals
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -75,7 +75,7 @@ class Commands:
         envs: dict[str, str] | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         background: bool = False,
-    ) -> AsyncIterator[CommandEvent]:
+    ) -> AsyncGenerator[CommandEvent, None]:
         """Starts `cmd` under bash and yields its events, ending with "exit".
 
         Leaving the iteration early kills the command, unless `background`: then

@@ -21,7 +21,7 @@ from .policy import SandboxSpec
 from .process import Commands
 
 
-class SandboxState(str, enum.Enum):
+class SandboxState(enum.StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     KILLED = "killed"
@@ -85,7 +85,12 @@ class ManagedSandbox:
         if now >= self.deadline:
             return "timeout"
         idle = self.spec.idle_timeout_s
-        if idle is not None and self.busy == 0 and self.state is SandboxState.RUNNING and now - self.last_active >= idle:
+        if (
+            idle is not None
+            and self.busy == 0
+            and self.state is SandboxState.RUNNING
+            and now - self.last_active >= idle
+        ):
             return "idle"
         return None
 

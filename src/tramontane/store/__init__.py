@@ -34,6 +34,7 @@ __all__ = [
     "Store",
     "UsageRecord",
     "Workspace",
+    "WorkspaceOwned",
     "current_revision",
     "database_url",
     "open_store",

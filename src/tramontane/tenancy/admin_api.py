@@ -92,13 +92,13 @@ def erase_organisation(organisation_id: str, principal: Admin, tenancy: TenancyD
 
 
 @router.get("/workspaces")
-def list_workspaces(
-    principal: Admin, tenancy: TenancyDep, organisation_id: str | None = None
-) -> ListOut[WorkspaceOut]:
+def list_workspaces(principal: Admin, tenancy: TenancyDep, organisation_id: str | None = None) -> ListOut[WorkspaceOut]:
     statement = select(Workspace).order_by(Workspace.created_at)
     with tenancy.store.session() as session:
         if organisation_id is not None:
-            statement = statement.where(Workspace.organisation_id == admin_organisation(session, principal, organisation_id).id)
+            statement = statement.where(
+                Workspace.organisation_id == admin_organisation(session, principal, organisation_id).id
+            )
         elif not principal.platform_admin:
             statement = statement.where(Workspace.organisation_id == principal.organisation_id)
         return ListOut(data=[WorkspaceOut.of(w) for w in session.scalars(statement)])

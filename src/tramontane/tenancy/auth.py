@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ..store import ApiKey, Organisation, Store, Workspace
 from ..store.types import utcnow
@@ -19,18 +19,25 @@ from .errors import TenancyError
 from .keys import hash_secret, parse_key, public_key_id, secret_matches
 from .principal import KEY_PREFIX, LIMIT_FIELDS, Limits, Principal
 
-_LOOKUP = select(
-    ApiKey.id,
-    ApiKey.workspace_id,
-    ApiKey.secret_hash,
-    ApiKey.capabilities,
-    ApiKey.expires_at,
-    ApiKey.revoked_at,
-    *(getattr(ApiKey, name) for name in LIMIT_FIELDS),
-    Workspace.organisation_id,
-    *(getattr(Workspace, name).label(f"workspace_{name}") for name in LIMIT_FIELDS),
-    Organisation.is_platform,
-).join(Workspace, Workspace.id == ApiKey.workspace_id).join(Organisation, Organisation.id == Workspace.organisation_id)
+# Built once, with the key id as a parameter: constructing a statement costs
+# more than running it.
+_LOOKUP = (
+    select(
+        ApiKey.id,
+        ApiKey.workspace_id,
+        ApiKey.secret_hash,
+        ApiKey.capabilities,
+        ApiKey.expires_at,
+        ApiKey.revoked_at,
+        *(getattr(ApiKey, name) for name in LIMIT_FIELDS),
+        Workspace.organisation_id,
+        *(getattr(Workspace, name).label(f"workspace_{name}") for name in LIMIT_FIELDS),
+        Organisation.is_platform,
+    )
+    .join(Workspace, Workspace.id == ApiKey.workspace_id)
+    .join(Organisation, Organisation.id == Workspace.organisation_id)
+    .where(ApiKey.id == bindparam("key_id"))
+)
 
 _BEARER_HINT = "Send it as 'Authorization: Bearer tmt_...'."
 
@@ -56,7 +63,7 @@ class Authenticator:
             self._fail("malformed", public_key_id(token), where, "Incorrect API key provided", "invalid_api_key")
         key_id, secret = parsed
         with self.store.read() as connection:
-            row = connection.execute(_LOOKUP.where(ApiKey.id == key_id)).first()
+            row = connection.execute(_LOOKUP, {"key_id": key_id}).first()
         if row is None:
             secret_matches(self.pepper, key_id, secret, self._decoy_hash)
             self._fail("unknown_key", key_id, where, "Incorrect API key provided", "invalid_api_key")

@@ -13,7 +13,7 @@ from ..store import Organisation, Workspace
 from . import audit
 from .audit import Actor
 from .errors import Conflict, TenancyError
-from .principal import LIMIT_FIELDS, Limits
+from .principal import LIMIT_FIELDS, NO_LIMITS, Limits
 
 _WORKSPACE_ID = re.compile(r"ws_[0-9a-f]{16}")
 
@@ -41,7 +41,12 @@ def create_organisation(session: Session, name: str, actor: Actor, *, is_platfor
     session.add(organisation)
     _flush(session, f"An organisation named '{name}' already exists")
     audit.record(
-        session, "organisation.create", actor, organisation_id=organisation.id, target=organisation.id, details={"name": name}
+        session,
+        "organisation.create",
+        actor,
+        organisation_id=organisation.id,
+        target=organisation.id,
+        details={"name": name},
     )
     return organisation
 
@@ -52,7 +57,12 @@ def rename_organisation(session: Session, organisation: Organisation, name: str,
     organisation.name = name
     _flush(session, f"An organisation named '{name}' already exists")
     audit.record(
-        session, "organisation.update", actor, organisation_id=organisation.id, target=organisation.id, details={"name": name}
+        session,
+        "organisation.update",
+        actor,
+        organisation_id=organisation.id,
+        target=organisation.id,
+        details={"name": name},
     )
     return organisation
 
@@ -66,7 +76,7 @@ def _check_workspace_name(session: Session, organisation_id: str, name: str, exc
 
 
 def create_workspace(
-    session: Session, organisation: Organisation, name: str, actor: Actor, limits: Limits = Limits()
+    session: Session, organisation: Organisation, name: str, actor: Actor, limits: Limits = NO_LIMITS
 ) -> Workspace:
     _check_workspace_name(session, organisation.id, name)
     workspace = Workspace(organisation_id=organisation.id, name=name, **limits.as_dict())

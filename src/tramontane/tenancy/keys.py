@@ -26,7 +26,7 @@ from . import audit
 from .audit import SYSTEM, Actor
 from .capabilities import ALL_CAPABILITIES, Capability, serialise_capabilities
 from .directory import create_organisation, create_workspace
-from .principal import KEY_PREFIX, Limits
+from .principal import KEY_PREFIX, NO_LIMITS, Limits
 
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -93,7 +93,7 @@ def create_key(
     capabilities: frozenset[Capability],
     actor: Actor,
     expires_at: datetime | None = None,
-    limits: Limits = Limits(),
+    limits: Limits = NO_LIMITS,
 ) -> CreatedKey:
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     key = ApiKey(

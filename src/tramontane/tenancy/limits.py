@@ -21,9 +21,9 @@ request can overshoot it by its own size.
 
 Concurrency is counted as lease rows, one per request in flight, with an
 expiry so that a crashed process cannot hold slots for ever. Admission locks
-the key's and the workspace's rows (FOR NO KEY UPDATE, which does not block the
-foreign-key checks of concurrent inserts, so it cannot deadlock with them),
-drops expired leases, counts the rest and adds its own.
+the rows of the key and/or workspace that has a concurrency limit (FOR NO KEY
+UPDATE, which does not block the foreign-key checks of concurrent inserts, so
+it cannot deadlock with them), counts their unexpired leases and adds its own.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, or_, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -70,13 +69,48 @@ def _subjects(principal: Principal) -> list[tuple[str, str, Limits]]:
 
 
 class Limiter:
-    def __init__(self, store: Store, *, lease_ttl_s: float = DEFAULT_LEASE_TTL_S, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, store: Store, *, lease_ttl_s: float = DEFAULT_LEASE_TTL_S, clock: Callable[[], float] = time.time
+    ):
         self.store = store
         self.lease_ttl_s = lease_ttl_s
         self.clock = clock
-        self._insert: Any = sqlite_insert if store.is_sqlite else pg_insert
         # (subject, metric) -> the window whose predecessors this process already deleted.
         self._swept: dict[tuple[str, str], int] = {}
+        # Statements are built once: constructing them costs more than running them.
+        upsert = (sqlite_insert if store.is_sqlite else pg_insert)(RateCounter)
+        counter_key = [RateCounter.subject, RateCounter.metric, RateCounter.window_start]
+        self._take = upsert.on_conflict_do_update(
+            index_elements=counter_key,
+            set_={"value": RateCounter.value + upsert.excluded.value},
+            where=RateCounter.value + upsert.excluded.value <= bindparam("limit"),
+        ).returning(RateCounter.value)
+        self._add = upsert.on_conflict_do_update(
+            index_elements=counter_key, set_={"value": RateCounter.value + upsert.excluded.value}
+        )
+        self._read = select(RateCounter.value).where(
+            RateCounter.subject == bindparam("subject"),
+            RateCounter.metric == bindparam("metric"),
+            RateCounter.window_start == bindparam("window_start"),
+        )
+        self._sweep_counters = delete(RateCounter).where(
+            RateCounter.subject == bindparam("subject"),
+            RateCounter.metric == bindparam("metric"),
+            RateCounter.window_start < bindparam("window_start"),
+        )
+        # FOR NO KEY UPDATE: serialises admissions without blocking foreign-key checks.
+        self._lock_key = select(ApiKey.id).where(ApiKey.id == bindparam("key_id")).with_for_update(key_share=True)
+        self._lock_workspace = (
+            select(Workspace.id).where(Workspace.id == bindparam("workspace_id")).with_for_update(key_share=True)
+        )
+        active = select(func.count()).select_from(RequestLease).where(RequestLease.expires_at >= bindparam("now"))
+        self._count_key_leases = active.where(RequestLease.api_key_id == bindparam("key_id"))
+        self._count_workspace_leases = active.where(RequestLease.workspace_id == bindparam("workspace_id"))
+        self._sweep_leases = delete(RequestLease).where(
+            RequestLease.workspace_id == bindparam("workspace_id"), RequestLease.expires_at < bindparam("now")
+        )
+        self._insert_lease = insert(RequestLease)
+        self._release = delete(RequestLease).where(RequestLease.id == bindparam("lease_id"))
 
     def admit(self, principal: Principal) -> str | None:
         """Counts a new request against the key's and workspace's limits, or raises a
@@ -98,23 +132,27 @@ class Limiter:
     def release(self, lease_id: str | None) -> None:
         if lease_id is not None:
             with self.store.write() as connection:
-                connection.execute(delete(RequestLease).where(RequestLease.id == lease_id))
+                connection.execute(self._release, {"lease_id": lease_id})
 
     def consume(self, connection: Connection, principal: Principal, tokens: int) -> None:
         """Adds a finished request's tokens to the per-minute and monthly totals of its
         key and workspace (always, so that a limit set mid-month sees earlier use)."""
         now = self.clock()
-        for subject, _, _ in _subjects(principal):
-            for metric, (window, _) in ((TOKENS_PER_MINUTE, minute_window(now)), (TOKENS_PER_MONTH, month_window(now))):
-                statement = self._insert(RateCounter).values(
-                    subject=subject, metric=metric, window_start=window, value=tokens, workspace_id=principal.workspace_id
-                )
-                statement = statement.on_conflict_do_update(
-                    index_elements=[RateCounter.subject, RateCounter.metric, RateCounter.window_start],
-                    set_={"value": RateCounter.value + statement.excluded.value},
-                )
-                connection.execute(statement)
-                self._sweep(connection, subject, metric, window)
+        windows = ((TOKENS_PER_MINUTE, minute_window(now)[0]), (TOKENS_PER_MONTH, month_window(now)[0]))
+        rows = [
+            {
+                "subject": subject,
+                "metric": metric,
+                "window_start": window,
+                "value": tokens,
+                "workspace_id": principal.workspace_id,
+            }
+            for subject, _, _ in _subjects(principal)
+            for metric, window in windows
+        ]
+        connection.execute(self._add, rows)
+        for row in rows:
+            self._sweep(connection, row["subject"], row["metric"], row["window_start"])
 
     def _check_rates(
         self, connection: Connection, workspace_id: str, subject: str, label: str, limits: Limits, now: float
@@ -131,7 +169,7 @@ class Limiter:
             self._sweep(connection, subject, REQUESTS_PER_MINUTE, window)
         if limits.tokens_per_minute is not None:
             window, end = minute_window(now)
-            if self._read(connection, subject, TOKENS_PER_MINUTE, window) >= limits.tokens_per_minute:
+            if self._value(connection, subject, TOKENS_PER_MINUTE, window) >= limits.tokens_per_minute:
                 raise TenancyError(
                     429,
                     f"Rate limit reached for this {label}: {limits.tokens_per_minute} tokens per minute",
@@ -140,7 +178,7 @@ class Limiter:
                 )
         if limits.monthly_token_budget is not None:
             window, end = month_window(now)
-            if self._read(connection, subject, TOKENS_PER_MONTH, window) >= limits.monthly_token_budget:
+            if self._value(connection, subject, TOKENS_PER_MONTH, window) >= limits.monthly_token_budget:
                 raise TenancyError(
                     429,
                     f"This {label}'s monthly budget of {limits.monthly_token_budget} tokens is spent",
@@ -151,58 +189,49 @@ class Limiter:
     def _increment(self, connection: Connection, workspace_id: str, subject: str, window: int, limit: int) -> bool:
         if limit < 1:
             return False
-        statement = self._insert(RateCounter).values(
-            subject=subject, metric=REQUESTS_PER_MINUTE, window_start=window, value=1, workspace_id=workspace_id
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=[RateCounter.subject, RateCounter.metric, RateCounter.window_start],
-            set_={"value": RateCounter.value + 1},
-            where=RateCounter.value + 1 <= limit,
-        ).returning(RateCounter.value)
-        return connection.execute(statement).first() is not None
+        row = {
+            "subject": subject,
+            "metric": REQUESTS_PER_MINUTE,
+            "window_start": window,
+            "value": 1,
+            "workspace_id": workspace_id,
+            "limit": limit,
+        }
+        return connection.execute(self._take, row).first() is not None
 
-    @staticmethod
-    def _read(connection: Connection, subject: str, metric: str, window: int) -> int:
-        value = connection.scalar(
-            select(RateCounter.value).where(
-                RateCounter.subject == subject, RateCounter.metric == metric, RateCounter.window_start == window
-            )
-        )
+    def _value(self, connection: Connection, subject: str, metric: str, window: int) -> int:
+        value = connection.scalar(self._read, {"subject": subject, "metric": metric, "window_start": window})
         return value or 0
 
     def _sweep(self, connection: Connection, subject: str, metric: str, window: int) -> None:
         """Deletes a subject's past windows, once per new window and process."""
         if self._swept.get((subject, metric)) == window:
             return
-        connection.execute(
-            delete(RateCounter).where(
-                RateCounter.subject == subject, RateCounter.metric == metric, RateCounter.window_start < window
-            )
-        )
+        connection.execute(self._sweep_counters, {"subject": subject, "metric": metric, "window_start": window})
         self._swept[(subject, metric)] = window
 
     def _take_lease(self, connection: Connection, principal: Principal, now: float) -> str:
-        connection.execute(select(ApiKey.id).where(ApiKey.id == principal.key_id).with_for_update(key_share=True))
-        connection.execute(
-            select(Workspace.id).where(Workspace.id == principal.workspace_id).with_for_update(key_share=True)
-        )
+        key_limit = principal.key_limits.max_concurrent_requests
+        workspace_limit = principal.workspace_limits.max_concurrent_requests
         moment = datetime.fromtimestamp(now, UTC)
-        connection.execute(
-            delete(RequestLease).where(
-                RequestLease.expires_at < moment,
-                or_(RequestLease.api_key_id == principal.key_id, RequestLease.workspace_id == principal.workspace_id),
-            )
-        )
-        checks = (
-            (principal.key_limits.max_concurrent_requests, RequestLease.api_key_id == principal.key_id, "API key"),
-            (
-                principal.workspace_limits.max_concurrent_requests,
-                RequestLease.workspace_id == principal.workspace_id,
-                "workspace",
-            ),
-        )
-        for limit, condition, label in checks:
-            if limit is not None and connection.scalar(select(func.count()).select_from(RequestLease).where(condition)) >= limit:
+        params = {"key_id": principal.key_id, "workspace_id": principal.workspace_id, "now": moment}
+        # Key before workspace, as everywhere, so that two admissions never wait on
+        # each other in a cycle. SQLite needs no row locks: BEGIN IMMEDIATE already
+        # made this transaction the only writer.
+        if key_limit is not None and not self.store.is_sqlite:
+            connection.execute(self._lock_key, params)
+        if workspace_limit is not None and not self.store.is_sqlite:
+            connection.execute(self._lock_workspace, params)
+        # Expired leases are ignored by the counts; delete them once a minute.
+        minute = minute_window(now)[0]
+        if self._swept.get((principal.workspace_id, "leases")) != minute:
+            connection.execute(self._sweep_leases, params)
+            self._swept[(principal.workspace_id, "leases")] = minute
+        for limit, count, label in (
+            (key_limit, self._count_key_leases, "API key"),
+            (workspace_limit, self._count_workspace_leases, "workspace"),
+        ):
+            if limit is not None and (connection.scalar(count, params) or 0) >= limit:
                 raise TenancyError(
                     429,
                     f"Too many concurrent requests for this {label} (limit {limit})",
@@ -211,11 +240,12 @@ class Limiter:
                 )
         lease_id = secrets.token_hex(16)
         connection.execute(
-            insert(RequestLease).values(
-                id=lease_id,
-                api_key_id=principal.key_id,
-                workspace_id=principal.workspace_id,
-                expires_at=moment + timedelta(seconds=self.lease_ttl_s),
-            )
+            self._insert_lease,
+            {
+                "id": lease_id,
+                "api_key_id": principal.key_id,
+                "workspace_id": principal.workspace_id,
+                "expires_at": moment + timedelta(seconds=self.lease_ttl_s),
+            },
         )
         return lease_id

@@ -35,6 +35,7 @@ class Limits:
 
 
 LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
+NO_LIMITS = Limits()
 
 
 @dataclass
@@ -56,8 +57,8 @@ class Principal:
     capabilities: frozenset[Capability]
     # An admin key of the platform organisation: administers every organisation.
     platform_admin: bool = False
-    key_limits: Limits = Limits()
-    workspace_limits: Limits = Limits()
+    key_limits: Limits = NO_LIMITS
+    workspace_limits: Limits = NO_LIMITS
     # Set by the `require` dependency for the duration of one request.
     ticket: Ticket | None = None
 

@@ -21,6 +21,8 @@ GROUPS: dict[str, Any] = {
     "day": UsageRecord.day,
 }
 
+_INSERT = insert(UsageRecord)
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -45,19 +47,20 @@ def record(store: Store, limiter: Limiter, principal: Principal, usage: Usage) -
     now = datetime.fromtimestamp(limiter.clock(), UTC)
     with store.write() as connection:
         connection.execute(
-            insert(UsageRecord).values(
-                workspace_id=principal.workspace_id,
-                api_key_id=principal.key_id,
-                created_at=now,
-                day=now.date(),
-                model=usage.model,
-                request_id=usage.request_id,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                latency_ms=usage.latency_ms,
-                energy_wh=usage.energy_wh,
-                energy_source=usage.energy_source,
-            )
+            _INSERT,
+            {
+                "workspace_id": principal.workspace_id,
+                "api_key_id": principal.key_id,
+                "created_at": now,
+                "day": now.date(),
+                "model": usage.model,
+                "request_id": usage.request_id,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "latency_ms": usage.latency_ms,
+                "energy_wh": usage.energy_wh,
+                "energy_source": usage.energy_source,
+            },
         )
         limiter.consume(connection, principal, usage.total_tokens)
 
@@ -79,15 +82,19 @@ def report(
         raise ValueError(f"cannot group usage by {', '.join(sorted(unknown))} (valid: {', '.join(GROUPS)})")
     dimensions = [GROUPS[name].label(name) for name in group_by]
     total_tokens = UsageRecord.prompt_tokens + UsageRecord.completion_tokens
-    statement = select(
-        *dimensions,
-        func.count().label("requests"),
-        func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
-        func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
-        func.coalesce(func.sum(total_tokens), 0).label("total_tokens"),
-        func.coalesce(func.sum(UsageRecord.energy_wh), 0.0).label("energy_wh"),
-        func.coalesce(func.avg(UsageRecord.latency_ms), 0.0).label("mean_latency_ms"),
-    ).group_by(*dimensions).order_by(*dimensions)
+    statement = (
+        select(
+            *dimensions,
+            func.count().label("requests"),
+            func.coalesce(func.sum(UsageRecord.prompt_tokens), 0).label("prompt_tokens"),
+            func.coalesce(func.sum(UsageRecord.completion_tokens), 0).label("completion_tokens"),
+            func.coalesce(func.sum(total_tokens), 0).label("total_tokens"),
+            func.coalesce(func.sum(UsageRecord.energy_wh), 0.0).label("energy_wh"),
+            func.coalesce(func.avg(UsageRecord.latency_ms), 0.0).label("mean_latency_ms"),
+        )
+        .group_by(*dimensions)
+        .order_by(*dimensions)
+    )
     if organisation_id is not None:
         statement = statement.join(Workspace, Workspace.id == UsageRecord.workspace_id).where(
             Workspace.organisation_id == organisation_id

@@ -20,7 +20,6 @@ import os
 import resource
 import selectors
 import signal
-import sys
 import time
 
 from .fileops import HOME, OPS, Failure, errno_name, failure_from, kind_of
@@ -48,7 +47,7 @@ class Agent:
     def __init__(self):
         self.env = dict(os.environ)
         self.sel = selectors.DefaultSelector()
-        self.inbuf = b""
+        self.partial = []  # pieces of a request line still arriving (file uploads are long)
         self.children = {}  # pid -> Child
         self.repl = None  # Child running the interpreter
         self.repl_io = None  # (request fd, response fd, response buffer)
@@ -100,8 +99,11 @@ class Agent:
             return True
         if not chunk:
             return False  # the host went away
-        self.inbuf += chunk
-        *lines, self.inbuf = self.inbuf.split(b"\n")
+        if b"\n" not in chunk:
+            self.partial.append(chunk)
+            return True
+        *lines, rest = (b"".join(self.partial) + chunk).split(b"\n")
+        self.partial = [rest] if rest else []
         for line in lines:
             request = json.loads(line)
             rid = request.get("id")
@@ -328,8 +330,15 @@ class Agent:
             self.repl.deadline = None
             self.repl_interrupted_at = None
             rid, self.repl_rid = self.repl_rid, None
+            try:
+                reply = json.loads(line)
+                if not isinstance(reply, dict):
+                    raise ValueError(reply)
+            except ValueError:  # the cell's code wrote to the protocol pipe itself
+                error = {"name": "ProtocolError", "value": "garbled interpreter reply", "traceback": ""}
+                reply = {"results": [], "error": error, "execution_count": None}
             if rid is not None:
-                self.send({"id": rid, "ev": "result", **json.loads(line)})
+                self.send({"id": rid, "ev": "result", **reply})
 
     def interrupt_repl(self):
         os.kill(self.repl.pid, signal.SIGINT)
@@ -347,7 +356,6 @@ class Agent:
             message = f"the interpreter exited with code {exit_code}; its state is lost"
             error = {"name": "InterpreterDied", "value": message, "traceback": ""}
             self.send({"id": rid, "ev": "result", "results": [], "error": error, "execution_count": None})
-
 
 
 def main(rlimits):

@@ -1,0 +1,33 @@
+#!/bin/sh
+# Debian packages the platform needs beyond Python:
+#   bubblewrap          tier-1 sandboxes (namespaces, seccomp, tmpfs mounts)
+#   libseccomp2         compiles the sandboxes' seccomp filter (through pyseccomp)
+#   python3             the sandboxes' interpreter: the host's /usr/bin/python3, read-only
+#   python3-matplotlib  charts (PNG) from the sandboxes' code interpreter
+#   postgresql          the tenancy tests start a throwaway server (initdb, pg_ctl);
+#                       production may point TRAMONTANE_DATABASE_URL at one
+# Safe to run again; does nothing where everything is installed. Needs root (or sudo).
+set -eu
+
+PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib postgresql"
+
+missing=""
+for package in $PACKAGES; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $package"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-system-deps: not a Debian system; install by hand:$missing" >&2
+    exit 1
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+# shellcheck disable=SC2086  # the list is meant to split into words
+$SUDO apt-get install -y -q --no-install-recommends $missing
