@@ -4,7 +4,7 @@ Runs the default model (SmolLM2-135M-Instruct Q4_1 GGUF) through each engine in 
 prints tokens/s for batch-1 decode, prefill, and aggregate decode at 16 concurrent
 streams. llama.cpp (llama-cpp-python) is installed only for this script: `make bench`.
 
-    python benchmarks/cpu_engine.py [--quantization int4] [--tokens 128] [--streams 16]
+    python benchmarks/cpu_engine.py [--quantization auto] [--tokens 128] [--streams 16]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def transformers_hf(args) -> dict[str, float] | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quantization", default="int4", choices=["none", "bf16", "int8", "int4"])
+    parser.add_argument("--quantization", default="auto", choices=["auto", "none", "bf16", "int8", "int4"])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=16)
     args = parser.parse_args()

@@ -12,7 +12,8 @@ def smollm_checkpoint():
 @pytest.fixture
 def make_engine(smollm_checkpoint):
     def make(**overrides) -> LLMEngine:
-        config = EngineConfig(kv_cache_memory_gb=0.1, **overrides)
+        # Unquantized float32 by default: the exact reference path.
+        config = EngineConfig(kv_cache_memory_gb=0.1, **{"quantization": "none", **overrides})
         return LLMEngine(smollm_checkpoint, config)
 
     return make

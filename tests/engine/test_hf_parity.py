@@ -117,7 +117,7 @@ def test_tiny_random_architectures_match_transformers(arch, tmp_path, smollm_che
         hf = _save_tiny(transformers.LlamaForCausalLM, transformers.LlamaConfig, tmp_path, tok,
                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
-    engine = LLMEngine(load_checkpoint(str(tmp_path)), EngineConfig(num_kv_blocks=64))
+    engine = LLMEngine(load_checkpoint(str(tmp_path)), EngineConfig(num_kv_blocks=64, quantization="none"))
     prompts = [tok.encode(p) for p in PROMPTS[:3]]
     # Prompts longer than the window make the sliding-window mask matter.
     prompts[0] = prompts[0] * 4

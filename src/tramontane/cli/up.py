@@ -30,8 +30,8 @@ def up(
         str | None, typer.Option(envvar="TRAMONTANE_API_KEY", help="Require this bearer token on /v1.")
     ] = None,
     quantization: Annotated[
-        str, typer.Option(help="Weight-only quantization of linear layers: none, bf16, int8 or int4.")
-    ] = "none",
+        str, typer.Option(help="Weight-only quantization of linear layers: auto, none, bf16, int8 or int4.")
+    ] = "auto",
     kv_cache_gb: Annotated[float, typer.Option(help="Memory for each chat model's KV cache, in GiB.")] = 1.0,
     device: Annotated[str, typer.Option(help="Torch device for the chat models, e.g. cpu or cuda.")] = "cpu",
 ) -> None:

@@ -7,10 +7,27 @@ import torch
 
 from .attention import build_metadata
 from .config import EngineConfig, ModelConfig
+from .errors import ModelLoadError
 from .model import CausalLM
 from .scheduler import ScheduledBatch
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_precision(config: EngineConfig, device: torch.device) -> tuple[str, torch.dtype]:
+    """The quantization and dtype that "auto" stands for on this device."""
+    on_cpu = device.type == "cpu"
+    quant = config.quantization
+    if quant == "auto":
+        quant = "int4" if on_cpu else "none"
+    if quant in ("int8", "int4") and not on_cpu:
+        raise ModelLoadError(f"{quant} weights use PyTorch's CPU kernels; use none or bf16 on {device.type}")
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "float32" if on_cpu else "bfloat16"
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"unsupported dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+    return quant, _DTYPES[dtype]
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
@@ -22,8 +39,8 @@ class ModelRunner:
         self.config = config
         self.model_config = model_config
         self.device = torch.device(config.device)
-        self.dtype = _DTYPES[config.dtype]
-        self.model = CausalLM(model_config, tensors, config.quantization, self.dtype).to(self.device)
+        self.quantization, self.dtype = resolve_precision(config, self.device)
+        self.model = CausalLM(model_config, tensors, self.quantization, self.dtype).to(self.device)
         if config.num_kv_blocks is None:
             per_block = kv_bytes_per_token(model_config, self.dtype) * config.block_size
             config.num_kv_blocks = max(int(config.kv_cache_memory_gb * 2**30) // per_block, 1)
