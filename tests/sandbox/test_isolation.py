@@ -187,6 +187,14 @@ def test_host_pids_are_invisible_and_unsignalable(sbx: Sandbox) -> None:
     os.kill(me, 0)  # still here
 
 
+def test_the_agent_cannot_be_taken_over(sbx: Sandbox) -> None:
+    # Same uid as the sandboxed code, but not dumpable: no /proc/<pid>/mem, no fds.
+    for path in ("/proc/2/mem", "/proc/2/fd/1", "/proc/2/environ"):
+        code, out = sh(sbx, f"head -c 1 {path} > /dev/null")
+        assert code != 0 and "Permission denied" in out, path
+    assert sh(sbx, "cat /proc/2/cmdline")[1].startswith("/usr/bin/python3")
+
+
 def test_only_standard_fds_are_open(sbx: Sandbox) -> None:
     listing = "import os, json; print(json.dumps(sorted(int(f) for f in os.listdir('/proc/self/fd'))))"
     fds = json.loads(sbx.commands.run(f'python3 -c "{listing}"').stdout)

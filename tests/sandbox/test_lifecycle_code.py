@@ -167,3 +167,20 @@ def test_run_code_rejects_bad_input(live, sbx: Sandbox) -> None:
     assert response.status_code == 422
     with pytest.raises(InvalidArgumentException):
         sbx.run_code("1", timeout=-1)
+
+
+def test_killing_a_sandbox_ends_its_open_streams(live) -> None:
+    sandbox = live.create()
+    handle = sandbox.commands.run("sleep 60", background=True)
+    Sandbox.connect(sandbox.sandbox_id, api_url=live.url).kill()
+    with pytest.raises(SandboxException, match="stopped"):
+        handle.wait()
+
+
+def test_a_sandbox_whose_agent_dies_is_reclaimed(live) -> None:
+    sandbox = live.create()
+    cgroup_dirs = list(live.manager.get(sandbox.sandbox_id).runtime.cgroup.dirs.values())
+    with pytest.raises(SandboxException):
+        sandbox.commands.run("kill -9 2")  # the agent, which serves this very command
+    _wait_gone(sandbox, within=5)
+    assert not any(d.exists() for d in cgroup_dirs)

@@ -99,6 +99,8 @@ class ManagedSandbox:
         self.deadline = time.monotonic() + seconds
 
     async def pause(self) -> None:
+        """Freezes every process of the sandbox. Its absolute timeout keeps
+        running while paused; the idle timeout does not."""
         self.require_running()
         frozen = await asyncio.to_thread(self.runtime.cgroup.freeze)
         if not frozen:

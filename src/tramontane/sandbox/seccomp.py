@@ -14,8 +14,7 @@ from __future__ import annotations
 import errno
 import os
 from functools import lru_cache
-
-import pyseccomp as seccomp
+from typing import Any
 
 DENIED_SYSCALLS = (
     # Docker's default profile
@@ -61,7 +60,11 @@ _READ_IMPLIES_EXEC = 0x0400000
 _AF_UNIX, _AF_INET, _AF_INET6, _AF_NETLINK = 1, 2, 10, 16
 
 
-def _build() -> seccomp.SyscallFilter:
+def _build() -> Any:
+    # Imported here: pyseccomp loads libseccomp when imported, and the SDK side of
+    # this package (tramontane.sandbox.Sandbox) must import on any OS.
+    import pyseccomp as seccomp
+
     f = seccomp.SyscallFilter(seccomp.ALLOW)
     deny = seccomp.ERRNO(errno.EPERM)
     for name in DENIED_SYSCALLS:

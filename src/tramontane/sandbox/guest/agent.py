@@ -14,6 +14,7 @@ streams. The host treats everything said here as untrusted.
 """
 
 import codecs
+import ctypes
 import fcntl
 import json
 import os
@@ -27,6 +28,8 @@ from .fileops import HOME, OPS, Failure, errno_name, failure_from, kind_of
 CHUNK = 65536
 CHILD_OOM_SCORE_ADJ = b"500"  # sandboxed work dies before the agent when memory runs out
 SIGINT_GRACE_S = 2.0
+PR_SET_DUMPABLE = 4
+LIBC = ctypes.CDLL(None, use_errno=True)
 GUEST_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERPRETER_BOOT = f"import sys; sys.path.insert(0, {GUEST_ROOT!r}); from guest.interpreter import main; main()"
 
@@ -137,13 +140,15 @@ class Agent:
                 os.dup2(err_w, 2)
                 for target, fd in enumerate(sources, start=3):
                     os.dup2(fd, target)
+                LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # this child's /proc files are its own again
                 with open("/proc/self/oom_score_adj", "wb") as f:
                     f.write(CHILD_OOM_SCORE_ADJ)
                 os.chdir(cwd)
                 os.execve(argv[0], argv, env)
             except OSError as exc:
                 os.write(status_w, f"{errno_name(exc.errno)} {exc.strerror}: {exc.filename or argv[0]}".encode())
-            os._exit(127)
+            finally:
+                os._exit(127)  # whatever happened, this copy of the agent must not go on
         for fd in (out_w, err_w, status_w):
             os.close(fd)
         failure = os.read(status_r, 4096).decode()
@@ -364,4 +369,8 @@ def main(rlimits):
     # Soft and hard: nothing started from here can raise them again.
     for limit, value in rlimits.items():
         resource.setrlimit(int(limit), (value, value))
+    # Sandboxed code runs as the same uid: not dumpable, the agent's /proc/<pid>/mem
+    # and fds are closed to it, so it cannot take the agent over. (spawn() makes
+    # each child dumpable again.)
+    LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     Agent().run()
