@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
 from tramontane.sandbox.cgroups import CgroupTree
@@ -41,6 +41,11 @@ def _unavailable_reason() -> str | None:
 
 
 UNAVAILABLE = _unavailable_reason()
+
+
+def _tenant_header(request: Request) -> str | None:
+    """Tests name a tenant with x-tenant; without it the API is unscoped."""
+    return request.headers.get("x-tenant")
 
 
 @dataclass
@@ -79,7 +84,7 @@ def live() -> Iterator[LiveSandboxes]:
             await manager.shutdown()
 
     app = FastAPI(lifespan=lifespan)
-    app.include_router(create_router(manager))
+    app.include_router(create_router(manager, owner=_tenant_header))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -16,7 +16,7 @@ from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
@@ -130,55 +130,73 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_router(manager: SandboxManager, *, dependencies: Sequence[Any] = ()) -> APIRouter:
-    """The API over `manager`; the app must run `manager.start()` and `shutdown()` in its lifespan."""
+def _unowned() -> None:
+    return None
+
+
+def create_router(
+    manager: SandboxManager,
+    *,
+    dependencies: Sequence[Any] = (),
+    owner: Callable[..., Any] = _unowned,
+) -> APIRouter:
+    """The API over `manager`; the app must run `manager.start()` and `shutdown()` in its lifespan.
+
+    `owner` is a dependency naming the caller's tenant (e.g. its workspace id): sandboxes
+    are created under it, and any other tenant's sandbox answers 404, as if absent.
+    """
     router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"], route_class=_SandboxRoute,
                        dependencies=list(dependencies))  # fmt: skip
 
     @router.post("", status_code=201, response_model=SandboxModel)
-    async def create_sandbox(body: CreateSandboxBody) -> SandboxModel:
-        sandbox = await manager.create(body.spec(manager.config.default_limits))
+    async def create_sandbox(body: CreateSandboxBody, who: str | None = Depends(owner)) -> SandboxModel:
+        spec = dataclasses.replace(body.spec(manager.config.default_limits), owner=who)
+        sandbox = await manager.create(spec)
         return SandboxModel.of(sandbox.info())
 
     @router.get("", response_model=SandboxList)
     async def list_sandboxes(
         state: SandboxState | None = None,
         metadata: str | None = Query(None, description='URL-encoded pairs, e.g. "user=alice&app=x".'),
+        who: str | None = Depends(owner),
     ) -> SandboxList:
         wanted = dict(parse_qsl(metadata)) if metadata else None
-        return SandboxList(sandboxes=[SandboxModel.of(s.info()) for s in manager.list(metadata=wanted, state=state)])
+        found = manager.list(metadata=wanted, state=state, owner=who)
+        return SandboxList(sandboxes=[SandboxModel.of(s.info()) for s in found])
 
     @router.get("/{sandbox_id}", response_model=SandboxModel)
-    async def get_sandbox(sandbox_id: str) -> SandboxModel:
-        return SandboxModel.of(manager.get(sandbox_id).info())
+    async def get_sandbox(sandbox_id: str, who: str | None = Depends(owner)) -> SandboxModel:
+        return SandboxModel.of(manager.get(sandbox_id, who).info())
 
     @router.delete("/{sandbox_id}", status_code=204)
-    async def kill_sandbox(sandbox_id: str) -> Response:
-        await manager.kill(sandbox_id)
+    async def kill_sandbox(sandbox_id: str, who: str | None = Depends(owner)) -> Response:
+        await manager.kill(sandbox_id, who)
         return Response(status_code=204)
 
     @router.post("/{sandbox_id}/timeout", response_model=SandboxModel)
-    async def set_timeout(sandbox_id: str, body: TimeoutBody) -> SandboxModel:
-        return SandboxModel.of(manager.set_timeout(sandbox_id, body.timeout).info())
+    async def set_timeout(sandbox_id: str, body: TimeoutBody, who: str | None = Depends(owner)) -> SandboxModel:
+        return SandboxModel.of(manager.set_timeout(sandbox_id, body.timeout, who).info())
 
     @router.post("/{sandbox_id}/pause", response_model=SandboxModel)
-    async def pause(sandbox_id: str) -> SandboxModel:
-        return SandboxModel.of((await manager.pause(sandbox_id)).info())
+    async def pause(sandbox_id: str, who: str | None = Depends(owner)) -> SandboxModel:
+        return SandboxModel.of((await manager.pause(sandbox_id, who)).info())
 
     @router.post("/{sandbox_id}/resume", response_model=SandboxModel)
-    async def resume(sandbox_id: str) -> SandboxModel:
-        return SandboxModel.of((await manager.resume(sandbox_id)).info())
+    async def resume(sandbox_id: str, who: str | None = Depends(owner)) -> SandboxModel:
+        return SandboxModel.of((await manager.resume(sandbox_id, who)).info())
 
     @router.get("/{sandbox_id}/metrics", response_model=MetricsModel)
-    async def metrics(sandbox_id: str) -> MetricsModel:
-        sandbox = manager.get(sandbox_id)
+    async def metrics(sandbox_id: str, who: str | None = Depends(owner)) -> MetricsModel:
+        sandbox = manager.get(sandbox_id, who)
         return MetricsModel.of(sandbox.usage(), sandbox.spec.limits)
 
     # -- commands
 
     @router.post("/{sandbox_id}/commands", response_model=None)
-    async def run_command(sandbox_id: str, body: CommandBody, request: Request) -> Response | StartedModel:
-        commands = manager.get(sandbox_id).commands
+    async def run_command(
+        sandbox_id: str, body: CommandBody, request: Request, who: str | None = Depends(owner)
+    ) -> Response | StartedModel:
+        commands = manager.get(sandbox_id, who).commands
         cwd, envs, timeout = body.cwd, body.envs, body.timeout
         if body.stream:
             events = commands.stream(body.cmd, cwd=cwd, envs=envs, timeout=timeout, background=body.background)
@@ -189,55 +207,59 @@ def create_router(manager: SandboxManager, *, dependencies: Sequence[Any] = ()) 
         return JSONResponse(CommandResultModel(**dataclasses.asdict(result)).model_dump())
 
     @router.get("/{sandbox_id}/processes", response_model=ProcessList)
-    async def list_processes(sandbox_id: str) -> ProcessList:
-        processes = await manager.get(sandbox_id).commands.list()
+    async def list_processes(sandbox_id: str, who: str | None = Depends(owner)) -> ProcessList:
+        processes = await manager.get(sandbox_id, who).commands.list()
         return ProcessList(processes=[ProcessModel.of(p) for p in processes])
 
     @router.delete("/{sandbox_id}/processes/{pid}", status_code=204)
-    async def kill_process(sandbox_id: str, pid: int, signal: int = Query(9, ge=1, le=64)) -> Response:
-        if not await manager.get(sandbox_id).commands.kill(pid, signal):
+    async def kill_process(
+        sandbox_id: str, pid: int, signal: int = Query(9, ge=1, le=64), who: str | None = Depends(owner)
+    ) -> Response:
+        if not await manager.get(sandbox_id, who).commands.kill(pid, signal):
             raise NotFound(f"no process {pid} in the sandbox", code="process_not_found", param="pid")
         return Response(status_code=204)
 
     # -- files
 
     @router.get("/{sandbox_id}/files", response_class=Response)
-    async def download(sandbox_id: str, path: str) -> Response:
-        data = await manager.get(sandbox_id).files.read(path)
+    async def download(sandbox_id: str, path: str, who: str | None = Depends(owner)) -> Response:
+        data = await manager.get(sandbox_id, who).files.read(path)
         return Response(data, media_type="application/octet-stream")
 
     @router.put("/{sandbox_id}/files", response_model=EntryModel)
-    async def upload(sandbox_id: str, path: str, request: Request) -> EntryModel:
-        files = manager.get(sandbox_id).files
+    async def upload(sandbox_id: str, path: str, request: Request, who: str | None = Depends(owner)) -> EntryModel:
+        files = manager.get(sandbox_id, who).files
         return EntryModel.of(await files.write(path, await _read_body(request, files.max_file_bytes)))
 
     @router.delete("/{sandbox_id}/files", status_code=204)
-    async def remove(sandbox_id: str, path: str) -> Response:
-        await manager.get(sandbox_id).files.remove(path)
+    async def remove(sandbox_id: str, path: str, who: str | None = Depends(owner)) -> Response:
+        await manager.get(sandbox_id, who).files.remove(path)
         return Response(status_code=204)
 
     @router.get("/{sandbox_id}/files/list", response_model=EntryList)
-    async def list_files(sandbox_id: str, path: str = ".", depth: int = 1) -> EntryList:
-        entries = await manager.get(sandbox_id).files.list(path, depth)
+    async def list_files(
+        sandbox_id: str, path: str = ".", depth: int = 1, who: str | None = Depends(owner)
+    ) -> EntryList:
+        entries = await manager.get(sandbox_id, who).files.list(path, depth)
         return EntryList(entries=[EntryModel.of(e) for e in entries])
 
     @router.get("/{sandbox_id}/files/info", response_model=EntryModel)
-    async def file_info(sandbox_id: str, path: str) -> EntryModel:
-        return EntryModel.of(await manager.get(sandbox_id).files.get_info(path))
+    async def file_info(sandbox_id: str, path: str, who: str | None = Depends(owner)) -> EntryModel:
+        return EntryModel.of(await manager.get(sandbox_id, who).files.get_info(path))
 
     @router.post("/{sandbox_id}/files/mkdir", response_model=MakeDirModel)
-    async def make_dir(sandbox_id: str, path: str) -> MakeDirModel:
-        return MakeDirModel(created=await manager.get(sandbox_id).files.make_dir(path))
+    async def make_dir(sandbox_id: str, path: str, who: str | None = Depends(owner)) -> MakeDirModel:
+        return MakeDirModel(created=await manager.get(sandbox_id, who).files.make_dir(path))
 
     @router.post("/{sandbox_id}/files/rename", response_model=EntryModel)
-    async def rename(sandbox_id: str, body: RenameBody) -> EntryModel:
-        return EntryModel.of(await manager.get(sandbox_id).files.rename(body.old_path, body.new_path))
+    async def rename(sandbox_id: str, body: RenameBody, who: str | None = Depends(owner)) -> EntryModel:
+        return EntryModel.of(await manager.get(sandbox_id, who).files.rename(body.old_path, body.new_path))
 
     # -- code interpreter
 
     @router.post("/{sandbox_id}/code", response_model=None)
-    async def run_code(sandbox_id: str, body: CodeBody, request: Request) -> Response:
-        interpreter = manager.get(sandbox_id).interpreter
+    async def run_code(sandbox_id: str, body: CodeBody, request: Request, who: str | None = Depends(owner)) -> Response:
+        interpreter = manager.get(sandbox_id, who).interpreter
         if not body.stream:
             execution = await interpreter.run(body.code, timeout=body.timeout)
             return JSONResponse(dataclasses.asdict(execution))

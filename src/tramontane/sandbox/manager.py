@@ -225,17 +225,24 @@ class SandboxManager:
 
     # -- lookup
 
-    def get(self, sandbox_id: str) -> ManagedSandbox:
+    def get(self, sandbox_id: str, owner: str | None = None) -> ManagedSandbox:
+        """The sandbox; with `owner`, only if that owner created it (else not found)."""
         sandbox = self._sandboxes.get(sandbox_id)
-        if sandbox is None:
+        if sandbox is None or (owner is not None and sandbox.spec.owner != owner):
             raise NotFound(f"sandbox {sandbox_id!r} does not exist or was stopped", code="sandbox_not_found")
         return sandbox
 
     def list(
-        self, *, metadata: dict[str, str] | None = None, state: SandboxState | None = None
+        self,
+        *,
+        metadata: dict[str, str] | None = None,
+        state: SandboxState | None = None,
+        owner: str | None = None,
     ) -> list[ManagedSandbox]:
         found = []
         for sandbox in self._sandboxes.values():
+            if owner is not None and sandbox.spec.owner != owner:
+                continue
             if state is not None and sandbox.state is not state:
                 continue
             if metadata and any(sandbox.spec.metadata.get(k) != v for k, v in metadata.items()):
@@ -245,23 +252,23 @@ class SandboxManager:
 
     # -- control
 
-    async def kill(self, sandbox_id: str) -> None:
-        await self._remove(self.get(sandbox_id), "killed")
+    async def kill(self, sandbox_id: str, owner: str | None = None) -> None:
+        await self._remove(self.get(sandbox_id, owner), "killed")
 
-    def set_timeout(self, sandbox_id: str, seconds: float) -> ManagedSandbox:
+    def set_timeout(self, sandbox_id: str, seconds: float, owner: str | None = None) -> ManagedSandbox:
         validate_timeout(seconds, self.config.max_timeout_s)
-        sandbox = self.get(sandbox_id)
+        sandbox = self.get(sandbox_id, owner)
         sandbox.require_running_or_paused()
         sandbox.set_timeout(seconds)
         return sandbox
 
-    async def pause(self, sandbox_id: str) -> ManagedSandbox:
-        sandbox = self.get(sandbox_id)
+    async def pause(self, sandbox_id: str, owner: str | None = None) -> ManagedSandbox:
+        sandbox = self.get(sandbox_id, owner)
         await sandbox.pause()
         return sandbox
 
-    async def resume(self, sandbox_id: str) -> ManagedSandbox:
-        sandbox = self.get(sandbox_id)
+    async def resume(self, sandbox_id: str, owner: str | None = None) -> ManagedSandbox:
+        sandbox = self.get(sandbox_id, owner)
         await sandbox.resume()
         return sandbox
 

@@ -81,6 +81,8 @@ class SandboxSpec:
     metadata: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    # The workspace that created it; other owners are told it does not exist.
+    owner: str | None = None
 
     def validate(self, *, templates: frozenset[str], max_limits: Limits, max_timeout_s: float) -> SandboxSpec:
         if self.template not in templates:
