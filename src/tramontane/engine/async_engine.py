@@ -11,8 +11,8 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
 
 from .config import EngineConfig
 from .errors import EngineDeadError, EngineError
@@ -45,7 +45,7 @@ class AsyncEngine:
     @classmethod
     def from_path(
         cls, path: str, config: EngineConfig | None = None, on_progress: Callable[[int, int], None] | None = None
-    ) -> "AsyncEngine":
+    ) -> AsyncEngine:
         return cls(LLMEngine.from_path(path, config, on_progress))
 
     @property

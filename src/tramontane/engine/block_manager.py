@@ -16,7 +16,7 @@ from .sequence import Sequence
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "hash")
+    __slots__ = ("block_id", "hash", "ref_count")
 
     def __init__(self, block_id: int):
         self.block_id = block_id

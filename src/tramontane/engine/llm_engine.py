@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .block_manager import BlockManager
 from .checkpoint import Checkpoint, load_checkpoint
@@ -21,7 +21,7 @@ from .runner import ModelRunner
 from .sampler import sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
-from .sequence import Sequence, SeqStatus
+from .sequence import SeqStatus, Sequence
 from .tokenizer import IncrementalDecoder
 
 
@@ -63,7 +63,7 @@ class LLMEngine:
     @classmethod
     def from_path(
         cls, path: str, config: EngineConfig | None = None, on_progress: Callable[[int, int], None] | None = None
-    ) -> "LLMEngine":
+    ) -> LLMEngine:
         return cls(load_checkpoint(path, on_progress=on_progress), config)
 
     # -- admission -----------------------------------------------------------------

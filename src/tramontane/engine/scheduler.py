@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .block_manager import BlockManager
 from .config import EngineConfig
-from .sequence import Sequence, SeqStatus
+from .sequence import SeqStatus, Sequence
 
 
 @dataclass
