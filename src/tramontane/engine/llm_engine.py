@@ -146,14 +146,14 @@ class LLMEngine:
         except Exception as exc:  # a failed forward must not take the other requests down
             failed = {s.request_id: self.requests[s.request_id] for s in batch.seqs}
             return [self._fail(req, exc) for req in failed.values()]
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += n
             self.blocks.register_full_blocks(seq)
         sampling_seqs = [batch.seqs[r] for r in rows]
         touched: dict[str, _Request] = {}
         if sampling_seqs:
             tokens, logprobs = sample(logits, sampling_seqs, self.eos_ids)
-            for seq, token, lp in zip(sampling_seqs, tokens, logprobs):
+            for seq, token, lp in zip(sampling_seqs, tokens, logprobs, strict=True):
                 try:
                     self._append_token(seq, token, lp)
                 except Exception as exc:  # e.g. a grammar rejecting a token

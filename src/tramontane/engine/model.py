@@ -82,7 +82,7 @@ class SparseMoE(nn.Module):
         token_of_pair = order // self.top_k
         pair_weight = weights.flatten()[order]
         start = 0
-        for expert, count in zip(self.experts, counts):
+        for expert, count in zip(self.experts, counts, strict=True):
             if count:
                 idx = token_of_pair[start : start + count]
                 y = expert(tokens.index_select(0, idx)) * pair_weight[start : start + count, None]

@@ -58,7 +58,7 @@ class ModelRunner:
         positions: list[list[int]] = []
         token_rows: list[list[int]] = []
         sampling_rows: list[int] = []
-        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start = seq.num_computed_tokens
             positions.append(list(range(start, start + n)))
             token_rows.append(seq.token_ids[start : start + n])
@@ -67,7 +67,7 @@ class ModelRunner:
         max_len = max(len(p) for p in positions)
         input_ids = torch.zeros(len(positions), max_len, dtype=torch.long)
         pos = torch.zeros(len(positions), max_len, dtype=torch.long)
-        for row, (toks, p) in enumerate(zip(token_rows, positions)):
+        for row, (toks, p) in enumerate(zip(token_rows, positions, strict=True)):
             input_ids[row, : len(toks)] = torch.tensor(toks)
             pos[row, : len(p)] = torch.tensor(p)
         meta = build_metadata(

@@ -30,7 +30,8 @@ def _apply_masks(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int])
 
 def _apply_penalties(logits: torch.Tensor, seqs: list[Sequence]) -> None:
     rows = [
-        i for i, s in enumerate(seqs)
+        i
+        for i, s in enumerate(seqs)
         if s.params.presence_penalty or s.params.frequency_penalty or s.params.repetition_penalty != 1.0
     ]
     vocab = logits.shape[1]
@@ -73,7 +74,9 @@ def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> tuple[list[int], list[TokenLogprob | None]]:
+def sample(
+    logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]
+) -> tuple[list[int], list[TokenLogprob | None]]:
     """logits: [len(seqs), vocab] f32 (modified in place)."""
     _apply_masks(logits, seqs, eos_ids)
     _apply_penalties(logits, seqs)
@@ -85,7 +88,7 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> tu
     if sampled_rows:
         sub = [seqs[i] for i in sampled_rows]
         probs = _filter(logits[sampled_rows], sub)
-        for j, (row, seq) in enumerate(zip(sampled_rows, sub)):
+        for j, (row, seq) in enumerate(zip(sampled_rows, sub, strict=True)):
             tokens[row] = torch.multinomial(probs[j], 1, generator=seq.generator)[0]
     token_list = tokens.tolist()
 
@@ -99,6 +102,6 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: list[int]) -> tu
         top: list[tuple[int, float]] = []
         if k > 0:
             vals, ids = logprobs[row].topk(k)
-            top = list(zip(ids.tolist(), vals.tolist()))
+            top = list(zip(ids.tolist(), vals.tolist(), strict=True))
         out.append(TokenLogprob(tok, float(logprobs[row, tok]), top))
     return token_list, out

@@ -15,6 +15,7 @@ from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, usage
 from .logprobs import chat_logprobs
+from .metering import Metered, RequestMeter
 from .protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -54,7 +55,7 @@ class ChatOutput:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep
+    body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
 ) -> Response | ChatCompletionResponse:
     model = models.chat(body.model)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
@@ -75,15 +76,17 @@ async def create_chat_completion(
     )
     gen = Generation(model.engine, model.name, prompt, params, metrics, "chatcmpl")
     output = ChatOutput(model.engine.tokenizer, bool(tools), prefix, bool(body.logprobs))
-    return await respond(request, gen, output, body.stream, body.stream_options is not None and body.stream_options.include_usage)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return await respond(request, meter, gen, output, body.stream, include_usage)
 
 
 async def respond(
-    request: Request, gen: Generation, output: ChatOutput, stream: bool, include_usage: bool
+    request: Request, meter: RequestMeter, gen: Generation, output: ChatOutput, stream: bool, include_usage: bool
 ) -> Response | ChatCompletionResponse:
+    meter.track(gen.model, [gen])
     if stream:
         await until_disconnected(request, gen.start())
-        return EventStreamResponse(_stream(gen, output, include_usage))
+        return EventStreamResponse(meter.guard(_stream(gen, output, include_usage)))
     await until_disconnected(request, gen.run())
     return ChatCompletionResponse(
         id=gen.id,

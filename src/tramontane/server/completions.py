@@ -12,6 +12,7 @@ from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, merged_outputs, run_all, usage
 from .logprobs import completion_logprobs
+from .metering import Metered
 from .protocol import (
     ChatCompletionResponse,
     CompletionChoice,
@@ -31,7 +32,7 @@ DEFAULT_MAX_TOKENS = 16
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE)
 async def create_completion(
-    body: CompletionRequest, request: Request, models: Models, metrics: MetricsDep
+    body: CompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
 ) -> Response | CompletionResponse:
     model = models.chat(body.model)
     if body.echo and body.logprobs is not None:
@@ -41,12 +42,13 @@ async def create_completion(
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     params = sampling_params(body, n=body.n, max_tokens=max_tokens, logprobs=body.logprobs)
     gens = [Generation(model.engine, model.name, p, params, metrics, "cmpl") for p in prompts]
+    meter.track(model.name, gens)
     tokenizer = model.engine.tokenizer
     echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
     if body.stream:
         await until_disconnected(request, run_all(gens, streamed=True))
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return EventStreamResponse(_stream(model, gens, echoes, body.logprobs is not None, include_usage))
+        return EventStreamResponse(meter.guard(_stream(model, gens, echoes, body.logprobs is not None, include_usage)))
     await until_disconnected(request, run_all(gens, streamed=False))
     choices = []
     for g, gen in enumerate(gens):
@@ -67,13 +69,13 @@ async def create_completion(
 
 @router.post("/v1/fim/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_fim_completion(
-    body: FIMCompletionRequest, request: Request, models: Models, metrics: MetricsDep
+    body: FIMCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
 ) -> Response | ChatCompletionResponse:
     model = models.chat(body.model)
     prompt = _fim_prompt(model, body.prompt, body.suffix or "")
     gen = Generation(model.engine, model.name, prompt, sampling_params(body, max_tokens=body.max_tokens), metrics, "fim")
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await respond(request, gen, ChatOutput(model.engine.tokenizer), body.stream, include_usage)
+    return await respond(request, meter, gen, ChatOutput(model.engine.tokenizer), body.stream, include_usage)
 
 
 def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

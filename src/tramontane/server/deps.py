@@ -1,13 +1,11 @@
-"""FastAPI dependencies: the app's shared objects and the optional API key."""
+"""FastAPI dependencies: the app's shared objects (keys and metering: metering.py)."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .errors import APIError
 from .metrics import Metrics
 from .registry import ModelRegistry
 
@@ -23,12 +21,3 @@ def _metrics(request: Request) -> Metrics:
 Models = Annotated[ModelRegistry, Depends(_models)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 
-
-def require_api_key(request: Request) -> None:
-    """With `api_key` set, /v1 needs `Authorization: Bearer <key>` (both SDKs send it)."""
-    expected: str | None = request.app.state.api_key
-    if expected is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), expected.encode()):
-        raise APIError(401, "Invalid or missing API key", code="invalid_api_key")

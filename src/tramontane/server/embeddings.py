@@ -10,6 +10,7 @@ from fastapi import APIRouter
 
 from .deps import Models
 from .errors import APIError
+from .metering import Metered
 from .protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 
 router = APIRouter()
@@ -18,7 +19,7 @@ MAX_INPUTS = 2048  # OpenAI's limit per request
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
-async def create_embeddings(body: EmbeddingRequest, models: Models) -> EmbeddingResponse:
+async def create_embeddings(body: EmbeddingRequest, models: Models, meter: Metered) -> EmbeddingResponse:
     entry = models.embedding(body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
     if len(texts) > MAX_INPUTS:
@@ -39,6 +40,7 @@ async def create_embeddings(body: EmbeddingRequest, models: Models) -> Embedding
             value = vector.tolist()
         data.append(Embedding(index=i, embedding=value))
     tokens = sum(counts)
+    meter.track(entry.name, prompt_tokens=tokens)
     return EmbeddingResponse(
         id=f"embd-{uuid.uuid4().hex}",
         model=entry.name,

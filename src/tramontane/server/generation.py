@@ -53,6 +53,11 @@ class Generation:
     def completion_tokens(self) -> int:
         return sum(len(choice.token_ids) for choice in self.choices)
 
+    @property
+    def started(self) -> bool:
+        """Whether the engine accepted the request (a refused one used nothing)."""
+        return self._first is not None
+
     async def start(self) -> None:
         """Waits for the first step, so that a refused request is still an HTTP error.
 

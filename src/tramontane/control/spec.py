@@ -1,0 +1,138 @@
+"""The deployment spec: what to run, with what resources, how to scale and check it,
+and which requests reach it. Written as YAML or JSON by users, stored as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+# `tramontane up` started through the interpreter running the control plane, so a
+# model deployment needs no console script on PATH.
+_TRAMONTANE_UP = "import sys; from tramontane.cli import app; sys.argv[0] = 'tramontane'; app()"
+
+
+class Kind(StrEnum):
+    COMMAND = "command"
+    MODEL = "model"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(_Strict):
+    """What one replica reserves on the node; the scheduler packs by these."""
+
+    cpu: float = Field(default=1.0, gt=0)
+    memory_mb: int = Field(default=512, gt=0)
+    gpus: int = Field(default=0, ge=0)
+    gpu_memory_mb: int = Field(default=0, ge=0)
+
+
+class Scaling(_Strict):
+    min_replicas: int = Field(default=0, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    # In-flight requests one replica should carry; the autoscaler aims for it.
+    target_concurrency: float = Field(default=4.0, gt=0)
+    # Idle seconds before scaling to zero (only when min_replicas is 0).
+    scale_to_zero_after_s: float = Field(default=300.0, gt=0)
+    # Load must stay lower this long before replicas are removed, so a short lull
+    # does not throw away warm replicas that the next burst needs.
+    downscale_delay_s: float = Field(default=30.0, ge=0)
+    # Requests allowed to wait for a replica (waking from zero, or all busy
+    # starting); more are refused with 503 and Retry-After.
+    max_queued_requests: int = Field(default=64, ge=0)
+    wake_timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class HealthCheck(_Strict):
+    type: Literal["tcp", "http"] = "tcp"
+    path: str = "/"
+    # Seconds a new replica may take to start answering before it counts as failed.
+    grace_period_s: float = Field(default=60.0, gt=0)
+    interval_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    failures_before_restart: int = Field(default=3, ge=1)
+
+
+class Routes(_Strict):
+    """Which requests reach the deployment: a JSON body whose `model` is one of
+    `models`, or a path under `path_prefix`."""
+
+    models: list[str] = Field(default_factory=list)
+    path_prefix: str | None = None
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/") or value == "/":
+            raise ValueError("path_prefix must start with '/' and not be '/' alone")
+        return value.rstrip("/")
+
+
+class DeploymentSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Kind = Kind.COMMAND
+    # kind=command: a shell command listening on 127.0.0.1:$PORT.
+    command: str | None = None
+    # kind=model: a model path for `tramontane up --model`.
+    model: str | None = None
+    resources: Resources = Field(default_factory=Resources)
+    scaling: Scaling = Field(default_factory=Scaling)
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    env: dict[str, str] = Field(default_factory=dict)
+    routes: Routes = Field(default_factory=Routes)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> DeploymentSpec:
+        if self.kind is Kind.COMMAND and not self.command:
+            raise ValueError("a command deployment needs `command`")
+        if self.kind is Kind.MODEL:
+            if not self.model:
+                raise ValueError("a model deployment needs `model`")
+            if not self.routes.models:
+                # Clients name the model by the deployment's name unless told otherwise.
+                self.routes.models = [self.name]
+        if not self.routes.models and self.routes.path_prefix is None:
+            self.routes.path_prefix = f"/{self.name}"
+        if "PORT" in self.env:
+            raise ValueError("PORT is chosen by the control plane; remove it from env")
+        return self
+
+    def argv(self) -> list[str]:
+        """The replica's command line; $PORT comes from its environment."""
+        if self.kind is Kind.MODEL:
+            served = f"{self.routes.models[0]}={self.model}"
+            return [sys.executable, "-c", _TRAMONTANE_UP, "up", "--model", served, "--port", "$PORT"]
+        # Killed as a process group, so the shell's children go with it.
+        return ["/bin/sh", "-c", self.command]
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeploymentSpec:
+        """Reads a spec from a .yaml/.yml or .json file."""
+        return cls.model_validate(parse_document(Path(path).read_text(), Path(path).suffix))
+
+
+def parse_document(text: str, suffix: str = ".yaml") -> Any:
+    return json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+
+
+def expand_port(argv: list[str], port: int) -> list[str]:
+    """Substitutes $PORT in a model replica's argv (a command's shell expands it itself)."""
+    return [str(port) if arg == "$PORT" else arg for arg in argv]
