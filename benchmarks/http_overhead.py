@@ -2,8 +2,10 @@
 
 The same engine serves both paths: `engine.generate` called directly, and
 POST /v1/chat/completions through uvicorn on loopback, from an httpx client in a
-separate process. min_tokens = max_tokens makes every request generate exactly
-the same number of tokens.
+separate process. The HTTP path includes what every deployment pays per
+request: the API key's check and the usage record (SQLite in a temporary
+directory, a workspace without limits). min_tokens = max_tokens makes every
+request generate exactly the same number of tokens.
 
     python benchmarks/http_overhead.py [--requests 30] [--concurrency 32] [--tokens 16]
 
@@ -19,10 +21,12 @@ import asyncio
 import math
 import multiprocessing
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -30,6 +34,7 @@ import uvicorn
 from tramontane.engine import SamplingParams
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME, default_chat_model_path
 from tramontane.server import ModelRegistry, ModelSpec, create_app
+from tramontane.tenancy import CLI, Capability, Tenancy, directory, keys
 
 MESSAGES = [{"role": "user", "content": "Describe the sea in one sentence."}]
 
@@ -39,10 +44,20 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def serve(registry: ModelRegistry) -> tuple[str, uvicorn.Server, threading.Thread]:
+def inference_key(tenancy: Tenancy) -> str:
+    with tenancy.store.session() as session:
+        organisation = directory.create_organisation(session, "bench", CLI)
+        workspace = directory.create_workspace(session, organisation, "bench", CLI)
+        created = keys.create_key(
+            session, tenancy.pepper, workspace, name="bench", capabilities=frozenset({Capability.INFERENCE}), actor=CLI
+        )
+    return created.plaintext
+
+
+def serve(registry: ModelRegistry, tenancy: Tenancy) -> tuple[str, uvicorn.Server, threading.Thread]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(registry), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(registry, tenancy), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -61,7 +76,7 @@ async def direct_request(engine, prompt: list[int], tokens: int) -> tuple[float,
     return first or math.nan, time.perf_counter() - start
 
 
-def http_batch(url: str, tokens: int, stream: bool, count: int) -> tuple[list[tuple[float, float]], float]:
+def http_batch(url: str, key: str, tokens: int, stream: bool, count: int) -> tuple[list[tuple[float, float]], float]:
     """Runs in a client process, so that the client's own Python work does not take
     the server's GIL: `count` requests at once, their (TTFT, total) and the wall time."""
 
@@ -85,7 +100,8 @@ def http_batch(url: str, tokens: int, stream: bool, count: int) -> tuple[list[tu
 
     async def run() -> tuple[list[tuple[float, float]], float]:
         limits = httpx.Limits(max_connections=count)
-        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
             start = time.perf_counter()
             results = await asyncio.gather(*(one(client) for _ in range(count)))
             return list(results), time.perf_counter() - start
@@ -93,13 +109,13 @@ def http_batch(url: str, tokens: int, stream: bool, count: int) -> tuple[list[tu
     return asyncio.run(run())
 
 
-async def measure(args, engine, url: str, clients: ProcessPoolExecutor) -> None:
+async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor) -> None:
     tokenizer = engine.tokenizer
     prompt = tokenizer.encode(tokenizer.apply_chat_template(MESSAGES))
     loop = asyncio.get_running_loop()
 
     def http(stream: bool, count: int):
-        return loop.run_in_executor(clients, http_batch, url, args.tokens, stream, count)
+        return loop.run_in_executor(clients, http_batch, url, key, args.tokens, stream, count)
 
     await http(False, 1)  # warm-up: client process, connection, prefix cache
     await direct_request(engine, prompt, args.tokens)
@@ -138,13 +154,17 @@ def main() -> None:
 
     registry = ModelRegistry()
     registry.load(ModelSpec(default_chat_model_path(), DEFAULT_CHAT_MODEL_NAME, "chat"))
-    url, server, thread = serve(registry)  # the app's lifespan starts the engine
-    try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
-            asyncio.run(measure(args, registry.chat(DEFAULT_CHAT_MODEL_NAME).engine, url, clients))
-    finally:
-        server.should_exit = True
-        thread.join()
+    with tempfile.TemporaryDirectory() as home:
+        tenancy = Tenancy.open(f"sqlite:///{Path(home) / 'bench.db'}", home=Path(home))
+        key = inference_key(tenancy)
+        url, server, thread = serve(registry, tenancy)  # the app's lifespan starts the engine
+        try:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
+                asyncio.run(measure(args, registry.chat(DEFAULT_CHAT_MODEL_NAME).engine, url, key, clients))
+        finally:
+            server.should_exit = True
+            thread.join()
+            tenancy.close()
 
 
 if __name__ == "__main__":

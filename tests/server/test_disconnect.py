@@ -27,7 +27,7 @@ def _wait_running(live_server, expected: int, timeout: float = 20.0) -> None:
 
 def test_stream_disconnect_aborts(live_server):
     live_server.wait_idle()
-    with httpx.Client(base_url=live_server.url, timeout=30) as client:
+    with httpx.Client(base_url=live_server.url, headers=live_server.tenant.headers, timeout=30) as client:
         with client.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
@@ -40,7 +40,8 @@ def test_stream_disconnect_aborts(live_server):
 
 def test_non_streamed_disconnect_aborts(live_server):
     live_server.wait_idle()
-    with httpx.Client(base_url=live_server.url, timeout=httpx.Timeout(30, read=1.0)) as client:
+    timeout = httpx.Timeout(30, read=1.0)
+    with httpx.Client(base_url=live_server.url, headers=live_server.tenant.headers, timeout=timeout) as client:
         with pytest.raises(httpx.ReadTimeout):
             client.post("/v1/chat/completions", json=LONG)
     _wait_running(live_server, 0)
@@ -49,7 +50,7 @@ def test_non_streamed_disconnect_aborts(live_server):
 def test_disconnect_while_queued_aborts(live_server):
     """Several streams opened and dropped at once, some still waiting for their first token."""
     live_server.wait_idle()
-    with httpx.Client(base_url=live_server.url, timeout=30) as client:
+    with httpx.Client(base_url=live_server.url, headers=live_server.tenant.headers, timeout=30) as client:
         body = {**LONG, "stream": True}
         with client.stream("POST", "/v1/chat/completions", json=body) as response:
             next(response.iter_lines())

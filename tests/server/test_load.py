@@ -18,7 +18,8 @@ CONCURRENCY = 200
 async def test_concurrent_streams(live_server):
     live_server.wait_idle()
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=600, limits=limits) as client:
+    headers = live_server.tenant.headers
+    async with httpx.AsyncClient(base_url=live_server.url, headers=headers, timeout=600, limits=limits) as client:
 
         async def one(i: int) -> int:
             body = {

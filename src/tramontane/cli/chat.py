@@ -13,7 +13,9 @@ from .sse import DONE, error_message, parse_line
 console = Console(highlight=False)
 
 Url = Annotated[str, typer.Option(help="Base URL of a running Tramontane server.")]
-ApiKey = Annotated[str | None, typer.Option(envvar="TRAMONTANE_API_KEY", help="Bearer token, if the server wants one.")]
+ApiKey = Annotated[
+    str | None, typer.Option(envvar="TRAMONTANE_API_KEY", help="An API key with the inference capability.")
+]
 
 
 def client(url: str, api_key: str | None, timeout: float | None = None) -> httpx.Client:
@@ -23,6 +25,9 @@ def client(url: str, api_key: str | None, timeout: float | None = None) -> httpx
 
 def first_chat_model(http: httpx.Client) -> str:
     response = http.get("/v1/models")
+    if response.status_code in (401, 403):
+        console.print(f"[red]{error_message(response.json())}[/] (pass --api-key or set TRAMONTANE_API_KEY)")
+        raise typer.Exit(1)
     response.raise_for_status()
     for card in response.json()["data"]:
         if card.get("capabilities", {}).get("completion_chat"):

@@ -1,4 +1,4 @@
-"""`tramontane up`: load models, then serve the API."""
+"""`tramontane up`: open the tenancy database, load models, then serve the API."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import typer
 import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..engine import EngineConfig, ModelLoadError
 from ..server import ModelRegistry, ModelSpec, create_app, default_model_specs
+from ..tenancy import Tenancy
 
 console = Console(stderr=True)
 
@@ -26,8 +28,13 @@ def up(
             "Default: the bundled SmolLM2-135M-Instruct chat model and all-MiniLM-L6-v2 embeddings.",
         ),
     ] = None,
-    api_key: Annotated[
-        str | None, typer.Option(envvar="TRAMONTANE_API_KEY", help="Require this bearer token on /v1.")
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TRAMONTANE_DATABASE_URL",
+            help="Database of API keys, limits and usage; share one PostgreSQL database between servers. "
+            "Default: SQLite under $TRAMONTANE_HOME (~/.tramontane).",
+        ),
     ] = None,
     quantization: Annotated[
         str, typer.Option(help="Weight-only quantization of linear layers: auto, none, bf16, int8 or int4.")
@@ -35,17 +42,56 @@ def up(
     kv_cache_gb: Annotated[float, typer.Option(help="Memory for each chat model's KV cache, in GiB.")] = 1.0,
     device: Annotated[str, typer.Option(help="Torch device for the chat models, e.g. cpu or cuda.")] = "cpu",
 ) -> None:
-    """Serve the OpenAI- and Mistral-compatible API."""
+    """Serve the OpenAI- and Mistral-compatible API, and its admin API."""
+    # Before the models: a wrong database fails in a second, not after loading.
+    tenancy = open_tenancy(database_url)
     try:
-        specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
-        config = EngineConfig(quantization=quantization, kv_cache_memory_gb=kv_cache_gb, device=device)
-        registry = load_models(specs, config)
-    except (ModelLoadError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        try:
+            specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
+            config = EngineConfig(quantization=quantization, kv_cache_memory_gb=kv_cache_gb, device=device)
+            registry = load_models(specs, config)
+        except (ModelLoadError, ValueError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        console.print(f"Serving {', '.join(registry.names())} on [bold]{url}[/] (OpenAI base_url: {url}/v1)")
+        admin_key = tenancy.bootstrap_admin_key()
+        if admin_key is not None:
+            print_admin_key(tenancy, admin_key, url, database_url is not None)
+        uvicorn.run(create_app(registry, tenancy), host=host, port=port, log_level="info")
+    finally:
+        tenancy.close()
+
+
+def open_tenancy(database_url: str | None) -> Tenancy:
+    try:
+        return Tenancy.open(database_url)
+    except ArgumentError as exc:
+        # Its message repeats the URL, password included.
+        console.print("[red]error:[/] --database-url is not a valid SQLAlchemy URL")
         raise typer.Exit(1) from exc
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    console.print(f"Serving {', '.join(registry.names())} on [bold]{url}[/] (OpenAI base_url: {url}/v1)")
-    uvicorn.run(create_app(registry, api_key=api_key), host=host, port=port, log_level="info")
+    except (SQLAlchemyError, ValueError, OSError) as exc:
+        console.print(f"[red]error:[/] cannot open the database: {exc}")
+        raise typer.Exit(1) from exc
+
+
+def print_admin_key(tenancy: Tenancy, key: str, url: str, custom_database: bool) -> None:
+    """The first start's admin key, on the terminal only: it is never shown again
+    and never logged."""
+    workspace = tenancy.authenticate(f"Bearer {key}").workspace_id
+    database = " --database-url ..." if custom_database else ""
+    console.rule("[bold yellow]Admin API key: shown this once only, store it now")
+    console.print(key, soft_wrap=True, highlight=False, markup=False)
+    console.print(
+        "It administers the platform. Clients need a key with the inference capability:\n"
+        f"  tramontane tenancy keys create --workspace {workspace}{database}\n"
+        f"or, with the admin key as bearer token, POST {url}/v1/admin/workspaces/{workspace}/keys\n"
+        '  {"name": "my-app", "capabilities": ["inference"]}',
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
+    console.rule()
 
 
 def load_models(specs: list[ModelSpec], engine_config: EngineConfig | None = None) -> ModelRegistry:

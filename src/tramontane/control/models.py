@@ -32,9 +32,7 @@ class ReplicaRow(WorkspaceOwned, Base):
     __tablename__ = "replicas"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    deployment_id: Mapped[str] = mapped_column(
-        String(32), ForeignKey("deployments.id", ondelete="CASCADE"), index=True
-    )
+    deployment_id: Mapped[str] = mapped_column(String(32), ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
     state: Mapped[str] = mapped_column(String(16))
     port: Mapped[int | None] = mapped_column(Integer, default=None)
     pid: Mapped[int | None] = mapped_column(Integer, default=None)

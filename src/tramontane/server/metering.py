@@ -34,6 +34,8 @@ InferenceKey = Annotated[Principal, Depends(inference_key)]
 
 
 class RequestMeter:
+    """What one /v1 request runs, and (through `guard`) its stream's key checks."""
+
     def __init__(self, tenancy: Tenancy, principal: Principal, request: Request):
         self._tenancy = tenancy
         self._principal = principal
@@ -74,7 +76,7 @@ class RequestMeter:
             return
         started = [gen for gen in self._gens if gen.started]
         if self._gens and not started:
-            return
+            return  # the engine refused every generation: nothing was used
         counts = usage(started)
         self._tenancy.record_usage(
             self._principal,
