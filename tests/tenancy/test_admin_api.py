@@ -99,3 +99,14 @@ def test_usage_report_endpoint(client: TestClient, tenancy: Tenancy) -> None:
         (tenant.workspace_id, "m", 2, 12)
     ]
     assert client.get("/v1/admin/usage", params={"group_by": "colour"}, headers=admin).status_code == 400
+
+
+def test_out_of_range_numbers_are_422_not_500(client: TestClient, tenancy: Tenancy) -> None:
+    admin = _bearer(tenancy.bootstrap_admin_key() or "")
+    widest = {"requests_per_minute": 2**31 - 1, "monthly_token_budget": 2**63 - 1}
+    created = client.post("/v1/admin/workspaces", json={"name": "wide", "limits": widest}, headers=admin)
+    assert created.status_code == 201 and created.json()["limits"]["monthly_token_budget"] == 2**63 - 1
+    too_wide = {"name": "too wide", "limits": {"requests_per_minute": 2**31}}
+    assert client.post("/v1/admin/workspaces", json=too_wide, headers=admin).status_code == 422
+    key = {"name": "k", "capabilities": ["inference"], "expires_in_s": 10**16}
+    assert client.post(f"/v1/admin/workspaces/{created.json()['id']}/keys", json=key, headers=admin).status_code == 422

@@ -13,17 +13,21 @@ from .keys import KeyStatus, key_status
 from .principal import KEY_PREFIX, Limits
 
 Name = Field(min_length=1, max_length=200)
-# Explicit null lifts a limit; 0 blocks everything.
-Limit = Field(default=None, ge=0)
+# Explicit null lifts a limit; 0 blocks everything. The upper bounds are the
+# columns' (INTEGER, BIGINT): a larger value would fail in the database, a 500.
+Limit = Field(default=None, ge=0, le=2**31 - 1)
+TokenLimit = Field(default=None, ge=0, le=2**63 - 1)
+# A century: beyond some point datetime arithmetic overflows, and no key needs more.
+MAX_EXPIRES_IN_S = 100 * 366 * 24 * 3600
 
 
 class LimitsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     requests_per_minute: int | None = Limit
-    tokens_per_minute: int | None = Limit
+    tokens_per_minute: int | None = TokenLimit
     max_concurrent_requests: int | None = Limit
-    monthly_token_budget: int | None = Limit
+    monthly_token_budget: int | None = TokenLimit
 
     def to_limits(self) -> Limits:
         return Limits(**self.model_dump())
@@ -89,7 +93,7 @@ class KeyIn(BaseModel):
     name: str = Name
     capabilities: list[Capability] = Field(min_length=1)
     expires_at: datetime | None = None
-    expires_in_s: int | None = Field(default=None, gt=0)
+    expires_in_s: int | None = Field(default=None, gt=0, le=MAX_EXPIRES_IN_S)
     limits: LimitsBody = LimitsBody()
 
 

@@ -1,0 +1,63 @@
+"""`/v1/deployments`: create, list, inspect, scale, read logs of and delete the
+caller's workspace's deployments (API keys with the deploy capability)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
+
+from ..tenancy import Capability, Principal, require
+from .plane import ControlPlane
+from .spec import DeploymentSpec
+
+Deploy = Annotated[Principal, Depends(require(Capability.DEPLOY))]
+
+
+def get_plane(request: Request) -> ControlPlane:
+    return request.app.state.control_plane
+
+
+Plane = Annotated[ControlPlane, Depends(get_plane)]
+
+
+class ScaleRequest(BaseModel):
+    replicas: int = Field(ge=0)
+
+
+router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
+
+
+@router.post("", status_code=201)
+async def create_deployment(spec: Annotated[DeploymentSpec, Body()], principal: Deploy, plane: Plane) -> dict[str, Any]:
+    return (await plane.create(principal.workspace_id, spec)).view()
+
+
+@router.get("")
+async def list_deployments(principal: Deploy, plane: Plane) -> dict[str, Any]:
+    return {"object": "list", "data": [d.view() for d in plane.list(principal.workspace_id)]}
+
+
+@router.get("/{name}")
+async def get_deployment(name: str, principal: Deploy, plane: Plane) -> dict[str, Any]:
+    return plane.get(principal.workspace_id, name).view()
+
+
+@router.delete("/{name}")
+async def delete_deployment(name: str, principal: Deploy, plane: Plane) -> dict[str, Any]:
+    await plane.delete(principal.workspace_id, name)
+    return {"name": name, "object": "deployment", "deleted": True}
+
+
+@router.post("/{name}/scale")
+async def scale_deployment(name: str, request: ScaleRequest, principal: Deploy, plane: Plane) -> dict[str, Any]:
+    return (await plane.scale(principal.workspace_id, name, request.replicas)).view()
+
+
+@router.get("/{name}/logs", response_class=PlainTextResponse)
+async def deployment_logs(
+    name: str, principal: Deploy, plane: Plane, tail: Annotated[int, Query(ge=1, le=10_000)] = 200
+) -> str:
+    return plane.logs(principal.workspace_id, name, tail)

@@ -1,0 +1,50 @@
+"""The contract between the control plane and whatever runs replicas.
+
+The plane owns scheduling, health and state; a backend only starts a replica's
+process somewhere reachable over HTTP, reports its exit, and stops it. A Ray
+backend would start an actor holding the process and return the same handle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from ..spec import DeploymentSpec
+
+
+class ReplicaHandle(Protocol):
+    """One running replica process."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def pid_start(self) -> int | None: ...
+
+    async def wait(self) -> int:
+        """Returns the exit status once the process has ended."""
+        ...
+
+    async def stop(self, grace_s: float) -> None:
+        """Asks the replica to stop, then kills it after `grace_s`."""
+        ...
+
+
+class Backend(Protocol):
+    async def launch(
+        self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
+    ) -> ReplicaHandle:
+        """Starts one replica of `spec`, its output appended to `log_path`;
+        `platform_env` is set on top of the spec's env."""
+        ...
+
+    def reap(self, pid: int, pid_start: int | None) -> bool:
+        """Kills a replica left behind by a previous control plane, if it is still
+        that process; True when something was killed."""
+        ...

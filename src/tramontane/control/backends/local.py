@@ -1,0 +1,105 @@
+"""Replicas as local processes: one process group each, on a free loopback port,
+with output captured to a log file per replica."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from pathlib import Path
+
+from ..spec import DeploymentSpec, expand_port
+
+
+def free_port() -> int:
+    # The kernel picks an unused port; a race with another process binding it
+    # before the replica does is possible but shows up as a failed start.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces, so split after it.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _kill_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class LocalReplica:
+    def __init__(self, process: asyncio.subprocess.Process, port: int):
+        self._process = process
+        self._port = port
+        self._pid_start = process_start_time(process.pid)
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def pid_start(self) -> int | None:
+        return self._pid_start
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    async def stop(self, grace_s: float) -> None:
+        if self._process.returncode is None:
+            _kill_group(self._process.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._process.wait()
+        # Also after a clean exit of the leader: a child it forked may linger.
+        _kill_group(self._process.pid, signal.SIGKILL)
+        await self._process.wait()
+
+
+class LocalBackend:
+    """Runs replicas on this machine."""
+
+    async def launch(
+        self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
+    ) -> LocalReplica:
+        port = free_port()
+        # The server's own TRAMONTANE_* settings (database URL, keys) stay out of
+        # user code; the plane passes what a model replica needs in platform_env.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TRAMONTANE_")}
+        env = {**inherited, **spec.env, **platform_env, "PORT": str(port), "TRAMONTANE_REPLICA_ID": replica_id}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                *expand_port(spec.argv(), port),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                # Its own session and process group: stopping the replica kills
+                # whatever it spawned, and a Ctrl-C at the terminal does not reach it.
+                start_new_session=True,
+            )
+        return LocalReplica(process, port)
+
+    def reap(self, pid: int, pid_start: int | None) -> bool:
+        current = process_start_time(pid)
+        if current is None or pid_start is None or current != pid_start:
+            return False
+        _kill_group(pid, signal.SIGKILL)
+        return True

@@ -1,0 +1,79 @@
+"""A deployment at run time: its spec, wanted replica count, replicas, and the
+request accounting the autoscaler and the router share."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .autoscaler import ScaleMemory
+from .replica import Replica
+from .spec import DeploymentSpec
+from .states import LIVE
+
+
+@dataclass
+class Deployment:
+    id: str
+    workspace_id: str
+    spec: DeploymentSpec
+    desired: int
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    # Requests waiting for a replica (waking from zero, or every replica starting).
+    queued: int = 0
+    last_request: float = field(default_factory=time.monotonic)
+    scale_memory: ScaleMemory = field(default_factory=ScaleMemory)
+    deleted: bool = False
+    # Set, then replaced, whenever a replica becomes ready: a broadcast to waiters.
+    ready_signal: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.state in LIVE]
+
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self.replicas.values())
+
+    def load(self) -> int:
+        return self.in_flight() + self.queued
+
+    def pick(self) -> Replica | None:
+        """The ready replica with the fewest outstanding requests (ties at random,
+        so that equal replicas share the load)."""
+        ready = [r for r in self.replicas.values() if r.ready]
+        if not ready:
+            return None
+        return min(ready, key=lambda r: (r.in_flight, random.random()))
+
+    def signal_ready(self) -> None:
+        self.ready_signal.set()
+        self.ready_signal = asyncio.Event()
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "deployment",
+            "name": self.name,
+            "kind": self.spec.kind.value,
+            "desired_replicas": self.desired,
+            "in_flight": self.in_flight(),
+            "queued": self.queued,
+            "replicas": [
+                {
+                    "id": r.id,
+                    "state": r.state.value,
+                    "port": r.handle.port if r.handle else None,
+                    "pid": r.handle.pid if r.handle else None,
+                    "restarts": r.restarts,
+                    "in_flight": r.in_flight,
+                }
+                for r in self.replicas.values()
+            ],
+            "spec": self.spec.model_dump(mode="json"),
+        }

@@ -1,0 +1,366 @@
+"""The control plane: keeps every deployment's replicas at the wanted count,
+places them by resources, scales them on load, and hands replicas to the router.
+
+Runs on the server's event loop. `start()` restores the deployments in the store
+(killing replicas a previous control plane left behind, then starting fresh
+ones), and a reconcile loop re-decides every deployment's replica count each
+`reconcile_interval_s`.
+
+One control plane per database: `start()` treats every replica row as left by a
+crashed predecessor and kills it (when it is still the same local process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from ..store import HOME_ENV, URL_ENV, Store, tramontane_home
+from ..store.types import new_id
+from .autoscaler import decide
+from .backends import Backend, LocalBackend
+from .deployment import Deployment
+from .errors import ControlError, DeploymentNotFound, NoCapacity
+from .models import ReplicaRow
+from .replica import Replica
+from .repository import Repository
+from .scheduler import NodeCapacity, Occupant, place
+from .spec import DeploymentSpec, Kind
+from .states import ReplicaState
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        backend: Backend | None = None,
+        capacity: NodeCapacity | None = None,
+        home: Path | None = None,
+        reconcile_interval_s: float = 1.0,
+    ):
+        self.repository = Repository(store)
+        self.backend: Backend = backend or LocalBackend()
+        self.capacity = capacity or NodeCapacity.detect()
+        self.home = home or tramontane_home()
+        self.log_dir = self.home / "control" / "logs"
+        self.store_url = store.url
+        self.reconcile_interval_s = reconcile_interval_s
+        self._deployments: dict[str, Deployment] = {}
+        # Serialises changes to the replica set, so two wake-ups or a wake-up and
+        # the loop never start the same replica twice or double-book resources.
+        self._lock = asyncio.Lock()
+        self._client: httpx.AsyncClient | None = None
+        self._proxy_client: httpx.AsyncClient | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._client = httpx.AsyncClient()
+        # No read timeout: a model may think for minutes before its first byte.
+        self._proxy_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=None)
+        )
+        for row in self.repository.take_replicas():
+            if row.pid is not None and self.backend.reap(row.pid, row.pid_start):
+                log.info("killed replica %s left by a previous control plane", row.id)
+        for row in self.repository.deployments():
+            spec = DeploymentSpec.model_validate(row.spec)
+            desired = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, row.desired_replicas))
+            self._deployments[row.id] = Deployment(row.id, row.workspace_id, spec, desired)
+        async with self._lock:
+            for deployment in list(self._deployments.values()):
+                await self._converge_or_shrink(deployment)
+        self._loop_task = asyncio.create_task(self._reconcile_loop(), name="control-plane reconcile")
+
+    async def stop(self) -> None:
+        """Stops every replica; deployments stay in the store for the next start."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.wait({self._loop_task})
+        async with self._lock:
+            replicas = [r for d in self._deployments.values() for r in d.replicas.values()]
+            await asyncio.gather(*(r.stop() for r in replicas))
+        self._deployments.clear()
+        for client in (self._client, self._proxy_client):
+            if client is not None:
+                await client.aclose()
+
+    # -- deployments -----------------------------------------------------------
+
+    async def create(self, workspace_id: str, spec: DeploymentSpec) -> Deployment:
+        desired = spec.scaling.min_replicas
+        row = self.repository.insert_deployment(workspace_id, spec, desired)
+        deployment = Deployment(row.id, workspace_id, spec, desired)
+        self._deployments[row.id] = deployment
+        async with self._lock:
+            try:
+                await self._converge(deployment)
+            except NoCapacity:
+                await self._remove(deployment)
+                raise
+        return deployment
+
+    def list(self, workspace_id: str) -> list[Deployment]:
+        return [d for d in self._deployments.values() if d.workspace_id == workspace_id]
+
+    def get(self, workspace_id: str, name: str) -> Deployment:
+        for deployment in self.list(workspace_id):
+            if deployment.name == name:
+                return deployment
+        raise DeploymentNotFound(name)
+
+    async def delete(self, workspace_id: str, name: str) -> None:
+        deployment = self.get(workspace_id, name)
+        async with self._lock:
+            await self._remove(deployment)
+
+    async def scale(self, workspace_id: str, name: str, replicas: int) -> Deployment:
+        """Sets the replica count now; the autoscaler may move it later within the
+        deployment's bounds."""
+        deployment = self.get(workspace_id, name)
+        scaling = deployment.spec.scaling
+        if not scaling.min_replicas <= replicas <= scaling.max_replicas:
+            raise ControlError(
+                400,
+                f"replicas must be between min_replicas={scaling.min_replicas} and max_replicas={scaling.max_replicas}",
+                code="invalid_replicas",
+                param="replicas",
+            )
+        async with self._lock:
+            self._set_desired(deployment, replicas)
+            # Counts as activity, so the autoscaler leaves the new count alone for a while.
+            deployment.last_request = time.monotonic()
+            deployment.scale_memory.lower_since = None
+            await self._converge(deployment)
+        return deployment
+
+    def logs(self, workspace_id: str, name: str, tail: int = 200) -> str:
+        """The last `tail` lines of the deployment's replica logs, oldest file first,
+        each line prefixed with its replica id."""
+        deployment = self.get(workspace_id, name)
+        folder = self.log_dir / deployment.id
+        files = sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
+        lines: list[str] = []
+        for path in files:
+            with path.open(errors="replace") as handle:
+                lines.extend(f"[{path.stem}] {line.rstrip()}" for line in deque(handle, maxlen=tail))
+        return "\n".join(lines[-tail:])
+
+    # -- the data plane's side -------------------------------------------------
+
+    def route(self, workspace_id: str, path: str, model: str | None) -> tuple[Deployment, str] | None:
+        """The deployment a request goes to and the path to forward: the longest
+        matching path prefix (removed from the path), else the body's `model`."""
+        candidates = self.list(workspace_id)
+        by_prefix = [
+            d
+            for d in candidates
+            if (prefix := d.spec.routes.path_prefix) and (path == prefix or path.startswith(prefix + "/"))
+        ]
+        if by_prefix:
+            chosen = max(by_prefix, key=lambda d: len(d.spec.routes.path_prefix or ""))
+            return chosen, path[len(chosen.spec.routes.path_prefix or "") :] or "/"
+        if model is not None:
+            for deployment in candidates:
+                if model in deployment.spec.routes.models:
+                    return deployment, path
+        return None
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, deployment: Deployment) -> AsyncIterator[Replica]:
+        """A ready replica with a request slot held on it until the block ends;
+        waits (bounded) while the deployment wakes or its replicas start."""
+        deployment.last_request = time.monotonic()
+        replica = deployment.pick()
+        if replica is None:
+            if deployment.queued >= deployment.spec.scaling.max_queued_requests:
+                raise ControlError(
+                    503,
+                    f"Deployment '{deployment.name}' is starting and its queue is full",
+                    code="queue_full",
+                    retry_after_s=1,
+                )
+            deployment.queued += 1
+            try:
+                replica = await self._wait_for_replica(deployment)
+            finally:
+                deployment.queued -= 1
+        replica.in_flight += 1
+        try:
+            yield replica
+        finally:
+            replica.in_flight -= 1
+            replica.last_used = deployment.last_request = time.monotonic()
+
+    async def _wait_for_replica(self, deployment: Deployment) -> Replica:
+        deadline = time.monotonic() + deployment.spec.scaling.wake_timeout_s
+        while not deployment.deleted:
+            signal = deployment.ready_signal
+            if replica := deployment.pick():
+                return replica
+            if not deployment.live():
+                async with self._lock:
+                    if not deployment.live() and not deployment.deleted:
+                        self._set_desired(deployment, max(deployment.desired, 1))
+                        await self._converge(deployment)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, 1.0)):
+                    await signal.wait()
+        if deployment.deleted:
+            raise DeploymentNotFound(deployment.name)
+        raise ControlError(
+            503, f"Deployment '{deployment.name}' has no ready replica yet", code="not_ready", retry_after_s=5
+        )
+
+    # -- reconciling -----------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_interval_s)
+            async with self._lock:
+                for deployment in list(self._deployments.values()):
+                    self._autoscale(deployment)
+                    await self._converge_or_shrink(deployment)
+
+    def _autoscale(self, deployment: Deployment) -> None:
+        now = time.monotonic()
+        load = deployment.load()
+        idle_for = 0.0 if load else now - deployment.last_request
+        wanted = decide(deployment.spec.scaling, deployment.desired, load, idle_for, now, deployment.scale_memory)
+        if wanted != deployment.desired:
+            log.info("scaling %s from %d to %d replicas (load %d)", deployment.name, deployment.desired, wanted, load)
+            self._set_desired(deployment, wanted)
+
+    async def _converge_or_shrink(self, deployment: Deployment) -> None:
+        try:
+            await self._converge(deployment)
+        except NoCapacity as exc:
+            log.warning("cannot scale %s up: %s", deployment.name, exc.message)
+            self._set_desired(deployment, len(deployment.live()))
+
+    async def _converge(self, deployment: Deployment) -> None:
+        """Starts or stops replicas until the live count equals `desired`. Only idle
+        replicas are stopped; busy ones are left for a later pass."""
+        live = deployment.live()
+        for _ in range(deployment.desired - len(live)):
+            await self._launch(deployment)
+        excess = len(live) - deployment.desired
+        if excess > 0:
+            # Not-yet-ready replicas first, then the least recently used.
+            idle = sorted((r for r in live if r.in_flight == 0), key=lambda r: (r.ready, r.last_used))
+            await asyncio.gather(*(self._retire(r) for r in idle[:excess]))
+
+    async def _launch(self, deployment: Deployment) -> None:
+        occupants = [
+            Occupant(
+                r.id,
+                d.id,
+                d.spec.resources,
+                evictable=r.in_flight == 0 and r.ready and len(d.live()) > d.spec.scaling.min_replicas,
+                last_used=r.last_used,
+            )
+            for d in self._deployments.values()
+            for r in d.live()
+        ]
+        victims = place(self.capacity, occupants, deployment.spec.resources, deployment.id)
+        for victim_id in victims:
+            await self._evict(victim_id)
+        replica_id = new_id("rep")
+        replica = Replica(
+            replica_id,
+            deployment.id,
+            deployment.spec,
+            self.backend,
+            self.log_dir / deployment.id / f"{replica_id}.log",
+            self._platform_env(deployment.spec),
+            self._http_client,
+            self._on_replica_change,
+        )
+        deployment.replicas[replica_id] = replica
+        self._on_replica_change(replica)
+        replica.start()
+
+    async def _evict(self, replica_id: str) -> None:
+        for other in self._deployments.values():
+            if (victim := other.replicas.get(replica_id)) is not None:
+                log.info("evicting idle replica %s of %s to make room", replica_id, other.name)
+                self._set_desired(other, max(other.desired - 1, 0))
+                await self._retire(victim)
+                return
+
+    async def _retire(self, replica: Replica) -> None:
+        await replica.stop()
+        deployment = self._deployments.get(replica.deployment_id)
+        if deployment is not None:
+            deployment.replicas.pop(replica.id, None)
+
+    async def _remove(self, deployment: Deployment) -> None:
+        deployment.deleted = True
+        deployment.signal_ready()
+        await asyncio.gather(*(self._retire(r) for r in list(deployment.replicas.values())))
+        self._deployments.pop(deployment.id, None)
+        self.repository.delete_deployment(deployment.id)
+        shutil.rmtree(self.log_dir / deployment.id, ignore_errors=True)
+
+    def _platform_env(self, spec: DeploymentSpec) -> dict[str, str]:
+        """A model replica is our own server: it checks the caller's API key (the
+        router forwards it) against this database, with this home's pepper. User
+        commands get neither."""
+        if spec.kind is Kind.MODEL:
+            return {URL_ENV: self.store_url, HOME_ENV: str(self.home)}
+        return {}
+
+    def _set_desired(self, deployment: Deployment, desired: int) -> None:
+        deployment.desired = desired
+        self.repository.set_desired(deployment.id, desired)
+
+    @property
+    def proxy_client(self) -> httpx.AsyncClient:
+        """The client the router forwards requests with."""
+        if self._proxy_client is None:
+            raise RuntimeError("the control plane is not started")
+        return self._proxy_client
+
+    @property
+    def _http_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the control plane is not started")
+        return self._client
+
+    def _on_replica_change(self, replica: Replica) -> None:
+        deployment = self._deployments.get(replica.deployment_id)
+        if deployment is None:
+            return
+        if replica.state is ReplicaState.STOPPED:
+            self.repository.delete_replica(replica.id)
+            return
+        if replica.state is ReplicaState.RUNNING:
+            deployment.signal_ready()
+        handle = replica.handle
+        self.repository.save_replica(
+            ReplicaRow(
+                id=replica.id,
+                workspace_id=deployment.workspace_id,
+                deployment_id=deployment.id,
+                state=replica.state.value,
+                port=handle.port if handle else None,
+                pid=handle.pid if handle else None,
+                pid_start=handle.pid_start if handle else None,
+                restarts=replica.restarts,
+                log_path=str(replica.log_path),
+            )
+        )

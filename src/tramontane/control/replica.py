@@ -1,0 +1,166 @@
+"""One replica at run time: launches its process through the backend, waits for it
+to pass its health check, watches it, and restarts it when it dies or fails its
+checks, until it is told to stop. Every state change goes through `_enter`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from .backends.base import Backend, ReplicaHandle
+from .health import probe
+from .spec import DeploymentSpec
+from .states import ReplicaState, check_transition
+
+log = logging.getLogger(__name__)
+
+# How often a starting replica is probed: short, because waking from zero waits on it.
+_STARTUP_PROBE_S = 0.02
+_STOP_GRACE_S = 5.0
+# Restart back-off: doubles per consecutive failure, capped, so a crash-looping
+# command costs little and a one-off crash is back almost at once.
+_BACKOFF_FIRST_S = 0.1
+_BACKOFF_MAX_S = 30.0
+
+StateListener = Callable[["Replica"], None]
+
+
+class Replica:
+    def __init__(
+        self,
+        replica_id: str,
+        deployment_id: str,
+        spec: DeploymentSpec,
+        backend: Backend,
+        log_path: Path,
+        platform_env: dict[str, str],
+        client: httpx.AsyncClient,
+        on_change: StateListener,
+    ):
+        self.id = replica_id
+        self.deployment_id = deployment_id
+        self.spec = spec
+        self.log_path = log_path
+        self.platform_env = platform_env
+        self.state = ReplicaState.PENDING
+        self.handle: ReplicaHandle | None = None
+        self.restarts = 0
+        self.in_flight = 0
+        self.last_used = time.monotonic()
+        self._backend = backend
+        self._client = client
+        self._on_change = on_change
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self._launching: asyncio.Task[ReplicaHandle] | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.handle is not None
+        return f"http://{self.handle.host}:{self.handle.port}"
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ReplicaState.RUNNING
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"replica {self.id}")
+
+    async def stop(self) -> None:
+        """Stops the replica; every caller waits for the same stop, and a caller
+        being cancelled does not interrupt it (that would leak the process)."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._stop(), name=f"stop replica {self.id}")
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
+        # Supervision ends first: a supervisor resumed after STOPPING could
+        # otherwise still move the replica to RUNNING or restart it.
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+        if self._launching is not None:
+            with contextlib.suppress(OSError):
+                self.handle = await self._launching
+        self._enter(ReplicaState.STOPPING)
+        await self._kill()
+        self._enter(ReplicaState.STOPPED)
+
+    def _enter(self, state: ReplicaState) -> None:
+        check_transition(self.state, state)
+        self.state = state
+        if state is ReplicaState.RUNNING:
+            self._ready.set()
+        else:
+            self._ready.clear()
+        self._on_change(self)
+
+    async def _kill(self) -> None:
+        if self.handle is not None:
+            await self.handle.stop(_STOP_GRACE_S)
+
+    async def _supervise(self) -> None:
+        # Ends only by cancellation (stop), so a replica is never silently lost.
+        failures_in_a_row = 0
+        while True:
+            self._enter(ReplicaState.STARTING)
+            try:
+                # Shielded: a stop landing mid-launch must still find (and kill) the
+                # process that the launch goes on to start.
+                self._launching = asyncio.create_task(
+                    self._backend.launch(self.id, self.spec, self.log_path, self.platform_env)
+                )
+                self.handle = await asyncio.shield(self._launching)
+            except OSError as exc:
+                log.warning("replica %s failed to launch: %s", self.id, exc)
+                self.handle = None
+            else:
+                self._on_change(self)
+                if await self._wait_healthy():
+                    self._enter(ReplicaState.RUNNING)
+                    failures_in_a_row = 0
+                    await self._watch()
+            self._enter(ReplicaState.UNHEALTHY)
+            await self._kill()
+            self.restarts += 1
+            failures_in_a_row += 1
+            await asyncio.sleep(min(_BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1), _BACKOFF_MAX_S))
+
+    async def _wait_healthy(self) -> bool:
+        assert self.handle is not None
+        exited = asyncio.create_task(self.handle.wait())
+        deadline = time.monotonic() + self.spec.health_check.grace_period_s
+        try:
+            while time.monotonic() < deadline and not exited.done():
+                if await probe(self.spec.health_check, self.handle.host, self.handle.port, self._client):
+                    return True
+                await asyncio.sleep(_STARTUP_PROBE_S)
+            log.warning("replica %s did not become healthy", self.id)
+            return False
+        finally:
+            exited.cancel()
+
+    async def _watch(self) -> None:
+        """Returns when the process exits or fails `failures_before_restart` checks in a row."""
+        assert self.handle is not None
+        check = self.spec.health_check
+        exited = asyncio.create_task(self.handle.wait())
+        failures = 0
+        try:
+            while failures < check.failures_before_restart:
+                done, _ = await asyncio.wait({exited}, timeout=check.interval_s)
+                if done:
+                    log.warning("replica %s exited with status %s", self.id, exited.result())
+                    return
+                healthy = await probe(check, self.handle.host, self.handle.port, self._client)
+                failures = 0 if healthy else failures + 1
+            log.warning("replica %s failed %d health checks", self.id, failures)
+        finally:
+            exited.cancel()

@@ -1,0 +1,46 @@
+"""Fixtures: a control plane on a fresh SQLite store, its API and router in one
+app, and a tenant whose key may deploy and call deployments."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from control_helpers import Env, app_client, new_plane
+
+from tramontane.control.scheduler import NodeCapacity
+from tramontane.store import open_store
+from tramontane.tenancy import CLI, Capability, Tenancy, directory, keys
+
+
+@pytest.fixture
+def capacity() -> NodeCapacity:
+    return NodeCapacity(cpu=4, memory_mb=4096)
+
+
+@pytest.fixture
+async def env(tmp_path: Path, capacity: NodeCapacity) -> AsyncIterator[Env]:
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    tenancy = Tenancy(store, home=tmp_path)
+    with store.session() as session:
+        organisation = directory.create_organisation(session, "org-control", CLI)
+        workspace = directory.create_workspace(session, organisation, "ws-control", CLI)
+        created = keys.create_key(
+            session,
+            tenancy.pepper,
+            workspace,
+            name="deployer",
+            capabilities=frozenset({Capability.DEPLOY, Capability.INFERENCE}),
+            actor=CLI,
+        )
+        workspace_id = workspace.id
+    plane = new_plane(store, tmp_path, capacity)
+    await plane.start()
+    env = Env(store, tenancy, plane, app_client(tenancy, plane, f"Bearer {created.plaintext}"), workspace_id, tmp_path)
+    try:
+        yield env
+    finally:
+        await env.client.aclose()
+        await env.plane.stop()
+        store.close()

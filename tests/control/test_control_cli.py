@@ -1,0 +1,92 @@
+"""The deployments CLI against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+import yaml
+from control_helpers import REPLICA_COMMAND, new_plane
+from fastapi import FastAPI
+from typer.testing import CliRunner
+
+from tramontane.control.cli import app as cli
+from tramontane.control.install import install
+from tramontane.store import open_store
+from tramontane.tenancy import CLI, Capability, Tenancy, directory, keys
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A server with the control plane, on its own thread and event loop; yields
+    its URL and an API key."""
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    tenancy = Tenancy(store, home=tmp_path)
+    with store.session() as session:
+        workspace = directory.create_workspace(session, directory.create_organisation(session, "o", CLI), "w", CLI)
+        key = keys.create_key(
+            session, tenancy.pepper, workspace, name="k", actor=CLI, capabilities=frozenset({Capability.DEPLOY})
+        )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    plane = new_plane(store, tmp_path)
+    app = FastAPI()
+    tenancy.install(app)
+    install(app, plane, tenancy)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+
+    async def serve() -> None:
+        await plane.start()
+        try:
+            await server.serve()
+        finally:
+            await plane.stop()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    for _ in range(500):
+        if server.started:
+            break
+        threading.Event().wait(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", key.plaintext
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        store.close()
+
+
+def test_deploy_ps_scale_logs_delete(server: tuple[str, str], tmp_path: Path) -> None:
+    url, key = server
+    spec_file = tmp_path / "web.yaml"
+    spec_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "web",
+                "command": REPLICA_COMMAND,
+                "health_check": {"interval_s": 0.2},
+                "scaling": {"min_replicas": 1, "max_replicas": 2},
+            }
+        )
+    )
+    runner = CliRunner()
+    options = ["--url", url, "--api-key", key]
+
+    deployed = runner.invoke(cli, ["deploy", str(spec_file), *options])
+    assert deployed.exit_code == 0, deployed.output
+    assert "Deployed web" in deployed.output
+    assert "web" in runner.invoke(cli, ["ps", *options]).output
+    scaled = runner.invoke(cli, ["scale", "web", "2", *options])
+    assert scaled.exit_code == 0 and "2 replica(s)" in scaled.output
+    too_many = runner.invoke(cli, ["scale", "web", "5", *options])
+    assert too_many.exit_code == 1 and "max_replicas=2" in too_many.output
+    assert "listening on" in runner.invoke(cli, ["logs", "web", *options]).output
+    assert runner.invoke(cli, ["delete", "web", *options]).exit_code == 0
+    missing = runner.invoke(cli, ["delete", "web", *options])
+    assert missing.exit_code == 1 and "No deployment named 'web'" in missing.output
