@@ -159,6 +159,8 @@ def test_bad_sampling_params():
         SamplingParams(temperature=-1)
     with pytest.raises(InvalidRequestError):
         SamplingParams(logprobs=50)
+    with pytest.raises(InvalidRequestError):
+        SamplingParams(repetition_penalty=5e-324)  # found by the API fuzzer: overflowed to inf
 
 
 def test_admission_control_rejects_when_queue_full(make_engine):
@@ -218,3 +220,24 @@ async def test_async_errors_raised_before_streaming(make_engine):
                 pass
     finally:
         await engine.shutdown()
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_serves_on(make_engine, run, chat_prompt, monkeypatch):
+    engine = make_engine()
+    prompt = chat_prompt(engine, "Hello")
+    engine.add_request("doomed", prompt, SamplingParams(max_tokens=4, **GREEDY))
+    calls = {"n": 0}
+    real_sample = __import__("tramontane.engine.llm_engine", fromlist=["sample"]).sample
+
+    def flaky_sample(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("probability tensor contains inf")
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr("tramontane.engine.llm_engine.sample", flaky_sample)
+    results = run(engine)
+    assert results[("doomed", 0)].finish_reason == "error"
+    engine.add_request("fine", prompt, SamplingParams(max_tokens=4, **GREEDY))
+    assert run(engine)[("fine", 0)].finish_reason == "length"
+    assert engine.stats().kv_cache_usage == 0.0

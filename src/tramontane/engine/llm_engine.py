@@ -144,15 +144,17 @@ class LLMEngine:
         try:
             logits, rows = self.runner.execute(batch)
         except Exception as exc:  # a failed forward must not take the other requests down
-            failed = {s.request_id: self.requests[s.request_id] for s in batch.seqs}
-            return [self._fail(req, exc) for req in failed.values()]
+            return self._fail_requests_of(batch.seqs, exc)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += n
             self.blocks.register_full_blocks(seq)
         sampling_seqs = [batch.seqs[r] for r in rows]
         touched: dict[str, _Request] = {}
         if sampling_seqs:
-            tokens, logprobs = sample(logits, sampling_seqs, self.eos_ids)
+            try:
+                tokens, logprobs = sample(logits, sampling_seqs, self.eos_ids)
+            except Exception as exc:  # e.g. non-finite logits: fail these requests, not the engine
+                return self._fail_requests_of(sampling_seqs, exc)
             for seq, token, lp in zip(sampling_seqs, tokens, logprobs, strict=True):
                 try:
                     self._append_token(seq, token, lp)
@@ -208,6 +210,10 @@ class LLMEngine:
         seq.stop_reason = stop_reason
         self.scheduler.remove(seq)
         seq.status = SeqStatus.FINISHED
+
+    def _fail_requests_of(self, seqs: list[Sequence], exc: Exception) -> list[RequestOutput]:
+        failed = {s.request_id: self.requests[s.request_id] for s in seqs}
+        return [self._fail(req, exc) for req in failed.values()]
 
     def _fail(self, req: _Request, exc: Exception) -> RequestOutput:
         for seq in req.seqs:

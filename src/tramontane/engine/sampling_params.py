@@ -82,8 +82,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 bad(f"{name} must be between -2 and 2", name)
-        if self.repetition_penalty <= 0.0:
-            bad("repetition_penalty must be > 0", "repetition_penalty")
+        if not 0.01 <= self.repetition_penalty <= 10.0:
+            bad("repetition_penalty must be between 0.01 and 10", "repetition_penalty")
         if self.logprobs is not None and not 0 <= self.logprobs <= self.MAX_TOP_LOGPROBS:
             bad(f"top_logprobs must be between 0 and {self.MAX_TOP_LOGPROBS}", "top_logprobs")
         if len(self.stop) > 16 or any(not s for s in self.stop):
