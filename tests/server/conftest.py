@@ -19,7 +19,9 @@ import uvicorn
 from mistralai.client import Mistral
 
 from tramontane.cli.up import load_models
+from tramontane.control.plane import ControlPlane
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME, DEFAULT_EMBEDDING_MODEL_NAME
+from tramontane.sandbox import ManagerConfig, SandboxManager
 from tramontane.server import ModelRegistry, create_app, default_model_specs
 from tramontane.tenancy import Tenancy
 
@@ -95,7 +97,10 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    app = create_app(registry, tenancy)
+    # The whole platform, as `tramontane up` assembles it.
+    sandboxes = SandboxManager(ManagerConfig(pool_size=1, max_sandboxes=8))
+    plane = ControlPlane(tenancy.store, home=home)
+    app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

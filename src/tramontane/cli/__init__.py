@@ -2,13 +2,15 @@
 
 import typer
 
+from ..control import cli as control_cli
 from ..tenancy import cli as tenancy_cli
 from . import bench, chat, up
 
-app = typer.Typer(help="Tramontane: serve, chat with and benchmark LLMs.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="Tramontane: serve models, run deployments and sandboxes, govern tenants.", no_args_is_help=True, add_completion=False)
 app.command("up")(up.up)
 app.command("chat")(chat.chat)
 app.command("bench")(bench.bench)
 app.add_typer(tenancy_cli.app, name="tenancy")
+app.add_typer(control_cli.app)  # deploy, ps, logs, scale, delete
 
 __all__ = ["app"]

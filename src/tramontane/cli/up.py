@@ -10,8 +10,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from ..control.plane import ControlPlane
 from ..engine import EngineConfig, ModelLoadError
+from ..sandbox import ManagerConfig, SandboxManager
 from ..server import ModelRegistry, ModelSpec, create_app, default_model_specs
+from ..server.app import MAX_BODY_BYTES
 from ..tenancy import Tenancy
 
 console = Console(stderr=True)
@@ -58,7 +61,10 @@ def up(
         admin_key = tenancy.bootstrap_admin_key()
         if admin_key is not None:
             print_admin_key(tenancy, admin_key, url, database_url is not None)
-        uvicorn.run(create_app(registry, tenancy), host=host, port=port, log_level="info")
+        sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
+        plane = ControlPlane(tenancy.store, home=tenancy.home)
+        app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
+        uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         tenancy.close()
 

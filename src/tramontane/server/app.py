@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
 from .. import __version__
-from ..tenancy import Tenancy
+from ..control.install import install as install_control_plane
+from ..control.plane import ControlPlane
+from ..sandbox import SandboxError, SandboxManager, create_router
+from ..tenancy import Capability, Principal, Tenancy, require
 from ..tenancy.admin_api import router as admin_router
 from . import chat, completions, embeddings, health, models
 from .errors import install_error_handlers
@@ -20,19 +24,46 @@ from .registry import ModelRegistry
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
+log = logging.getLogger(__name__)
+_sandbox_key = require(Capability.SANDBOX)
+
+
+def _sandbox_owner(principal: Principal = Depends(_sandbox_key)) -> str:
+    """Sandboxes belong to the caller's workspace; others' answer 404."""
+    return principal.workspace_id
+
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 503)}
 
 
-def create_app(registry: ModelRegistry, tenancy: Tenancy, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """An app serving `registry`'s models to `tenancy`'s keys, with the admin API;
-    its lifespan starts and stops the engines (the caller owns `tenancy`)."""
+def create_app(
+    registry: ModelRegistry,
+    tenancy: Tenancy,
+    *,
+    sandboxes: SandboxManager | None = None,
+    control_plane: ControlPlane | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, and,
+    when given, the sandbox API and the deployments API + router. Its lifespan starts
+    and stops the engines, sandboxes and control plane (the caller owns `tenancy`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.start()
+        if control_plane is not None:
+            await control_plane.start()
+        if sandboxes is not None:
+            try:
+                await sandboxes.start()
+            except SandboxError as exc:  # e.g. no bubblewrap: the rest of the platform still serves
+                log.warning("sandboxes are unavailable: %s", exc.message)
         try:
             yield
         finally:
+            if sandboxes is not None:
+                await sandboxes.shutdown()
+            if control_plane is not None:
+                await control_plane.stop()
             await registry.shutdown()
 
     app = FastAPI(title="Tramontane", version=__version__, lifespan=lifespan)
@@ -47,6 +78,10 @@ def create_app(registry: ModelRegistry, tenancy: Tenancy, *, max_body_bytes: int
     app.include_router(v1)
     app.include_router(admin_router)
     app.include_router(health.router)
+    if sandboxes is not None:
+        app.include_router(create_router(sandboxes, owner=_sandbox_owner))
+    if control_plane is not None:
+        install_control_plane(app, control_plane, tenancy)
 
     install_error_handlers(app)
     # Added last, so outermost: the request id and metrics cover every response.
