@@ -8,7 +8,6 @@ because the Mistral SDK parses exactly that.
 from __future__ import annotations
 
 import logging
-import math
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -16,56 +15,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from ..engine.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
+from ..errors import APIError
 
 logger = logging.getLogger("tramontane.server")
-
-# OpenAI's error types, by status.
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-}
-
-
-class APIError(Exception):
-    """An error to send back as-is; raise it from routes and helpers."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        retry_after_s: float | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.retry_after_s = retry_after_s
-
-    @property
-    def type(self) -> str:
-        return _TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        headers = {}
-        if self.retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
-
 
 def model_not_found(name: str) -> APIError:
     return APIError(404, f"The model '{name}' does not exist", code="model_not_found", param="model")
