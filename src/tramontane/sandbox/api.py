@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
+from ..errors import APIError
 from .errors import NotFound, SandboxError, TooLarge
 from .manager import SandboxManager
 from .sandbox import SandboxState
@@ -42,31 +43,12 @@ from .schemas import (
     TimeoutBody,
 )
 
-_TYPES = {
-    400: "invalid_request_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    503: "overloaded_error",
-}
-
-
-def error_body(status: int, message: str, code: str | None, param: str | None) -> dict[str, Any]:
-    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def _sandbox_error(exc: SandboxError) -> dict[str, Any]:
-    return error_body(exc.status, exc.message, exc.code, exc.param)
-
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     message = f"{'.'.join(location) or 'request'}: {first.get('msg', 'invalid')}"
-    return JSONResponse(error_body(422, message, "invalid_value", ".".join(location) or None), status_code=422)
+    return APIError(422, message, code="invalid_value", param=".".join(location) or None).response()
 
 
 class _SandboxRoute(APIRoute):
@@ -79,7 +61,7 @@ class _SandboxRoute(APIRoute):
             try:
                 return await handler(request)
             except SandboxError as exc:
-                return JSONResponse(_sandbox_error(exc), status_code=exc.status)
+                return exc.response()
             except RequestValidationError as exc:
                 return _validation_error(exc)
 
@@ -103,7 +85,7 @@ async def _stream(request: Request, events: AsyncGenerator[dict[str, Any], None]
             async for event in events:
                 yield _event(event, sse)
         except SandboxError as exc:
-            yield _event({"type": "error", **_sandbox_error(exc)}, sse)
+            yield _event({"type": "error", **exc.body()}, sse)
         finally:
             await events.aclose()
 

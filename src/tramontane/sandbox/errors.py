@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from ..errors import APIError
 
-class SandboxError(Exception):
+
+class SandboxError(APIError):
     status = 500
     default_code = "sandbox_error"
 
     def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.code = code or self.default_code
-        self.param = param
+        super().__init__(self.status, message, code=code or self.default_code, param=param)
 
 
 class InvalidArgument(SandboxError):
