@@ -80,8 +80,6 @@ class ModelRunner:
         logits_index = torch.tensor(
             [row * max_len + len(positions[row]) - 1 for row in sampling_rows], dtype=torch.long
         )
-        if not sampling_rows:
-            logits_index = logits_index[:0]
         logits = self.model(
             input_ids.to(self.device), pos.to(self.device), meta, logits_index.to(self.device)
         )
