@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Annotated
 
+import anyio
 import anyio.to_thread
 from fastapi import Depends, Request
 
@@ -87,14 +88,17 @@ class RequestMeter:
         )
 
 
-def request_meter(request: Request, principal: InferenceKey) -> Iterator[RequestMeter]:
+async def request_meter(request: Request, principal: InferenceKey) -> AsyncIterator[RequestMeter]:
     # A yield dependency's exit runs after the response is sent (FastAPI's
-    # request scope), in a worker thread: the database write blocks no one.
+    # request scope). Async, so that entering it costs no hop to a worker thread;
+    # the database write at exit goes to one and blocks no one, shielded so that a
+    # client gone mid-stream still gets its usage recorded.
     meter = RequestMeter(get_tenancy(request), principal, request)
     try:
         yield meter
     finally:
-        meter.record()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(meter.record)
 
 
 Metered = Annotated[RequestMeter, Depends(request_meter)]
