@@ -51,9 +51,8 @@ def backend() -> Iterator[RayBackend]:
 @pytest.fixture(scope="module")
 def nodes(backend: RayBackend) -> dict[str, str]:
     """Node ids by the custom resource that marks each node."""
-    return {
-        mark: node["NodeID"] for node in ray.nodes() if node["Alive"] for mark in ("node_a", "node_b") if mark in node["Resources"]
-    }
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    return {mark: node["NodeID"] for node in alive for mark in ("node_a", "node_b") if mark in node["Resources"]}
 
 
 @pytest.fixture
@@ -149,7 +148,8 @@ async def test_replicas_spread_by_resources_and_restart_after_actor_death(env: E
 
 
 async def test_custom_resources_pin_a_replica_to_a_node(env: Env, nodes: dict[str, str]) -> None:
-    pinned = spec("pinned", command=_COMMAND, resources={"cpu": 0.1, "memory_mb": 64, "custom": {"node_b": 1}}, health_check=_HEALTH)
+    resources = {"cpu": 0.1, "memory_mb": 64, "custom": {"node_b": 1}}
+    pinned = spec("pinned", command=_COMMAND, resources=resources, health_check=_HEALTH)
     assert (await env.client.post("/v1/deployments", json=pinned)).status_code == 201
     deployment = env.plane.get(env.workspace_id, "pinned")
     await until(all_ready(deployment, 1))

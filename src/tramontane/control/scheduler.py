@@ -1,10 +1,11 @@
 """Placing replicas on the node by their reserved resources.
 
 A replica fits when the node's free CPU, memory, GPUs, GPU memory and custom
-resources all cover its request. With the Ray backend the "node" is the whole
-cluster's totals, and Ray then picks the machine the replica runs on. When it does not, idle replicas of other deployments are evicted,
-least recently used first, until it does; a deployment is never shrunk below its
-min_replicas, and a replica with requests in flight is never evicted."""
+resources all cover its request. When it does not, idle replicas of other
+deployments are evicted, least recently used first, until it does; a deployment
+is never shrunk below its min_replicas, and a replica with requests in flight is
+never evicted. With the Ray backend the "node" is the whole cluster's totals, and
+Ray then picks the machine each replica runs on."""
 
 from __future__ import annotations
 
@@ -45,27 +46,21 @@ class Occupant:
     last_used: float
 
 
-def _amounts(cpu: float, memory_mb: int, gpus: int, gpu_memory_mb: int, custom: Mapping[str, float]) -> dict[str, float]:
-    return {"cpu": cpu, "memory_mb": memory_mb, "gpus": gpus, "gpu_memory_mb": gpu_memory_mb, **custom}
-
-
-def _need(resources: Resources) -> dict[str, float]:
-    r = resources
-    return _amounts(r.cpu, r.memory_mb, r.gpus, r.gpu_memory_mb, r.custom)
+def _amounts(r: Resources | NodeCapacity) -> dict[str, float]:
+    return {"cpu": r.cpu, "memory_mb": r.memory_mb, "gpus": r.gpus, "gpu_memory_mb": r.gpu_memory_mb, **r.custom}
 
 
 def _free(capacity: NodeCapacity, occupants: list[Occupant]) -> dict[str, float]:
-    c = capacity
-    free = _amounts(c.cpu, c.memory_mb, c.gpus, c.gpu_memory_mb, c.custom)
+    free = _amounts(capacity)
     for occupant in occupants:
-        for name, used in _need(occupant.resources).items():
+        for name, used in _amounts(occupant.resources).items():
             free[name] = free.get(name, 0.0) - used
     return free
 
 
 def _fits(free: dict[str, float], need: Resources) -> bool:
     # A small tolerance: CPU shares such as 0.1 do not add up exactly in floats.
-    return all(free.get(name, 0.0) + 1e-9 >= amount for name, amount in _need(need).items())
+    return all(free.get(name, 0.0) + 1e-9 >= amount for name, amount in _amounts(need).items())
 
 
 def place(capacity: NodeCapacity, occupants: list[Occupant], need: Resources, deployment_id: str) -> list[str]:
@@ -73,7 +68,7 @@ def place(capacity: NodeCapacity, occupants: list[Occupant], need: Resources, de
     when it cannot fit even after every permitted eviction."""
     if not _fits(_free(capacity, []), need):
         raise NoCapacity(
-            f"a replica needs {_describe(_need(need))} but the node only has {_describe(_free(capacity, []))}"
+            f"a replica needs {_describe(_amounts(need))} but the node only has {_describe(_free(capacity, []))}"
         )
     remaining = list(occupants)
     candidates = sorted(
@@ -87,7 +82,7 @@ def place(capacity: NodeCapacity, occupants: list[Occupant], need: Resources, de
         if _fits(_free(capacity, remaining), need):
             return evicted
     raise NoCapacity(
-        f"no room for a replica needing {_describe(_need(need))}: free on the node is "
+        f"no room for a replica needing {_describe(_amounts(need))}: free on the node is "
         f"{_describe(_free(capacity, occupants))}, "
         "and no idle replica of another deployment can be evicted to make room"
     )
