@@ -15,9 +15,10 @@ from control_helpers import REPLICA_COMMAND, Env, spec
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from tramontane.control.backends.ray import RayBackend  # noqa: E402
+from tramontane.control.backends.ray import RayBackend, actor_resources  # noqa: E402
 from tramontane.control.deployment import Deployment  # noqa: E402
 from tramontane.control.scheduler import NodeCapacity  # noqa: E402
+from tramontane.control.spec import Resources  # noqa: E402
 
 _OBJECT_STORE_BYTES = 80 * 2**20
 # Ray starts a worker process per actor; on a busy two-core machine that takes seconds.
@@ -77,6 +78,16 @@ def running(pid: int) -> bool:
 
 def all_ready(deployment: Deployment, count: int) -> Callable[[], bool]:
     return lambda: sum(r.ready for r in deployment.replicas.values()) == count
+
+
+def test_actor_resources_ask_ray_for_the_replicas_resources() -> None:
+    resources = Resources(cpu=0.5, memory_mb=256, gpus=1, gpu_memory_mb=8192, custom={"a100": 1})
+    assert actor_resources(resources) == {
+        "num_cpus": 0.5,
+        "num_gpus": 1,
+        "memory": 256 * 2**20,
+        "resources": {"a100": 1, "gpu_memory_mb": 8192},
+    }
 
 
 def test_capacity_is_the_clusters(capacity: NodeCapacity) -> None:

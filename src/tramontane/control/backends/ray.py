@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ _MAPPED = {"CPU", "GPU", "memory", "object_store_memory", "gpu_memory_mb"}
 # Reported when the actor died before the process's exit status could be read.
 _ACTOR_DIED = -1
 _PUMP_DRAIN_S = 2.0
+_CONNECT_TIMEOUT_S = 5.0
 
 
 def import_ray() -> Any:
@@ -123,6 +125,7 @@ class RayBackend:
     def __init__(self, address: str | None = None):
         self._ray = import_ray()
         if not self._ray.is_initialized():
+            _check_reachable(address)
             # Replica output comes back through each replica's log, not the driver's stdout.
             self._ray.init(address=address, log_to_driver=False)
         self._actor_class = self._ray.remote(ReplicaProcess)
@@ -160,6 +163,20 @@ class RayBackend:
     def reap(self, pid: int, pid_start: int | None) -> bool:
         # A previous control plane's actors died with its Ray driver (see above).
         return False
+
+
+def _check_reachable(address: str | None) -> None:
+    """Fails fast on a GCS address that does not answer: `ray.init` would retry
+    for minutes. Other forms (None, "auto", "ray://...") are left to Ray."""
+    if address is None or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConnectionError(f"no Ray cluster answers at {address}: {exc}") from exc
 
 
 def actor_resources(resources: Resources) -> dict[str, Any]:
