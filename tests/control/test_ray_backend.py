@@ -172,3 +172,29 @@ async def test_custom_resources_pin_a_replica_to_a_node(env: Env, nodes: dict[st
     nowhere = spec("nowhere", resources={"cpu": 0.1, "custom": {"node_c": 1}})
     refused = await env.client.post("/v1/deployments", json=nowhere)
     assert refused.status_code == 503 and "node_c=1" in refused.json()["error"]["message"]
+
+
+async def test_a_replica_ray_cannot_place_is_retried_and_its_actor_killed(env: Env) -> None:
+    # Outside the control plane's books, something holds node_b: the replica fits
+    # the cluster's totals, but Ray keeps its actor waiting for a node.
+    @ray.remote(num_cpus=0, resources={"node_b": 1})
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    assert await holder.ready.remote()
+    resources = {"cpu": 0.1, "memory_mb": 64, "custom": {"node_b": 1}}
+    held = spec("held", command=_COMMAND, resources=resources, health_check={"grace_period_s": 1})
+    assert (await env.client.post("/v1/deployments", json=held)).status_code == 201
+    (replica,) = env.plane.get(env.workspace_id, "held").replicas.values()
+    # Each launch gives up after the grace period, and the replica is started again.
+    await until(lambda: replica.restarts >= 2, timeout_s=20)
+    assert not replica.ready
+    assert (await env.client.delete("/v1/deployments/held")).status_code == 200
+
+    # No waiting actor was left behind to take node_b once it is free.
+    ray.kill(holder)
+    await until(lambda: ray.available_resources().get("node_b") == 1, timeout_s=10)
+    await asyncio.sleep(0.5)
+    assert ray.available_resources().get("node_b") == 1

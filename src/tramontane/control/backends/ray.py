@@ -30,7 +30,7 @@ from .ray_actor import ReplicaProcess
 # Ray resources that `NodeCapacity` has fields for; every other one a cluster
 # offers (custom resources, `node:<ip>`) can be asked for through `Resources.custom`.
 _MAPPED = {"CPU", "GPU", "memory", "object_store_memory", "gpu_memory_mb"}
-# Reported when the actor died before the process's exit status could be read.
+# The exit status reported when the actor died, so the process's own is unknown.
 _ACTOR_DIED = -1
 _PUMP_DRAIN_S = 2.0
 _CONNECT_TIMEOUT_S = 5.0
@@ -84,7 +84,8 @@ class RayReplica:
     async def wait(self) -> int:
         try:
             return await asyncio.shield(self._exit)
-        except self._ray.exceptions.RayActorError:
+        except self._ray.exceptions.RayError:
+            # The actor died, or its node: the process is gone or going (watchdog).
             return _ACTOR_DIED
 
     async def stop(self, grace_s: float) -> None:
