@@ -55,11 +55,11 @@ async def wakes(backend: Backend, capacity: NodeCapacity, runs: int) -> list[flo
     app = FastAPI()
     tenancy.install(app)
     install(app, plane, tenancy)
-    transport = httpx.ASGITransport(app)
     headers = {"Authorization": f"Bearer {key.plaintext}"}
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://b", headers=headers, timeout=120)
     timings = []
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench", headers=headers, timeout=120) as client:
+        async with client:
             spec = {
                 "name": "web",
                 "command": COMMAND,
