@@ -48,7 +48,7 @@ class Env:
     async def restart_plane(self, capacity: NodeCapacity | None = None) -> None:
         """Stops the control plane and starts a new one on the same database."""
         await self.plane.stop()
-        self.plane = new_plane(self.store, self.home, capacity)
+        self.plane = new_plane(self.store, self.home, capacity, self.plane.backend)
         await self.plane.start()
         self.client = app_client(self.tenancy, self.plane, self.client.headers["authorization"])
 
