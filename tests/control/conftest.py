@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from control_helpers import Env, app_client, new_plane
 
+from tramontane.control.backends import Backend
 from tramontane.control.scheduler import NodeCapacity
 from tramontane.store import open_store
 from tramontane.tenancy import CLI, Capability, Tenancy, directory, keys
@@ -20,7 +21,13 @@ def capacity() -> NodeCapacity:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, capacity: NodeCapacity) -> AsyncIterator[Env]:
+def backend() -> Backend | None:
+    """Where replicas run; None: the control plane's default, local processes."""
+    return None
+
+
+@pytest.fixture
+async def env(tmp_path: Path, capacity: NodeCapacity, backend: Backend | None) -> AsyncIterator[Env]:
     store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     tenancy = Tenancy(store, home=tmp_path)
     with store.session() as session:
@@ -35,7 +42,7 @@ async def env(tmp_path: Path, capacity: NodeCapacity) -> AsyncIterator[Env]:
             actor=CLI,
         )
         workspace_id = workspace.id
-    plane = new_plane(store, tmp_path, capacity)
+    plane = new_plane(store, tmp_path, capacity, backend)
     await plane.start()
     env = Env(store, tenancy, plane, app_client(tenancy, plane, f"Bearer {created.plaintext}"), workspace_id, tmp_path)
     try:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from tramontane.control.backends import Backend
 from tramontane.control.install import install
 from tramontane.control.plane import ControlPlane
 from tramontane.control.scheduler import NodeCapacity
@@ -47,14 +48,20 @@ class Env:
     async def restart_plane(self, capacity: NodeCapacity | None = None) -> None:
         """Stops the control plane and starts a new one on the same database."""
         await self.plane.stop()
-        self.plane = new_plane(self.store, self.home, capacity)
+        self.plane = new_plane(self.store, self.home, capacity, self.plane.backend)
         await self.plane.start()
         self.client = app_client(self.tenancy, self.plane, self.client.headers["authorization"])
 
 
-def new_plane(store: Store, home: Path, capacity: NodeCapacity | None = None) -> ControlPlane:
+def new_plane(
+    store: Store, home: Path, capacity: NodeCapacity | None = None, backend: Backend | None = None
+) -> ControlPlane:
     return ControlPlane(
-        store, capacity=capacity or NodeCapacity(cpu=4, memory_mb=4096), home=home, reconcile_interval_s=0.1
+        store,
+        backend=backend,
+        capacity=capacity or NodeCapacity(cpu=4, memory_mb=4096),
+        home=home,
+        reconcile_interval_s=0.1,
     )
 
 

@@ -1,4 +1,5 @@
-"""A tiny replica for the control-plane tests: serves on $PORT and reports its pid.
+"""A tiny replica for the control-plane tests: serves on $HOST:$PORT (HOST is set
+on Ray nodes; loopback otherwise) and reports its pid.
 
 GET /anything       -> {"pid", "path"}
 GET /sleep?s=F      -> waits F seconds, then answers
@@ -56,4 +57,4 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     print(f"replica {os.getpid()} listening on {os.environ['PORT']}", flush=True)
-    ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+    ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), Handler).serve_forever()

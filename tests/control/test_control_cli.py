@@ -81,7 +81,8 @@ def test_deploy_ps_scale_logs_delete(server: tuple[str, str], tmp_path: Path) ->
     deployed = runner.invoke(cli, ["deploy", str(spec_file), *options])
     assert deployed.exit_code == 0, deployed.output
     assert "Deployed web" in deployed.output
-    assert "web" in runner.invoke(cli, ["ps", *options]).output
+    listed = runner.invoke(cli, ["ps", *options]).output
+    assert "web" in listed and "@local" in listed  # each replica's node
     scaled = runner.invoke(cli, ["scale", "web", "2", *options])
     assert scaled.exit_code == 0 and "2 replica(s)" in scaled.output
     too_many = runner.invoke(cli, ["scale", "web", "5", *options])

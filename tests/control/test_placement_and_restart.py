@@ -41,6 +41,16 @@ def test_place_evicts_least_recently_used_idle_replicas_of_others() -> None:
         place(node, [], Resources(cpu=1, memory_mb=1000, gpus=1), "x")
 
 
+def test_place_counts_custom_resources() -> None:
+    node = NodeCapacity(cpu=4, memory_mb=4000, custom={"a100": 1})
+    a100 = Resources(cpu=1, memory_mb=1000, custom={"a100": 1})
+    holder = Occupant("holder", "a", a100, evictable=True, last_used=1.0)
+    assert place(node, [], a100, "x") == []
+    assert place(node, [holder], a100, "x") == ["holder"]
+    with pytest.raises(NoCapacity, match="needs cpu=1, memory_mb=1000, gpus=0, gpu_memory_mb=0, h100=1"):
+        place(node, [], Resources(cpu=1, memory_mb=1000, custom={"h100": 1}), "x")
+
+
 async def test_new_deployment_evicts_idle_one_and_refuses_what_cannot_fit(env: Env) -> None:
     wide = {"cpu": 2, "memory_mb": 512}
     scale_to_zero = {"min_replicas": 0, "max_replicas": 1}
@@ -121,6 +131,8 @@ def test_spec_validation_and_defaults() -> None:
         {"name": "x", "command": "y", "env": {"PORT": "1"}},
         {"name": "x", "command": "y", "scaling": {"min_replicas": 3, "max_replicas": 2}},
         {"name": "x", "command": "y", "unknown": 1},
+        {"name": "x", "command": "y", "resources": {"custom": {"CPU": 1}}},
+        {"name": "x", "command": "y", "resources": {"custom": {"a100": 0}}},
     ):
         with pytest.raises(ValueError):
             DeploymentSpec.model_validate(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -10,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from ..control.backends.ray import RayBackend
 from ..control.plane import ControlPlane
 from ..engine import EngineConfig, ModelLoadError
 from ..sandbox import ManagerConfig, SandboxManager
@@ -18,6 +20,11 @@ from ..server.app import MAX_BODY_BYTES
 from ..tenancy import Tenancy
 
 console = Console(stderr=True)
+
+
+class ReplicaBackend(StrEnum):
+    LOCAL = "local"
+    RAY = "ray"
 
 
 def up(
@@ -44,11 +51,28 @@ def up(
     ] = "auto",
     kv_cache_gb: Annotated[float, typer.Option(help="Memory for each chat model's KV cache, in GiB.")] = 1.0,
     device: Annotated[str, typer.Option(help="Torch device for the chat models, e.g. cpu or cuda.")] = "cpu",
+    backend: Annotated[
+        ReplicaBackend,
+        typer.Option(
+            envvar="TRAMONTANE_BACKEND",
+            help="Where deployment replicas run: processes on this machine, or actors on a Ray cluster.",
+        ),
+    ] = ReplicaBackend.LOCAL,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TRAMONTANE_RAY_ADDRESS",
+            help="The Ray cluster for --backend ray, e.g. 10.0.0.5:6379. Default: RAY_ADDRESS, "
+            "else a Ray instance started on this machine.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI- and Mistral-compatible API, and its admin API."""
     # Before the models: a wrong database fails in a second, not after loading.
     tenancy = open_tenancy(database_url)
     try:
+        # Also before the models: an unreachable Ray cluster fails fast too.
+        plane = open_control_plane(tenancy, backend, ray_address)
         try:
             specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
             config = EngineConfig(quantization=quantization, kv_cache_memory_gb=kv_cache_gb, device=device)
@@ -62,11 +86,23 @@ def up(
         if admin_key is not None:
             print_admin_key(tenancy, admin_key, url, database_url is not None)
         sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
-        plane = ControlPlane(tenancy.store, home=tenancy.home)
         app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         tenancy.close()
+
+
+def open_control_plane(tenancy: Tenancy, backend: ReplicaBackend, ray_address: str | None) -> ControlPlane:
+    if backend is ReplicaBackend.LOCAL:
+        return ControlPlane(tenancy.store, home=tenancy.home)
+    try:
+        ray_backend = RayBackend(ray_address)
+    except (RuntimeError, ConnectionError) as exc:
+        console.print(f"[red]error:[/] cannot use the Ray backend: {exc}")
+        raise typer.Exit(1) from exc
+    capacity = ray_backend.capacity()
+    console.print(f"Deployments run on the Ray cluster: {capacity.cpu:g} CPUs, {capacity.gpus} GPUs")
+    return ControlPlane(tenancy.store, backend=ray_backend, capacity=capacity, home=tenancy.home)
 
 
 def open_tenancy(database_url: str | None) -> Tenancy:

@@ -65,11 +65,18 @@ def ps(url: Url = DEFAULT_URL, api_key: Key = None) -> None:
     """List deployments and their replicas."""
     table = Table("NAME", "KIND", "DESIRED", "REPLICAS", "IN FLIGHT", "ROUTES")
     for d in _call("GET", url, api_key, "").json()["data"]:
-        states = ", ".join(f"{r['state'].lower()}" for r in d["replicas"]) or "-"
+        states = ", ".join(_replica_cell(r) for r in d["replicas"]) or "-"
         routes = d["spec"]["routes"]
         shown = " ".join(filter(None, [routes.get("path_prefix"), *routes.get("models", [])]))
         table.add_row(d["name"], d["kind"], str(d["desired_replicas"]), states, str(d["in_flight"]), shown)
     console.print(table)
+
+
+def _replica_cell(replica: dict[str, Any]) -> str:
+    """`running@3f9a1c2e`: the state and the node (a Ray node id's first characters
+    tell nodes apart; the local backend's node is `local`)."""
+    state = replica["state"].lower()
+    return f"{state}@{replica['node'][:8]}" if replica["node"] else state
 
 
 @app.command()

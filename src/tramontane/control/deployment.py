@@ -68,6 +68,8 @@ class Deployment:
                 {
                     "id": r.id,
                     "state": r.state.value,
+                    "node": r.handle.node if r.handle else None,
+                    "host": r.handle.host if r.handle else None,
                     "port": r.handle.port if r.handle else None,
                     "pid": r.handle.pid if r.handle else None,
                     "restarts": r.restarts,

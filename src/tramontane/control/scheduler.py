@@ -1,14 +1,17 @@
 """Placing replicas on the node by their reserved resources.
 
-A replica fits when the node's free CPU, memory, GPUs and GPU memory all cover
-its request. When it does not, idle replicas of other deployments are evicted,
-least recently used first, until it does; a deployment is never shrunk below its
-min_replicas, and a replica with requests in flight is never evicted."""
+A replica fits when the node's free CPU, memory, GPUs, GPU memory and custom
+resources all cover its request. When it does not, idle replicas of other
+deployments are evicted, least recently used first, until it does; a deployment
+is never shrunk below its min_replicas, and a replica with requests in flight is
+never evicted. With the Ray backend the "node" is the whole cluster's totals, and
+Ray then picks the machine each replica runs on."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from .errors import NoCapacity
 from .spec import Resources
@@ -20,6 +23,9 @@ class NodeCapacity:
     memory_mb: int
     gpus: int = 0
     gpu_memory_mb: int = 0
+    # Named resources the node (or Ray cluster) offers, matched against
+    # `Resources.custom`; this machine alone offers none.
+    custom: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def detect(cls) -> NodeCapacity:
@@ -40,28 +46,30 @@ class Occupant:
     last_used: float
 
 
-def _free(capacity: NodeCapacity, occupants: list[Occupant]) -> list[float]:
-    free = [float(capacity.cpu), float(capacity.memory_mb), float(capacity.gpus), float(capacity.gpu_memory_mb)]
+def _amounts(r: Resources | NodeCapacity) -> dict[str, float]:
+    return {"cpu": r.cpu, "memory_mb": r.memory_mb, "gpus": r.gpus, "gpu_memory_mb": r.gpu_memory_mb, **r.custom}
+
+
+def _free(capacity: NodeCapacity, occupants: list[Occupant]) -> dict[str, float]:
+    free = _amounts(capacity)
     for occupant in occupants:
-        for i, used in enumerate(_vector(occupant.resources)):
-            free[i] -= used
+        for name, used in _amounts(occupant.resources).items():
+            free[name] = free.get(name, 0.0) - used
     return free
 
 
-def _vector(resources: Resources) -> tuple[float, float, float, float]:
-    return (resources.cpu, resources.memory_mb, resources.gpus, resources.gpu_memory_mb)
-
-
-def _fits(free: list[float], need: Resources) -> bool:
+def _fits(free: dict[str, float], need: Resources) -> bool:
     # A small tolerance: CPU shares such as 0.1 do not add up exactly in floats.
-    return all(f + 1e-9 >= n for f, n in zip(free, _vector(need), strict=True))
+    return all(free.get(name, 0.0) + 1e-9 >= amount for name, amount in _amounts(need).items())
 
 
 def place(capacity: NodeCapacity, occupants: list[Occupant], need: Resources, deployment_id: str) -> list[str]:
     """The replica ids to evict so that `need` fits (often none); raises NoCapacity
     when it cannot fit even after every permitted eviction."""
     if not _fits(_free(capacity, []), need):
-        raise NoCapacity(f"a replica needs {_describe(need)} but the node only has {_describe_node(capacity)}")
+        raise NoCapacity(
+            f"a replica needs {_describe(_amounts(need))} but the node only has {_describe(_free(capacity, []))}"
+        )
     remaining = list(occupants)
     candidates = sorted(
         (o for o in occupants if o.evictable and o.deployment_id != deployment_id), key=lambda o: o.last_used
@@ -73,17 +81,12 @@ def place(capacity: NodeCapacity, occupants: list[Occupant], need: Resources, de
             evicted.append(victim.replica_id)
         if _fits(_free(capacity, remaining), need):
             return evicted
-    free = _free(capacity, occupants)
     raise NoCapacity(
-        f"no room for a replica needing {_describe(need)}: free on the node is "
-        f"cpu={free[0]:g}, memory_mb={free[1]:g}, gpus={free[2]:g}, gpu_memory_mb={free[3]:g}, "
+        f"no room for a replica needing {_describe(_amounts(need))}: free on the node is "
+        f"{_describe(_free(capacity, occupants))}, "
         "and no idle replica of another deployment can be evicted to make room"
     )
 
 
-def _describe(r: Resources) -> str:
-    return f"cpu={r.cpu:g}, memory_mb={r.memory_mb}, gpus={r.gpus}, gpu_memory_mb={r.gpu_memory_mb}"
-
-
-def _describe_node(c: NodeCapacity) -> str:
-    return f"cpu={c.cpu:g}, memory_mb={c.memory_mb}, gpus={c.gpus}, gpu_memory_mb={c.gpu_memory_mb}"
+def _describe(amounts: dict[str, float]) -> str:
+    return ", ".join(f"{name}={amount:g}" for name, amount in amounts.items())

@@ -19,6 +19,12 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 _TRAMONTANE_UP = "import sys; from tramontane.cli import app; sys.argv[0] = 'tramontane'; app()"
 
 
+# Ours and Ray's names for the resources that have their own fields.
+_BUILTIN_RESOURCES = frozenset(
+    {"cpu", "memory_mb", "gpus", "gpu_memory_mb", "CPU", "GPU", "memory", "object_store_memory"}
+)
+
+
 class Kind(StrEnum):
     COMMAND = "command"
     MODEL = "model"
@@ -35,6 +41,18 @@ class Resources(_Strict):
     memory_mb: int = Field(default=512, gt=0)
     gpus: int = Field(default=0, ge=0)
     gpu_memory_mb: int = Field(default=0, ge=0)
+    # Named resources a node must offer, e.g. {"node_b": 1} or {"a100": 1}: Ray
+    # custom resources, set on a node with `ray start --resources`.
+    custom: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("custom")
+    @classmethod
+    def _custom(cls, value: dict[str, float]) -> dict[str, float]:
+        if reserved := sorted(value.keys() & _BUILTIN_RESOURCES):
+            raise ValueError(f"{', '.join(reserved)} cannot be a custom resource: use the field of that name")
+        if any(amount <= 0 for amount in value.values()):
+            raise ValueError("custom resource amounts must be positive")
+        return value
 
 
 class Scaling(_Strict):
@@ -89,7 +107,8 @@ class Routes(_Strict):
 class DeploymentSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     kind: Kind = Kind.COMMAND
-    # kind=command: a shell command listening on 127.0.0.1:$PORT.
+    # kind=command: a shell command listening on $PORT, on 127.0.0.1 or on $HOST
+    # when set (a Ray node's address, so that the control plane can reach it).
     command: str | None = None
     # kind=model: a model path for `tramontane up --model`.
     model: str | None = None

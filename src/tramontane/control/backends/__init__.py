@@ -1,5 +1,6 @@
 """Where replicas run. `Backend` is the contract; `LocalBackend` runs each replica
-as a process group on this machine."""
+as a process group on this machine; `RayBackend` (module `backends.ray`, which
+needs the `ray` extra) runs each as a Ray actor on a cluster's nodes."""
 
 from .base import Backend, ReplicaHandle
 from .local import LocalBackend

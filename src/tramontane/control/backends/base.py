@@ -1,8 +1,9 @@
 """The contract between the control plane and whatever runs replicas.
 
 The plane owns scheduling, health and state; a backend only starts a replica's
-process somewhere reachable over HTTP, reports its exit, and stops it. A Ray
-backend would start an actor holding the process and return the same handle."""
+process somewhere reachable over HTTP, reports its exit, and stops it: the local
+backend as a process on this machine, the Ray backend through an actor holding
+the process on a node of a Ray cluster."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ class ReplicaHandle(Protocol):
 
     @property
     def pid_start(self) -> int | None: ...
+
+    @property
+    def node(self) -> str:
+        """The machine it runs on, as the backend names machines."""
+        ...
 
     async def wait(self) -> int:
         """Returns the exit status once the process has ended."""

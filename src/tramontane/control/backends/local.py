@@ -58,6 +58,10 @@ class LocalReplica:
     def pid_start(self) -> int | None:
         return self._pid_start
 
+    @property
+    def node(self) -> str:
+        return "local"
+
     async def wait(self) -> int:
         return await self._process.wait()
 
