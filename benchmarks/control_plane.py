@@ -32,7 +32,7 @@ from tramontane.control.install import install
 from tramontane.control.plane import ControlPlane
 from tramontane.engine.defaults import default_chat_model_path
 from tramontane.store import open_store
-from tramontane.tenancy import CLI, Capability, Tenancy, directory, keys
+from tramontane.tenancy import Capability, Tenancy
 
 
 def _free_port() -> int:
@@ -86,17 +86,7 @@ async def main(args: argparse.Namespace) -> None:
     home = Path(tempfile.mkdtemp(prefix="tramontane-control-bench-"))
     store = open_store(f"sqlite:///{home / 'db.sqlite'}")
     tenancy = Tenancy(store, home=home)
-    with store.session() as session:
-        organisation = directory.create_organisation(session, "bench", CLI)
-        workspace = directory.create_workspace(session, organisation, "bench", CLI)
-        key = keys.create_key(
-            session,
-            tenancy.pepper,
-            workspace,
-            name="bench",
-            actor=CLI,
-            capabilities=frozenset({Capability.DEPLOY, Capability.INFERENCE}),
-        )
+    workspace_id, key = tenancy.create_tenant("bench", frozenset({Capability.DEPLOY, Capability.INFERENCE}))
     plane = ControlPlane(store, home=home, reconcile_interval_s=0.5)
     await plane.start()
     app = FastAPI()
@@ -105,7 +95,7 @@ async def main(args: argparse.Namespace) -> None:
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
-    headers = {"Authorization": f"Bearer {key.plaintext}"}
+    headers = {"Authorization": f"Bearer {key}"}
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300) as client:
             while not server.started:
@@ -119,13 +109,13 @@ async def main(args: argparse.Namespace) -> None:
                 "scaling": scaling,
             }
             (await client.post("/v1/deployments", json=web)).raise_for_status()
-            wakes = [await _wake(client, plane, workspace.id, "web", _first_byte) for _ in range(args.runs)]
+            wakes = [await _wake(client, plane, workspace_id, "web", _first_byte) for _ in range(args.runs)]
             print(
                 f"wake from zero, command (http.server): p50 {statistics.median(wakes) * 1000:.0f} ms "
                 f"over {args.runs} runs (min {min(wakes) * 1000:.0f}, max {max(wakes) * 1000:.0f})"
             )
 
-            replica = plane.get(workspace.id, "web").pick()
+            replica = plane.get(workspace_id, "web").pick()
             assert replica is not None
             direct = await _p50(client, replica.url + "/", args.requests)
             routed = await _p50(client, "/serve/web/", args.requests)
@@ -145,7 +135,7 @@ async def main(args: argparse.Namespace) -> None:
                 }
                 (await client.post("/v1/deployments", json=model)).raise_for_status()
                 tokens = [
-                    await _wake(client, plane, workspace.id, "smol", _first_token) for _ in range(args.model_runs)
+                    await _wake(client, plane, workspace_id, "smol", _first_token) for _ in range(args.model_runs)
                 ]
                 print(
                     f"wake from zero, default model (tramontane up): first token p50 "

@@ -13,8 +13,9 @@ import argparse
 import os
 import time
 
-import tramontane  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
 import torch
+
+import tramontane  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
 from tramontane.engine import EngineConfig, LLMEngine, SamplingParams
 from tramontane.engine.defaults import default_chat_model_path
 

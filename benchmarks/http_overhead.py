@@ -34,7 +34,7 @@ import uvicorn
 from tramontane.engine import SamplingParams
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME, default_chat_model_path
 from tramontane.server import ModelRegistry, ModelSpec, create_app
-from tramontane.tenancy import CLI, Capability, Tenancy, directory, keys
+from tramontane.tenancy import Capability, Tenancy
 
 MESSAGES = [{"role": "user", "content": "Describe the sea in one sentence."}]
 
@@ -42,16 +42,6 @@ MESSAGES = [{"role": "user", "content": "Describe the sea in one sentence."}]
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def inference_key(tenancy: Tenancy) -> str:
-    with tenancy.store.session() as session:
-        organisation = directory.create_organisation(session, "bench", CLI)
-        workspace = directory.create_workspace(session, organisation, "bench", CLI)
-        created = keys.create_key(
-            session, tenancy.pepper, workspace, name="bench", capabilities=frozenset({Capability.INFERENCE}), actor=CLI
-        )
-    return created.plaintext
 
 
 def serve(registry: ModelRegistry, tenancy: Tenancy) -> tuple[str, uvicorn.Server, threading.Thread]:
@@ -156,7 +146,7 @@ def main() -> None:
     registry.load(ModelSpec(default_chat_model_path(), DEFAULT_CHAT_MODEL_NAME, "chat"))
     with tempfile.TemporaryDirectory() as home:
         tenancy = Tenancy.open(f"sqlite:///{Path(home) / 'bench.db'}", home=Path(home))
-        key = inference_key(tenancy)
+        _, key = tenancy.create_tenant("bench", frozenset({Capability.INFERENCE}))
         url, server, thread = serve(registry, tenancy)  # the app's lifespan starts the engine
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:

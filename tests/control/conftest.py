@@ -12,7 +12,7 @@ from control_helpers import Env, app_client, new_plane
 from tramontane.control.backends import Backend
 from tramontane.control.scheduler import NodeCapacity
 from tramontane.store import open_store
-from tramontane.tenancy import CLI, Capability, Tenancy, directory, keys
+from tramontane.tenancy import Capability, Tenancy
 
 
 @pytest.fixture
@@ -30,21 +30,10 @@ def backend() -> Backend | None:
 async def env(tmp_path: Path, capacity: NodeCapacity, backend: Backend | None) -> AsyncIterator[Env]:
     store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     tenancy = Tenancy(store, home=tmp_path)
-    with store.session() as session:
-        organisation = directory.create_organisation(session, "org-control", CLI)
-        workspace = directory.create_workspace(session, organisation, "ws-control", CLI)
-        created = keys.create_key(
-            session,
-            tenancy.pepper,
-            workspace,
-            name="deployer",
-            capabilities=frozenset({Capability.DEPLOY, Capability.INFERENCE}),
-            actor=CLI,
-        )
-        workspace_id = workspace.id
+    workspace_id, key = tenancy.create_tenant("control", frozenset({Capability.DEPLOY, Capability.INFERENCE}))
     plane = new_plane(store, tmp_path, capacity, backend)
     await plane.start()
-    env = Env(store, tenancy, plane, app_client(tenancy, plane, f"Bearer {created.plaintext}"), workspace_id, tmp_path)
+    env = Env(store, tenancy, plane, app_client(tenancy, plane, f"Bearer {key}"), workspace_id, tmp_path)
     try:
         yield env
     finally:

@@ -9,11 +9,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from ..store import Store, open_store, tramontane_home
-from . import erasure, keys, usage
-from .audit import Actor
+from . import directory, erasure, keys, usage
+from .audit import CLI, Actor
 from .auth import Authenticator
 from .capabilities import Capability
-from .directory import workspace_dir
 from .energy import EnergyMeter, EnergyReading
 from .errors import install_error_handler
 from .limits import DEFAULT_LEASE_TTL_S, Limiter
@@ -55,6 +54,20 @@ class Tenancy:
     def bootstrap_admin_key(self) -> str | None:
         """The admin key, on the very first start only; print it then."""
         return keys.bootstrap_admin_key(self.store, self.pepper)
+
+    def create_tenant(
+        self, name: str, capabilities: frozenset[Capability], *, actor: Actor = CLI
+    ) -> tuple[str, str]:
+        """A new organisation with one workspace and one key, all called `name`:
+        (workspace id, the key in plaintext: show it once). For set-up scripts,
+        benchmarks and tests; the admin API does the same step by step."""
+        with self.store.session() as session:
+            organisation = directory.create_organisation(session, name, actor)
+            workspace = directory.create_workspace(session, organisation, name, actor)
+            created = keys.create_key(
+                session, self.pepper, workspace, name=name, capabilities=capabilities, actor=actor
+            )
+            return workspace.id, created.plaintext
 
     def authenticate(self, authorization: str | None, *, where: str | None = None) -> Principal:
         return self.authenticator.authenticate(authorization, where=where)
@@ -110,7 +123,7 @@ class Tenancy:
 
     def workspace_dir(self, workspace_id: str) -> Path:
         """Where the workspace's files go; erasure removes the whole directory."""
-        return workspace_dir(self.home, workspace_id)
+        return directory.workspace_dir(self.home, workspace_id)
 
     def erase_workspace(self, workspace_id: str, actor: Actor) -> None:
         erasure.erase_workspace(self.store, self.home, workspace_id, actor)
