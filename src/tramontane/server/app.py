@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI
 
 from .. import __version__
+from ..agents import ChatBackend, EngineBackend
+from ..agents import build_router as build_agents_router
 from ..control.install import install as install_control_plane
 from ..control.plane import ControlPlane
 from ..sandbox import SandboxError, SandboxManager, create_router
@@ -41,11 +43,16 @@ def create_app(
     *,
     sandboxes: SandboxManager | None = None,
     control_plane: ControlPlane | None = None,
+    agent_backend: ChatBackend | None = None,
+    agent_sandbox_idle_timeout_s: float = 600.0,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, and,
-    when given, the sandbox API and the deployments API + router. Its lifespan starts
-    and stops the engines, sandboxes and control plane (the caller owns `tenancy`)."""
+    """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, the
+    agents, conversations and libraries APIs, and, when given, the sandbox API and the
+    deployments API + router. Its lifespan starts and stops the engines, sandboxes and
+    control plane (the caller owns `tenancy`). Conversations call their models through
+    `agent_backend` (default: the registry's engines); their code runs in `sandboxes`,
+    reclaimed after `agent_sandbox_idle_timeout_s` unused."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +84,17 @@ def create_app(
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(admin_router)
+    app.include_router(
+        build_agents_router(
+            tenancy.store,
+            registry,
+            tenancy.home,
+            agent_backend or EngineBackend(registry, metrics),
+            sandboxes,
+            sandbox_idle_timeout_s=agent_sandbox_idle_timeout_s,
+        ),
+        responses=_ERRORS,
+    )
     app.include_router(health.router)
     if sandboxes is not None:
         app.include_router(create_router(sandboxes, owner=_sandbox_owner))
