@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Query, UploadFile
 from starlette.responses import Response
 
 from ..errors import APIError
+from ..sandbox import SandboxManager
 from ..server.metering import InferenceKey, Metered
+from ..server.registry import ModelRegistry
 from ..server.streaming import STREAMABLE, EventStreamResponse
+from ..store import Store
 from . import entries
+from .backend import ChatBackend
 from .conversations import Conversations, view
 from .libraries import Libraries
 from .models import DocumentRow, LibraryRow
@@ -43,6 +48,7 @@ from .schemas import (
     Pagination,
     ProcessingStatus,
 )
+from .tools import ConversationSandboxes
 
 _NO_CONTENT = {"status_code": 204, "response_class": Response}
 
@@ -228,3 +234,22 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
         return DocumentText(text=libraries.document(principal, library_id, document_id).text)
 
     return router
+
+
+def build_router(
+    store: Store,
+    registry: ModelRegistry,
+    home: Path,
+    backend: ChatBackend,
+    sandboxes: SandboxManager | None,
+    *,
+    sandbox_idle_timeout_s: float = 600.0,
+) -> APIRouter:
+    """The routes over the store's agents and conversations, with the libraries'
+    indexes under `home`. A conversation's sandbox is reclaimed after
+    `sandbox_idle_timeout_s` unused."""
+    agents = AgentRegistry(store)
+    libraries = Libraries(store, registry, home)
+    conversation_sandboxes = ConversationSandboxes(sandboxes, idle_timeout_s=sandbox_idle_timeout_s)
+    conversations = Conversations(store, agents, backend, conversation_sandboxes, libraries)
+    return create_router(agents, conversations, libraries)

@@ -14,9 +14,9 @@ def _now() -> str:
     return utcnow().isoformat()
 
 
-def _entry(kind: str, prefix: str, **fields: Any) -> dict[str, Any]:
+def _entry(kind: str, id_prefix: str, **fields: Any) -> dict[str, Any]:
     now = _now()
-    return {"object": "entry", "type": kind, "id": new_id(prefix), "created_at": now, "completed_at": now, **fields}
+    return {"object": "entry", "type": kind, "id": new_id(id_prefix), "created_at": now, "completed_at": now, **fields}
 
 
 def message_input(role: str, content: str | list[dict[str, Any]]) -> dict[str, Any]:

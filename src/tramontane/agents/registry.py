@@ -57,6 +57,7 @@ class AgentRegistry:
             session.flush()
             version = AgentVersionRow(agent_id=agent.id, version=0, workspace_id=agent.workspace_id, config=config)
             session.add(version)
+            session.flush()  # fills in the timestamps
             return _view(agent, version, [0])
 
     def list(self, principal: Principal, page: int, page_size: int) -> list[Agent]:
@@ -105,6 +106,7 @@ class AgentRegistry:
             session.add(version)
             agent.version = number
             agent.updated_at = utcnow()
+            session.flush()
             return _view(agent, version, [v.version for v in versions] + [number])
 
     def switch(self, principal: Principal, agent_id: str, version: int) -> Agent:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, FastAPI
 
 from .. import __version__
-from ..agents import ChatBackend, EngineBackend
-from ..agents import build_router as build_agents_router
 from ..control.install import install as install_control_plane
 from ..control.plane import ControlPlane
 from ..sandbox import SandboxError, SandboxManager, create_router
@@ -23,6 +22,9 @@ from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from .protocol import ErrorResponse
 from .registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from ..agents.backend import ChatBackend
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -72,6 +74,10 @@ def create_app(
             if control_plane is not None:
                 await control_plane.stop()
             await registry.shutdown()
+
+    # Here, not at the top: the agents' routes build on this package's modules.
+    from ..agents.api import build_router as build_agents_router
+    from ..agents.backend import EngineBackend
 
     app = FastAPI(title="Tramontane", version=__version__, lifespan=lifespan)
     app.state.models = registry
