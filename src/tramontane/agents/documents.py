@@ -56,8 +56,8 @@ def chunk_text(text: str, size: int) -> list[str]:
             if sentence:
                 pieces.append(sentence)
     chunks: list[str] = []
-    for piece in pieces:  # pack neighbours together up to `size`
-        if chunks and len(chunks[-1]) + 2 + len(piece) <= size:
+    for piece in pieces:  # pack neighbours together up to `size`; a Markdown heading opens a chunk
+        if chunks and not piece.startswith("#") and len(chunks[-1]) + 2 + len(piece) <= size:
             chunks[-1] += "\n\n" + piece
         else:
             chunks.append(piece)
