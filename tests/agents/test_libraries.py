@@ -10,6 +10,10 @@ import pytest
 from conftest import SCRIPTED, AgentsServer
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
+from sqlalchemy import select
+
+from tramontane.agents.models import AgentRow, ChunkRow, ConversationRow, DocumentRow, EntryRow, LibraryRow
+from tramontane.tenancy import CLI
 
 HANDBOOK = """# Office handbook
 
@@ -99,3 +103,22 @@ def test_another_workspace_sees_no_library(mistral: Mistral, other: Mistral, scr
     tools = [{"type": "document_library", "library_ids": [library.id]}]
     response = other.beta.conversations.start(model=SCRIPTED, inputs="Vault?", tools=tools)
     assert response.outputs[0].info["results"] == []
+
+
+def test_erasing_a_workspace_erases_its_agents_conversations_and_index(
+    server: AgentsServer, script: Callable[..., None]
+) -> None:
+    doomed = server.create_tenant("agents-doomed")
+    client = server.client(doomed)
+    library = client.beta.libraries.create(name="doomed")
+    upload(client, library.id, "notes.txt", "Nothing to keep.")
+    client.beta.agents.create(model=SCRIPTED, name="doomed")
+    script("Bye.")
+    client.beta.conversations.start(model=SCRIPTED, inputs="Hi")
+    index = server.tenancy.workspace_dir(doomed.workspace_id) / "libraries" / f"{library.id}.sqlite"
+    assert index.exists()
+    server.tenancy.erase_workspace(doomed.workspace_id, CLI)
+    assert not index.exists()
+    with server.tenancy.store.session() as session:
+        for row_type in (AgentRow, ConversationRow, EntryRow, LibraryRow, DocumentRow, ChunkRow):
+            assert session.scalars(select(row_type).where(row_type.workspace_id == doomed.workspace_id)).all() == []
