@@ -4,7 +4,7 @@ switch versions, delete; another workspace sees none of it."""
 from __future__ import annotations
 
 import pytest
-from conftest import SCRIPTED
+from agents_helpers import SCRIPTED
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
 

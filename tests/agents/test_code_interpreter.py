@@ -9,14 +9,14 @@ import json
 import time
 from collections.abc import Callable
 
-from conftest import SANDBOX_IDLE_S, SCRIPTED, AgentsServer, Tenant
+from agents_helpers import SANDBOX_IDLE_S, SCRIPTED, AgentsServer, Tenant
 from mistralai.client import Mistral
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def run_code(code: str) -> str:
-    return f'<tool_call>\n{json.dumps({"name": "code_interpreter", "arguments": {"code": code}})}\n</tool_call>'
+    return f"<tool_call>\n{json.dumps({'name': 'code_interpreter', 'arguments': {'code': code}})}\n</tool_call>"
 
 
 def sandboxes_of(server: AgentsServer, conversation_id: str) -> list:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 
 import pytest
-from conftest import SCRIPTED, AgentsServer
+from agents_helpers import SCRIPTED, AgentsServer
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
 
@@ -16,7 +16,7 @@ from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME
 
 
 def call(name: str, **arguments: object) -> str:
-    return f'<tool_call>\n{json.dumps({"name": name, "arguments": arguments})}\n</tool_call>'
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
 
 
 def test_conversation_endpoints(mistral: Mistral, server: AgentsServer, script: Callable[..., None]) -> None:
@@ -50,7 +50,10 @@ def test_conversation_endpoints(mistral: Mistral, server: AgentsServer, script: 
     # The model read the agent's instructions and the restarted history, not the French turn.
     last = server.backend.requests[-1]
     assert [(m.role, m.content) for m in last.messages] == [
-        ("system", "Greet warmly."), ("user", "Hi"), ("assistant", "Hello there!"), ("user", "In German?")
+        ("system", "Greet warmly."),
+        ("user", "Hi"),
+        ("assistant", "Hello there!"),
+        ("user", "In German?"),
     ]
     mistral.beta.conversations.delete(conversation_id=started.conversation_id)
     with pytest.raises(SDKError) as gone:
@@ -74,8 +77,14 @@ def test_streamed_conversation_events(mistral: Mistral, script: Callable[..., No
     assert [e.content for e in history.entries if e.type == "message.output"] == ["Streaming works.", "Again."]
 
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def test_function_calls_go_to_the_client(mistral: Mistral, server: AgentsServer, script: Callable[..., None]) -> None:
@@ -108,7 +117,9 @@ def test_handoff_between_agents(mistral: Mistral, script: Callable[..., None]) -
     with mistral.beta.conversations.start_stream(agent_id=triage.id, inputs="Meaning of life?") as stream:
         events = list(stream)
     kinds = [e.event for e in events]
-    assert kinds.index("agent.handoff.started") < kinds.index("agent.handoff.done") < kinds.index("message.output.delta")
+    assert (
+        kinds.index("agent.handoff.started") < kinds.index("agent.handoff.done") < kinds.index("message.output.delta")
+    )
     done = next(e.data for e in events if e.event == "agent.handoff.done")
     assert done.next_agent_id == expert.id and done.next_agent_name == "expert"
     history = mistral.beta.conversations.get_history(conversation_id=events[0].data.conversation_id)

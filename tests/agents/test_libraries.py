@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 
 import pytest
-from conftest import SCRIPTED, AgentsServer
+from agents_helpers import SCRIPTED, AgentsServer
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
 from sqlalchemy import select
@@ -41,7 +41,9 @@ def test_library_and_document_endpoints(mistral: Mistral) -> None:
     assert library.id.startswith("lib_") and library.chunk_size == 256 and library.nb_documents == 0
     document = upload(mistral, library.id, "handbook.md", HANDBOOK)
     assert document.process_status == "done" and document.size == len(HANDBOOK.encode())
-    assert mistral.beta.libraries.documents.status(library_id=library.id, document_id=document.id).process_status == "done"
+    assert (
+        mistral.beta.libraries.documents.status(library_id=library.id, document_id=document.id).process_status == "done"
+    )
     text = mistral.beta.libraries.documents.text_content(library_id=library.id, document_id=document.id)
     assert text.text == HANDBOOK
     assert [d.id for d in mistral.beta.libraries.documents.list(library_id=library.id).data] == [document.id]

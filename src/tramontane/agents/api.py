@@ -55,15 +55,31 @@ _NO_CONTENT = {"status_code": 204, "response_class": Response}
 
 def _pagination(total: int, page: int, page_size: int) -> Pagination:
     pages = math.ceil(total / page_size) if page_size else 0
-    return Pagination(total_items=total, total_pages=pages, current_page=page, page_size=page_size,
-                      has_more=(page + 1) * page_size < total)
+    return Pagination(
+        total_items=total,
+        total_pages=pages,
+        current_page=page,
+        page_size=page_size,
+        has_more=(page + 1) * page_size < total,
+    )
 
 
 def _document(row: DocumentRow) -> Document:
-    return Document(id=row.id, library_id=row.library_id, hash=row.hash, mime_type=row.mime_type,
-                    extension=row.extension, size=row.size, name=row.name, created_at=row.created_at,
-                    last_processed_at=row.processed_at, process_status="done", processing_status="Completed",
-                    uploaded_by_id=row.workspace_id, tokens_processing_total=row.tokens)
+    return Document(
+        id=row.id,
+        library_id=row.library_id,
+        hash=row.hash,
+        mime_type=row.mime_type,
+        extension=row.extension,
+        size=row.size,
+        name=row.name,
+        created_at=row.created_at,
+        last_processed_at=row.processed_at,
+        process_status="done",
+        processing_status="Completed",
+        uploaded_by_id=row.workspace_id,
+        tokens_processing_total=row.tokens,
+    )
 
 
 def create_router(agents: AgentRegistry, conversations: Conversations, libraries: Libraries) -> APIRouter:
@@ -71,9 +87,17 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
 
     def library_view(row: LibraryRow) -> Library:
         count, size = libraries.stats(row.id)
-        return Library(id=row.id, name=row.name, description=row.description, created_at=row.created_at,
-                       updated_at=row.updated_at, owner_id=row.workspace_id, total_size=size, nb_documents=count,
-                       chunk_size=row.chunk_size)
+        return Library(
+            id=row.id,
+            name=row.name,
+            description=row.description,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            owner_id=row.workspace_id,
+            total_size=size,
+            nb_documents=count,
+            chunk_size=row.chunk_size,
+        )
 
     # -- agents
 
@@ -83,8 +107,9 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
         return agents.create(principal, body)
 
     @router.get("/v1/agents", response_model=list[Agent])
-    def list_agents(principal: InferenceKey, page: int = Query(0, ge=0),
-                    page_size: int = Query(20, ge=1, le=1000)) -> list[Agent]:
+    def list_agents(
+        principal: InferenceKey, page: int = Query(0, ge=0), page_size: int = Query(20, ge=1, le=1000)
+    ) -> list[Agent]:
         return agents.list(principal, page, page_size)
 
     @router.get("/v1/agents/{agent_id}", response_model=Agent)
@@ -107,8 +132,9 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
         return agents.switch(principal, agent_id, version)
 
     @router.get("/v1/agents/{agent_id}/versions", response_model=list[Agent])
-    def list_versions(agent_id: str, principal: InferenceKey, page: int = Query(0, ge=0),
-                      page_size: int = Query(20, ge=1, le=1000)) -> list[Agent]:
+    def list_versions(
+        agent_id: str, principal: InferenceKey, page: int = Query(0, ge=0), page_size: int = Query(20, ge=1, le=1000)
+    ) -> list[Agent]:
         return agents.versions(principal, agent_id, page, page_size)
 
     @router.get("/v1/agents/{agent_id}/versions/{version}", response_model=Agent)
@@ -118,7 +144,11 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
     # -- conversations
 
     async def respond(
-        meter: Metered, conversation_id: str, speaker: Speaker, run: Run, events: AsyncIterator[dict[str, Any]],
+        meter: Metered,
+        conversation_id: str,
+        speaker: Speaker,
+        run: Run,
+        events: AsyncIterator[dict[str, Any]],
         stream: bool,
     ) -> Response | ConversationResponse:
         meter.track(speaker.model, run.turns)
@@ -138,8 +168,9 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
         return await respond(meter, row.id, speaker, run, events, body.stream)
 
     @router.get("/v1/conversations", response_model=list[Conversation])
-    def list_conversations(principal: InferenceKey, page: int = Query(0, ge=0),
-                           page_size: int = Query(100, ge=1, le=1000)) -> list[Conversation]:
+    def list_conversations(
+        principal: InferenceKey, page: int = Query(0, ge=0), page_size: int = Query(100, ge=1, le=1000)
+    ) -> list[Conversation]:
         return [view(row) for row in conversations.list(principal, page, page_size)]
 
     @router.get("/v1/conversations/{conversation_id}", response_model=Conversation)
@@ -160,8 +191,9 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
         run, events = await conversations.run(principal, row, speaker, input_entries(body.inputs), body)
         return await respond(meter, row.id, speaker, run, events, body.stream)
 
-    @router.post("/v1/conversations/{conversation_id}/restart", response_model=ConversationResponse,
-                 responses=STREAMABLE)
+    @router.post(
+        "/v1/conversations/{conversation_id}/restart", response_model=ConversationResponse, responses=STREAMABLE
+    )
     async def restart(
         conversation_id: str, body: ConversationRestart, principal: InferenceKey, meter: Metered
     ) -> Response | ConversationResponse:
@@ -186,7 +218,9 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
     @router.get("/v1/libraries", response_model=LibraryList)
     def list_libraries(principal: InferenceKey) -> LibraryList:
         rows = libraries.list(principal)
-        return LibraryList(data=[library_view(r) for r in rows], pagination=_pagination(len(rows), 0, max(len(rows), 1)))
+        return LibraryList(
+            data=[library_view(r) for r in rows], pagination=_pagination(len(rows), 0, max(len(rows), 1))
+        )
 
     @router.post("/v1/libraries", response_model=Library, status_code=201)
     def create_library(body: LibraryCreate, principal: InferenceKey) -> Library:
@@ -209,8 +243,9 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
         return _document(row)
 
     @router.get("/v1/libraries/{library_id}/documents", response_model=DocumentList)
-    def list_documents(library_id: str, principal: InferenceKey, page: int = Query(0, ge=0),
-                       page_size: int = Query(100, ge=1, le=1000)) -> DocumentList:
+    def list_documents(
+        library_id: str, principal: InferenceKey, page: int = Query(0, ge=0), page_size: int = Query(100, ge=1, le=1000)
+    ) -> DocumentList:
         rows = libraries.documents(principal, library_id)
         chosen = rows[page * page_size : (page + 1) * page_size]
         return DocumentList(data=[_document(r) for r in chosen], pagination=_pagination(len(rows), page, page_size))

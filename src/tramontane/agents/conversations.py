@@ -22,17 +22,31 @@ from .libraries import Libraries
 from .models import ConversationRow, EntryRow
 from .registry import AgentRegistry
 from .runner import Run, RunContext, Speaker, check_inputs, input_entries
-from .schemas import Conversation, ConversationAppend, ConversationRestart, ConversationStart, RunFields
+from .schemas import Conversation, ConversationRestart, ConversationStart, RunFields
 from .tools import ConversationSandboxes
 
-_ID_PREFIX = {"message.input": "msg", "message.output": "msg", "function.call": "fc", "function.result": "fr",
-              "tool.execution": "tool", "agent.handoff": "handoff"}
+_ID_PREFIX = {
+    "message.input": "msg",
+    "message.output": "msg",
+    "function.call": "fc",
+    "function.result": "fr",
+    "tool.execution": "tool",
+    "agent.handoff": "handoff",
+}
 
 
 def view(row: ConversationRow) -> Conversation:
-    return Conversation(id=row.id, created_at=row.created_at, updated_at=row.updated_at, agent_id=row.agent_id,
-                        agent_version=row.agent_version, name=row.name, description=row.description,
-                        metadata=row.meta, **row.config)
+    return Conversation(
+        id=row.id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        agent_id=row.agent_id,
+        agent_version=row.agent_version,
+        name=row.name,
+        description=row.description,
+        metadata=row.meta,
+        **row.config,
+    )
 
 
 class Conversations:
@@ -78,11 +92,15 @@ class Conversations:
 
     # -- runs
 
-    def _speaker(self, principal: Principal, row: ConversationRow, version: int | str | None = None) -> Speaker:
+    def speaker(self, principal: Principal, row: ConversationRow, version: int | str | None = None) -> Speaker:
         if row.agent_id is None:
             config = row.config
-            return Speaker(config["model"], config.get("instructions"), config.get("tools") or [],
-                           config.get("completion_args") or {})
+            return Speaker(
+                config["model"],
+                config.get("instructions"),
+                config.get("tools") or [],
+                config.get("completion_args") or {},
+            )
         agent = self._agents.get(principal, row.agent_id, version if version is not None else row.agent_version)
         return Speaker.of(agent)
 
@@ -90,15 +108,25 @@ class Conversations:
         position = 0
         if stored:
             with self._store.session() as session:
-                last = session.scalar(select(func.max(EntryRow.position)).where(EntryRow.conversation_id == conversation_id))
+                last = session.scalar(
+                    select(func.max(EntryRow.position)).where(EntryRow.conversation_id == conversation_id)
+                )
                 position = 0 if last is None else last + 1
         counter = iter(range(position, 1 << 31))
 
         def write(entry: Stored) -> None:
             with self._store.session() as session:
-                session.add(EntryRow(id=entry.body["id"], workspace_id=principal.workspace_id,
-                                     conversation_id=conversation_id, position=next(counter), type=entry.type,
-                                     body=entry.body, model_text=entry.model_text))
+                session.add(
+                    EntryRow(
+                        id=entry.body["id"],
+                        workspace_id=principal.workspace_id,
+                        conversation_id=conversation_id,
+                        position=next(counter),
+                        type=entry.type,
+                        body=entry.body,
+                        model_text=entry.model_text,
+                    )
+                )
                 conversation = session.get(ConversationRow, conversation_id)
                 if conversation is not None:
                     conversation.updated_at = utcnow()
@@ -107,8 +135,15 @@ class Conversations:
             if stored:
                 await anyio.to_thread.run_sync(write, entry)
 
-        return RunContext(self._backend, self.sandboxes, self._libraries, principal.workspace_id, conversation_id,
-                          save, lambda agent_id: self._agents.find(principal.workspace_id, agent_id))
+        return RunContext(
+            self._backend,
+            self.sandboxes,
+            self._libraries,
+            principal.workspace_id,
+            conversation_id,
+            save,
+            lambda agent_id: self._agents.find(principal.workspace_id, agent_id),
+        )
 
     @asynccontextmanager
     async def _exclusive(self, conversation_id: str) -> AsyncIterator[None]:
@@ -123,23 +158,27 @@ class Conversations:
             raise APIError(400, "Start a conversation with either an agent_id or a model", param="agent_id")
         if body.agent_id is not None:
             agent = self._agents.get(principal, body.agent_id, body.agent_version)
-            row = ConversationRow(workspace_id=principal.workspace_id, agent_id=agent.id,
-                                  agent_version=agent.version if body.agent_version is not None else None)
+            row = ConversationRow(
+                workspace_id=principal.workspace_id,
+                agent_id=agent.id,
+                agent_version=agent.version if body.agent_version is not None else None,
+            )
             speaker = Speaker.of(agent)
         else:
             assert body.model is not None
             self._backend.check(body.model)
-            config: dict[str, Any] = {"model": body.model, "instructions": body.instructions,
-                                      "tools": [t.model_dump(mode="json", exclude_none=True) for t in body.tools or []],
-                                      "completion_args": (body.completion_args.model_dump(exclude_none=True)
-                                                          if body.completion_args else {})}
+            config: dict[str, Any] = {
+                "model": body.model,
+                "instructions": body.instructions,
+                "tools": [t.model_dump(mode="json", exclude_none=True) for t in body.tools or []],
+                "completion_args": (body.completion_args.model_dump(exclude_none=True) if body.completion_args else {}),
+            }
             row = ConversationRow(workspace_id=principal.workspace_id, config=config)
-            speaker = self._speaker(principal, row)
+            speaker = self.speaker(principal, row)
         row.id = new_id("conv")
         row.name, row.description, row.meta = body.name, body.description, body.metadata
         row.created_at = row.updated_at = utcnow()
         inputs = input_entries(body.inputs)
-        check_inputs([], inputs)
         if body.store is not False:
             with self._store.session() as session:
                 session.add(row)
@@ -153,17 +192,34 @@ class Conversations:
         if cut is None:
             raise NotFound("entry", body.from_entry_id)
         now = utcnow()
-        row = ConversationRow(id=new_id("conv"), workspace_id=principal.workspace_id, agent_id=source.agent_id,
-                              agent_version=source.agent_version, config=source.config, name=source.name,
-                              description=source.description, meta=body.metadata or source.meta,
-                              created_at=now, updated_at=now)
+        row = ConversationRow(
+            id=new_id("conv"),
+            workspace_id=principal.workspace_id,
+            agent_id=source.agent_id,
+            agent_version=source.agent_version,
+            config=source.config,
+            name=source.name,
+            description=source.description,
+            meta=body.metadata or source.meta,
+            created_at=now,
+            updated_at=now,
+        )
         with self._store.session() as session:
             session.add(row)
             session.flush()
             for position, entry in enumerate(history[: cut + 1]):
                 copy = {**entry.body, "id": new_id(_ID_PREFIX[entry.type])}
-                session.add(EntryRow(id=copy["id"], workspace_id=row.workspace_id, conversation_id=row.id,
-                                     position=position, type=entry.type, body=copy, model_text=entry.model_text))
+                session.add(
+                    EntryRow(
+                        id=copy["id"],
+                        workspace_id=row.workspace_id,
+                        conversation_id=row.id,
+                        position=position,
+                        type=entry.type,
+                        body=copy,
+                        model_text=entry.model_text,
+                    )
+                )
         return row
 
     async def run(
@@ -178,10 +234,10 @@ class Conversations:
         lock = self._locks.get(row.id)
         if lock is not None and lock.locked():
             raise APIError(409, f"Conversation {row.id} is already running", code="conversation_busy")
-        stored = fields.store is not False and self._exists(row.id)
-        history = self.entries(principal, row.id) if self._exists(row.id) else []
-        if isinstance(fields, ConversationAppend | ConversationRestart):
-            check_inputs(history, inputs)
+        exists = self._exists(row.id)  # a conversation started with store=false is not
+        stored = exists and fields.store is not False
+        history = self.entries(principal, row.id) if exists else []
+        check_inputs(history, inputs)
         args = fields.completion_args.model_dump(exclude_none=True) if fields.completion_args else {}
         run = Run(self._context(principal, row.id, stored), speaker, history, args)
 
@@ -192,9 +248,6 @@ class Conversations:
                     yield event
 
         return run, events()
-
-    def speaker(self, principal: Principal, row: ConversationRow, version: int | str | None = None) -> Speaker:
-        return self._speaker(principal, row, version)
 
     def _exists(self, conversation_id: str) -> bool:
         with self._store.session() as session:

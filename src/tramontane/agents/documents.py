@@ -9,7 +9,9 @@ from ..errors import APIError
 
 # Formats read as UTF-8 text. Binary formats (PDF, office files) are refused
 # rather than indexed as garbage.
-TEXT_EXTENSIONS = frozenset({"txt", "md", "markdown", "rst", "csv", "tsv", "json", "jsonl", "html", "xml", "yaml", "yml"})
+TEXT_EXTENSIONS = frozenset(
+    {"txt", "md", "markdown", "rst", "csv", "tsv", "json", "jsonl", "html", "xml", "yaml", "yml"}
+)
 DEFAULT_CHUNK_SIZE = 800  # characters: about the 256 word pieces MiniLM reads at most
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 

@@ -23,13 +23,17 @@ def message_input(role: str, content: str | list[dict[str, Any]]) -> dict[str, A
     return _entry("message.input", "msg", role=role, content=content, prefix=False)
 
 
-def message_output(entry_id: str, content: str | list[dict[str, Any]], model: str, agent_id: str | None) -> dict[str, Any]:
+def message_output(
+    entry_id: str, content: str | list[dict[str, Any]], model: str, agent_id: str | None
+) -> dict[str, Any]:
     entry = _entry("message.output", "msg", role="assistant", content=content, model=model, agent_id=agent_id)
     entry["id"] = entry_id  # the id its stream deltas already carried
     return entry
 
 
-def function_call(entry_id: str, tool_call_id: str, name: str, arguments: str, model: str, agent_id: str | None) -> dict[str, Any]:
+def function_call(
+    entry_id: str, tool_call_id: str, name: str, arguments: str, model: str, agent_id: str | None
+) -> dict[str, Any]:
     entry = _entry("function.call", "fc", tool_call_id=tool_call_id, name=name, arguments=arguments)
     entry.update(id=entry_id, model=model, agent_id=agent_id)
     return entry

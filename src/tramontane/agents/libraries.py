@@ -120,8 +120,13 @@ class Libraries:
             session.add(document)
             session.flush()
             rows = [
-                ChunkRow(workspace_id=principal.workspace_id, document_id=document.id, library_id=library.id,
-                         chunk_index=i, text=chunk)
+                ChunkRow(
+                    workspace_id=principal.workspace_id,
+                    document_id=document.id,
+                    library_id=library.id,
+                    chunk_index=i,
+                    text=chunk,
+                )
                 for i, chunk in enumerate(chunks)
             ]
             session.add_all(rows)

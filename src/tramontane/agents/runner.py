@@ -53,8 +53,15 @@ class Speaker:
 
     @classmethod
     def of(cls, agent: Agent) -> Speaker:
-        return cls(agent.model, agent.instructions, agent.tools, agent.completion_args, agent.id, agent.name,
-                   agent.handoffs or [])
+        return cls(
+            agent.model,
+            agent.instructions,
+            agent.tools,
+            agent.completion_args,
+            agent.id,
+            agent.name,
+            agent.handoffs or [],
+        )
 
 
 @dataclass
@@ -130,11 +137,16 @@ class Run:
         for agent_id in self._speaker.handoffs:
             target = self._ctx.find_agent(agent_id)
             about = f": {target.description}" if target.description else ""
-            tools.append({"type": "function", "function": {
-                "name": HANDOFF_PREFIX + agent_id,
-                "description": f"Hands the conversation to the agent '{target.name}'{about}",
-                "parameters": {"type": "object", "properties": {}},
-            }})
+            tools.append(
+                {
+                    "type": "function",
+                    "function": {
+                        "name": HANDOFF_PREFIX + agent_id,
+                        "description": f"Hands the conversation to the agent '{target.name}'{about}",
+                        "parameters": {"type": "object", "properties": {}},
+                    },
+                }
+            )
         return tools
 
     def _request(self) -> ChatCompletionRequest:
@@ -175,8 +187,15 @@ class Run:
         answer = "".join(content)
         chunks = self._attachments(answer) if not calls else []
         for k, chunk in enumerate(chunks):
-            yield entries.event("message.output.delta", id=message_id, content=chunk, output_index=output_index,
-                                content_index=k + 1, model=speaker.model, agent_id=speaker.agent_id)
+            yield entries.event(
+                "message.output.delta",
+                id=message_id,
+                content=chunk,
+                output_index=output_index,
+                content_index=k + 1,
+                model=speaker.model,
+                agent_id=speaker.agent_id,
+            )
         if answer or chunks:
             body: str | list[dict[str, Any]] = answer
             if chunks:
@@ -189,17 +208,32 @@ class Run:
         speaker = self._speaker
         if isinstance(event, ContentDelta):
             content.append(event.text)
-            return entries.event("message.output.delta", id=message_id, content=event.text, output_index=output_index,
-                                 content_index=0, model=speaker.model, agent_id=speaker.agent_id)
+            return entries.event(
+                "message.output.delta",
+                id=message_id,
+                content=event.text,
+                output_index=output_index,
+                content_index=0,
+                model=speaker.model,
+                agent_id=speaker.agent_id,
+            )
         if event.id is not None:
-            calls.append({"entry_id": new_id("fc"), "tool_call_id": event.id, "name": event.name or "", "arguments": ""})
+            calls.append(
+                {"entry_id": new_id("fc"), "tool_call_id": event.id, "name": event.name or "", "arguments": ""}
+            )
         call = calls[event.index]
         call["arguments"] += event.arguments
         if self._is_function(call["name"]):
-            return entries.event("function.call.delta", id=call["entry_id"], name=call["name"],
-                                 tool_call_id=call["tool_call_id"], arguments=event.arguments,
-                                 output_index=output_index + 1 + event.index, model=speaker.model,
-                                 agent_id=speaker.agent_id)
+            return entries.event(
+                "function.call.delta",
+                id=call["entry_id"],
+                name=call["name"],
+                tool_call_id=call["tool_call_id"],
+                arguments=event.arguments,
+                output_index=output_index + 1 + event.index,
+                model=speaker.model,
+                agent_id=speaker.agent_id,
+            )
         return None
 
     def _attachments(self, answer: str) -> list[dict[str, Any]]:
@@ -208,8 +242,14 @@ class Run:
         cited = {int(n) for n in _CITATION.findall(answer)}
         for index, passage in enumerate(self._passages, start=1):
             if index in cited:
-                chunks.append({"type": "tool_reference", "tool": DOCUMENT_LIBRARY, "title": passage.document_name,
-                               "description": passage.text})
+                chunks.append(
+                    {
+                        "type": "tool_reference",
+                        "tool": DOCUMENT_LIBRARY,
+                        "title": passage.document_name,
+                        "description": passage.text,
+                    }
+                )
         self._passages = []
         return chunks
 
@@ -222,22 +262,33 @@ class Run:
         speaker = self._speaker
         name, arguments = call["name"], call["arguments"] or "{}"
         if self._is_function(name):
-            await self._add(Stored(entries.function_call(call["entry_id"], call["tool_call_id"], name, arguments,
-                                                         speaker.model, speaker.agent_id)))
+            await self._add(
+                Stored(
+                    entries.function_call(
+                        call["entry_id"], call["tool_call_id"], name, arguments, speaker.model, speaker.agent_id
+                    )
+                )
+            )
             return
-        if name.startswith(HANDOFF_PREFIX) and name[len(HANDOFF_PREFIX):] in speaker.handoffs:
-            async for event in self._handoff(name[len(HANDOFF_PREFIX):]):
+        if name.startswith(HANDOFF_PREFIX) and name[len(HANDOFF_PREFIX) :] in speaker.handoffs:
+            async for event in self._handoff(name[len(HANDOFF_PREFIX) :]):
                 yield event
             return
         entry_id = new_id("tool")
         output_index = len(self.outputs)
-        yield entries.event("tool.execution.started", id=entry_id, name=name, arguments=arguments,
-                            output_index=output_index, model=speaker.model, agent_id=speaker.agent_id)
+        yield entries.event(
+            "tool.execution.started",
+            id=entry_id,
+            name=name,
+            arguments=arguments,
+            output_index=output_index,
+            model=speaker.model,
+            agent_id=speaker.agent_id,
+        )
         outcome = await self._execute(name, parse_arguments(arguments))
         self._files += outcome.files
         self._passages = outcome.passages or self._passages
-        yield entries.event("tool.execution.done", id=entry_id, name=name, info=outcome.info,
-                            output_index=output_index)
+        yield entries.event("tool.execution.done", id=entry_id, name=name, info=outcome.info, output_index=output_index)
         body = entries.tool_execution(entry_id, name, arguments, outcome.info, speaker.model, speaker.agent_id)
         await self._add(Stored(body, outcome.model_text))
 
@@ -256,11 +307,21 @@ class Run:
         target = self._ctx.find_agent(agent_id)
         entry_id = new_id("handoff")
         output_index = len(self.outputs)
-        yield entries.event("agent.handoff.started", id=entry_id, previous_agent_id=previous.agent_id or "",
-                            previous_agent_name=previous.name, output_index=output_index)
+        yield entries.event(
+            "agent.handoff.started",
+            id=entry_id,
+            previous_agent_id=previous.agent_id or "",
+            previous_agent_name=previous.name,
+            output_index=output_index,
+        )
         self._speaker = Speaker.of(target)
-        yield entries.event("agent.handoff.done", id=entry_id, next_agent_id=target.id, next_agent_name=target.name,
-                            output_index=output_index)
+        yield entries.event(
+            "agent.handoff.done",
+            id=entry_id,
+            next_agent_id=target.id,
+            next_agent_name=target.name,
+            output_index=output_index,
+        )
         body = entries.agent_handoff(entry_id, (previous.agent_id or "", previous.name), (target.id, target.name))
         await self._add(Stored(body))
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..sandbox import ManagedSandbox, SandboxError, SandboxManager, SandboxSpec
+from ..sandbox import ManagedSandbox, SandboxError, SandboxManager, SandboxSpec, SandboxState
 from ..store.types import new_id
 from .libraries import Libraries, Passage
 
@@ -68,7 +68,7 @@ class ConversationSandboxes:
     async def _sandbox(self, conversation_id: str, owner: str) -> ManagedSandbox:
         if self._manager is None:
             raise SandboxError("sandboxes are not enabled on this server", code="sandboxes_disabled")
-        found = [s for s in self.find(conversation_id, owner) if s.state == "running"]
+        found = [s for s in self.find(conversation_id, owner) if s.state is SandboxState.RUNNING]
         if found:
             return found[0]
         spec = SandboxSpec(
@@ -93,15 +93,35 @@ class ConversationSandboxes:
         for result in execution.results:
             if result.png is not None:
                 file_id = new_id("file")
-                files.append({"file_id": file_id, "file_name": f"{file_id}.png", "file_type": "png", "data": result.png})
-        info = {"code": code, "stdout": stdout, "stderr": stderr, "result": execution.text, "error": error,
-                "images": files}
-        parts = [f"stdout:\n{stdout}" if stdout else "", f"stderr:\n{stderr}" if stderr else "",
-                 f"result: {execution.text}" if execution.text else "", f"error: {error}" if error else "",
-                 f"{len(files)} image(s) produced and shown to the user" if files else ""]
+                files.append(
+                    {"file_id": file_id, "file_name": f"{file_id}.png", "file_type": "png", "data": result.png}
+                )
+        info = {
+            "code": code,
+            "stdout": stdout,
+            "stderr": stderr,
+            "result": execution.text,
+            "error": error,
+            "images": files,
+        }
+        parts = [
+            f"stdout:\n{stdout}" if stdout else "",
+            f"stderr:\n{stderr}" if stderr else "",
+            f"result: {execution.text}" if execution.text else "",
+            f"error: {error}" if error else "",
+            f"{len(files)} image(s) produced and shown to the user" if files else "",
+        ]
         model_text = _clip("\n".join(p for p in parts if p) or "(no output)")
-        chunks = [{"type": "tool_file", "tool": CODE_INTERPRETER, "file_id": f["file_id"], "file_name": f["file_name"],
-                   "file_type": "png"} for f in files]
+        chunks = [
+            {
+                "type": "tool_file",
+                "tool": CODE_INTERPRETER,
+                "file_id": f["file_id"],
+                "file_name": f["file_name"],
+                "file_type": "png",
+            }
+            for f in files
+        ]
         return ToolOutcome(info, model_text, files=chunks)
 
     async def release(self, conversation_id: str, owner: str) -> None:
@@ -117,13 +137,21 @@ class ConversationSandboxes:
 async def search_documents(libraries: Libraries, workspace_id: str, library_ids: list[str], query: str) -> ToolOutcome:
     passages = await libraries.search(workspace_id, library_ids, query, SEARCH_RESULTS)
     results = [
-        {"index": i + 1, "library_id": p.library_id, "document_id": p.document_id, "document_name": p.document_name,
-         "chunk_index": p.chunk_index, "score": round(p.score, 4), "text": p.text}
+        {
+            "index": i + 1,
+            "library_id": p.library_id,
+            "document_id": p.document_id,
+            "document_name": p.document_name,
+            "chunk_index": p.chunk_index,
+            "score": round(p.score, 4),
+            "text": p.text,
+        }
         for i, p in enumerate(passages)
     ]
     text = "\n\n".join(f"[{r['index']}] ({r['document_name']})\n{r['text']}" for r in results)
-    return ToolOutcome({"query": query, "results": results}, _clip(text or "No passage matches the query."),
-                       passages=passages)
+    return ToolOutcome(
+        {"query": query, "results": results}, _clip(text or "No passage matches the query."), passages=passages
+    )
 
 
 def parse_arguments(arguments: str) -> dict[str, Any]:

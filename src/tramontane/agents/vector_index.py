@@ -31,9 +31,8 @@ class VectorIndex:
             connection.enable_load_extension(True)
             connection.load_extension(sqlite_vec.loadable_path())
             connection.enable_load_extension(False)
-            connection.execute(
-                f"CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING vec0(embedding float[{self.dim}] distance_metric=cosine)"
-            )
+            columns = f"embedding float[{self.dim}] distance_metric=cosine"
+            connection.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS chunks USING vec0({columns})")
             yield connection
         finally:
             connection.close()
