@@ -161,3 +161,12 @@ def test_the_default_model_end_to_end(mistral: Mistral) -> None:
     text = "".join(e.data.content for e in events if e.event == "message.output.delta")
     history = mistral.beta.conversations.get_history(conversation_id=started.conversation_id)
     assert history.entries[-1].content == text != ""
+
+
+def test_unstored_conversation_leaves_nothing(mistral: Mistral, script: Callable[..., None]) -> None:
+    script("Forgotten.")
+    response = mistral.beta.conversations.start(model=SCRIPTED, inputs="Hi", store=False)
+    assert response.outputs[0].content == "Forgotten."
+    with pytest.raises(SDKError) as missing:
+        mistral.beta.conversations.get_history(conversation_id=response.conversation_id)
+    assert missing.value.status_code == 404

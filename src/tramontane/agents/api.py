@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from anyio.to_thread import run_sync as to_thread
 from fastapi import APIRouter, Query, UploadFile
 from starlette.responses import Response
 
@@ -141,7 +142,7 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
     def get_version(agent_id: str, version: str, principal: InferenceKey) -> Agent:
         return agents.get(principal, agent_id, version)
 
-    # -- conversations
+    # -- conversations (async routes: the store's blocking calls go to worker threads)
 
     async def respond(
         meter: Metered,
@@ -163,7 +164,7 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
     async def start_conversation(
         body: ConversationStart, principal: InferenceKey, meter: Metered
     ) -> Response | ConversationResponse:
-        row, speaker, inputs = conversations.start(principal, body)
+        row, speaker, inputs = await to_thread(conversations.start, principal, body)
         run, events = await conversations.run(principal, row, speaker, inputs, body)
         return await respond(meter, row.id, speaker, run, events, body.stream)
 
@@ -186,8 +187,8 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
     async def append(
         conversation_id: str, body: ConversationAppend, principal: InferenceKey, meter: Metered
     ) -> Response | ConversationResponse:
-        row = conversations.get(principal, conversation_id)
-        speaker = conversations.speaker(principal, row)
+        row = await to_thread(conversations.get, principal, conversation_id)
+        speaker = await to_thread(conversations.speaker, principal, row)
         run, events = await conversations.run(principal, row, speaker, input_entries(body.inputs), body)
         return await respond(meter, row.id, speaker, run, events, body.stream)
 
@@ -197,8 +198,8 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
     async def restart(
         conversation_id: str, body: ConversationRestart, principal: InferenceKey, meter: Metered
     ) -> Response | ConversationResponse:
-        row = conversations.restart(principal, conversation_id, body)
-        speaker = conversations.speaker(principal, row, body.agent_version)
+        row = await to_thread(conversations.restart, principal, conversation_id, body)
+        speaker = await to_thread(conversations.speaker, principal, row, body.agent_version)
         run, events = await conversations.run(principal, row, speaker, input_entries(body.inputs), body)
         return await respond(meter, row.id, speaker, run, events, body.stream)
 

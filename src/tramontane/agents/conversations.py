@@ -234,12 +234,7 @@ class Conversations:
         lock = self._locks.get(row.id)
         if lock is not None and lock.locked():
             raise APIError(409, f"Conversation {row.id} is already running", code="conversation_busy")
-        exists = self._exists(row.id)  # a conversation started with store=false is not
-        stored = exists and fields.store is not False
-        history = self.entries(principal, row.id) if exists else []
-        check_inputs(history, inputs)
-        args = fields.completion_args.model_dump(exclude_none=True) if fields.completion_args else {}
-        run = Run(self._context(principal, row.id, stored), speaker, history, args)
+        run = await anyio.to_thread.run_sync(self._prepare, principal, row, speaker, inputs, fields)
 
         async def events() -> AsyncIterator[dict[str, Any]]:
             async with self._exclusive(row.id):
@@ -248,6 +243,16 @@ class Conversations:
                     yield event
 
         return run, events()
+
+    def _prepare(
+        self, principal: Principal, row: ConversationRow, speaker: Speaker, inputs: list[Stored], fields: RunFields
+    ) -> Run:
+        exists = self._exists(row.id)  # a conversation started with store=false is not
+        stored = exists and fields.store is not False
+        history = self.entries(principal, row.id) if exists else []
+        check_inputs(history, inputs)
+        args = fields.completion_args.model_dump(exclude_none=True) if fields.completion_args else {}
+        return Run(self._context(principal, row.id, stored), speaker, history, args)
 
     def _exists(self, conversation_id: str) -> bool:
         with self._store.session() as session:
