@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 
+import pytest
 from agents_helpers import SANDBOX_IDLE_S, SCRIPTED, AgentsServer, Tenant
 from mistralai.client import Mistral
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bwrap") is None or os.geteuid() != 0, reason="tier-1 sandboxes need bubblewrap and root"
+)
 
 
 def run_code(code: str) -> str:
