@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, FastAPI
 
@@ -21,6 +22,9 @@ from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from .protocol import ErrorResponse
 from .registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from ..agents.backend import ChatBackend
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -41,11 +45,16 @@ def create_app(
     *,
     sandboxes: SandboxManager | None = None,
     control_plane: ControlPlane | None = None,
+    agent_backend: ChatBackend | None = None,
+    agent_sandbox_idle_timeout_s: float = 600.0,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, and,
-    when given, the sandbox API and the deployments API + router. Its lifespan starts
-    and stops the engines, sandboxes and control plane (the caller owns `tenancy`)."""
+    """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, the
+    agents, conversations and libraries APIs, and, when given, the sandbox API and the
+    deployments API + router. Its lifespan starts and stops the engines, sandboxes and
+    control plane (the caller owns `tenancy`). Conversations call their models through
+    `agent_backend` (default: the registry's engines); their code runs in `sandboxes`,
+    reclaimed after `agent_sandbox_idle_timeout_s` unused."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +75,10 @@ def create_app(
                 await control_plane.stop()
             await registry.shutdown()
 
+    # Here, not at the top: the agents' routes build on this package's modules.
+    from ..agents.api import build_router as build_agents_router
+    from ..agents.backend import EngineBackend
+
     app = FastAPI(title="Tramontane", version=__version__, lifespan=lifespan)
     app.state.models = registry
     app.state.metrics = metrics = Metrics(registry)
@@ -77,6 +90,17 @@ def create_app(
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(admin_router)
+    app.include_router(
+        build_agents_router(
+            tenancy.store,
+            registry,
+            tenancy.home,
+            agent_backend or EngineBackend(registry, metrics),
+            sandboxes,
+            sandbox_idle_timeout_s=agent_sandbox_idle_timeout_s,
+        ),
+        responses=_ERRORS,
+    )
     app.include_router(health.router)
     if sandboxes is not None:
         app.include_router(create_router(sandboxes, owner=_sandbox_owner))

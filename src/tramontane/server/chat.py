@@ -16,6 +16,7 @@ from .errors import APIError
 from .generation import Generation, usage
 from .logprobs import chat_logprobs
 from .metering import Metered, RequestMeter
+from .metrics import Metrics
 from .protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -57,7 +58,14 @@ class ChatOutput:
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
 ) -> Response | ChatCompletionResponse:
-    model = models.chat(body.model)
+    gen, output = start_chat(models.chat(body.model), body, metrics)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return await respond(request, meter, gen, output, body.stream, include_usage)
+
+
+def start_chat(model: ChatModel, body: ChatCompletionRequest, metrics: Metrics) -> tuple[Generation, ChatOutput]:
+    """The engine request for a chat body, and how its text becomes a message.
+    Also the agents' conversation loop's way to call a model."""
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
     tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
     prompt, prefix = _render_prompt(model, body, tools)
@@ -75,9 +83,7 @@ async def create_chat_completion(
         constraint_factory=factory,
     )
     gen = Generation(model.engine, model.name, prompt, params, metrics, "chatcmpl")
-    output = ChatOutput(model.engine.tokenizer, bool(tools), prefix, bool(body.logprobs))
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await respond(request, meter, gen, output, body.stream, include_usage)
+    return gen, ChatOutput(model.engine.tokenizer, bool(tools), prefix, bool(body.logprobs))
 
 
 async def respond(

@@ -160,6 +160,13 @@ class ModelRegistry:
                            code="model_not_supported", param="model")
         return entry
 
+    def default_embedding(self) -> EmbeddingEntry:
+        """The first embedding model loaded: what document libraries embed with."""
+        for entry in self._models.values():
+            if isinstance(entry, EmbeddingEntry):
+                return entry
+        raise APIError(503, "No embedding model is loaded", code="no_embedding_model")
+
     def card(self, name: str) -> ModelCard:
         return self._get(name).card()
 

@@ -1,0 +1,93 @@
+"""How the conversation loop calls a model: a chat request in, text out.
+
+`EngineBackend` goes through the server's own chat path (`start_chat`: prompt
+rendering, tools in the prompt, sampling settings, grammar), so an agent's
+model sees exactly what a /v1/chat/completions client would send it. The loop
+parses `<tool_call>` blocks out of the text itself, with the server's parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from ..server.chat import start_chat
+from ..server.generation import Generation
+from ..server.metrics import Metrics
+from ..server.protocol import ChatCompletionRequest
+from ..server.registry import ModelRegistry
+
+
+class ModelTurn(Protocol):
+    """One model call. Its token counts are what a `RequestMeter` meters."""
+
+    @property
+    def started(self) -> bool: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def num_cached_tokens(self) -> int: ...
+
+    async def start(self) -> None:
+        """Raises an APIError if the model refuses the request."""
+
+    def text(self) -> AsyncIterator[str]:
+        """The generated text, in pieces as they come."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ChatBackend(Protocol):
+    def check(self, model: str) -> None:
+        """Raises an APIError (404) if `model` cannot chat."""
+
+    def turn(self, request: ChatCompletionRequest) -> ModelTurn: ...
+
+
+class EngineTurn:
+    def __init__(self, generation: Generation):
+        self._gen = generation
+
+    @property
+    def started(self) -> bool:
+        return self._gen.started
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._gen.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._gen.completion_tokens
+
+    @property
+    def num_cached_tokens(self) -> int:
+        return self._gen.num_cached_tokens
+
+    async def start(self) -> None:
+        await self._gen.start()
+
+    async def text(self) -> AsyncIterator[str]:
+        async for out in self._gen.outputs():
+            yield out.outputs[0].delta_text
+
+    async def close(self) -> None:
+        await self._gen.close()
+
+
+class EngineBackend:
+    """The models of the server's registry."""
+
+    def __init__(self, registry: ModelRegistry, metrics: Metrics):
+        self._registry = registry
+        self._metrics = metrics
+
+    def check(self, model: str) -> None:
+        self._registry.chat(model)
+
+    def turn(self, request: ChatCompletionRequest) -> ModelTurn:
+        generation, _ = start_chat(self._registry.chat(request.model), request, self._metrics)
+        return EngineTurn(generation)

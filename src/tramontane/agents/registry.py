@@ -1,0 +1,135 @@
+"""Agents and their versions, per workspace. An update never changes a version: it
+adds one and makes it current; conversations may pin any version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..errors import APIError
+from ..store import Store
+from ..store.types import utcnow
+from ..tenancy import NotFound, Principal, get_owned, owned
+from .models import AgentRow, AgentVersionRow
+from .schemas import Agent, AgentCreate, AgentUpdate
+
+
+def _versions(session: Session, agent_id: str) -> list[AgentVersionRow]:
+    query = select(AgentVersionRow).where(AgentVersionRow.agent_id == agent_id).order_by(AgentVersionRow.version)
+    return list(session.scalars(query))
+
+
+def _view(agent: AgentRow, version: AgentVersionRow, numbers: list[int]) -> Agent:
+    return Agent(
+        id=agent.id,
+        version=version.version,
+        versions=numbers,
+        created_at=agent.created_at,
+        updated_at=version.created_at,
+        **version.config,
+    )
+
+
+def _version_number(value: int | str | None) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    if value.isdigit():
+        return int(value)
+    raise APIError(404, f"No agent version '{value}' (aliases are not supported)", code="agent_version_not_found")
+
+
+class AgentRegistry:
+    def __init__(self, store: Store):
+        self._store = store
+
+    def _check_handoffs(self, session: Session, principal: Principal, handoffs: list[str] | None) -> None:
+        for agent_id in handoffs or []:
+            get_owned(session, AgentRow, agent_id, principal, "agent")
+
+    def create(self, principal: Principal, body: AgentCreate) -> Agent:
+        config = body.model_dump(mode="json", exclude_none=True)
+        with self._store.session() as session:
+            self._check_handoffs(session, principal, body.handoffs)
+            agent = AgentRow(workspace_id=principal.workspace_id, version=0)
+            session.add(agent)
+            session.flush()
+            version = AgentVersionRow(agent_id=agent.id, version=0, workspace_id=agent.workspace_id, config=config)
+            session.add(version)
+            session.flush()  # fills in the timestamps
+            return _view(agent, version, [0])
+
+    def list(self, principal: Principal, page: int, page_size: int) -> list[Agent]:
+        with self._store.session() as session:
+            query = owned(AgentRow, principal).order_by(AgentRow.created_at.desc(), AgentRow.id)
+            agents = session.scalars(query.offset(page * page_size).limit(page_size)).all()
+            views = []
+            for agent in agents:
+                versions = _versions(session, agent.id)
+                current = next(v for v in versions if v.version == agent.version)
+                views.append(_view(agent, current, [v.version for v in versions]))
+            return views
+
+    def get(self, principal: Principal, agent_id: str, version: int | str | None = None) -> Agent:
+        with self._store.session() as session:
+            agent = get_owned(session, AgentRow, agent_id, principal, "agent")
+            versions = _versions(session, agent.id)
+            wanted = _version_number(version)
+            wanted = agent.version if wanted is None else wanted
+            found = next((v for v in versions if v.version == wanted), None)
+            if found is None:
+                raise APIError(404, f"Agent {agent_id} has no version {wanted}", code="agent_version_not_found")
+            return _view(agent, found, [v.version for v in versions])
+
+    def versions(self, principal: Principal, agent_id: str, page: int, page_size: int) -> list[Agent]:
+        with self._store.session() as session:
+            agent = get_owned(session, AgentRow, agent_id, principal, "agent")
+            versions = _versions(session, agent.id)
+            numbers = [v.version for v in versions]
+            chosen = versions[::-1][page * page_size : (page + 1) * page_size]
+            return [_view(agent, v, numbers) for v in chosen]
+
+    def update(self, principal: Principal, agent_id: str, body: AgentUpdate) -> Agent:
+        changes: dict[str, Any] = body.model_dump(mode="json", exclude_unset=True)
+        with self._store.session() as session:
+            agent = get_owned(session, AgentRow, agent_id, principal, "agent")
+            self._check_handoffs(session, principal, body.handoffs)
+            versions = _versions(session, agent.id)
+            current = next(v for v in versions if v.version == agent.version)
+            config = {k: v for k, v in {**current.config, **changes}.items() if v is not None}
+            for required in ("model", "name"):
+                if required not in config:
+                    raise APIError(400, f"An agent needs a {required}", param=required)
+            number = versions[-1].version + 1
+            version = AgentVersionRow(agent_id=agent.id, version=number, workspace_id=agent.workspace_id, config=config)
+            session.add(version)
+            agent.version = number
+            agent.updated_at = utcnow()
+            session.flush()
+            return _view(agent, version, [v.version for v in versions] + [number])
+
+    def switch(self, principal: Principal, agent_id: str, version: int) -> Agent:
+        with self._store.session() as session:
+            agent = get_owned(session, AgentRow, agent_id, principal, "agent")
+            versions = _versions(session, agent.id)
+            found = next((v for v in versions if v.version == version), None)
+            if found is None:
+                raise APIError(404, f"Agent {agent_id} has no version {version}", code="agent_version_not_found")
+            agent.version = version
+            agent.updated_at = utcnow()
+            return _view(agent, found, [v.version for v in versions])
+
+    def delete(self, principal: Principal, agent_id: str) -> None:
+        with self._store.session() as session:
+            session.delete(get_owned(session, AgentRow, agent_id, principal, "agent"))
+
+    def find(self, workspace_id: str, agent_id: str) -> Agent:
+        """The current version of a workspace's agent, for a handoff (no caller key at hand)."""
+        with self._store.session() as session:
+            agent = session.get(AgentRow, agent_id)
+            if agent is None or agent.workspace_id != workspace_id:
+                raise NotFound("agent", agent_id)
+            versions = _versions(session, agent.id)
+            current = next(v for v in versions if v.version == agent.version)
+            return _view(agent, current, [v.version for v in versions])

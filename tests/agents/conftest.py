@@ -1,0 +1,76 @@
+"""One live server for the agents tests: the default models, sandboxes, tenancy,
+and the scripted model (agents_helpers.py) beside the real ones."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from agents_helpers import SANDBOX_IDLE_S, AgentsServer, ScriptedBackend, Tenant
+from mistralai.client import Mistral
+
+from tramontane.agents.backend import EngineBackend
+from tramontane.cli.up import load_models
+from tramontane.sandbox import ManagerConfig, SandboxManager
+from tramontane.server import create_app, default_model_specs
+from tramontane.tenancy import Tenancy
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentsServer]:
+    home: Path = tmp_path_factory.mktemp("agents-home")
+    tenancy = Tenancy.open(f"sqlite:///{home / 'tramontane.db'}", home=home)
+    admin_key = tenancy.bootstrap_admin_key()
+    assert admin_key is not None
+    registry = load_models(default_model_specs())
+    sandboxes = SandboxManager(ManagerConfig(pool_size=1, max_sandboxes=8))
+    backend = ScriptedBackend()
+    app = create_app(
+        registry, tenancy, sandboxes=sandboxes, agent_backend=backend, agent_sandbox_idle_timeout_s=SANDBOX_IDLE_S
+    )
+    backend.engine = EngineBackend(registry, app.state.metrics)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield AgentsServer(url, registry, tenancy, sandboxes, backend, admin_key)
+    server.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+    tenancy.close()
+
+
+@pytest.fixture(scope="session")
+def tenant(server: AgentsServer) -> Tenant:
+    return server.create_tenant("agents-tests")
+
+
+@pytest.fixture(scope="session")
+def stranger(server: AgentsServer) -> Tenant:
+    return server.create_tenant("agents-stranger")
+
+
+@pytest.fixture(scope="session")
+def mistral(server: AgentsServer, tenant: Tenant) -> Mistral:
+    return server.client(tenant)
+
+
+@pytest.fixture(scope="session")
+def other(server: AgentsServer, stranger: Tenant) -> Mistral:
+    return server.client(stranger)
+
+
+@pytest.fixture
+def script(server: AgentsServer) -> Callable[..., None]:
+    return server.script
