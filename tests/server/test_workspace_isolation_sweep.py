@@ -1,0 +1,177 @@
+"""Every route that names an object, tried by another workspace's key: 404 each time.
+
+The routes come from the app's OpenAPI document, so a new route that takes an
+object id fails this test until it is listed in REQUESTS (with a valid body, so
+that the answer cannot be a 422 from validation) and shown to answer 404.
+Workspace `owner` makes one object of each kind; `stranger` holds every
+capability, so a 403 cannot hide a leak either.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+
+import httpx
+import pytest
+
+from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME
+
+ALL = ("inference", "deploy", "sandbox", "fine-tune")
+
+# (method, path template) -> (query, JSON body or raw bytes); ids are filled from the owner's objects.
+REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
+    ("get", "/v1/models/{model_id}"): ({}, None),
+    ("delete", "/v1/models/{model_id}"): ({}, None),
+    ("get", "/v1/agents/{agent_id}"): ({}, None),
+    ("delete", "/v1/agents/{agent_id}"): ({}, None),
+    ("patch", "/v1/agents/{agent_id}"): ({}, {"description": "taken over"}),
+    ("patch", "/v1/agents/{agent_id}/version"): ({"version": 0}, None),
+    ("get", "/v1/agents/{agent_id}/versions"): ({}, None),
+    ("get", "/v1/agents/{agent_id}/versions/{version}"): ({}, None),
+    ("get", "/v1/conversations/{conversation_id}"): ({}, None),
+    ("delete", "/v1/conversations/{conversation_id}"): ({}, None),
+    ("post", "/v1/conversations/{conversation_id}"): ({}, {"inputs": "hello", "stream": False}),
+    ("post", "/v1/conversations/{conversation_id}/restart"): ({}, {"inputs": "hi", "from_entry_id": "{entry_id}"}),
+    ("get", "/v1/conversations/{conversation_id}/history"): ({}, None),
+    ("get", "/v1/conversations/{conversation_id}/messages"): ({}, None),
+    ("get", "/v1/libraries/{library_id}"): ({}, None),
+    ("delete", "/v1/libraries/{library_id}"): ({}, None),
+    ("get", "/v1/libraries/{library_id}/documents"): ({}, None),
+    ("post", "/v1/libraries/{library_id}/documents"): ({}, "multipart"),
+    ("get", "/v1/libraries/{library_id}/documents/{document_id}"): ({}, None),
+    ("delete", "/v1/libraries/{library_id}/documents/{document_id}"): ({}, None),
+    ("get", "/v1/libraries/{library_id}/documents/{document_id}/status"): ({}, None),
+    ("get", "/v1/libraries/{library_id}/documents/{document_id}/text_content"): ({}, None),
+    ("get", "/v1/sandboxes/{sandbox_id}"): ({}, None),
+    ("delete", "/v1/sandboxes/{sandbox_id}"): ({}, None),
+    ("post", "/v1/sandboxes/{sandbox_id}/timeout"): ({}, {"timeout": 30}),
+    ("post", "/v1/sandboxes/{sandbox_id}/pause"): ({}, None),
+    ("post", "/v1/sandboxes/{sandbox_id}/resume"): ({}, None),
+    ("get", "/v1/sandboxes/{sandbox_id}/metrics"): ({}, None),
+    ("post", "/v1/sandboxes/{sandbox_id}/commands"): ({}, {"cmd": "id", "stream": False}),
+    ("get", "/v1/sandboxes/{sandbox_id}/processes"): ({}, None),
+    ("delete", "/v1/sandboxes/{sandbox_id}/processes/{pid}"): ({}, None),
+    ("get", "/v1/sandboxes/{sandbox_id}/files"): ({"path": "/home/user/secret.txt"}, None),
+    ("put", "/v1/sandboxes/{sandbox_id}/files"): ({"path": "/home/user/secret.txt"}, b"overwritten"),
+    ("delete", "/v1/sandboxes/{sandbox_id}/files"): ({"path": "/home/user/secret.txt"}, None),
+    ("get", "/v1/sandboxes/{sandbox_id}/files/list"): ({"path": "/home/user"}, None),
+    ("get", "/v1/sandboxes/{sandbox_id}/files/info"): ({"path": "/home/user/secret.txt"}, None),
+    ("post", "/v1/sandboxes/{sandbox_id}/files/mkdir"): ({"path": "/home/user/new"}, None),
+    ("post", "/v1/sandboxes/{sandbox_id}/files/rename"): (
+        {},
+        {"old_path": "/home/user/secret.txt", "new_path": "/home/user/moved.txt"},
+    ),
+    ("post", "/v1/sandboxes/{sandbox_id}/code"): ({}, {"code": "1 + 1"}),
+    ("get", "/v1/deployments/{name}"): ({}, None),
+    ("delete", "/v1/deployments/{name}"): ({}, None),
+    ("post", "/v1/deployments/{name}/scale"): ({}, {"replicas": 0}),
+    ("get", "/v1/deployments/{name}/logs"): ({}, None),
+}
+
+
+def object_routes(http: httpx.Client) -> set[tuple[str, str]]:
+    """(method, path) of every /v1 route with a path parameter, admin API aside
+    (its own tests cover organisations' boundaries)."""
+    paths = http.get("/openapi.json").json()["paths"]
+    return {
+        (method, path)
+        for path, operations in paths.items()
+        if "{" in path and path.startswith("/v1/") and not path.startswith("/v1/admin/")
+        for method in operations
+    }
+
+
+@pytest.fixture(scope="module")
+def owners_objects(live_server) -> dict:
+    """One object of each kind in the owner's workspace, by path parameter name."""
+    owner = live_server.create_tenant("sweep-owner", ALL)
+    ids: dict = {"model_id": "no-such-model", "version": "0", "pid": "1", "_owner": owner}
+    with httpx.Client(base_url=live_server.url, headers=owner.headers, timeout=120) as http:
+        agent = http.post("/v1/agents", json={"model": DEFAULT_CHAT_MODEL_NAME, "name": "owned"})
+        assert agent.status_code == 200, agent.text
+        ids["agent_id"] = agent.json()["id"]
+        conversation = http.post(
+            "/v1/conversations",
+            json={"agent_id": ids["agent_id"], "inputs": "Hi", "completion_args": {"max_tokens": 2}},
+        )
+        assert conversation.status_code == 200, conversation.text
+        ids["conversation_id"] = conversation.json()["conversation_id"]
+        ids["entry_id"] = http.get(f"/v1/conversations/{ids['conversation_id']}/history").json()["entries"][0]["id"]
+        library = http.post("/v1/libraries", json={"name": "owned"})
+        assert library.status_code in (200, 201), library.text
+        ids["library_id"] = library.json()["id"]
+        document = http.post(
+            f"/v1/libraries/{ids['library_id']}/documents",
+            files={"file": ("notes.md", io.BytesIO(b"# Owner\nThe vault code is 0451."), "text/markdown")},
+        )
+        assert document.status_code in (200, 201), document.text
+        ids["document_id"] = document.json()["id"]
+        deployment = {"name": "owned-web", "command": "python3 -m http.server $PORT"}
+        created = http.post("/v1/deployments", json=deployment)
+        assert created.status_code in (200, 201), created.text
+        ids["name"] = "owned-web"
+        if shutil.which("bwrap") is not None:
+            sandbox = http.post("/v1/sandboxes", json={"timeout": 120})
+            assert sandbox.status_code == 201, sandbox.text
+            ids["sandbox_id"] = sandbox.json()["sandbox_id"]
+            written = http.put(
+                f"/v1/sandboxes/{ids['sandbox_id']}/files", params={"path": "/home/user/secret.txt"}, content=b"mine"
+            )
+            assert written.status_code < 300, written.text
+    return ids
+
+
+def fill(template: str, ids: dict[str, str]) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], template)
+
+
+def test_every_object_route_is_listed(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=30) as http:
+        missing = object_routes(http) - set(REQUESTS)
+    assert not missing, f"routes without an isolation check: {sorted(missing)}"
+
+
+def test_another_workspace_gets_404_on_every_object_route(live_server, owners_objects):
+    stranger = live_server.create_tenant("sweep-stranger", ALL)
+    with httpx.Client(base_url=live_server.url, headers=stranger.headers, timeout=60) as http:
+        routes = object_routes(http)
+        leaks, tried = [], 0
+        for method, template in sorted(routes):
+            names = set(re.findall(r"\{(\w+)\}", template))
+            if not names <= owners_objects.keys():
+                continue  # e.g. no sandboxes on a machine without bubblewrap
+            query, body = REQUESTS[(method, template)]
+            kwargs: dict = {"params": query}
+            if body == "multipart":
+                kwargs["files"] = {"file": ("x.txt", io.BytesIO(b"intruder"), "text/plain")}
+            elif isinstance(body, bytes):
+                kwargs["content"] = body
+            elif body is not None:
+                kwargs["json"] = {k: fill(v, owners_objects) if isinstance(v, str) else v for k, v in body.items()}
+            response = http.request(method.upper(), fill(template, owners_objects), **kwargs)
+            tried += 1
+            if response.status_code != 404:
+                leaks.append(f"{method.upper()} {template}: {response.status_code} {response.text[:120]}")
+    assert not leaks, "\n".join(leaks)
+    without_sandboxes = {route for route in routes if "{sandbox_id}" not in route[1]}
+    assert tried >= (len(routes) if "sandbox_id" in owners_objects else len(without_sandboxes))
+
+
+def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):
+    owner = owners_objects["_owner"]
+    with httpx.Client(base_url=live_server.url, headers=owner.headers, timeout=60) as http:
+        agent = http.get(f"/v1/agents/{owners_objects['agent_id']}")
+        assert agent.status_code == 200 and agent.json().get("description") != "taken over"
+        history = http.get(f"/v1/conversations/{owners_objects['conversation_id']}/history").json()["entries"]
+        assert not any("hello" == entry.get("content") for entry in history)
+        library = owners_objects["library_id"]
+        assert http.get(f"/v1/libraries/{library}/documents/{owners_objects['document_id']}").status_code == 200
+        assert http.get(f"/v1/deployments/{owners_objects['name']}").status_code == 200
+        if "sandbox_id" in owners_objects:
+            content = http.get(
+                f"/v1/sandboxes/{owners_objects['sandbox_id']}/files", params={"path": "/home/user/secret.txt"}
+            )
+            assert content.status_code == 200 and content.content == b"mine"
+            http.delete(f"/v1/sandboxes/{owners_objects['sandbox_id']}")
