@@ -1,7 +1,8 @@
-"""One sandbox API server for the whole session: a SandboxManager behind the
-sandbox router, in a small FastAPI app served by uvicorn on a free loopback
-port. Tests that need it are skipped, with the reason, on a host that cannot
-run tier-1 sandboxes (no bwrap, not root, no cgroups)."""
+"""One sandbox API server per tier for the whole session: a SandboxManager behind
+the sandbox router, in a small FastAPI app served by uvicorn on a free loopback
+port. Tests that need one are skipped, with the reason, on a host that cannot
+run that tier (tier 1: no bwrap, not root, no cgroups; tier 2: also no hardware
+KVM or no guest image)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Coroutine, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,8 +25,13 @@ from fastapi import FastAPI, Request
 from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
 from tramontane.sandbox.cgroups import CgroupTree
 from tramontane.sandbox.errors import SandboxError
+from tramontane.sandbox.microvm import MicroVMHost
 
 T = TypeVar("T")
+
+# "kvm" in production; TRAMONTANE_MICROVM_ACCEL=tcg runs the tier-2 tests under
+# CPU emulation where KVM cannot boot a stock kernel (minutes, not seconds).
+MICROVM_ACCELERATOR = os.environ.get("TRAMONTANE_MICROVM_ACCEL", "kvm")
 
 
 def _unavailable_reason() -> str | None:
@@ -65,13 +71,9 @@ class LiveSandboxes:
         return httpx.Client(base_url=self.url, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def live() -> Iterator[LiveSandboxes]:
-    if UNAVAILABLE is not None:
-        pytest.skip(UNAVAILABLE)
-    manager = SandboxManager(
-        ManagerConfig(max_sandboxes=64, pool_size=2, reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024)
-    )
+@contextmanager
+def _serve(manager: SandboxManager) -> Iterator[LiveSandboxes]:
+    """The manager behind the sandbox API, on a free loopback port, for as long as the block runs."""
     loops: list[asyncio.AbstractEventLoop] = []
 
     @asynccontextmanager
@@ -96,9 +98,47 @@ def live() -> Iterator[LiveSandboxes]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the sandbox API server did not start")
         time.sleep(0.02)
-    yield LiveSandboxes(f"http://127.0.0.1:{port}", manager, loops[0])
-    server.should_exit = True
-    thread.join(30)
+    try:
+        yield LiveSandboxes(f"http://127.0.0.1:{port}", manager, loops[0])
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+@pytest.fixture(scope="session")
+def live() -> Iterator[LiveSandboxes]:
+    if UNAVAILABLE is not None:
+        pytest.skip(UNAVAILABLE)
+    config = ManagerConfig(
+        max_sandboxes=64, pool_size=2, microvm_pool_size=0, reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024
+    )
+    with _serve(SandboxManager(config)) as served:
+        yield served
+
+
+def _microvm_unavailable() -> str | None:
+    if UNAVAILABLE is not None:
+        return UNAVAILABLE
+    try:
+        MicroVMHost.detect(MICROVM_ACCELERATOR)
+    except SandboxError as exc:
+        return f"tier-2 sandboxes cannot run here: {exc.message}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def live_vm() -> Iterator[LiveSandboxes]:
+    """The API with tier-2 sandboxes (template "microvm") pooled; skipped where the
+    host cannot run them (no KVM that boots a stock kernel, guest image not built)."""
+    reason = _microvm_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    config = ManagerConfig(
+        max_sandboxes=16, pool_size=0, microvm_pool_size=2, microvm_accelerator=MICROVM_ACCELERATOR,
+        reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024,
+    )  # fmt: skip
+    with _serve(SandboxManager(config)) as served:
+        yield served
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def _spawn(host: MicroVMHost, limits: Limits, group: Cgroup, host_uid: int) -> s
     # sandbox's uid: no page of the VM is ever charged anywhere else. The image
     # is opened here and handed over as descriptors, since the sandbox's uid
     # cannot reach the (root-only) directory it is kept in.
-    image = [os.open(host.image.kernel, os.O_RDONLY | os.O_CLOEXEC), os.open(host.image.initrd, os.O_RDONLY | os.O_CLOEXEC)]
+    image = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in (host.image.kernel, host.image.initrd)]
     argv = host.argv(limits, *(f"/proc/self/fd/{fd}" for fd in image))
     groups = host.device_groups()
     procs = [str(d / "cgroup.procs") for d in group.dirs.values()]
