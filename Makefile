@@ -31,7 +31,7 @@ install-test: install
 up: install
 	$(VENV)/bin/tramontane up --host $(HOST) --port $(PORT)
 
-# kvm tests run where the host can boot the tier-2 guest and skip themselves elsewhere.
+# kvm (tier-2 microVM) tests use KVM, else CPU emulation, and skip without QEMU or the guest.
 test: install-test
 	$(PY) -m pytest -q -m "not gpu" tests
 
