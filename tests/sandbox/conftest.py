@@ -1,8 +1,8 @@
 """One sandbox API server per tier for the whole session: a SandboxManager behind
 the sandbox router, in a small FastAPI app served by uvicorn on a free loopback
 port. Tests that need one are skipped, with the reason, on a host that cannot
-run that tier (tier 1: no bwrap, not root, no cgroups; tier 2: also no hardware
-KVM or no guest image)."""
+run that tier (tier 1: no bwrap, not root, no cgroups; tier 2: also no QEMU or
+no guest image)."""
 
 from __future__ import annotations
 
