@@ -44,13 +44,13 @@ def _hardware_kvm() -> str | None:
         device = os.stat("/dev/kvm")
     except OSError:
         return "/dev/kvm is missing"
-    if device.st_mode & 0o060 != 0o060:
-        # QEMU runs unprivileged, through the device's group (Debian's udev: root:kvm 0660).
-        return "/dev/kvm is not read-write for its group (chmod 0660 /dev/kvm)"
     if not any(Path(f"/sys/module/{m}").exists() for m in ("kvm_intel", "kvm_amd")):
         # e.g. kvm_pvm (pagetable-based virtualization) inside a cloud VM: it runs
         # only guests built for it, not Debian's kernel.
         return "/dev/kvm here is not hardware virtualization (no kvm_intel/kvm_amd); it cannot boot a stock kernel"
+    if device.st_mode & 0o060 != 0o060:
+        # QEMU runs unprivileged, through the device's group (Debian's udev: root:kvm 0660).
+        return "/dev/kvm is not read-write for its group (chmod 0660 /dev/kvm)"
     return None
 
 
