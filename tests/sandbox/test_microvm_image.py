@@ -13,7 +13,6 @@ from tramontane.sandbox.errors import Unavailable
 from tramontane.sandbox.microvm import GuestImage, MicroVMHost, image
 from tramontane.sandbox.policy import Limits
 
-
 needs_tools = pytest.mark.skipif(
     not image.BUSYBOX.exists() or shutil.which("cpio") is None, reason="busybox-static and cpio are not installed"
 )
