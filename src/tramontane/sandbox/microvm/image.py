@@ -62,11 +62,16 @@ def kernel_package() -> str:
     raise Unavailable(f"apt-cache knows no kernel behind {KERNEL_METAPACKAGE}", code="microvm_image")
 
 
+def _complete(kernel: Path) -> bool:
+    return (kernel / "vmlinuz").exists() and all((kernel / "modules" / f"{m}.ko").exists() for m in MODULES)
+
+
 def fetch_kernel(package: str, root: Path) -> Path:
     """vmlinuz and the guest's modules of `package`, downloaded once."""
     target = root / "kernels" / package
-    if (target / "vmlinuz").exists():
+    if _complete(target):
         return target
+    shutil.rmtree(target, ignore_errors=True)  # cached before a module was added to MODULES
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as scratch:
         work = Path(scratch)
@@ -148,13 +153,14 @@ def build(*, download: bool = True, root: Path | None = None) -> GuestImage:
     if download:
         kernel = fetch_kernel(kernel_package(), root)
     else:
-        cached = sorted((root / "kernels").glob("*/vmlinuz")) if (root / "kernels").exists() else []
+        kernels = root / "kernels"
+        cached = [k for k in sorted(kernels.glob("*")) if _complete(k)] if kernels.exists() else []
         if not cached:
             raise Unavailable(
                 "no tier-2 guest kernel is built; run `python -m tramontane.sandbox.microvm` (make install)",
                 code="microvm_image",
             )
-        kernel = cached[-1].parent
+        kernel = cached[-1]
     with tempfile.TemporaryDirectory(dir=root) as scratch:
         tree = Path(scratch) / "tree"
         _stage(tree, kernel)
