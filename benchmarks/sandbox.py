@@ -1,4 +1,5 @@
-"""Tier-1 sandbox figures: create-to-first-command latency and idle density.
+"""Sandbox figures, tier 1 and tier 2 side by side: create-to-first-command
+latency and idle density.
 
 Latency is the time from asking for a sandbox to having the output of a first
 command (`echo ok`), measured three ways: in-process with the warm pool (the
@@ -9,7 +10,13 @@ Density starts N sandboxes at once, checks each answers a command, and reports
 what they cost in memory (their cgroups' own accounting, and the host's
 MemAvailable before and after). Needs root and bubblewrap.
 
+Tier 2 (template "microvm", a QEMU microVM per sandbox) is measured the same
+way, in-process, warm pool and cold boot, with fewer iterations; its density is
+the PSS and RSS of each idle VM's QEMU process (guest RAM it touched included).
+It needs hardware KVM; `--accel tcg` measures under CPU emulation instead.
+
     python benchmarks/sandbox.py [--iterations 50] [--concurrent 100]
+                                 [--vm-iterations 10] [--vm-concurrent 4] [--accel kvm]
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
+from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, SandboxSpec, create_router
 
 MiB = 1024 * 1024
 
@@ -51,15 +58,19 @@ async def wait_for_pool(manager: SandboxManager, size: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def latency(iterations: int, pool_size: int) -> list[float]:
-    manager = SandboxManager(ManagerConfig(pool_size=pool_size))
+async def latency(iterations: int, pool_size: int, template: str = "base", accel: str = "kvm") -> list[float]:
+    if template == "base":
+        config = ManagerConfig(pool_size=pool_size, microvm_pool_size=0)
+    else:
+        config = ManagerConfig(pool_size=0, microvm_pool_size=pool_size, microvm_accelerator=accel)
+    manager = SandboxManager(config)
     await manager.start()
     samples = []
     try:
         for _ in range(iterations):
             await wait_for_pool(manager, pool_size)
             started = time.perf_counter()
-            sandbox = await manager.create()
+            sandbox = await manager.create(SandboxSpec(template=template, limits=config.default_limits))
             result = await sandbox.commands.run("echo ok")
             samples.append((time.perf_counter() - started) * 1000)
             assert result.stdout == "ok\n"
@@ -71,7 +82,7 @@ async def latency(iterations: int, pool_size: int) -> list[float]:
 
 def serve(port: int, pool_size: int) -> None:
     """The API server, in a process of its own as in production."""
-    manager = SandboxManager(ManagerConfig(pool_size=pool_size))
+    manager = SandboxManager(ManagerConfig(pool_size=pool_size, microvm_pool_size=0))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -119,7 +130,7 @@ def latency_over_http(iterations: int, pool_size: int) -> list[float]:
 
 
 async def density(count: int) -> None:
-    manager = SandboxManager(ManagerConfig(pool_size=0, max_sandboxes=count))
+    manager = SandboxManager(ManagerConfig(pool_size=0, microvm_pool_size=0, max_sandboxes=count))
     await manager.start()
     try:
         before = mem_available()
@@ -143,11 +154,51 @@ async def density(count: int) -> None:
         await manager.shutdown()
 
 
+def pss_rss(pid: int) -> tuple[int, int]:
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("Pss", "Rss"):
+                fields[name] = int(rest.split()[0]) * 1024
+    return fields["Pss"], fields["Rss"]
+
+
+async def vm_density(count: int, accel: str) -> None:
+    manager = SandboxManager(
+        ManagerConfig(pool_size=0, microvm_pool_size=0, microvm_accelerator=accel, max_sandboxes=count)
+    )
+    await manager.start()
+    try:
+        spec = SandboxSpec(template="microvm", limits=manager.config.default_limits)
+        before = mem_available()
+        started = time.perf_counter()
+        sandboxes = await asyncio.gather(*(manager.create(spec) for _ in range(count)))
+        created_s = time.perf_counter() - started
+        results = await asyncio.gather(*(s.commands.run("echo ok") for s in sandboxes))
+        alive = sum(r.stdout == "ok\n" for r in results)
+        await asyncio.sleep(2)  # let boot transients settle
+        sizes = [pss_rss(s.runtime.process.pid) for s in sandboxes]
+        pss = sum(p for p, _ in sizes) / count
+        rss = sum(r for _, r in sizes) / count
+        host = (before - mem_available()) / count
+        print(f"  {count} VMs ({spec.limits.memory_mb} MiB + guest kernel each) booted at once in {created_s:.2f} s;"
+              f" {alive}/{count} answered a command")  # fmt: skip
+        drop = f"MemAvailable drop {host / MiB:6.1f} MiB"
+        print(f"  per idle VM: PSS {pss / MiB:6.1f} MiB, RSS {rss / MiB:6.1f} MiB, {drop}")
+        print(f"  idle VMs that fit in MemAvailable ({before / MiB / 1024:.1f} GiB) at that PSS: {int(before / pss)}")
+    finally:
+        await manager.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--concurrent", type=int, default=100)
     parser.add_argument("--pool", type=int, default=4, help="warm pool size for the pooled runs")
+    parser.add_argument("--vm-iterations", type=int, default=10)
+    parser.add_argument("--vm-concurrent", type=int, default=4)
+    parser.add_argument("--accel", choices=("kvm", "tcg"), default="kvm", help="tier 2's accelerator")
     args = parser.parse_args()
     print("create -> first command output (echo ok), tier 1 (bubblewrap)")
     print(f"  in-process, warm pool:  {percentiles(asyncio.run(latency(args.iterations, args.pool)))}")
@@ -155,6 +206,15 @@ def main() -> None:
     print(f"  REST API + SDK, warm:   {percentiles(latency_over_http(args.iterations, args.pool))}")
     print(f"idle density ({args.concurrent} concurrent sandboxes)")
     asyncio.run(density(args.concurrent))
+    print(f"create -> first command output (echo ok), tier 2 (QEMU microVM, {args.accel})")
+    print(
+        f"  in-process, warm pool:  {percentiles(asyncio.run(latency(args.vm_iterations, 1, 'microvm', args.accel)))}"
+    )
+    print(
+        f"  in-process, cold boot:  {percentiles(asyncio.run(latency(args.vm_iterations, 0, 'microvm', args.accel)))}"
+    )
+    print(f"idle density, tier 2 ({args.vm_concurrent} concurrent VMs)")
+    asyncio.run(vm_density(args.vm_concurrent, args.accel))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,15 @@
 #   libseccomp2         compiles the sandboxes' seccomp filter (through pyseccomp)
 #   python3             the sandboxes' interpreter: the host's /usr/bin/python3, read-only
 #   python3-matplotlib  charts (PNG) from the sandboxes' code interpreter
+#   qemu-system-x86     tier-2 sandboxes (microVMs, -M microvm)
+#   busybox-static cpio the tier-2 guest's initramfs (its kernel: `apt-get download`
+#                       linux-image-amd64, see tramontane/sandbox/microvm/image.py)
 #   postgresql          the tenancy tests start a throwaway server (initdb, pg_ctl);
 #                       production may point TRAMONTANE_DATABASE_URL at one
 # Safe to run again; does nothing where everything is installed. Needs root (or sudo).
 set -eu
 
-PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib postgresql"
+PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib qemu-system-x86 busybox-static cpio postgresql"
 
 missing=""
 for package in $PACKAGES; do

@@ -1,7 +1,8 @@
-"""One sandbox API server for the whole session: a SandboxManager behind the
-sandbox router, in a small FastAPI app served by uvicorn on a free loopback
-port. Tests that need it are skipped, with the reason, on a host that cannot
-run tier-1 sandboxes (no bwrap, not root, no cgroups)."""
+"""One sandbox API server per tier for the whole session: a SandboxManager behind
+the sandbox router, in a small FastAPI app served by uvicorn on a free loopback
+port. Tests that need one are skipped, with the reason, on a host that cannot
+run that tier (tier 1: no bwrap, not root, no cgroups; tier 2: also no QEMU or
+no guest image)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Coroutine, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from fastapi import FastAPI, Request
 from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
 from tramontane.sandbox.cgroups import CgroupTree
 from tramontane.sandbox.errors import SandboxError
+from tramontane.sandbox.microvm import MicroVMHost
 
 T = TypeVar("T")
 
@@ -65,13 +67,9 @@ class LiveSandboxes:
         return httpx.Client(base_url=self.url, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def live() -> Iterator[LiveSandboxes]:
-    if UNAVAILABLE is not None:
-        pytest.skip(UNAVAILABLE)
-    manager = SandboxManager(
-        ManagerConfig(max_sandboxes=64, pool_size=2, reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024)
-    )
+@contextmanager
+def _serve(manager: SandboxManager) -> Iterator[LiveSandboxes]:
+    """The manager behind the sandbox API, on a free loopback port, for as long as the block runs."""
     loops: list[asyncio.AbstractEventLoop] = []
 
     @asynccontextmanager
@@ -96,9 +94,57 @@ def live() -> Iterator[LiveSandboxes]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the sandbox API server did not start")
         time.sleep(0.02)
-    yield LiveSandboxes(f"http://127.0.0.1:{port}", manager, loops[0])
-    server.should_exit = True
-    thread.join(30)
+    try:
+        yield LiveSandboxes(f"http://127.0.0.1:{port}", manager, loops[0])
+    finally:
+        server.should_exit = True
+        thread.join(60)
+
+
+@pytest.fixture(scope="session")
+def live() -> Iterator[LiveSandboxes]:
+    if UNAVAILABLE is not None:
+        pytest.skip(UNAVAILABLE)
+    config = ManagerConfig(
+        max_sandboxes=64, pool_size=2, microvm_pool_size=0, reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024
+    )
+    with _serve(SandboxManager(config)) as served:
+        yield served
+
+
+def _microvm_accelerator() -> tuple[str | None, str]:
+    """The accelerator tier-2 tests use, or None and why they cannot run. KVM
+    where it can boot the guest; else QEMU's CPU emulation (TCG), which runs the
+    same guest and the same checks, minutes instead of seconds (e.g. a cloud VM
+    whose /dev/kvm only runs paravirtualized guests). TRAMONTANE_MICROVM_ACCEL
+    forces one."""
+    if UNAVAILABLE is not None:
+        return None, UNAVAILABLE
+    forced = os.environ.get("TRAMONTANE_MICROVM_ACCEL")
+    reasons = []
+    for accelerator in [forced] if forced else ["kvm", "tcg"]:
+        try:
+            MicroVMHost.detect(accelerator)
+        except SandboxError as exc:
+            reasons.append(f"{accelerator}: {exc.message}")
+            continue
+        return accelerator, ""
+    return None, "tier-2 sandboxes cannot run here: " + "; ".join(reasons)
+
+
+@pytest.fixture(scope="session")
+def live_vm() -> Iterator[LiveSandboxes]:
+    """The API with tier-2 sandboxes (template "microvm") pooled; skipped where the
+    host cannot run them (no QEMU, guest image not built)."""
+    accelerator, reason = _microvm_accelerator()
+    if accelerator is None:
+        pytest.skip(reason)
+    config = ManagerConfig(
+        max_sandboxes=16, pool_size=0, microvm_pool_size=2, microvm_accelerator=accelerator,
+        reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024,
+    )  # fmt: skip
+    with _serve(SandboxManager(config)) as served:
+        yield served
 
 
 @pytest.fixture

@@ -14,44 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from isolation_helpers import NETWORK_PROBE, SANDBOX_DEV, UNIX_SOCKET_PROBE, host_pids_of_uid, py, sh
 
 import tramontane
-from tramontane.sandbox import CommandExitException, Sandbox
+from tramontane.sandbox import Sandbox
 
 HERE = Path(__file__).parent
 
 
-def sh(sandbox: Sandbox, cmd: str, timeout: float = 30) -> tuple[int, str]:
-    """Exit code and stdout+stderr of a command that may fail."""
-    try:
-        result = sandbox.commands.run(cmd, timeout=timeout)
-    except CommandExitException as failed:
-        return failed.exit_code, failed.stdout + failed.stderr
-    return result.exit_code, result.stdout + result.stderr
-
-
-def py(sandbox: Sandbox, code: str, timeout: float = 30) -> dict:
-    """Runs a Python snippet in the sandbox that prints one JSON object."""
-    sandbox.files.write("probe.py", code)
-    return json.loads(sandbox.commands.run("python3 probe.py", timeout=timeout).stdout)
-
-
 def host_uid_of(live, sandbox: Sandbox) -> int:
     return live.manager.get(sandbox.sandbox_id).runtime.host_uid
-
-
-def host_pids_of_uid(uid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            real_uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
-            if int(real_uid) == uid:
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -107,40 +79,7 @@ def test_no_writes_outside_the_workspace(sbx: Sandbox) -> None:
 
 
 def test_no_network_egress(sbx: Sandbox, host_service: int) -> None:
-    result = py(
-        sbx,
-        f"""
-import json, socket
-def attempt(host, port):
-    s = socket.socket()
-    s.settimeout(2)
-    try:
-        s.connect((host, port))
-        return "connected"
-    except OSError as e:
-        return type(e).__name__
-def resolve():
-    try:
-        socket.getaddrinfo("example.com", 80)
-        return "resolved"
-    except OSError as e:
-        return type(e).__name__
-def udp():
-    try:
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("8.8.8.8", 53))
-        return "sent"
-    except OSError as e:
-        return type(e).__name__
-print(json.dumps({{
-    "external": attempt("1.1.1.1", 80),
-    "metadata": attempt("169.254.169.254", 80),
-    "host_loopback": attempt("127.0.0.1", {host_service}),
-    "dns": resolve(),
-    "udp": udp(),
-    "interfaces": sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:]),
-}}))
-""",
-    )
+    result = py(sbx, NETWORK_PROBE.replace("HOST_PORT", str(host_service)))
     assert result["external"] != "connected" and result["metadata"] != "connected"
     assert result["host_loopback"] == "ConnectionRefusedError"  # the sandbox's own, empty loopback
     assert result["dns"] != "resolved" and result["udp"] != "sent"
@@ -157,20 +96,7 @@ def test_host_unix_sockets_are_unreachable(sbx: Sandbox, tmp_path: Path) -> None
         server.listen()
         servers.append(server)
     try:
-        result = py(
-            sbx,
-            f"""
-import json, socket
-def attempt(address):
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(address)
-        return "connected"
-    except OSError as e:
-        return type(e).__name__
-print(json.dumps({{"path": attempt({path!r}), "abstract": attempt({abstract!r})}}))
-""",
-        )
+        result = py(sbx, UNIX_SOCKET_PROBE.replace("PATH", repr(path)).replace("ABSTRACT", repr(abstract)))
         assert result == {"path": "FileNotFoundError", "abstract": "ConnectionRefusedError"}
     finally:
         for server in servers:
@@ -240,24 +166,7 @@ def test_cgroupfs_sysfs_and_kernel_files_are_out_of_reach(sbx: Sandbox) -> None:
         "ls /dev/sda",
     ):
         assert sh(sbx, cmd)[0] != 0, cmd
-    assert sorted(sh(sbx, "ls /dev")[1].split()) == sorted(
-        [
-            "core",
-            "fd",
-            "full",
-            "null",
-            "ptmx",
-            "pts",
-            "random",
-            "shm",
-            "stderr",
-            "stdin",
-            "stdout",
-            "tty",
-            "urandom",
-            "zero",
-        ]
-    )
+    assert sorted(sh(sbx, "ls /dev")[1].split()) == SANDBOX_DEV
     for agent in Path("/sys/fs/cgroup").glob("*/release_agent"):
         assert agent.read_text().strip() == "", agent
 

@@ -98,7 +98,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     # The whole platform, as `tramontane up` assembles it.
-    sandboxes = SandboxManager(ManagerConfig(pool_size=1, max_sandboxes=8))
+    sandboxes = SandboxManager(ManagerConfig(pool_size=1, microvm_pool_size=0, max_sandboxes=8))
     plane = ControlPlane(tenancy.store, home=home)
     app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))

@@ -1,12 +1,14 @@
-"""Sandboxes for AI agents, tier 1: Linux namespaces through bubblewrap, a seccomp
-filter, a cgroup and rlimits per sandbox, no network; an E2B-shaped REST API and
-Python SDK.
+"""Sandboxes for AI agents behind one E2B-shaped REST API and Python SDK, in two
+tiers picked by template: "base" (tier 1: Linux namespaces through bubblewrap, a
+seccomp filter, a cgroup and rlimits per sandbox, no network) and "microvm"
+(tier 2: the same agent and filter inside a QEMU microVM under KVM, see
+`microvm`).
 
 Host side (inside the platform's event loop):
 
     manager = SandboxManager()
     await manager.start()
-    sandbox = await manager.create(SandboxSpec(timeout_s=60))
+    sandbox = await manager.create(SandboxSpec(timeout_s=60))  # template="microvm": tier 2
     result = await sandbox.commands.run("echo hi")
     app.include_router(create_router(manager))
 

@@ -23,9 +23,9 @@ PYTHON = "/usr/bin/python3"
 GUEST_ROOT = "/opt/tramontane"  # the guest package lands in GUEST_ROOT/guest
 
 # Top-level directories a merged-/usr system links into /usr, or binds on an older one.
-_USR_ROOTS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+USR_ROOTS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # Public configuration programs read; none of it is secret.
-_ETC_PUBLIC = (
+ETC_PUBLIC = (
     "alternatives",  # Debian's /usr/bin/* -> /etc/alternatives/* links
     "ld.so.cache",
     "localtime",
@@ -105,14 +105,14 @@ def open_file_fds(files: dict[str, bytes]) -> dict[str, int]:
 def _root_filesystem() -> list[str]:
     host_root = Path("/")
     argv = ["--ro-bind", "/usr", "/usr"]
-    for name in _USR_ROOTS:
+    for name in USR_ROOTS:
         host = host_root / name
         if host.is_symlink():
             argv += ["--symlink", os.readlink(host), f"/{name}"]
         elif host.is_dir():
             argv += ["--ro-bind", str(host), f"/{name}"]
     argv += ["--dir", "/etc"]
-    for name in _ETC_PUBLIC:
+    for name in ETC_PUBLIC:
         if (host_root / "etc" / name).exists():
             argv += ["--ro-bind", str(host_root / "etc" / name), f"/etc/{name}"]
     return argv

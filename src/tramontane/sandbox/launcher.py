@@ -43,7 +43,7 @@ def _sandbox_files() -> dict[str, bytes]:
     return bwrap.sandbox_files()
 
 
-def _rlimits(limits: Limits) -> dict[int, int]:
+def rlimits(limits: Limits) -> dict[int, int]:
     return {
         resource.RLIMIT_NOFILE: limits.nofile,
         # Counted per uid, and the uid is this sandbox's alone: a second pids ceiling.
@@ -54,7 +54,7 @@ def _rlimits(limits: Limits) -> dict[int, int]:
 
 
 def agent_command(limits: Limits) -> list[str]:
-    return [bwrap.PYTHON, "-I", "-S", "-c", AGENT_BOOT, json.dumps(_rlimits(limits))]
+    return [bwrap.PYTHON, "-I", "-S", "-c", AGENT_BOOT, json.dumps(rlimits(limits))]
 
 
 def _read_to_end(fd: int) -> bytes:
@@ -147,6 +147,11 @@ async def launch(
         await asyncio.to_thread(group.kill)
         group.remove()
         raise
+    return await attach(process, group, host_uid)
+
+
+async def attach(process: subprocess.Popen[bytes], group: Cgroup, host_uid: int) -> Runtime:
+    """The runtime of a started sandbox whose agent speaks on the process's stdin/stdout."""
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)

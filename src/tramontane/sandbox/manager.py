@@ -1,10 +1,15 @@
 """SandboxManager: creates, lists, finds and kills sandboxes, and reclaims them
 when their absolute or idle timeout passes.
 
-A few sandboxes of the default shape are kept started ahead of demand (the
-pool): a pooled sandbox is a pristine bwrap + agent that has run nothing, so
-handing it out only means writing its cgroup limits and environment, which takes
-creation off the agent's start-up time. Sandboxes whose mount sizes or rlimits
+The template picks the tier: "base" is tier 1 (bubblewrap), "microvm" tier 2
+(a QEMU microVM, where the host can run one; see `microvm`). Both tiers run the
+same agent, so everything past creation is shared.
+
+A few sandboxes of the default shape are kept started ahead of demand, per
+template (the pool): a pooled sandbox is a pristine bwrap + agent, or a booted
+VM, that has run nothing, so handing it out only means writing its cgroup limits
+and environment, which takes creation off the start-up time. Sandboxes whose
+start-time settings (mount sizes, rlimits, and for a VM its memory and vCPUs)
 differ from the default are started on demand.
 """
 
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -26,10 +32,14 @@ from .cgroups import CgroupTree
 from .errors import NotFound, SandboxError, Unavailable
 from .files import MAX_FILE_BYTES
 from .launcher import Runtime, launch
+from .microvm import MicroVMHost, launch_vm
 from .policy import Limits, SandboxSpec, validate_timeout
 from .sandbox import ManagedSandbox, SandboxState
 
 logger = logging.getLogger("tramontane.sandbox")
+
+TIER1_TEMPLATE = "base"
+MICROVM_TEMPLATE = "microvm"
 
 
 def _default_max_limits() -> Limits:
@@ -47,11 +57,13 @@ def _default_max_limits() -> Limits:
 class ManagerConfig:
     bwrap_path: str | None = None  # found on PATH when None
     max_sandboxes: int = 256
-    pool_size: int = 4
+    pool_size: int = 4  # tier 1
+    microvm_pool_size: int = 1
+    microvm_accelerator: str = "kvm"  # "tcg" emulates the CPU: slow, for hosts without hardware KVM
     default_limits: Limits = field(default_factory=Limits)
     max_limits: Limits = field(default_factory=_default_max_limits)
     max_timeout_s: float = 24 * 3600.0
-    templates: frozenset[str] = frozenset({"base"})
+    templates: frozenset[str] = frozenset({TIER1_TEMPLATE, MICROVM_TEMPLATE})
     # Each sandbox runs as its own host uid, from this one up; pick a range no
     # account or subordinate-id range (/etc/subuid) uses.
     host_uid_base: int = 1_500_000_000
@@ -60,17 +72,22 @@ class ManagerConfig:
     reap_interval_s: float = 0.25
 
 
-def _pool_key(limits: Limits) -> tuple[int, int, int, int]:
-    """The limits fixed when a sandbox starts: mount sizes and the agent's rlimits."""
-    return (limits.workspace_mb, limits.tmp_mb, limits.nofile, limits.pids)
+def _pool_key(template: str, limits: Limits) -> tuple[int, ...]:
+    """The limits fixed when a sandbox starts: mount sizes and the agent's rlimits,
+    and a VM's memory and vCPU count."""
+    fixed = (limits.workspace_mb, limits.tmp_mb, limits.nofile, limits.pids)
+    if template == MICROVM_TEMPLATE:
+        return (*fixed, limits.memory_mb, math.ceil(limits.cpu))
+    return fixed
 
 
 class SandboxManager:
     def __init__(self, config: ManagerConfig | None = None):
         self.config = config or ManagerConfig()
         self._sandboxes: dict[str, ManagedSandbox] = {}
-        self._pool: list[tuple[str, Runtime]] = []
-        self._free_uids = list(range(self.config.max_sandboxes + self.config.pool_size))[::-1]
+        self._pools: dict[str, list[tuple[str, Runtime]]] = {t: [] for t in self.config.templates}
+        pooled_at_most = self.config.pool_size + self.config.microvm_pool_size
+        self._free_uids = list(range(self.config.max_sandboxes + pooled_at_most))[::-1]
         self._tasks: set[asyncio.Task[None]] = set()
         self._creating = 0  # launches in flight for create(), counted against capacity
         self._closing = False
@@ -78,6 +95,8 @@ class SandboxManager:
         self._filling: asyncio.Task[None] | None = None
         self._bwrap = ""
         self._tree: CgroupTree | None = None
+        self._microvm: MicroVMHost | None = None
+        self._microvm_missing = "tier-2 sandboxes are not set up"
 
     # -- lifecycle
 
@@ -93,6 +112,12 @@ class SandboxManager:
         self._bwrap = found
         self._tree = CgroupTree.detect(self.config.cgroup_v2_parent)
         self._tree.reap_stale()
+        if MICROVM_TEMPLATE in self.config.templates:
+            try:
+                self._microvm = MicroVMHost.detect(self.config.microvm_accelerator)
+            except Unavailable as exc:
+                self._microvm_missing = f"tier-2 (microvm) sandboxes are unavailable on this host: {exc.message}"
+                logger.info("%s", self._microvm_missing)
         self._reaper = asyncio.create_task(self._reap_loop())
         self._refill()
 
@@ -103,7 +128,9 @@ class SandboxManager:
         if self._filling is not None:
             # It stops after the launch in flight, which must not be orphaned.
             await asyncio.gather(self._filling, return_exceptions=True)
-        pooled, self._pool = self._pool, []
+        pooled = [entry for pool in self._pools.values() for entry in pool]
+        for pool in self._pools.values():
+            pool.clear()
         await asyncio.gather(
             *(self._remove(s, "shutdown") for s in list(self._sandboxes.values())),
             *(self._release(runtime) for _, runtime in pooled),
@@ -121,6 +148,8 @@ class SandboxManager:
         spec.validate(
             templates=self.config.templates, max_limits=self.config.max_limits, max_timeout_s=self.config.max_timeout_s
         )
+        if spec.template == MICROVM_TEMPLATE and self._microvm is None:
+            raise Unavailable(self._microvm_missing, code="microvm_unavailable")
         if len(self._sandboxes) + self._creating >= self.config.max_sandboxes:
             raise Unavailable(f"all {self.config.max_sandboxes} sandboxes are in use", code="capacity")
         pooled = self._claim(spec)
@@ -130,7 +159,7 @@ class SandboxManager:
                 # Inline, not in a thread: a few in-memory cgroupfs writes, and a
                 # thread hop costs more on a loaded host.
                 if spec.limits != self.config.default_limits:
-                    runtime.cgroup.set_limits(spec.limits)
+                    runtime.cgroup.set_limits(self._host_limits(spec.template, spec.limits))
                 if spec.env:
                     await runtime.channel.call("configure", env=spec.env)
             except BaseException:
@@ -139,7 +168,7 @@ class SandboxManager:
         else:
             self._creating += 1
             try:
-                sandbox_id, runtime = await self._launch_to_completion(spec.limits, spec.env)
+                sandbox_id, runtime = await self._launch_to_completion(spec.template, spec.limits, spec.env)
             finally:
                 self._creating -= 1
         sandbox = ManagedSandbox(sandbox_id, spec, runtime, self.config.max_file_bytes)
@@ -149,19 +178,20 @@ class SandboxManager:
         return sandbox
 
     def _claim(self, spec: SandboxSpec) -> tuple[str, Runtime] | None:
-        if _pool_key(spec.limits) != _pool_key(self.config.default_limits):
+        if _pool_key(spec.template, spec.limits) != _pool_key(spec.template, self.config.default_limits):
             return None
-        while self._pool:
-            sandbox_id, runtime = self._pool.pop(0)
+        pool = self._pools[spec.template]
+        while pool:
+            sandbox_id, runtime = pool.pop(0)
             if not runtime.channel.closed.done():
                 return sandbox_id, runtime
             self._background(self._release(runtime))
         return None
 
-    async def _launch_to_completion(self, limits: Limits, env: dict[str, str]) -> tuple[str, Runtime]:
+    async def _launch_to_completion(self, template: str, limits: Limits, env: dict[str, str]) -> tuple[str, Runtime]:
         """A launch the caller's cancellation (a client hanging up) cannot cut in
         half: it runs on, and what it started is released."""
-        launching = asyncio.ensure_future(self._launch(limits, env))
+        launching = asyncio.ensure_future(self._launch(template, limits, env))
         try:
             return await asyncio.shield(launching)
         except asyncio.CancelledError:
@@ -172,13 +202,33 @@ class SandboxManager:
         if not launched.cancelled() and launched.exception() is None:
             self._background(self._release(launched.result()[1]))
 
-    async def _launch(self, limits: Limits, env: dict[str, str]) -> tuple[str, Runtime]:
+    def _host_limits(self, template: str, limits: Limits) -> Limits:
+        """The cgroup limits of a sandbox's host processes: a VM's are its QEMU's."""
+        if template == MICROVM_TEMPLATE:
+            assert self._microvm is not None
+            return self._microvm.host_limits(limits)
+        return limits
+
+    async def _launch(self, template: str, limits: Limits, env: dict[str, str]) -> tuple[str, Runtime]:
         if not self._free_uids:
             raise Unavailable("no free sandbox slot", code="capacity")
         assert self._tree is not None
         slot = self._free_uids.pop()
         sandbox_id = secrets.token_hex(10)
         try:
+            if template == MICROVM_TEMPLATE:
+                assert self._microvm is not None
+                runtime = await launch_vm(
+                    self._microvm, tree=self._tree, name=sandbox_id, limits=limits,
+                    host_uid=self.config.host_uid_base + slot,
+                )  # fmt: skip
+                try:
+                    # The guest's init starts the agent with an empty environment.
+                    await runtime.channel.call("configure", env={**bwrap.base_env(), **env})
+                except BaseException:
+                    await runtime.stop()
+                    raise
+                return sandbox_id, runtime
             runtime = await launch(
                 bwrap_path=self._bwrap,
                 tree=self._tree,
@@ -192,25 +242,43 @@ class SandboxManager:
             raise
         return sandbox_id, runtime
 
-    def _refill(self) -> None:
-        if self.config.pool_size and not self._closing and (self._filling is None or self._filling.done()):
-            self._filling = asyncio.create_task(self._fill_pool())
+    def _pool_sizes(self) -> dict[str, int]:
+        sizes = {TIER1_TEMPLATE: self.config.pool_size}
+        if self._microvm is not None:
+            sizes[MICROVM_TEMPLATE] = self.config.microvm_pool_size
+        return {t: n for t, n in sizes.items() if t in self._pools and n > 0}
 
-    async def _fill_pool(self) -> None:
-        while len(self._pool) < self.config.pool_size and self._free_uids and not self._closing:
-            try:
-                sandbox_id, runtime = await self._launch(self.config.default_limits, {})
-            except (OSError, SandboxError) as exc:
-                # Not retried in a loop: the next create() launches directly and reports the cause.
-                logger.error("could not start a pooled sandbox: %s", exc)
+    def _refill(self) -> None:
+        if self._pool_sizes() and not self._closing and (self._filling is None or self._filling.done()):
+            self._filling = asyncio.create_task(self._fill_pools())
+
+    async def _fill_pools(self) -> None:
+        # One sandbox at a time, to the pool furthest below its size: a claim from
+        # any pool while this runs is refilled by this same loop.
+        while self._free_uids and not self._closing:
+            sizes = self._pool_sizes()
+            short = [t for t, n in sizes.items() if len(self._pools[t]) < n]
+            if not short:
                 return
-            try:
-                await self._warm(runtime)
-            except SandboxError as exc:
-                logger.error("a pooled sandbox died while warming up: %s", exc)
-                await self._release(runtime)
+            template = min(short, key=lambda t: len(self._pools[t]) / sizes[t])
+            if not await self._add_to_pool(template):
                 return
-            self._pool.append((sandbox_id, runtime))
+
+    async def _add_to_pool(self, template: str) -> bool:
+        try:
+            sandbox_id, runtime = await self._launch(template, self.config.default_limits, {})
+        except (OSError, SandboxError) as exc:
+            # Not retried in a loop: the next create() launches directly and reports the cause.
+            logger.error("could not start a pooled %s sandbox: %s", template, exc)
+            return False
+        try:
+            await self._warm(runtime)
+        except SandboxError as exc:
+            logger.error("a pooled %s sandbox died while warming up: %s", template, exc)
+            await self._release(runtime)
+            return False
+        self._pools[template].append((sandbox_id, runtime))
+        return True
 
     @staticmethod
     async def _warm(runtime: Runtime) -> None:
@@ -312,6 +380,6 @@ class SandboxManager:
         return {
             "running": states.count(SandboxState.RUNNING),
             "paused": states.count(SandboxState.PAUSED),
-            "pooled": len(self._pool),
+            "pooled": sum(len(pool) for pool in self._pools.values()),
             "capacity": self.config.max_sandboxes,
         }

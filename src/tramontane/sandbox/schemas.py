@@ -23,7 +23,7 @@ class NetworkBody(_Body):
 
 
 class CreateSandboxBody(_Body):
-    template: str = "base"
+    template: str = Field("base", description='"base" (tier 1, namespaces) or "microvm" (tier 2, a KVM microVM).')
     timeout: float = Field(300, description="Seconds until the sandbox is killed; extend with POST /timeout.")
     idle_timeout: float | None = Field(None, description="Seconds without an API call after which it is killed.")
     envs: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,172 @@
+"""Starting one tier-2 sandbox: QEMU `-M microvm` with the guest image.
+
+The VM has no network device, no disk and no console: its only devices are a
+virtio serial port, which QEMU joins to its own stdin/stdout (so the host
+speaks to the agent exactly as to a tier-1 agent, through `launcher.attach`),
+and a read-only virtio-9p export of the host's /usr. QEMU itself is confined
+like a tier-1 sandbox: its own cgroup (VM memory plus QEMU's overhead, CPU
+quota, a pids cap), its own unprivileged host uid with no capabilities and
+no_new_privs (reaching /dev/kvm through the device's group only), and its
+seccomp sandbox (`-sandbox on`: no exec, no privilege changes, no obsolete
+syscalls).
+
+Guest RAM is the sandbox's memory limit plus GUEST_BASE_MB for the guest
+kernel, so user code gets about the memory it asked for; the guest kernel's
+OOM killer acts inside the VM and the agent is its last choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..cgroups import Cgroup, CgroupTree
+from ..errors import SandboxError, Unavailable
+from ..launcher import Runtime, attach, rlimits
+from ..policy import Limits
+from .image import GuestImage, build
+
+GUEST_BASE_MB = 96  # guest kernel, page tables, the agent's python
+QEMU_OVERHEAD_MB = {"kvm": 96, "tcg": 192}  # QEMU's own memory; TCG adds its translation cache
+QEMU_PIDS = 128  # vCPU, I/O and 9p worker threads
+BOOT_TIMEOUT_S = {"kvm": 20.0, "tcg": 180.0}
+ACCELERATORS = ("kvm", "tcg")
+
+
+def _hardware_kvm() -> str | None:
+    """Why KVM cannot boot a stock kernel here, or None if it can."""
+    try:
+        device = os.stat("/dev/kvm")
+    except OSError:
+        return "/dev/kvm is missing"
+    if not any(Path(f"/sys/module/{m}").exists() for m in ("kvm_intel", "kvm_amd")):
+        # e.g. kvm_pvm (pagetable-based virtualization) inside a cloud VM: it runs
+        # only guests built for it, not Debian's kernel.
+        return "/dev/kvm here is not hardware virtualization (no kvm_intel/kvm_amd); it cannot boot a stock kernel"
+    if device.st_mode & 0o060 != 0o060:
+        # QEMU runs unprivileged, through the device's group (Debian's udev: root:kvm 0660).
+        return "/dev/kvm is not read-write for its group (chmod 0660 /dev/kvm)"
+    return None
+
+
+def _host_tsc_khz() -> int:
+    """Under TCG the guest's TSC runs at the host's rate; telling the guest skips a
+    calibration that fails when the emulator is starved of CPU."""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("cpu MHz"):
+                return int(float(line.split(":")[1]) * 1000)
+    return 0
+
+
+@dataclass(frozen=True)
+class MicroVMHost:
+    qemu: str
+    image: GuestImage
+    accelerator: str
+
+    @classmethod
+    def detect(cls, accelerator: str = "kvm", qemu_path: str | None = None) -> MicroVMHost:
+        if accelerator not in ACCELERATORS:
+            raise Unavailable(f"unknown accelerator {accelerator!r}", code="microvm_unavailable")
+        qemu = qemu_path or shutil.which("qemu-system-x86_64")
+        if qemu is None:
+            raise Unavailable("qemu-system-x86_64 is not installed", code="microvm_unavailable")
+        if accelerator == "kvm" and (reason := _hardware_kvm()) is not None:
+            raise Unavailable(reason, code="microvm_unavailable")
+        return cls(qemu, build(download=False), accelerator)
+
+    def guest_ram_mb(self, limits: Limits) -> int:
+        return limits.memory_mb + GUEST_BASE_MB
+
+    def host_limits(self, limits: Limits) -> Limits:
+        """What the QEMU process's cgroup allows: the whole VM and QEMU itself."""
+        memory = self.guest_ram_mb(limits) + QEMU_OVERHEAD_MB[self.accelerator]
+        return replace(limits, memory_mb=memory, pids=QEMU_PIDS)
+
+    def argv(self, limits: Limits, kernel: str, initrd: str) -> list[str]:
+        cmdline = [
+            "quiet", "panic=-1", "console=", "8250.nr_uarts=0",
+            f"workspace_mb={limits.workspace_mb}", f"tmp_mb={limits.tmp_mb}",
+            "rlimits=" + ",".join(f"{k}:{v}" for k, v in rlimits(limits).items()),
+        ]  # fmt: skip
+        if self.accelerator == "kvm":
+            accel = ["-accel", "kvm", "-cpu", "host"]
+        else:
+            accel = ["-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max"]
+            cmdline += [f"tsc_early_khz={_host_tsc_khz()}", "no_timer_check"]
+        return [
+            self.qemu,
+            "-M", "microvm,x-option-roms=off,isa-serial=off,rtc=off",
+            *accel,
+            "-m", str(self.guest_ram_mb(limits)),
+            "-smp", str(max(1, math.ceil(limits.cpu))),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", kernel,
+            "-initrd", initrd,
+            "-append", " ".join(cmdline),
+            "-chardev", "stdio,id=agent,signal=off",
+            "-device", "virtio-serial-device,max_ports=2",
+            "-device", "virtserialport,chardev=agent,name=agent",
+            "-fsdev", "local,id=usr,path=/usr,security_model=none,readonly=on",
+            "-device", "virtio-9p-device,fsdev=usr,mount_tag=usr",
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]  # fmt: skip
+
+    def device_groups(self) -> list[int]:
+        return [os.stat("/dev/kvm").st_gid] if self.accelerator == "kvm" else []
+
+
+def _spawn(host: MicroVMHost, limits: Limits, group: Cgroup, host_uid: int) -> subprocess.Popen[bytes]:
+    # The shell joins the cgroup while still root, then becomes QEMU as the
+    # sandbox's uid: no page of the VM is ever charged anywhere else. The image
+    # is opened here and handed over as descriptors, since the sandbox's uid
+    # cannot reach the (root-only) directory it is kept in.
+    image = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in (host.image.kernel, host.image.initrd)]
+    argv = host.argv(limits, *(f"/proc/self/fd/{fd}" for fd in image))
+    groups = host.device_groups()
+    procs = [str(d / "cgroup.procs") for d in group.dirs.values()]
+    join = 'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f"; shift; done; shift; exec "$@"'
+    drop = [
+        "setpriv", f"--reuid={host_uid}", f"--regid={host_uid}",
+        f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+    ]  # fmt: skip
+    try:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", join, "sh", *procs, "--", *drop, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=image,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+    finally:
+        for fd in image:
+            os.close(fd)
+
+
+async def launch_vm(host: MicroVMHost, *, tree: CgroupTree, name: str, limits: Limits, host_uid: int) -> Runtime:
+    """Boots a VM and returns once its agent answers (QEMU's errors if it cannot)."""
+    group = tree.create(name, host.host_limits(limits))
+    try:
+        process = await asyncio.to_thread(_spawn, host, limits, group, host_uid)
+    except BaseException:
+        group.remove()
+        raise
+    runtime = await attach(process, group, host_uid)
+    try:
+        await asyncio.wait_for(runtime.channel.call("ps"), BOOT_TIMEOUT_S[host.accelerator])
+    except (TimeoutError, SandboxError) as exc:
+        await runtime.stop()
+        tail = runtime.stderr_tail.decode(errors="replace").strip()[-800:]
+        raise Unavailable(f"the microVM did not boot: {tail or type(exc).__name__}", code="microvm_boot") from exc
+    except BaseException:
+        await runtime.stop()
+        raise
+    return runtime
