@@ -72,7 +72,9 @@ async def test_scales_up_under_load_and_back_down(env: Env) -> None:
 
 
 async def test_scale_to_zero_and_wake_on_request(env: Env) -> None:
-    body = spec("sleepy", scaling={"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after_s": 0.5})
+    # Deep sleep: no light sleep, so scaling to zero stops the process.
+    scaling = {"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after_s": 0.5, "light_sleep_s": 0}
+    body = spec("sleepy", scaling=scaling)
     created = await env.client.post("/v1/deployments", json=body)
     assert created.json()["replicas"] == []
 
@@ -83,7 +85,7 @@ async def test_scale_to_zero_and_wake_on_request(env: Env) -> None:
     assert first.status_code == 200
 
     deployment = env.plane.get(env.workspace_id, "sleepy")
-    await _wait_for(lambda: not deployment.live(), what="scale to zero")
+    await _wait_for(lambda: not deployment.replicas, what="scale to zero")
     assert deployment.desired == 0
 
     again = await env.client.get("/serve/sleepy/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -11,6 +12,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..control.plane import ControlPlane
+from ..control.replica import REPLICA_TOKEN_ENV
 from ..engine import EngineConfig, ModelLoadError
 from ..sandbox import ManagerConfig, SandboxManager
 from ..server import ModelRegistry, ModelSpec, create_app, default_model_specs
@@ -48,10 +50,18 @@ def up(
     """Serve the OpenAI- and Mistral-compatible API, and its admin API."""
     # Before the models: a wrong database fails in a second, not after loading.
     tenancy = open_tenancy(database_url)
+    # Set when a control plane started this server as a deployment's replica: it
+    # then serves its models only (deployments and sandboxes are the plane's).
+    replica_token = os.environ.get(REPLICA_TOKEN_ENV)
     try:
         try:
             specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
-            config = EngineConfig(quantization=quantization, kv_cache_memory_gb=kv_cache_gb, device=device)
+            config = EngineConfig(
+                quantization=quantization,
+                kv_cache_memory_gb=kv_cache_gb,
+                device=device,
+                prepared_weights_dir=str(tenancy.home / "prepared"),
+            )
             registry = load_models(specs, config)
         except (ModelLoadError, ValueError) as exc:
             console.print(f"[red]error:[/] {exc}")
@@ -61,9 +71,12 @@ def up(
         admin_key = tenancy.bootstrap_admin_key()
         if admin_key is not None:
             print_admin_key(tenancy, admin_key, url, database_url is not None)
-        sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
-        plane = ControlPlane(tenancy.store, home=tenancy.home)
-        app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
+        if replica_token is not None:
+            app = create_app(registry, tenancy, replica_token=replica_token)
+        else:
+            sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
+            plane = ControlPlane(tenancy.store, home=tenancy.home)
+            app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         tenancy.close()
@@ -102,7 +115,9 @@ def print_admin_key(tenancy: Tenancy, key: str, url: str, custom_database: bool)
 
 def load_models(specs: list[ModelSpec], engine_config: EngineConfig | None = None) -> ModelRegistry:
     registry = ModelRegistry()
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn()
+    )
     with Progress(*columns, console=console) as progress:
         for spec in specs:
             task = progress.add_task(f"Loading {spec.name or spec.path}", total=None)

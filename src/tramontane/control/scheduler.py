@@ -3,7 +3,9 @@
 A replica fits when the node's free CPU, memory, GPUs and GPU memory all cover
 its request. When it does not, idle replicas of other deployments are evicted,
 least recently used first, until it does; a deployment is never shrunk below its
-min_replicas, and a replica with requests in flight is never evicted."""
+min_replicas, and a replica with requests in flight is never evicted. A sleeping
+replica holds host memory only (what it measured resident when it fell asleep)
+and can always be evicted."""
 
 from __future__ import annotations
 
@@ -35,15 +37,18 @@ class Occupant:
     replica_id: str
     deployment_id: str
     resources: Resources
-    # Idle (nothing in flight) and its deployment is above min_replicas.
+    # Idle (nothing in flight) and its deployment is above min_replicas, or asleep.
     evictable: bool
     last_used: float
+    # Set for a sleeping replica: the only thing it holds.
+    held_memory_mb: int | None = None
 
 
 def _free(capacity: NodeCapacity, occupants: list[Occupant]) -> list[float]:
     free = [float(capacity.cpu), float(capacity.memory_mb), float(capacity.gpus), float(capacity.gpu_memory_mb)]
     for occupant in occupants:
-        for i, used in enumerate(_vector(occupant.resources)):
+        held = _vector(occupant.resources) if occupant.held_memory_mb is None else (0, occupant.held_memory_mb, 0, 0)
+        for i, used in enumerate(held):
             free[i] -= used
     return free
 

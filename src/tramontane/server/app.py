@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from .protocol import ErrorResponse
 from .registry import ModelRegistry
+from .sleep import sleep_router
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -41,11 +42,14 @@ def create_app(
     *,
     sandboxes: SandboxManager | None = None,
     control_plane: ControlPlane | None = None,
+    replica_token: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, and,
     when given, the sandbox API and the deployments API + router. Its lifespan starts
-    and stops the engines, sandboxes and control plane (the caller owns `tenancy`)."""
+    and stops the engines, sandboxes and control plane (the caller owns `tenancy`).
+    With `replica_token` it is a deployment's replica, put to sleep and woken by
+    its control plane (server/sleep.py)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +86,8 @@ def create_app(
         app.include_router(create_router(sandboxes, owner=_sandbox_owner))
     if control_plane is not None:
         install_control_plane(app, control_plane, tenancy)
+    if replica_token is not None:
+        app.include_router(sleep_router(registry, replica_token))
 
     install_error_handlers(app)
     # Added last, so outermost: the request id and metrics cover every response.

@@ -1,7 +1,7 @@
 """Where replicas run. `Backend` is the contract; `LocalBackend` runs each replica
 as a process group on this machine."""
 
-from .base import Backend, ReplicaHandle
+from .base import Backend, Pausable, ReplicaHandle
 from .local import LocalBackend
 
-__all__ = ["Backend", "LocalBackend", "ReplicaHandle"]
+__all__ = ["Backend", "LocalBackend", "Pausable", "ReplicaHandle"]
