@@ -140,7 +140,7 @@ def main() -> None:
     os.close(null)
     os.environ.update(assignment["env"])
     sys.argv = ["tramontane", *assignment["args"]]
-    app()
+    app(prog_name="tramontane")
 
 
 if __name__ == "__main__":
