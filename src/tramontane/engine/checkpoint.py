@@ -50,23 +50,21 @@ class Checkpoint:
     name: str
 
 
-def load_checkpoint(path: str, on_progress: ProgressCallback | None = None, *, weights: bool = True) -> Checkpoint:
+def load_checkpoint(path: str, on_progress: ProgressCallback | None = None) -> Checkpoint:
     """Load a .gguf file or a HF folder (config.json, *.safetensors, tokenizer.json).
 
     Tensors come back as float: f32 for quantized and f32 sources, f16/bf16 as
-    stored. on_progress(done, total) is called as tensors load. Without `weights`,
-    only the config and tokenizer are read (for a model whose prepared weights
-    are mapped from elsewhere) and `tensors` is empty.
+    stored. on_progress(done, total) is called as tensors load.
     """
     if os.path.isdir(path):
-        return _load_hf_dir(path, on_progress, weights)
+        return _load_hf_dir(path, on_progress)
     if os.path.isfile(path):
-        config, tensors, tokenizer = load_gguf(path, on_progress, weights=weights)
+        config, tensors, tokenizer = load_gguf(path, on_progress)
         return Checkpoint(config, tensors, tokenizer, os.path.splitext(os.path.basename(path))[0])
     raise ModelLoadError(f"model path {path!r} does not exist")
 
 
-def _load_hf_dir(path: str, on_progress: ProgressCallback | None, weights: bool) -> Checkpoint:
+def _load_hf_dir(path: str, on_progress: ProgressCallback | None) -> Checkpoint:
     raw = _read_json(os.path.join(path, "config.json"))
     if raw is None:
         raise ModelLoadError(f"{path} is neither a GGUF file nor a HF model folder (no config.json)")
@@ -76,17 +74,14 @@ def _load_hf_dir(path: str, on_progress: ProgressCallback | None, weights: bool)
     tokenizer = Tokenizer.from_hf_dir(path, extra_eos_token_ids=config_eos)
     bos = config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id
     config = dataclasses.replace(config, bos_token_id=bos, eos_token_ids=sorted(tokenizer.eos_token_ids))
-    name = os.path.basename(os.path.normpath(path))
-    if not weights:
-        return Checkpoint(config, {}, tokenizer, name)
     tensors: dict[str, torch.Tensor] = {}
-    for tensor_name, tensor in _read_safetensors(path, on_progress):
-        tensors.update(_hf_tensors(tensor_name, tensor, config))
+    for name, tensor in _read_safetensors(path, on_progress):
+        tensors.update(_hf_tensors(name, tensor, config))
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
     elif "lm_head.weight" not in tensors:
         raise ModelLoadError(f"{path} has no lm_head.weight and its config does not tie embeddings")
-    return Checkpoint(config, tensors, tokenizer, name)
+    return Checkpoint(config, tensors, tokenizer, os.path.basename(os.path.normpath(path)))
 
 
 def _read_json(path: str) -> dict[str, Any] | None:

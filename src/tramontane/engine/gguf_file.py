@@ -332,16 +332,16 @@ def _hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterato
 
 
 def load_gguf(
-    path: str, on_progress: Callable[[int, int], None] | None = None, *, weights: bool = True
+    path: str, on_progress: Callable[[int, int], None] | None = None
 ) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
-    """Config, HF-named tensors (none without `weights`) and tokenizer of a GGUF checkpoint."""
+    """Config, HF-named tensors and tokenizer of a GGUF checkpoint."""
     gguf = GGUFFile(path)
     config = _model_config(gguf)
     tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
     config = dataclasses.replace(
         config, bos_token_id=tokenizer.bos_token_id, eos_token_ids=sorted(tokenizer.eos_token_ids)
     )
-    infos = [info for name, info in gguf.tensors.items() if name not in _SKIPPED and weights]
+    infos = [info for name, info in gguf.tensors.items() if name not in _SKIPPED]
     tensors: dict[str, torch.Tensor] = {}
     if on_progress:
         on_progress(0, len(infos))

@@ -86,10 +86,12 @@ class LLMEngine:
         if config.prepared_weights_dir is None:
             return cls(load_checkpoint(path, on_progress=on_progress), config)
         where = prepared_path(config.prepared_weights_dir, path, config)
-        prepared = load_prepared(where)
-        if prepared is not None:
-            return cls(load_checkpoint(path, weights=False), config, prepared)
-        return cls(load_checkpoint(path, on_progress=on_progress), config, on_prepared=partial(save_prepared, where))
+        loaded = load_prepared(where)
+        if loaded is not None:
+            checkpoint, prepared = loaded
+            return cls(checkpoint, config, prepared)
+        checkpoint = load_checkpoint(path, on_progress=on_progress)
+        return cls(checkpoint, config, on_prepared=partial(save_prepared, where, checkpoint))
 
     # -- light sleep ---------------------------------------------------------------
 

@@ -1,9 +1,11 @@
 """Prepared models: the model module as the runner uses it (weights dequantized
-from the GGUF, re-quantized and repacked for the matmul kernels), saved once and
-memory-mapped by every later start.
+from the GGUF, re-quantized and repacked for the matmul kernels), with the
+checkpoint's config and tokenizer, saved once and memory-mapped by every later
+start.
 
-Preparing the default model takes seconds of CPU (dequantize, quantize, repack);
-mapping the prepared file takes tens of milliseconds. The mapping is private and
+Preparing the default model takes seconds of CPU (dequantize, quantize, repack,
+and parsing a vocabulary of 49k tokens out of the GGUF metadata); loading the
+prepared file takes a fraction of a second. The mapping is private and
 the weights are never written, so their pages stay the page cache's own: every
 replica of the model shares one copy in host memory, and a start after the first
 reads nothing from disk.
@@ -26,14 +28,17 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import platform
 from pathlib import Path
 
 import torch
 
 from . import layers, model
+from .checkpoint import Checkpoint
 from .config import EngineConfig, ModelConfig
 from .model import CausalLM
+from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -76,28 +81,34 @@ def prepared_path(directory: str, checkpoint: str, config: EngineConfig) -> Path
     return Path(directory) / f"{Path(checkpoint).stem}-{digest}.pt"
 
 
-def load_prepared(path: Path) -> CausalLM | None:
-    """The prepared model, its tensors mapped from the file (no copy), or None when
-    there is none yet or it is unreadable (then the caller prepares anew)."""
+def load_prepared(path: Path) -> tuple[Checkpoint, CausalLM] | None:
+    """The checkpoint (config and tokenizer, no tensors) and the prepared model,
+    its tensors mapped from the file (no copy); None when there is none yet or it
+    is unreadable (then the caller prepares anew)."""
     if not path.is_file():
         return None
     try:
         with torch.serialization.safe_globals(_MODULE_CLASSES):
-            loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, torch.serialization.pickle.UnpicklingError) as exc:
+            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        prepared = saved["model"]
+        if not isinstance(prepared, CausalLM):
+            raise ValueError("not a prepared model")
+        checkpoint = Checkpoint(prepared.config, {}, Tokenizer.from_state(saved["tokenizer"]), saved["name"])
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
         log.warning("ignoring unreadable prepared model %s: %s", path, exc)
         return None
-    return loaded if isinstance(loaded, CausalLM) else None
+    return checkpoint, prepared
 
 
-def save_prepared(path: Path, prepared: CausalLM) -> None:
+def save_prepared(path: Path, checkpoint: Checkpoint, prepared: CausalLM) -> None:
     """Saves a CPU model atomically (write then rename): a concurrent start sees
     the whole file or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
+    saved = {"model": prepared, "tokenizer": checkpoint.tokenizer.to_state(), "name": checkpoint.name}
     try:
-        torch.save(prepared, partial)
+        torch.save(saved, partial)
         os.replace(partial, path)
     except OSError as exc:  # a full or read-only disk costs the next start time, nothing else
-        log.warning("cannot save prepared weights to %s: %s", path, exc)
+        log.warning("cannot save prepared model to %s: %s", path, exc)
         partial.unlink(missing_ok=True)
