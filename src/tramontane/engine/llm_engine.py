@@ -8,6 +8,7 @@ from a single background thread.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ class LLMEngine:
         """Loads a checkpoint. With `config.prepared_weights_dir`, the model is
         mapped from its prepared file when there is one, and saved there otherwise."""
         config = config or EngineConfig()
-        if config.prepared_weights_dir is None:
+        if config.prepared_weights_dir is None or not os.path.exists(path):
+            # (A missing path gets load_checkpoint's error.)
             return cls(load_checkpoint(path, on_progress=on_progress), config)
         where = prepared_path(config.prepared_weights_dir, path, config)
         loaded = load_prepared(where)
