@@ -20,7 +20,6 @@ from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpcore
 import httpx
 
 from ..store import HOME_ENV, URL_ENV, Store, tramontane_home
@@ -35,6 +34,7 @@ from .repository import Repository
 from .scheduler import NodeCapacity, Occupant, place
 from .spec import DeploymentSpec, Kind
 from .states import LIVE, ReplicaState
+from .upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +61,13 @@ class ControlPlane:
         # the loop never start the same replica twice or double-book resources.
         self._lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
-        self._proxy_pool: httpcore.AsyncConnectionPool | None = None
+        self.upstream = UpstreamPool()
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient()
-        # httpcore rather than httpx: the router needs none of httpx's request and
-        # URL models, and skipping them is a third of the proxy's CPU per request.
-        self._proxy_pool = httpcore.AsyncConnectionPool(max_connections=None, max_keepalive_connections=64)
         for row in self.repository.take_replicas():
             if row.pid is not None and self.backend.reap(row.pid, row.pid_start):
                 log.info("killed replica %s left by a previous control plane", row.id)
@@ -95,8 +92,7 @@ class ControlPlane:
         await self.backend.close()
         if self._client is not None:
             await self._client.aclose()
-        if self._proxy_pool is not None:
-            await self._proxy_pool.aclose()
+        await self.upstream.aclose()
 
     # -- deployments -----------------------------------------------------------
 
@@ -376,13 +372,6 @@ class ControlPlane:
     def _set_desired(self, deployment: Deployment, desired: int) -> None:
         deployment.desired = desired
         self.repository.set_desired(deployment.id, desired)
-
-    @property
-    def proxy_pool(self) -> httpcore.AsyncConnectionPool:
-        """The keep-alive connections the router forwards requests over."""
-        if self._proxy_pool is None:
-            raise RuntimeError("the control plane is not started")
-        return self._proxy_pool
 
     @property
     def _http_client(self) -> httpx.AsyncClient:

@@ -13,16 +13,16 @@ path, and the framework's per-request work (a threadpool hop in and out of the
 key dependency, dependency solving, a task group per streaming response) cost
 more than the proxying itself. Here the key check runs inline (one indexed read,
 as the control plane's own bookkeeping does), the body is parsed only when no
-path prefix matches, and bytes are relayed without re-buffering over one
-keep-alive client."""
+path prefix matches, and bytes are relayed as they come over keep-alive
+connections (upstream.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from typing import Any
+from urllib.parse import quote
 
-import httpcore
 from starlette.types import Receive, Scope, Send
 
 from ..errors import APIError
@@ -30,8 +30,9 @@ from ..tenancy import Capability, Tenancy
 from .errors import ControlError, ReplicaUnavailable
 from .plane import ControlPlane
 from .spec import Kind
+from .upstream import UpstreamResponse
 
-# Hop-by-hop headers (RFC 9110 section 7.6.1) and those httpx recomputes.
+# Hop-by-hop headers (RFC 9110 section 7.6.1), those set anew, and Expect (the body is already read).
 _DROP_REQUEST = frozenset(
     {
         b"host",
@@ -39,6 +40,7 @@ _DROP_REQUEST = frozenset(
         b"keep-alive",
         b"transfer-encoding",
         b"te",
+        b"expect",
         b"upgrade",
         b"content-length",
         b"authorization",
@@ -46,9 +48,8 @@ _DROP_REQUEST = frozenset(
     }
 )
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
-# No read timeout: a model may think for minutes before its first byte.
-_TIMEOUTS = {"connect": 5.0}
-_UPSTREAM_ERRORS = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException, OSError)
+# Characters a path may carry unencoded (RFC 3986 pchar and "/").
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 # Bodies larger than this are not parsed for a `model` field (only path routing).
 _MODEL_SNIFF_LIMIT = 1 << 20
 
@@ -133,32 +134,29 @@ class DeploymentsRouter:
         if deployment.spec.kind is Kind.MODEL and authorization is not None:
             forwarded.append((b"authorization", authorization.encode("latin-1")))
         query = scope.get("query_string", b"")
-        target = forward_path.encode() + (b"?" + query if query else b"")
+        # ASGI gives the path decoded; it goes on encoded again.
+        target = quote(forward_path, safe=_PATH_SAFE).encode() + (b"?" + query if query else b"")
         try:
             async with self.plane.acquire(deployment) as replica:
                 assert replica.handle is not None
-                host = replica.handle.host.encode()
-                url = httpcore.URL(scheme=b"http", host=host, port=replica.handle.port, target=target)
-                # httpcore sends the headers it is given, no more: HTTP/1.1 needs Host, and a body its length.
-                forwarded.append((b"host", b"%s:%d" % (host, replica.handle.port)))
+                host, port = replica.handle.host, replica.handle.port
+                forwarded.append((b"host", b"%s:%d" % (host.encode(), port)))
                 if body or scope["method"] in ("POST", "PUT", "PATCH"):
                     forwarded.append((b"content-length", b"%d" % len(body)))
-                request = httpcore.Request(scope["method"].encode(), url, headers=forwarded, content=body,
-                                           extensions={"timeout": _TIMEOUTS})
                 try:
-                    response = await self.plane.proxy_pool.handle_async_request(request)
-                except _UPSTREAM_ERRORS as exc:
+                    response = await self.plane.upstream.send(host, port, scope["method"], target, forwarded, body)
+                except (OSError, TimeoutError) as exc:
                     raise ReplicaUnavailable(
                         f"Replica {replica.id} of deployment '{deployment.name}' failed: {type(exc).__name__}"
                     ) from exc
                 try:
                     await self._relay(response, receive, send)
                 finally:
-                    await response.aclose()
+                    response.release()
         except APIError as exc:
             await exc.response()(scope, receive, send)
 
-    async def _relay(self, response: httpcore.Response, receive: Receive, send: Send) -> None:
+    async def _relay(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
         """Sends the upstream response on as it arrives. A client that goes away
         stops the relay (and so the replica's work on it); a replica dying
         mid-body ends the stream early: the status line is already sent, so the
@@ -174,9 +172,9 @@ class DeploymentsRouter:
         assert relay is not None
         watcher = asyncio.create_task(_cancel_on_disconnect(receive, relay))
         try:
-            async for chunk in response.aiter_stream():
+            async for chunk in response.body():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except _UPSTREAM_ERRORS:
+        except OSError:
             pass
         except asyncio.CancelledError:
             if not watcher.done():
