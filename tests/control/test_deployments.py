@@ -32,6 +32,11 @@ async def test_create_route_stream_and_logs(env: Env) -> None:
     assert by_path.status_code == 200, by_path.text
     assert by_path.json()["path"] == "/hello?x=1"
 
+    # The path goes on as the client encoded it.
+    encoded = await env.client.get("/serve/echo/a%20b%3Fc?q=1%2E5")
+    assert encoded.status_code == 200, encoded.text
+    assert encoded.json()["path"] == "/a%20b%3Fc?q=1%2E5"
+
     by_model = await env.client.post("/serve/v1/chat/completions", json={"model": "echo-1", "messages": []})
     assert by_model.json() == {"pid": by_path.json()["pid"], "path": "/v1/chat/completions", "model": "echo-1"}
 

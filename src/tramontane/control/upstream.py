@@ -19,6 +19,7 @@ _CONNECT_TIMEOUT_S = 5.0
 # Body chunks buffered from a replica before reading from it pauses (a slow client).
 _HIGH_WATER = 16
 _IDLE_PER_REPLICA = 64
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class UpstreamError(ConnectionError):
@@ -50,7 +51,10 @@ class _Connection(asyncio.Protocol):
         if self._paused:
             self._paused = False
             self.transport.resume_reading()
-        self.transport.write(request)
+        if self.transport.is_closing():
+            self._fail(UpstreamError("the replica closed the connection"))
+        else:
+            self.transport.write(request)
 
     async def head(self) -> None:
         assert self._head is not None
@@ -161,16 +165,19 @@ class UpstreamPool:
         idle = self._idle.get(key, [])
         while idle:
             connection = idle.pop()
-            if connection.closed:
+            if connection.closed:  # the replica closed it while it was idle
                 continue
             connection.begin(request, method == "HEAD")
             try:
                 await connection.head()
             except UpstreamError:
-                # A kept-alive connection the replica closed meanwhile: it never saw
-                # the request, so it goes again on a new connection.
+                # Closed by the replica just as the request went out (an idle
+                # timeout, most likely); whether it was processed is unknown, so
+                # only a request that may be repeated goes again (RFC 9110 9.2.2).
                 connection.close()
-                continue
+                if method in _IDEMPOTENT:
+                    continue
+                raise
             except BaseException:
                 connection.close()
                 raise
