@@ -29,6 +29,18 @@ def _process_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def _wait_dead(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            if _process_state(pid) == "Z":
+                return
+        except FileNotFoundError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not die"
+        time.sleep(0.005)
+
+
 def _napping(**scaling: float) -> dict:
     """A deployment that scales to zero a moment after its last request."""
     return {"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after_s": 0.3, **scaling}
@@ -162,7 +174,10 @@ async def test_crash_while_asleep_then_at_once_a_request(env: Env) -> None:
     sleeper = await _asleep(env, "brittle")
     assert sleeper.handle is not None and sleeper.handle.pid is not None
     os.killpg(sleeper.handle.pid, signal.SIGKILL)
-    # The wake finds it dead before the supervisor does: the request still succeeds.
+    # Dead for sure (its port closed), without yielding to the event loop, so the
+    # wake may well find it dead before its supervisor does: either way, the
+    # request is served by a new process.
+    _wait_dead(pid)
     answer = await env.client.get("/serve/brittle/")
     assert answer.status_code == 200 and answer.json()["pid"] != pid
     assert sleeper.restarts == 1
