@@ -66,6 +66,7 @@ class Standby:
                 start_new_session=True,
             )
             self._ready = asyncio.create_task(self._wait_ready(self._process))
+            self._ready.add_done_callback(self._check_started)
 
     async def take(self, args: list[str], env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process | None:
         """Hands the standby `tramontane ARGS` to run; None when there is none alive
@@ -106,6 +107,13 @@ class Standby:
     def _refill_now(self) -> None:
         self._refill = None
         self._starting = asyncio.create_task(self.start())
+
+    def _check_started(self, ready: asyncio.Task[bool]) -> None:
+        # One that died before it was ready is replaced (after the usual delay).
+        if ready is self._ready and not ready.cancelled() and not ready.result():
+            log.warning("the standby interpreter exited before it was ready")
+            self._process = self._ready = None
+            self._schedule_refill()
 
     @staticmethod
     async def _wait_ready(process: asyncio.subprocess.Process) -> bool:
