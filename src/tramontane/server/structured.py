@@ -129,7 +129,8 @@ class GrammarCompiler:
 
     def _json_grammar(self, schema: dict, strict: bool) -> str:
         try:
-            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={**_JSON_STYLE, "lenient": not strict})
+            defaults = {**_JSON_STYLE, "lenient": not strict}
+            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=defaults)
         except ValueError as exc:
             raise InvalidRequestError(f"invalid JSON schema: {exc}", param="response_format") from exc
 
