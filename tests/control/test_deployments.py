@@ -32,6 +32,11 @@ async def test_create_route_stream_and_logs(env: Env) -> None:
     assert by_path.status_code == 200, by_path.text
     assert by_path.json()["path"] == "/hello?x=1"
 
+    # The path goes on as the client encoded it.
+    encoded = await env.client.get("/serve/echo/a%20b%3Fc?q=1%2E5")
+    assert encoded.status_code == 200, encoded.text
+    assert encoded.json()["path"] == "/a%20b%3Fc?q=1%2E5"
+
     by_model = await env.client.post("/serve/v1/chat/completions", json={"model": "echo-1", "messages": []})
     assert by_model.json() == {"pid": by_path.json()["pid"], "path": "/v1/chat/completions", "model": "echo-1"}
 
@@ -72,7 +77,9 @@ async def test_scales_up_under_load_and_back_down(env: Env) -> None:
 
 
 async def test_scale_to_zero_and_wake_on_request(env: Env) -> None:
-    body = spec("sleepy", scaling={"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after_s": 0.5})
+    # Deep sleep: no light sleep, so scaling to zero stops the process.
+    scaling = {"min_replicas": 0, "max_replicas": 1, "scale_to_zero_after_s": 0.5, "light_sleep_s": 0}
+    body = spec("sleepy", scaling=scaling)
     created = await env.client.post("/v1/deployments", json=body)
     assert created.json()["replicas"] == []
 
@@ -83,7 +90,7 @@ async def test_scale_to_zero_and_wake_on_request(env: Env) -> None:
     assert first.status_code == 200
 
     deployment = env.plane.get(env.workspace_id, "sleepy")
-    await _wait_for(lambda: not deployment.live(), what="scale to zero")
+    await _wait_for(lambda: not deployment.replicas, what="scale to zero")
     assert deployment.desired == 0
 
     again = await env.client.get("/serve/sleepy/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..control.backends.ray import RayBackend
 from ..control.plane import ControlPlane
+from ..control.replica import REPLICA_TOKEN_ENV
 from ..engine import EngineConfig, ModelLoadError
 from ..sandbox import ManagerConfig, SandboxManager
 from ..server import ModelRegistry, ModelSpec, create_app, default_model_specs
@@ -70,23 +72,34 @@ def up(
     """Serve the OpenAI- and Mistral-compatible API, and its admin API."""
     # Before the models: a wrong database fails in a second, not after loading.
     tenancy = open_tenancy(database_url)
+    # Set when a control plane started this server as a deployment's replica: it
+    # then serves its models only (deployments and sandboxes are the plane's).
+    replica_token = os.environ.get(REPLICA_TOKEN_ENV)
     try:
         # Also before the models: an unreachable Ray cluster fails fast too.
-        plane = open_control_plane(tenancy, backend, ray_address)
+        plane = None if replica_token is not None else open_control_plane(tenancy, backend, ray_address)
         try:
             specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
-            config = EngineConfig(quantization=quantization, kv_cache_memory_gb=kv_cache_gb, device=device)
+            config = EngineConfig(
+                quantization=quantization,
+                kv_cache_memory_gb=kv_cache_gb,
+                device=device,
+                prepared_weights_dir=str(tenancy.home / "prepared"),
+            )
             registry = load_models(specs, config)
         except (ModelLoadError, ValueError) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from exc
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         console.print(f"Serving {', '.join(registry.names())} on [bold]{url}[/] (OpenAI base_url: {url}/v1)")
-        admin_key = tenancy.bootstrap_admin_key()
-        if admin_key is not None:
-            print_admin_key(tenancy, admin_key, url, database_url is not None)
-        sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
-        app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
+        if plane is None:  # a replica: its logs are readable with a deploy key, so no admin key here
+            app = create_app(registry, tenancy, replica_token=replica_token)
+        else:
+            admin_key = tenancy.bootstrap_admin_key()
+            if admin_key is not None:
+                print_admin_key(tenancy, admin_key, url, database_url is not None)
+            sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
+            app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         tenancy.close()
@@ -138,7 +151,9 @@ def print_admin_key(tenancy: Tenancy, key: str, url: str, custom_database: bool)
 
 def load_models(specs: list[ModelSpec], engine_config: EngineConfig | None = None) -> ModelRegistry:
     registry = ModelRegistry()
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn()
+    )
     with Progress(*columns, console=console) as progress:
         for spec in specs:
             task = progress.add_task(f"Loading {spec.name or spec.path}", total=None)

@@ -12,7 +12,7 @@ from typing import Any
 from .autoscaler import ScaleMemory
 from .replica import Replica
 from .spec import DeploymentSpec
-from .states import LIVE
+from .states import LIVE, ReplicaState
 
 
 @dataclass
@@ -36,6 +36,9 @@ class Deployment:
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state in LIVE]
+
+    def sleeping(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.state is ReplicaState.SLEEPING]
 
     def in_flight(self) -> int:
         return sum(r.in_flight for r in self.replicas.values())
@@ -74,6 +77,7 @@ class Deployment:
                     "pid": r.handle.pid if r.handle else None,
                     "restarts": r.restarts,
                     "in_flight": r.in_flight,
+                    "held_memory_mb": r.held_memory_mb,
                 }
                 for r in self.replicas.values()
             ],

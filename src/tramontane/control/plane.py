@@ -33,7 +33,8 @@ from .replica import Replica
 from .repository import Repository
 from .scheduler import NodeCapacity, Occupant, place
 from .spec import DeploymentSpec, Kind
-from .states import ReplicaState
+from .states import LIVE, ReplicaState
+from .upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,13 @@ class ControlPlane:
         # the loop never start the same replica twice or double-book resources.
         self._lock = asyncio.Lock()
         self._client: httpx.AsyncClient | None = None
-        self._proxy_client: httpx.AsyncClient | None = None
+        self.upstream = UpstreamPool()
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient()
-        # No read timeout: a model may think for minutes before its first byte.
-        self._proxy_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=5.0), limits=httpx.Limits(max_connections=None)
-        )
         for row in self.repository.take_replicas():
             if row.pid is not None and self.backend.reap(row.pid, row.pid_start):
                 log.info("killed replica %s left by a previous control plane", row.id)
@@ -92,9 +89,10 @@ class ControlPlane:
             replicas = [r for d in self._deployments.values() for r in d.replicas.values()]
             await asyncio.gather(*(r.stop() for r in replicas))
         self._deployments.clear()
-        for client in (self._client, self._proxy_client):
-            if client is not None:
-                await client.aclose()
+        await self.backend.close()
+        if self._client is not None:
+            await self._client.aclose()
+        await self.upstream.aclose()
 
     # -- deployments -----------------------------------------------------------
 
@@ -159,22 +157,28 @@ class ControlPlane:
 
     # -- the data plane's side -------------------------------------------------
 
-    def route(self, workspace_id: str, path: str, model: str | None) -> tuple[Deployment, str] | None:
-        """The deployment a request goes to and the path to forward: the longest
-        matching path prefix (removed from the path), else the body's `model`."""
-        candidates = self.list(workspace_id)
-        by_prefix = [
-            d
-            for d in candidates
-            if (prefix := d.spec.routes.path_prefix) and (path == prefix or path.startswith(prefix + "/"))
-        ]
-        if by_prefix:
-            chosen = max(by_prefix, key=lambda d: len(d.spec.routes.path_prefix or ""))
-            return chosen, path[len(chosen.spec.routes.path_prefix or "") :] or "/"
-        if model is not None:
-            for deployment in candidates:
-                if model in deployment.spec.routes.models:
-                    return deployment, path
+    def route_by_prefix(self, workspace_id: str, path: str) -> tuple[Deployment, str] | None:
+        """The deployment whose path prefix is the longest match for `path`, and
+        the path to forward (the prefix removed)."""
+        chosen: Deployment | None = None
+        for deployment in self._deployments.values():
+            prefix = deployment.spec.routes.path_prefix
+            if (
+                prefix
+                and deployment.workspace_id == workspace_id
+                and (path == prefix or path.startswith(prefix + "/"))
+                and (chosen is None or len(prefix) > len(chosen.spec.routes.path_prefix or ""))
+            ):
+                chosen = deployment
+        if chosen is None:
+            return None
+        return chosen, path[len(chosen.spec.routes.path_prefix or "") :] or "/"
+
+    def route_by_model(self, workspace_id: str, model: str, path: str) -> tuple[Deployment, str] | None:
+        """The deployment serving `model` (the JSON body's field); the path is kept."""
+        for deployment in self._deployments.values():
+            if deployment.workspace_id == workspace_id and model in deployment.spec.routes.models:
+                return deployment, path
         return None
 
     @contextlib.asynccontextmanager
@@ -235,6 +239,7 @@ class ControlPlane:
                 for deployment in list(self._deployments.values()):
                     self._autoscale(deployment)
                     await self._converge_or_shrink(deployment)
+                    await self._deep_sleep_expired(deployment)
 
     def _autoscale(self, deployment: Deployment) -> None:
         now = time.monotonic()
@@ -253,32 +258,55 @@ class ControlPlane:
             self._set_desired(deployment, len(deployment.live()))
 
     async def _converge(self, deployment: Deployment) -> None:
-        """Starts or stops replicas until the live count equals `desired`. Only idle
-        replicas are stopped; busy ones are left for a later pass."""
+        """Starts or stops replicas until the live count equals `desired`: the most
+        recently used sleeping replica is woken before a new one is launched, and
+        surplus idle replicas fall asleep (or stop, without light sleep). Busy
+        replicas are left for a later pass."""
         live = deployment.live()
         for _ in range(deployment.desired - len(live)):
-            await self._launch(deployment)
+            sleeping = deployment.sleeping()
+            if sleeping:
+                await self._wake(max(sleeping, key=lambda r: r.last_used))
+            else:
+                await self._launch(deployment)
         excess = len(live) - deployment.desired
         if excess > 0:
             # Not-yet-ready replicas first, then the least recently used.
             idle = sorted((r for r in live if r.in_flight == 0), key=lambda r: (r.ready, r.last_used))
-            await asyncio.gather(*(self._retire(r) for r in idle[:excess]))
+            await asyncio.gather(*(self._scale_away(r) for r in idle[:excess]))
+
+    def _occupants(self, leaving: str | None = None) -> list[Occupant]:
+        """Every replica holding something on the node, but `leaving`."""
+        occupants = []
+        for d in self._deployments.values():
+            removable = len(d.live()) > d.spec.scaling.min_replicas
+            for r in d.replicas.values():
+                if r.id == leaving:
+                    continue
+                if r.state is ReplicaState.SLEEPING:
+                    occupants.append(
+                        Occupant(r.id, d.id, d.spec.resources, True, r.last_used, held_memory_mb=r.held_memory_mb)
+                    )
+                elif r.state in LIVE:
+                    evictable = r.in_flight == 0 and r.ready and removable
+                    occupants.append(Occupant(r.id, d.id, d.spec.resources, evictable, r.last_used))
+        return occupants
+
+    async def _make_room(self, deployment: Deployment, waking: str | None = None) -> None:
+        """Evicts what must go for one more replica of `deployment` to fit (the
+        sleeping replica `waking` gives its own held memory back as it wakes)."""
+        for victim_id in place(self.capacity, self._occupants(waking), deployment.spec.resources, deployment.id):
+            await self._evict(victim_id)
+
+    async def _wake(self, replica: Replica) -> None:
+        deployment = self._deployments[replica.deployment_id]
+        await self._make_room(deployment, waking=replica.id)
+        # A replica that fails to wake is UNHEALTHY, still live: its supervisor
+        # restarts it, and waiters get it when that is done.
+        await replica.wake()
 
     async def _launch(self, deployment: Deployment) -> None:
-        occupants = [
-            Occupant(
-                r.id,
-                d.id,
-                d.spec.resources,
-                evictable=r.in_flight == 0 and r.ready and len(d.live()) > d.spec.scaling.min_replicas,
-                last_used=r.last_used,
-            )
-            for d in self._deployments.values()
-            for r in d.live()
-        ]
-        victims = place(self.capacity, occupants, deployment.spec.resources, deployment.id)
-        for victim_id in victims:
-            await self._evict(victim_id)
+        await self._make_room(deployment)
         replica_id = new_id("rep")
         replica = Replica(
             replica_id,
@@ -297,10 +325,27 @@ class ControlPlane:
     async def _evict(self, replica_id: str) -> None:
         for other in self._deployments.values():
             if (victim := other.replicas.get(replica_id)) is not None:
-                log.info("evicting idle replica %s of %s to make room", replica_id, other.name)
-                self._set_desired(other, max(other.desired - 1, 0))
+                if victim.state is ReplicaState.SLEEPING:
+                    log.info("evicting sleeping replica %s of %s to make room", replica_id, other.name)
+                else:
+                    log.info("evicting idle replica %s of %s to make room", replica_id, other.name)
+                    self._set_desired(other, max(other.desired - 1, 0))
                 await self._retire(victim)
                 return
+
+    async def _scale_away(self, replica: Replica) -> None:
+        """Light sleep when the deployment keeps sleeping replicas and the replica
+        can sleep; a stop otherwise (or when it would not fall asleep)."""
+        if replica.ready and replica.can_sleep and replica.spec.scaling.light_sleep_s > 0 and await replica.sleep():
+            return
+        await self._retire(replica)
+
+    async def _deep_sleep_expired(self, deployment: Deployment) -> None:
+        now = time.monotonic()
+        for replica in deployment.sleeping():
+            if replica.slept_at is not None and now - replica.slept_at >= deployment.spec.scaling.light_sleep_s:
+                log.info("replica %s of %s goes from light to deep sleep", replica.id, deployment.name)
+                await self._retire(replica)
 
     async def _retire(self, replica: Replica) -> None:
         await replica.stop()
@@ -327,13 +372,6 @@ class ControlPlane:
     def _set_desired(self, deployment: Deployment, desired: int) -> None:
         deployment.desired = desired
         self.repository.set_desired(deployment.id, desired)
-
-    @property
-    def proxy_client(self) -> httpx.AsyncClient:
-        """The client the router forwards requests with."""
-        if self._proxy_client is None:
-            raise RuntimeError("the control plane is not started")
-        return self._proxy_client
 
     @property
     def _http_client(self) -> httpx.AsyncClient:

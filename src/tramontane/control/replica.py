@@ -1,21 +1,23 @@
 """One replica at run time: launches its process through the backend, waits for it
 to pass its health check, watches it, and restarts it when it dies or fails its
-checks, until it is told to stop. Every state change goes through `_enter`."""
+checks, until it is told to stop. It can be put to sleep and woken (light sleep,
+see states.py). Every state change goes through `_enter`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from .backends.base import Backend, ReplicaHandle
+from .backends.base import Backend, Pausable, ReplicaHandle
 from .health import probe
-from .spec import DeploymentSpec
+from .spec import DeploymentSpec, Kind
 from .states import ReplicaState, check_transition
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,11 @@ _STOP_GRACE_S = 5.0
 # command costs little and a one-off crash is back almost at once.
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 30.0
+
+# A model replica's token for its sleep and wake routes (server/sleep.py).
+REPLICA_TOKEN_ENV = "TRAMONTANE_REPLICA_TOKEN"
+# Sleeping and waking are loopback calls and a signal: seconds mean it is stuck.
+_SLEEP_CALL_TIMEOUT_S = 10.0
 
 StateListener = Callable[["Replica"], None]
 
@@ -47,12 +54,16 @@ class Replica:
         self.deployment_id = deployment_id
         self.spec = spec
         self.log_path = log_path
-        self.platform_env = platform_env
         self.state = ReplicaState.PENDING
         self.handle: ReplicaHandle | None = None
         self.restarts = 0
         self.in_flight = 0
         self.last_used = time.monotonic()
+        # Measured when it falls asleep: what its frozen processes keep resident.
+        self.held_memory_mb = 0
+        self.slept_at: float | None = None
+        self.token = secrets.token_urlsafe(32)
+        self.platform_env = {**platform_env, REPLICA_TOKEN_ENV: self.token} if spec.kind is Kind.MODEL else platform_env
         self._backend = backend
         self._client = client
         self._on_change = on_change
@@ -70,8 +81,60 @@ class Replica:
     def ready(self) -> bool:
         return self.state is ReplicaState.RUNNING
 
+    @property
+    def can_sleep(self) -> bool:
+        return isinstance(self.handle, Pausable)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"replica {self.id}")
+
+    async def sleep(self) -> bool:
+        """Light sleep for an idle RUNNING replica: a model frees its KV cache, then
+        the processes are frozen. False (and still RUNNING) when it would not."""
+        assert self.state is ReplicaState.RUNNING and isinstance(self.handle, Pausable)
+        # First, so that the router stops choosing it while it falls asleep.
+        self._enter(ReplicaState.SLEEPING)
+        try:
+            if self.spec.kind is Kind.MODEL:
+                await self._control_call("sleep")
+        except (httpx.HTTPError, OSError) as exc:
+            log.warning("replica %s would not sleep: %s", self.id, exc)
+            self._enter(ReplicaState.RUNNING)
+            return False
+        self.handle.pause()
+        self.held_memory_mb = await asyncio.to_thread(self.handle.memory_mb)
+        self.slept_at = time.monotonic()
+        self._on_change(self)
+        return True
+
+    async def wake(self) -> bool:
+        """Thaws a SLEEPING replica and checks it answers: RUNNING then. When it
+        does not, it is killed and left to its supervisor, which restarts it."""
+        assert self.state is ReplicaState.SLEEPING and isinstance(self.handle, Pausable)
+        self.handle.resume()
+        try:
+            if self.spec.kind is Kind.MODEL:
+                await self._control_call("wake")
+            elif not await probe(self.spec.health_check, self.handle.host, self.handle.port, self._client):
+                raise OSError("it failed its health check")
+        except (httpx.HTTPError, OSError) as exc:
+            log.warning("replica %s did not wake: %s", self.id, exc)
+            self._enter(ReplicaState.UNHEALTHY)
+            await self._kill()
+            return False
+        self.held_memory_mb = 0
+        self.slept_at = None
+        self.last_used = time.monotonic()
+        self._enter(ReplicaState.RUNNING)
+        return True
+
+    async def _control_call(self, action: str) -> None:
+        response = await self._client.post(
+            f"{self.url}/control/{action}",
+            headers={"authorization": f"Bearer {self.token}"},
+            timeout=_SLEEP_CALL_TIMEOUT_S,
+        )
+        response.raise_for_status()
 
     async def stop(self) -> None:
         """Stops the replica; every caller waits for the same stop, and a caller
@@ -127,7 +190,10 @@ class Replica:
                     self._enter(ReplicaState.RUNNING)
                     failures_in_a_row = 0
                     await self._watch()
-            self._enter(ReplicaState.UNHEALTHY)
+            # A replica that failed to wake is UNHEALTHY already.
+            if self.state is not ReplicaState.UNHEALTHY:
+                self._enter(ReplicaState.UNHEALTHY)
+            self.held_memory_mb, self.slept_at = 0, None
             await self._kill()
             self.restarts += 1
             failures_in_a_row += 1
@@ -148,7 +214,8 @@ class Replica:
             exited.cancel()
 
     async def _watch(self) -> None:
-        """Returns when the process exits or fails `failures_before_restart` checks in a row."""
+        """Returns when the process exits (asleep or not) or fails
+        `failures_before_restart` checks in a row."""
         assert self.handle is not None
         check = self.spec.health_check
         exited = asyncio.create_task(self.handle.wait())
@@ -159,8 +226,11 @@ class Replica:
                 if done:
                     log.warning("replica %s exited with status %s", self.id, exited.result())
                     return
+                if self.state is ReplicaState.SLEEPING:
+                    continue  # frozen: it answers nothing until woken, but its exit still counts
                 healthy = await probe(check, self.handle.host, self.handle.port, self._client)
-                failures = 0 if healthy else failures + 1
+                # It may have fallen asleep while being probed.
+                failures = 0 if healthy or self.state is ReplicaState.SLEEPING else failures + 1
             log.warning("replica %s failed %d health checks", self.id, failures)
         finally:
             exited.cancel()

@@ -4,8 +4,10 @@ A replica fits when the node's free CPU, memory, GPUs, GPU memory and custom
 resources all cover its request. When it does not, idle replicas of other
 deployments are evicted, least recently used first, until it does; a deployment
 is never shrunk below its min_replicas, and a replica with requests in flight is
-never evicted. With the Ray backend the "node" is the whole cluster's totals, and
-Ray then picks the machine each replica runs on."""
+never evicted. A sleeping replica holds host memory only (what it measured
+resident when it fell asleep) and can always be evicted. With the Ray backend
+the "node" is the whole cluster's totals, and Ray then picks the machine each
+replica runs on."""
 
 from __future__ import annotations
 
@@ -41,9 +43,11 @@ class Occupant:
     replica_id: str
     deployment_id: str
     resources: Resources
-    # Idle (nothing in flight) and its deployment is above min_replicas.
+    # Idle (nothing in flight) and its deployment is above min_replicas, or asleep.
     evictable: bool
     last_used: float
+    # Set for a sleeping replica: the only thing it holds.
+    held_memory_mb: int | None = None
 
 
 def _amounts(r: Resources | NodeCapacity) -> dict[str, float]:
@@ -53,7 +57,9 @@ def _amounts(r: Resources | NodeCapacity) -> dict[str, float]:
 def _free(capacity: NodeCapacity, occupants: list[Occupant]) -> dict[str, float]:
     free = _amounts(capacity)
     for occupant in occupants:
-        for name, used in _amounts(occupant.resources).items():
+        resources = occupant.resources
+        held = _amounts(resources) if occupant.held_memory_mb is None else {"memory_mb": occupant.held_memory_mb}
+        for name, used in held.items():
             free[name] = free.get(name, 0.0) - used
     return free
 

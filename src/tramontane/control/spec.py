@@ -69,6 +69,10 @@ class Scaling(_Strict):
     # starting); more are refused with 503 and Retry-After.
     max_queued_requests: int = Field(default=64, ge=0)
     wake_timeout_s: float = Field(default=120.0, gt=0)
+    # How long a replica scaled away keeps its process, frozen with its weights in
+    # host memory (light sleep: woken in milliseconds), before it is stopped (deep
+    # sleep: a new process on wake). 0 stops it at once.
+    light_sleep_s: float = Field(default=3600.0, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> Scaling:
@@ -137,10 +141,13 @@ class DeploymentSpec(_Strict):
     def argv(self) -> list[str]:
         """The replica's command line; $PORT comes from its environment."""
         if self.kind is Kind.MODEL:
-            served = f"{self.routes.models[0]}={self.model}"
-            return [sys.executable, "-c", _TRAMONTANE_UP, "up", "--model", served, "--port", "$PORT"]
+            return [sys.executable, "-c", _TRAMONTANE_UP, *self.tramontane_args("$PORT")]
         # Killed as a process group, so the shell's children go with it.
         return ["/bin/sh", "-c", self.command]
+
+    def tramontane_args(self, port: int | str) -> list[str]:
+        """A model replica's `tramontane` arguments."""
+        return ["up", "--model", f"{self.routes.models[0]}={self.model}", "--port", str(port)]
 
     @classmethod
     def load(cls, path: str | Path) -> DeploymentSpec:

@@ -105,6 +105,22 @@ class AsyncEngine:
                 self._wakeup.set()
             self._streams.pop(request_id, None)
 
+    async def sleep(self) -> None:
+        """Light sleep (LLMEngine.sleep), run on the engine thread between steps."""
+        await self._call(self.engine.sleep)
+
+    async def wake_up(self) -> None:
+        await self._call(self.engine.wake_up)
+
+    async def _call(self, fn: Callable[[], None]) -> None:
+        if self._thread is None:
+            fn()
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commands.put(("call", fn, done))
+        self._wakeup.set()
+        await done
+
     async def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id))
         self._wakeup.set()
@@ -117,6 +133,9 @@ class AsyncEngine:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
+            if command[0] == "call":
+                self._run_call(command[1], command[2])
+                continue
             request_id = command[1]
             if command[0] == "add":
                 try:
@@ -128,6 +147,19 @@ class AsyncEngine:
                 out = self.engine.abort(request_id)
                 if out is not None and (stream := self._streams.get(request_id)) is not None:
                     stream.put(out)
+
+    @staticmethod
+    def _run_call(fn: Callable[[], None], done: asyncio.Future[None]) -> None:
+        def settle(exc: Exception | None) -> None:
+            if not done.done():  # the caller may have been cancelled meanwhile
+                done.set_result(None) if exc is None else done.set_exception(exc)
+
+        try:
+            fn()
+        except Exception as exc:
+            done.get_loop().call_soon_threadsafe(settle, exc)
+        else:
+            done.get_loop().call_soon_threadsafe(settle, None)
 
     def _run(self) -> None:
         try:

@@ -52,3 +52,6 @@ class EngineConfig:
     device: str = "cpu"
     # Activation and KV-cache dtype: "auto" is float32 on CPU and bfloat16 on GPUs.
     dtype: str = "auto"
+    # Where prepared (quantized, repacked) models are kept between starts; None
+    # prepares them on every start (see engine/prepared.py).
+    prepared_weights_dir: str | None = None

@@ -8,15 +8,19 @@ from a single background thread.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from .block_manager import BlockManager
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import EngineConfig
-from .errors import EngineOverloadedError, InvalidRequestError
+from .errors import EngineError, EngineOverloadedError, InvalidRequestError
+from .model import CausalLM
 from .outputs import CompletionOutput, RequestOutput
+from .prepared import load_prepared, prepared_path, save_prepared
 from .runner import ModelRunner
 from .sampler import sample
 from .sampling_params import SamplingParams
@@ -45,26 +49,72 @@ class _Request:
 
 
 class LLMEngine:
-    def __init__(self, checkpoint: Checkpoint, config: EngineConfig | None = None):
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        config: EngineConfig | None = None,
+        prepared: CausalLM | None = None,
+        on_prepared: Callable[[CausalLM], None] | None = None,
+    ):
+        """`prepared`: the model already built (engine/prepared.py), for a
+        checkpoint loaded without weights; see ModelRunner for `on_prepared`."""
         self.config = config = config or EngineConfig()
         self.name = checkpoint.name
         self.model_config = checkpoint.config
         self.tokenizer = checkpoint.tokenizer
-        self.runner = ModelRunner(checkpoint.config, checkpoint.tensors, config)
-        assert config.num_kv_blocks is not None
-        self.blocks = BlockManager(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(config, self.blocks)
+        self.runner = ModelRunner(checkpoint.config, checkpoint.tensors, config, prepared, on_prepared)
+        self.asleep = False
+        self._reset_cache_state()
         capacity = config.num_kv_blocks * config.block_size
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings, capacity)
         self.eos_ids = sorted(set(self.model_config.eos_token_ids) | set(self.tokenizer.eos_token_ids))
         self.requests: dict[str, _Request] = {}
         self._arrivals = itertools.count()
 
+    def _reset_cache_state(self) -> None:
+        config = self.config
+        assert config.num_kv_blocks is not None
+        self.blocks = BlockManager(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.blocks)
+
     @classmethod
     def from_path(
         cls, path: str, config: EngineConfig | None = None, on_progress: Callable[[int, int], None] | None = None
     ) -> LLMEngine:
-        return cls(load_checkpoint(path, on_progress=on_progress), config)
+        """Loads a checkpoint. With `config.prepared_weights_dir`, the model is
+        mapped from its prepared file when there is one, and saved there otherwise."""
+        config = config or EngineConfig()
+        if config.prepared_weights_dir is None or not os.path.exists(path):
+            # (A missing path gets load_checkpoint's error.)
+            return cls(load_checkpoint(path, on_progress=on_progress), config)
+        where = prepared_path(config.prepared_weights_dir, path, config)
+        loaded = load_prepared(where)
+        if loaded is not None:
+            checkpoint, prepared = loaded
+            return cls(checkpoint, config, prepared)
+        checkpoint = load_checkpoint(path, on_progress=on_progress)
+        return cls(checkpoint, config, on_prepared=partial(save_prepared, where, checkpoint))
+
+    # -- light sleep ---------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """Light sleep: frees the KV cache (and so the prefix cache) and, on a GPU,
+        moves the weights to pinned host memory. Only while no request is in flight."""
+        if self.requests:
+            raise EngineError(f"cannot sleep with {len(self.requests)} request(s) in flight")
+        if self.asleep:
+            return
+        self.runner.free_kv_cache()
+        self.runner.offload_weights()
+        self._reset_cache_state()
+        self.asleep = True
+
+    def wake_up(self) -> None:
+        if not self.asleep:
+            return
+        self.runner.restore_weights()
+        self.runner.allocate_kv_cache()
+        self.asleep = False
 
     # -- admission -----------------------------------------------------------------
 
@@ -72,6 +122,8 @@ class LLMEngine:
         """Validate a request without changing any state; returns its max_tokens.
         Safe to call from another thread: it reads only sizes."""
         params.validate()
+        if self.asleep:
+            raise EngineOverloadedError("the model is asleep; its replica is being woken")
         n_prompt = len(prompt_token_ids)
         if n_prompt == 0:
             raise InvalidRequestError("the prompt is empty", param="prompt")

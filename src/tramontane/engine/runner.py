@@ -3,6 +3,11 @@ tensors, runs the forward pass and hands back logits for the sequences that samp
 
 from __future__ import annotations
 
+import itertools
+import math
+import mmap
+from collections.abc import Callable
+
 import torch
 
 from .attention import build_metadata
@@ -34,22 +39,75 @@ def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
     return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
 
 
+def _zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    # An anonymous mapping: the kernel hands out zeroed pages on first touch, so a
+    # GiB of cache costs nothing until blocks are used (a start or a wake does not
+    # wait on a memset), and dropping it gives the memory back to the OS at once.
+    buffer = mmap.mmap(-1, math.prod(shape) * dtype.itemsize)
+    return torch.frombuffer(buffer, dtype=dtype).view(shape)
+
+
 class ModelRunner:
-    def __init__(self, model_config: ModelConfig, tensors: dict[str, torch.Tensor], config: EngineConfig):
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        tensors: dict[str, torch.Tensor],
+        config: EngineConfig,
+        prepared: CausalLM | None = None,
+        on_prepared: Callable[[CausalLM], None] | None = None,
+    ):
+        """Builds the model from the checkpoint's `tensors`, or takes the already
+        `prepared` one (engine/prepared.py); `on_prepared` sees a freshly built
+        model while it is still on the CPU."""
         self.config = config
         self.model_config = model_config
         self.device = torch.device(config.device)
         self.quantization, self.dtype = resolve_precision(config, self.device)
-        self.model = CausalLM(model_config, tensors, self.quantization, self.dtype).to(self.device)
+        if prepared is None:
+            prepared = CausalLM(model_config, tensors, self.quantization, self.dtype)
+            if on_prepared is not None:
+                on_prepared(prepared)
+        self.model = prepared.to(self.device)
         if config.num_kv_blocks is None:
             per_block = kv_bytes_per_token(model_config, self.dtype) * config.block_size
             config.num_kv_blocks = max(int(config.kv_cache_memory_gb * 2**30) // per_block, 1)
         self.num_kv_blocks = config.num_kv_blocks
-        slots = config.num_kv_blocks * config.block_size
-        shape = (slots, model_config.num_key_value_heads, model_config.head_dim)
+        self.allocate_kv_cache()
+
+    def allocate_kv_cache(self) -> None:
+        slots = self.num_kv_blocks * self.config.block_size
+        # One allocation for every layer's K and V; each layer gets views of it.
+        cache = _zeroed(
+            (len(self.model.layers), 2, slots, self.model_config.num_key_value_heads, self.model_config.head_dim),
+            self.dtype,
+            self.device,
+        )
+        for attn, layer_cache in zip(self.model.attention_layers(), cache, strict=True):
+            attn.k_cache, attn.v_cache = layer_cache[0], layer_cache[1]
+
+    def free_kv_cache(self) -> None:
         for attn in self.model.attention_layers():
-            attn.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            attn.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            attn.k_cache = attn.v_cache = torch.empty(0)
+
+    def offload_weights(self) -> None:
+        """Moves the weights of a GPU model to pinned host memory, freeing the GPU
+        (a no-op on CPU, where they already are)."""
+        if self.device.type == "cpu":
+            return
+        for tensor in itertools.chain(self.model.parameters(), self.model.buffers()):
+            host = torch.empty_like(tensor, device="cpu", pin_memory=True)
+            host.copy_(tensor)
+            tensor.data = host
+        torch.cuda.empty_cache()
+
+    def restore_weights(self) -> None:
+        if self.device.type == "cpu":
+            return
+        for tensor in itertools.chain(self.model.parameters(), self.model.buffers()):
+            tensor.data = tensor.data.to(self.device, non_blocking=True)
+        torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:

@@ -142,6 +142,28 @@ class Tokenizer:
         eos_ids = [*([eos] if eos is not None else []), *extra_eos_token_ids]
         return cls(hf, bos_token_id=bos, eos_token_ids=eos_ids, chat_templates=templates, byte_level=byte_level)
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything the tokenizer is, as plain data (see `from_state`)."""
+        return {
+            "json": self._hf.to_str(),
+            "bos_token_id": self.bos_token_id,
+            "eos_token_ids": sorted(self.eos_token_ids),
+            "chat_templates": dict(self._templates),
+            "byte_level": self._byte_level,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Tokenizer:
+        """Rebuilds a tokenizer from `to_state()`: far quicker than from the
+        checkpoint, whose vocabulary would be parsed again."""
+        return cls(
+            tokenizers.Tokenizer.from_str(state["json"]),
+            bos_token_id=state["bos_token_id"],
+            eos_token_ids=state["eos_token_ids"],
+            chat_templates=state["chat_templates"],
+            byte_level=state["byte_level"],
+        )
+
     # -- text <-> ids -------------------------------------------------------
 
     @property

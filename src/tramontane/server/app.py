@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, FastAPI
 
@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from .protocol import ErrorResponse
 from .registry import ModelRegistry
+from .sleep import sleep_router
 
 if TYPE_CHECKING:
     from ..agents.backend import ChatBackend
@@ -32,9 +33,10 @@ log = logging.getLogger(__name__)
 _sandbox_key = require(Capability.SANDBOX)
 
 
-def _sandbox_owner(principal: Principal = Depends(_sandbox_key)) -> str:
+def _sandbox_owner(principal: Annotated[Principal, Depends(_sandbox_key)]) -> str:
     """Sandboxes belong to the caller's workspace; others' answer 404."""
     return principal.workspace_id
+
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 503)}
 
@@ -47,6 +49,7 @@ def create_app(
     control_plane: ControlPlane | None = None,
     agent_backend: ChatBackend | None = None,
     agent_sandbox_idle_timeout_s: float = 600.0,
+    replica_token: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, the
@@ -54,7 +57,8 @@ def create_app(
     deployments API + router. Its lifespan starts and stops the engines, sandboxes and
     control plane (the caller owns `tenancy`). Conversations call their models through
     `agent_backend` (default: the registry's engines); their code runs in `sandboxes`,
-    reclaimed after `agent_sandbox_idle_timeout_s` unused."""
+    reclaimed after `agent_sandbox_idle_timeout_s` unused. With `replica_token` it is a
+    deployment's replica, put to sleep and woken by its control plane (server/sleep.py)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,17 +94,20 @@ def create_app(
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(admin_router)
-    app.include_router(
-        build_agents_router(
-            tenancy.store,
-            registry,
-            tenancy.home,
-            agent_backend or EngineBackend(registry, metrics),
-            sandboxes,
-            sandbox_idle_timeout_s=agent_sandbox_idle_timeout_s,
-        ),
-        responses=_ERRORS,
-    )
+    if replica_token is None:  # a replica serves its models only
+        app.include_router(
+            build_agents_router(
+                tenancy.store,
+                registry,
+                tenancy.home,
+                agent_backend or EngineBackend(registry, metrics),
+                sandboxes,
+                sandbox_idle_timeout_s=agent_sandbox_idle_timeout_s,
+            ),
+            responses=_ERRORS,
+        )
+    else:
+        app.include_router(sleep_router(registry, replica_token))
     app.include_router(health.router)
     if sandboxes is not None:
         app.include_router(create_router(sandboxes, owner=_sandbox_owner))

@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import llguidance
@@ -73,20 +74,34 @@ class GrammarConstraint:
         return self._matcher.is_stopped()
 
 
+_BUILDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-tokenizer")
+
+
+def _ll_tokenizer(tokenizer: GrammarTokenizer) -> llguidance.LLTokenizer:
+    spec = json.loads(tokenizer.to_json_str())
+    # tokenizer.json may carry training-time truncation and padding; llguidance
+    # tokenizes grammar literals with this tokenizer and needs neither.
+    spec["truncation"] = None
+    spec["padding"] = None
+    eos = sorted(tokenizer.eos_token_ids)
+    return llguidance.LLTokenizer(json.dumps(spec), n_vocab=tokenizer.vocab_size, eos_token=eos or None)
+
+
 class GrammarCompiler:
     """Turns response_format / tool_choice into constraint factories for one model."""
 
     def __init__(self, tokenizer: GrammarTokenizer, cache_size: int = 32):
-        spec = json.loads(tokenizer.to_json_str())
-        # tokenizer.json may carry training-time truncation and padding; llguidance
-        # tokenizes grammar literals with this tokenizer and needs neither.
-        spec["truncation"] = None
-        spec["padding"] = None
-        eos = sorted(tokenizer.eos_token_ids)
         self._vocab = tokenizer.vocab_size
-        self.ll_tokenizer = llguidance.LLTokenizer(json.dumps(spec), n_vocab=self._vocab, eos_token=eos or None)
+        # llguidance's view of the vocabulary takes a second or more to build: it is
+        # built on a thread, so that a server starts (and answers free-text
+        # requests) without waiting for it; the first constrained request does.
+        self._ll_tokenizer = _BUILDER.submit(_ll_tokenizer, tokenizer)
         # Clients tend to resend the same schema; compiling a large one takes a while.
         self._compile = functools.lru_cache(maxsize=cache_size)(self._compile_uncached)
+
+    @property
+    def ll_tokenizer(self) -> llguidance.LLTokenizer:
+        return self._ll_tokenizer.result()
 
     def constraint_factory(
         self,
@@ -114,7 +129,8 @@ class GrammarCompiler:
 
     def _json_grammar(self, schema: dict, strict: bool) -> str:
         try:
-            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={**_JSON_STYLE, "lenient": not strict})
+            defaults = {**_JSON_STYLE, "lenient": not strict}
+            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=defaults)
         except ValueError as exc:
             raise InvalidRequestError(f"invalid JSON schema: {exc}", param="response_format") from exc
 

@@ -8,7 +8,7 @@ the process on a node of a Ray cluster."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..spec import DeploymentSpec
 
@@ -42,6 +42,22 @@ class ReplicaHandle(Protocol):
         ...
 
 
+@runtime_checkable
+class Pausable(Protocol):
+    """A handle whose process can be frozen in place: what light sleep needs. A
+    backend whose handles are not Pausable gets deep sleep only."""
+
+    def pause(self) -> None:
+        """Freezes the replica's processes: they keep their memory, use no CPU."""
+        ...
+
+    def resume(self) -> None: ...
+
+    def memory_mb(self) -> int:
+        """Resident memory of the replica's processes, in MiB."""
+        ...
+
+
 class Backend(Protocol):
     async def launch(
         self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
@@ -53,4 +69,8 @@ class Backend(Protocol):
     def reap(self, pid: int, pid_start: int | None) -> bool:
         """Kills a replica left behind by a previous control plane, if it is still
         that process; True when something was killed."""
+        ...
+
+    async def close(self) -> None:
+        """Releases what the backend itself holds (not the replicas: the plane stops those)."""
         ...

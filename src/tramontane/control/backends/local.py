@@ -1,5 +1,9 @@
 """Replicas as local processes: one process group each, on a free loopback port,
-with output captured to a log file per replica."""
+with output captured to a log file per replica.
+
+Model replicas start from a standby interpreter when one is ready (see
+standby.py): a process that has already imported torch and the server, the
+slow part of a cold start, and waits to be told which model to serve."""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import signal
 import socket
 from pathlib import Path
 
-from ..spec import DeploymentSpec, expand_port
+from ..spec import DeploymentSpec, Kind, expand_port
+from .standby import Standby, can_start_warm
 
 
 def free_port() -> int:
@@ -34,6 +39,23 @@ def process_start_time(pid: int) -> int | None:
 def _kill_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def group_resident_mb(pgid: int) -> int:
+    """Resident memory of every process in group `pgid` (a shell and what it
+    started, say), in MiB; pages shared between them are counted once per process."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # field 5, pgrp
+                total += int((entry / "statm").read_text().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            continue  # it exited meanwhile
+    return -(-total // (1024 * 1024))
 
 
 class LocalReplica:
@@ -65,9 +87,20 @@ class LocalReplica:
     async def wait(self) -> int:
         return await self._process.wait()
 
+    def pause(self) -> None:
+        _kill_group(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        _kill_group(self._process.pid, signal.SIGCONT)
+
+    def memory_mb(self) -> int:
+        return group_resident_mb(self._process.pid)
+
     async def stop(self, grace_s: float) -> None:
         if self._process.returncode is None:
             _kill_group(self._process.pid, signal.SIGTERM)
+            # A frozen (sleeping) process only acts on the SIGTERM once continued.
+            _kill_group(self._process.pid, signal.SIGCONT)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace_s):
                     await self._process.wait()
@@ -76,18 +109,29 @@ class LocalReplica:
         await self._process.wait()
 
 
+def inherited_env() -> dict[str, str]:
+    # The server's own TRAMONTANE_* settings (database URL, keys) stay out of
+    # user code; the plane passes what a model replica needs in platform_env.
+    return {k: v for k, v in os.environ.items() if not k.startswith("TRAMONTANE_")}
+
+
 class LocalBackend:
     """Runs replicas on this machine."""
+
+    def __init__(self) -> None:
+        self.standby = Standby(inherited_env)
 
     async def launch(
         self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
     ) -> LocalReplica:
         port = free_port()
-        # The server's own TRAMONTANE_* settings (database URL, keys) stay out of
-        # user code; the plane passes what a model replica needs in platform_env.
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("TRAMONTANE_")}
-        env = {**inherited, **spec.env, **platform_env, "PORT": str(port), "TRAMONTANE_REPLICA_ID": replica_id}
+        own_env = {**spec.env, **platform_env, "PORT": str(port), "TRAMONTANE_REPLICA_ID": replica_id}
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        if spec.kind is Kind.MODEL and can_start_warm(spec.env):
+            process = await self.standby.take(spec.tramontane_args(port), own_env, log_path)
+            if process is not None:
+                return LocalReplica(process, port)
+        env = {**inherited_env(), **own_env}
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
                 *expand_port(spec.argv(), port),
@@ -100,6 +144,9 @@ class LocalBackend:
                 start_new_session=True,
             )
         return LocalReplica(process, port)
+
+    async def close(self) -> None:
+        await self.standby.close()
 
     def reap(self, pid: int, pid_start: int | None) -> bool:
         current = process_start_time(pid)

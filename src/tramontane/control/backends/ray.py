@@ -165,6 +165,11 @@ class RayBackend:
         # A previous control plane's actors died with its Ray driver (see above).
         return False
 
+    async def close(self) -> None:
+        # The Ray connection belongs to this process (its driver): the replicas'
+        # actors are stopped by the plane, and Ray's own state ends with the process.
+        return None
+
 
 def _check_reachable(address: str | None) -> None:
     """Fails fast on a GCS address that does not answer: `ray.init` would retry
