@@ -12,6 +12,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..control.plane import ControlPlane
 from ..engine import EngineConfig, ModelLoadError
+from ..finetune.service import FineTuning
 from ..sandbox import ManagerConfig, SandboxManager
 from ..server import ModelRegistry, ModelSpec, create_app, default_model_specs
 from ..server.app import MAX_BODY_BYTES
@@ -63,7 +64,8 @@ def up(
             print_admin_key(tenancy, admin_key, url, database_url is not None)
         sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
         plane = ControlPlane(tenancy.store, home=tenancy.home)
-        app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
+        finetune = FineTuning(tenancy.store, tenancy.home, registry.checkpoints(), max_file_bytes=MAX_BODY_BYTES)
+        app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane, finetune=finetune)
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         tenancy.close()

@@ -10,12 +10,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ..engine import TokenLogprob, Tokenizer
+from ..engine import Tokenizer, TokenLogprob
 from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, usage
 from .logprobs import chat_logprobs
 from .metering import Metered, RequestMeter
+from .metrics import Metrics
 from .protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -29,7 +30,7 @@ from .protocol import (
     ToolCall,
     Usage,
 )
-from .registry import ChatModel
+from .registry import ChatModel, ModelRegistry
 from .sampling import finish_reason, sampling_params
 from .streaming import DONE, STREAMABLE, EventStreamResponse, sse, sse_error, until_disconnected
 from .tool_calls import ContentDelta, ToolCallStreamParser, parse_tool_calls, prepare_messages
@@ -57,6 +58,13 @@ class ChatOutput:
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
 ) -> Response | ChatCompletionResponse:
+    gen, output = prepare(models, metrics, body)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return await respond(request, meter, gen, output, body.stream, include_usage)
+
+
+def prepare(models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest) -> tuple[Generation, ChatOutput]:
+    """The engine request for `body` (not started yet), and how its text becomes messages."""
     model = models.chat(body.model)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
     tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
@@ -75,9 +83,14 @@ async def create_chat_completion(
         constraint_factory=factory,
     )
     gen = Generation(model.engine, model.name, prompt, params, metrics, "chatcmpl")
-    output = ChatOutput(model.engine.tokenizer, bool(tools), prefix, bool(body.logprobs))
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await respond(request, meter, gen, output, body.stream, include_usage)
+    return gen, ChatOutput(model.engine.tokenizer, bool(tools), prefix, bool(body.logprobs))
+
+
+async def complete(models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest) -> ChatCompletionResponse:
+    """A whole (non-streamed) completion outside any HTTP request: the Batch API's path."""
+    gen, output = prepare(models, metrics, body)
+    await gen.run()
+    return _response(gen, output)
 
 
 async def respond(
@@ -88,6 +101,10 @@ async def respond(
         await until_disconnected(request, gen.start())
         return EventStreamResponse(meter.guard(_stream(gen, output, include_usage)))
     await until_disconnected(request, gen.run())
+    return _response(gen, output)
+
+
+def _response(gen: Generation, output: ChatOutput) -> ChatCompletionResponse:
     return ChatCompletionResponse(
         id=gen.id,
         created=gen.created,

@@ -77,6 +77,7 @@ class ChatModel:
     grammar: GrammarCompiler
     fim: FIMFormat | None
     tools_in_template: bool  # False: tools are described in the system prompt instead
+    path: str = ""  # the checkpoint it was loaded from (what fine-tuning trains on)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def card(self) -> ModelCard:
@@ -137,6 +138,7 @@ class ModelRegistry:
                 GrammarCompiler(tokenizer),
                 FIMFormat.detect(tokenizer),
                 template_handles_tools(tokenizer),
+                spec.path,
             )
         self.add(entry)
         return entry.name
@@ -168,6 +170,10 @@ class ModelRegistry:
 
     def names(self) -> list[str]:
         return list(self._models)
+
+    def checkpoints(self) -> dict[str, str]:
+        """The chat models loaded from a checkpoint, by name: the paths fine-tuning trains on."""
+        return {entry.name: entry.path for entry in self._models.values() if isinstance(entry, ChatModel) and entry.path}
 
     def engines(self) -> Iterator[tuple[str, AsyncEngine]]:
         for entry in self._models.values():

@@ -1,0 +1,221 @@
+"""The training worker: one thread, one job at a time, oldest first.
+
+It resumes jobs left RUNNING by a stopped server from their newest checkpoint,
+checks the job's status in the store between steps (so a cancellation from any
+server process stops it), and leaves a job RUNNING when the server shuts down,
+for the next start to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import torch
+from sqlalchemy import select
+
+from ..engine import Checkpoint, load_checkpoint
+from ..store import Store
+from ..store.types import utcnow
+from .dataset import DatasetError
+from .jobs import (
+    CANCELLATION_REQUESTED,
+    CANCELLED,
+    CHECKPOINTS_PER_JOB,
+    FAILED,
+    MAX_BATCH_SIZE,
+    QUEUED,
+    RUNNING,
+    SUCCESS,
+    FineTuningJobs,
+    ModelReadyHook,
+    job_dir,
+    model_id,
+    transition,
+    unix,
+)
+from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from .models import FineTuningJobRow
+from .trainer import STATE_FILE, StepMetrics, Trainer, TrainingPlan, WeightedExamples
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 2.0  # also picks up jobs queued by another server process
+
+
+class TrainingWorker:
+    def __init__(self, store: Store, jobs: FineTuningJobs, home: Path, on_model_ready: ModelReadyHook | None):
+        self.store = store
+        self.jobs = jobs
+        self.home = home
+        self.on_model_ready = on_model_ready
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._base: Checkpoint | None = None  # the last base model loaded, reused by the next job
+
+    def start(self) -> None:
+        self._announce_ready_models()
+        self._thread = threading.Thread(target=self._loop, name="fine-tuning-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops after the current step; a running job stays RUNNING, to resume later."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _announce_ready_models(self) -> None:
+        if self.on_model_ready is None:
+            return
+        with self.store.session() as session:
+            done = session.scalars(select(FineTuningJobRow).where(FineTuningJobRow.status == SUCCESS)).all()
+        for job in done:
+            self.on_model_ready(job.fine_tuned_model or model_id(job), job.model, job_dir(self.home, job) / "adapter")
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            job_id = self._claim()
+            if job_id is None:
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+                continue
+            try:
+                self._run(job_id)
+            except Exception as exc:  # the job fails, the worker goes on with the next
+                log.exception("fine-tuning job %s failed", job_id)
+                self._finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    def _claim(self) -> str | None:
+        """The next job to run: one a stopped server left RUNNING, else the oldest QUEUED."""
+        with self.store.write_session() as session:
+            # Nothing runs while the worker claims: a pending cancellation is one a stopped server never saw.
+            for job in session.scalars(
+                select(FineTuningJobRow).where(FineTuningJobRow.status == CANCELLATION_REQUESTED)
+            ):
+                transition(job, CANCELLED)
+            for status in (RUNNING, QUEUED):
+                job = session.scalars(
+                    select(FineTuningJobRow)
+                    .where(FineTuningJobRow.status == status)
+                    .order_by(FineTuningJobRow.created_at)
+                ).first()
+                if job is not None:
+                    if status == QUEUED:
+                        transition(job, RUNNING)
+                    return job.id
+        return None
+
+    def _run(self, job_id: str) -> None:
+        with self.store.session() as session:
+            job = session.get(FineTuningJobRow, job_id)
+            assert job is not None
+            session.expunge(job)
+        trainer = self._trainer(job)
+        resumed = trainer.resume()
+        if resumed:
+            self._update(job_id, event={"name": "resumed", "data": {"step_number": resumed}})
+
+        def on_checkpoint(metrics: StepMetrics, path: Path) -> None:
+            self._record_checkpoint(job_id, metrics, path)
+
+        finished = trainer.run(on_checkpoint, lambda: self._should_stop(job_id))
+        if finished:
+            adapter = job_dir(self.home, job) / "adapter"
+            self._publish(trainer.checkpoints_dir / f"step-{trainer.step:06d}", adapter)
+            name = model_id(job)
+            self._finish(job_id, SUCCESS, fine_tuned_model=name, trained_tokens=trainer.trained_tokens)
+            if self.on_model_ready is not None:
+                self.on_model_ready(name, job.model, adapter)
+        elif self._status(job_id) == CANCELLATION_REQUESTED:
+            self._finish(job_id, CANCELLED)
+
+    def _trainer(self, job: FineTuningJobRow) -> Trainer:
+        params = job.hyperparameters
+        seq_len = params["seq_len"]
+        try:
+            train = WeightedExamples.from_files(
+                [
+                    (self.jobs.examples(job.workspace_id, job.model, f["file_id"], seq_len), f["weight"])
+                    for f in job.training_files
+                ]
+            )
+            valid = [
+                e
+                for file_id in job.validation_files
+                for e in self.jobs.examples(job.workspace_id, job.model, file_id, seq_len)
+            ]
+        except DatasetError as exc:
+            raise RuntimeError(f"the training data changed since validation: {exc}") from None
+        steps = params["training_steps"]
+        plan = TrainingPlan(
+            steps=steps,
+            learning_rate=params["learning_rate"],
+            weight_decay=params["weight_decay"],
+            warmup_fraction=params["warmup_fraction"],
+            seq_len=seq_len,
+            batch_size=min(MAX_BATCH_SIZE, len(train.examples)),
+            checkpoint_every=max(1, -(-steps // CHECKPOINTS_PER_JOB)),
+        )
+        path = self.jobs.base_models[job.model]
+        if self._base is None or self._base.name != job.model:
+            self._base = None  # free the previous model before loading the next
+            checkpoint = load_checkpoint(path)
+            checkpoint.name = job.model
+            self._base = checkpoint
+        return Trainer(self._base, plan, train, valid, job_dir(self.home, job), self.device)
+
+    def _should_stop(self, job_id: str) -> bool:
+        return self._stopping.is_set() or self._status(job_id) != RUNNING
+
+    def _status(self, job_id: str) -> str | None:
+        with self.store.session() as session:
+            return session.scalar(select(FineTuningJobRow.status).where(FineTuningJobRow.id == job_id))
+
+    def _record_checkpoint(self, job_id: str, metrics: StepMetrics, path: Path) -> None:
+        entry = {
+            "step_number": metrics.step,
+            "metrics": {
+                "train_loss": metrics.train_loss,
+                "valid_loss": metrics.valid_loss,
+                "valid_mean_token_accuracy": metrics.valid_mean_token_accuracy,
+            },
+        }
+        self._update(job_id, checkpoint=entry)
+        # Only the newest checkpoint needs its optimizer state (to resume); older ones keep their adapter.
+        for older in path.parent.glob("step-*/" + STATE_FILE):
+            if older.parent != path:
+                older.unlink()
+
+    def _update(self, job_id: str, *, event: dict | None = None, checkpoint: dict | None = None) -> None:
+        with self.store.write_session() as session:
+            job = session.get(FineTuningJobRow, job_id)
+            assert job is not None
+            job.modified_at = now = utcnow()
+            if event is not None:
+                job.events = [*job.events, {**event, "created_at": unix(now)}]
+            if checkpoint is not None:
+                job.checkpoints = [*job.checkpoints, {**checkpoint, "created_at": unix(now)}]
+
+    def _finish(self, job_id: str, status: str, **fields: object) -> None:
+        with self.store.write_session() as session:
+            job = session.get(FineTuningJobRow, job_id)
+            assert job is not None
+            for name, value in fields.items():
+                if name != "error":
+                    setattr(job, name, value)
+            transition(job, status, **({"error": fields["error"]} if "error" in fields else {}))
+
+    @staticmethod
+    def _publish(checkpoint: Path, adapter: Path) -> None:
+        """The final adapter, in PEFT's layout, where serving reads it."""
+        adapter.mkdir(parents=True, exist_ok=True)
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copyfile(checkpoint / name, adapter / name)
