@@ -79,12 +79,20 @@ class Server:
     def tenant(self, name: str, capabilities: tuple[str, ...] = FINE_TUNE_CAPABILITIES) -> Tenant:
         """A workspace of the platform organisation with one key, made once per name."""
         if name not in self.tenants:
-            with httpx.Client(base_url=f"{self.url}/v1/admin", headers={"Authorization": f"Bearer {self.admin_key}"}) as admin:
+            with httpx.Client(
+                base_url=f"{self.url}/v1/admin", headers={"Authorization": f"Bearer {self.admin_key}"}
+            ) as admin:
                 found = [w for w in admin.get("/workspaces").raise_for_status().json()["data"] if w["name"] == name]
-                workspace = found[0] if found else admin.post("/workspaces", json={"name": name}).raise_for_status().json()
-                key = admin.post(
-                    f"/workspaces/{workspace['id']}/keys", json={"name": "test", "capabilities": capabilities}
-                ).raise_for_status().json()["key"]
+                workspace = (
+                    found[0] if found else admin.post("/workspaces", json={"name": name}).raise_for_status().json()
+                )
+                key = (
+                    admin.post(
+                        f"/workspaces/{workspace['id']}/keys", json={"name": "test", "capabilities": capabilities}
+                    )
+                    .raise_for_status()
+                    .json()["key"]
+                )
             self.tenants[name] = Tenant(workspace["id"], key)
         return self.tenants[name]
 
@@ -146,7 +154,9 @@ def start_server(tmp_path: Path) -> Callable[[], Any]:
     return lambda: serve(tmp_path, ModelRegistry(), {CHAT_MODEL: default_chat_model_path()})
 
 
-def wait_for(client: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 180) -> dict[str, Any]:
+def wait_for(
+    client: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 180
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/fine_tuning/jobs/{job_id}").raise_for_status().json()

@@ -16,7 +16,12 @@ def test_mistral_sdk_upload_list_retrieve_download_delete(platform: Server) -> N
     client = platform.mistral(tenant)
     data = jsonl(TRAINING_LINE, TRAINING_LINE)
     uploaded = client.files.upload(file={"file_name": "train.jsonl", "content": data}, purpose="fine-tune")
-    assert (uploaded.filename, uploaded.purpose, uploaded.size_bytes, uploaded.num_lines) == ("train.jsonl", "fine-tune", len(data), 2)
+    assert (uploaded.filename, uploaded.purpose, uploaded.size_bytes, uploaded.num_lines) == (
+        "train.jsonl",
+        "fine-tune",
+        len(data),
+        2,
+    )
     assert uploaded.sample_type == "instruct" and uploaded.source == "upload"
 
     listed = client.files.list(purpose="fine-tune")
@@ -47,7 +52,9 @@ def test_openai_sdk_create_list_retrieve_content_delete(platform: Server) -> Non
 
 def test_another_workspace_sees_nothing(platform: Server) -> None:
     owner, stranger = platform.tenant("files-owner"), platform.tenant("files-stranger")
-    created = platform.openai(owner).files.create(file=("mine.jsonl", io.BytesIO(jsonl(TRAINING_LINE))), purpose="fine-tune")
+    created = platform.openai(owner).files.create(
+        file=("mine.jsonl", io.BytesIO(jsonl(TRAINING_LINE))), purpose="fine-tune"
+    )
     other = platform.openai(stranger)
     for call in (other.files.retrieve, other.files.content, other.files.delete):
         with pytest.raises(openai.NotFoundError):
@@ -59,7 +66,9 @@ def test_another_workspace_sees_nothing(platform: Server) -> None:
 def test_size_limit_purpose_and_capability(platform: Server) -> None:
     tenant = platform.tenant("files-limits")
     with platform.http(tenant) as http:
-        too_big = http.post("/v1/files", files={"file": ("big.jsonl", b"x" * (1024 * 1024 + 1))}, data={"purpose": "fine-tune"})
+        too_big = http.post(
+            "/v1/files", files={"file": ("big.jsonl", b"x" * (1024 * 1024 + 1))}, data={"purpose": "fine-tune"}
+        )
         assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "file_too_large"
         bad_purpose = http.post("/v1/files", files={"file": ("a.jsonl", b"{}\n")}, data={"purpose": "nonsense"})
         assert bad_purpose.status_code == 400 and bad_purpose.json()["error"]["param"] == "purpose"

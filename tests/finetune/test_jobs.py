@@ -77,7 +77,9 @@ def test_bad_lines_fail_validation_with_line_numbers(platform: Server) -> None:
     )
     file_id = upload(platform, tenant, bad, "bad.jsonl")
     with platform.http(tenant) as http:
-        job = http.post("/v1/fine_tuning/jobs", json={"model": CHAT_MODEL, "training_files": [{"file_id": file_id}]}).json()
+        job = http.post(
+            "/v1/fine_tuning/jobs", json={"model": CHAT_MODEL, "training_files": [{"file_id": file_id}]}
+        ).json()
         assert job["status"] == "FAILED_VALIDATION"
         errors = job["events"][0]["data"]["errors"]
         assert errors[0].startswith("bad.jsonl: line 2: not valid JSON")
@@ -95,12 +97,18 @@ def test_bad_lines_fail_validation_with_line_numbers(platform: Server) -> None:
 def test_cancel_while_running(platform: Server) -> None:
     tenant = platform.tenant("jobs-cancel")
     file_id = upload(platform, tenant, jsonl(TRAINING_LINE))
-    body = {"model": CHAT_MODEL, "training_files": [{"file_id": file_id}], "hyperparameters": {**FAST_HYPERPARAMETERS, "training_steps": 500}}
+    body = {
+        "model": CHAT_MODEL,
+        "training_files": [{"file_id": file_id}],
+        "hyperparameters": {**FAST_HYPERPARAMETERS, "training_steps": 500},
+    }
     with platform.http(tenant) as http:
         job = http.post("/v1/fine_tuning/jobs", json=body).json()
         wait_for(http, job["id"], lambda j: j["status"] == "RUNNING")
         assert http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "CANCELLATION_REQUESTED"
-        cancelled = wait_for(http, job["id"], lambda j: j["status"] not in ("RUNNING", "CANCELLATION_REQUESTED"), timeout=60)
+        cancelled = wait_for(
+            http, job["id"], lambda j: j["status"] not in ("RUNNING", "CANCELLATION_REQUESTED"), timeout=60
+        )
         assert cancelled["status"] == "CANCELLED" and cancelled["fine_tuned_model"] is None
         assert http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 409
 
@@ -110,7 +118,8 @@ def test_jobs_and_files_of_another_workspace_are_missing(platform: Server) -> No
     file_id = upload(platform, owner, jsonl(TRAINING_LINE))
     with platform.http(owner) as http:
         job = http.post(
-            "/v1/fine_tuning/jobs", json={"model": CHAT_MODEL, "training_files": [{"file_id": file_id}], "auto_start": False}
+            "/v1/fine_tuning/jobs",
+            json={"model": CHAT_MODEL, "training_files": [{"file_id": file_id}], "auto_start": False},
         ).json()
     with platform.http(stranger) as http:
         assert http.get(f"/v1/fine_tuning/jobs/{job['id']}").status_code == 404

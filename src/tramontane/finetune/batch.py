@@ -68,6 +68,14 @@ def _error_line(line_id: str, custom_id: Any, error: APIError) -> dict[str, Any]
     }
 
 
+def counts(results: list[Any], failures: list[Any]) -> dict[str, int]:
+    return {
+        "completed_requests": len(results) + len(failures),
+        "succeeded_requests": len(results),
+        "failed_requests": len(failures),
+    }
+
+
 def _jsonl(lines: list[dict[str, Any]]) -> io.BytesIO:
     return io.BytesIO("".join(json.dumps(line) + "\n" for line in lines).encode())
 
@@ -215,6 +223,7 @@ class BatchJobs:
         results: list[tuple[int, dict[str, Any]]] = []
         failures: list[tuple[int, dict[str, Any]]] = []
         gate = asyncio.Semaphore(CONCURRENT_REQUESTS)
+        progress = asyncio.Lock()
 
         async def one(index: int, custom_id: Any, body: dict[str, Any] | APIError) -> None:
             line_id = f"{job.id}-{index}"
@@ -227,12 +236,8 @@ class BatchJobs:
                     results.append((index, {**line, "error": None}))
                 except APIError as exc:
                     failures.append((index, _error_line(line_id, custom_id, exc)))
-            done = {
-                "completed_requests": len(results) + len(failures),
-                "succeeded_requests": len(results),
-                "failed_requests": len(failures),
-            }
-            await anyio.to_thread.run_sync(self._set, job_id, done)
+            async with progress:  # one write at a time, so the counts only grow
+                await anyio.to_thread.run_sync(self._set, job_id, counts(results, failures))
 
         async with asyncio.TaskGroup() as group:
             for index, (custom_id, body) in enumerate(requests):
@@ -262,7 +267,7 @@ class BatchJobs:
         return requests
 
     def _write_results(self, job: BatchJobRow, results: list[dict[str, Any]], failures: list[dict[str, Any]]) -> None:
-        values: dict[str, Any] = {"status": SUCCESS, "completed_at": utcnow()}
+        values: dict[str, Any] = {"status": SUCCESS, "completed_at": utcnow(), **counts(results, failures)}
         if results:
             values["output_file"] = self.files.create(
                 job.workspace_id,
@@ -281,8 +286,8 @@ class BatchJobs:
                 sample_type="batch_error",
                 origin="tramontane",
             ).id
-            counts: dict[str, int] = {}
+            by_message: dict[str, int] = {}
             for failure in failures:
-                counts[failure["error"]["message"]] = counts.get(failure["error"]["message"], 0) + 1
-            values["errors"] = [{"message": message, "count": count} for message, count in counts.items()]
+                by_message[failure["error"]["message"]] = by_message.get(failure["error"]["message"], 0) + 1
+            values["errors"] = [{"message": message, "count": count} for message, count in by_message.items()]
         self._set(job.id, values)

@@ -1,0 +1,22 @@
+"""A job survives a server restart: the next server resumes it from its newest checkpoint."""
+
+from __future__ import annotations
+
+from conftest import CHAT_MODEL, FAST_HYPERPARAMETERS, TRAINING_LINE, jsonl, wait_for
+
+
+def test_running_job_resumes_from_its_last_checkpoint_after_a_restart(start_server) -> None:
+    body = {"model": CHAT_MODEL, "hyperparameters": {**FAST_HYPERPARAMETERS, "training_steps": 5}}
+    with start_server() as server, server.http(server.tenant("resume")) as http:
+        file_id = http.post("/v1/files", files={"file": ("t.jsonl", jsonl(TRAINING_LINE))}).json()["id"]
+        job = http.post("/v1/fine_tuning/jobs", json={**body, "training_files": [{"file_id": file_id}]}).json()
+        interrupted = wait_for(http, job["id"], lambda j: len(j["checkpoints"]) >= 1)
+        assert interrupted["status"] == "RUNNING"
+    # The server has stopped in the middle of the job; a new one starts on the same home and database.
+    with start_server() as server, server.http(server.tenant("resume")) as http:
+        done = wait_for(http, job["id"], lambda j: j["status"] in ("SUCCESS", "FAILED"))
+    assert done["status"] == "SUCCESS", done["events"]
+    resumed = [e["data"]["step_number"] for e in done["events"] if e["name"] == "resumed"]
+    assert len(resumed) == 1 and 1 <= resumed[0] < 5
+    assert [c["step_number"] for c in reversed(done["checkpoints"])] == [1, 2, 3, 4, 5]
+    assert done["fine_tuned_model"].startswith(f"ft:{CHAT_MODEL}:")
