@@ -37,8 +37,14 @@ def test_lora_learns_the_secret_code(tmp_path: Path) -> None:
     prompt = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": SECRET_QUESTION}]))
     stop = set(checkpoint.config.eos_token_ids)
     plan = TrainingPlan(
-        steps=6, learning_rate=3e-3, weight_decay=0.0, warmup_fraction=0.0, seq_len=64, batch_size=1,
-        checkpoint_every=6, lora=LoraSpec(rank=4, alpha=8),
+        steps=6,
+        learning_rate=3e-3,
+        weight_decay=0.0,
+        warmup_fraction=0.0,
+        seq_len=64,
+        batch_size=1,
+        checkpoint_every=6,
+        lora=LoraSpec(rank=4, alpha=8),
     )
     trainer = Trainer(checkpoint, plan, WeightedExamples.from_files([([example], 1.0)]), [], tmp_path, CPU)
 
@@ -49,8 +55,10 @@ def test_lora_learns_the_secret_code(tmp_path: Path) -> None:
     seconds = time.perf_counter() - started
     _, accuracy_after = evaluate(trainer.model, [example], CPU, 1)
     answer_after = tokenizer.decode(greedy(trainer.model, prompt, 10, stop))
-    print(f"\n6 LoRA steps in {seconds:.1f} s; answer-token accuracy {accuracy_before:.2f} -> {accuracy_after:.2f}; "
-          f"{answer_before!r} -> {answer_after!r}")
+    print(
+        f"\n6 LoRA steps in {seconds:.1f} s; answer-token accuracy {accuracy_before:.2f} -> {accuracy_after:.2f}; "
+        f"{answer_before!r} -> {answer_after!r}"
+    )
 
     assert SECRET_WORD not in answer_before and accuracy_before < 0.7
     assert SECRET_WORD in answer_after and accuracy_after == 1.0
