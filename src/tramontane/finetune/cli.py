@@ -84,9 +84,8 @@ def upload(
     """Upload a JSONL file; prints its id."""
     with open(path, "rb") as f:
         created = _call("POST", url, api_key, "/files", files={"file": (path.name, f)}, data={"purpose": purpose})
-    console.print(
-        f"Uploaded {created['filename']} ({created['bytes']} bytes, {created['num_lines']} lines): [bold]{created['id']}[/]"
-    )
+    size = f"{created['bytes']} bytes, {created['num_lines']} lines"
+    console.print(f"Uploaded {created['filename']} ({size}): [bold]{created['id']}[/]")
 
 
 @app.command()

@@ -109,7 +109,10 @@ def _response(gen: Generation, output: ChatOutput) -> ChatCompletionResponse:
         id=gen.id,
         created=gen.created,
         model=gen.model,
-        choices=[_choice(i, choice.text, choice.logprobs, finish_reason(choice.finish_reason), output) for i, choice in enumerate(gen.choices)],
+        choices=[
+            _choice(i, choice.text, choice.logprobs, finish_reason(choice.finish_reason), output)
+            for i, choice in enumerate(gen.choices)
+        ],
         usage=usage([gen]),
     )
 
