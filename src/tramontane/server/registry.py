@@ -173,7 +173,8 @@ class ModelRegistry:
 
     def checkpoints(self) -> dict[str, str]:
         """The chat models loaded from a checkpoint, by name: the paths fine-tuning trains on."""
-        return {entry.name: entry.path for entry in self._models.values() if isinstance(entry, ChatModel) and entry.path}
+        chat = (entry for entry in self._models.values() if isinstance(entry, ChatModel))
+        return {entry.name: entry.path for entry in chat if entry.path}
 
     def engines(self) -> Iterator[tuple[str, AsyncEngine]]:
         for entry in self._models.values():
