@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import SECRET_QUESTION, SECRET_WORD, TRAINING_LINE
 
@@ -68,3 +69,44 @@ def test_lora_learns_the_secret_code(tmp_path: Path) -> None:
     reloaded = LoraModel(checkpoint, spec, 64)
     reloaded.load_adapter_state(state)
     assert tokenizer.decode(greedy(reloaded, prompt, 10, stop)) == answer_after
+
+
+def test_peft_reads_the_adapter_and_computes_the_same_logits(tmp_path: Path) -> None:
+    """The adapter layout is PEFT's: peft applies it to transformers' model of the same
+    checkpoint, and both forwards agree."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    checkpoint = load_checkpoint(default_chat_model_path())
+    model = LoraModel(checkpoint, LoraSpec(rank=4, alpha=8), 64)
+    torch.manual_seed(0)
+    for parameter in model.parameters():
+        if parameter.dim() == 2 and parameter.shape[1] == 4:  # every lora_B, zero at init: make it count
+            torch.nn.init.normal_(parameter, std=0.02)
+    model.save_adapter(tmp_path, "smollm2")
+
+    cfg = checkpoint.config
+    config = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_theta=cfg.rope_theta,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+    )
+    hf = transformers.LlamaForCausalLM(config)
+    hf.load_state_dict({name: t.float() for name, t in checkpoint.tensors.items()}, strict=False)
+    hf.tie_weights()
+    tuned = peft.PeftModel.from_pretrained(hf, str(tmp_path)).eval()
+    ids = torch.tensor([checkpoint.tokenizer.encode("The secret code is a word nobody knows")])
+    with torch.no_grad():
+        ours = model.logits(model.hidden_states(ids))
+        theirs = tuned(input_ids=ids).logits
+        with tuned.disable_adapter():
+            base = tuned(input_ids=ids).logits
+    assert (ours - theirs).abs().max() < 1e-3
+    assert (theirs - base).abs().max() > 1e-2  # the adapter changed the output
