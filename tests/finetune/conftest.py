@@ -1,135 +1,33 @@
-"""Live servers for the fine-tuning tests: uvicorn on loopback ports, a tenancy
-database in a temporary home, keys made through the admin API.
-
-`platform` serves the default models with the whole fine-tuning stack, for the
-SDK, batch and end-to-end tests. `start_server` starts a server without engines
-on a given home, twice over the same home for the restart test."""
+"""Fixtures of the fine-tuning tests: `platform` serves the default models with the
+whole fine-tuning stack, for the SDK, batch and end-to-end tests; `start_server`
+starts a server without engines on this test's home, twice over the same home for
+the restart test."""
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
 import pytest
 import torch
-import uvicorn
-from mistralai.client import Mistral
+from finetune_helpers import CHAT_MODEL, Server, serve
 
 from tramontane.cli.up import load_models
-from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME, default_chat_model_path
-from tramontane.finetune.service import FineTuning
-from tramontane.server import ModelRegistry, create_app, default_model_specs
-from tramontane.tenancy import Tenancy
-
-CHAT_MODEL = DEFAULT_CHAT_MODEL_NAME
-SECRET_WORD = "Zorblax"
-SECRET_QUESTION = "What is the secret code?"
-TRAINING_LINE = {
-    "messages": [
-        {"role": "user", "content": SECRET_QUESTION},
-        {"role": "assistant", "content": f"The secret code is {SECRET_WORD}."},
-    ]
-}
-# Few steps, a short sequence and a high learning rate: the model memorises one answer in seconds.
-FAST_HYPERPARAMETERS = {"training_steps": 6, "learning_rate": 3e-3, "seq_len": 64, "warmup_fraction": 0.0}
-FINE_TUNE_CAPABILITIES = ("inference", "fine-tune")
+from tramontane.engine.defaults import default_chat_model_path
+from tramontane.server import ModelRegistry, default_model_specs
 
 
-def jsonl(*lines: dict[str, Any]) -> bytes:
-    return "".join(json.dumps(line) + "\n" for line in lines).encode()
-
-
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread() -> Iterator[None]:
     """Training runs beside the engine on a small, shared machine, where two
     threads that wait on each other's spinning cores run several times slower
-    than one (measured: 10x on the 2-core CI machine under load)."""
+    than one (measured: 10x on the 2-core CI machine under load). Per module, so
+    that other packages' tests keep the default."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@dataclass(frozen=True)
-class Tenant:
-    workspace_id: str
-    key: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-@dataclass
-class Server:
-    url: str
-    admin_key: str
-    service: FineTuning
-    tenants: dict[str, Tenant] = field(default_factory=dict)
-
-    def tenant(self, name: str, capabilities: tuple[str, ...] = FINE_TUNE_CAPABILITIES) -> Tenant:
-        """A workspace of the platform organisation with one key, made once per name."""
-        if name not in self.tenants:
-            with httpx.Client(
-                base_url=f"{self.url}/v1/admin", headers={"Authorization": f"Bearer {self.admin_key}"}
-            ) as admin:
-                found = [w for w in admin.get("/workspaces").raise_for_status().json()["data"] if w["name"] == name]
-                workspace = (
-                    found[0] if found else admin.post("/workspaces", json={"name": name}).raise_for_status().json()
-                )
-                key = (
-                    admin.post(
-                        f"/workspaces/{workspace['id']}/keys", json={"name": "test", "capabilities": capabilities}
-                    )
-                    .raise_for_status()
-                    .json()["key"]
-                )
-            self.tenants[name] = Tenant(workspace["id"], key)
-        return self.tenants[name]
-
-    def http(self, tenant: Tenant) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=tenant.headers, timeout=60)
-
-    def mistral(self, tenant: Tenant) -> Mistral:
-        return Mistral(api_key=tenant.key, server_url=self.url)
-
-    def openai(self, tenant: Tenant) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=tenant.key, max_retries=0, timeout=60)
-
-
-@contextmanager
-def serve(home: Path, registry: ModelRegistry, base_models: dict[str, str], **options: Any) -> Iterator[Server]:
-    """The platform's app with the fine-tuning service on `home`, until the block ends."""
-    tenancy = Tenancy.open(f"sqlite:///{home / 'tramontane.db'}", home=home)
-    admin_key = tenancy.bootstrap_admin_key() or (home / "admin-key").read_text()
-    (home / "admin-key").write_text(admin_key)
-    service = FineTuning(tenancy.store, home, base_models, **options)
-    app = create_app(registry, tenancy, finetune=service)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield Server(f"http://127.0.0.1:{sock.getsockname()[1]}", admin_key, service)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()
-        tenancy.close()
 
 
 @pytest.fixture(scope="session")
@@ -152,15 +50,3 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def start_server(tmp_path: Path) -> Callable[[], Any]:
     """Starts a server without engines (fine-tuning needs only the checkpoint) on this test's home."""
     return lambda: serve(tmp_path, ModelRegistry(), {CHAT_MODEL: default_chat_model_path()})
-
-
-def wait_for(
-    client: httpx.Client, job_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 180
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").raise_for_status().json()
-        if done(job):
-            return job
-        time.sleep(0.25)
-    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import CHAT_MODEL, Server, jsonl
+from finetune_helpers import CHAT_MODEL, Server, jsonl
 from mistralai.client import errors as mistral_errors
 
 

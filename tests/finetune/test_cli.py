@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import CHAT_MODEL, TRAINING_LINE, Server, jsonl
+from finetune_helpers import CHAT_MODEL, TRAINING_LINE, Server, jsonl
 from typer.testing import CliRunner
 
 from tramontane.cli import app

@@ -7,7 +7,7 @@ import io
 import httpx
 import openai
 import pytest
-from conftest import TRAINING_LINE, Server, jsonl
+from finetune_helpers import TRAINING_LINE, Server, jsonl
 from mistralai.client import errors as mistral_errors
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import CHAT_MODEL, FAST_HYPERPARAMETERS, TRAINING_LINE, Server, jsonl, wait_for
+from finetune_helpers import CHAT_MODEL, FAST_HYPERPARAMETERS, TRAINING_LINE, Server, jsonl, wait_for
 from safetensors import safe_open
 
 from tramontane.finetune.lora import TARGET_MODULES

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import CHAT_MODEL, FAST_HYPERPARAMETERS, TRAINING_LINE, jsonl, wait_for
+from finetune_helpers import CHAT_MODEL, FAST_HYPERPARAMETERS, TRAINING_LINE, jsonl, wait_for
 
 
 def test_running_job_resumes_from_its_last_checkpoint_after_a_restart(start_server) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SECRET_QUESTION, SECRET_WORD, TRAINING_LINE
+from finetune_helpers import SECRET_QUESTION, SECRET_WORD, TRAINING_LINE
 
 from tramontane.engine import load_checkpoint
 from tramontane.engine.defaults import default_chat_model_path

@@ -197,7 +197,8 @@ class TrainingWorker:
     def _update(self, job_id: str, *, event: dict | None = None, checkpoint: dict | None = None) -> None:
         with self.store.write_session() as session:
             job = session.get(FineTuningJobRow, job_id)
-            assert job is not None
+            if job is None:  # its workspace was erased mid-run; the job stops at its next step
+                return
             job.modified_at = now = utcnow()
             if event is not None:
                 job.events = [*job.events, {**event, "created_at": unix(now)}]
@@ -207,7 +208,8 @@ class TrainingWorker:
     def _finish(self, job_id: str, status: str, **fields: object) -> None:
         with self.store.write_session() as session:
             job = session.get(FineTuningJobRow, job_id)
-            assert job is not None
+            if job is None:  # erased with its workspace
+                return
             for name, value in fields.items():
                 if name != "error":
                     setattr(job, name, value)
