@@ -32,17 +32,9 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The default models and the fine-tuning stack; adapters announced to `ready_models`."""
+    """The default models and the fine-tuning stack."""
     registry = load_models(default_model_specs())
-    ready: list[tuple[str, str, Path]] = []
-    with serve(
-        tmp_path_factory.mktemp("home"),
-        registry,
-        registry.checkpoints(),
-        on_model_ready=lambda *args: ready.append(args),
-        max_file_bytes=1024 * 1024,
-    ) as server:
-        server.ready_models = ready  # type: ignore[attr-defined]
+    with serve(tmp_path_factory.mktemp("home"), registry, registry.checkpoints(), max_file_bytes=1024 * 1024) as server:
         yield server
 
 

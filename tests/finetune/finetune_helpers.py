@@ -58,6 +58,8 @@ class Server:
     admin_key: str
     service: FineTuning
     tenants: dict[str, Tenant] = field(default_factory=dict)
+    # What `on_model_ready` was called with: (model_id, base_model, adapter_path, {job_id, workspace_id}).
+    ready_models: list[tuple[Any, ...]] = field(default_factory=list)
 
     def tenant(self, name: str, capabilities: tuple[str, ...] = FINE_TUNE_CAPABILITIES) -> Tenant:
         """A workspace of the platform organisation with one key, made once per name."""
@@ -91,11 +93,15 @@ class Server:
 
 @contextmanager
 def serve(home: Path, registry: ModelRegistry, base_models: dict[str, str], **options: Any) -> Iterator[Server]:
-    """The platform's app with the fine-tuning service on `home`, until the block ends."""
+    """The platform's app with the fine-tuning service on `home`, until the block ends;
+    `on_model_ready` calls are recorded in the server's `ready_models`."""
     tenancy = Tenancy.open(f"sqlite:///{home / 'tramontane.db'}", home=home)
     admin_key = tenancy.bootstrap_admin_key() or (home / "admin-key").read_text()
     (home / "admin-key").write_text(admin_key)
-    service = FineTuning(tenancy.store, home, base_models, **options)
+    ready: list[tuple[Any, ...]] = []
+    service = FineTuning(
+        tenancy.store, home, base_models, on_model_ready=lambda *args, **ids: ready.append((*args, ids)), **options
+    )
     app = create_app(registry, tenancy, finetune=service)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -107,7 +113,7 @@ def serve(home: Path, registry: ModelRegistry, base_models: dict[str, str], **op
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     try:
-        yield Server(f"http://127.0.0.1:{sock.getsockname()[1]}", admin_key, service)
+        yield Server(f"http://127.0.0.1:{sock.getsockname()[1]}", admin_key, service, ready_models=ready)
     finally:
         server.should_exit = True
         thread.join(timeout=60)

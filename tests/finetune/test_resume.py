@@ -20,3 +20,8 @@ def test_running_job_resumes_from_its_last_checkpoint_after_a_restart(start_serv
     assert len(resumed) == 1 and 1 <= resumed[0] < 5
     assert [c["step_number"] for c in reversed(done["checkpoints"])] == [1, 2, 3, 4, 5]
     assert done["fine_tuned_model"].startswith(f"ft:{CHAT_MODEL}:")
+    # Each start announces the models that earlier runs finished, for serving.
+    with start_server() as server:
+        [(model_id, base, adapter, owner)] = server.ready_models
+    assert (model_id, base, owner["job_id"]) == (done["fine_tuned_model"], CHAT_MODEL, job["id"])
+    assert (adapter / "adapter_model.safetensors").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,21 @@ DEFAULT_WARMUP_FRACTION = 0.05
 MAX_BATCH_SIZE = 4
 CHECKPOINTS_PER_JOB = 5
 
-# on_model_ready(model_id, base_model, adapter_path): a job's adapter is ready to serve.
-ModelReadyHook = Callable[[str, str, Path], None]
+
+@dataclass(frozen=True)
+class ReadyModel:
+    """A succeeded job's adapter, ready to serve as `model_id` to `workspace_id` only."""
+
+    model_id: str
+    base_model: str
+    adapter_path: Path
+    job_id: str
+    workspace_id: str
+
+
+def ready_model(home: Path, job: FineTuningJobRow) -> ReadyModel:
+    name = job.fine_tuned_model or model_id(job)
+    return ReadyModel(name, job.model, job_dir(home, job) / "adapter", job.id, job.workspace_id)
 
 
 def unix(moment: datetime | None) -> int | None:

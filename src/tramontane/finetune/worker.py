@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,9 +31,10 @@ from .jobs import (
     RUNNING,
     SUCCESS,
     FineTuningJobs,
-    ModelReadyHook,
+    ReadyModel,
     job_dir,
     model_id,
+    ready_model,
     transition,
     unix,
 )
@@ -46,7 +48,7 @@ IDLE_POLL_S = 2.0  # also picks up jobs queued by another server process
 
 
 class TrainingWorker:
-    def __init__(self, store: Store, jobs: FineTuningJobs, home: Path, on_model_ready: ModelReadyHook | None):
+    def __init__(self, store: Store, jobs: FineTuningJobs, home: Path, on_model_ready: Callable[[ReadyModel], None]):
         self.store = store
         self.jobs = jobs
         self.home = home
@@ -58,7 +60,6 @@ class TrainingWorker:
         self._base: Checkpoint | None = None  # the last base model loaded, reused by the next job
 
     def start(self) -> None:
-        self._announce_ready_models()
         self._thread = threading.Thread(target=self._loop, name="fine-tuning-worker", daemon=True)
         self._thread.start()
 
@@ -72,13 +73,11 @@ class TrainingWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    def _announce_ready_models(self) -> None:
-        if self.on_model_ready is None:
-            return
+    def ready_models(self) -> list[ReadyModel]:
+        """The adapters of every job that succeeded, to serve again after a restart."""
         with self.store.session() as session:
             done = session.scalars(select(FineTuningJobRow).where(FineTuningJobRow.status == SUCCESS)).all()
-        for job in done:
-            self.on_model_ready(job.fine_tuned_model or model_id(job), job.model, job_dir(self.home, job) / "adapter")
+            return [ready_model(self.home, job) for job in done]
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -130,10 +129,9 @@ class TrainingWorker:
         if finished:
             adapter = job_dir(self.home, job) / "adapter"
             self._publish(trainer.checkpoints_dir / f"step-{trainer.step:06d}", adapter)
-            name = model_id(job)
-            self._finish(job_id, SUCCESS, fine_tuned_model=name, trained_tokens=trainer.trained_tokens)
-            if self.on_model_ready is not None:
-                self.on_model_ready(name, job.model, adapter)
+            job.fine_tuned_model = model_id(job)
+            self._finish(job_id, SUCCESS, fine_tuned_model=job.fine_tuned_model, trained_tokens=trainer.trained_tokens)
+            self.on_model_ready(ready_model(self.home, job))
         elif self._status(job_id) == CANCELLATION_REQUESTED:
             self._finish(job_id, CANCELLED)
 
