@@ -12,12 +12,14 @@ def test_running_job_resumes_from_its_last_checkpoint_after_a_restart(start_serv
         job = http.post("/v1/fine_tuning/jobs", json={**body, "training_files": [{"file_id": file_id}]}).json()
         interrupted = wait_for(http, job["id"], lambda j: len(j["checkpoints"]) >= 1)
         assert interrupted["status"] == "RUNNING"
-    # The server has stopped in the middle of the job; a new one starts on the same home and database.
+    # The server stopped in the middle of the job (back to QUEUED); a new one starts on the same home and database.
     with start_server() as server, server.http(server.tenant("resume")) as http:
         done = wait_for(http, job["id"], lambda j: j["status"] in ("SUCCESS", "FAILED"))
     assert done["status"] == "SUCCESS", done["events"]
     resumed = [e["data"]["step_number"] for e in done["events"] if e["name"] == "resumed"]
     assert len(resumed) == 1 and 1 <= resumed[0] < 5
+    statuses = [e["data"]["status"] for e in reversed(done["events"]) if e["name"] == "status-updated"]
+    assert statuses == ["VALIDATING", "VALIDATED", "QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCESS"]
     assert [c["step_number"] for c in reversed(done["checkpoints"])] == [1, 2, 3, 4, 5]
     assert done["fine_tuned_model"].startswith(f"ft:{CHAT_MODEL}:")
     # Each start announces the models that earlier runs finished, for serving.

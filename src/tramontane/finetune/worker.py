@@ -1,9 +1,10 @@
 """The training worker: one thread, one job at a time, oldest first.
 
-It resumes jobs left RUNNING by a stopped server from their newest checkpoint,
-checks the job's status in the store between steps (so a cancellation from any
-server process stops it), and leaves a job RUNNING when the server shuts down,
-for the next start to resume.
+Between steps it checks the job's status in the store (so a cancellation made
+through any server process stops it) and refreshes the job's heartbeat. A server
+that shuts down puts its running job back in the queue; one that dies leaves it
+RUNNING without heartbeat, and a worker takes it over after STALE_AFTER_S. Either
+way the job resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from ..engine import Checkpoint, load_checkpoint
 from ..store import Store
@@ -45,6 +47,8 @@ from .trainer import STATE_FILE, StepMetrics, Trainer, TrainingPlan, WeightedExa
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 2.0  # also picks up jobs queued by another server process
+# A RUNNING job without a step for this long belongs to a server that died: another worker resumes it.
+STALE_AFTER_S = 120.0
 
 
 class TrainingWorker:
@@ -64,7 +68,7 @@ class TrainingWorker:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stops after the current step; a running job stays RUNNING, to resume later."""
+        """Stops after the current step; a running job goes back to QUEUED, to resume later."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -93,24 +97,26 @@ class TrainingWorker:
                 self._finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
 
     def _claim(self) -> str | None:
-        """The next job to run: one a stopped server left RUNNING, else the oldest QUEUED."""
+        """The oldest job waiting to run, or whose server died mid-run (no step for
+        STALE_AFTER_S), now marked as this worker's by a fresh heartbeat."""
+        stale = utcnow() - timedelta(seconds=STALE_AFTER_S)
+        abandoned = FineTuningJobRow.modified_at < stale
         with self.store.write_session() as session:
-            # Nothing runs while the worker claims: a pending cancellation is one a stopped server never saw.
-            for job in session.scalars(
-                select(FineTuningJobRow).where(FineTuningJobRow.status == CANCELLATION_REQUESTED)
-            ):
+            # A cancellation its dead server never acted on.
+            orphans = select(FineTuningJobRow).where(FineTuningJobRow.status == CANCELLATION_REQUESTED, abandoned)
+            for job in session.scalars(orphans):
                 transition(job, CANCELLED)
-            for status in (RUNNING, QUEUED):
-                job = session.scalars(
-                    select(FineTuningJobRow)
-                    .where(FineTuningJobRow.status == status)
-                    .order_by(FineTuningJobRow.created_at)
-                ).first()
-                if job is not None:
-                    if status == QUEUED:
-                        transition(job, RUNNING)
-                    return job.id
-        return None
+            runnable = or_(FineTuningJobRow.status == QUEUED, and_(FineTuningJobRow.status == RUNNING, abandoned))
+            job = session.scalars(
+                select(FineTuningJobRow).where(runnable).order_by(FineTuningJobRow.created_at)
+            ).first()
+            if job is None:
+                return None
+            if job.status == QUEUED:
+                transition(job, RUNNING)
+            else:
+                job.modified_at = utcnow()
+            return job.id
 
     def _run(self, job_id: str) -> None:
         with self.store.session() as session:
@@ -134,6 +140,9 @@ class TrainingWorker:
             self.on_model_ready(ready_model(self.home, job))
         elif self._status(job_id) == CANCELLATION_REQUESTED:
             self._finish(job_id, CANCELLED)
+        elif self._stopping.is_set():
+            # Back in the queue: the next server to start (or another one sharing the store) resumes it.
+            self._finish(job_id, QUEUED, reason="the server stopped", step_number=trainer.step)
 
     def _trainer(self, job: FineTuningJobRow) -> Trainer:
         params = job.hyperparameters
@@ -171,7 +180,13 @@ class TrainingWorker:
         return Trainer(self._base, plan, train, valid, job_dir(self.home, job), self.device)
 
     def _should_stop(self, job_id: str) -> bool:
-        return self._stopping.is_set() or self._status(job_id) != RUNNING
+        """Between steps: the job's heartbeat, and whether it was cancelled or the server is stopping."""
+        with self.store.write_session() as session:
+            job = session.get(FineTuningJobRow, job_id)
+            if job is None or job.status != RUNNING:
+                return True
+            job.modified_at = utcnow()
+        return self._stopping.is_set()
 
     def _status(self, job_id: str) -> str | None:
         with self.store.session() as session:
@@ -204,14 +219,19 @@ class TrainingWorker:
                 job.checkpoints = [*job.checkpoints, {**checkpoint, "created_at": unix(now)}]
 
     def _finish(self, job_id: str, status: str, **fields: object) -> None:
+        """Moves the job to `status`; `fine_tuned_model` and `trained_tokens` are set
+        on the job, anything else goes in the event's data."""
         with self.store.write_session() as session:
             job = session.get(FineTuningJobRow, job_id)
             if job is None:  # erased with its workspace
                 return
+            data = {}
             for name, value in fields.items():
-                if name != "error":
+                if name in ("fine_tuned_model", "trained_tokens"):
                     setattr(job, name, value)
-            transition(job, status, **({"error": fields["error"]} if "error" in fields else {}))
+                else:
+                    data[name] = value
+            transition(job, status, **data)
 
     @staticmethod
     def _publish(checkpoint: Path, adapter: Path) -> None:
