@@ -15,7 +15,7 @@ from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, usage
 from .logprobs import chat_logprobs
-from .metering import Metered, RequestMeter
+from .metering import InferenceKey, Metered, RequestMeter
 from .protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -55,9 +55,10 @@ class ChatOutput:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
+    body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered,
+    principal: InferenceKey,
 ) -> Response | ChatCompletionResponse:
-    model = models.chat(body.model)
+    model = models.chat(body.model, principal.workspace_id)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
     tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
     prompt, prefix = _render_prompt(model, body, tools)
@@ -73,6 +74,7 @@ async def create_chat_completion(
         max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         constraint_factory=factory,
+        lora=model.lora,
     )
     gen = Generation(model.engine, model.name, prompt, params, metrics, "chatcmpl")
     output = ChatOutput(model.engine.tokenizer, bool(tools), prefix, bool(body.logprobs))
