@@ -9,7 +9,7 @@ resident (max_loras = their number), so the figures measure batched compute, not
     python benchmarks/multi_lora.py [--streams 50] [--adapters 50] [--tokens 32] [--rank 8] [--rounds 1]
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (tramontane must load before torch)
 
 import argparse
 import json
@@ -38,7 +38,8 @@ def write_adapter(path: Path, config: ModelConfig, rank: int, seed: int) -> None
             tensors[f"{key}.lora_B.weight"] = torch.randn(fan_out, rank, generator=gen) * 0.01
     path.mkdir(parents=True)
     save_file(tensors, str(path / "adapter_model.safetensors"))
-    config_json = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(target_shapes(config))}
+    targets = list(target_shapes(config))
+    config_json = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": targets}
     (path / "adapter_config.json").write_text(json.dumps(config_json))
 
 

@@ -101,7 +101,9 @@ def test_adapter_matches_transformers_peft(make_engine, smollm_checkpoint, make_
 
 
 def test_mixed_batch_gives_each_request_its_solo_tokens(make_engine, smollm_checkpoint, make_lora, run):
-    engine = make_engine(quantization="int4")  # the CPU default: LoRA in float over 4-bit weights
+    # float32: batch-invariant to within LOGPROB_ATOL (the int4 kernel is not: its logprobs
+    # move by ~0.1 with the batch size, adapter or none; the server tests run int4).
+    engine = make_engine()
     for i, name in enumerate("abc"):
         engine.add_lora(name, str(make_lora(smollm_checkpoint.config, name, rank=4 + 4 * i, seed=10 + i)))
     ids = [engine.tokenizer.encode(p) for p in PROMPTS]
