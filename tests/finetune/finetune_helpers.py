@@ -58,7 +58,7 @@ class Server:
     admin_key: str
     service: FineTuning
     tenants: dict[str, Tenant] = field(default_factory=dict)
-    # What `on_model_ready` was called with: (model_id, base_model, adapter_path, {job_id, workspace_id}).
+    # What `on_model_ready` was called with: (model_id, base_model, adapter_path, {job, workspace_id}).
     ready_models: list[tuple[Any, ...]] = field(default_factory=list)
 
     def tenant(self, name: str, capabilities: tuple[str, ...] = FINE_TUNE_CAPABILITIES) -> Tenant:
@@ -99,9 +99,13 @@ def serve(home: Path, registry: ModelRegistry, base_models: dict[str, str], **op
     admin_key = tenancy.bootstrap_admin_key() or (home / "admin-key").read_text()
     (home / "admin-key").write_text(admin_key)
     ready: list[tuple[Any, ...]] = []
-    service = FineTuning(
-        tenancy.store, home, base_models, on_model_ready=lambda *args, **ids: ready.append((*args, ids)), **options
-    )
+
+    async def on_model_ready(model_id: str, base_model: str, path: str, **owner: str) -> None:
+        ready.append((model_id, base_model, Path(path), owner))
+        if base_model in registry.checkpoints():  # a server with engines serves it, as `tramontane up` does
+            await registry.add_adapter(model_id, base_model, path, **owner)
+
+    service = FineTuning(tenancy.store, home, base_models, on_model_ready=on_model_ready, **options)
     app = create_app(registry, tenancy, finetune=service)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -58,7 +58,7 @@ def test_create_start_poll_to_success(platform: Server) -> None:
     # The hook got the adapter, in PEFT's layout.
     model_id, base, adapter, owner = platform.ready_models[-1]
     assert (model_id, base) == (job["fine_tuned_model"], CHAT_MODEL)
-    assert owner == {"job_id": created["id"], "workspace_id": tenant.workspace_id}
+    assert owner == {"job": created["id"], "workspace_id": tenant.workspace_id}
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["target_modules"] == list(TARGET_MODULES)
     assert config["base_model_name_or_path"] == CHAT_MODEL

@@ -25,5 +25,5 @@ def test_running_job_resumes_from_its_last_checkpoint_after_a_restart(start_serv
     # Each start announces the models that earlier runs finished, for serving.
     with start_server() as server:
         [(model_id, base, adapter, owner)] = server.ready_models
-    assert (model_id, base, owner["job_id"]) == (done["fine_tuned_model"], CHAT_MODEL, job["id"])
+    assert (model_id, base, owner["job"]) == (done["fine_tuned_model"], CHAT_MODEL, job["id"])
     assert (adapter / "adapter_model.safetensors").is_file()

@@ -64,7 +64,14 @@ def up(
             print_admin_key(tenancy, admin_key, url, database_url is not None)
         sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
         plane = ControlPlane(tenancy.store, home=tenancy.home)
-        finetune = FineTuning(tenancy.store, tenancy.home, registry.checkpoints(), max_file_bytes=MAX_BODY_BYTES)
+        # Fine-tuned models are served as LoRA adapters on their base model's engine.
+        finetune = FineTuning(
+            tenancy.store,
+            tenancy.home,
+            registry.checkpoints(),
+            on_model_ready=registry.add_adapter,
+            max_file_bytes=MAX_BODY_BYTES,
+        )
         app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane, finetune=finetune)
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:

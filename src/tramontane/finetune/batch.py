@@ -34,7 +34,8 @@ CANCELLATION_REQUESTED, CANCELLED = "CANCELLATION_REQUESTED", "CANCELLED"
 TERMINAL = frozenset({SUCCESS, FAILED, CANCELLED})
 CONCURRENT_REQUESTS = 8
 
-Executor = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# execute(endpoint, body, workspace_id) -> response body; raises APIError.
+Executor = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 
 def batch_view(job: BatchJobRow) -> dict[str, Any]:
@@ -231,7 +232,7 @@ class BatchJobs:
                 try:
                     if isinstance(body, APIError):
                         raise body
-                    response = await self.execute(job.endpoint, body)  # type: ignore[misc]
+                    response = await self.execute(job.endpoint, body, job.workspace_id)  # type: ignore[misc]
                     line = {"id": line_id, "custom_id": custom_id, "response": {"status_code": 200, "body": response}}
                     results.append((index, {**line, "error": None}))
                 except APIError as exc:

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 
-# on_model_ready(model_id, base_model, adapter_path, job_id=..., workspace_id=...), plain or async.
+# on_model_ready(model_id, base_model, adapter_path, job=..., workspace_id=...), plain or async:
+# the shape of ModelRegistry.add_adapter, which a server passes.
 ModelReadyHook = Callable[..., Awaitable[object] | object]
 
 
@@ -37,7 +38,7 @@ class FineTuning:
         """`base_models` maps the names of the chat models a job may fine-tune to
         their checkpoints (GGUF file or HF folder).
 
-        `on_model_ready(model_id, base_model, adapter_path, job_id=, workspace_id=)`
+        `on_model_ready(model_id, base_model, adapter_path, job=, workspace_id=)`
         runs on the server's event loop (awaited when it is a coroutine function):
         at start for every job that already succeeded, then for each job as it
         succeeds. The adapter is the workspace's: serve it to that workspace only."""
@@ -67,8 +68,8 @@ class FineTuning:
             result = self._on_model_ready(
                 model.model_id,
                 model.base_model,
-                model.adapter_path,
-                job_id=model.job_id,
+                str(model.adapter_path),
+                job=model.job_id,
                 workspace_id=model.workspace_id,
             )
             if inspect.isawaitable(result):

@@ -14,17 +14,18 @@ from .metrics import Metrics
 from .protocol import ChatCompletionRequest, EmbeddingRequest
 from .registry import ModelRegistry
 
-Executor = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# execute(endpoint, body, workspace_id): the workspace's fine-tuned models are among those a body may name.
+Executor = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 
 def batch_executor(models: ModelRegistry, metrics: Metrics) -> Executor:
-    async def execute(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def execute(endpoint: str, body: dict[str, Any], workspace_id: str) -> dict[str, Any]:
         try:
             if endpoint == "/v1/chat/completions":
                 request = ChatCompletionRequest.model_validate(body)
                 if request.stream:
                     raise APIError(400, "batch requests cannot stream", param="stream")
-                response = await chat.complete(models, metrics, request)
+                response = await chat.complete(models, metrics, request, workspace_id)
             else:
                 response = await embeddings.embed(models, EmbeddingRequest.model_validate(body))
         except ValidationError as exc:

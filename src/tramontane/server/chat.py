@@ -15,7 +15,7 @@ from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, usage
 from .logprobs import chat_logprobs
-from .metering import Metered, RequestMeter
+from .metering import InferenceKey, Metered, RequestMeter
 from .metrics import Metrics
 from .protocol import (
     ChatChoice,
@@ -56,16 +56,20 @@ class ChatOutput:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
+    body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered,
+    principal: InferenceKey,
 ) -> Response | ChatCompletionResponse:
-    gen, output = prepare(models, metrics, body)
+    gen, output = prepare(models, metrics, body, principal.workspace_id)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return await respond(request, meter, gen, output, body.stream, include_usage)
 
 
-def prepare(models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest) -> tuple[Generation, ChatOutput]:
-    """The engine request for `body` (not started yet), and how its text becomes messages."""
-    model = models.chat(body.model)
+def prepare(
+    models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest, workspace_id: str
+) -> tuple[Generation, ChatOutput]:
+    """The engine request for `body` (not started yet), and how its text becomes messages;
+    `workspace_id`'s fine-tuned models are among those it may name."""
+    model = models.chat(body.model, workspace_id)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
     tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
     prompt, prefix = _render_prompt(model, body, tools)
@@ -81,14 +85,17 @@ def prepare(models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest
         max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         constraint_factory=factory,
+        lora=model.lora,
     )
     gen = Generation(model.engine, model.name, prompt, params, metrics, "chatcmpl")
     return gen, ChatOutput(model.engine.tokenizer, bool(tools), prefix, bool(body.logprobs))
 
 
-async def complete(models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest) -> ChatCompletionResponse:
+async def complete(
+    models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest, workspace_id: str
+) -> ChatCompletionResponse:
     """A whole (non-streamed) completion outside any HTTP request: the Batch API's path."""
-    gen, output = prepare(models, metrics, body)
+    gen, output = prepare(models, metrics, body, workspace_id)
     await gen.run()
     return _response(gen, output)
 
