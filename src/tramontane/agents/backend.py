@@ -1,6 +1,6 @@
 """How the conversation loop calls a model: a chat request in, text out.
 
-`EngineBackend` goes through the server's own chat path (`start_chat`: prompt
+`EngineBackend` goes through the server's own chat path (`prepare`: prompt
 rendering, tools in the prompt, sampling settings, grammar), so an agent's
 model sees exactly what a /v1/chat/completions client would send it. The loop
 parses `<tool_call>` blocks out of the text itself, with the server's parser.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from ..server.chat import start_chat
+from ..server.chat import prepare
 from ..server.generation import Generation
 from ..server.metrics import Metrics
 from ..server.protocol import ChatCompletionRequest
@@ -89,5 +89,5 @@ class EngineBackend:
         self._registry.chat(model)
 
     def turn(self, request: ChatCompletionRequest) -> ModelTurn:
-        generation, _ = start_chat(self._registry.chat(request.model), request, self._metrics)
+        generation, _ = prepare(self._registry, self._metrics, request, None)
         return EngineTurn(generation)

@@ -3,6 +3,7 @@
 import typer
 
 from ..control import cli as control_cli
+from ..finetune import cli as finetune_cli
 from ..tenancy import cli as tenancy_cli
 from . import bench, chat, up
 
@@ -12,5 +13,6 @@ app.command("chat")(chat.chat)
 app.command("bench")(bench.bench)
 app.add_typer(tenancy_cli.app, name="tenancy")
 app.add_typer(control_cli.app)  # deploy, ps, logs, scale, delete
+app.add_typer(finetune_cli.app, name="finetune")
 
 __all__ = ["app"]

@@ -16,6 +16,7 @@ from ..control.backends.ray import RayBackend
 from ..control.plane import ControlPlane
 from ..control.replica import REPLICA_TOKEN_ENV
 from ..engine import EngineConfig, ModelLoadError
+from ..finetune.service import FineTuning
 from ..sandbox import ManagerConfig, SandboxManager
 from ..server import ModelRegistry, ModelSpec, create_app, default_model_specs
 from ..server.app import MAX_BODY_BYTES
@@ -99,7 +100,15 @@ def up(
             if admin_key is not None:
                 print_admin_key(tenancy, admin_key, url, database_url is not None)
             sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
-            app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
+            # Fine-tuned models are served as LoRA adapters on their base model's engine.
+            finetune = FineTuning(
+                tenancy.store,
+                tenancy.home,
+                registry.checkpoints(),
+                on_model_ready=registry.add_adapter,
+                max_file_bytes=MAX_BODY_BYTES,
+            )
+            app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane, finetune=finetune)
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         tenancy.close()

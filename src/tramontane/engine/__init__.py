@@ -2,7 +2,7 @@
 batching, a paged KV cache with prefix caching, and an asyncio front end."""
 
 from .async_engine import AsyncEngine
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, load_checkpoint, load_tokenizer
 from .config import EngineConfig, ModelConfig
 from .errors import (
     EngineDeadError,
@@ -36,4 +36,5 @@ __all__ = [
     "TokenLogprob",
     "Tokenizer",
     "load_checkpoint",
+    "load_tokenizer",
 ]

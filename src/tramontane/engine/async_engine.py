@@ -1,7 +1,7 @@
 """Asyncio front end: many concurrent requests, one engine loop thread.
 
-Callers on the event loop never touch engine state directly: adds and aborts go
-through a command queue that the loop thread drains between steps, and outputs
+Callers on the event loop never touch engine state directly: adds, aborts and LoRA
+adapter changes go through a command queue that the loop thread drains between steps, and outputs
 come back through a per-request asyncio.Queue. A step never blocks the event loop.
 """
 
@@ -13,6 +13,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .config import EngineConfig
 from .errors import EngineDeadError, EngineError
@@ -105,6 +106,10 @@ class AsyncEngine:
                 self._wakeup.set()
             self._streams.pop(request_id, None)
 
+    async def abort(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+        self._wakeup.set()
+
     async def sleep(self) -> None:
         """Light sleep (LLMEngine.sleep), run on the engine thread between steps."""
         await self._call(self.engine.sleep)
@@ -112,18 +117,26 @@ class AsyncEngine:
     async def wake_up(self) -> None:
         await self._call(self.engine.wake_up)
 
-    async def _call(self, fn: Callable[[], None]) -> None:
-        if self._thread is None:
-            fn()
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commands.put(("call", fn, done))
-        self._wakeup.set()
-        await done
+    async def add_lora(self, name: str, path: str) -> None:
+        """Serve the PEFT LoRA adapter in `path` as `name`; ModelLoadError if it does
+        not fit the base model. The files are read off the event loop and the engine thread."""
+        adapter = await asyncio.to_thread(self.engine.loras.load, name, path)
+        await self._call(self.engine.loras.add, adapter)
 
-    async def abort(self, request_id: str) -> None:
-        self._commands.put(("abort", request_id))
+    async def remove_lora(self, name: str) -> None:
+        """New requests can no longer name it; requests already running finish with it."""
+        await self._call(self.engine.remove_lora, name)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Runs fn(*args) on the loop thread, between steps, and returns its result."""
+        if self.dead is not None:
+            raise EngineDeadError(f"the engine stopped: {self.dead}")
+        if self._thread is None:  # not started: no step can race with it
+            return fn(*args)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._commands.put(("call", future, fn, args))
         self._wakeup.set()
+        return await future
 
     # -- the loop thread -----------------------------------------------------------
 
@@ -134,7 +147,7 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if command[0] == "call":
-                self._run_call(command[1], command[2])
+                self._run_call(*command[1:])
                 continue
             request_id = command[1]
             if command[0] == "add":
@@ -149,17 +162,20 @@ class AsyncEngine:
                     stream.put(out)
 
     @staticmethod
-    def _run_call(fn: Callable[[], None], done: asyncio.Future[None]) -> None:
-        def settle(exc: Exception | None) -> None:
-            if not done.done():  # the caller may have been cancelled meanwhile
-                done.set_result(None) if exc is None else done.set_exception(exc)
+    def _run_call(future: asyncio.Future, fn: Callable[..., Any], args: tuple) -> None:
+        def settle(result: Any, exc: BaseException | None) -> None:
+            if future.cancelled():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
         try:
-            fn()
-        except Exception as exc:
-            done.get_loop().call_soon_threadsafe(settle, exc)
-        else:
-            done.get_loop().call_soon_threadsafe(settle, None)
+            result, exc = fn(*args), None
+        except Exception as e:  # the caller's error; the engine goes on
+            result, exc = None, e
+        future.get_loop().call_soon_threadsafe(settle, result, exc)
 
     def _run(self) -> None:
         try:
@@ -177,3 +193,19 @@ class AsyncEngine:
             self.dead = exc
             for stream in list(self._streams.values()):
                 stream.put(EngineDeadError(f"the engine stopped: {exc}"))
+        finally:
+            self._fail_pending_calls()
+
+    def _fail_pending_calls(self) -> None:
+        """Stopped or crashed: nothing will run what is still queued."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] == "call":
+                self._run_call(command[1], _raise_stopped, ())
+
+
+def _raise_stopped() -> None:
+    raise EngineDeadError("the engine stopped before running the command")

@@ -81,7 +81,7 @@ class BlockManager:
         bs = self.block_size
         cached: list[int] = []
         hashes: list[int] = []
-        prev = None
+        prev = seq.prefix_cache_seed
         if self.enable_prefix_caching:
             # At least one token must be computed to produce logits, hence len - 1.
             for i in range((len(tokens) - 1) // bs):
@@ -123,7 +123,7 @@ class BlockManager:
         tokens = seq.token_ids
         while (len(seq.block_hashes) + 1) * bs <= seq.num_computed_tokens:
             i = len(seq.block_hashes)
-            prev = seq.block_hashes[-1] if seq.block_hashes else None
+            prev = seq.block_hashes[-1] if seq.block_hashes else seq.prefix_cache_seed
             h = chain_hash(tokens[i * bs : (i + 1) * bs], prev)
             seq.block_hashes.append(h)
             block = self.blocks[seq.block_table[i]]

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from tramontane.engine.config import ModelConfig
 from tramontane.engine.errors import ModelLoadError
-from tramontane.engine.gguf_file import load_gguf
+from tramontane.engine.gguf_file import GGUFFile, load_gguf
 from tramontane.engine.tokenizer import Tokenizer
 
 ProgressCallback = Callable[[int, int], None]
@@ -61,6 +61,15 @@ def load_checkpoint(path: str, on_progress: ProgressCallback | None = None) -> C
     if os.path.isfile(path):
         config, tensors, tokenizer = load_gguf(path, on_progress)
         return Checkpoint(config, tensors, tokenizer, os.path.splitext(os.path.basename(path))[0])
+    raise ModelLoadError(f"model path {path!r} does not exist")
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """Only the tokenizer (and chat template) of a checkpoint: no weights are read."""
+    if os.path.isdir(path):
+        return Tokenizer.from_hf_dir(path)
+    if os.path.isfile(path):
+        return Tokenizer.from_gguf_metadata(GGUFFile(path).metadata)
     raise ModelLoadError(f"model path {path!r} does not exist")
 
 

@@ -50,6 +50,10 @@ class EngineConfig:
     # "auto" picks what measured fastest on the device (int4 with a bf16 head on CPU).
     quantization: str = "auto"
     device: str = "cpu"
+    # Multi-LoRA: adapters resident at once (others wait in host memory) and the
+    # largest rank an adapter may have (slots are padded to it).
+    max_loras: int = 8
+    max_lora_rank: int = 16
     # Activation and KV-cache dtype: "auto" is float32 on CPU and bfloat16 on GPUs.
     dtype: str = "auto"
     # Where prepared (quantized, repacked) models are kept between starts; None

@@ -63,6 +63,7 @@ class LLMEngine:
         self.model_config = checkpoint.config
         self.tokenizer = checkpoint.tokenizer
         self.runner = ModelRunner(checkpoint.config, checkpoint.tensors, config, prepared, on_prepared)
+        self.loras = self.runner.loras
         self.asleep = False
         self._reset_cache_state()
         capacity = config.num_kv_blocks * config.block_size
@@ -75,7 +76,7 @@ class LLMEngine:
         config = self.config
         assert config.num_kv_blocks is not None
         self.blocks = BlockManager(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(config, self.blocks)
+        self.scheduler = Scheduler(config, self.blocks, self.loras)
 
     @classmethod
     def from_path(
@@ -124,6 +125,8 @@ class LLMEngine:
         params.validate()
         if self.asleep:
             raise EngineOverloadedError("the model is asleep; its replica is being woken")
+        if params.lora is not None:
+            self.loras.get(params.lora)  # unknown adapter: InvalidRequestError
         n_prompt = len(prompt_token_ids)
         if n_prompt == 0:
             raise InvalidRequestError("the prompt is empty", param="prompt")
@@ -154,15 +157,27 @@ class LLMEngine:
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         max_tokens = self.check_request(prompt_token_ids, params)
+        lora = self.loras.get(params.lora) if params.lora is not None else None
         arrival = next(self._arrivals)
         seqs = [
             Sequence(request_id, i, prompt_token_ids, params, max_tokens,
-                     IncrementalDecoder(self.tokenizer, prompt_token_ids), arrival)
+                     IncrementalDecoder(self.tokenizer, prompt_token_ids), arrival, lora)
             for i in range(params.n)
         ]
         self.requests[request_id] = _Request(request_id, list(prompt_token_ids), seqs, time.monotonic())
         for seq in seqs:
             self.scheduler.add(seq)
+
+    # -- LoRA adapters ----------------------------------------------------------------
+
+    def add_lora(self, name: str, path: str) -> None:
+        """Serve the PEFT LoRA adapter in `path` as `name` (SamplingParams(lora=name)).
+        ModelLoadError if it does not fit this base model."""
+        self.loras.add(self.loras.load(name, path))
+
+    def remove_lora(self, name: str) -> None:
+        """New requests can no longer name it; requests already running finish with it."""
+        self.loras.remove(name)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         req = self.requests.get(request_id)

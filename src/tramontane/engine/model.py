@@ -14,6 +14,7 @@ from torch import nn
 from .attention import AttentionMetadata, paged_attention
 from .config import ModelConfig
 from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope
+from .lora import LoRABatch, LoRAStack
 
 
 class Attention(nn.Module):
@@ -26,19 +27,27 @@ class Attention(nn.Module):
         # One matmul for Q, K and V: a third of the kernel launches on the hot path.
         self.qkv_proj = Linear(torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]]), quant)
         self.o_proj = Linear(w["o_proj"], quant)
+        self.qkv_lora: LoRAStack | None = None
+        self.o_lora: LoRAStack | None = None
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
 
-    def forward(self, x, cos, sin, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, x, cos, sin, meta: AttentionMetadata, lora: LoRABatch | None) -> torch.Tensor:
         batch, length, _ = x.shape
         q_size = self.n_heads * self.head_dim
         kv_size = self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        qkv = self.qkv_proj(x)
+        if lora is not None and self.qkv_lora is not None:
+            self.qkv_lora.apply(qkv, x, lora)
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = apply_rope(q.view(batch, length, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(k.view(batch, length, self.n_kv_heads, self.head_dim), cos, sin)
         v = v.view(batch, length, self.n_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
-        return self.o_proj(out)
+        y = self.o_proj(out)
+        if lora is not None and self.o_lora is not None:
+            self.o_lora.apply(y, out, lora)
+        return y
 
 
 class MLP(nn.Module):
@@ -49,10 +58,19 @@ class MLP(nn.Module):
         self.hidden = gate.shape[0]
         self.gate_up_proj = Linear(torch.cat([gate, up]), quant)
         self.down_proj = Linear(down, quant)
+        self.gate_up_lora: LoRAStack | None = None
+        self.down_lora: LoRAStack | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.hidden, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
+        gate_up = self.gate_up_proj(x)
+        if lora is not None and self.gate_up_lora is not None:
+            self.gate_up_lora.apply(gate_up, x, lora)
+        gate, up = gate_up.split(self.hidden, dim=-1)
+        h = F.silu(gate) * up
+        y = self.down_proj(h)
+        if lora is not None and self.down_lora is not None:
+            self.down_lora.apply(y, h, lora)
+        return y
 
 
 class SparseMoE(nn.Module):
@@ -107,9 +125,18 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = MLP(w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"], quant)
 
-    def forward(self, x, cos, sin, meta):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def attach_lora(self, stacks: dict[str, LoRAStack]) -> None:
+        """Give the projections their multi-LoRA slot weights (keyed by fused name)."""
+        self.self_attn.qkv_lora = stacks["qkv_proj"]
+        self.self_attn.o_lora = stacks["o_proj"]
+        if isinstance(self.mlp, MLP):
+            self.mlp.gate_up_lora = stacks["gate_up_proj"]
+            self.mlp.down_lora = stacks["down_proj"]
+
+    def forward(self, x, cos, sin, meta, lora: LoRABatch | None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, lora)
+        h = self.post_attention_layernorm(x)
+        return x + (self.mlp(h, lora) if isinstance(self.mlp, MLP) else self.mlp(h))
 
 
 class CausalLM(nn.Module):
@@ -147,12 +174,13 @@ class CausalLM(nn.Module):
         positions: torch.Tensor,  # [B, L]
         meta: AttentionMetadata,
         logits_index: torch.Tensor,  # flat indices of the tokens whose logits are wanted
+        lora: LoRABatch | None = None,  # each row's adapter slot, None when no row has one
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         cos, sin = self.rotary(positions)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, meta)
+            x = layer(x, cos, sin, meta, lora)
         # Only the last token of each sequence needs the (large) vocabulary projection.
         x = x.reshape(-1, x.shape[-1]).index_select(0, logits_index)
         return self.lm_head(self.norm(x)).float()

@@ -13,6 +13,7 @@ import torch
 from .attention import build_metadata
 from .config import EngineConfig, ModelConfig
 from .errors import ModelLoadError
+from .lora import LoRABatch, LoRAManager
 from .model import CausalLM
 from .scheduler import ScheduledBatch
 
@@ -73,6 +74,9 @@ class ModelRunner:
         if config.num_kv_blocks is None:
             per_block = kv_bytes_per_token(model_config, self.dtype) * config.block_size
             config.num_kv_blocks = max(int(config.kv_cache_memory_gb * 2**30) // per_block, 1)
+        self.loras = LoRAManager(
+            self.model, model_config, config.max_loras, config.max_lora_rank, self.dtype, self.device
+        )
         self.num_kv_blocks = config.num_kv_blocks
         self.allocate_kv_cache()
 
@@ -138,7 +142,10 @@ class ModelRunner:
         logits_index = torch.tensor(
             [row * max_len + len(positions[row]) - 1 for row in sampling_rows], dtype=torch.long
         )
+        lora = LoRABatch.build(
+            [(s.lora_slot, s.lora.rank) if s.lora_slot is not None else None for s in batch.seqs], self.device
+        )
         logits = self.model(
-            input_ids.to(self.device), pos.to(self.device), meta, logits_index.to(self.device)
+            input_ids.to(self.device), pos.to(self.device), meta, logits_index.to(self.device), lora
         )
         return logits.cpu(), sampling_rows

@@ -48,6 +48,8 @@ class SamplingParams:
     logprobs: int | None = None
     # Builds one fresh constraint per sequence (n > 1 gives n independent states).
     constraint_factory: Callable[[], TokenConstraint] | None = None
+    # Name of a LoRA adapter added with LLMEngine.add_lora; None runs the base model.
+    lora: str | None = None
 
     MAX_TOP_LOGPROBS = 20
     MAX_N = 16

@@ -4,6 +4,7 @@ Steps alternate between prefill (new prompts, chunked to a token budget) and dec
 (one token for every running sequence), so a burst of long prompts cannot stall the
 streams already running. When the KV cache runs out the newest sequence is preempted:
 its blocks are freed and it is recomputed later, which keeps the oldest requests moving.
+A sequence with a LoRA adapter is admitted only once its adapter has a slot.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from .block_manager import BlockManager
 from .config import EngineConfig
+from .lora import LoRAManager
 from .sequence import SeqStatus, Sequence
 
 
@@ -24,9 +26,10 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager):
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, loras: LoRAManager):
         self.config = config
         self.blocks = block_manager
+        self.loras = loras
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -44,7 +47,7 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self.blocks.free_sequence(seq)
+        self._release(seq)
 
     def schedule(self) -> ScheduledBatch | None:
         decodable = [s for s in self.running if not s.is_prefilling]
@@ -71,8 +74,13 @@ class Scheduler:
                     budget -= chunk
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
+            if seq.lora is not None:
+                seq.lora_slot = self.loras.acquire(seq.lora)
+                if seq.lora_slot is None:  # every slot serves running sequences
+                    break
             chunk = self.blocks.allocate_prompt(seq, budget)
             if chunk == 0:
+                self._release(seq)
                 break
             self.waiting.popleft()
             seq.status = SeqStatus.RUNNING
@@ -105,8 +113,14 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.num_preemptions += 1
         self.running.remove(seq)
-        self.blocks.free_sequence(seq)
+        self._release(seq)
         seq.status = SeqStatus.WAITING
         # Back to the queue in arrival order, so it resumes before newer requests.
         position = sum(1 for s in self.waiting if s.arrival < seq.arrival)
         self.waiting.insert(position, seq)
+
+    def _release(self, seq: Sequence) -> None:
+        self.blocks.free_sequence(seq)
+        if seq.lora_slot is not None:
+            self.loras.release(seq.lora_slot)
+            seq.lora_slot = None

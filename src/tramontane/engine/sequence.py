@@ -12,6 +12,7 @@ from .outputs import TokenLogprob
 from .sampling_params import SamplingParams, TokenConstraint
 
 if TYPE_CHECKING:
+    from .lora import LoRAAdapter
     from .tokenizer import IncrementalDecoder
 
 
@@ -34,6 +35,7 @@ class Sequence:
         max_tokens: int,
         decoder: IncrementalDecoder,
         arrival: int,
+        lora: LoRAAdapter | None = None,
     ):
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
@@ -44,6 +46,8 @@ class Sequence:
         self.max_tokens = max_tokens
         self.arrival = arrival  # FIFO order; preempted sequences keep theirs
         self.status = SeqStatus.WAITING
+        self.lora = lora
+        self.lora_slot: int | None = None  # while admitted: the slot holding its adapter
         # KV cache
         self.block_table: list[int] = []
         self.block_hashes: list[int] = []
@@ -81,6 +85,11 @@ class Sequence:
     def is_prefilling(self) -> bool:
         # Decode computes exactly the newest token; anything more is (re)prefill.
         return self.num_tokens - self.num_computed_tokens > 1
+
+    @property
+    def prefix_cache_seed(self) -> int | None:
+        """Starts the prefix hash chain: KV computed under one adapter never serves another."""
+        return self.lora.id if self.lora is not None else None
 
     @property
     def finished(self) -> bool:

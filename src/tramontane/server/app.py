@@ -12,10 +12,13 @@ from fastapi import APIRouter, Depends, FastAPI
 from .. import __version__
 from ..control.install import install as install_control_plane
 from ..control.plane import ControlPlane
+from ..finetune.api import install as install_finetune
+from ..finetune.service import FineTuning
 from ..sandbox import SandboxError, SandboxManager, create_router
 from ..tenancy import Capability, Principal, Tenancy, require
 from ..tenancy.admin_api import router as admin_router
 from . import chat, completions, embeddings, health, models
+from .batch import batch_executor
 from .errors import install_error_handlers
 from .metering import inference_key
 from .metrics import Metrics
@@ -49,20 +52,24 @@ def create_app(
     control_plane: ControlPlane | None = None,
     agent_backend: ChatBackend | None = None,
     agent_sandbox_idle_timeout_s: float = 600.0,
+    finetune: FineTuning | None = None,
     replica_token: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, the
-    agents, conversations and libraries APIs, and, when given, the sandbox API and the
-    deployments API + router. Its lifespan starts and stops the engines, sandboxes and
-    control plane (the caller owns `tenancy`). Conversations call their models through
-    `agent_backend` (default: the registry's engines); their code runs in `sandboxes`,
-    reclaimed after `agent_sandbox_idle_timeout_s` unused. With `replica_token` it is a
-    deployment's replica, put to sleep and woken by its control plane (server/sleep.py)."""
+    agents, conversations and libraries APIs, and, when given, the sandbox API, the
+    deployments API + router and the files, fine-tuning and batch APIs. Its lifespan
+    starts and stops the engines, sandboxes, control plane and training worker (the
+    caller owns `tenancy`). Conversations call their models through `agent_backend`
+    (default: the registry's engines); their code runs in `sandboxes`, reclaimed after
+    `agent_sandbox_idle_timeout_s` unused. With `replica_token` it is a deployment's
+    replica, put to sleep and woken by its control plane (server/sleep.py)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.start()
+        if finetune is not None:
+            await finetune.start()
         if control_plane is not None:
             await control_plane.start()
         if sandboxes is not None:
@@ -77,6 +84,8 @@ def create_app(
                 await sandboxes.shutdown()
             if control_plane is not None:
                 await control_plane.stop()
+            if finetune is not None:
+                await finetune.stop()
             await registry.shutdown()
 
     # Here, not at the top: the agents' routes build on this package's modules.
@@ -113,6 +122,9 @@ def create_app(
         app.include_router(create_router(sandboxes, owner=_sandbox_owner))
     if control_plane is not None:
         install_control_plane(app, control_plane, tenancy)
+    if finetune is not None:
+        finetune.batches.execute = batch_executor(registry, metrics)
+        install_finetune(app, finetune)
 
     install_error_handlers(app)
     # Added last, so outermost: the request id and metrics cover every response.

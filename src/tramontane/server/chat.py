@@ -10,12 +10,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ..engine import TokenLogprob, Tokenizer
+from ..engine import Tokenizer, TokenLogprob
 from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, usage
 from .logprobs import chat_logprobs
-from .metering import Metered, RequestMeter
+from .metering import InferenceKey, Metered, RequestMeter
 from .metrics import Metrics
 from .protocol import (
     ChatChoice,
@@ -30,7 +30,7 @@ from .protocol import (
     ToolCall,
     Usage,
 )
-from .registry import ChatModel
+from .registry import ChatModel, ModelRegistry
 from .sampling import finish_reason, sampling_params
 from .streaming import DONE, STREAMABLE, EventStreamResponse, sse, sse_error, until_disconnected
 from .tool_calls import ContentDelta, ToolCallStreamParser, parse_tool_calls, prepare_messages
@@ -56,16 +56,21 @@ class ChatOutput:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
+    body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered,
+    principal: InferenceKey,
 ) -> Response | ChatCompletionResponse:
-    gen, output = start_chat(models.chat(body.model), body, metrics)
+    gen, output = prepare(models, metrics, body, principal.workspace_id)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return await respond(request, meter, gen, output, body.stream, include_usage)
 
 
-def start_chat(model: ChatModel, body: ChatCompletionRequest, metrics: Metrics) -> tuple[Generation, ChatOutput]:
-    """The engine request for a chat body, and how its text becomes a message.
+def prepare(
+    models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest, workspace_id: str | None
+) -> tuple[Generation, ChatOutput]:
+    """The engine request for `body` (not started yet), and how its text becomes messages;
+    `workspace_id`'s fine-tuned models are among those it may name (None: shared models only).
     Also the agents' conversation loop's way to call a model."""
+    model = models.chat(body.model, workspace_id)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
     tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
     prompt, prefix = _render_prompt(model, body, tools)
@@ -81,9 +86,19 @@ def start_chat(model: ChatModel, body: ChatCompletionRequest, metrics: Metrics) 
         max_tokens=body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         constraint_factory=factory,
+        lora=model.lora,
     )
     gen = Generation(model.engine, model.name, prompt, params, metrics, "chatcmpl")
     return gen, ChatOutput(model.engine.tokenizer, bool(tools), prefix, bool(body.logprobs))
+
+
+async def complete(
+    models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest, workspace_id: str
+) -> ChatCompletionResponse:
+    """A whole (non-streamed) completion outside any HTTP request: the Batch API's path."""
+    gen, output = prepare(models, metrics, body, workspace_id)
+    await gen.run()
+    return _response(gen, output)
 
 
 async def respond(
@@ -94,11 +109,18 @@ async def respond(
         await until_disconnected(request, gen.start())
         return EventStreamResponse(meter.guard(_stream(gen, output, include_usage)))
     await until_disconnected(request, gen.run())
+    return _response(gen, output)
+
+
+def _response(gen: Generation, output: ChatOutput) -> ChatCompletionResponse:
     return ChatCompletionResponse(
         id=gen.id,
         created=gen.created,
         model=gen.model,
-        choices=[_choice(i, choice.text, choice.logprobs, finish_reason(choice.finish_reason), output) for i, choice in enumerate(gen.choices)],
+        choices=[
+            _choice(i, choice.text, choice.logprobs, finish_reason(choice.finish_reason), output)
+            for i, choice in enumerate(gen.choices)
+        ],
         usage=usage([gen]),
     )
 

@@ -12,7 +12,7 @@ from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, merged_outputs, run_all, usage
 from .logprobs import completion_logprobs
-from .metering import Metered
+from .metering import InferenceKey, Metered
 from .protocol import (
     ChatCompletionResponse,
     CompletionChoice,
@@ -32,15 +32,16 @@ DEFAULT_MAX_TOKENS = 16
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE)
 async def create_completion(
-    body: CompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
+    body: CompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered,
+    principal: InferenceKey,
 ) -> Response | CompletionResponse:
-    model = models.chat(body.model)
+    model = models.chat(body.model, principal.workspace_id)
     if body.echo and body.logprobs is not None:
         # The engine reports logprobs of generated tokens only, not of the prompt.
         raise APIError(400, "echo cannot be combined with logprobs", param="echo")
     prompts = [_prompt_ids(model, p, body.suffix) for p in _prompts(body.prompt)]
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
-    params = sampling_params(body, n=body.n, max_tokens=max_tokens, logprobs=body.logprobs)
+    params = sampling_params(body, n=body.n, max_tokens=max_tokens, logprobs=body.logprobs, lora=model.lora)
     gens = [Generation(model.engine, model.name, p, params, metrics, "cmpl") for p in prompts]
     meter.track(model.name, gens)
     tokenizer = model.engine.tokenizer
@@ -69,11 +70,13 @@ async def create_completion(
 
 @router.post("/v1/fim/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_fim_completion(
-    body: FIMCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered
+    body: FIMCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered,
+    principal: InferenceKey,
 ) -> Response | ChatCompletionResponse:
-    model = models.chat(body.model)
+    model = models.chat(body.model, principal.workspace_id)
     prompt = _fim_prompt(model, body.prompt, body.suffix or "")
-    gen = Generation(model.engine, model.name, prompt, sampling_params(body, max_tokens=body.max_tokens), metrics, "fim")
+    params = sampling_params(body, max_tokens=body.max_tokens, lora=model.lora)
+    gen = Generation(model.engine, model.name, prompt, params, metrics, "fim")
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return await respond(request, meter, gen, ChatOutput(model.engine.tokenizer), body.stream, include_usage)
 

@@ -12,6 +12,7 @@ from .deps import Models
 from .errors import APIError
 from .metering import Metered
 from .protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from .registry import ModelRegistry
 
 router = APIRouter()
 
@@ -20,6 +21,13 @@ MAX_INPUTS = 2048  # OpenAI's limit per request
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
 async def create_embeddings(body: EmbeddingRequest, models: Models, meter: Metered) -> EmbeddingResponse:
+    response = await embed(models, body)
+    meter.track(response.model, prompt_tokens=response.usage.prompt_tokens)
+    return response
+
+
+async def embed(models: ModelRegistry, body: EmbeddingRequest) -> EmbeddingResponse:
+    """The embeddings of `body`'s inputs (the route's and the Batch API's path)."""
     entry = models.embedding(body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
     if len(texts) > MAX_INPUTS:
@@ -40,7 +48,6 @@ async def create_embeddings(body: EmbeddingRequest, models: Models, meter: Meter
             value = vector.tolist()
         data.append(Embedding(index=i, embedding=value))
     tokens = sum(counts)
-    meter.track(entry.name, prompt_tokens=tokens)
     return EmbeddingResponse(
         id=f"embd-{uuid.uuid4().hex}",
         model=entry.name,

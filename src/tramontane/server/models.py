@@ -6,23 +6,29 @@ from fastapi import APIRouter
 
 from .deps import Models
 from .errors import APIError
-from .protocol import ModelCard, ModelDeleted, ModelList
+from .metering import InferenceKey
+from .protocol import FineTunedModelCard, ModelCard, ModelDeleted, ModelList
 
 router = APIRouter()
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def list_models(models: Models) -> ModelList:
-    return ModelList(data=models.cards())
+async def list_models(models: Models, principal: InferenceKey) -> ModelList:
+    return ModelList(data=models.cards(principal.workspace_id))
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
-async def retrieve_model(model_id: str, models: Models) -> ModelCard:
-    return models.card(model_id)
+@router.get("/v1/models/{model_id:path}", response_model=FineTunedModelCard | ModelCard)
+async def retrieve_model(model_id: str, models: Models, principal: InferenceKey) -> ModelCard:
+    return models.card(model_id, principal.workspace_id)
 
 
 @router.delete("/v1/models/{model_id:path}", response_model=ModelDeleted)
-async def delete_model(model_id: str, models: Models) -> ModelDeleted:
-    models.card(model_id)  # 404 for unknown models
-    # Only fine-tuned models can be deleted, and this server serves base models only.
-    raise APIError(400, f"The model '{model_id}' is a base model and cannot be deleted", code="model_not_deletable", param="model_id")
+async def delete_model(model_id: str, models: Models, principal: InferenceKey) -> ModelDeleted:
+    card = models.card(model_id, principal.workspace_id)  # 404 for unknown models
+    if not isinstance(card, FineTunedModelCard):
+        raise APIError(
+            400, f"The model '{model_id}' is a base model and cannot be deleted", code="model_not_deletable",
+            param="model_id",
+        )
+    await models.remove_adapter(model_id)
+    return ModelDeleted(id=model_id, deleted=True)

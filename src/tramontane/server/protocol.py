@@ -329,9 +329,19 @@ class ModelCard(BaseModel):
     default_model_temperature: float | None = None
 
 
+class FineTunedModelCard(ModelCard):
+    """Mistral's FTModelCard (type, job, root, archived), plus OpenAI/vLLM's `parent`."""
+
+    type: Literal["fine-tuned"] = "fine-tuned"  # type: ignore[assignment]
+    job: str
+    root: str
+    parent: str
+    archived: bool = False
+
+
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[ModelCard]
+    data: list[FineTunedModelCard | ModelCard]
 
 
 class ModelDeleted(BaseModel):

@@ -1,4 +1,5 @@
-"""The models one server holds, by name: chat engines and embedding models side by side."""
+"""The models one server holds, by name: chat engines and embedding models side by side,
+and LoRA adapters (fine-tuned models) served by their base model's engine."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from ..engine.defaults import (
 from ..engine.embedding import EmbeddingModel
 from .errors import APIError, model_not_found
 from .fim import FIMFormat
-from .protocol import ModelCapabilities, ModelCard
+from .protocol import FineTunedModelCard, ModelCapabilities, ModelCard
 from .structured import GrammarCompiler
 from .tool_calls import template_handles_tools
 
@@ -70,6 +71,13 @@ def detect_kind(path: str) -> Kind:
     return "embedding" if model_type in {"bert", "roberta", "xlm-roberta", "mpnet", "nomic_bert"} else "chat"
 
 
+@dataclass(frozen=True)
+class Adapter:
+    root: str  # the base model it runs on
+    path: str  # its PEFT folder
+    job: str | None  # the fine-tuning job that made it
+
+
 @dataclass
 class ChatModel:
     name: str
@@ -77,20 +85,45 @@ class ChatModel:
     grammar: GrammarCompiler
     fim: FIMFormat | None
     tools_in_template: bool  # False: tools are described in the system prompt instead
+    path: str = ""  # the checkpoint it was loaded from (what fine-tuning trains on)
     created: int = field(default_factory=lambda: int(time.time()))
+    adapter: Adapter | None = None  # set: a LoRA adapter, named `name` in the engine too
+    workspace_id: str | None = None  # the workspace that owns it; None: every workspace's
+
+    @property
+    def lora(self) -> str | None:
+        """The engine's adapter name for SamplingParams(lora=...); None for a base model."""
+        return self.name if self.adapter is not None else None
 
     def card(self) -> ModelCard:
+        capabilities = ModelCapabilities(
+            completion_chat=True, completion_fim=self.fim is not None, function_calling=True
+        )
+        architecture = self.engine.model_config.architecture
+        if self.adapter is not None:
+            return FineTunedModelCard(
+                id=self.name,
+                created=self.created,
+                name=self.name,
+                description=f"LoRA adapter of {self.adapter.root} served by Tramontane",
+                capabilities=capabilities,
+                max_context_length=self.engine.max_model_len,
+                default_model_temperature=DEFAULT_TEMPERATURE,
+                # Mistral's SDK requires a job id; an adapter loaded from disk has none.
+                job=self.adapter.job or "",
+                root=self.adapter.root,
+                parent=self.adapter.root,
+            )
         return ModelCard(
             id=self.name,
             created=self.created,
             name=self.name,
-            description=f"{self.engine.model_config.architecture} chat model served by Tramontane",
-            capabilities=ModelCapabilities(
-                completion_chat=True, completion_fim=self.fim is not None, function_calling=True
-            ),
+            description=f"{architecture} chat model served by Tramontane",
+            capabilities=capabilities,
             max_context_length=self.engine.max_model_len,
             default_model_temperature=DEFAULT_TEMPERATURE,
         )
+
 
 
 @dataclass
@@ -137,6 +170,7 @@ class ModelRegistry:
                 GrammarCompiler(tokenizer),
                 FIMFormat.detect(tokenizer),
                 template_handles_tools(tokenizer),
+                spec.path,
             )
         self.add(entry)
         return entry.name
@@ -146,8 +180,40 @@ class ModelRegistry:
             raise ValueError(f"two models are named {entry.name!r}; name one with NAME=PATH")
         self._models[entry.name] = entry
 
-    def chat(self, name: str) -> ChatModel:
-        entry = self._get(name)
+    async def add_adapter(
+        self, model_id: str, base_model: str, path: str, *, job: str | None = None, workspace_id: str | None = None
+    ) -> ChatModel:
+        """Serves the PEFT LoRA adapter in `path` as `model_id`, on `base_model`'s engine
+        (batched with every other request to it). `workspace_id`: the only workspace
+        that sees it (None: all). ModelLoadError if the adapter does not fit the base."""
+        if model_id in self._models:
+            raise ValueError(f"a model named {model_id!r} is already served")
+        base = self._get(base_model)
+        if not isinstance(base, ChatModel) or base.adapter is not None:
+            raise ValueError(f"{base_model!r} is not a base chat model")
+        await base.engine.add_lora(model_id, path)
+        entry = dataclasses.replace(
+            base,
+            name=model_id,
+            created=int(time.time()),
+            adapter=Adapter(root=base.name, path=path, job=job),
+            workspace_id=workspace_id,
+        )
+        self.add(entry)
+        return entry
+
+    async def remove_adapter(self, model_id: str) -> None:
+        """Stops serving an adapter; requests already running on it finish."""
+        entry = self._get(model_id)
+        if not isinstance(entry, ChatModel) or entry.adapter is None:
+            raise ValueError(f"{model_id!r} is not a LoRA adapter")
+        del self._models[model_id]
+        await entry.engine.remove_lora(model_id)
+
+    def chat(self, name: str, workspace_id: str | None = None) -> ChatModel:
+        """The chat model `name` as the caller of `workspace_id` sees it (None: an
+        internal caller, who sees every model); another workspace's answers 404."""
+        entry = self._get(name, workspace_id)
         if not isinstance(entry, ChatModel):
             raise APIError(400, f"The model '{name}' is an embedding model and cannot generate text",
                            code="model_not_supported", param="model")
@@ -167,18 +233,25 @@ class ModelRegistry:
                 return entry
         raise APIError(503, "No embedding model is loaded", code="no_embedding_model")
 
-    def card(self, name: str) -> ModelCard:
-        return self._get(name).card()
+    def card(self, name: str, workspace_id: str | None = None) -> ModelCard:
+        return self._get(name, workspace_id).card()
 
-    def cards(self) -> list[ModelCard]:
-        return [entry.card() for entry in self._models.values()]
+    def cards(self, workspace_id: str | None = None) -> list[ModelCard]:
+        return [entry.card() for entry in self._models.values() if _visible(entry, workspace_id)]
 
     def names(self) -> list[str]:
-        return list(self._models)
+        """The models every workspace sees (an unauthenticated probe lists these)."""
+        return [name for name, entry in self._models.items() if _owner(entry) is None]
+
+    def checkpoints(self) -> dict[str, str]:
+        """The base chat models loaded from a checkpoint, by name: the paths fine-tuning trains on."""
+        chat = (entry for entry in self._models.values() if isinstance(entry, ChatModel) and entry.adapter is None)
+        return {entry.name: entry.path for entry in chat if entry.path}
 
     def engines(self) -> Iterator[tuple[str, AsyncEngine]]:
+        """Each engine once, under its base model's name (adapters share it)."""
         for entry in self._models.values():
-            if isinstance(entry, ChatModel):
+            if isinstance(entry, ChatModel) and entry.adapter is None:
                 yield entry.name, entry.engine
 
     @property
@@ -195,8 +268,17 @@ class ModelRegistry:
         for _, engine in self.engines():
             await engine.shutdown()
 
-    def _get(self, name: str) -> ChatModel | EmbeddingEntry:
-        try:
-            return self._models[name]
-        except KeyError:
-            raise model_not_found(name) from None
+    def _get(self, name: str, workspace_id: str | None = None) -> ChatModel | EmbeddingEntry:
+        entry = self._models.get(name)
+        if entry is None or not _visible(entry, workspace_id):
+            raise model_not_found(name)
+        return entry
+
+
+def _owner(entry: ChatModel | EmbeddingEntry) -> str | None:
+    return entry.workspace_id if isinstance(entry, ChatModel) else None
+
+
+def _visible(entry: ChatModel | EmbeddingEntry, workspace_id: str | None) -> bool:
+    owner = _owner(entry)
+    return owner is None or workspace_id is None or owner == workspace_id

@@ -16,6 +16,7 @@ def sampling_params(
     max_tokens: int | None = None,
     logprobs: int | None = None,
     constraint_factory: Callable[[], TokenConstraint] | None = None,
+    lora: str | None = None,
 ) -> SamplingParams:
     """Raises InvalidRequestError (a 400) for out-of-range values."""
     seed = req.seed if req.seed is not None else req.random_seed
@@ -38,6 +39,7 @@ def sampling_params(
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         logprobs=logprobs,
         constraint_factory=constraint_factory,
+        lora=lora,
     )
 
 

@@ -24,6 +24,7 @@ from .models import (
 # Registers the control plane's tables in `Base.metadata`, which migrations and the
 # models-match-migrations test compare against. After `.models`, which it needs.
 from ..control import models as _control_models  # noqa: E402,F401  isort: skip
+from ..finetune import models as _finetune_models  # noqa: E402,F401  isort: skip
 from ..agents import models as _agents_models  # noqa: E402,F401  isort: skip
 
 __all__ = [

@@ -12,7 +12,7 @@ from alembic import op
 from tramontane.store.types import UTCDateTime
 
 revision = "0004_agents"
-down_revision = "0002"
+down_revision = "0003_finetune"
 branch_labels = None
 depends_on = None
 

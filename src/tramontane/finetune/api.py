@@ -1,0 +1,193 @@
+"""`/v1/files`, `/v1/fine_tuning/jobs` and `/v1/batch/jobs`, readable by the
+official mistralai and openai SDKs. Files and fine-tuning need a key with the
+fine-tune capability, batch jobs the inference one; everything belongs to the
+key's workspace and is missing (404) to any other."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+
+from ..tenancy import Capability, Principal, require
+from .files import PURPOSES
+from .models import FileRow
+from .schemas import CreateBatchRequest, CreateJobRequest
+from .service import FineTuning
+
+FineTuneKey = Annotated[Principal, Depends(require(Capability.FINE_TUNE))]
+InferenceKey = Annotated[Principal, Depends(require(Capability.INFERENCE))]
+Page = Annotated[int, Query(ge=0)]
+PageSize = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _service(request: Request) -> FineTuning:
+    return request.app.state.finetune
+
+
+Service = Annotated[FineTuning, Depends(_service)]
+
+
+def file_view(row: FileRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "file",
+        "bytes": row.bytes,
+        "created_at": int(row.created_at.timestamp()),
+        "filename": row.filename,
+        "purpose": row.purpose,
+        "sample_type": row.sample_type,
+        "source": row.source,
+        "num_lines": row.num_lines,
+        "mimetype": row.mimetype,
+        "deleted": False,  # Mistral's retrieve requires it
+        "status": "processed",  # OpenAI's
+        "expires_at": None,
+    }
+
+
+files = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@files.post("")
+async def upload_file(
+    principal: FineTuneKey,
+    service: Service,
+    file: Annotated[UploadFile, File()],
+    purpose: Annotated[str, Form(description=f"one of {', '.join(PURPOSES)}")] = "fine-tune",
+) -> dict[str, Any]:
+    row = await anyio.to_thread.run_sync(
+        service.files.create, principal.workspace_id, file.filename or "file", purpose, file.file
+    )
+    return file_view(row)
+
+
+@files.get("")
+def list_files(
+    principal: FineTuneKey,
+    service: Service,
+    page: Page = 0,
+    page_size: PageSize = 100,
+    purpose: str | None = None,
+    search: str | None = None,
+) -> dict[str, Any]:
+    rows, total = service.files.list(
+        principal.workspace_id, purpose=purpose, page=page, page_size=page_size, search=search
+    )
+    return {
+        "object": "list",
+        "data": [file_view(r) for r in rows],
+        "total": total,
+        "has_more": (page + 1) * page_size < total,
+    }
+
+
+@files.get("/{file_id}")
+def retrieve_file(file_id: str, principal: FineTuneKey, service: Service) -> dict[str, Any]:
+    return file_view(service.files.get(principal.workspace_id, file_id))
+
+
+@files.delete("/{file_id}")
+def delete_file(file_id: str, principal: FineTuneKey, service: Service) -> dict[str, Any]:
+    service.files.delete(principal.workspace_id, file_id)
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+@files.get("/{file_id}/content", response_class=FileResponse)
+def download_file(file_id: str, principal: FineTuneKey, service: Service) -> FileResponse:
+    row = service.files.get(principal.workspace_id, file_id)
+    return FileResponse(service.files.path(row), media_type="application/octet-stream", filename=row.filename)
+
+
+jobs = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+
+@jobs.post("")
+def create_job(body: CreateJobRequest, principal: FineTuneKey, service: Service) -> dict[str, Any]:
+    return service.jobs.create(principal.workspace_id, body)
+
+
+@jobs.get("")
+def list_jobs(
+    principal: FineTuneKey,
+    service: Service,
+    page: Page = 0,
+    page_size: PageSize = 100,
+    model: str | None = None,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    suffix: str | None = None,
+) -> dict[str, Any]:
+    return service.jobs.list(
+        principal.workspace_id,
+        page=page,
+        page_size=page_size,
+        model=model,
+        status=status,
+        created_after=created_after,
+        suffix=suffix,
+    )
+
+
+@jobs.get("/{job_id}")
+def get_job(job_id: str, principal: FineTuneKey, service: Service) -> dict[str, Any]:
+    return service.jobs.get(principal.workspace_id, job_id)
+
+
+@jobs.post("/{job_id}/start")
+def start_job(job_id: str, principal: FineTuneKey, service: Service) -> dict[str, Any]:
+    return service.jobs.start(principal.workspace_id, job_id)
+
+
+@jobs.post("/{job_id}/cancel")
+def cancel_job(job_id: str, principal: FineTuneKey, service: Service) -> dict[str, Any]:
+    return service.jobs.cancel(principal.workspace_id, job_id)
+
+
+batches = APIRouter(prefix="/v1/batch/jobs", tags=["batch"])
+
+
+@batches.post("")
+async def create_batch(body: CreateBatchRequest, principal: InferenceKey, service: Service) -> dict[str, Any]:
+    return await service.batches.create(principal.workspace_id, body)
+
+
+@batches.get("")
+def list_batches(
+    principal: InferenceKey,
+    service: Service,
+    page: Page = 0,
+    page_size: PageSize = 100,
+    model: str | None = None,
+    status: Annotated[list[str] | None, Query()] = None,
+    created_after: datetime | None = None,
+) -> dict[str, Any]:
+    return service.batches.list(
+        principal.workspace_id, page=page, page_size=page_size, model=model, status=status, created_after=created_after
+    )
+
+
+@batches.get("/{job_id}")
+def get_batch(job_id: str, principal: InferenceKey, service: Service) -> dict[str, Any]:
+    return service.batches.get(principal.workspace_id, job_id)
+
+
+@batches.post("/{job_id}/cancel")
+async def cancel_batch(job_id: str, principal: InferenceKey, service: Service) -> dict[str, Any]:
+    return await service.batches.cancel(principal.workspace_id, job_id)
+
+
+@batches.delete("/{job_id}")
+def delete_batch(job_id: str, principal: InferenceKey, service: Service) -> dict[str, Any]:
+    return service.batches.delete(principal.workspace_id, job_id)
+
+
+def install(app: FastAPI, service: FineTuning) -> None:
+    """Adds the three APIs to `app`. The caller runs `await service.start()` and
+    `await service.stop()` in its lifespan and sets `service.batches.execute`."""
+    app.state.finetune = service
+    for router in (files, jobs, batches):
+        app.include_router(router)

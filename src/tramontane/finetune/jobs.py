@@ -1,0 +1,262 @@
+"""Fine-tuning jobs: creation with dataset validation, the status machine, and
+the views the API returns (Mistral's job objects)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..engine import InvalidRequestError, Tokenizer, load_tokenizer
+from ..errors import APIError
+from ..store import Store
+from ..store.types import new_id, utcnow
+from ..tenancy.directory import workspace_dir
+from .dataset import DatasetError, Example, encode, parse_chat_jsonl
+from .files import FileStore
+from .models import FineTuningJobRow
+from .schemas import CreateJobRequest
+
+QUEUED, VALIDATING, VALIDATED, RUNNING = "QUEUED", "VALIDATING", "VALIDATED", "RUNNING"
+SUCCESS, FAILED, FAILED_VALIDATION = "SUCCESS", "FAILED", "FAILED_VALIDATION"
+CANCELLATION_REQUESTED, CANCELLED = "CANCELLATION_REQUESTED", "CANCELLED"
+TERMINAL = frozenset({SUCCESS, FAILED, FAILED_VALIDATION, CANCELLED})
+
+DEFAULT_SEQ_LEN = 512
+DEFAULT_WEIGHT_DECAY = 0.1
+DEFAULT_WARMUP_FRACTION = 0.05
+MAX_BATCH_SIZE = 4
+CHECKPOINTS_PER_JOB = 5
+
+
+@dataclass(frozen=True)
+class ReadyModel:
+    """A succeeded job's adapter, ready to serve as `model_id` to `workspace_id` only."""
+
+    model_id: str
+    base_model: str
+    adapter_path: Path
+    job_id: str
+    workspace_id: str
+
+
+def ready_model(home: Path, job: FineTuningJobRow) -> ReadyModel:
+    name = job.fine_tuned_model or model_id(job)
+    return ReadyModel(name, job.model, job_dir(home, job) / "adapter", job.id, job.workspace_id)
+
+
+def unix(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+def transition(job: FineTuningJobRow, status: str, **data: Any) -> None:
+    """Moves `job` to `status` and records the change as a Mistral event."""
+    job.status = status
+    job.modified_at = utcnow()
+    event = {"name": "status-updated", "data": {"status": status, **data}, "created_at": unix(job.modified_at)}
+    job.events = [*job.events, event]  # a new list: SQLAlchemy tracks JSON by assignment
+
+
+def job_view(job: FineTuningJobRow, detailed: bool = True) -> dict[str, Any]:
+    view = {
+        "id": job.id,
+        "object": "job",
+        "job_type": "completion",
+        "auto_start": job.auto_start,
+        "model": job.model,
+        "status": job.status,
+        "created_at": unix(job.created_at),
+        "modified_at": unix(job.modified_at),
+        "training_files": [f["file_id"] for f in job.training_files],
+        "validation_files": job.validation_files,
+        "hyperparameters": job.hyperparameters,
+        "fine_tuned_model": job.fine_tuned_model,
+        "suffix": job.suffix,
+        "integrations": [],
+        "trained_tokens": job.trained_tokens,
+        "metadata": None,
+    }
+    if detailed:
+        view["events"] = list(reversed(job.events))  # newest first, as Mistral lists them
+        view["checkpoints"] = list(reversed(job.checkpoints))
+    return view
+
+
+def job_dir(home: Path, job: FineTuningJobRow) -> Path:
+    return workspace_dir(home, job.workspace_id) / "fine_tuning" / job.id
+
+
+def model_id(job: FineTuningJobRow) -> str:
+    short = job.id.rsplit("_", 1)[-1][:8]
+    return f"ft:{job.model}:{job.suffix}:{short}" if job.suffix else f"ft:{job.model}:{short}"
+
+
+class FineTuningJobs:
+    def __init__(self, store: Store, files: FileStore, base_models: Mapping[str, str]):
+        self.store = store
+        self.files = files
+        self.base_models = dict(base_models)
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._lock = threading.Lock()
+        self.on_queued: Callable[[], None] = lambda: None  # wakes the worker
+
+    def tokenizer(self, model: str) -> Tokenizer:
+        with self._lock:
+            if model not in self._tokenizers:
+                self._tokenizers[model] = load_tokenizer(self.base_models[model])
+            return self._tokenizers[model]
+
+    def examples(self, workspace_id: str, model: str, file_id: str, seq_len: int) -> list[Example]:
+        """A training or validation file's examples, token ids and loss masks; raises
+        DatasetError naming each bad line."""
+        row = self.files.get(workspace_id, file_id)
+        records = parse_chat_jsonl(self.files.read(row), row.filename)
+        tokenizer, examples, errors = self.tokenizer(model), [], []
+        for record in records:
+            try:
+                examples.append(encode(tokenizer, record, seq_len))
+            except (InvalidRequestError, DatasetError) as exc:
+                errors.append(f"{row.filename}: line {record['_line']}: {exc}")
+        if errors:
+            raise DatasetError(errors)
+        return examples
+
+    # -- API operations --------------------------------------------------------------
+
+    def create(self, workspace_id: str, request: CreateJobRequest) -> dict[str, Any]:
+        if request.model not in self.base_models:
+            raise APIError(
+                404, f"The model '{request.model}' cannot be fine-tuned here", code="model_not_found", param="model"
+            )
+        file_ids = [f.file_id for f in request.training_files] + list(request.validation_files or [])
+        for file_id in file_ids:
+            if self.files.get(workspace_id, file_id).purpose != "fine-tune":
+                raise APIError(
+                    400, f"File '{file_id}' was not uploaded with purpose 'fine-tune'", param="training_files"
+                )
+        job = FineTuningJobRow(
+            id=new_id("ftjob"),
+            workspace_id=workspace_id,
+            model=request.model,
+            status=QUEUED,
+            auto_start=request.auto_start,
+            training_files=[f.model_dump() for f in request.training_files],
+            validation_files=list(request.validation_files or []),
+            hyperparameters=request.hyperparameters.model_dump(),
+            suffix=request.suffix,
+            events=[],
+            checkpoints=[],
+        )
+        transition(job, VALIDATING)
+        self._validate(job)
+        if job.status == VALIDATED and job.auto_start:
+            transition(job, QUEUED)
+        with self.store.session() as session:
+            session.add(job)
+        if job.status == QUEUED:
+            self.on_queued()
+        return job_view(job)
+
+    def _validate(self, job: FineTuningJobRow) -> None:
+        """Reads every file as the trainer will; the job ends FAILED_VALIDATION with
+        the bad lines listed in its event, or VALIDATED with its hyperparameters resolved."""
+        params = dict(job.hyperparameters)
+        seq_len = params["seq_len"] or DEFAULT_SEQ_LEN
+        errors: list[str] = []
+        train_count = 0
+        for file_id in [f["file_id"] for f in job.training_files] + job.validation_files:
+            try:
+                count = len(self.examples(job.workspace_id, job.model, file_id, seq_len))
+            except DatasetError as exc:
+                errors.extend(exc.errors)
+                continue
+            if file_id not in job.validation_files:
+                train_count += count
+        if errors:
+            transition(job, FAILED_VALIDATION, errors=errors)
+            return
+        batch = min(MAX_BATCH_SIZE, train_count)
+        epochs = params["epochs"] if params["epochs"] is not None else (None if params["training_steps"] else 1.0)
+        steps = params["training_steps"] or max(1, math.ceil(epochs * train_count / batch))
+        job.hyperparameters = {
+            **params,
+            "training_steps": steps,
+            "epochs": epochs if epochs is not None else steps * batch / train_count,
+            "seq_len": seq_len,
+            "weight_decay": DEFAULT_WEIGHT_DECAY if params["weight_decay"] is None else params["weight_decay"],
+            "warmup_fraction": DEFAULT_WARMUP_FRACTION
+            if params["warmup_fraction"] is None
+            else params["warmup_fraction"],
+        }
+        transition(job, VALIDATED)
+
+    def _owned(self, session: Session, workspace_id: str, job_id: str) -> FineTuningJobRow:
+        job = session.get(FineTuningJobRow, job_id)
+        if job is None or job.workspace_id != workspace_id:
+            raise APIError(404, f"No fine-tuning job with id '{job_id}'", code="job_not_found", param="job_id")
+        return job
+
+    def get(self, workspace_id: str, job_id: str) -> dict[str, Any]:
+        with self.store.session() as session:
+            return job_view(self._owned(session, workspace_id, job_id))
+
+    def list(
+        self,
+        workspace_id: str,
+        *,
+        page: int,
+        page_size: int,
+        model: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        suffix: str | None = None,
+    ) -> dict[str, Any]:
+        query = select(FineTuningJobRow).where(FineTuningJobRow.workspace_id == workspace_id)
+        for column, value in (
+            (FineTuningJobRow.model, model),
+            (FineTuningJobRow.status, status),
+            (FineTuningJobRow.suffix, suffix),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if created_after is not None:
+            query = query.where(FineTuningJobRow.created_at > created_after)
+        with self.store.session() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            jobs = session.scalars(
+                query.order_by(FineTuningJobRow.created_at.desc(), FineTuningJobRow.id)
+                .offset(page * page_size)
+                .limit(page_size)
+            ).all()
+            return {"object": "list", "total": total, "data": [job_view(job, detailed=False) for job in jobs]}
+
+    def start(self, workspace_id: str, job_id: str) -> dict[str, Any]:
+        with self.store.write_session() as session:
+            job = self._owned(session, workspace_id, job_id)
+            if job.status != VALIDATED:
+                raise APIError(
+                    409, f"Job '{job_id}' is {job.status}; only a VALIDATED job can be started", code="invalid_status"
+                )
+            transition(job, QUEUED)
+            view = job_view(job)
+        self.on_queued()
+        return view
+
+    def cancel(self, workspace_id: str, job_id: str) -> dict[str, Any]:
+        """Cancels a job not yet running at once; a running one stops at its next step."""
+        with self.store.write_session() as session:
+            job = self._owned(session, workspace_id, job_id)
+            if job.status in TERMINAL:
+                raise APIError(409, f"Job '{job_id}' is already {job.status}", code="invalid_status")
+            if job.status == RUNNING:
+                transition(job, CANCELLATION_REQUESTED)
+            elif job.status != CANCELLATION_REQUESTED:
+                transition(job, CANCELLED)
+            return job_view(job)

@@ -1,0 +1,82 @@
+"""`FineTuning`: the one object a server holds for files, fine-tuning and batch jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+import anyio.to_thread
+
+from ..store import Store
+from .batch import BatchJobs
+from .files import FileStore
+from .jobs import FineTuningJobs, ReadyModel
+from .worker import TrainingWorker
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_BYTES = 8 * 1024 * 1024
+
+# on_model_ready(model_id, base_model, adapter_path, job=..., workspace_id=...), plain or async:
+# the shape of ModelRegistry.add_adapter, which a server passes.
+ModelReadyHook = Callable[..., Awaitable[object] | object]
+
+
+class FineTuning:
+    def __init__(
+        self,
+        store: Store,
+        home: Path,
+        base_models: Mapping[str, str],
+        *,
+        on_model_ready: ModelReadyHook | None = None,
+        max_file_bytes: int = MAX_FILE_BYTES,
+    ):
+        """`base_models` maps the names of the chat models a job may fine-tune to
+        their checkpoints (GGUF file or HF folder).
+
+        `on_model_ready(model_id, base_model, adapter_path, job=, workspace_id=)`
+        runs on the server's event loop (awaited when it is a coroutine function):
+        at start for every job that already succeeded, then for each job as it
+        succeeds. The adapter is the workspace's: serve it to that workspace only."""
+        self.files = FileStore(store, home, max_file_bytes)
+        self.jobs = FineTuningJobs(store, self.files, base_models)
+        self.batches = BatchJobs(store, self.files)
+        self.worker = TrainingWorker(store, self.jobs, home, self._announce_from_worker)
+        self.jobs.on_queued = self.worker.wake
+        self._on_model_ready = on_model_ready
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for model in await anyio.to_thread.run_sync(self.worker.ready_models):
+            await self._announce(model)
+        self.worker.start()
+        await self.batches.run_pending()
+
+    async def stop(self) -> None:
+        await self.batches.stop()
+        await anyio.to_thread.run_sync(self.worker.stop)  # waits for the current training step
+
+    async def _announce(self, model: ReadyModel) -> None:
+        if self._on_model_ready is None:
+            return
+        try:
+            result = self._on_model_ready(
+                model.model_id,
+                model.base_model,
+                str(model.adapter_path),
+                job=model.job_id,
+                workspace_id=model.workspace_id,
+            )
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # one adapter that cannot be served must not stop the server
+            log.exception("cannot serve fine-tuned model %s", model.model_id)
+
+    def _announce_from_worker(self, model: ReadyModel) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._announce(model), self._loop).result()

@@ -1,0 +1,241 @@
+"""The training worker: one thread, one job at a time, oldest first.
+
+Between steps it checks the job's status in the store (so a cancellation made
+through any server process stops it) and refreshes the job's heartbeat. A server
+that shuts down puts its running job back in the queue; one that dies leaves it
+RUNNING without heartbeat, and a worker takes it over after STALE_AFTER_S. Either
+way the job resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from sqlalchemy import and_, or_, select
+
+from ..engine import Checkpoint, load_checkpoint
+from ..store import Store
+from ..store.types import utcnow
+from .dataset import DatasetError
+from .jobs import (
+    CANCELLATION_REQUESTED,
+    CANCELLED,
+    CHECKPOINTS_PER_JOB,
+    FAILED,
+    MAX_BATCH_SIZE,
+    QUEUED,
+    RUNNING,
+    SUCCESS,
+    FineTuningJobs,
+    ReadyModel,
+    job_dir,
+    model_id,
+    ready_model,
+    transition,
+    unix,
+)
+from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from .models import FineTuningJobRow
+from .trainer import STATE_FILE, StepMetrics, Trainer, TrainingPlan, WeightedExamples
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 2.0  # also picks up jobs queued by another server process
+# A RUNNING job without a step for this long belongs to a server that died: another worker resumes it.
+STALE_AFTER_S = 120.0
+
+
+class TrainingWorker:
+    def __init__(self, store: Store, jobs: FineTuningJobs, home: Path, on_model_ready: Callable[[ReadyModel], None]):
+        self.store = store
+        self.jobs = jobs
+        self.home = home
+        self.on_model_ready = on_model_ready
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._base: Checkpoint | None = None  # the last base model loaded, reused by the next job
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="fine-tuning-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops after the current step; a running job goes back to QUEUED, to resume later."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def ready_models(self) -> list[ReadyModel]:
+        """The adapters of every job that succeeded, to serve again after a restart."""
+        with self.store.session() as session:
+            done = session.scalars(select(FineTuningJobRow).where(FineTuningJobRow.status == SUCCESS)).all()
+            return [ready_model(self.home, job) for job in done]
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            job_id = self._claim()
+            if job_id is None:
+                self._wake.wait(IDLE_POLL_S)
+                self._wake.clear()
+                continue
+            try:
+                self._run(job_id)
+            except Exception as exc:  # the job fails, the worker goes on with the next
+                log.exception("fine-tuning job %s failed", job_id)
+                self._finish(job_id, FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    def _claim(self) -> str | None:
+        """The oldest job waiting to run, or whose server died mid-run (no step for
+        STALE_AFTER_S), now marked as this worker's by a fresh heartbeat."""
+        stale = utcnow() - timedelta(seconds=STALE_AFTER_S)
+        abandoned = FineTuningJobRow.modified_at < stale
+        with self.store.write_session() as session:
+            # A cancellation its dead server never acted on.
+            orphans = select(FineTuningJobRow).where(FineTuningJobRow.status == CANCELLATION_REQUESTED, abandoned)
+            for job in session.scalars(orphans):
+                transition(job, CANCELLED)
+            runnable = or_(FineTuningJobRow.status == QUEUED, and_(FineTuningJobRow.status == RUNNING, abandoned))
+            job = session.scalars(
+                select(FineTuningJobRow).where(runnable).order_by(FineTuningJobRow.created_at)
+            ).first()
+            if job is None:
+                return None
+            if job.status == QUEUED:
+                transition(job, RUNNING)
+            else:
+                job.modified_at = utcnow()
+            return job.id
+
+    def _run(self, job_id: str) -> None:
+        with self.store.session() as session:
+            job = session.get(FineTuningJobRow, job_id)
+            assert job is not None
+            session.expunge(job)
+        trainer = self._trainer(job)
+        resumed = trainer.resume()
+        if resumed:
+            self._update(job_id, event={"name": "resumed", "data": {"step_number": resumed}})
+
+        def on_checkpoint(metrics: StepMetrics, path: Path) -> None:
+            self._record_checkpoint(job_id, metrics, path)
+
+        finished = trainer.run(on_checkpoint, lambda: self._should_stop(job_id))
+        if finished:
+            adapter = job_dir(self.home, job) / "adapter"
+            self._publish(trainer.checkpoints_dir / f"step-{trainer.step:06d}", adapter)
+            job.fine_tuned_model = model_id(job)
+            self._finish(job_id, SUCCESS, fine_tuned_model=job.fine_tuned_model, trained_tokens=trainer.trained_tokens)
+            self.on_model_ready(ready_model(self.home, job))
+        elif self._status(job_id) == CANCELLATION_REQUESTED:
+            self._finish(job_id, CANCELLED)
+        elif self._stopping.is_set():
+            # Back in the queue: the next server to start (or another one sharing the store) resumes it.
+            self._finish(job_id, QUEUED, reason="the server stopped", step_number=trainer.step)
+
+    def _trainer(self, job: FineTuningJobRow) -> Trainer:
+        params = job.hyperparameters
+        seq_len = params["seq_len"]
+        try:
+            train = WeightedExamples.from_files(
+                [
+                    (self.jobs.examples(job.workspace_id, job.model, f["file_id"], seq_len), f["weight"])
+                    for f in job.training_files
+                ]
+            )
+            valid = [
+                e
+                for file_id in job.validation_files
+                for e in self.jobs.examples(job.workspace_id, job.model, file_id, seq_len)
+            ]
+        except DatasetError as exc:
+            raise RuntimeError(f"the training data changed since validation: {exc}") from None
+        steps = params["training_steps"]
+        plan = TrainingPlan(
+            steps=steps,
+            learning_rate=params["learning_rate"],
+            weight_decay=params["weight_decay"],
+            warmup_fraction=params["warmup_fraction"],
+            seq_len=seq_len,
+            batch_size=min(MAX_BATCH_SIZE, len(train.examples)),
+            checkpoint_every=max(1, -(-steps // CHECKPOINTS_PER_JOB)),
+        )
+        path = self.jobs.base_models[job.model]
+        if self._base is None or self._base.name != job.model:
+            self._base = None  # free the previous model before loading the next
+            checkpoint = load_checkpoint(path)
+            checkpoint.name = job.model
+            self._base = checkpoint
+        return Trainer(self._base, plan, train, valid, job_dir(self.home, job), self.device)
+
+    def _should_stop(self, job_id: str) -> bool:
+        """Between steps: the job's heartbeat, and whether it was cancelled or the server is stopping."""
+        with self.store.write_session() as session:
+            job = session.get(FineTuningJobRow, job_id)
+            if job is None or job.status != RUNNING:
+                return True
+            job.modified_at = utcnow()
+        return self._stopping.is_set()
+
+    def _status(self, job_id: str) -> str | None:
+        with self.store.session() as session:
+            return session.scalar(select(FineTuningJobRow.status).where(FineTuningJobRow.id == job_id))
+
+    def _record_checkpoint(self, job_id: str, metrics: StepMetrics, path: Path) -> None:
+        entry = {
+            "step_number": metrics.step,
+            "metrics": {
+                "train_loss": metrics.train_loss,
+                "valid_loss": metrics.valid_loss,
+                "valid_mean_token_accuracy": metrics.valid_mean_token_accuracy,
+            },
+        }
+        self._update(job_id, checkpoint=entry)
+        # Only the newest checkpoint needs its optimizer state (to resume); older ones keep their adapter.
+        for older in path.parent.glob("step-*/" + STATE_FILE):
+            if older.parent != path:
+                older.unlink()
+
+    def _update(self, job_id: str, *, event: dict | None = None, checkpoint: dict | None = None) -> None:
+        with self.store.write_session() as session:
+            job = session.get(FineTuningJobRow, job_id)
+            if job is None:  # its workspace was erased mid-run; the job stops at its next step
+                return
+            job.modified_at = now = utcnow()
+            if event is not None:
+                job.events = [*job.events, {**event, "created_at": unix(now)}]
+            if checkpoint is not None:
+                job.checkpoints = [*job.checkpoints, {**checkpoint, "created_at": unix(now)}]
+
+    def _finish(self, job_id: str, status: str, **fields: object) -> None:
+        """Moves the job to `status`; `fine_tuned_model` and `trained_tokens` are set
+        on the job, anything else goes in the event's data."""
+        with self.store.write_session() as session:
+            job = session.get(FineTuningJobRow, job_id)
+            if job is None:  # erased with its workspace
+                return
+            data = {}
+            for name, value in fields.items():
+                if name in ("fine_tuned_model", "trained_tokens"):
+                    setattr(job, name, value)
+                else:
+                    data[name] = value
+            transition(job, status, **data)
+
+    @staticmethod
+    def _publish(checkpoint: Path, adapter: Path) -> None:
+        """The final adapter, in PEFT's layout, where serving reads it."""
+        adapter.mkdir(parents=True, exist_ok=True)
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copyfile(checkpoint / name, adapter / name)
