@@ -142,6 +142,9 @@ class LoRABatch:
     rank: int  # the largest rank among the batch's adapters
     rows: torch.Tensor  # rows that carry an adapter
     positions: torch.Tensor  # their index in group order
+    # Group order is the batch order, nothing padded or left out: the usual decode
+    # batch on one adapter or on one per row, which then needs no gather or scatter.
+    dense: bool
 
     @classmethod
     def build(cls, row_adapters: list[tuple[int, int] | None], device: torch.device) -> LoRABatch | None:
@@ -166,7 +169,8 @@ class LoRABatch:
         def tensor(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        return cls(tensor(list(groups)), tensor(gather), size, rank, tensor(rows), tensor(positions))
+        dense = gather == list(range(len(row_adapters)))
+        return cls(tensor(list(groups)), tensor(gather), size, rank, tensor(rows), tensor(positions), dense)
 
 
 class LoRAStack:
@@ -190,7 +194,8 @@ class LoRAStack:
     def apply(self, y: torch.Tensor, x: torch.Tensor, batch: LoRABatch) -> None:
         """y += the LoRA delta of x, for the rows that carry an adapter (in place)."""
         groups, length, rank = len(batch.slots), x.shape[1], batch.rank
-        xg = x.index_select(0, batch.gather_rows).view(groups, batch.group_size * length, x.shape[-1])
+        xg = x if batch.dense else x.index_select(0, batch.gather_rows)
+        xg = xg.reshape(groups, batch.group_size * length, x.shape[-1])
         # Only the batch's slots and ranks are read: slots are padded to max_lora_rank.
         a = self.a[:, :, :rank].index_select(0, batch.slots).view(groups, -1, x.shape[-1])
         shrunk = torch.bmm(xg, a.transpose(1, 2))
@@ -199,6 +204,9 @@ class LoRAStack:
             b = b[:, :, :rank].index_select(0, batch.slots)
             deltas.append(torch.bmm(shrunk[..., k * rank : (k + 1) * rank], b.transpose(1, 2)))
         delta = torch.cat(deltas, dim=-1) if len(deltas) > 1 else deltas[0]
+        if batch.dense:
+            y += delta.view_as(y)
+            return
         delta = delta.view(groups * batch.group_size, length, y.shape[-1]).index_select(0, batch.positions)
         # One add into the whole output (an add into a column slice takes a slow path);
         # index_put_ measured 5x faster than index_add_ here.

@@ -74,7 +74,6 @@ def detect_kind(path: str) -> Kind:
 @dataclass(frozen=True)
 class Adapter:
     root: str  # the base model it runs on
-    path: str  # its PEFT folder
     job: str | None  # the fine-tuning job that made it
 
 
@@ -123,7 +122,6 @@ class ChatModel:
             max_context_length=self.engine.max_model_len,
             default_model_temperature=DEFAULT_TEMPERATURE,
         )
-
 
 
 @dataclass
@@ -196,7 +194,7 @@ class ModelRegistry:
             base,
             name=model_id,
             created=int(time.time()),
-            adapter=Adapter(root=base.name, path=path, job=job),
+            adapter=Adapter(root=base.name, job=job),
             workspace_id=workspace_id,
         )
         self.add(entry)

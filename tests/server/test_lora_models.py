@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from conftest import CHAT_MODEL, LiveServer, Tenant
 
+from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
 from tramontane.errors import APIError
 
 ADAPTER = f"ft:{CHAT_MODEL}:lora-test:0001"
@@ -18,12 +18,12 @@ PROMPT = [{"role": "user", "content": "Name three colours."}]
 
 
 @pytest.fixture(scope="module")
-def owner(live_server: LiveServer) -> Tenant:
+def owner(live_server):
     return live_server.create_tenant("lora-owner")
 
 
 @pytest.fixture
-def adapter(live_server: LiveServer, owner: Tenant, make_lora) -> Iterator[str]:
+def adapter(live_server, owner, make_lora) -> Iterator[str]:
     path = make_lora(live_server.engine.model_config, seed=7)
     # Any event loop will do: the engine answers on the loop that asked.
     registry = live_server.registry
