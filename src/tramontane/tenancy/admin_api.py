@@ -231,7 +231,7 @@ def list_audit_events(
     organisation_id: str | None = None,
     workspace_id: str | None = None,
     action: str | None = None,
-    before_id: int | None = None,
+    before_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,  # a 64-bit row id
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ListOut[AuditEventOut]:
     with tenancy.store.session() as session:
