@@ -34,12 +34,18 @@ def ours(args) -> dict[str, float]:
 
     def run(n_streams: int, max_tokens: int) -> tuple[float, float]:
         for i in range(n_streams):
-            engine.add_request(f"{n_streams}-{i}-{time.monotonic()}", prompt, SamplingParams(max_tokens=max_tokens, **greedy))
+            engine.add_request(
+                f"{n_streams}-{i}-{time.monotonic()}", prompt, SamplingParams(max_tokens=max_tokens, **greedy)
+            )
         start = time.perf_counter()
         first = None
         while engine.has_work():
             engine.step()
-            if first is None and all(s.num_output_tokens > 0 for s in engine.scheduler.running) and not engine.scheduler.waiting:
+            if (
+                first is None
+                and all(s.num_output_tokens > 0 for s in engine.scheduler.running)
+                and not engine.scheduler.waiting
+            ):
                 first = time.perf_counter()
         end = time.perf_counter()
         return first - start, end - first
@@ -120,7 +126,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--streams", type=int, default=16)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {capability}")
     rows = {"tramontane (" + args.quantization + ")": ours(args)}
     rows["llama.cpp"] = llama_cpp(args)
     rows["HF transformers (f32)"] = transformers_hf(args)

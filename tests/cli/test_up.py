@@ -86,7 +86,9 @@ def test_up_serves_until_interrupted():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     tramontane = os.path.join(os.path.dirname(sys.executable), "tramontane")
-    proc = subprocess.Popen([tramontane, "up", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [tramontane, "up", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: list[str] = []
     # Read as it comes: the admin key is needed while the server runs.
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)

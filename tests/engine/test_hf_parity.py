@@ -56,7 +56,7 @@ def test_default_model_greedy_matches_transformers(make_engine, hf_smollm, run):
     engine = make_engine()
     prompts = [engine.tokenizer.encode(p) for p in PROMPTS]
     ours = engine_greedy(engine, prompts, 32, run)  # all five decode together in one batch
-    for ids, got in zip(prompts, ours):
+    for ids, got in zip(prompts, ours, strict=False):
         want, logits = hf_greedy(hf_smollm, ids, 32)
         assert got == want
         # logprobs of our top candidates equal HF's log-softmax at the same ids.
@@ -75,19 +75,29 @@ def test_default_model_logits_within_tolerance(make_engine, hf_smollm):
     want = hf_smollm(torch.tensor([ids])).logits[0, -1]
     from tramontane.engine.attention import build_metadata
 
-    meta = build_metadata([list(range(len(ids)))], [list(range(4))], engine.config.block_size, None, torch.device("cpu"))
-    logits = engine.runner.model(
-        torch.tensor([ids]), torch.arange(len(ids))[None], meta, torch.tensor([len(ids) - 1])
-    )[0]
+    meta = build_metadata(
+        [list(range(len(ids)))], [list(range(4))], engine.config.block_size, None, torch.device("cpu")
+    )
+    logits = engine.runner.model(torch.tensor([ids]), torch.arange(len(ids))[None], meta, torch.tensor([len(ids) - 1]))[
+        0
+    ]
     assert torch.allclose(logits, want, atol=LOGIT_ATOL, rtol=0)
 
 
 def _save_tiny(model_cls, config_cls, tmp_path, tokenizer, **kw):
     torch.manual_seed(0)
     config = config_cls(
-        vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        eos_token_id=2, bos_token_id=1, tie_word_embeddings=False, **kw,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=2,
+        bos_token_id=1,
+        tie_word_embeddings=False,
+        **kw,
     )
     model = model_cls(config).eval()
     model.save_pretrained(tmp_path)
@@ -108,20 +118,35 @@ def test_tiny_random_architectures_match_transformers(arch, tmp_path, smollm_che
 
     tok = smollm_checkpoint.tokenizer
     if arch == "mixtral":
-        hf = _save_tiny(transformers.MixtralForCausalLM, transformers.MixtralConfig, tmp_path, tok,
-                        num_local_experts=4, num_experts_per_tok=2)
+        hf = _save_tiny(
+            transformers.MixtralForCausalLM,
+            transformers.MixtralConfig,
+            tmp_path,
+            tok,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        )
     elif arch == "mistral-sliding-window":
-        hf = _save_tiny(transformers.MistralForCausalLM, transformers.MistralConfig, tmp_path, tok,
-                        sliding_window=8)
+        hf = _save_tiny(transformers.MistralForCausalLM, transformers.MistralConfig, tmp_path, tok, sliding_window=8)
     else:
-        hf = _save_tiny(transformers.LlamaForCausalLM, transformers.LlamaConfig, tmp_path, tok,
-                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+        hf = _save_tiny(
+            transformers.LlamaForCausalLM,
+            transformers.LlamaConfig,
+            tmp_path,
+            tok,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        )
     engine = LLMEngine(load_checkpoint(str(tmp_path)), EngineConfig(num_kv_blocks=64, quantization="none"))
     prompts = [tok.encode(p) for p in PROMPTS[:3]]
     # Prompts longer than the window make the sliding-window mask matter.
     prompts[0] = prompts[0] * 4
     ours = engine_greedy(engine, prompts, 16, run)
-    for ids, got in zip(prompts, ours):
+    for ids, got in zip(prompts, ours, strict=False):
         want, _ = hf_greedy(hf, ids, 16)
         assert got == want

@@ -130,7 +130,9 @@ def test_stop_string(oai):
 
 def test_seed_reproducible(oai, mistral):
     def sample(seed: int) -> str:
-        completion = oai.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=8, temperature=1.0, seed=seed)
+        completion = oai.chat.completions.create(
+            model=CHAT_MODEL, messages=HI, max_tokens=8, temperature=1.0, seed=seed
+        )
         return completion.choices[0].message.content
 
     first = sample(1234)
@@ -142,7 +144,10 @@ def test_seed_reproducible(oai, mistral):
 def test_json_schema(oai):
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        },
         "required": ["name", "age"],
         "additionalProperties": False,
     }

@@ -14,7 +14,7 @@ TEXTS = ["The cat sits on the mat.", "A feline rests on a rug.", "Quarterly reve
 
 
 def _cosine(a, b) -> float:
-    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b, strict=False)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
 def test_openai_embeddings_base64_and_float_agree(oai):
@@ -22,9 +22,9 @@ def test_openai_embeddings_base64_and_float_agree(oai):
     default = oai.embeddings.create(model=EMBEDDING_MODEL, input=TEXTS)
     floats = oai.embeddings.create(model=EMBEDDING_MODEL, input=TEXTS, encoding_format="float")
     assert [d.index for d in default.data] == [0, 1, 2]
-    for a, b in zip(default.data, floats.data):
+    for a, b in zip(default.data, floats.data, strict=False):
         assert len(a.embedding) == 384
-        assert max(abs(x - y) for x, y in zip(a.embedding, b.embedding)) < 1e-6
+        assert max(abs(x - y) for x, y in zip(a.embedding, b.embedding, strict=False)) < 1e-6
     assert default.usage.prompt_tokens == default.usage.total_tokens > 0
     vectors = [d.embedding for d in floats.data]
     assert _cosine(vectors[0], vectors[1]) > _cosine(vectors[0], vectors[2])

@@ -151,12 +151,21 @@ def test_free_text_needs_no_constraint(compiler, response_format):
     ("args", "param"),
     [
         (({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}},), "response_format"),
-        (({"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": {"type": "strin"}}},), "response_format"),
+        (
+            ({"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": {"type": "strin"}}},),
+            "response_format",
+        ),
         (({"type": "json_schema", "json_schema": {"name": "x"}},), "response_format"),
         (({"type": "xml"},), "response_format"),
         ((None, [], "required"), "tool_choice"),
-        ((None, [{"type": "function", "function": {"name": "f", "parameters": {"type": "strin"}}}], "required"), "tools"),
-        ((None, [{"type": "function", "function": {"name": "f"}}], {"type": "function", "function": {"name": "g"}}), "tool_choice"),
+        (
+            (None, [{"type": "function", "function": {"name": "f", "parameters": {"type": "strin"}}}], "required"),
+            "tools",
+        ),
+        (
+            (None, [{"type": "function", "function": {"name": "f"}}], {"type": "function", "function": {"name": "g"}}),
+            "tool_choice",
+        ),
         ((None, [{"type": "function", "function": {"name": "f"}}], "sometimes"), "tool_choice"),
     ],
 )
@@ -170,7 +179,12 @@ def _tool(name: str, parameters: dict) -> dict:
     return {"type": "function", "function": {"name": name, "description": "test", "parameters": parameters}}
 
 
-TIME = {"type": "object", "properties": {"tz": {"enum": ["UTC", "CET"]}}, "required": ["tz"], "additionalProperties": False}
+TIME = {
+    "type": "object",
+    "properties": {"tz": {"enum": ["UTC", "CET"]}},
+    "required": ["tz"],
+    "additionalProperties": False,
+}
 
 
 def test_required_tool_choice_gives_valid_calls(compiler, tokenizer, closing_bias):

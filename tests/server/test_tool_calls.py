@@ -165,8 +165,16 @@ HISTORY = [
         "role": "assistant",
         "content": None,
         "tool_calls": [
-            {"id": "abcdefghi", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"id": "bcdefghij", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}},
+            {
+                "id": "abcdefghi",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
+            {
+                "id": "bcdefghij",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+            },
         ],
     },
     {"role": "tool", "tool_call_id": "abcdefghi", "content": "18C"},
@@ -183,7 +191,10 @@ def test_prepare_messages_for_tool_unaware_template():
     assert "tool_calls" not in assistant
     _, calls = parse_tool_calls(assistant["content"])  # rendered calls read back as the same calls
     assert [json.loads(c.arguments) for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
-    assert out[3] == {"role": "user", "content": "<tool_response>\n18C\n</tool_response>\n<tool_response>\n21C\n</tool_response>"}
+    assert out[3] == {
+        "role": "user",
+        "content": "<tool_response>\n18C\n</tool_response>\n<tool_response>\n21C\n</tool_response>",
+    }
     assert len(out) == 4
     rendered = _Templater(CHATML).apply_chat_template(out)
     assert rendered.startswith("<|im_start|>system\n# Tools")

@@ -37,7 +37,13 @@ def _check_weather_call(call) -> None:
 
 def test_openai_required(oai):
     completion = oai.chat.completions.create(
-        model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=40, parallel_tool_calls=False, temperature=0
+        model=CHAT_MODEL,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=40,
+        parallel_tool_calls=False,
+        temperature=0,
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -73,7 +79,9 @@ def test_openai_named_stream(oai):
 
 
 def test_mistral_any_and_tool_result_round_trip(mistral):
-    response = mistral.chat.complete(model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice="any", max_tokens=40, temperature=0)
+    response = mistral.chat.complete(
+        model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice="any", max_tokens=40, temperature=0
+    )
     message = response.choices[0].message
     assert response.choices[0].finish_reason == "tool_calls"
     _check_weather_call(message.tool_calls[0])
@@ -84,7 +92,9 @@ def test_mistral_any_and_tool_result_round_trip(mistral):
         {"role": "assistant", "content": "", "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id, "name": "get_weather", "content": '{"temperature_c": 21}'},
     ]
-    answer = mistral.chat.complete(model=CHAT_MODEL, messages=follow_up, tools=[WEATHER], tool_choice="none", max_tokens=8)
+    answer = mistral.chat.complete(
+        model=CHAT_MODEL, messages=follow_up, tools=[WEATHER], tool_choice="none", max_tokens=8
+    )
     assert answer.choices[0].message.content
     assert not answer.choices[0].message.tool_calls
 
@@ -92,5 +102,8 @@ def test_mistral_any_and_tool_result_round_trip(mistral):
 def test_unknown_named_tool_is_400(oai):
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(
-            model=CHAT_MODEL, messages=ASK, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}
+            model=CHAT_MODEL,
+            messages=ASK,
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "nope"}},
         )

@@ -16,11 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from tenancy_helpers import build_app
 
 from tramontane.store import Store, open_store
 from tramontane.tenancy import Tenancy
-
-from tenancy_helpers import build_app
 
 
 @dataclass

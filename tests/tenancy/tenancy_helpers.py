@@ -18,8 +18,8 @@ from tramontane.tenancy import (
     directory,
     get_owned,
     get_tenancy,
-    owned,
     keys,
+    owned,
     require,
 )
 from tramontane.tenancy.admin_api import router as admin_router

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
+from tenancy_helpers import make_tenant
 
 from tramontane.tenancy import Capability, Tenancy
-
-from tenancy_helpers import make_tenant
 
 
 def _bearer(key: str) -> dict[str, str]:

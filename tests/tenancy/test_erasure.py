@@ -7,11 +7,10 @@ import hashlib
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tenancy_helpers import add_key, make_tenant
 
 from tramontane.store import AuditEvent, Base, Store
 from tramontane.tenancy import CLI, Tenancy, TenancyError
-
-from tenancy_helpers import add_key, make_tenant
 
 
 def _everything(store: Store) -> bytes:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from tenancy_helpers import add_key, make_tenant
 
 from tramontane.store import AuditEvent
 from tramontane.tenancy import Capability, Tenancy
-
-from tenancy_helpers import add_key, make_tenant
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
 

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from tenancy_helpers import make_tenant
 
 from tramontane.store import ApiKey, AuditEvent, Base, Store
 from tramontane.store.types import utcnow
 from tramontane.tenancy import Capability, Tenancy, TenancyError
 from tramontane.tenancy.keys import parse_key
 from tramontane.tenancy.pepper import PEPPER_ENV, load_pepper
-
-from tenancy_helpers import make_tenant
 
 
 def _all_text(store: Store) -> str:

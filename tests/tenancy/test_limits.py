@@ -7,11 +7,10 @@ import asyncio
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from tenancy_helpers import Inference, add_key, build_app, make_tenant
 
 from tramontane.tenancy import Limits, Tenancy, TenancyError
 from tramontane.tenancy.limits import minute_window, month_window
-
-from tenancy_helpers import Inference, add_key, build_app, make_tenant
 
 BODY = {"model": "m", "prompt_tokens": 3, "completion_tokens": 2}
 # 20 s into a minute: Retry-After must then be the 40 s left.

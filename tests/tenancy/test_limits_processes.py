@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tenancy_helpers import Tenant, add_key, make_tenant
 
 from tramontane.store import open_store
 from tramontane.tenancy import Limits, Tenancy
-
-from tenancy_helpers import Tenant, add_key, make_tenant
 
 WORKER = Path(__file__).with_name("limit_worker.py")
 CLOCK = 1_800_000_010.0

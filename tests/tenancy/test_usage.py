@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from tenancy_helpers import add_key, make_tenant
 
 from tramontane.tenancy import EnergyMeter, EnergyReading, Tenancy
 from tramontane.tenancy import usage as usage_reports
 from tramontane.tenancy.energy import EstimateCounter, NvmlCounter, RaplCounter
-
-from tenancy_helpers import add_key, make_tenant
 
 
 def test_report_totals_equal_the_sum_of_requests(client: TestClient, tenancy: Tenancy) -> None:

@@ -7,7 +7,11 @@ from ..finetune import cli as finetune_cli
 from ..tenancy import cli as tenancy_cli
 from . import bench, chat, up
 
-app = typer.Typer(help="Tramontane: serve models, run deployments and sandboxes, govern tenants.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Tramontane: serve models, run deployments and sandboxes, govern tenants.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 app.command("up")(up.up)
 app.command("chat")(chat.chat)
 app.command("bench")(bench.bench)

@@ -66,7 +66,13 @@ def chat(
             if not prompt:
                 continue
             history.append({"role": "user", "content": prompt})
-            body = {"model": model, "messages": history, "stream": True, "temperature": temperature, "max_tokens": max_tokens}
+            body = {
+                "model": model,
+                "messages": history,
+                "stream": True,
+                "temperature": temperature,
+                "max_tokens": max_tokens,
+            }
             answer = _stream_answer(http, {k: v for k, v in body.items() if v is not None})
             if answer is None:
                 history.pop()

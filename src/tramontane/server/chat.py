@@ -56,7 +56,11 @@ class ChatOutput:
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered,
+    body: ChatCompletionRequest,
+    request: Request,
+    models: Models,
+    metrics: MetricsDep,
+    meter: Metered,
     principal: InferenceKey,
 ) -> Response | ChatCompletionResponse:
     gen, output = prepare(models, metrics, body, principal.workspace_id)
@@ -193,7 +197,9 @@ async def _stream(gen: Generation, output: ChatOutput, include_usage: bool) -> A
     n = len(gen.choices)
     parsers = [ToolCallStreamParser() if output.tools else None for _ in range(n)]
     # The role goes in each choice's first chunk and never again.
-    yield _chunk(gen, [ChatChunkChoice(index=i, delta=Delta(role="assistant", content=""), finish_reason=None) for i in range(n)])
+    yield _chunk(
+        gen, [ChatChunkChoice(index=i, delta=Delta(role="assistant", content=""), finish_reason=None) for i in range(n)]
+    )
     pending_prefix = [output.prefix] * n
     try:
         async for out in gen.outputs():

@@ -32,7 +32,11 @@ DEFAULT_MAX_TOKENS = 16
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE)
 async def create_completion(
-    body: CompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered,
+    body: CompletionRequest,
+    request: Request,
+    models: Models,
+    metrics: MetricsDep,
+    meter: Metered,
     principal: InferenceKey,
 ) -> Response | CompletionResponse:
     model = models.chat(body.model, principal.workspace_id)
@@ -65,12 +69,18 @@ async def create_completion(
                     finish_reason=finish_reason(choice.finish_reason),
                 )
             )
-    return CompletionResponse(id=gens[0].id, created=gens[0].created, model=model.name, choices=choices, usage=usage(gens))
+    return CompletionResponse(
+        id=gens[0].id, created=gens[0].created, model=model.name, choices=choices, usage=usage(gens)
+    )
 
 
 @router.post("/v1/fim/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
 async def create_fim_completion(
-    body: FIMCompletionRequest, request: Request, models: Models, metrics: MetricsDep, meter: Metered,
+    body: FIMCompletionRequest,
+    request: Request,
+    models: Models,
+    metrics: MetricsDep,
+    meter: Metered,
     principal: InferenceKey,
 ) -> Response | ChatCompletionResponse:
     model = models.chat(body.model, principal.workspace_id)
@@ -111,7 +121,9 @@ def _fim_prompt(model: ChatModel, prefix: str, suffix: str) -> list[int]:
 
 def _chunk(gens: list[Generation], model: str, choices: list[CompletionChoice], with_usage: bool = False) -> bytes:
     # `object` is passed although it has a default: chunks are serialized with exclude_unset.
-    chunk = CompletionResponse(id=gens[0].id, object="text_completion", created=gens[0].created, model=model, choices=choices)
+    chunk = CompletionResponse(
+        id=gens[0].id, object="text_completion", created=gens[0].created, model=model, choices=choices
+    )
     if with_usage:
         chunk.usage = usage(gens)
     return sse(chunk)
@@ -126,7 +138,9 @@ async def _stream(
     offsets = {(g, i): len(echoes[g]) for g in range(len(gens)) for i in range(n)}
     for g, echo in enumerate(echoes):
         if echo:
-            yield _chunk(gens, model.name, [CompletionChoice(index=g * n + i, text=echo, finish_reason=None) for i in range(n)])
+            yield _chunk(
+                gens, model.name, [CompletionChoice(index=g * n + i, text=echo, finish_reason=None) for i in range(n)]
+            )
     unfinished = len(gens)
     try:
         async for g, out in merged_outputs(gens):
@@ -134,7 +148,9 @@ async def _stream(
             for o in out.outputs:
                 if not (o.delta_text or o.delta_logprobs or o.finished):
                     continue
-                choice = CompletionChoice(index=g * n + o.index, text=o.delta_text, finish_reason=finish_reason(o.finish_reason))
+                choice = CompletionChoice(
+                    index=g * n + o.index, text=o.delta_text, finish_reason=finish_reason(o.finish_reason)
+                )
                 if logprobs:
                     choice.logprobs = completion_logprobs(tokenizer, o.delta_logprobs, offsets[g, o.index])
                 offsets[g, o.index] += len(o.delta_text)
@@ -145,4 +161,3 @@ async def _stream(
     if include_usage:
         yield _chunk(gens, model.name, [], with_usage=True)
     yield DONE
-

@@ -68,7 +68,9 @@ class Generation:
             self._first = await anext(self._stream)
         except BaseException as exc:
             await self._stream.aclose()
-            raise from_engine_error(exc) if isinstance(exc, Exception) else exc
+            if isinstance(exc, Exception):
+                raise from_engine_error(exc) from None
+            raise
         self._timer.prompt(self.prompt_tokens)
 
     async def outputs(self) -> AsyncIterator[RequestOutput]:
@@ -112,7 +114,10 @@ def usage(gens: list[Generation]) -> Usage:
     completion = sum(g.completion_tokens for g in gens)
     cached = PromptTokensDetails(cached_tokens=sum(g.num_cached_tokens for g in gens))
     return Usage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion, prompt_tokens_details=cached
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=cached,
     )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..engine import TokenLogprob, Tokenizer
-from .protocol import ChoiceLogprobs, CompletionLogprobs, TokenLogprob as ChatTokenLogprob, TopLogprob
+from ..engine import Tokenizer, TokenLogprob
+from .protocol import ChoiceLogprobs, CompletionLogprobs, TopLogprob
+from .protocol import TokenLogprob as ChatTokenLogprob
 
 
 def _top(tokenizer: Tokenizer, token_id: int, logprob: float) -> TopLogprob:

@@ -26,9 +26,15 @@ class _EngineCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         running = GaugeMetricFamily("tramontane_requests_running", "Requests being generated", labels=["model"])
         waiting = GaugeMetricFamily("tramontane_requests_waiting", "Requests queued in the engine", labels=["model"])
-        kv = GaugeMetricFamily("tramontane_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", labels=["model"])
-        hits = CounterMetricFamily("tramontane_prefix_cache_hits", "Prompt tokens served from the prefix cache", labels=["model"])
-        queries = CounterMetricFamily("tramontane_prefix_cache_queries", "Prompt tokens looked up in the prefix cache", labels=["model"])
+        kv = GaugeMetricFamily(
+            "tramontane_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", labels=["model"]
+        )
+        hits = CounterMetricFamily(
+            "tramontane_prefix_cache_hits", "Prompt tokens served from the prefix cache", labels=["model"]
+        )
+        queries = CounterMetricFamily(
+            "tramontane_prefix_cache_queries", "Prompt tokens looked up in the prefix cache", labels=["model"]
+        )
         for name, engine in self.models.engines():
             stats = engine.stats()
             running.add_metric([name], stats.num_running)
@@ -45,18 +51,27 @@ class Metrics:
         r = self.registry
         self.requests = Counter("tramontane_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
         self.request_latency = Histogram(
-            "tramontane_http_request_duration_seconds", "HTTP request latency, to the last byte",
-            ["method", "route"], buckets=_LATENCY_BUCKETS, registry=r,
+            "tramontane_http_request_duration_seconds",
+            "HTTP request latency, to the last byte",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.prompt_tokens = Counter("tramontane_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
         self.completion_tokens = Counter("tramontane_completion_tokens", "Tokens generated", ["model"], registry=r)
         self.ttft = Histogram(
-            "tramontane_time_to_first_token_seconds", "Submission to the engine to first generated token",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r,
+            "tramontane_time_to_first_token_seconds",
+            "Submission to the engine to first generated token",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.itl = Histogram(
-            "tramontane_inter_token_latency_seconds", "Time between generated tokens",
-            ["model"], buckets=_TOKEN_BUCKETS, registry=r,
+            "tramontane_inter_token_latency_seconds",
+            "Time between generated tokens",
+            ["model"],
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
         )
         r.register(_EngineCollector(models))
 
