@@ -34,7 +34,7 @@ def test_spec_validation() -> None:
         (SandboxSpec(metadata={str(i): "v" for i in range(100)}), "metadata"),
         (SandboxSpec(limits=Limits(memory_mb=8192)), "memory_mb"),
         (SandboxSpec(limits=Limits(cpu=0.01)), "cpu"),
-        (SandboxSpec(network=NetworkPolicy(allow_out=("pypi.org",))), "network"),
+        (SandboxSpec(network=NetworkPolicy(allow_out=("pypi.org",))), "network.allow_out"),
     ]
     for spec, param in cases:
         with pytest.raises(InvalidArgument) as caught:
@@ -46,7 +46,7 @@ def test_request_body_maps_to_spec() -> None:
     body = CreateSandboxBody(timeout=60, cpu=0.5, disk_mb=128, envs={"A": "b"}, allow_internet_access=True)
     spec = body.spec(Limits())
     assert (spec.timeout_s, spec.limits.cpu, spec.limits.workspace_mb, spec.limits.memory_mb) == (60, 0.5, 128, 512)
-    assert spec.env == {"A": "b"} and spec.network.allow_out == ("*",)
+    assert spec.env == {"A": "b"} and spec.network.allow_out == ("*:*",)
 
 
 def test_seccomp_program_compiles() -> None:

@@ -62,8 +62,8 @@ def test_error_shapes(live, sbx: Sandbox) -> None:
         assert too_much.status_code == 400 and too_much.json()["error"]["param"] == "memory_mb"
         template = http.post("/v1/sandboxes", json={"template": "gpu-xl"})
         assert template.json()["error"]["code"] == "template_not_found"
-        egress = http.post("/v1/sandboxes", json={"allow_internet_access": True})
-        assert egress.status_code == 400 and egress.json()["error"]["code"] == "egress_unavailable"
+        egress = http.post("/v1/sandboxes", json={"network": {"allow_out": ["pypi.org"]}})
+        assert egress.status_code == 422 and egress.json()["error"]["param"] == "network.allow_out"
         bad_timeout = http.post(f"/v1/sandboxes/{sbx.sandbox_id}/timeout", json={"timeout": 0})
         assert bad_timeout.status_code == 400
 

@@ -21,6 +21,8 @@ HOME = "/home/user"
 HOSTNAME = "sandbox"
 PYTHON = "/usr/bin/python3"
 GUEST_ROOT = "/opt/tramontane"  # the guest package lands in GUEST_ROOT/guest
+EGRESS_SOCKET = "/run/tramontane/egress.sock"  # the host's egress proxy, where a sandbox has one
+PROXY_URL = "http://127.0.0.1:3128"  # the guest's forwarder to EGRESS_SOCKET
 
 # Top-level directories a merged-/usr system links into /usr, or binds on an older one.
 USR_ROOTS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -59,7 +61,7 @@ def sandbox_files() -> dict[str, bytes]:
     """Files bwrap writes into the sandbox read-only: identity files and the guest code."""
     files = {"/etc/passwd": _passwd(), "/etc/group": _group(), "/etc/hosts": _hosts()}
     guest = Path(__file__).with_name("guest")
-    for name in ("__init__.py", "agent.py", "fileops.py", "interpreter.py"):
+    for name in ("__init__.py", "agent.py", "fileops.py", "forwarder.py", "interpreter.py"):
         files[f"{GUEST_ROOT}/guest/{name}"] = (guest / name).read_bytes()
     return files
 
@@ -77,6 +79,12 @@ def base_env() -> dict[str, str]:
         "MPLCONFIGDIR": "/tmp/.matplotlib",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+
+
+def proxy_env() -> dict[str, str]:
+    """Points HTTP clients (curl, pip, requests, urllib) at the egress forwarder."""
+    env = {"HTTP_PROXY": PROXY_URL, "HTTPS_PROXY": PROXY_URL, "NO_PROXY": "localhost,127.0.0.1,::1"}
+    return env | {name.lower(): value for name, value in env.items()}
 
 
 @dataclass
@@ -118,7 +126,10 @@ def _root_filesystem() -> list[str]:
     return argv
 
 
-def build_argv(bwrap: str, limits: Limits, fds: LaunchFds, command: list[str]) -> list[str]:
+def build_argv(
+    bwrap: str, limits: Limits, fds: LaunchFds, command: list[str], egress_socket: str | None = None
+) -> list[str]:
+    """`egress_socket`: the host path of the sandbox's egress proxy, if it has one."""
     argv = [
         bwrap,
         # Every namespace; --disable-userns stops the sandbox nesting its own.
@@ -137,6 +148,9 @@ def build_argv(bwrap: str, limits: Limits, fds: LaunchFds, command: list[str]) -
     ]  # fmt: skip
     for path, fd in fds.files.items():
         argv += ["--perms", "0444", "--ro-bind-data", str(fd), path]
+    if egress_socket is not None:
+        # Read-only still lets the sandbox connect; it cannot replace the socket.
+        argv += ["--ro-bind", egress_socket, EGRESS_SOCKET]
     argv += [
         "--proc", "/proc",
         "--dev", "/dev",

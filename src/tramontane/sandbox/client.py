@@ -276,13 +276,17 @@ class Sandbox:
         memory_mb: int | None = None,
         disk_mb: int | None = None,
         idle_timeout: float | None = None,
+        allow_out: list[str] | None = None,
         api_url: str | None = None,
         api_key: str | None = None,
         request_timeout: float = 600,
     ) -> Sandbox:
+        """`allow_out`: "host:port" entries the sandbox may reach through its HTTP
+        proxy (HTTP_PROXY inside it); without it, the sandbox has no network."""
         http = cls._client(api_url, api_key, request_timeout)
         body = {"template": template, "timeout": timeout, "metadata": metadata or {}, "envs": envs or {}}
         body |= {"allow_internet_access": allow_internet_access, "idle_timeout": idle_timeout}
+        body |= {"network": {"allow_out": list(allow_out or [])}}
         body |= {k: v for k, v in {"cpu": cpu, "memory_mb": memory_mb, "disk_mb": disk_mb}.items() if v is not None}
         response = http.post("/v1/sandboxes", json=body)
         _raise_for(response)

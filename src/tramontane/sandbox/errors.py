@@ -18,6 +18,13 @@ class InvalidArgument(SandboxError):
     default_code = "invalid_argument"
 
 
+class Unprocessable(InvalidArgument):
+    """Well-formed but unusable, like a bad network allow-list entry."""
+
+    status = 422
+    default_code = "invalid_value"
+
+
 class Forbidden(SandboxError):
     """The sandbox refused it: a read-only path, a file the sandbox user cannot touch."""
 

@@ -24,8 +24,9 @@ from functools import lru_cache
 from . import bwrap, seccomp
 from .cgroups import Cgroup, CgroupTree
 from .channel import MAX_LINE_BYTES, AgentChannel
+from .egress import EgressProxy, egress_socket_path
 from .errors import SandboxError, Unavailable
-from .policy import Limits, MiB
+from .policy import EgressRule, Limits, MiB
 
 logger = logging.getLogger("tramontane.sandbox")
 
@@ -34,7 +35,7 @@ STDERR_TAIL_BYTES = 8192
 
 AGENT_BOOT = (
     f"import json, sys; sys.path.insert(0, {bwrap.GUEST_ROOT!r}); "
-    "from guest.agent import main; main(json.loads(sys.argv[1]))"
+    "from guest.agent import main; main(*map(json.loads, sys.argv[1:]))"
 )
 
 
@@ -53,8 +54,9 @@ def rlimits(limits: Limits) -> dict[int, int]:
     }
 
 
-def agent_command(limits: Limits) -> list[str]:
-    return [bwrap.PYTHON, "-I", "-S", "-c", AGENT_BOOT, json.dumps(rlimits(limits))]
+def agent_command(limits: Limits, egress: bool = False) -> list[str]:
+    argv = [bwrap.PYTHON, "-I", "-S", "-c", AGENT_BOOT, json.dumps(rlimits(limits))]
+    return argv + [json.dumps(bwrap.EGRESS_SOCKET)] if egress else argv
 
 
 def _read_to_end(fd: int) -> bytes:
@@ -65,7 +67,7 @@ def _read_to_end(fd: int) -> bytes:
 
 
 def _spawn(
-    bwrap_path: str, group: Cgroup, limits: Limits, host_uid: int, env: dict[str, str]
+    bwrap_path: str, group: Cgroup, limits: Limits, host_uid: int, env: dict[str, str], egress_socket: str | None
 ) -> subprocess.Popen[bytes]:
     """Starts bwrap, moves it and the sandbox's PID 1 into `group`, then lets it go on."""
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
@@ -73,7 +75,7 @@ def _spawn(
     fds = bwrap.LaunchFds(seccomp.filter_fd(), info_w, block_r, bwrap.open_file_fds(_sandbox_files()))
     try:
         process = subprocess.Popen(
-            bwrap.build_argv(bwrap_path, limits, fds, agent_command(limits)),
+            bwrap.build_argv(bwrap_path, limits, fds, agent_command(limits, egress_socket is not None), egress_socket),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -113,6 +115,7 @@ class Runtime:
     cgroup: Cgroup
     channel: AgentChannel
     host_uid: int
+    egress: EgressProxy | None = None  # the sandbox's way out, if its policy allows any
     stderr_tail: bytearray = field(default_factory=bytearray)
     _stderr_task: asyncio.Task[None] | None = None
 
@@ -135,19 +138,40 @@ class Runtime:
             self.cgroup.remove()
         except OSError as exc:
             logger.error("could not remove a sandbox cgroup: %s", exc)
+        if self.egress is not None:
+            await self.egress.close()
 
 
 async def launch(
-    *, bwrap_path: str, tree: CgroupTree, name: str, limits: Limits, host_uid: int, env: dict[str, str]
+    *,
+    bwrap_path: str,
+    tree: CgroupTree,
+    name: str,
+    limits: Limits,
+    host_uid: int,
+    env: dict[str, str],
+    egress_rules: tuple[EgressRule, ...] = (),
 ) -> Runtime:
+    """Starts a sandbox; with `egress_rules`, also its egress proxy and the
+    environment that points HTTP clients at it."""
+    proxy = None
+    if egress_rules:
+        proxy = EgressProxy(name, egress_socket_path(name), egress_rules)
+        await proxy.start(host_uid)
+        env = {**env, **bwrap.proxy_env()}
     group = tree.create(name, limits)
     try:
-        process = await asyncio.to_thread(_spawn, bwrap_path, group, limits, host_uid, env)
+        socket_path = None if proxy is None else str(proxy.path)
+        process = await asyncio.to_thread(_spawn, bwrap_path, group, limits, host_uid, env, socket_path)
     except BaseException:
         await asyncio.to_thread(group.kill)
         group.remove()
+        if proxy is not None:
+            await proxy.close()
         raise
-    return await attach(process, group, host_uid)
+    runtime = await attach(process, group, host_uid)
+    runtime.egress = proxy
+    return runtime
 
 
 async def attach(process: subprocess.Popen[bytes], group: Cgroup, host_uid: int) -> Runtime:

@@ -29,11 +29,11 @@ from typing import Any
 
 from . import bwrap
 from .cgroups import CgroupTree
-from .errors import NotFound, SandboxError, Unavailable
+from .errors import NotFound, SandboxError, Unavailable, Unprocessable
 from .files import MAX_FILE_BYTES
 from .launcher import Runtime, launch
 from .microvm import MicroVMHost, launch_vm
-from .policy import Limits, SandboxSpec, validate_timeout
+from .policy import EgressRule, Limits, SandboxSpec, validate_timeout
 from .sandbox import ManagedSandbox, SandboxState
 
 logger = logging.getLogger("tramontane.sandbox")
@@ -148,6 +148,8 @@ class SandboxManager:
         spec.validate(
             templates=self.config.templates, max_limits=self.config.max_limits, max_timeout_s=self.config.max_timeout_s
         )
+        if spec.template == MICROVM_TEMPLATE and spec.network.allow_out:
+            raise Unprocessable("egress allow-list is tier-1 only", param="network.allow_out", code="egress_tier1_only")
         if spec.template == MICROVM_TEMPLATE and self._microvm is None:
             raise Unavailable(self._microvm_missing, code="microvm_unavailable")
         if len(self._sandboxes) + self._creating >= self.config.max_sandboxes:
@@ -168,7 +170,7 @@ class SandboxManager:
         else:
             self._creating += 1
             try:
-                sandbox_id, runtime = await self._launch_to_completion(spec.template, spec.limits, spec.env)
+                sandbox_id, runtime = await self._launch_to_completion(spec)
             finally:
                 self._creating -= 1
         sandbox = ManagedSandbox(sandbox_id, spec, runtime, self.config.max_file_bytes)
@@ -178,6 +180,9 @@ class SandboxManager:
         return sandbox
 
     def _claim(self, spec: SandboxSpec) -> tuple[str, Runtime] | None:
+        # Pooled sandboxes have no egress proxy, whose socket is mounted at start.
+        if spec.network.allow_out:
+            return None
         if _pool_key(spec.template, spec.limits) != _pool_key(spec.template, self.config.default_limits):
             return None
         pool = self._pools[spec.template]
@@ -188,10 +193,10 @@ class SandboxManager:
             self._background(self._release(runtime))
         return None
 
-    async def _launch_to_completion(self, template: str, limits: Limits, env: dict[str, str]) -> tuple[str, Runtime]:
+    async def _launch_to_completion(self, spec: SandboxSpec) -> tuple[str, Runtime]:
         """A launch the caller's cancellation (a client hanging up) cannot cut in
         half: it runs on, and what it started is released."""
-        launching = asyncio.ensure_future(self._launch(template, limits, env))
+        launching = asyncio.ensure_future(self._launch(spec.template, spec.limits, spec.env, spec.network.rules()))
         try:
             return await asyncio.shield(launching)
         except asyncio.CancelledError:
@@ -209,7 +214,9 @@ class SandboxManager:
             return self._microvm.host_limits(limits)
         return limits
 
-    async def _launch(self, template: str, limits: Limits, env: dict[str, str]) -> tuple[str, Runtime]:
+    async def _launch(
+        self, template: str, limits: Limits, env: dict[str, str], egress_rules: tuple[EgressRule, ...] = ()
+    ) -> tuple[str, Runtime]:
         if not self._free_uids:
             raise Unavailable("no free sandbox slot", code="capacity")
         assert self._tree is not None
@@ -236,6 +243,7 @@ class SandboxManager:
                 limits=limits,
                 host_uid=self.config.host_uid_base + slot,
                 env={**bwrap.base_env(), **env},
+                egress_rules=egress_rules,
             )
         except BaseException:
             self._free_uids.append(slot)

@@ -6,10 +6,11 @@ argv, cgroup files, rlimits) can trust its numbers.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, Unprocessable
 
 MiB = 1024 * 1024
 
@@ -47,26 +48,100 @@ class Limits:
         return self
 
 
+MAX_ALLOW_OUT = 64
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def canonical_ip(text: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@dataclass(frozen=True)
+class EgressRule:
+    """One allow-list entry: `host:port`, where host is a DNS name, `*.domain`
+    (its subdomains), `*` (any public host), or an IP literal (IPv6 in brackets),
+    and port is a number or `*`. Private, loopback and link-local addresses are
+    only reachable through an IP rule naming that address and its port exactly."""
+
+    host: str  # lower-case name, "*.suffix", "*", or an IP address in its canonical form
+    port: int | None  # None: any port
+    ip: IPAddress | None = None
+
+    def matches(self, host: str, port: int) -> bool:
+        """Whether a request for `host` (a lower-case name or a canonical IP) may proceed."""
+        if self.port is not None and self.port != port:
+            return False
+        if self.host == "*":
+            return True
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:])
+        return self.host == host
+
+    def unlocks(self, address: IPAddress, port: int) -> bool:
+        """Whether this rule names `address:port` exactly, as a non-public address needs."""
+        return self.ip == address and self.port == port
+
+
+def _valid_name(name: str) -> bool:
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+def parse_egress_rule(entry: str) -> EgressRule:
+    """The rule an allow-list entry means; ValueError says what is wrong with it."""
+    text = entry.strip().lower()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{entry!r}: expected host:port, e.g. example.com:443 or 10.0.0.5:8080")
+    if port_text == "*":
+        port = None
+    elif port_text.isdigit() and 1 <= int(port_text) <= 65535:
+        port = int(port_text)
+    else:
+        raise ValueError(f"{entry!r}: the port must be 1-65535 or *")
+    if host.startswith("[") and host.endswith("]"):
+        ip = canonical_ip(host[1:-1])
+        if ip is None:
+            raise ValueError(f"{entry!r}: {host} is not an IP address")
+        return EgressRule(str(ip), port, ip)
+    if ":" in host:
+        raise ValueError(f"{entry!r}: write an IPv6 address in brackets, e.g. [2001:db8::1]:443")
+    ip = canonical_ip(host)
+    if ip is not None:
+        return EgressRule(str(ip), port, ip)
+    if host == "*" or (host.startswith("*.") and _valid_name(host[2:])) or _valid_name(host):
+        return EgressRule(host, port)
+    raise ValueError(f"{entry!r}: {host!r} is not a host name, *.domain, * or an IP address")
+
+
 @dataclass(frozen=True)
 class NetworkPolicy:
-    """Network access. Tier 1 gives each sandbox its own network namespace with
-    only a loopback interface, so nothing outside the sandbox is reachable.
-
-    `allow_out` (host names or CIDRs reachable through an egress proxy) is part of
-    the shape so clients can ask for it, but tier 1 refuses a non-empty list:
-    the proxy (a Unix socket bound into the sandbox, forwarding CONNECTs that
-    match the list) is not built yet.
+    """Network access. Every tier-1 sandbox has its own network namespace with
+    only a loopback interface. A non-empty `allow_out` adds one way out: an HTTP
+    proxy on the host (see `egress`), reachable through a Unix socket in the
+    sandbox and relayed from 127.0.0.1:3128, that only goes where a rule allows.
     """
 
     allow_out: tuple[str, ...] = ()
 
+    def rules(self) -> tuple[EgressRule, ...]:
+        return tuple(parse_egress_rule(entry) for entry in self.allow_out)
+
     def validate(self) -> NetworkPolicy:
-        if self.allow_out:
-            raise InvalidArgument(
-                "egress allow-lists are not available yet: tier-1 sandboxes have no network access",
-                param="network",
-                code="egress_unavailable",
-            )
+        if len(self.allow_out) > MAX_ALLOW_OUT:
+            raise Unprocessable(f"allow_out is limited to {MAX_ALLOW_OUT} entries", param="network.allow_out")
+        try:
+            self.rules()
+        except ValueError as exc:
+            raise Unprocessable(str(exc), param="network.allow_out") from None
         return self
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .cgroups import Usage
 from .files import EntryInfo
-from .policy import Limits, NetworkPolicy, SandboxSpec
+from .policy import MAX_ALLOW_OUT, Limits, NetworkPolicy, SandboxSpec, parse_egress_rule
 from .process import ProcessInfo
 from .sandbox import SandboxInfo
 
@@ -19,7 +19,22 @@ class _Body(BaseModel):
 
 
 class NetworkBody(_Body):
-    allow_out: list[str] = Field(default_factory=list, description="Hosts or CIDRs to allow (not available in tier 1).")
+    allow_out: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ALLOW_OUT,
+        description=(
+            'Where the sandbox may connect through its HTTP proxy, as "host:port": a name, "*.domain" '
+            '(subdomains), "*" (any public host) or an IP ("[v6]"); port a number or "*". '
+            "Private, loopback and link-local addresses need their exact IP:port. Empty: no network."
+        ),
+    )
+
+    @field_validator("allow_out")
+    @classmethod
+    def _entries_parse(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_egress_rule(entry)
+        return entries
 
 
 class CreateSandboxBody(_Body):
@@ -31,13 +46,13 @@ class CreateSandboxBody(_Body):
     cpu: float | None = Field(None, description="Cores (a CFS quota).")
     memory_mb: int | None = None
     disk_mb: int | None = Field(None, description="Size of /home/user.")
-    allow_internet_access: bool = Field(False, description="E2B's switch; tier 1 refuses true.")
+    allow_internet_access: bool = Field(False, description='E2B\'s switch: true adds "*:*" to network.allow_out.')
     network: NetworkBody = Field(default_factory=NetworkBody)
 
     def spec(self, defaults: Limits) -> SandboxSpec:
         changes = {"cpu": self.cpu, "memory_mb": self.memory_mb, "workspace_mb": self.disk_mb}
         limits = Limits(**{**defaults.__dict__, **{k: v for k, v in changes.items() if v is not None}})
-        allow_out = tuple(self.network.allow_out) + (("*",) if self.allow_internet_access else ())
+        allow_out = tuple(self.network.allow_out) + (("*:*",) if self.allow_internet_access else ())
         return SandboxSpec(
             template=self.template,
             timeout_s=self.timeout,

@@ -32,6 +32,8 @@ PR_SET_DUMPABLE = 4
 LIBC = ctypes.CDLL(None, use_errno=True)
 GUEST_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERPRETER_BOOT = f"import sys; sys.path.insert(0, {GUEST_ROOT!r}); from guest.interpreter import main; main()"
+FORWARDER_BOOT = f"import sys; sys.path.insert(0, {GUEST_ROOT!r}); from guest.forwarder import main; main(sys.argv[1])"
+PROXY_PORT = 3128  # where HTTP_PROXY points in sandboxes with an egress allow-list
 
 
 class Child:
@@ -200,6 +202,22 @@ class Agent:
             ]
         }
 
+    def start_forwarder(self, proxy_path):
+        """Relays 127.0.0.1:PROXY_PORT to the host's egress proxy at `proxy_path`.
+        Not one of the listed processes: it is part of the sandbox, not a command."""
+        import socket  # only sandboxes with egress pay for the import
+
+        listener = socket.socket()
+        try:
+            listener.bind(("127.0.0.1", PROXY_PORT))
+            listener.listen(128)
+            argv = ["/usr/bin/python3", "-I", "-S", "-c", FORWARDER_BOOT, proxy_path]
+            _, out_r, err_r = self.spawn(argv, "/", self.env, extra_fds=(listener.fileno(),))
+        finally:
+            listener.close()
+        os.close(out_r)
+        os.close(err_r)
+
     def op_configure(self, request):
         self.env.update(request.get("env") or {})
         return {}
@@ -363,7 +381,7 @@ class Agent:
             self.send({"id": rid, "ev": "result", "results": [], "error": error, "execution_count": None})
 
 
-def main(rlimits):
+def main(rlimits, egress_socket=None):
     # Only the host's pipes may cross into commands: drop whatever bwrap left open.
     os.closerange(3, 1 << 16)
     # Soft and hard: nothing started from here can raise them again.
@@ -373,4 +391,7 @@ def main(rlimits):
     # and fds are closed to it, so it cannot take the agent over. (spawn() makes
     # each child dumpable again.)
     LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    Agent().run()
+    agent = Agent()
+    if egress_socket is not None:
+        agent.start_forwarder(egress_socket)
+    agent.run()
