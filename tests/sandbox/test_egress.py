@@ -86,7 +86,7 @@ def test_listed_port_is_reachable_through_the_proxy(egress: Sandbox, host_pages:
     assert egress.commands.run(f"curl -sS {url}", envs=THROUGH_PROXY).stdout == PAGE.decode()
     # Through a CONNECT tunnel, as for https.
     assert egress.commands.run(f"curl -sS --proxytunnel {url}", envs=THROUGH_PROXY).stdout == PAGE.decode()
-    code = f"import urllib.request; print(urllib.request.urlopen(\"{url}\", timeout=10).read().decode())"
+    code = f'import urllib.request; print(urllib.request.urlopen("{url}", timeout=10).read().decode())'
     assert egress.commands.run(f"python3 -c '{code}'", envs=THROUGH_PROXY).stdout.strip() == PAGE.decode()
 
 

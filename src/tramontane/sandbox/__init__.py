@@ -1,6 +1,7 @@
 """Sandboxes for AI agents behind one E2B-shaped REST API and Python SDK, in two
 tiers picked by template: "base" (tier 1: Linux namespaces through bubblewrap, a
-seccomp filter, a cgroup and rlimits per sandbox, no network) and "microvm"
+seccomp filter, a cgroup and rlimits per sandbox, no network unless an egress
+allow-list opens a way out through a host-side proxy, see `egress`) and "microvm"
 (tier 2: the same agent and filter inside a QEMU microVM under KVM, see
 `microvm`).
 
