@@ -4,8 +4,9 @@ latency and idle density.
 Latency is the time from asking for a sandbox to having the output of a first
 command (`echo ok`), measured three ways: in-process with the warm pool (the
 default), in-process with the pool off (every sandbox started cold: bwrap, the
-namespaces, the agent's Python start-up), and through the REST API with the SDK
-(server in a process of its own, a new client per sandbox, warm pool).
+namespaces, the agent's Python start-up), through the REST API with the SDK
+(server in a process of its own, a new client per sandbox, warm pool), and cold
+with an egress allow-list (its proxy, socket mount and forwarder).
 Density starts N sandboxes at once, checks each answers a command, and reports
 what they cost in memory (their cgroups' own accounting, and the host's
 MemAvailable before and after). Needs root and bubblewrap.
@@ -34,7 +35,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, SandboxSpec, create_router
+from tramontane.sandbox import ManagerConfig, NetworkPolicy, Sandbox, SandboxManager, SandboxSpec, create_router
 
 MiB = 1024 * 1024
 
@@ -58,7 +59,9 @@ async def wait_for_pool(manager: SandboxManager, size: int) -> None:
         await asyncio.sleep(0.01)
 
 
-async def latency(iterations: int, pool_size: int, template: str = "base", accel: str = "kvm") -> list[float]:
+async def latency(
+    iterations: int, pool_size: int, template: str = "base", accel: str = "kvm", allow_out: tuple[str, ...] = ()
+) -> list[float]:
     if template == "base":
         config = ManagerConfig(pool_size=pool_size, microvm_pool_size=0)
     else:
@@ -69,8 +72,9 @@ async def latency(iterations: int, pool_size: int, template: str = "base", accel
     try:
         for _ in range(iterations):
             await wait_for_pool(manager, pool_size)
+            spec = SandboxSpec(template=template, limits=config.default_limits, network=NetworkPolicy(allow_out))
             started = time.perf_counter()
-            sandbox = await manager.create(SandboxSpec(template=template, limits=config.default_limits))
+            sandbox = await manager.create(spec)
             result = await sandbox.commands.run("echo ok")
             samples.append((time.perf_counter() - started) * 1000)
             assert result.stdout == "ok\n"
@@ -204,6 +208,9 @@ def main() -> None:
     print(f"  in-process, warm pool:  {percentiles(asyncio.run(latency(args.iterations, args.pool)))}")
     print(f"  in-process, cold start: {percentiles(asyncio.run(latency(args.iterations, 0)))}")
     print(f"  REST API + SDK, warm:   {percentiles(latency_over_http(args.iterations, args.pool))}")
+    # An allow-list means a proxy and a socket mount at start: never pooled.
+    egress = asyncio.run(latency(args.iterations, 0, allow_out=("example.com:443",)))
+    print(f"  in-process, egress allow-list (cold): {percentiles(egress)}")
     print(f"idle density ({args.concurrent} concurrent sandboxes)")
     asyncio.run(density(args.concurrent))
     print(f"create -> first command output (echo ok), tier 2 (QEMU microVM, {args.accel})")
