@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from isolation_helpers import NETWORK_PROBE, py, sh
 
 from tramontane.sandbox import Sandbox
+from tramontane.sandbox.egress import MAX_CONNECTIONS
 from tramontane.sandbox.policy import canonical_ip, parse_egress_rule
 
 PAGE = b"hello from the host"
@@ -48,8 +50,9 @@ def host_pages() -> Iterator[tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def egress(live, host_pages: tuple[int, int]) -> Iterator[Sandbox]:
-    allowed, _ = host_pages
-    sandbox = live.create(timeout=120, allow_out=[f"127.0.0.1:{allowed}", "*:80"])
+    allowed, unlisted = host_pages
+    # localhost:unlisted names a loopback port by name only: that is not enough.
+    sandbox = live.create(timeout=120, allow_out=[f"127.0.0.1:{allowed}", "*:80", f"localhost:{unlisted}"])
     yield sandbox
     sandbox.kill()
     sandbox.close()
@@ -104,12 +107,30 @@ def test_unlisted_port_is_refused_by_the_proxy(
     assert denied and all(f"127.0.0.1:{unlisted}" in m and "hunter2" not in m for m in denied)
 
 
-def test_metadata_address_is_refused_even_where_its_port_is_allowed(egress: Sandbox) -> None:
+def test_non_public_addresses_need_their_exact_ip_and_port(egress: Sandbox, host_pages: tuple[int, int]) -> None:
+    _, unlisted = host_pages
     # "*:80" matches any host on port 80, but never a link-local address.
-    status = egress.commands.run(
-        "curl -s -o /dev/null -w '%{http_code}' http://169.254.169.254/latest/meta-data/", envs=THROUGH_PROXY
-    )
-    assert status.stdout == "403"
+    for url in ("http://169.254.169.254/latest/meta-data/", f"http://localhost:{unlisted}/"):
+        status = egress.commands.run(f"curl -s -o /dev/null -w '%{{http_code}}' {url}", envs=THROUGH_PROXY)
+        assert status.stdout == "403", url
+
+
+def test_connections_per_sandbox_are_bounded(live, egress: Sandbox) -> None:
+    path = str(live.manager.get(egress.sandbox_id).runtime.egress.path)
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            held = socket.socket(socket.AF_UNIX)
+            held.connect(path)
+            idle.append(held)
+        time.sleep(0.2)  # let the proxy accept them all
+        with socket.socket(socket.AF_UNIX) as extra:
+            extra.settimeout(5)
+            extra.connect(path)
+            assert extra.recv(1024).startswith(b"HTTP/1.1 503 ")
+    finally:
+        for held in idle:
+            held.close()
 
 
 def test_direct_connections_still_fail(egress: Sandbox, host_pages: tuple[int, int]) -> None:

@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .policy import EgressRule, IPAddress, canonical_ip
+from .policy import EgressRule, IPAddress, canonical_ip, valid_host_name
 
 logger = logging.getLogger("tramontane.sandbox.egress")
 
@@ -33,6 +34,7 @@ HEAD_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 10.0
 CHUNK = 65536
 # Hop-by-hop headers of the client-to-proxy leg; the upstream leg gets its own.
+_METHOD = re.compile(r"[A-Z]{1,20}")
 _HOP_HEADERS = {b"proxy-authorization", b"proxy-connection", b"connection", b"keep-alive"}
 
 
@@ -121,6 +123,8 @@ class EgressProxy:
         request_line, _, headers = head.partition(b"\r\n")
         method, target, version = (request_line.decode("latin-1").split(" ") + ["", ""])[:3]
         try:
+            if not _METHOD.fullmatch(method):
+                raise Refused(400, "not an HTTP request")
             if method == "CONNECT":
                 host, port = _split_authority(target)
                 forward = b""
@@ -162,6 +166,8 @@ class EgressProxy:
 
     async def _open(self, method: str, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to the first address of host:port the rules allow."""
+        if canonical_ip(host) is None and not valid_host_name(host):
+            raise Refused(400, "not a host name or IP address")  # not logged: it could be anything
         target = f"{host}:{port}"
         if not any(rule.matches(host, port) for rule in self.rules):
             self._log(method, target, "denied", "not on the allow-list")

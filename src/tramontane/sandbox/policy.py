@@ -91,7 +91,7 @@ class EgressRule:
         return self.ip == address and self.port == port
 
 
-def _valid_name(name: str) -> bool:
+def valid_host_name(name: str) -> bool:
     return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
 
 
@@ -117,7 +117,7 @@ def parse_egress_rule(entry: str) -> EgressRule:
     ip = canonical_ip(host)
     if ip is not None:
         return EgressRule(str(ip), port, ip)
-    if host == "*" or (host.startswith("*.") and _valid_name(host[2:])) or _valid_name(host):
+    if host == "*" or (host.startswith("*.") and valid_host_name(host[2:])) or valid_host_name(host):
         return EgressRule(host, port)
     raise ValueError(f"{entry!r}: {host!r} is not a host name, *.domain, * or an IP address")
 
