@@ -3,15 +3,12 @@ and the scripted model (agents_helpers.py) beside the real ones."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from agents_helpers import SANDBOX_IDLE_S, AgentsServer, ScriptedBackend, Tenant
+from live_app import serve_in_thread
 from mistralai.client import Mistral
 
 from tramontane.agents.backend import EngineBackend
@@ -34,20 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentsServer]:
         registry, tenancy, sandboxes=sandboxes, agent_backend=backend, agent_sandbox_idle_timeout_s=SANDBOX_IDLE_S
     )
     backend.engine = EngineBackend(registry, app.state.metrics)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield AgentsServer(url, registry, tenancy, sandboxes, backend, admin_key)
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with serve_in_thread(app, stop_timeout_s=30) as url:
+        yield AgentsServer(url, registry, tenancy, sandboxes, backend, admin_key)
     tenancy.close()
 
 

@@ -5,8 +5,6 @@ home, keys made through the admin API), and polling."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +14,7 @@ from typing import Any
 
 import httpx
 import openai
-import uvicorn
+from live_app import serve_in_thread
 from mistralai.client import Mistral
 
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME
@@ -107,21 +105,10 @@ def serve(home: Path, registry: ModelRegistry, base_models: dict[str, str], **op
 
     service = FineTuning(tenancy.store, home, base_models, on_model_ready=on_model_ready, **options)
     app = create_app(registry, tenancy, finetune=service)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
     try:
-        yield Server(f"http://127.0.0.1:{sock.getsockname()[1]}", admin_key, service, ready_models=ready)
+        with serve_in_thread(app) as url:
+            yield Server(url, admin_key, service, ready_models=ready)
     finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-        sock.close()
         tenancy.close()
 
 

@@ -106,7 +106,12 @@ def live() -> Iterator[LiveSandboxes]:
     if UNAVAILABLE is not None:
         pytest.skip(UNAVAILABLE)
     config = ManagerConfig(
-        max_sandboxes=64, pool_size=2, microvm_pool_size=0, reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024
+        max_sandboxes=64,
+        pool_size=2,
+        microvm_pool_size=0,
+        reap_interval_s=0.1,
+        max_file_bytes=4 * 1024 * 1024,
+        egress_private_networks=("127.0.0.0/8",),  # the egress tests' pages listen on the host's loopback
     )
     with _serve(SandboxManager(config)) as served:
         yield served

@@ -5,8 +5,6 @@ workspace created through the admin API, as a deployment's clients would."""
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,12 +13,13 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import uvicorn
+from live_app import serve_in_thread
 from mistralai.client import Mistral
 
 from tramontane.cli.up import load_models
 from tramontane.control.plane import ControlPlane
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME, DEFAULT_EMBEDDING_MODEL_NAME
+from tramontane.finetune.service import FineTuning
 from tramontane.sandbox import ManagerConfig, SandboxManager
 from tramontane.server import ModelRegistry, create_app, default_model_specs
 from tramontane.tenancy import Tenancy
@@ -94,26 +93,15 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     admin_key = tenancy.bootstrap_admin_key()
     assert admin_key is not None
     registry = load_models(default_model_specs())
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     # The whole platform, as `tramontane up` assembles it.
     sandboxes = SandboxManager(ManagerConfig(pool_size=1, microvm_pool_size=0, max_sandboxes=8))
     plane = ControlPlane(tenancy.store, home=home)
-    app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    live = LiveServer(f"http://127.0.0.1:{port}", registry, tenancy, admin_key)
-    live.tenant = live.create_tenant("sdk-tests")
-    yield live
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    finetune = FineTuning(tenancy.store, home, registry.checkpoints(), on_model_ready=registry.add_adapter)
+    app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane, finetune=finetune)
+    with serve_in_thread(app, stop_timeout_s=30) as url:
+        live = LiveServer(url, registry, tenancy, admin_key)
+        live.tenant = live.create_tenant("sdk-tests")
+        yield live
     tenancy.close()
 
 

@@ -41,3 +41,14 @@ def test_sandboxes_belong_to_their_workspace(live_server):
             ]
         finally:
             assert http.delete(f"/v1/sandboxes/{sid}", headers=alice.headers).status_code == 204
+
+
+def test_sandbox_egress_to_private_addresses_needs_the_operators_consent(live_server):
+    # The platform's default: no tenant may aim a sandbox at the host's loopback
+    # services (its database, this API), the metadata address or private networks.
+    tenant = live_server.create_tenant("egress-default", ("sandbox",))
+    with httpx.Client(base_url=live_server.url, headers=tenant.headers, timeout=30) as http:
+        for target in ("127.0.0.1:5432", "169.254.169.254:80", "10.0.0.1:443", "[::1]:8000"):
+            answer = http.post("/v1/sandboxes", json={"network": {"allow_out": [target]}})
+            assert answer.status_code == 422, (target, answer.text)
+            assert answer.json()["error"]["code"] == "egress_private_not_allowed"

@@ -64,6 +64,15 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
         {"old_path": "/home/user/secret.txt", "new_path": "/home/user/moved.txt"},
     ),
     ("post", "/v1/sandboxes/{sandbox_id}/code"): ({}, {"code": "1 + 1"}),
+    ("get", "/v1/files/{file_id}"): ({}, None),
+    ("delete", "/v1/files/{file_id}"): ({}, None),
+    ("get", "/v1/files/{file_id}/content"): ({}, None),
+    ("get", "/v1/fine_tuning/jobs/{job_id}"): ({}, None),
+    ("post", "/v1/fine_tuning/jobs/{job_id}/start"): ({}, None),
+    ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"): ({}, None),
+    ("get", "/v1/batch/jobs/{job_id}"): ({}, None),
+    ("delete", "/v1/batch/jobs/{job_id}"): ({}, None),
+    ("post", "/v1/batch/jobs/{job_id}/cancel"): ({}, None),
     ("get", "/v1/deployments/{name}"): ({}, None),
     ("delete", "/v1/deployments/{name}"): ({}, None),
     ("post", "/v1/deployments/{name}/scale"): ({}, {"replicas": 0}),
@@ -108,6 +117,33 @@ def owners_objects(live_server) -> dict:
         )
         assert document.status_code in (200, 201), document.text
         ids["document_id"] = document.json()["id"]
+        training = b'{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n'
+        file = http.post("/v1/files", files={"file": ("train.jsonl", training)}, data={"purpose": "fine-tune"})
+        assert file.status_code == 200, file.text
+        ids["file_id"] = file.json()["id"]
+        job = http.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": DEFAULT_CHAT_MODEL_NAME,
+                "training_files": [{"file_id": ids["file_id"]}],
+                "auto_start": False,
+            },
+        )
+        assert job.status_code == 200, job.text
+        ids["job_id"] = job.json()["id"]
+        request = b'{"custom_id": "a", "body": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}}\n'
+        batch_file = http.post("/v1/files", files={"file": ("in.jsonl", request)}, data={"purpose": "batch"})
+        assert batch_file.status_code == 200, batch_file.text
+        batch = http.post(
+            "/v1/batch/jobs",
+            json={
+                "input_files": [batch_file.json()["id"]],
+                "endpoint": "/v1/chat/completions",
+                "model": DEFAULT_CHAT_MODEL_NAME,
+            },
+        )
+        assert batch.status_code == 200, batch.text
+        ids["batch_job_id"] = batch.json()["id"]
         deployment = {"name": "owned-web", "command": "python3 -m http.server $PORT"}
         created = http.post("/v1/deployments", json=deployment)
         assert created.status_code in (200, 201), created.text
@@ -123,7 +159,9 @@ def owners_objects(live_server) -> dict:
     return ids
 
 
-def fill(template: str, ids: dict[str, str]) -> str:
+def fill(template: str, ids: dict) -> str:
+    # Fine-tuning and batch jobs both name theirs {job_id}.
+    ids = {**ids, "job_id": ids["batch_job_id"]} if template.startswith("/v1/batch/") else ids
     return re.sub(r"\{(\w+)\}", lambda m: ids[m.group(1)], template)
 
 
@@ -169,6 +207,9 @@ def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):
         library = owners_objects["library_id"]
         assert http.get(f"/v1/libraries/{library}/documents/{owners_objects['document_id']}").status_code == 200
         assert http.get(f"/v1/deployments/{owners_objects['name']}").status_code == 200
+        assert http.get(f"/v1/files/{owners_objects['file_id']}/content").content.startswith(b'{"messages"')
+        assert http.get(f"/v1/fine_tuning/jobs/{owners_objects['job_id']}").json()["status"] != "CANCELLED"
+        assert http.get(f"/v1/batch/jobs/{owners_objects['batch_job_id']}").status_code == 200
         if "sandbox_id" in owners_objects:
             content = http.get(
                 f"/v1/sandboxes/{owners_objects['sandbox_id']}/files", params={"path": "/home/user/secret.txt"}

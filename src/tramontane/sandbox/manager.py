@@ -16,6 +16,7 @@ differ from the default are started on demand.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import os
@@ -64,6 +65,11 @@ class ManagerConfig:
     max_limits: Limits = field(default_factory=_default_max_limits)
     max_timeout_s: float = 24 * 3600.0
     templates: frozenset[str] = frozenset({TIER1_TEMPLATE, MICROVM_TEMPLATE})
+    # Non-public networks (e.g. "10.20.0.0/16") a sandbox's egress allow-list may
+    # name by exact IP:port. None by default: a tenant must not reach the host's
+    # loopback services, the metadata address or the operator's private network
+    # unless the operator says so here.
+    egress_private_networks: tuple[str, ...] = ()
     # Each sandbox runs as its own host uid, from this one up; pick a range no
     # account or subordinate-id range (/etc/subuid) uses.
     host_uid_base: int = 1_500_000_000
@@ -150,6 +156,7 @@ class SandboxManager:
         )
         if spec.template == MICROVM_TEMPLATE and spec.network.allow_out:
             raise Unprocessable("egress allow-list is tier-1 only", param="network.allow_out", code="egress_tier1_only")
+        self._check_private_egress(spec.network.rules())
         if spec.template == MICROVM_TEMPLATE and self._microvm is None:
             raise Unavailable(self._microvm_missing, code="microvm_unavailable")
         if len(self._sandboxes) + self._creating >= self.config.max_sandboxes:
@@ -192,6 +199,16 @@ class SandboxManager:
                 return sandbox_id, runtime
             self._background(self._release(runtime))
         return None
+
+    def _check_private_egress(self, rules: tuple[EgressRule, ...]) -> None:
+        networks = [ipaddress.ip_network(n) for n in self.config.egress_private_networks]
+        for rule in rules:
+            if rule.ip is not None and not rule.ip.is_global and not any(rule.ip in n for n in networks):
+                raise Unprocessable(
+                    f"{rule.host}:{rule.port} is not a public address, and this platform allows no egress to it",
+                    param="network.allow_out",
+                    code="egress_private_not_allowed",
+                )
 
     async def _launch_to_completion(self, spec: SandboxSpec) -> tuple[str, Runtime]:
         """A launch the caller's cancellation (a client hanging up) cannot cut in
