@@ -51,6 +51,8 @@ from .schemas import (
 )
 from .tools import ConversationSandboxes
 
+# Pages past this one would overflow a 64-bit OFFSET; nothing is there anyway.
+MAX_PAGE = 1_000_000
 _NO_CONTENT = {"status_code": 204, "response_class": Response}
 
 
@@ -109,7 +111,7 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
 
     @router.get("/v1/agents", response_model=list[Agent])
     def list_agents(
-        principal: InferenceKey, page: int = Query(0, ge=0), page_size: int = Query(20, ge=1, le=1000)
+        principal: InferenceKey, page: int = Query(0, ge=0, le=MAX_PAGE), page_size: int = Query(20, ge=1, le=1000)
     ) -> list[Agent]:
         return agents.list(principal, page, page_size)
 
@@ -129,12 +131,15 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
         return Response(status_code=204)
 
     @router.patch("/v1/agents/{agent_id}/version", response_model=Agent)
-    def switch_version(agent_id: str, principal: InferenceKey, version: int = Query(ge=0)) -> Agent:
+    def switch_version(agent_id: str, principal: InferenceKey, version: int = Query(ge=0, le=2**31 - 1)) -> Agent:
         return agents.switch(principal, agent_id, version)
 
     @router.get("/v1/agents/{agent_id}/versions", response_model=list[Agent])
     def list_versions(
-        agent_id: str, principal: InferenceKey, page: int = Query(0, ge=0), page_size: int = Query(20, ge=1, le=1000)
+        agent_id: str,
+        principal: InferenceKey,
+        page: int = Query(0, ge=0, le=MAX_PAGE),
+        page_size: int = Query(20, ge=1, le=1000),
     ) -> list[Agent]:
         return agents.versions(principal, agent_id, page, page_size)
 
@@ -170,7 +175,7 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
 
     @router.get("/v1/conversations", response_model=list[Conversation])
     def list_conversations(
-        principal: InferenceKey, page: int = Query(0, ge=0), page_size: int = Query(100, ge=1, le=1000)
+        principal: InferenceKey, page: int = Query(0, ge=0, le=MAX_PAGE), page_size: int = Query(100, ge=1, le=1000)
     ) -> list[Conversation]:
         return [view(row) for row in conversations.list(principal, page, page_size)]
 
@@ -245,7 +250,10 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
 
     @router.get("/v1/libraries/{library_id}/documents", response_model=DocumentList)
     def list_documents(
-        library_id: str, principal: InferenceKey, page: int = Query(0, ge=0), page_size: int = Query(100, ge=1, le=1000)
+        library_id: str,
+        principal: InferenceKey,
+        page: int = Query(0, ge=0, le=MAX_PAGE),
+        page_size: int = Query(100, ge=1, le=1000),
     ) -> DocumentList:
         rows = libraries.documents(principal, library_id)
         chosen = rows[page * page_size : (page + 1) * page_size]

@@ -20,7 +20,8 @@ from .service import FineTuning
 
 FineTuneKey = Annotated[Principal, Depends(require(Capability.FINE_TUNE))]
 InferenceKey = Annotated[Principal, Depends(require(Capability.INFERENCE))]
-Page = Annotated[int, Query(ge=0)]
+# Pages past this one would overflow a 64-bit OFFSET; nothing is there anyway.
+Page = Annotated[int, Query(ge=0, le=1_000_000)]
 PageSize = Annotated[int, Query(ge=1, le=1000)]
 
 
