@@ -33,6 +33,12 @@ def _aim_at_real_models(case) -> None:
     # An explicit null would let the model write up to its whole context.
     if case.body.get("max_tokens") is None:
         case.body["max_tokens"] = 4
+    # Conversations and agents carry theirs in completion_args.
+    args = case.body.get("completion_args")
+    if isinstance(args, dict) or "completion_args" in case.body or case.path.startswith("/v1/conversations"):
+        args = args if isinstance(args, dict) else {}
+        args["max_tokens"] = min(args["max_tokens"], 4) if isinstance(args.get("max_tokens"), int) else 4
+        case.body["completion_args"] = args
 
 
 @pytest.mark.slow
@@ -52,5 +58,8 @@ def test_no_server_errors(live_server):
             _aim_at_real_models(case)
             case.call_and_validate(headers=headers, checks=[not_a_server_error], timeout=120)
 
-        check()
+        try:
+            check()
+        except Exception as exc:
+            raise AssertionError(f"{operation.label}: {exc!r}") from exc
         live_server.wait_idle()
