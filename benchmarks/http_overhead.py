@@ -46,6 +46,7 @@ def percentile(values: list[float], p: float) -> float:
 
 def serve(registry: ModelRegistry, tenancy: Tenancy) -> tuple[str, uvicorn.Server, threading.Thread]:
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited: no delayed-ACK stalls
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(create_app(registry, tenancy), log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

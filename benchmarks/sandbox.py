@@ -101,6 +101,7 @@ def serve(port: int, pool_size: int) -> None:
 
 def latency_over_http(iterations: int, pool_size: int) -> list[float]:
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited: no delayed-ACK stalls
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()

@@ -84,6 +84,7 @@ def _serve(manager: SandboxManager) -> Iterator[LiveSandboxes]:
     app = FastAPI(lifespan=lifespan)
     app.include_router(create_router(manager, owner=_tenant_header))
     sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited: no delayed-ACK stalls
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
