@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 from tramontane.sandbox import CommandExitException, Sandbox
@@ -83,3 +85,22 @@ print(json.dumps({"path": attempt(PATH), "abstract": attempt(ABSTRACT)}))
 
 # /dev inside a sandbox, in both tiers: the usual character devices, nothing else.
 SANDBOX_DEV = "core fd full null ptmx pts random shm stderr stdin stdout tty urandom zero".split()
+
+
+def probe_host_unix_sockets(sandbox: Sandbox, tag: str) -> dict:
+    """Listens on a host Unix socket by path and on an abstract one, and reports
+    what the sandbox gets when it tries to connect to each."""
+    path = f"/tmp/tramontane-{tag}-{os.getpid()}.sock"
+    abstract = f"\0tramontane-{tag}-{os.getpid()}"
+    servers = []
+    for address in (path, abstract):
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(address)
+        server.listen()
+        servers.append(server)
+    try:
+        return py(sandbox, UNIX_SOCKET_PROBE.replace("PATH", repr(path)).replace("ABSTRACT", repr(abstract)))
+    finally:
+        for server in servers:
+            server.close()
+        os.unlink(path)

@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from isolation_helpers import NETWORK_PROBE, SANDBOX_DEV, UNIX_SOCKET_PROBE, host_pids_of_uid, py, sh
+from isolation_helpers import (
+    NETWORK_PROBE,
+    SANDBOX_DEV,
+    host_pids_of_uid,
+    probe_host_unix_sockets,
+    py,
+    sh,
+)
 
 import tramontane
 from tramontane.sandbox import Sandbox
@@ -87,21 +94,8 @@ def test_no_network_egress(sbx: Sandbox, host_service: int) -> None:
 
 
 def test_host_unix_sockets_are_unreachable(sbx: Sandbox, tmp_path: Path) -> None:
-    path = f"/tmp/tramontane-isolation-{os.getpid()}.sock"
-    abstract = f"\0tramontane-isolation-{os.getpid()}"
-    servers = []
-    for address in (path, abstract):
-        server = socket.socket(socket.AF_UNIX)
-        server.bind(address)
-        server.listen()
-        servers.append(server)
-    try:
-        result = py(sbx, UNIX_SOCKET_PROBE.replace("PATH", repr(path)).replace("ABSTRACT", repr(abstract)))
-        assert result == {"path": "FileNotFoundError", "abstract": "ConnectionRefusedError"}
-    finally:
-        for server in servers:
-            server.close()
-        os.unlink(path)
+    result = probe_host_unix_sockets(sbx, "isolation")
+    assert result == {"path": "FileNotFoundError", "abstract": "ConnectionRefusedError"}
 
 
 def test_host_pids_are_invisible_and_unsignalable(sbx: Sandbox) -> None:

@@ -17,7 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from isolation_helpers import NETWORK_PROBE, SANDBOX_DEV, UNIX_SOCKET_PROBE, host_pids_of_uid, py, sh
+from isolation_helpers import (
+    NETWORK_PROBE,
+    SANDBOX_DEV,
+    host_pids_of_uid,
+    probe_host_unix_sockets,
+    py,
+    sh,
+)
 
 import tramontane
 from tramontane.sandbox import Sandbox, SandboxState
@@ -140,21 +147,8 @@ def test_no_network(vm: Sandbox, host_service: int) -> None:
 
 
 def test_host_unix_sockets_are_unreachable(vm: Sandbox) -> None:
-    path = f"/tmp/tramontane-vm-isolation-{os.getpid()}.sock"
-    abstract = f"\0tramontane-vm-isolation-{os.getpid()}"
-    servers = []
-    for address in (path, abstract):
-        server = socket.socket(socket.AF_UNIX)
-        server.bind(address)
-        server.listen()
-        servers.append(server)
-    try:
-        result = py(vm, UNIX_SOCKET_PROBE.replace("PATH", repr(path)).replace("ABSTRACT", repr(abstract)))
-        assert result == {"path": "FileNotFoundError", "abstract": "ConnectionRefusedError"}
-    finally:
-        for server in servers:
-            server.close()
-        os.unlink(path)
+    result = probe_host_unix_sockets(vm, "vm-isolation")
+    assert result == {"path": "FileNotFoundError", "abstract": "ConnectionRefusedError"}
 
 
 def test_host_processes_are_out_of_reach(vm: Sandbox) -> None:
