@@ -100,7 +100,15 @@ def http_batch(url: str, key: str, tokens: int, stream: bool, count: int) -> tup
     return asyncio.run(run())
 
 
-async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor) -> None:
+def http_cpu_s(server_thread: threading.Thread) -> float:
+    """CPU time used so far by the threads that serve HTTP, the engine's excluded:
+    uvicorn's event loop and the worker threads it hands blocking calls to. On a
+    busy machine this stays meaningful where wall-clock differences drown."""
+    threads = [t for t in threading.enumerate() if t is server_thread or t.name.startswith("AnyIO worker")]
+    return sum(time.clock_gettime(time.pthread_getcpuclockid(t.ident)) for t in threads if t.ident)
+
+
+async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor, server_thread) -> None:
     tokenizer = engine.tokenizer
     prompt = tokenizer.encode(tokenizer.apply_chat_template(MESSAGES))
     loop = asyncio.get_running_loop()
@@ -111,9 +119,13 @@ async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor
     await http(False, 1)  # warm-up: client process, connection, prefix cache
     await direct_request(engine, prompt, args.tokens)
     direct, over_http = [], []
+    http_cpu = 0.0
     for _ in range(args.requests):  # interleaved, so that load drift hits both paths alike
         direct.append((await direct_request(engine, prompt, args.tokens))[1])
+        cpu_before = http_cpu_s(server_thread)
         over_http.append((await http(False, 1))[0][0][1])
+        await asyncio.sleep(0.05)  # the usage record is written after the response
+        http_cpu += http_cpu_s(server_thread) - cpu_before
     print(f"\nsequential, non-streamed, {args.requests} requests of {args.tokens} tokens (ms)")
     print(f"{'':12}{'p50':>10}{'p99':>10}")
     for name, values in (("engine", direct), ("HTTP", over_http)):
@@ -122,6 +134,7 @@ async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor
         f"{'overhead':12}{(percentile(over_http, 50) - percentile(direct, 50)) * 1e3:10.1f}"
         f"{(percentile(over_http, 99) - percentile(direct, 99)) * 1e3:10.1f}"
     )
+    print(f"HTTP layer CPU per request (event loop + worker threads): {http_cpu / args.requests * 1e3:.2f} ms")
 
     print(f"\n{args.concurrency} concurrent streamed requests of {args.tokens} tokens")
     print(f"{'':12}{'req/s':>10}{'TTFT p50':>12}{'TTFT p99':>12}")
@@ -151,7 +164,7 @@ def main() -> None:
         url, server, thread = serve(registry, tenancy)  # the app's lifespan starts the engine
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
-                asyncio.run(measure(args, registry.chat(DEFAULT_CHAT_MODEL_NAME).engine, url, key, clients))
+                asyncio.run(measure(args, registry.chat(DEFAULT_CHAT_MODEL_NAME).engine, url, key, clients, thread))
         finally:
             server.should_exit = True
             thread.join()

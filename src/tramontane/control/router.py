@@ -11,8 +11,8 @@ workspace's deployments.
 Why raw ASGI rather than a FastAPI route: the router sits on every request's
 path, and the framework's per-request work (a threadpool hop in and out of the
 key dependency, dependency solving, a task group per streaming response) cost
-more than the proxying itself. Here the key check runs inline (one indexed read,
-as the control plane's own bookkeeping does), the body is parsed only when no
+more than the proxying itself. Here the key check runs inline (`Tenancy.enter`:
+one indexed read; only writes go to a worker thread), the body is parsed only when no
 path prefix matches, and bytes are relayed as they come over keep-alive
 connections (upstream.py)."""
 
@@ -23,6 +23,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 from starlette.types import Receive, Scope, Send
 
 from ..errors import APIError
@@ -95,9 +96,7 @@ class DeploymentsRouter:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), None)
         try:
-            principal = self.tenancy.authenticate(authorization, where=where)
-            self.tenancy.authorize(principal, Capability.INFERENCE, where=where)
-            principal = self.tenancy.admit(principal)
+            principal = await self.tenancy.enter(authorization, Capability.INFERENCE, where=where)
         except APIError as exc:
             await exc.response()(scope, receive, send)
             return
@@ -106,7 +105,8 @@ class DeploymentsRouter:
         except _ClientGone:
             pass
         finally:
-            self.tenancy.finish(principal)
+            with anyio.CancelScope(shield=True):
+                await self.tenancy.leave(principal)
 
     async def _proxy(
         self, scope: Scope, receive: Receive, send: Send, workspace_id: str, authorization: str | None

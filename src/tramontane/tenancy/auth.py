@@ -6,6 +6,7 @@ sharing the database. Every failure is audited under the key's public id."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from sqlalchemy import bindparam, select
@@ -42,6 +43,17 @@ _LOOKUP = (
 _BEARER_HINT = "Send it as 'Authorization: Bearer tmt_...'."
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """Why a key was refused: the audit entry's reason and the 401's body."""
+
+    reason: str
+    key_id: str | None
+    message: str
+    code: str
+    row: Any = None  # the key's row, when the key exists
+
+
 class Authenticator:
     def __init__(self, store: Store, pepper: bytes):
         self.store = store
@@ -54,27 +66,35 @@ class Authenticator:
         """The caller behind `Authorization: Bearer tmt_...`; raises a 401 (audited)
         for a missing, malformed, unknown, wrong, revoked or expired key.
         `where` (say "POST /v1/chat/completions") goes into the audit entry."""
+        verdict = self.verify(authorization)
+        if isinstance(verdict, Rejection):
+            self.reject(verdict, where)
+        return verdict
+
+    def verify(self, authorization: str | None) -> Principal | Rejection:
+        """`authenticate` without its side effect: one indexed read, no write, so
+        that the event loop can run it inline; a Rejection goes to `reject`."""
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            self._fail("missing", None, where, f"You didn't provide an API key. {_BEARER_HINT}", "missing_api_key")
+            return Rejection("missing", None, f"You didn't provide an API key. {_BEARER_HINT}", "missing_api_key")
         parsed = parse_key(token)
         if parsed is None:
-            self._fail("malformed", public_key_id(token), where, "Incorrect API key provided", "invalid_api_key")
+            return Rejection("malformed", public_key_id(token), "Incorrect API key provided", "invalid_api_key")
         key_id, secret = parsed
         with self.store.read() as connection:
             row = connection.execute(_LOOKUP, {"key_id": key_id}).first()
         if row is None:
             secret_matches(self.pepper, key_id, secret, self._decoy_hash)
-            self._fail("unknown_key", key_id, where, "Incorrect API key provided", "invalid_api_key")
+            return Rejection("unknown_key", key_id, "Incorrect API key provided", "invalid_api_key")
         if not secret_matches(self.pepper, key_id, secret, row.secret_hash):
-            self._fail("wrong_secret", key_id, where, "Incorrect API key provided", "invalid_api_key", row)
+            return Rejection("wrong_secret", key_id, "Incorrect API key provided", "invalid_api_key", row)
         # The secret is right, so the caller holds the key: telling why it no
         # longer works gives nothing away.
         if row.revoked_at is not None:
-            self._fail("revoked", key_id, where, "This API key has been revoked", "api_key_revoked", row)
+            return Rejection("revoked", key_id, "This API key has been revoked", "api_key_revoked", row)
         if row.expires_at is not None and row.expires_at <= utcnow():
-            self._fail("expired", key_id, where, "This API key has expired", "api_key_expired", row)
+            return Rejection("expired", key_id, "This API key has expired", "api_key_expired", row)
         capabilities = deserialise_capabilities(row.capabilities)
         return Principal(
             key_id=row.id,
@@ -85,6 +105,22 @@ class Authenticator:
             key_limits=Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
             workspace_limits=Limits(**{name: getattr(row, f"workspace_{name}") for name in LIMIT_FIELDS}),
         )
+
+    def reject(self, rejection: Rejection, where: str | None) -> NoReturn:
+        """Audits a failed authentication under the key's public id and raises its 401."""
+        row = rejection.row
+        with self.store.session() as session:
+            audit.record(
+                session,
+                "auth.failure",
+                Actor(f"{KEY_PREFIX}{rejection.key_id}") if rejection.key_id else ANONYMOUS,
+                outcome="failure",
+                organisation_id=row.organisation_id if row is not None else None,
+                workspace_id=row.workspace_id if row is not None else None,
+                target=where,
+                details={"reason": rejection.reason},
+            )
+        raise TenancyError(401, rejection.message, code=rejection.code)
 
     def authorize(self, principal: Principal, capability: Capability, *, where: str | None = None) -> None:
         """Raises a 403 (audited) unless the key holds `capability`."""
@@ -104,19 +140,3 @@ class Authenticator:
         raise TenancyError(
             403, f"This API key lacks the '{capability.value}' capability", code="insufficient_capability"
         )
-
-    def _fail(
-        self, reason: str, key_id: str | None, where: str | None, message: str, code: str, row: Any = None
-    ) -> NoReturn:
-        with self.store.session() as session:
-            audit.record(
-                session,
-                "auth.failure",
-                Actor(f"{KEY_PREFIX}{key_id}") if key_id else ANONYMOUS,
-                outcome="failure",
-                organisation_id=row.organisation_id if row is not None else None,
-                workspace_id=row.workspace_id if row is not None else None,
-                target=where,
-                details={"reason": reason},
-            )
-        raise TenancyError(401, message, code=code)

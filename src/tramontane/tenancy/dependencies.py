@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
+import anyio
 from fastapi import Request
 
 from .capabilities import Capability
@@ -15,7 +16,7 @@ def get_tenancy(request: Request) -> Tenancy:
     return request.app.state.tenancy
 
 
-def require(capability: Capability) -> Callable[[Request], Iterator[Principal]]:
+def require(capability: Capability) -> Callable[[Request], AsyncIterator[Principal]]:
     """A dependency yielding the caller's Principal once its key is valid (401
     otherwise), holds `capability` (403) and is within its limits (429).
 
@@ -24,15 +25,14 @@ def require(capability: Capability) -> Callable[[Request], Iterator[Principal]]:
     response), so pass the principal to `Tenancy.record_usage` once the token
     counts are known."""
 
-    def dependency(request: Request) -> Iterator[Principal]:
+    async def dependency(request: Request) -> AsyncIterator[Principal]:
         tenancy = get_tenancy(request)
-        where = f"{request.method} {request.url.path}"
-        principal = tenancy.authenticate(request.headers.get("authorization"), where=where)
-        tenancy.authorize(principal, capability, where=where)
-        admitted = tenancy.admit(principal)
+        where = f"{request.method} {request.scope['path']}"
+        admitted = await tenancy.enter(request.headers.get("authorization"), capability, where=where)
         try:
             yield admitted
         finally:
-            tenancy.finish(admitted)
+            with anyio.CancelScope(shield=True):  # a client gone mid-stream still frees its slot
+                await tenancy.leave(admitted)
 
     return dependency

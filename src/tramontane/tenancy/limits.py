@@ -112,13 +112,18 @@ class Limiter:
         self._insert_lease = insert(RequestLease)
         self._release = delete(RequestLease).where(RequestLease.id == bindparam("lease_id"))
 
+    @staticmethod
+    def applies_to(principal: Principal) -> bool:
+        """Whether admitting `principal` touches the database at all."""
+        return not (principal.key_limits.unlimited and principal.workspace_limits.unlimited)
+
     def admit(self, principal: Principal) -> str | None:
         """Counts a new request against the key's and workspace's limits, or raises a
         429. Returns the concurrency lease to `release` when the request ends (None
         when no concurrency limit applies)."""
-        subjects = _subjects(principal)
-        if all(limits.unlimited for _, _, limits in subjects):
+        if not self.applies_to(principal):
             return None
+        subjects = _subjects(principal)
         now = self.clock()
         with self.store.write() as connection:
             for subject, label, limits in subjects:

@@ -31,7 +31,8 @@ class Limits:
 
     @property
     def unlimited(self) -> bool:
-        return all(value is None for value in asdict(self).values())
+        # Checked on every request: getattr, not asdict (which deep-copies).
+        return all(getattr(self, name) is None for name in LIMIT_FIELDS)
 
 
 LIMIT_FIELDS = tuple(f.name for f in fields(Limits))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from ..store import Store, open_store, tramontane_home
 from . import directory, erasure, keys, usage
 from .audit import CLI, Actor
-from .auth import Authenticator
+from .auth import Authenticator, Rejection
 from .capabilities import Capability
 from .energy import EnergyMeter, EnergyReading
 from .errors import install_error_handler
@@ -74,6 +76,30 @@ class Tenancy:
 
     def authorize(self, principal: Principal, capability: Capability, *, where: str | None = None) -> None:
         self.authenticator.authorize(principal, capability, where=where)
+
+    async def enter(self, authorization: str | None, capability: Capability, *, where: str) -> Principal:
+        """`authenticate`, `authorize` and `admit` for one HTTP request, from the
+        event loop. The common case (a valid key, holding `capability`, without
+        limits) is one indexed read, run inline: cheaper than the two hops to a
+        worker thread and back. Whatever writes (the audit of a refusal, limit
+        counters) runs in a worker thread, so a busy database never stalls the loop.
+        Pair with `leave`."""
+        verdict = self.authenticator.verify(authorization)
+        if isinstance(verdict, Rejection):
+            await anyio.to_thread.run_sync(self.authenticator.reject, verdict, where)
+            raise AssertionError("reject always raises")
+        if not verdict.can(capability):
+            await anyio.to_thread.run_sync(partial(self.authorize, verdict, capability, where=where))
+        if self.limiter.applies_to(verdict):
+            return await anyio.to_thread.run_sync(self.admit, verdict)
+        return self.admit(verdict)
+
+    async def leave(self, principal: Principal) -> None:
+        """`finish` from the event loop: a concurrency lease is freed in a worker thread."""
+        if principal.ticket is not None and principal.ticket.lease_id is not None:
+            await anyio.to_thread.run_sync(self.finish, principal)
+        else:
+            self.finish(principal)
 
     def admit(self, principal: Principal, *, weight_tokens: int = 1) -> Principal:
         """Applies the limits (429 when over) and starts metering; returns the
