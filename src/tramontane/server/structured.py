@@ -16,8 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import llguidance
@@ -74,9 +74,6 @@ class GrammarConstraint:
         return self._matcher.is_stopped()
 
 
-_BUILDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-tokenizer")
-
-
 def _ll_tokenizer(tokenizer: GrammarTokenizer) -> llguidance.LLTokenizer:
     spec = json.loads(tokenizer.to_json_str())
     # tokenizer.json may carry training-time truncation and padding; llguidance
@@ -92,16 +89,22 @@ class GrammarCompiler:
 
     def __init__(self, tokenizer: GrammarTokenizer, cache_size: int = 32):
         self._vocab = tokenizer.vocab_size
-        # llguidance's view of the vocabulary takes a second or more to build: it is
-        # built on a thread, so that a server starts (and answers free-text
-        # requests) without waiting for it; the first constrained request does.
-        self._ll_tokenizer = _BUILDER.submit(_ll_tokenizer, tokenizer)
+        # llguidance's view of the vocabulary takes about a second to build and holds
+        # the GIL throughout, so built on a background thread it stalled whatever ran
+        # beside it: on a replica woken from zero, its first tokens. It is built when
+        # the first constrained request needs it instead.
+        self._tokenizer = tokenizer
+        self._ll_lock = threading.Lock()
+        self._ll: llguidance.LLTokenizer | None = None
         # Clients tend to resend the same schema; compiling a large one takes a while.
         self._compile = functools.lru_cache(maxsize=cache_size)(self._compile_uncached)
 
     @property
     def ll_tokenizer(self) -> llguidance.LLTokenizer:
-        return self._ll_tokenizer.result()
+        with self._ll_lock:
+            if self._ll is None:
+                self._ll = _ll_tokenizer(self._tokenizer)
+            return self._ll
 
     def constraint_factory(
         self,
