@@ -97,13 +97,17 @@ def create_app(
     app.state.metrics = metrics = Metrics(registry)
     tenancy.install(app)
 
+    # FastAPI builds a router's routes on the first request that is matched against
+    # them, in order: the probes come first, so that a replica's readiness probe
+    # (on the path of every wake from zero) does not pay for the routes behind it.
     # Probes and /metrics stay outside: orchestrators and scrapers hold no key.
+    app.include_router(health.router)
     v1 = APIRouter(dependencies=[Depends(inference_key)], responses=_ERRORS)
     for module in (chat, completions, embeddings, models):
         v1.include_router(module.router)
     app.include_router(v1)
-    app.include_router(admin_router)
     if replica_token is None:  # a replica serves its models only
+        app.include_router(admin_router)
         app.include_router(
             build_agents_router(
                 tenancy.store,
@@ -117,7 +121,6 @@ def create_app(
         )
     else:
         app.include_router(sleep_router(registry, replica_token))
-    app.include_router(health.router)
     if sandboxes is not None:
         app.include_router(create_router(sandboxes, owner=_sandbox_owner))
     if control_plane is not None:
