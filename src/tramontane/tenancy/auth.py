@@ -32,6 +32,7 @@ _LOOKUP = (
         *(getattr(ApiKey, name) for name in LIMIT_FIELDS),
         Workspace.organisation_id,
         *(getattr(Workspace, name).label(f"workspace_{name}") for name in LIMIT_FIELDS),
+        Workspace.request_log_retention_days,
         Organisation.is_platform,
     )
     .join(Workspace, Workspace.id == ApiKey.workspace_id)
@@ -84,6 +85,7 @@ class Authenticator:
             platform_admin=row.is_platform and Capability.ADMIN in capabilities,
             key_limits=Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
             workspace_limits=Limits(**{name: getattr(row, f"workspace_{name}") for name in LIMIT_FIELDS}),
+            request_log_retention_days=row.request_log_retention_days,
         )
 
     def authorize(self, principal: Principal, capability: Capability, *, where: str | None = None) -> None:

@@ -18,6 +18,7 @@ from .errors import install_error_handler
 from .limits import DEFAULT_LEASE_TTL_S, Limiter
 from .pepper import load_pepper
 from .principal import Principal, Ticket
+from .request_logs import RequestLogWriter
 from .usage import Usage
 
 
@@ -37,6 +38,7 @@ class Tenancy:
         self.authenticator = Authenticator(store, self.pepper)
         self.limiter = Limiter(store, lease_ttl_s=lease_ttl_s)
         self.meter = meter or EnergyMeter()
+        self.request_logs = RequestLogWriter(store)
 
     @classmethod
     def open(cls, url: str | None = None, *, home: Path | None = None) -> Tenancy:
@@ -49,6 +51,7 @@ class Tenancy:
         install_error_handler(app)
 
     def close(self) -> None:
+        self.request_logs.close()
         self.store.close()
 
     def bootstrap_admin_key(self) -> str | None:
