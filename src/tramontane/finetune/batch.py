@@ -13,6 +13,7 @@ import io
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -34,8 +35,23 @@ CANCELLATION_REQUESTED, CANCELLED = "CANCELLATION_REQUESTED", "CANCELLED"
 TERMINAL = frozenset({SUCCESS, FAILED, CANCELLED})
 CONCURRENT_REQUESTS = 8
 
-# execute(endpoint, body, workspace_id) -> response body; raises APIError.
-Executor = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One line of a batch job, as its executor runs it."""
+
+    endpoint: str
+    body: dict[str, Any]
+    workspace_id: str
+    # The key that created the job: the line's usage is metered as this key's
+    # (None for jobs created before batch metering).
+    api_key_id: str | None
+    # `<job id>-<line index>`: the line's id in the output, and its usage's request id.
+    request_id: str
+
+
+# execute(request) -> response body; raises APIError.
+Executor = Callable[[BatchRequest], Awaitable[dict[str, Any]]]
 
 
 def batch_view(job: BatchJobRow) -> dict[str, Any]:
@@ -91,18 +107,19 @@ class BatchJobs:
 
     # -- API operations --------------------------------------------------------------
 
-    async def create(self, workspace_id: str, request: CreateBatchRequest) -> dict[str, Any]:
-        view = await anyio.to_thread.run_sync(self._insert, workspace_id, request)
+    async def create(self, workspace_id: str, api_key_id: str, request: CreateBatchRequest) -> dict[str, Any]:
+        view = await anyio.to_thread.run_sync(self._insert, workspace_id, api_key_id, request)
         await self.run_pending()
         return view
 
-    def _insert(self, workspace_id: str, request: CreateBatchRequest) -> dict[str, Any]:
+    def _insert(self, workspace_id: str, api_key_id: str, request: CreateBatchRequest) -> dict[str, Any]:
         for file_id in request.input_files:
             if self.files.get(workspace_id, file_id).purpose != "batch":
                 raise APIError(400, f"File '{file_id}' was not uploaded with purpose 'batch'", param="input_files")
         job = BatchJobRow(
             id=new_id("batch"),
             workspace_id=workspace_id,
+            api_key_id=api_key_id,
             input_files=request.input_files,
             endpoint=request.endpoint,
             model=request.model,
@@ -232,7 +249,8 @@ class BatchJobs:
                 try:
                     if isinstance(body, APIError):
                         raise body
-                    response = await self.execute(job.endpoint, body, job.workspace_id)  # type: ignore[misc]
+                    request = BatchRequest(job.endpoint, body, job.workspace_id, job.api_key_id, line_id)
+                    response = await self.execute(request)  # type: ignore[misc]
                     line = {"id": line_id, "custom_id": custom_id, "response": {"status_code": 200, "body": response}}
                     results.append((index, {**line, "error": None}))
                 except APIError as exc:

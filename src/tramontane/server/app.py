@@ -125,7 +125,7 @@ def create_app(
     if control_plane is not None:
         install_control_plane(app, control_plane, tenancy)
     if finetune is not None:
-        finetune.batches.execute = batch_executor(registry, metrics)
+        finetune.batches.execute = batch_executor(registry, metrics, tenancy)
         install_finetune(app, finetune)
 
     install_error_handlers(app)

@@ -76,17 +76,14 @@ class Authenticator:
             self._fail("revoked", key_id, where, "This API key has been revoked", "api_key_revoked", row)
         if row.expires_at is not None and row.expires_at <= utcnow():
             self._fail("expired", key_id, where, "This API key has expired", "api_key_expired", row)
-        capabilities = deserialise_capabilities(row.capabilities)
-        return Principal(
-            key_id=row.id,
-            workspace_id=row.workspace_id,
-            organisation_id=row.organisation_id,
-            capabilities=capabilities,
-            platform_admin=row.is_platform and Capability.ADMIN in capabilities,
-            key_limits=Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
-            workspace_limits=Limits(**{name: getattr(row, f"workspace_{name}") for name in LIMIT_FIELDS}),
-            request_log_retention_days=row.request_log_retention_days,
-        )
+        return _principal(row)
+
+    def key_principal(self, key_id: str) -> Principal | None:
+        """The principal of key `key_id` whatever its state (None once erased), for
+        work the key started earlier and that runs without it: batch jobs."""
+        with self.store.read() as connection:
+            row = connection.execute(_LOOKUP, {"key_id": key_id}).first()
+        return _principal(row) if row is not None else None
 
     def authorize(self, principal: Principal, capability: Capability, *, where: str | None = None) -> None:
         """Raises a 403 (audited) unless the key holds `capability`."""
@@ -122,3 +119,18 @@ class Authenticator:
                 details={"reason": reason},
             )
         raise TenancyError(401, message, code=code)
+
+
+def _principal(row: Any) -> Principal:
+    """The Principal of a `_LOOKUP` row."""
+    capabilities = deserialise_capabilities(row.capabilities)
+    return Principal(
+        key_id=row.id,
+        workspace_id=row.workspace_id,
+        organisation_id=row.organisation_id,
+        capabilities=capabilities,
+        platform_admin=row.is_platform and Capability.ADMIN in capabilities,
+        key_limits=Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
+        workspace_limits=Limits(**{name: getattr(row, f"workspace_{name}") for name in LIMIT_FIELDS}),
+        request_log_retention_days=row.request_log_retention_days,
+    )
