@@ -147,7 +147,7 @@ def live_vm() -> Iterator[LiveSandboxes]:
         pytest.skip(reason)
     config = ManagerConfig(
         max_sandboxes=16, pool_size=0, microvm_pool_size=2, microvm_accelerator=accelerator,
-        reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024, host_uid_base=1_500_100_000,
+        reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024,
     )  # fmt: skip
     with _serve(SandboxManager(config)) as served:
         yield served
