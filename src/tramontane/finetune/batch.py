@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from ..errors import APIError
 from ..store import Store
 from ..store.types import new_id, utcnow
+from ..tenancy import get_owned, owned
 from .files import FileStore
 from .jobs import unix
 from .models import BatchJobRow
@@ -132,10 +133,7 @@ class BatchJobs:
         return batch_view(job)
 
     def _owned(self, session: Any, workspace_id: str, job_id: str) -> BatchJobRow:
-        job = session.get(BatchJobRow, job_id)
-        if job is None or job.workspace_id != workspace_id:
-            raise APIError(404, f"No batch job with id '{job_id}'", code="job_not_found", param="job_id")
-        return job
+        return get_owned(session, BatchJobRow, job_id, workspace_id, "batch job", code="job_not_found", param="job_id")
 
     def get(self, workspace_id: str, job_id: str) -> dict[str, Any]:
         with self.store.session() as session:
@@ -151,7 +149,7 @@ class BatchJobs:
         status: list[str] | None,
         created_after: datetime | None,
     ) -> dict[str, Any]:
-        query = select(BatchJobRow).where(BatchJobRow.workspace_id == workspace_id)
+        query = owned(BatchJobRow, workspace_id)
         if model is not None:
             query = query.where(BatchJobRow.model == model)
         if status:

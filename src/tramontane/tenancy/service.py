@@ -58,9 +58,7 @@ class Tenancy:
         """The admin key, on the very first start only; print it then."""
         return keys.bootstrap_admin_key(self.store, self.pepper)
 
-    def create_tenant(
-        self, name: str, capabilities: frozenset[Capability], *, actor: Actor = CLI
-    ) -> tuple[str, str]:
+    def create_tenant(self, name: str, capabilities: frozenset[Capability], *, actor: Actor = CLI) -> tuple[str, str]:
         """A new organisation with one workspace and one key, all called `name`:
         (workspace id, the key in plaintext: show it once). For set-up scripts,
         benchmarks and tests; the admin API does the same step by step."""
