@@ -44,7 +44,7 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
         latency_s: float,
         energy: EnergyReading,
     ) -> None:
-        principal = tenancy.authenticator.key_principal(request.api_key_id) if request.api_key_id else None
+        principal = tenancy.key_principal(request.api_key_id) if request.api_key_id else None
         if principal is None:  # a job from before batch metering (a key goes only with its workspace)
             log.warning("batch line %s is not metered: its job names no key", request.request_id)
             return

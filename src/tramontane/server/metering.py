@@ -15,6 +15,7 @@ storage, after the response has been sent and without waiting for the write.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
@@ -28,6 +29,8 @@ from pydantic import BaseModel
 from ..store.types import utcnow
 from ..tenancy import Capability, Principal, RequestLogEntry, Tenancy, TenancyError, get_tenancy, require
 from .generation import Generation, usage
+
+log = logging.getLogger(__name__)
 
 # A stream re-reads its key at its first event after this long, so that a key
 # revoked (or expiring) mid-stream stops it within about a second; per event
@@ -102,7 +105,11 @@ class RequestMeter:
             return  # the engine refused every generation: nothing was used
         # Queued first, so that once a request's usage is recorded its log is queued.
         if request_body is not None and self.stores_request:
-            self._store(json.loads(request_body))
+            try:
+                self._store(json.loads(request_body))
+            except Exception as exc:  # its usage is recorded all the same
+                log.error("could not queue request %s's log: %s", self._request.state.request_id, type(exc).__name__)
+                self._tenancy.request_logs.count_dropped()
         counts = usage(started)
         self._tenancy.record_usage(
             self._principal,

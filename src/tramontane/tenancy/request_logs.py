@@ -96,7 +96,7 @@ class RequestLogWriter:
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
-            self._drop(1)
+            self.count_dropped()
             return False
         return True
 
@@ -127,7 +127,8 @@ class RequestLogWriter:
             if deleted < self.purge_batch_size:
                 return purged
 
-    def _drop(self, count: int) -> None:
+    def count_dropped(self, count: int = 1) -> None:
+        """Counts entries lost before reaching the queue (say, a response that could not be built)."""
         with self._lock:
             self.dropped += count
 
@@ -165,7 +166,7 @@ class RequestLogWriter:
                 self._write_one(entry)
         except Exception as exc:
             log.error("could not store %d request logs: %s", len(entries), type(exc).__name__)
-            self._drop(len(entries))
+            self.count_dropped(len(entries))
 
     def _write_one(self, entry: RequestLogEntry) -> None:
         try:
@@ -173,7 +174,7 @@ class RequestLogWriter:
                 connection.execute(_INSERT, entry.row())
         except Exception as exc:
             log.warning("could not store a request log of workspace %s: %s", entry.workspace_id, type(exc).__name__)
-            self._drop(1)
+            self.count_dropped(1)
 
     def _purge(self) -> None:
         try:

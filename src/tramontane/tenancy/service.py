@@ -73,6 +73,11 @@ class Tenancy:
     def authenticate(self, authorization: str | None, *, where: str | None = None) -> Principal:
         return self.authenticator.authenticate(authorization, where=where)
 
+    def key_principal(self, key_id: str) -> Principal | None:
+        """Key `key_id`'s principal, revoked or expired alike (None once erased): for
+        work the key started that runs on without it, such as a batch job."""
+        return self.authenticator.key_principal(key_id)
+
     def authorize(self, principal: Principal, capability: Capability, *, where: str | None = None) -> None:
         self.authenticator.authorize(principal, capability, where=where)
 
