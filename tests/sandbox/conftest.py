@@ -45,6 +45,13 @@ def _unavailable_reason() -> str | None:
 UNAVAILABLE = _unavailable_reason()
 
 
+@pytest.fixture
+def tier1_host() -> None:
+    """Skips the test where tier-1 sandboxes cannot run, saying why."""
+    if UNAVAILABLE is not None:
+        pytest.skip(UNAVAILABLE)
+
+
 def _tenant_header(request: Request) -> str | None:
     """Tests name a tenant with x-tenant; without it the API is unscoped."""
     return request.headers.get("x-tenant")

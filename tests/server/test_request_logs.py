@@ -8,15 +8,16 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import CHAT_MODEL, EMBEDDING_MODEL, Tenant
 from sqlalchemy import func, select
 
+from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
+from tramontane.engine.defaults import DEFAULT_EMBEDDING_MODEL_NAME as EMBEDDING_MODEL
 from tramontane.store import RequestLog, UsageRecord
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 
 
-def opt_in(live_server, tenant: Tenant, days: int | None) -> dict:
+def opt_in(live_server, tenant, days: int | None) -> dict:
     with live_server.admin() as admin:
         response = admin.patch(f"/workspaces/{tenant.workspace_id}", json={"request_log_retention_days": days})
     assert response.status_code == 200, response.text
@@ -50,7 +51,7 @@ def stored_rows(live_server, workspace_id: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def logged(live_server) -> Tenant:
+def logged(live_server):
     tenant = live_server.create_tenant("request-logs-on")
     assert opt_in(live_server, tenant, 30)["request_log_retention_days"] == 30
     return tenant
@@ -67,7 +68,7 @@ def test_nothing_is_stored_by_default(live_server, openai_with_key) -> None:
         assert http.get("/v1/request_logs").json() == {"object": "list", "data": [], "has_more": False}
 
 
-def test_a_chat_completion_is_stored_when_opted_in(live_server, openai_with_key, logged: Tenant) -> None:
+def test_a_chat_completion_is_stored_when_opted_in(live_server, openai_with_key, logged) -> None:
     completion, request_id = chat(openai_with_key(logged.key), max_tokens=4, temperature=0)
     settle(live_server, request_id)
     with httpx.Client(base_url=live_server.url, headers=logged.headers) as http:
@@ -83,7 +84,7 @@ def test_a_chat_completion_is_stored_when_opted_in(live_server, openai_with_key,
     assert log["created_at"] <= log["completed_at"] < log["expires_at"]
 
 
-def test_a_streamed_chat_completion_is_stored_assembled(live_server, openai_with_key, logged: Tenant) -> None:
+def test_a_streamed_chat_completion_is_stored_assembled(live_server, openai_with_key, logged) -> None:
     stream, request_id = chat(openai_with_key(logged.key), max_tokens=6, temperature=0, stream=True)
     chunks = list(stream)
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
@@ -96,9 +97,7 @@ def test_a_streamed_chat_completion_is_stored_assembled(live_server, openai_with
     assert log["response"]["usage"]["completion_tokens"] > 0
 
 
-def test_embeddings_and_completions_are_stored_and_listed_newest_first(
-    live_server, openai_with_key, logged: Tenant
-) -> None:
+def test_embeddings_and_completions_are_stored_and_listed_newest_first(live_server, openai_with_key, logged) -> None:
     client = openai_with_key(logged.key)
     client.completions.create(model=CHAT_MODEL, prompt="Once", max_tokens=2)
     raw = client.embeddings.with_raw_response.create(model=EMBEDDING_MODEL, input="a colour")
@@ -117,7 +116,7 @@ def test_embeddings_and_completions_are_stored_and_listed_newest_first(
     assert older["endpoint"] == "/v1/completions" and older["request"]["prompt"] == "Once"
 
 
-def test_another_workspace_cannot_see_them(live_server, openai_with_key, logged: Tenant) -> None:
+def test_another_workspace_cannot_see_them(live_server, openai_with_key, logged) -> None:
     _, request_id = chat(openai_with_key(logged.key), max_tokens=1)
     settle(live_server, request_id)
     stranger = live_server.create_tenant("request-logs-stranger")
@@ -138,7 +137,7 @@ def test_opting_out_stops_storing(live_server, openai_with_key) -> None:
     assert stored_rows(live_server, tenant.workspace_id) == 1
 
 
-def test_retention_is_bounded(live_server, logged: Tenant) -> None:
+def test_retention_is_bounded(live_server, logged) -> None:
     with live_server.admin() as admin:
         for days in (0, 3651):
             response = admin.patch(f"/workspaces/{logged.workspace_id}", json={"request_log_retention_days": days})
