@@ -17,10 +17,6 @@ from tramontane.sandbox import ManagerConfig, SandboxManager
 from tramontane.server import create_app, default_model_specs
 from tramontane.tenancy import Tenancy
 
-# Sandbox host uids of this folder's server, apart from other folders' managers
-# (which may be alive at the same time in one test session).
-UID_BASE = 1_500_300_000
-
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentsServer]:
@@ -29,7 +25,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentsServer]:
     admin_key = tenancy.bootstrap_admin_key()
     assert admin_key is not None
     registry = load_models(default_model_specs())
-    sandboxes = SandboxManager(ManagerConfig(pool_size=1, microvm_pool_size=0, max_sandboxes=8, host_uid_base=UID_BASE))
+    sandboxes = SandboxManager(ManagerConfig(pool_size=1, microvm_pool_size=0, max_sandboxes=8))
     backend = ScriptedBackend()
     app = create_app(
         registry, tenancy, sandboxes=sandboxes, agent_backend=backend, agent_sandbox_idle_timeout_s=SANDBOX_IDLE_S

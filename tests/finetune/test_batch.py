@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import pytest
 from finetune_helpers import CHAT_MODEL, Server, jsonl
 from mistralai.client import errors as mistral_errors
+
+from tramontane.engine.defaults import DEFAULT_EMBEDDING_MODEL_NAME as EMBEDDING_MODEL
 
 
 def wait_batch(client, job_id: str, timeout: float = 120):
@@ -94,3 +97,43 @@ def test_embeddings_batch(platform: Server) -> None:
     assert (job.status, job.succeeded_requests, job.error_file) == ("SUCCESS", 1, None)
     [result] = lines(client, job.output_file)
     assert [len(d["embedding"]) for d in result["response"]["body"]["data"]] == [384, 384]
+
+
+def test_batch_requests_are_metered_as_the_jobs_key(platform: Server) -> None:
+    tenant = platform.tenant("batch-metered")
+    client = platform.mistral(tenant)
+    chat_lines = jsonl(
+        *(
+            {"custom_id": str(i), "body": {"messages": [{"role": "user", "content": f"Say {i}"}], "max_tokens": 4}}
+            for i in range(3)
+        ),
+        {"custom_id": "broken", "body": {"messages": "not a list"}},  # refused: nothing used, nothing metered
+    )
+    embedding_lines = jsonl({"custom_id": "e", "body": {"input": ["one text", "another text"]}})
+    outputs = []
+    for endpoint, model, content in (
+        ("/v1/chat/completions", CHAT_MODEL, chat_lines),
+        ("/v1/embeddings", EMBEDDING_MODEL, embedding_lines),
+    ):
+        upload = client.files.upload(file={"file_name": "requests.jsonl", "content": content}, purpose="batch")
+        job = wait_batch(client, client.batch.jobs.create(endpoint=endpoint, input_files=[upload.id], model=model).id)
+        assert job.status == "SUCCESS"
+        outputs.append(lines(client, job.output_file))
+
+    key_id = tenant.key.split("_")[1]
+    admin = {"Authorization": f"Bearer {platform.admin_key}"}
+    report = httpx.get(
+        f"{platform.url}/v1/admin/usage",
+        params={"workspace_id": tenant.workspace_id, "group_by": ["key", "model"]},
+        headers=admin,
+    ).raise_for_status()
+    rows = {row["model"]: row for row in report.json()["data"]}
+    assert rows.keys() == {CHAT_MODEL, EMBEDDING_MODEL}
+    for model, output in zip((CHAT_MODEL, EMBEDDING_MODEL), outputs, strict=True):
+        usages = [line["response"]["body"]["usage"] for line in output]
+        row = rows[model]
+        assert row["key"] == key_id and row["requests"] == len(output)
+        assert row["prompt_tokens"] == sum(u["prompt_tokens"] for u in usages) > 0
+        assert row["completion_tokens"] == sum(u.get("completion_tokens", 0) for u in usages)
+        assert row["energy_wh"] > 0
+    assert rows[CHAT_MODEL]["completion_tokens"] > 0

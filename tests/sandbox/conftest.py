@@ -45,6 +45,13 @@ def _unavailable_reason() -> str | None:
 UNAVAILABLE = _unavailable_reason()
 
 
+@pytest.fixture
+def tier1_host() -> None:
+    """Skips the test where tier-1 sandboxes cannot run, saying why."""
+    if UNAVAILABLE is not None:
+        pytest.skip(UNAVAILABLE)
+
+
 def _tenant_header(request: Request) -> str | None:
     """Tests name a tenant with x-tenant; without it the API is unscoped."""
     return request.headers.get("x-tenant")
@@ -147,7 +154,7 @@ def live_vm() -> Iterator[LiveSandboxes]:
         pytest.skip(reason)
     config = ManagerConfig(
         max_sandboxes=16, pool_size=0, microvm_pool_size=2, microvm_accelerator=accelerator,
-        reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024, host_uid_base=1_500_100_000,
+        reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024,
     )  # fmt: skip
     with _serve(SandboxManager(config)) as served:
         yield served

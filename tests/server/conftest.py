@@ -28,11 +28,6 @@ CHAT_MODEL = DEFAULT_CHAT_MODEL_NAME
 EMBEDDING_MODEL = DEFAULT_EMBEDDING_MODEL_NAME
 
 
-# Sandbox host uids of this folder's server, apart from other folders' managers
-# (which may be alive at the same time in one test session).
-UID_BASE = 1_500_200_000
-
-
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -99,7 +94,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     assert admin_key is not None
     registry = load_models(default_model_specs())
     # The whole platform, as `tramontane up` assembles it.
-    sandboxes = SandboxManager(ManagerConfig(pool_size=1, microvm_pool_size=0, max_sandboxes=8, host_uid_base=UID_BASE))
+    sandboxes = SandboxManager(ManagerConfig(pool_size=1, microvm_pool_size=0, max_sandboxes=8))
     plane = ControlPlane(tenancy.store, home=home)
     finetune = FineTuning(tenancy.store, home, registry.checkpoints(), on_model_ready=registry.add_adapter)
     app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane, finetune=finetune)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import time
 
 import httpx
 import pytest
@@ -77,6 +78,7 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("delete", "/v1/deployments/{name}"): ({}, None),
     ("post", "/v1/deployments/{name}/scale"): ({}, {"replicas": 0}),
     ("get", "/v1/deployments/{name}/logs"): ({}, None),
+    ("get", "/v1/request_logs/{request_id}"): ({}, None),
 }
 
 
@@ -97,7 +99,19 @@ def owners_objects(live_server) -> dict:
     """One object of each kind in the owner's workspace, by path parameter name."""
     owner = live_server.create_tenant("sweep-owner", ALL)
     ids: dict = {"model_id": "no-such-model", "version": "0", "pid": "1", "_owner": owner}
+    with live_server.admin() as admin:
+        opted_in = admin.patch(f"/workspaces/{owner.workspace_id}", json={"request_log_retention_days": 1})
+        assert opted_in.status_code == 200, opted_in.text
     with httpx.Client(base_url=live_server.url, headers=owner.headers, timeout=120) as http:
+        chat = {"model": DEFAULT_CHAT_MODEL_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+        completion = http.post("/v1/chat/completions", json=chat)
+        assert completion.status_code == 200, completion.text
+        ids["request_id"] = completion.headers["x-request-id"]
+        # Stored after the response was sent, by a background writer.
+        deadline = time.monotonic() + 30
+        while http.get(f"/v1/request_logs/{ids['request_id']}").status_code != 200:
+            assert time.monotonic() < deadline, "the owner's request was never stored"
+            time.sleep(0.05)
         agent = http.post("/v1/agents", json={"model": DEFAULT_CHAT_MODEL_NAME, "name": "owned"})
         assert agent.status_code == 200, agent.text
         ids["agent_id"] = agent.json()["id"]
@@ -210,6 +224,7 @@ def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):
         assert http.get(f"/v1/files/{owners_objects['file_id']}/content").content.startswith(b'{"messages"')
         assert http.get(f"/v1/fine_tuning/jobs/{owners_objects['job_id']}").json()["status"] != "CANCELLED"
         assert http.get(f"/v1/batch/jobs/{owners_objects['batch_job_id']}").status_code == 200
+        assert http.get(f"/v1/request_logs/{owners_objects['request_id']}").status_code == 200
         if "sandbox_id" in owners_objects:
             content = http.get(
                 f"/v1/sandboxes/{owners_objects['sandbox_id']}/files", params={"path": "/home/user/secret.txt"}

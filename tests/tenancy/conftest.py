@@ -110,8 +110,10 @@ def store(database_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture
-def tenancy(store: Store, tmp_path: Path) -> Tenancy:
-    return Tenancy(store, home=tmp_path / "home", pepper=b"test-pepper-0123456789abcdef")
+def tenancy(store: Store, tmp_path: Path) -> Iterator[Tenancy]:
+    tenancy = Tenancy(store, home=tmp_path / "home", pepper=b"test-pepper-0123456789abcdef")
+    yield tenancy
+    tenancy.request_logs.close()  # the store is the `store` fixture's to close
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from tenancy_helpers import add_key, make_tenant
 
 from tramontane.store import AuditEvent, Base, Store
-from tramontane.tenancy import CLI, Tenancy, TenancyError
+from tramontane.store.types import utcnow
+from tramontane.tenancy import CLI, RequestLogEntry, Tenancy, TenancyError
 
 
 def _everything(store: Store) -> bytes:
@@ -33,6 +34,23 @@ def test_erasing_a_workspace_leaves_no_trace(client: TestClient, tenancy: Tenanc
         assert client.post("/v1/generate", json=body, headers=tenant.headers).status_code == 200
     client.post("/v1/generate", json={}, headers={"Authorization": f"Bearer {doomed.key[:-3]}xyz"})  # audited failure
     client.post("/v1/deploy", headers=doomed.headers)  # audited denial
+    for tenant, secret in ((doomed, "doomed-prompt-5e1f"), (kept, "kept-prompt-77aa")):
+        now = utcnow()
+        tenancy.request_logs.submit(
+            RequestLogEntry(
+                workspace_id=tenant.workspace_id,
+                api_key_id=tenant.key_id,
+                request_id=f"req-{secret}",
+                endpoint="/v1/chat/completions",
+                model="m",
+                created_at=now,
+                completed_at=now,
+                retention_days=30,
+                request={"messages": [{"role": "user", "content": secret}]},
+                response={"choices": [{"message": {"content": f"reply to {secret}"}}]},
+            )
+        )
+    tenancy.request_logs.flush()
     files = tenancy.workspace_dir(doomed.workspace_id)
     (files / "adapters").mkdir(parents=True)
     (files / "adapters" / "weights.bin").write_bytes(b"secret weights of doomed")
@@ -42,12 +60,19 @@ def test_erasing_a_workspace_leaves_no_trace(client: TestClient, tenancy: Tenanc
 
     assert not files.exists() and list(files.parent.iterdir()) == []
     stored = _everything(tenancy.store)
-    traces = [doomed.workspace_id, "ws-doomed-7f3a", "model-doomed-c0ffee", doomed.key_id, doomed2.key_id]
+    traces = [
+        doomed.workspace_id,
+        "ws-doomed-7f3a",
+        "model-doomed-c0ffee",
+        doomed.key_id,
+        doomed2.key_id,
+        "doomed-prompt-5e1f",
+    ]
     for trace in traces:
         assert trace.encode() not in stored, trace
     assert doomed.key.encode() not in stored
     # The same search does find what was kept, so it would have found the rest.
-    for trace in (kept.workspace_id, "ws-kept-91c2", "model-kept-beef", kept.key_id):
+    for trace in (kept.workspace_id, "ws-kept-91c2", "model-kept-beef", kept.key_id, "kept-prompt-77aa"):
         assert trace.encode() in stored, trace
     with tenancy.store.read() as connection:
         for table in Base.metadata.sorted_tables:

@@ -7,8 +7,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from tenancy_helpers import add_key, make_tenant
 
-from tramontane.store import AuditEvent
-from tramontane.tenancy import Capability, Tenancy
+from tramontane.store import ApiKey, AuditEvent
+from tramontane.tenancy import Capability, NotFound, Tenancy, get_owned, owned
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
 
@@ -73,6 +73,23 @@ def test_objects_of_another_workspace_are_404(client: TestClient, tenancy: Tenan
         response = client.get(f"/v1/own-keys/{missing}", headers=alice.headers)
         assert response.status_code == 404
         assert response.json()["error"]["type"] == "not_found_error"
+
+
+def test_ownership_by_workspace_id_with_the_callers_error(tenancy: Tenancy) -> None:
+    """Work done for a workspace without its key at hand (batch jobs, handoffs) finds
+    objects by workspace id; a service keeps its own error code and parameter."""
+    alice, bob = make_tenant(tenancy, "alice"), make_tenant(tenancy, "bob")
+    with tenancy.store.session() as session:
+        assert get_owned(session, ApiKey, alice.key_id, alice.workspace_id, "API key").id == alice.key_id
+        assert [key.id for key in session.scalars(owned(ApiKey, alice.workspace_id))] == [alice.key_id]
+        with pytest.raises(NotFound) as missing:
+            get_owned(session, ApiKey, alice.key_id, bob.workspace_id, "batch job", code="job_not_found", param="id")
+    assert missing.value.body()["error"] == {
+        "message": f"No batch job with id '{alice.key_id}'",
+        "type": "not_found_error",
+        "param": "id",
+        "code": "job_not_found",
+    }
 
 
 def test_non_admin_keys_cannot_reach_the_admin_api(client: TestClient, tenancy: Tenancy) -> None:

@@ -22,7 +22,7 @@ def test_migrations_match_the_models(store: Store) -> None:
 def test_upgrade_is_idempotent(store: Store) -> None:
     head = current_revision(store)
     upgrade(store)
-    assert current_revision(store) == head == "0004_agents"
+    assert current_revision(store) == head == "0005_request_logs"
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from ..errors import APIError
 from ..store import Store
 from ..store.types import utcnow
-from ..tenancy import NotFound, Principal, get_owned, owned
+from ..tenancy import Principal, get_owned, owned
 from .models import AgentRow, AgentVersionRow
 from .schemas import Agent, AgentCreate, AgentUpdate
 
@@ -127,9 +127,7 @@ class AgentRegistry:
     def find(self, workspace_id: str, agent_id: str) -> Agent:
         """The current version of a workspace's agent, for a handoff (no caller key at hand)."""
         with self._store.session() as session:
-            agent = session.get(AgentRow, agent_id)
-            if agent is None or agent.workspace_id != workspace_id:
-                raise NotFound("agent", agent_id)
+            agent = get_owned(session, AgentRow, agent_id, workspace_id, "agent")
             versions = _versions(session, agent.id)
             current = next(v for v in versions if v.version == agent.version)
             return _view(agent, current, [v.version for v in versions])

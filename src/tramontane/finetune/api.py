@@ -153,7 +153,7 @@ batches = APIRouter(prefix="/v1/batch/jobs", tags=["batch"])
 
 @batches.post("")
 async def create_batch(body: CreateBatchRequest, principal: InferenceKey, service: Service) -> dict[str, Any]:
-    return await service.batches.create(principal.workspace_id, body)
+    return await service.batches.create(principal.workspace_id, principal.key_id, body)
 
 
 @batches.get("")

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy import func, select
 from ..errors import APIError
 from ..store import Store
 from ..store.types import new_id, utcnow
+from ..tenancy import get_owned, owned
 from .files import FileStore
 from .jobs import unix
 from .models import BatchJobRow
@@ -34,8 +36,23 @@ CANCELLATION_REQUESTED, CANCELLED = "CANCELLATION_REQUESTED", "CANCELLED"
 TERMINAL = frozenset({SUCCESS, FAILED, CANCELLED})
 CONCURRENT_REQUESTS = 8
 
-# execute(endpoint, body, workspace_id) -> response body; raises APIError.
-Executor = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One line of a batch job, as its executor runs it."""
+
+    endpoint: str
+    body: dict[str, Any]
+    workspace_id: str
+    # The key that created the job: the line's usage is metered as this key's
+    # (None for jobs created before batch metering).
+    api_key_id: str | None
+    # `<job id>-<line index>`: the line's id in the output, and its usage's request id.
+    request_id: str
+
+
+# execute(request) -> response body; raises APIError.
+Executor = Callable[[BatchRequest], Awaitable[dict[str, Any]]]
 
 
 def batch_view(job: BatchJobRow) -> dict[str, Any]:
@@ -91,18 +108,19 @@ class BatchJobs:
 
     # -- API operations --------------------------------------------------------------
 
-    async def create(self, workspace_id: str, request: CreateBatchRequest) -> dict[str, Any]:
-        view = await anyio.to_thread.run_sync(self._insert, workspace_id, request)
+    async def create(self, workspace_id: str, api_key_id: str, request: CreateBatchRequest) -> dict[str, Any]:
+        view = await anyio.to_thread.run_sync(self._insert, workspace_id, api_key_id, request)
         await self.run_pending()
         return view
 
-    def _insert(self, workspace_id: str, request: CreateBatchRequest) -> dict[str, Any]:
+    def _insert(self, workspace_id: str, api_key_id: str, request: CreateBatchRequest) -> dict[str, Any]:
         for file_id in request.input_files:
             if self.files.get(workspace_id, file_id).purpose != "batch":
                 raise APIError(400, f"File '{file_id}' was not uploaded with purpose 'batch'", param="input_files")
         job = BatchJobRow(
             id=new_id("batch"),
             workspace_id=workspace_id,
+            api_key_id=api_key_id,
             input_files=request.input_files,
             endpoint=request.endpoint,
             model=request.model,
@@ -115,10 +133,7 @@ class BatchJobs:
         return batch_view(job)
 
     def _owned(self, session: Any, workspace_id: str, job_id: str) -> BatchJobRow:
-        job = session.get(BatchJobRow, job_id)
-        if job is None or job.workspace_id != workspace_id:
-            raise APIError(404, f"No batch job with id '{job_id}'", code="job_not_found", param="job_id")
-        return job
+        return get_owned(session, BatchJobRow, job_id, workspace_id, "batch job", code="job_not_found", param="job_id")
 
     def get(self, workspace_id: str, job_id: str) -> dict[str, Any]:
         with self.store.session() as session:
@@ -134,7 +149,7 @@ class BatchJobs:
         status: list[str] | None,
         created_after: datetime | None,
     ) -> dict[str, Any]:
-        query = select(BatchJobRow).where(BatchJobRow.workspace_id == workspace_id)
+        query = owned(BatchJobRow, workspace_id)
         if model is not None:
             query = query.where(BatchJobRow.model == model)
         if status:
@@ -232,7 +247,8 @@ class BatchJobs:
                 try:
                     if isinstance(body, APIError):
                         raise body
-                    response = await self.execute(job.endpoint, body, job.workspace_id)  # type: ignore[misc]
+                    request = BatchRequest(job.endpoint, body, job.workspace_id, job.api_key_id, line_id)
+                    response = await self.execute(request)  # type: ignore[misc]
                     line = {"id": line_id, "custom_id": custom_id, "response": {"status_code": 200, "body": response}}
                     results.append((index, {**line, "error": None}))
                 except APIError as exc:

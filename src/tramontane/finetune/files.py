@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from ..errors import APIError
 from ..store import Store
 from ..store.types import new_id
+from ..tenancy import get_owned, owned
 from ..tenancy.directory import workspace_dir
 from .models import FileRow
 
@@ -19,10 +20,6 @@ from .models import FileRow
 PURPOSES = ("fine-tune", "batch", "user_data", "assistants", "evals", "vision")
 SAMPLE_TYPES = {"fine-tune": "instruct", "batch": "batch_request"}
 COPY_CHUNK = 1024 * 1024
-
-
-def not_found(file_id: str) -> APIError:
-    return APIError(404, f"No file with id '{file_id}'", code="file_not_found", param="file_id")
 
 
 class FileStore:
@@ -80,10 +77,7 @@ class FileStore:
     def get(self, workspace_id: str, file_id: str) -> FileRow:
         """The workspace's file `file_id`; another workspace's is missing (404)."""
         with self.store.session() as session:
-            row = session.get(FileRow, file_id)
-        if row is None or row.workspace_id != workspace_id:
-            raise not_found(file_id)
-        return row
+            return get_owned(session, FileRow, file_id, workspace_id, "file", param="file_id")
 
     def read(self, row: FileRow) -> bytes:
         return self.path(row).read_bytes()
@@ -91,7 +85,7 @@ class FileStore:
     def list(
         self, workspace_id: str, *, purpose: str | None, page: int, page_size: int, search: str | None = None
     ) -> tuple[list[FileRow], int]:
-        query = select(FileRow).where(FileRow.workspace_id == workspace_id)
+        query = owned(FileRow, workspace_id)
         if purpose:
             query = query.where(FileRow.purpose == purpose)
         if search:

@@ -18,6 +18,7 @@ from ..engine import InvalidRequestError, Tokenizer, load_tokenizer
 from ..errors import APIError
 from ..store import Store
 from ..store.types import new_id, utcnow
+from ..tenancy import get_owned, owned
 from ..tenancy.directory import workspace_dir
 from .dataset import DatasetError, Example, encode, parse_chat_jsonl
 from .files import FileStore
@@ -198,10 +199,9 @@ class FineTuningJobs:
         transition(job, VALIDATED)
 
     def _owned(self, session: Session, workspace_id: str, job_id: str) -> FineTuningJobRow:
-        job = session.get(FineTuningJobRow, job_id)
-        if job is None or job.workspace_id != workspace_id:
-            raise APIError(404, f"No fine-tuning job with id '{job_id}'", code="job_not_found", param="job_id")
-        return job
+        return get_owned(
+            session, FineTuningJobRow, job_id, workspace_id, "fine-tuning job", code="job_not_found", param="job_id"
+        )
 
     def get(self, workspace_id: str, job_id: str) -> dict[str, Any]:
         with self.store.session() as session:
@@ -218,7 +218,7 @@ class FineTuningJobs:
         created_after: datetime | None = None,
         suffix: str | None = None,
     ) -> dict[str, Any]:
-        query = select(FineTuningJobRow).where(FineTuningJobRow.workspace_id == workspace_id)
+        query = owned(FineTuningJobRow, workspace_id)
         for column, value in (
             (FineTuningJobRow.model, model),
             (FineTuningJobRow.status, status),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..store.models import Base, WorkspaceOwned
@@ -55,6 +55,11 @@ class BatchJobRow(WorkspaceOwned, Base):
     __tablename__ = "batch_jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: new_id("batch"))
+    # The key that created the job, whose usage its requests are metered as
+    # (None for jobs created before batch metering existed).
+    api_key_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("api_keys.id", ondelete="CASCADE"), default=None
+    )
     input_files: Mapped[list[str]] = mapped_column(JSON)
     endpoint: Mapped[str] = mapped_column(String(64))
     model: Mapped[str | None] = mapped_column(String(200), default=None)

@@ -36,6 +36,7 @@ from .launcher import Runtime, launch
 from .microvm import MicroVMHost, launch_vm
 from .policy import EgressRule, Limits, SandboxSpec, validate_timeout
 from .sandbox import ManagedSandbox, SandboxState
+from .uid_lease import LEASE_DIR, RANGE_SIZE, UidRange, claim_uid_range
 
 logger = logging.getLogger("tramontane.sandbox")
 
@@ -71,8 +72,10 @@ class ManagerConfig:
     # unless the operator says so here.
     egress_private_networks: tuple[str, ...] = ()
     # Each sandbox runs as its own host uid, from this one up; pick a range no
-    # account or subordinate-id range (/etc/subuid) uses.
+    # account or subordinate-id range (/etc/subuid) uses. Each manager on the host
+    # leases its own slice of it in `uid_lease_dir` (see `uid_lease`).
     host_uid_base: int = 1_500_000_000
+    uid_lease_dir: str = LEASE_DIR
     cgroup_v2_parent: str = "/"
     max_file_bytes: int = MAX_FILE_BYTES
     reap_interval_s: float = 0.25
@@ -93,7 +96,13 @@ class SandboxManager:
         self._sandboxes: dict[str, ManagedSandbox] = {}
         self._pools: dict[str, list[tuple[str, Runtime]]] = {t: [] for t in self.config.templates}
         pooled_at_most = self.config.pool_size + self.config.microvm_pool_size
-        self._free_uids = list(range(self.config.max_sandboxes + pooled_at_most))[::-1]
+        slots = self.config.max_sandboxes + pooled_at_most
+        if slots > RANGE_SIZE:
+            raise ValueError(f"max_sandboxes plus pool sizes exceed the {RANGE_SIZE} host uids a manager leases")
+        # Slots: offsets into the leased uid range.
+        self._slots = slots
+        self._free_uids = list(range(slots))[::-1]
+        self._uids: UidRange | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._creating = 0  # launches in flight for create(), counted against capacity
         self._closing = False
@@ -118,6 +127,7 @@ class SandboxManager:
         self._bwrap = found
         self._tree = CgroupTree.detect(self.config.cgroup_v2_parent)
         self._tree.reap_stale()
+        self._uids = claim_uid_range(self.config.uid_lease_dir, self.config.host_uid_base)
         if MICROVM_TEMPLATE in self.config.templates:
             try:
                 self._microvm = MicroVMHost.detect(self.config.microvm_accelerator)
@@ -144,6 +154,15 @@ class SandboxManager:
         )
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)
+        if self._uids is not None:
+            self._uids.release()  # every sandbox, and so every uid of the range, is gone
+
+    @property
+    def host_uids(self) -> range:
+        """The host uids this manager's sandboxes run as (leased when it starts)."""
+        if self._uids is None:
+            raise Unavailable("the sandbox manager is not started", code="not_started")
+        return range(self._uids.first, self._uids.first + self._slots)
 
     # -- creation
 
@@ -244,7 +263,7 @@ class SandboxManager:
                 assert self._microvm is not None
                 runtime = await launch_vm(
                     self._microvm, tree=self._tree, name=sandbox_id, limits=limits,
-                    host_uid=self.config.host_uid_base + slot,
+                    host_uid=self.host_uids[slot],
                 )  # fmt: skip
                 try:
                     # The guest's init starts the agent with an empty environment.
@@ -258,7 +277,7 @@ class SandboxManager:
                 tree=self._tree,
                 name=sandbox_id,
                 limits=limits,
-                host_uid=self.config.host_uid_base + slot,
+                host_uid=self.host_uids[slot],
                 env={**bwrap.base_env(), **env},
                 egress_rules=egress_rules,
             )
@@ -391,7 +410,7 @@ class SandboxManager:
         self._free_uid(runtime)
 
     def _free_uid(self, runtime: Runtime) -> None:
-        self._free_uids.append(runtime.host_uid - self.config.host_uid_base)
+        self._free_uids.append(self.host_uids.index(runtime.host_uid))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

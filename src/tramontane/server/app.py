@@ -15,7 +15,7 @@ from ..control.plane import ControlPlane
 from ..finetune.api import install as install_finetune
 from ..finetune.service import FineTuning
 from ..sandbox import SandboxError, SandboxManager, create_router
-from ..tenancy import Capability, Principal, Tenancy, require
+from ..tenancy import Capability, Principal, Tenancy, request_logs_router, require
 from ..tenancy.admin_api import router as admin_router
 from . import chat, completions, embeddings, health, models
 from .batch import batch_executor
@@ -68,6 +68,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.start()
+        tenancy.request_logs.start()  # its thread also purges expired logs
         if finetune is not None:
             await finetune.start()
         if control_plane is not None:
@@ -94,7 +95,7 @@ def create_app(
 
     app = FastAPI(title="Tramontane", version=__version__, lifespan=lifespan)
     app.state.models = registry
-    app.state.metrics = metrics = Metrics(registry)
+    app.state.metrics = metrics = Metrics(registry, tenancy.request_logs)
     tenancy.install(app)
 
     # FastAPI builds a router's routes on the first request that is matched against
@@ -108,6 +109,7 @@ def create_app(
     app.include_router(v1)
     if replica_token is None:  # a replica serves its models only
         app.include_router(admin_router)
+        app.include_router(request_logs_router, responses=_ERRORS)
         app.include_router(
             build_agents_router(
                 tenancy.store,
@@ -126,7 +128,7 @@ def create_app(
     if control_plane is not None:
         install_control_plane(app, control_plane, tenancy)
     if finetune is not None:
-        finetune.batches.execute = batch_executor(registry, metrics)
+        finetune.batches.execute = batch_executor(registry, metrics, tenancy)
         install_finetune(app, finetune)
 
     install_error_handlers(app)

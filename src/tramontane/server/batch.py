@@ -1,37 +1,75 @@
 """How the Batch API runs one request line: through the same code as the
-/v1/chat/completions and /v1/embeddings routes, without an HTTP request."""
+/v1/chat/completions and /v1/embeddings routes, without an HTTP request, and
+metered like one: a usage row (tokens, model, latency, energy) for the key that
+created the job, counted against its token limits."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+import time
 from typing import Any
 
+import anyio.to_thread
 from pydantic import ValidationError
 
+from ..finetune.batch import BatchRequest, Executor
+from ..tenancy import EnergyReading, Tenancy
 from . import chat, embeddings
 from .errors import APIError
 from .metrics import Metrics
-from .protocol import ChatCompletionRequest, EmbeddingRequest
+from .protocol import ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest, EmbeddingResponse
 from .registry import ModelRegistry
 
-# execute(endpoint, body, workspace_id): the workspace's fine-tuned models are among those a body may name.
-Executor = Callable[[str, dict[str, Any], str], Awaitable[dict[str, Any]]]
+log = logging.getLogger(__name__)
 
 
-def batch_executor(models: ModelRegistry, metrics: Metrics) -> Executor:
-    async def execute(endpoint: str, body: dict[str, Any], workspace_id: str) -> dict[str, Any]:
+def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) -> Executor:
+    async def run(request: BatchRequest) -> ChatCompletionResponse | EmbeddingResponse:
+        """The response to one line; its workspace's fine-tuned models are among those it may name."""
         try:
-            if endpoint == "/v1/chat/completions":
-                request = ChatCompletionRequest.model_validate(body)
-                if request.stream:
+            if request.endpoint == "/v1/chat/completions":
+                body = ChatCompletionRequest.model_validate(request.body)
+                if body.stream:
                     raise APIError(400, "batch requests cannot stream", param="stream")
-                response = await chat.complete(models, metrics, request, workspace_id)
-            else:
-                response = await embeddings.embed(models, EmbeddingRequest.model_validate(body))
+                return await chat.complete(models, metrics, body, request.workspace_id)
+            return await embeddings.embed(models, EmbeddingRequest.model_validate(request.body))
         except ValidationError as exc:
             first = exc.errors()[0]
             location = ".".join(str(part) for part in first["loc"])
             raise APIError(422, f"{location}: {first['msg']}", param=location or None) from None
+
+    def meter(
+        request: BatchRequest,
+        response: ChatCompletionResponse | EmbeddingResponse,
+        latency_s: float,
+        energy: EnergyReading,
+    ) -> None:
+        principal = tenancy.key_principal(request.api_key_id) if request.api_key_id else None
+        if principal is None:  # a job from before batch metering (a key goes only with its workspace)
+            log.warning("batch line %s is not metered: its job names no key", request.request_id)
+            return
+        tenancy.record_usage(
+            principal,
+            model=response.model,
+            prompt_tokens=response.usage.prompt_tokens,
+            completion_tokens=response.usage.total_tokens - response.usage.prompt_tokens,  # embeddings: 0
+            request_id=request.request_id,
+            latency_s=latency_s,
+            energy=energy,
+        )
+
+    async def execute(request: BatchRequest) -> dict[str, Any]:
+        span = tenancy.meter.begin()
+        started = time.perf_counter()
+        try:
+            response = await run(request)
+        except BaseException:
+            # Refused before the engine ran (bad body, unknown model): nothing to meter.
+            tenancy.meter.finish(span)
+            raise
+        latency_s = time.perf_counter() - started
+        energy = tenancy.meter.finish(span, response.usage.total_tokens)
+        await anyio.to_thread.run_sync(meter, request, response, latency_s, energy)
         return response.model_dump(mode="json", exclude_none=True)
 
     return execute

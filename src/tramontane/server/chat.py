@@ -108,7 +108,7 @@ async def complete(
 async def respond(
     request: Request, meter: RequestMeter, gen: Generation, output: ChatOutput, stream: bool, include_usage: bool
 ) -> Response | ChatCompletionResponse:
-    meter.track(gen.model, [gen])
+    meter.track(gen.model, [gen], response=lambda: _response(gen, output))
     if stream:
         await until_disconnected(request, gen.start())
         return EventStreamResponse(meter.guard(_stream(gen, output, include_usage)))

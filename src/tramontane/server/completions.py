@@ -47,25 +47,29 @@ async def create_completion(
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     params = sampling_params(body, n=body.n, max_tokens=max_tokens, logprobs=body.logprobs, lora=model.lora)
     gens = [Generation(model.engine, model.name, p, params, metrics, "cmpl") for p in prompts]
-    meter.track(model.name, gens)
     tokenizer = model.engine.tokenizer
     echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
+    meter.track(model.name, gens, response=lambda: _response(model, gens, echoes, body.logprobs is not None))
     if body.stream:
         await until_disconnected(request, run_all(gens, streamed=True))
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return EventStreamResponse(meter.guard(_stream(model, gens, echoes, body.logprobs is not None, include_usage)))
     await until_disconnected(request, run_all(gens, streamed=False))
+    return _response(model, gens, echoes, body.logprobs is not None)
+
+
+def _response(model: ChatModel, gens: list[Generation], echoes: list[str], logprobs: bool) -> CompletionResponse:
+    """The whole response (also what a stored streamed request's response is)."""
     choices = []
     for g, gen in enumerate(gens):
         for i, choice in enumerate(gen.choices):
-            logprobs = None
-            if body.logprobs is not None:
-                logprobs = completion_logprobs(tokenizer, choice.logprobs, len(echoes[g]))
             choices.append(
                 CompletionChoice(
                     index=g * len(gen.choices) + i,
                     text=echoes[g] + choice.text,
-                    logprobs=logprobs,
+                    logprobs=completion_logprobs(model.engine.tokenizer, choice.logprobs, len(echoes[g]))
+                    if logprobs
+                    else None,
                     finish_reason=finish_reason(choice.finish_reason),
                 )
             )

@@ -22,7 +22,7 @@ MAX_INPUTS = 2048  # OpenAI's limit per request
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
 async def create_embeddings(body: EmbeddingRequest, models: Models, meter: Metered) -> EmbeddingResponse:
     response = await embed(models, body)
-    meter.track(response.model, prompt_tokens=response.usage.prompt_tokens)
+    meter.track(response.model, prompt_tokens=response.usage.prompt_tokens, response=lambda: response)
     return response
 
 

@@ -6,22 +6,31 @@ meter records the request's usage once the response has been sent, streaming
 included, whether it ended normally, failed or lost its client: the one place
 where inference is metered. What the engine accepted is what gets metered: a
 request it refused records nothing, one cut short records the tokens it got.
+
+When the key's workspace opted in, the meter also queues the request and its
+response (for a stream, the response assembled from what was generated) for
+storage, after the response has been sent and without waiting for the write.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
 from fastapi import Depends, Request
+from pydantic import BaseModel
 
-from ..tenancy import Capability, Principal, Tenancy, TenancyError, get_tenancy, require
+from ..store.types import utcnow
+from ..tenancy import Capability, Principal, RequestLogEntry, Tenancy, TenancyError, get_tenancy, require
 from .generation import Generation, usage
+
+log = logging.getLogger(__name__)
 
 # A stream re-reads its key at its first event after this long, so that a key
 # revoked (or expiring) mid-stream stops it within about a second; per event
@@ -44,13 +53,28 @@ class RequestMeter:
         self._model: str | None = None
         self._gens: Sequence[Generation] = ()
         self._prompt_tokens = 0
+        self._response: Callable[[], BaseModel] | None = None
+        self._started_at = utcnow()
 
-    def track(self, model: str, gens: Sequence[Generation] = (), *, prompt_tokens: int = 0) -> None:
+    def track(
+        self,
+        model: str,
+        gens: Sequence[Generation] = (),
+        *,
+        prompt_tokens: int = 0,
+        response: Callable[[], BaseModel] | None = None,
+    ) -> None:
         """Meters `model`'s work for this request: `gens`, read when the response
-        is done, plus `prompt_tokens` already counted (embeddings)."""
+        is done, plus `prompt_tokens` already counted (embeddings). `response`
+        builds the whole response once `gens` are done, should the request be stored."""
         self._model = model
         self._gens = gens
         self._prompt_tokens = prompt_tokens
+        self._response = response
+
+    @property
+    def stores_request(self) -> bool:
+        return self._model is not None and self._principal.request_log_retention_days is not None
 
     async def guard(self, events: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
         """`events`, cut by an error event (and the generation aborted) as soon as
@@ -72,12 +96,20 @@ class RequestMeter:
         request = self._request
         self._tenancy.authenticate(request.headers.get("authorization"), where=f"{request.method} {request.url.path}")
 
-    def record(self) -> None:
+    def record(self, request_body: bytes | None = None) -> None:
+        """Meters the request and, given its body, queues it for storage."""
         if self._model is None:
             return
         started = [gen for gen in self._gens if gen.started]
         if self._gens and not started:
             return  # the engine refused every generation: nothing was used
+        # Queued first, so that once a request's usage is recorded its log is queued.
+        if request_body is not None and self.stores_request:
+            try:
+                self._store(json.loads(request_body))
+            except Exception as exc:  # its usage is recorded all the same
+                log.error("could not queue request %s's log: %s", self._request.state.request_id, type(exc).__name__)
+                self._tenancy.request_logs.count_dropped()
         counts = usage(started)
         self._tenancy.record_usage(
             self._principal,
@@ -85,6 +117,25 @@ class RequestMeter:
             prompt_tokens=counts.prompt_tokens + self._prompt_tokens,
             completion_tokens=counts.completion_tokens,
             request_id=self._request.state.request_id,
+        )
+
+    def _store(self, request_json: dict[str, Any]) -> None:
+        principal = self._principal
+        assert self._model is not None and principal.request_log_retention_days is not None
+        response = self._response() if self._response is not None else None
+        self._tenancy.request_logs.submit(
+            RequestLogEntry(
+                workspace_id=principal.workspace_id,
+                api_key_id=principal.key_id,
+                request_id=self._request.state.request_id,
+                endpoint=self._request.url.path,
+                model=self._model,
+                created_at=self._started_at,
+                completed_at=utcnow(),
+                retention_days=principal.request_log_retention_days,
+                request=request_json,
+                response=response.model_dump(mode="json", exclude_none=True) if response is not None else None,
+            )
         )
 
 
@@ -98,7 +149,9 @@ async def request_meter(request: Request, principal: InferenceKey) -> AsyncItera
         yield meter
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(meter.record)
+            # FastAPI read (and kept) the JSON body before calling the route.
+            body = await request.body() if meter.stores_request else None
+            await anyio.to_thread.run_sync(meter.record, body)
 
 
 Metered = Annotated[RequestMeter, Depends(request_meter)]

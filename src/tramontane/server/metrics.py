@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from ..tenancy import RequestLogWriter
     from .registry import ModelRegistry
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -45,8 +46,25 @@ class _EngineCollector(Collector):
         yield from (running, waiting, kv, hits, queries)
 
 
+class _RequestLogCollector(Collector):
+    """The request log writer's queue and the entries it could not store."""
+
+    def __init__(self, writer: RequestLogWriter):
+        self.writer = writer
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "tramontane_request_logs_dropped",
+            "Request logs not stored: the writer's queue was full or the database write failed",
+            value=self.writer.dropped,
+        )
+        yield GaugeMetricFamily(
+            "tramontane_request_logs_queued", "Request logs waiting to be written", value=self.writer.queued
+        )
+
+
 class Metrics:
-    def __init__(self, models: ModelRegistry):
+    def __init__(self, models: ModelRegistry, request_logs: RequestLogWriter | None = None):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("tramontane_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
@@ -74,6 +92,8 @@ class Metrics:
             registry=r,
         )
         r.register(_EngineCollector(models))
+        if request_logs is not None:
+            r.register(_RequestLogCollector(request_logs))
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -89,6 +89,8 @@ class Workspace(LimitColumns, Base):
     )
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Request and response bodies are stored only when set: kept this many days.
+    request_log_retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class ApiKey(WorkspaceOwned, LimitColumns, Base):
@@ -128,6 +130,27 @@ class UsageRecord(Base):
     energy_wh: Mapped[float] = mapped_column(Float)
     # "rapl", "nvml", "rapl+nvml" (measured) or "estimate".
     energy_source: Mapped[str] = mapped_column(String(16))
+
+
+class RequestLog(Base):
+    """One inference request and its response, stored because its workspace opted in."""
+
+    __tablename__ = "request_logs"
+    __table_args__ = (Index("ix_request_logs_workspace_request", "workspace_id", "request_id"),)
+
+    # Also the list's order and cursor: rows are inserted as requests finish.
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(String(32), _workspace_fk())
+    api_key_id: Mapped[str] = mapped_column(String(32), ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column()
+    completed_at: Mapped[datetime] = mapped_column()
+    # Set from the workspace's retention when written; the purge deletes past it.
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class AuditEvent(Base):

@@ -3,7 +3,9 @@ shared through the database, usage and energy metering, audit, and erasure.
 
 A server opens one `Tenancy`, calls `install(app)`, guards routes with
 `Depends(require(Capability.INFERENCE))` and meters them with `record_usage`;
-`admin_router` serves `/v1/admin`, and `cli.app` is the `tramontane` sub-command.
+`admin_router` serves `/v1/admin`, `request_logs_router` a workspace's stored
+requests (`RequestLogEntry`, queued on `Tenancy.request_logs` when its workspace
+opted in), and `cli.app` is the `tramontane` sub-command.
 """
 
 from .audit import CLI, SYSTEM, Actor
@@ -14,6 +16,8 @@ from .errors import NotFound, TenancyError, install_error_handler
 from .keys import bootstrap_admin_key
 from .ownership import get_owned, owned
 from .principal import Limits, Principal
+from .request_logs import RequestLogEntry, RequestLogWriter
+from .request_logs_api import router as request_logs_router
 from .service import Tenancy
 from .usage import Usage
 
@@ -28,6 +32,8 @@ __all__ = [
     "Limits",
     "NotFound",
     "Principal",
+    "RequestLogEntry",
+    "RequestLogWriter",
     "Tenancy",
     "TenancyError",
     "Usage",
@@ -37,5 +43,6 @@ __all__ = [
     "install_error_handler",
     "owned",
     "parse_capabilities",
+    "request_logs_router",
     "require",
 ]

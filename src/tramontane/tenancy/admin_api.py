@@ -109,7 +109,12 @@ def create_workspace(body: WorkspaceIn, principal: Admin, tenancy: TenancyDep) -
     with tenancy.store.session() as session:
         organisation = admin_organisation(session, principal, body.organisation_id or principal.organisation_id)
         workspace = directory.create_workspace(
-            session, organisation, body.name, Actor(principal.key_prefix), body.limits.to_limits()
+            session,
+            organisation,
+            body.name,
+            Actor(principal.key_prefix),
+            body.limits.to_limits(),
+            body.request_log_retention_days,
         )
         return WorkspaceOut.of(workspace)
 
@@ -125,13 +130,17 @@ def update_workspace(workspace_id: str, body: WorkspacePatch, principal: Admin, 
     limits = body.limits.model_dump(include=body.limits.model_fields_set) if body.limits else None
     with tenancy.store.session() as session:
         workspace = admin_workspace(session, principal, workspace_id)
-        directory.update_workspace(session, workspace, Actor(principal.key_prefix), name=body.name, limits=limits)
+        actor = Actor(principal.key_prefix)
+        if body.name is not None or limits is not None:
+            directory.update_workspace(session, workspace, actor, name=body.name, limits=limits)
+        if "request_log_retention_days" in body.model_fields_set:
+            directory.set_request_log_retention(session, workspace, body.request_log_retention_days, actor)
         return WorkspaceOut.of(workspace)
 
 
 @router.delete("/workspaces/{workspace_id}")
 def erase_workspace(workspace_id: str, principal: Admin, tenancy: TenancyDep) -> DeletedOut:
-    """Erases the workspace: its keys, usage, audit entries, counters and files."""
+    """Erases the workspace: its keys, usage, request logs, audit entries, counters and files."""
     with tenancy.store.session() as session:
         admin_workspace(session, principal, workspace_id)
     tenancy.erase_workspace(workspace_id, Actor(principal.key_prefix))

@@ -11,12 +11,15 @@ from ..store import ApiKey, AuditEvent, Organisation, Workspace
 from .capabilities import Capability, deserialise_capabilities
 from .keys import KeyStatus, key_status
 from .principal import KEY_PREFIX, Limits
+from .request_logs import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 
 Name = Field(min_length=1, max_length=200)
 # Explicit null lifts a limit; 0 blocks everything. The upper bounds are the
 # columns' (INTEGER, BIGINT): a larger value would fail in the database, a 500.
 Limit = Field(default=None, ge=0, le=2**31 - 1)
 TokenLimit = Field(default=None, ge=0, le=2**63 - 1)
+# Null: request and response bodies are not stored.
+RetentionDays = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
 # A century: beyond some point datetime arithmetic overflows, and no key needs more.
 MAX_EXPIRES_IN_S = 100 * 366 * 24 * 3600
 
@@ -60,6 +63,7 @@ class WorkspaceIn(BaseModel):
     # Defaults to the caller's own organisation.
     organisation_id: str | None = None
     limits: LimitsBody = LimitsBody()
+    request_log_retention_days: int | None = RetentionDays
 
 
 class WorkspacePatch(BaseModel):
@@ -67,6 +71,8 @@ class WorkspacePatch(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     # Only the limits present in the body change.
     limits: LimitsBody | None = None
+    # Present: days to keep request and response bodies, or null to stop storing them.
+    request_log_retention_days: int | None = RetentionDays
 
 
 class WorkspaceOut(BaseModel):
@@ -76,6 +82,7 @@ class WorkspaceOut(BaseModel):
     name: str
     created_at: datetime
     limits: LimitsBody
+    request_log_retention_days: int | None
 
     @classmethod
     def of(cls, row: Workspace) -> WorkspaceOut:
@@ -85,6 +92,7 @@ class WorkspaceOut(BaseModel):
             name=row.name,
             created_at=row.created_at,
             limits=LimitsBody.of(row),
+            request_log_retention_days=row.request_log_retention_days,
         )
 
 

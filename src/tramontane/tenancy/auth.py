@@ -33,6 +33,7 @@ _LOOKUP = (
         *(getattr(ApiKey, name) for name in LIMIT_FIELDS),
         Workspace.organisation_id,
         *(getattr(Workspace, name).label(f"workspace_{name}") for name in LIMIT_FIELDS),
+        Workspace.request_log_retention_days,
         Organisation.is_platform,
     )
     .join(Workspace, Workspace.id == ApiKey.workspace_id)
@@ -95,16 +96,14 @@ class Authenticator:
             return Rejection("revoked", key_id, "This API key has been revoked", "api_key_revoked", row)
         if row.expires_at is not None and row.expires_at <= utcnow():
             return Rejection("expired", key_id, "This API key has expired", "api_key_expired", row)
-        capabilities = deserialise_capabilities(row.capabilities)
-        return Principal(
-            key_id=row.id,
-            workspace_id=row.workspace_id,
-            organisation_id=row.organisation_id,
-            capabilities=capabilities,
-            platform_admin=row.is_platform and Capability.ADMIN in capabilities,
-            key_limits=Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
-            workspace_limits=Limits(**{name: getattr(row, f"workspace_{name}") for name in LIMIT_FIELDS}),
-        )
+        return _principal(row)
+
+    def key_principal(self, key_id: str) -> Principal | None:
+        """The principal of key `key_id` whatever its state (None once erased), for
+        work the key started earlier and that runs without it: batch jobs."""
+        with self.store.read() as connection:
+            row = connection.execute(_LOOKUP, {"key_id": key_id}).first()
+        return _principal(row) if row is not None else None
 
     def reject(self, rejection: Rejection, where: str | None) -> NoReturn:
         """Audits a failed authentication under the key's public id and raises its 401."""
@@ -140,3 +139,18 @@ class Authenticator:
         raise TenancyError(
             403, f"This API key lacks the '{capability.value}' capability", code="insufficient_capability"
         )
+
+
+def _principal(row: Any) -> Principal:
+    """The Principal of a `_LOOKUP` row."""
+    capabilities = deserialise_capabilities(row.capabilities)
+    return Principal(
+        key_id=row.id,
+        workspace_id=row.workspace_id,
+        organisation_id=row.organisation_id,
+        capabilities=capabilities,
+        platform_admin=row.is_platform and Capability.ADMIN in capabilities,
+        key_limits=Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
+        workspace_limits=Limits(**{name: getattr(row, f"workspace_{name}") for name in LIMIT_FIELDS}),
+        request_log_retention_days=row.request_log_retention_days,
+    )

@@ -23,6 +23,7 @@ from .audit import CLI
 from .capabilities import Capability
 from .errors import TenancyError
 from .principal import KEY_PREFIX, Limits
+from .request_logs import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 from .service import Tenancy
 
 app = typer.Typer(help="Organisations, workspaces, API keys and usage.", no_args_is_help=True, add_completion=False)
@@ -42,6 +43,15 @@ Rpm = Annotated[int | None, typer.Option("--rpm", min=0, help="Requests per minu
 Tpm = Annotated[int | None, typer.Option("--tpm", min=0, help="Tokens per minute.")]
 Concurrent = Annotated[int | None, typer.Option("--max-concurrent", min=0, help="Requests in flight.")]
 Monthly = Annotated[int | None, typer.Option("--monthly-tokens", min=0, help="Token budget per calendar month.")]
+RetentionDays = Annotated[
+    int | None,
+    typer.Option(
+        "--request-log-days",
+        min=MIN_RETENTION_DAYS,
+        max=MAX_RETENTION_DAYS,
+        help="Store request and response bodies, kept this many days (default: not stored).",
+    ),
+]
 
 
 @contextmanager
@@ -81,10 +91,11 @@ def workspaces_list(
     if organisation is not None:
         statement = statement.where(Workspace.organisation_id == organisation)
     with _open(database_url) as tenancy, tenancy.store.session() as session:
-        table = Table("id", "organisation", "name", "rpm", "tpm", "concurrent", "monthly tokens")
+        table = Table("id", "organisation", "name", "rpm", "tpm", "concurrent", "monthly tokens", "request logs")
         for w in session.scalars(statement):
             limits = [str(v) if v is not None else "-" for v in Limits.of(w).as_dict().values()]
-            table.add_row(w.id, w.organisation_id, w.name, *limits)
+            days = w.request_log_retention_days
+            table.add_row(w.id, w.organisation_id, w.name, *limits, f"{days} days" if days else "off")
     console.print(table)
 
 
@@ -96,6 +107,7 @@ def workspaces_create(
     tpm: Tpm = None,
     max_concurrent: Concurrent = None,
     monthly_tokens: Monthly = None,
+    request_log_days: RetentionDays = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     limits = Limits(rpm, tpm, max_concurrent, monthly_tokens)
@@ -108,7 +120,28 @@ def workspaces_create(
             owner = session.get(Organisation, organisation)
             if owner is None:
                 raise TenancyError(404, f"No organisation with id '{organisation}'")
-        console.print(directory.create_workspace(session, owner, name, CLI, limits).id)
+        console.print(directory.create_workspace(session, owner, name, CLI, limits, request_log_days).id)
+
+
+@workspaces_app.command("request-logs")
+def workspaces_request_logs(
+    workspace: str,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(min=MIN_RETENTION_DAYS, max=MAX_RETENTION_DAYS, help="Store bodies, kept this many days."),
+    ] = None,
+    off: Annotated[bool, typer.Option("--off", help="Stop storing bodies (stored ones expire).")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Turns the storage of the workspace's request and response bodies on or off."""
+    if off == (retention_days is not None):
+        console.print("[red]Pass either --retention-days N or --off.[/red]")
+        raise typer.Exit(1)
+    with _open(database_url) as tenancy, tenancy.store.session() as session:
+        row = session.get(Workspace, workspace)
+        if row is None:
+            raise TenancyError(404, f"No workspace with id '{workspace}'")
+        directory.set_request_log_retention(session, row, retention_days, CLI)
 
 
 @workspaces_app.command("set-limits")
@@ -136,7 +169,7 @@ def workspaces_delete(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm: erasure cannot be undone.")] = False,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Erases the workspace: keys, usage, audit entries and files."""
+    """Erases the workspace: keys, usage, request logs, audit entries and files."""
     if not yes:
         console.print("[red]Erasure cannot be undone; pass --yes to confirm.[/red]")
         raise typer.Exit(1)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..store import Organisation, Workspace
+from ..store import Organisation, RequestLog, Workspace
+from ..store.types import utcnow
 from . import audit
 from .audit import Actor
 from .errors import Conflict, TenancyError
@@ -76,10 +78,20 @@ def _check_workspace_name(session: Session, organisation_id: str, name: str, exc
 
 
 def create_workspace(
-    session: Session, organisation: Organisation, name: str, actor: Actor, limits: Limits = NO_LIMITS
+    session: Session,
+    organisation: Organisation,
+    name: str,
+    actor: Actor,
+    limits: Limits = NO_LIMITS,
+    request_log_retention_days: int | None = None,
 ) -> Workspace:
     _check_workspace_name(session, organisation.id, name)
-    workspace = Workspace(organisation_id=organisation.id, name=name, **limits.as_dict())
+    workspace = Workspace(
+        organisation_id=organisation.id,
+        name=name,
+        request_log_retention_days=request_log_retention_days,
+        **limits.as_dict(),
+    )
     session.add(workspace)
     _flush(session, f"This organisation already has a workspace named '{name}'")
     audit.record(
@@ -89,7 +101,11 @@ def create_workspace(
         organisation_id=organisation.id,
         workspace_id=workspace.id,
         target=workspace.id,
-        details={"name": name, "limits": limits.as_dict()},
+        details={
+            "name": name,
+            "limits": limits.as_dict(),
+            "request_log_retention_days": request_log_retention_days,
+        },
     )
     return workspace
 
@@ -122,5 +138,30 @@ def update_workspace(
         workspace_id=workspace.id,
         target=workspace.id,
         details=changes,
+    )
+    return workspace
+
+
+def set_request_log_retention(session: Session, workspace: Workspace, days: int | None, actor: Actor) -> Workspace:
+    """Stores the workspace's request and response bodies for `days` days from now
+    on, or stops storing them (None). A shorter period applies to the logs already
+    stored too: none outlives the new period counted from now. Turning storage
+    off leaves them to expire (erasing the workspace removes them at once)."""
+    workspace.request_log_retention_days = days
+    if days is not None:
+        cap = utcnow() + timedelta(days=days)
+        session.execute(
+            update(RequestLog)
+            .where(RequestLog.workspace_id == workspace.id, RequestLog.expires_at > cap)
+            .values(expires_at=cap)
+        )
+    audit.record(
+        session,
+        "workspace.request_logs",
+        actor,
+        organisation_id=workspace.organisation_id,
+        workspace_id=workspace.id,
+        target=workspace.id,
+        details={"request_log_retention_days": days},
     )
     return workspace

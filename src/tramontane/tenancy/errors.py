@@ -16,8 +16,11 @@ class TenancyError(APIError):
 
 
 class NotFound(TenancyError):
-    def __init__(self, what: str, ident: str):
-        super().__init__(404, f"No {what} with id '{ident}'", code=f"{what.lower().replace(' ', '_')}_not_found")
+    """404 "No <what> with id '<ident>'"; the code defaults to `<what>_not_found`."""
+
+    def __init__(self, what: str, ident: str, *, code: str | None = None, param: str | None = None):
+        code = code or f"{what.lower().replace(' ', '_').replace('-', '_')}_not_found"
+        super().__init__(404, f"No {what} with id '{ident}'", code=code, param=param)
 
 
 class Conflict(TenancyError):

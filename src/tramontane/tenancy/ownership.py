@@ -16,17 +16,32 @@ from .principal import Principal
 Owned = TypeVar("Owned", bound=WorkspaceOwned)
 
 
-def get_owned(session: Session, model: type[Owned], object_id: object, principal: Principal, what: str) -> Owned:
-    """The `model` row `object_id` if it belongs to the caller's workspace, else 404."""
+def _workspace_id(owner: Principal | str) -> str:
+    return owner.workspace_id if isinstance(owner, Principal) else owner
+
+
+def get_owned(
+    session: Session,
+    model: type[Owned],
+    object_id: object,
+    owner: Principal | str,
+    what: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+) -> Owned:
+    """The `model` row `object_id` if it belongs to `owner` (the caller, or a
+    workspace id for work done on a workspace's behalf), else NotFound: "No
+    <what> with id '<object_id>'", with `code` (default `<what>_not_found`) and `param`."""
     found = session.get(model, object_id)
-    if found is None or found.workspace_id != principal.workspace_id:
-        raise NotFound(what, str(object_id))
+    if found is None or found.workspace_id != _workspace_id(owner):
+        raise NotFound(what, str(object_id), code=code, param=param)
     return found
 
 
-def owned(model: type[Owned], principal: Principal) -> Select[tuple[Owned]]:
-    """A query for the caller's workspace's `model` rows, to refine and run."""
-    return select(model).where(model.workspace_id == principal.workspace_id)
+def owned(model: type[Owned], owner: Principal | str) -> Select[tuple[Owned]]:
+    """A query for `owner`'s workspace's `model` rows, to refine and run."""
+    return select(model).where(model.workspace_id == _workspace_id(owner))
 
 
 def _administers(principal: Principal, organisation_id: str) -> bool:

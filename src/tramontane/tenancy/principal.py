@@ -60,6 +60,8 @@ class Principal:
     platform_admin: bool = False
     key_limits: Limits = NO_LIMITS
     workspace_limits: Limits = NO_LIMITS
+    # Days the workspace keeps request and response bodies; None: not stored.
+    request_log_retention_days: int | None = None
     # Set by the `require` dependency for the duration of one request.
     ticket: Ticket | None = None
 

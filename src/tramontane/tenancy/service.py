@@ -20,6 +20,7 @@ from .errors import install_error_handler
 from .limits import DEFAULT_LEASE_TTL_S, Limiter
 from .pepper import load_pepper
 from .principal import Principal, Ticket
+from .request_logs import RequestLogWriter
 from .usage import Usage
 
 
@@ -39,6 +40,7 @@ class Tenancy:
         self.authenticator = Authenticator(store, self.pepper)
         self.limiter = Limiter(store, lease_ttl_s=lease_ttl_s)
         self.meter = meter or EnergyMeter()
+        self.request_logs = RequestLogWriter(store)
 
     @classmethod
     def open(cls, url: str | None = None, *, home: Path | None = None) -> Tenancy:
@@ -51,15 +53,14 @@ class Tenancy:
         install_error_handler(app)
 
     def close(self) -> None:
+        self.request_logs.close()
         self.store.close()
 
     def bootstrap_admin_key(self) -> str | None:
         """The admin key, on the very first start only; print it then."""
         return keys.bootstrap_admin_key(self.store, self.pepper)
 
-    def create_tenant(
-        self, name: str, capabilities: frozenset[Capability], *, actor: Actor = CLI
-    ) -> tuple[str, str]:
+    def create_tenant(self, name: str, capabilities: frozenset[Capability], *, actor: Actor = CLI) -> tuple[str, str]:
         """A new organisation with one workspace and one key, all called `name`:
         (workspace id, the key in plaintext: show it once). For set-up scripts,
         benchmarks and tests; the admin API does the same step by step."""
@@ -73,6 +74,11 @@ class Tenancy:
 
     def authenticate(self, authorization: str | None, *, where: str | None = None) -> Principal:
         return self.authenticator.authenticate(authorization, where=where)
+
+    def key_principal(self, key_id: str) -> Principal | None:
+        """Key `key_id`'s principal, revoked or expired alike (None once erased): for
+        work the key started that runs on without it, such as a batch job."""
+        return self.authenticator.key_principal(key_id)
 
     def authorize(self, principal: Principal, capability: Capability, *, where: str | None = None) -> None:
         self.authenticator.authorize(principal, capability, where=where)
