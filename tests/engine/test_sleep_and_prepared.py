@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tramontane.engine import EngineConfig, EngineError, EngineOverloadedError, LLMEngine, SamplingParams
 from tramontane.engine.defaults import default_chat_model_path
-from tramontane.engine.prepared import prepared_path
+from tramontane.engine.prepared import load_prepared, prepared_path
 
 
 def _greedy(engine: LLMEngine, request_id: str, text: str = "The capital of France is") -> str:
@@ -72,3 +73,18 @@ def _mapped_from(address: int) -> str | None:
         if start <= address < end:
             return rest[4] if len(rest) == 5 else None
     return None
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/tramontane-prepared-pwned"),))
+
+
+def test_a_prepared_file_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    # Whoever can write the prepared directory must not get code run by the next start.
+    marker = Path("/tmp/tramontane-prepared-pwned")
+    marker.unlink(missing_ok=True)
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": _RunsCode(), "tokenizer": {}, "name": "x"}, hostile)
+    assert load_prepared(hostile) is None
+    assert not marker.exists()

@@ -11,9 +11,10 @@ replica of the model shares one copy in host memory, and a start after the first
 reads nothing from disk.
 
 The whole module is saved, not a state dict, because rebuilding the module tree
-around a state dict would run the quantization again. It is read back with
-torch's weights-only unpickler, which builds nothing but tensors and the
-engine's own module classes listed here.
+around a state dict would run the quantization again. It is read back by an
+unpickler that resolves nothing but tensors and the engine's own module classes
+listed here, as torch's weights-only unpickler does; that one is written in
+Python and took a third of a deep wake, this one is the C unpickler.
 
 The file name hashes what the module depends on (the checkpoint files' paths,
 sizes and modification times, the precision asked for, the device kind, this
@@ -42,7 +43,7 @@ from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-_MODULE_CLASSES = [
+_ALLOWED = [
     model.CausalLM,
     model.DecoderLayer,
     model.Attention,
@@ -56,7 +57,40 @@ _MODULE_CLASSES = [
     torch.nn.Embedding,
     collections.OrderedDict,
     set,
+    torch.float32,
+    torch.bfloat16,
+    torch.float16,
+    torch.int8,
+    torch.int32,
+    torch.uint8,
+    torch._utils._rebuild_tensor_v2,
+    torch._utils._rebuild_parameter,
 ]
+
+
+def _qualified(obj: object) -> tuple[str, str]:
+    if isinstance(obj, torch.dtype):
+        return "torch", str(obj).removeprefix("torch.")
+    return obj.__module__, obj.__qualname__
+
+
+_ALLOWED_NAMES = {_qualified(obj): obj for obj in _ALLOWED}
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        module = {"__builtin__": "builtins"}.get(module, module)
+        try:
+            return _ALLOWED_NAMES[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a prepared model") from None
+
+
+class _AllowListPickle:
+    """The `pickle_module` torch.load uses: the standard module, restricted."""
+
+    Unpickler = _AllowListUnpickler
+    load = staticmethod(pickle.load)
 _SOURCE_DIGEST = hashlib.sha256((inspect.getsource(model) + inspect.getsource(layers)).encode()).hexdigest()
 
 
@@ -88,8 +122,7 @@ def load_prepared(path: Path) -> tuple[Checkpoint, CausalLM] | None:
     if not path.is_file():
         return None
     try:
-        with torch.serialization.safe_globals(_MODULE_CLASSES):
-            saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=False, pickle_module=_AllowListPickle)
         prepared = saved["model"]
         if not isinstance(prepared, CausalLM):
             raise ValueError("not a prepared model")
