@@ -16,7 +16,7 @@ from .spec import DeploymentSpec
 Deploy = Annotated[Principal, Depends(require(Capability.DEPLOY))]
 
 
-def get_plane(request: Request) -> ControlPlane:
+async def get_plane(request: Request) -> ControlPlane:
     return request.app.state.control_plane
 
 

@@ -25,7 +25,7 @@ Page = Annotated[int, Query(ge=0, le=1_000_000)]
 PageSize = Annotated[int, Query(ge=1, le=1000)]
 
 
-def _service(request: Request) -> FineTuning:
+async def _service(request: Request) -> FineTuning:
     return request.app.state.finetune
 
 

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _sandbox_key = require(Capability.SANDBOX)
 
 
-def _sandbox_owner(principal: Annotated[Principal, Depends(_sandbox_key)]) -> str:
+async def _sandbox_owner(principal: Annotated[Principal, Depends(_sandbox_key)]) -> str:
     """Sandboxes belong to the caller's workspace; others' answer 404."""
     return principal.workspace_id
 

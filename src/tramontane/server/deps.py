@@ -10,11 +10,13 @@ from .metrics import Metrics
 from .registry import ModelRegistry
 
 
-def _models(request: Request) -> ModelRegistry:
+# Async, though they only read an attribute: FastAPI runs a plain `def` dependency
+# in a worker thread, a hop there and back on every request.
+async def _models(request: Request) -> ModelRegistry:
     return request.app.state.models
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 

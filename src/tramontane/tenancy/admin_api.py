@@ -31,16 +31,14 @@ from .admin_schemas import (
 )
 from .audit import Actor
 from .capabilities import Capability
-from .dependencies import get_tenancy, require
+from .dependencies import TenancyDep, require
 from .errors import TenancyError
 from .ownership import admin_key, admin_organisation, admin_workspace
 from .principal import Principal
-from .service import Tenancy
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 Admin = Annotated[Principal, Depends(require(Capability.ADMIN))]
-TenancyDep = Annotated[Tenancy, Depends(get_tenancy)]
 
 
 def _platform_only(principal: Principal) -> None:

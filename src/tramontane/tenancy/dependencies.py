@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Annotated
 
 import anyio
-from fastapi import Request
+from fastapi import Depends, Request
 
 from .capabilities import Capability
 from .principal import Principal
@@ -14,6 +15,14 @@ from .service import Tenancy
 
 def get_tenancy(request: Request) -> Tenancy:
     return request.app.state.tenancy
+
+
+async def _tenancy(request: Request) -> Tenancy:
+    # Async: FastAPI runs a plain `def` dependency in a worker thread.
+    return get_tenancy(request)
+
+
+TenancyDep = Annotated[Tenancy, Depends(_tenancy)]
 
 
 def require(capability: Capability) -> Callable[[Request], AsyncIterator[Principal]]:

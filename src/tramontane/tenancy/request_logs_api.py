@@ -12,16 +12,14 @@ from pydantic import BaseModel
 
 from ..store import RequestLog
 from .capabilities import Capability
-from .dependencies import get_tenancy, require
+from .dependencies import TenancyDep, require
 from .errors import NotFound
 from .principal import KEY_PREFIX, Principal
 from .request_logs import find_log, list_logs
-from .service import Tenancy
 
 router = APIRouter(prefix="/v1/request_logs", tags=["request logs"])
 
 InferenceKey = Annotated[Principal, Depends(require(Capability.INFERENCE))]
-TenancyDep = Annotated[Tenancy, Depends(get_tenancy)]
 
 
 class RequestLogOut(BaseModel):
