@@ -227,17 +227,20 @@ class LoRAStack:
         groups, rank, num_parts = batch.num_groups, batch.rank, len(self.part_columns)
         rows = batch.group_size * x.shape[1]  # per group
         xg = x if batch.dense else x.index_select(0, batch.gather_rows)
-        xg = xg.view(groups, rows, x.shape[-1])
+        xg = xg.reshape(groups, rows, x.shape[-1])
         # Only the batch's ranks are read: slots are padded to max_lora_rank.
         a = batch.select(self.a[:, :rank]).reshape(groups, rank * num_parts, x.shape[-1])
         shrunk = torch.bmm(xg, a.transpose(1, 2))
+        b = batch.select(self.b[:, :rank])
+        if batch.dense and num_parts == 1:
+            y.view(groups, rows, y.shape[-1]).baddbmm_(shrunk, b)  # no temporary
+            return
         if num_parts > 1:
             # Each part's ranks made contiguous (a small copy): a strided left operand
             # sends bmm down a path twice as slow.
             shrunk = shrunk.view(groups, rows, rank, num_parts).permute(3, 0, 1, 2).contiguous()
         else:
             shrunk = shrunk.unsqueeze(0)
-        b = batch.select(self.b[:, :rank])
         deltas = [torch.bmm(shrunk[k], b[..., columns]) for k, columns in enumerate(self.part_columns)]
         delta = torch.cat(deltas, dim=-1) if num_parts > 1 else deltas[0]
         if batch.dense:
