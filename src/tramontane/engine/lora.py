@@ -4,9 +4,10 @@ Adapters are read from PEFT's on-disk layout (adapter_config.json and
 adapter_model.safetensors). The resident ones live in per-projection slot tensors,
 as in S-LoRA and Punica: every sequence of a batch names a slot, and each
 LoRA-targeted projection adds `scale * (x @ A[slot]^T) @ B[slot]^T` for the whole
-batch with two batched matmuls, rows grouped by slot so that an adapter shared by
-many sequences is read once. Our projections are fused (qkv, gate_up), so the A of
-every part is stacked along the rank and each part's B writes its output slice.
+batch with batched matmuls, rows grouped by slot so that an adapter shared by many
+sequences is read once (and in place, not copied, when the batch's slots lie close
+together). Our projections are fused (qkv, gate_up), so the A of every part is
+stacked along the rank and each part's B writes its output slice.
 """
 
 from __future__ import annotations
