@@ -1,12 +1,14 @@
 """Multi-LoRA serving throughput: the same concurrent streams on the base model, all on
-one adapter, and each on a different adapter (S-LoRA's shape: many adapters should cost
-little more than one).
+one adapter, and spread over N different adapters for each N asked (S-LoRA's shape: many
+adapters should cost little more than one).
 
 Random rank-r adapters on all seven projections are written in PEFT's layout to a
 temporary folder and loaded into one engine on the default model; all adapters are
-resident (max_loras = their number), so the figures measure batched compute, not loading.
+resident (max_loras = the largest N), so the figures measure batched compute, not
+loading. With more adapters than streams, the streams take every (N / streams)-th
+adapter: as many distinct adapters as streams, their slots spread over all N.
 
-    python benchmarks/multi_lora.py [--streams 50] [--adapters 50] [--tokens 32] [--rank 8] [--rounds 1]
+    python benchmarks/multi_lora.py [--streams 50] [--adapters 5,50,200] [--tokens 32] [--rank 8] [--rounds 1]
 """
 
 from __future__ import annotations  # noqa: I001  (tramontane must load before torch)
@@ -64,30 +66,31 @@ def throughput(engine: LLMEngine, prompt: list[int], loras: list[str | None], to
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=50)
-    parser.add_argument("--adapters", type=int, default=50)
+    parser.add_argument("--adapters", default="5,50,200", help="comma-separated adapter counts")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1, help="scenarios interleaved; the best round is kept")
     parser.add_argument("--quantization", default="auto")
     args = parser.parse_args()
+    counts = [int(n) for n in args.adapters.split(",")]
+    total = max(counts)
 
     config = EngineConfig(
         quantization=args.quantization, enable_prefix_caching=False, max_num_seqs=max(64, args.streams),
-        max_loras=args.adapters, max_lora_rank=args.rank,
+        max_loras=total, max_lora_rank=args.rank,
     )
     engine = LLMEngine.from_path(default_chat_model_path(), config)
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.adapters):
+        for i in range(total):
             write_adapter(Path(tmp) / f"a{i}", engine.model_config, args.rank, seed=i)
             engine.add_lora(f"a{i}", str(Path(tmp) / f"a{i}"))
     prompt = engine.tokenizer.encode(PROMPT)
-    scenarios = {
-        "no adapter": [None] * args.streams,
-        "1 adapter": ["a0"] * args.streams,
-        f"{args.adapters} adapters": [f"a{i % args.adapters}" for i in range(args.streams)],
-    }
-    # Warm-up, which also makes every adapter resident.
-    throughput(engine, prompt, scenarios[f"{args.adapters} adapters"], 2)
+    scenarios = {"no adapter": [None] * args.streams, "1 adapter": ["a0"] * args.streams}
+    for n in counts:
+        stride = max(1, n // args.streams)
+        scenarios[f"{n} adapters"] = [f"a{(i * stride) % n}" for i in range(args.streams)]
+    # Warm-up, which also makes every adapter resident (in slot order).
+    throughput(engine, prompt, [f"a{i}" for i in range(total)], 2)
     best: dict[str, tuple[float, float]] = {}
     for _ in range(args.rounds):
         for name, loras in scenarios.items():
@@ -97,10 +100,10 @@ def main() -> None:
         f"{args.streams} streams x {args.tokens} tokens, {len(prompt)}-token prompt, rank-{args.rank} LoRA on "
         f"q/k/v/o/gate/up/down, quantization {engine.runner.quantization}, {torch.get_num_threads()} threads"
     )
-    one = best["1 adapter"]
-    print(f"{'':<14}{'end-to-end tok/s':>18}{'decode tok/s':>14}{'vs 1 adapter':>14}")
+    base, one = best["no adapter"][1], best["1 adapter"][1]
+    print(f"{'':<14}{'end-to-end tok/s':>18}{'decode tok/s':>14}{'vs no adapter':>15}{'vs 1 adapter':>14}")
     for name, (e2e, decode) in best.items():
-        print(f"{name:<14}{e2e:>18.1f}{decode:>14.1f}{decode / one[1]:>13.0%}")
+        print(f"{name:<14}{e2e:>18.1f}{decode:>14.1f}{decode / base:>14.0%}{decode / one:>13.0%}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from tramontane.engine import (
     ModelLoadError,
     SamplingParams,
 )
-from tramontane.engine.lora import load_lora
+from tramontane.engine.lora import LoRABatch, LoRAStack, load_lora
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time,", "1, 2, 3, 4, 5,"]
 LOGPROB_ATOL = 1e-3
@@ -122,6 +122,42 @@ def test_mixed_batch_gives_each_request_its_solo_tokens(make_engine, smollm_chec
     for i, x in enumerate(last):
         for y in last[i + 1 :]:
             assert x.keys() != y.keys() or max(abs(x[t] - y[t]) for t in x) > 0.05
+
+
+@pytest.mark.parametrize(
+    "row_slots",
+    [
+        [3, 3, 3, 3],  # one adapter
+        [0, 1, 2, 3],  # one each, in slot order: no gather or scatter
+        [5, 0, 5, None],  # packed slots with rows out of order and a row without adapter
+        [0, 2, 2, 2],  # a range of slots with one unused (read through a view)
+        [7, 0, None, 0],  # slots far apart (gathered)
+    ],
+)
+def test_stack_adds_each_rows_own_delta(row_slots):
+    """Every batch layout gives each row x @ A^T @ B^T of its own adapter, fused parts
+    in their columns, ranks below the stack's and untargeted parts included."""
+    torch.manual_seed(0)
+    fan_in, outs, length = 16, [12, 4, 4], 3
+    stack = LoRAStack(fan_in, outs, slots=8, rank=8, dtype=torch.float32, device="cpu")
+    weights, ranks = {}, {}
+    for slot in range(8):
+        ranks[slot] = 8 if slot % 2 else 4
+        parts = [(torch.randn(ranks[slot], fan_in), torch.randn(out, ranks[slot])) for out in outs]
+        parts[slot % 3] = None
+        stack.load(slot, parts)
+        weights[slot] = parts
+    x = torch.randn(len(row_slots), length, fan_in)
+    y = torch.randn(len(row_slots), length, sum(outs))
+    want = y.clone()
+    for row, slot in enumerate(row_slots):
+        if slot is not None:
+            parts = zip(weights[slot], outs, strict=True)
+            want[row] += torch.cat([x[row] @ p[0].T @ p[1].T if p else torch.zeros(length, n) for p, n in parts], -1)
+    batch = LoRABatch.build([(s, ranks[s]) if s is not None else None for s in row_slots], torch.device("cpu"))
+    assert batch is not None
+    stack.apply(y, x, batch)
+    torch.testing.assert_close(y, want)
 
 
 def test_more_adapters_than_slots_wait_for_one(make_engine, smollm_checkpoint, make_lora, run):

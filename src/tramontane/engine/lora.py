@@ -4,9 +4,10 @@ Adapters are read from PEFT's on-disk layout (adapter_config.json and
 adapter_model.safetensors). The resident ones live in per-projection slot tensors,
 as in S-LoRA and Punica: every sequence of a batch names a slot, and each
 LoRA-targeted projection adds `scale * (x @ A[slot]^T) @ B[slot]^T` for the whole
-batch with two batched matmuls, rows grouped by slot so that an adapter shared by
-many sequences is read once. Our projections are fused (qkv, gate_up), so the A of
-every part is stacked along the rank and each part's B writes its output slice.
+batch with batched matmuls, rows grouped by slot so that an adapter shared by many
+sequences is read once (and in place, not copied, when the batch's slots lie close
+together). Our projections are fused (qkv, gate_up), so the A of every part is
+stacked along the rank and each part's B writes its output slice.
 """
 
 from __future__ import annotations
@@ -134,12 +135,21 @@ class LoRABatch:
     Rows of one slot are gathered into a group, groups padded to the largest with
     row 0 (whose padded results are never read back), so every projection runs one
     bmm for the shrink and one per fused part for the expand, whatever the mix.
+
+    The groups follow slot order. When the batch's slots are packed closely enough,
+    the groups are every slot from the lowest to the highest used, and projections
+    read the weights through a view: one adapter's weights are read once per step
+    whatever its number of rows, and never copied. A slot in that range that no row
+    uses costs a read of its weights, which is cheaper than gathering (a copy: a
+    read, a write and a second read) while at most half the range is unused.
     """
 
-    slots: torch.Tensor  # [U] distinct slots
-    gather_rows: torch.Tensor  # [U * G] batch rows in group order, padded with 0
-    group_size: int  # G
+    first_slot: int  # the slot of group 0, when the groups are a range of slots
+    slots: torch.Tensor | None  # otherwise the slot of each group, to gather
+    num_groups: int
+    group_size: int
     rank: int  # the largest rank among the batch's adapters
+    gather_rows: torch.Tensor  # [num_groups * group_size] batch rows in group order, padded with 0
     rows: torch.Tensor  # rows that carry an adapter
     positions: torch.Tensor  # their index in group order
     # Group order is the batch order, nothing padded or left out: the usual decode
@@ -149,19 +159,23 @@ class LoRABatch:
     @classmethod
     def build(cls, row_adapters: list[tuple[int, int] | None], device: torch.device) -> LoRABatch | None:
         """From each row's (slot, rank), None for a row without an adapter."""
-        groups: dict[int, list[int]] = {}
+        by_slot: dict[int, list[int]] = {}
         rank = 0
         for row, adapter in enumerate(row_adapters):
             if adapter is not None:
-                groups.setdefault(adapter[0], []).append(row)
+                by_slot.setdefault(adapter[0], []).append(row)
                 rank = max(rank, adapter[1])
-        if not groups:
+        if not by_slot:
             return None
-        size = max(len(members) for members in groups.values())
+        used = sorted(by_slot)
+        packed = used[-1] + 1 - used[0] <= 2 * len(used)
+        group_slots = range(used[0], used[-1] + 1) if packed else used
+        size = max(len(members) for members in by_slot.values())
         gather: list[int] = []
         rows: list[int] = []
         positions: list[int] = []
-        for g, members in enumerate(groups.values()):
+        for g, slot in enumerate(group_slots):
+            members = by_slot.get(slot, [])
             rows += members
             positions += range(g * size, g * size + len(members))
             gather += members + [0] * (size - len(members))
@@ -169,45 +183,71 @@ class LoRABatch:
         def tensor(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        dense = gather == list(range(len(row_adapters)))
-        return cls(tensor(list(groups)), tensor(gather), size, rank, tensor(rows), tensor(positions), dense)
+        return cls(
+            first_slot=used[0],
+            slots=None if packed else tensor(used),
+            num_groups=len(group_slots),
+            group_size=size,
+            rank=rank,
+            gather_rows=tensor(gather),
+            rows=tensor(rows),
+            positions=tensor(positions),
+            dense=gather == list(range(len(row_adapters))),
+        )
+
+    def select(self, weights: torch.Tensor) -> torch.Tensor:
+        """The groups' slots of a [slots, ...] tensor: a view when they are a range."""
+        if self.slots is None:
+            return weights[self.first_slot : self.first_slot + self.num_groups]
+        return weights.index_select(0, self.slots)
 
 
 class LoRAStack:
-    """The slots' LoRA weights for one fused projection: each part's A, [slots, parts,
-    rank, in], and B, [slots, out_part, rank]. A part an adapter does not target
-    stays zero, as does a rank beyond its own."""
+    """The slots' LoRA weights for one fused projection: the parts' A rank-major,
+    [slots, rank, parts, in], so that the first r ranks of every part are one view,
+    and the parts' B transposed side by side, [slots, rank, out]. A part an adapter
+    does not target stays zero, as does a rank beyond its own."""
 
     def __init__(self, fan_in: int, part_outs: list[int], slots: int, rank: int, dtype, device):
-        self.a = torch.zeros(slots, len(part_outs), rank, fan_in, dtype=dtype, device=device)
-        self.b = [torch.zeros(slots, out, rank, dtype=dtype, device=device) for out in part_outs]
+        self.a = torch.zeros(slots, rank, len(part_outs), fan_in, dtype=dtype, device=device)
+        self.b = torch.zeros(slots, rank, sum(part_outs), dtype=dtype, device=device)
+        ends = list(itertools.accumulate(part_outs))
+        self.part_columns = [slice(end - out, end) for out, end in zip(part_outs, ends, strict=True)]
 
     def load(self, slot: int, parts: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
         self.a[slot].zero_()
+        self.b[slot].zero_()
         for k, part in enumerate(parts):
-            self.b[k][slot].zero_()
             if part is not None:
                 a, b = part
-                self.a[slot, k, : a.shape[0]] = a
-                self.b[k][slot, :, : b.shape[1]] = b
+                self.a[slot, : a.shape[0], k] = a
+                self.b[slot, : b.shape[1], self.part_columns[k]] = b.T
 
     def apply(self, y: torch.Tensor, x: torch.Tensor, batch: LoRABatch) -> None:
         """y += the LoRA delta of x, for the rows that carry an adapter (in place)."""
-        groups, length, rank = len(batch.slots), x.shape[1], batch.rank
+        groups, rank, num_parts = batch.num_groups, batch.rank, len(self.part_columns)
+        rows = batch.group_size * x.shape[1]  # per group
         xg = x if batch.dense else x.index_select(0, batch.gather_rows)
-        xg = xg.reshape(groups, batch.group_size * length, x.shape[-1])
-        # Only the batch's slots and ranks are read: slots are padded to max_lora_rank.
-        a = self.a[:, :, :rank].index_select(0, batch.slots).view(groups, -1, x.shape[-1])
+        xg = xg.reshape(groups, rows, x.shape[-1])
+        # Only the batch's ranks are read: slots are padded to max_lora_rank.
+        a = batch.select(self.a[:, :rank]).reshape(groups, rank * num_parts, x.shape[-1])
         shrunk = torch.bmm(xg, a.transpose(1, 2))
-        deltas = []
-        for k, b in enumerate(self.b):
-            b = b[:, :, :rank].index_select(0, batch.slots)
-            deltas.append(torch.bmm(shrunk[..., k * rank : (k + 1) * rank], b.transpose(1, 2)))
-        delta = torch.cat(deltas, dim=-1) if len(deltas) > 1 else deltas[0]
+        b = batch.select(self.b[:, :rank])
+        if batch.dense and num_parts == 1:
+            y.view(groups, rows, y.shape[-1]).baddbmm_(shrunk, b)  # no temporary
+            return
+        if num_parts > 1:
+            # Each part's ranks made contiguous (a small copy): a strided left operand
+            # sends bmm down a path twice as slow.
+            shrunk = shrunk.view(groups, rows, rank, num_parts).permute(3, 0, 1, 2).contiguous()
+        else:
+            shrunk = shrunk.unsqueeze(0)
+        deltas = [torch.bmm(shrunk[k], b[..., columns]) for k, columns in enumerate(self.part_columns)]
+        delta = torch.cat(deltas, dim=-1) if num_parts > 1 else deltas[0]
         if batch.dense:
             y += delta.view_as(y)
             return
-        delta = delta.view(groups * batch.group_size, length, y.shape[-1]).index_select(0, batch.positions)
+        delta = delta.view(groups * batch.group_size, x.shape[1], y.shape[-1]).index_select(0, batch.positions)
         # One add into the whole output (an add into a column slice takes a slow path);
         # index_put_ measured 5x faster than index_add_ here.
         y.index_put_((batch.rows,), delta, accumulate=True)
