@@ -3,8 +3,8 @@
 Each layer's cache is a flat pool of slots `[num_blocks * block_size, kv_heads, head_dim]`;
 a sequence owns whole blocks, listed in its block table. A step writes the new tokens'
 K/V into their slots, gathers each sequence's context through its slot list and runs
-one batched scaled-dot-product attention with a mask that encodes causality, padding
-and the sliding window.
+one batched scaled-dot-product attention with an additive bias that encodes
+causality, padding and the sliding window.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ class AttentionMetadata:
     real_token_index: torch.Tensor | None
     # Cache slots forming each sequence's context, padded to the longest.
     key_slots: torch.Tensor  # [B, Lk]
-    # True where query i of sequence b may attend key j; None when every key is visible.
-    attn_mask: torch.Tensor | None  # [B, 1, Lq, Lk]
+    # 0 where query i of sequence b may attend key j, -inf elsewhere; None when every key
+    # is visible. Built once per step as float: a boolean mask would be converted by
+    # every layer's attention call.
+    attn_bias: torch.Tensor | None  # [B, 1, Lq, Lk]
 
 
 def build_metadata(
@@ -59,7 +61,7 @@ def build_metadata(
     slot_mapping = slot_of_query.flatten()[flat_real]
     real_index = None if bool(flat_real.all()) else flat_real.nonzero().squeeze(1)
 
-    mask = None
+    bias = None
     needs_mask = not (batch == 1 and max_q == 1 and sliding_window is None)
     if needs_mask:
         kp = key_pos[None, None, :]
@@ -69,12 +71,12 @@ def build_metadata(
             mask &= kp > qp - sliding_window
         # Padding queries see key 0 only, so softmax never meets an all-masked row.
         mask |= (~real)[:, :, None] & (kp == 0)
-        mask = mask.unsqueeze(1)
+        bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf")).unsqueeze(1)
     return AttentionMetadata(
         slot_mapping=slot_mapping.to(device),
         real_token_index=None if real_index is None else real_index.to(device),
         key_slots=key_slots.to(device),
-        attn_mask=None if mask is None else mask.to(device),
+        attn_bias=None if bias is None else bias.to(device),
     )
 
 
@@ -105,7 +107,7 @@ def paged_attention(
         q.transpose(1, 2),
         keys.transpose(1, 2),
         values.transpose(1, 2),
-        attn_mask=meta.attn_mask,
+        attn_mask=meta.attn_bias,
         scale=scale,
         enable_gqa=heads != kv_heads,
     )
