@@ -36,6 +36,9 @@ from .errors import TenancyError
 from .ownership import admin_key, admin_organisation, admin_workspace
 from .principal import Principal
 
+# Changes run in write sessions (SQLite: BEGIN IMMEDIATE): they read, then write, and a
+# deferred transaction fails at once when another writer (usage, request logs)
+# committed in between, where an immediate one waits its turn.
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 Admin = Annotated[Principal, Depends(require(Capability.ADMIN))]
@@ -58,7 +61,7 @@ def list_organisations(principal: Admin, tenancy: TenancyDep) -> ListOut[Organis
 @router.post("/organisations", status_code=201)
 def create_organisation(body: OrganisationIn, principal: Admin, tenancy: TenancyDep) -> OrganisationOut:
     _platform_only(principal)
-    with tenancy.store.session() as session:
+    with tenancy.store.write_session() as session:
         return OrganisationOut.of(directory.create_organisation(session, body.name, Actor(principal.key_prefix)))
 
 
@@ -72,7 +75,7 @@ def get_organisation(organisation_id: str, principal: Admin, tenancy: TenancyDep
 def rename_organisation(
     organisation_id: str, body: OrganisationIn, principal: Admin, tenancy: TenancyDep
 ) -> OrganisationOut:
-    with tenancy.store.session() as session:
+    with tenancy.store.write_session() as session:
         organisation = admin_organisation(session, principal, organisation_id)
         return OrganisationOut.of(
             directory.rename_organisation(session, organisation, body.name, Actor(principal.key_prefix))
@@ -104,7 +107,7 @@ def list_workspaces(principal: Admin, tenancy: TenancyDep, organisation_id: str 
 
 @router.post("/workspaces", status_code=201)
 def create_workspace(body: WorkspaceIn, principal: Admin, tenancy: TenancyDep) -> WorkspaceOut:
-    with tenancy.store.session() as session:
+    with tenancy.store.write_session() as session:
         organisation = admin_organisation(session, principal, body.organisation_id or principal.organisation_id)
         workspace = directory.create_workspace(
             session,
@@ -126,7 +129,7 @@ def get_workspace(workspace_id: str, principal: Admin, tenancy: TenancyDep) -> W
 @router.patch("/workspaces/{workspace_id}")
 def update_workspace(workspace_id: str, body: WorkspacePatch, principal: Admin, tenancy: TenancyDep) -> WorkspaceOut:
     limits = body.limits.model_dump(include=body.limits.model_fields_set) if body.limits else None
-    with tenancy.store.session() as session:
+    with tenancy.store.write_session() as session:
         workspace = admin_workspace(session, principal, workspace_id)
         actor = Actor(principal.key_prefix)
         if body.name is not None or limits is not None:
@@ -165,7 +168,7 @@ def create_key(workspace_id: str, body: KeyIn, principal: Admin, tenancy: Tenanc
     expires_at = body.expires_at or (now + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None)
     if expires_at is not None and expires_at.tzinfo is None:
         raise TenancyError(400, "expires_at needs a timezone", code="invalid_expiry", param="expires_at")
-    with tenancy.store.session() as session:
+    with tenancy.store.write_session() as session:
         workspace = admin_workspace(session, principal, workspace_id)
         created = keys.create_key(
             session,
@@ -190,7 +193,7 @@ def get_key(key_id: str, principal: Admin, tenancy: TenancyDep) -> KeyOut:
 @router.delete("/keys/{key_id}")
 def revoke_key(key_id: str, principal: Admin, tenancy: TenancyDep) -> KeyOut:
     """Revokes the key; its next request fails, whichever server receives it."""
-    with tenancy.store.session() as session:
+    with tenancy.store.write_session() as session:
         key, workspace = admin_key(session, principal, key_id)
         keys.revoke_key(session, key, workspace.organisation_id, Actor(principal.key_prefix))
         return KeyOut.of(key, utcnow())
