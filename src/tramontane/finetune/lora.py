@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,28 +135,27 @@ class LoraModel(nn.Module):
 
     # -- PEFT layout --------------------------------------------------------------
 
+    def _peft_projections(self) -> Iterator[tuple[str, Projection]]:
+        """Each projection that carries LoRA factors, with its PEFT name prefix."""
+        for i, layer in enumerate(self.layers):
+            for name, proj in layer.proj.items():
+                if proj.lora_A is None or proj.lora_B is None:
+                    continue
+                group = "self_attn" if name in ATTENTION_MODULES else "mlp"
+                yield f"base_model.model.model.layers.{i}.{group}.{name}", proj
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The LoRA factors under PEFT's names (lora_A [r, in], lora_B [out, r])."""
         state = {}
-        for i, layer in enumerate(self.layers):
-            for name, proj in layer.proj.items():
-                if proj.lora_A is None or proj.lora_B is None:
-                    continue
-                group = "self_attn" if name in ATTENTION_MODULES else "mlp"
-                prefix = f"base_model.model.model.layers.{i}.{group}.{name}"
-                state[f"{prefix}.lora_A.weight"] = proj.lora_A.detach().cpu().contiguous()
-                state[f"{prefix}.lora_B.weight"] = proj.lora_B.detach().cpu().contiguous()
+        for prefix, proj in self._peft_projections():
+            state[f"{prefix}.lora_A.weight"] = proj.lora_A.detach().cpu().contiguous()
+            state[f"{prefix}.lora_B.weight"] = proj.lora_B.detach().cpu().contiguous()
         return state
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
-        for i, layer in enumerate(self.layers):
-            for name, proj in layer.proj.items():
-                if proj.lora_A is None or proj.lora_B is None:
-                    continue
-                group = "self_attn" if name in ATTENTION_MODULES else "mlp"
-                prefix = f"base_model.model.model.layers.{i}.{group}.{name}"
-                proj.lora_A.data.copy_(state[f"{prefix}.lora_A.weight"])
-                proj.lora_B.data.copy_(state[f"{prefix}.lora_B.weight"])
+        for prefix, proj in self._peft_projections():
+            proj.lora_A.data.copy_(state[f"{prefix}.lora_A.weight"])
+            proj.lora_B.data.copy_(state[f"{prefix}.lora_B.weight"])
 
     def save_adapter(self, directory: Path, base_model: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
