@@ -25,6 +25,16 @@ def py(sandbox: Sandbox, code: str, timeout: float = 30) -> dict:
     return json.loads(sandbox.commands.run("python3 probe.py", timeout=timeout).stdout)
 
 
+def denied_syscalls(sandbox: Sandbox) -> tuple[dict[str, str], dict[str, str]]:
+    """(what each syscall of syscall_probe.py gave inside `sandbox`, what the seccomp
+    policy says it must give): x86-64 syscall numbers."""
+    sandbox.files.write("syscalls.py", (Path(__file__).parent / "syscall_probe.py").read_text())
+    results = json.loads(sandbox.commands.run("python3 syscalls.py").stdout)
+    expected = {name: "EPERM" for name in results}
+    expected |= {"clone3": "ENOSYS", "socket_vsock": "EAFNOSUPPORT", "socket_packet": "EAFNOSUPPORT"}
+    return results, expected
+
+
 def host_pids_of_uid(uid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

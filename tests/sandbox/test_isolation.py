@@ -17,6 +17,7 @@ import pytest
 from isolation_helpers import (
     NETWORK_PROBE,
     SANDBOX_DEV,
+    denied_syscalls,
     host_pids_of_uid,
     probe_host_unix_sockets,
     py,
@@ -25,8 +26,6 @@ from isolation_helpers import (
 
 import tramontane
 from tramontane.sandbox import Sandbox
-
-HERE = Path(__file__).parent
 
 
 def host_uid_of(live, sandbox: Sandbox) -> int:
@@ -140,10 +139,7 @@ def test_no_privileges(sbx: Sandbox) -> None:
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall numbers below are x86-64's")
 def test_dangerous_syscalls_are_denied(sbx: Sandbox) -> None:
-    sbx.files.write("syscalls.py", (HERE / "syscall_probe.py").read_text())
-    results = json.loads(sbx.commands.run("python3 syscalls.py").stdout)
-    expected = {name: "EPERM" for name in results}
-    expected |= {"clone3": "ENOSYS", "socket_vsock": "EAFNOSUPPORT", "socket_packet": "EAFNOSUPPORT"}
+    results, expected = denied_syscalls(sbx)
     assert results == expected
 
 
