@@ -86,7 +86,7 @@ class Conversations:
             return [Stored(e.body, e.model_text) for e in session.scalars(query)]
 
     async def delete(self, principal: Principal, conversation_id: str) -> None:
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             session.delete(get_owned(session, ConversationRow, conversation_id, principal, "conversation"))
         await self.sandboxes.release(conversation_id, principal.workspace_id)
 
@@ -115,7 +115,7 @@ class Conversations:
         counter = iter(range(position, 1 << 31))
 
         def write(entry: Stored) -> None:
-            with self._store.session() as session:
+            with self._store.write_session() as session:
                 session.add(
                     EntryRow(
                         id=entry.body["id"],
@@ -180,7 +180,7 @@ class Conversations:
         row.created_at = row.updated_at = utcnow()
         inputs = input_entries(body.inputs)
         if body.store is not False:
-            with self._store.session() as session:
+            with self._store.write_session() as session:
                 session.add(row)
         return row, speaker, inputs
 
@@ -204,7 +204,7 @@ class Conversations:
             created_at=now,
             updated_at=now,
         )
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             session.add(row)
             session.flush()
             for position, entry in enumerate(history[: cut + 1]):

@@ -53,7 +53,7 @@ class Libraries:
 
     def create(self, principal: Principal, name: str, description: str | None, chunk_size: int | None) -> LibraryRow:
         entry = self._registry.default_embedding()
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             library = LibraryRow(
                 workspace_id=principal.workspace_id,
                 name=name,
@@ -83,7 +83,7 @@ class Libraries:
         return int(count), int(size)
 
     def delete(self, principal: Principal, library_id: str) -> LibraryRow:
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             library = get_owned(session, LibraryRow, library_id, principal, "library")
             session.delete(library)  # documents cascade; chunks cascade from documents
         path = workspace_dir(self._home, library.workspace_id) / "libraries" / f"{library.id}.sqlite"
@@ -104,7 +104,7 @@ class Libraries:
         chunks = chunk_text(text, library.chunk_size)
         entry = self._registry.embedding(library.embedding_model)
         vectors, tokens = await self._embed(entry, chunks) if chunks else (np.zeros((0, entry.model.dim)), 0)
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             document = DocumentRow(
                 workspace_id=principal.workspace_id,
                 library_id=library.id,
@@ -150,7 +150,7 @@ class Libraries:
 
     async def delete_document(self, principal: Principal, library_id: str, document_id: str) -> None:
         library = self.get(principal, library_id)
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             document = get_owned(session, DocumentRow, document_id, principal, "document")
             if document.library_id != library.id:
                 raise NotFound("document", document_id)

@@ -50,7 +50,7 @@ class AgentRegistry:
 
     def create(self, principal: Principal, body: AgentCreate) -> Agent:
         config = body.model_dump(mode="json", exclude_none=True)
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             self._check_handoffs(session, principal, body.handoffs)
             agent = AgentRow(workspace_id=principal.workspace_id, version=0)
             session.add(agent)
@@ -92,7 +92,7 @@ class AgentRegistry:
 
     def update(self, principal: Principal, agent_id: str, body: AgentUpdate) -> Agent:
         changes: dict[str, Any] = body.model_dump(mode="json", exclude_unset=True)
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             agent = get_owned(session, AgentRow, agent_id, principal, "agent")
             self._check_handoffs(session, principal, body.handoffs)
             versions = _versions(session, agent.id)
@@ -110,7 +110,7 @@ class AgentRegistry:
             return _view(agent, version, [v.version for v in versions] + [number])
 
     def switch(self, principal: Principal, agent_id: str, version: int) -> Agent:
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             agent = get_owned(session, AgentRow, agent_id, principal, "agent")
             versions = _versions(session, agent.id)
             found = next((v for v in versions if v.version == version), None)
@@ -121,7 +121,7 @@ class AgentRegistry:
             return _view(agent, found, [v.version for v in versions])
 
     def delete(self, principal: Principal, agent_id: str) -> None:
-        with self._store.session() as session:
+        with self._store.write_session() as session:
             session.delete(get_owned(session, AgentRow, agent_id, principal, "agent"))
 
     def find(self, workspace_id: str, agent_id: str) -> Agent:

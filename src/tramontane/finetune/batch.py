@@ -128,7 +128,7 @@ class BatchJobs:
             status=QUEUED,
             errors=[],
         )
-        with self.store.session() as session:
+        with self.store.write_session() as session:
             session.add(job)
         return batch_view(job)
 

@@ -70,7 +70,7 @@ class FileStore:
         row.bytes = size
         row.num_lines = lines + (1 if size and not _ends_with_newline(target) else 0)
         row.mimetype = "application/jsonl" if row.filename.endswith(".jsonl") else "application/octet-stream"
-        with self.store.session() as session:
+        with self.store.write_session() as session:
             session.add(row)
         return row
 
@@ -99,7 +99,7 @@ class FileStore:
 
     def delete(self, workspace_id: str, file_id: str) -> None:
         row = self.get(workspace_id, file_id)
-        with self.store.session() as session:
+        with self.store.write_session() as session:
             found = session.get(FileRow, row.id)
             if found is not None:
                 session.delete(found)

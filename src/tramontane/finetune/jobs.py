@@ -159,7 +159,7 @@ class FineTuningJobs:
         self._validate(job)
         if job.status == VALIDATED and job.auto_start:
             transition(job, QUEUED)
-        with self.store.session() as session:
+        with self.store.write_session() as session:
             session.add(job)
         if job.status == QUEUED:
             self.on_queued()

@@ -108,7 +108,7 @@ class Authenticator:
     def reject(self, rejection: Rejection, where: str | None) -> NoReturn:
         """Audits a failed authentication under the key's public id and raises its 401."""
         row = rejection.row
-        with self.store.session() as session:
+        with self.store.write_session() as session:
             audit.record(
                 session,
                 "auth.failure",
@@ -125,7 +125,7 @@ class Authenticator:
         """Raises a 403 (audited) unless the key holds `capability`."""
         if principal.can(capability):
             return
-        with self.store.session() as session:
+        with self.store.write_session() as session:
             audit.record(
                 session,
                 "auth.denied",

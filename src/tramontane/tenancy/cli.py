@@ -77,7 +77,7 @@ def organisations_list(database_url: DatabaseUrl = None) -> None:
 
 @organisations_app.command("create")
 def organisations_create(name: str, database_url: DatabaseUrl = None) -> None:
-    with _open(database_url) as tenancy, tenancy.store.session() as session:
+    with _open(database_url) as tenancy, tenancy.store.write_session() as session:
         organisation = directory.create_organisation(session, name, CLI)
         console.print(organisation.id)
 
@@ -111,7 +111,7 @@ def workspaces_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     limits = Limits(rpm, tpm, max_concurrent, monthly_tokens)
-    with _open(database_url) as tenancy, tenancy.store.session() as session:
+    with _open(database_url) as tenancy, tenancy.store.write_session() as session:
         if organisation is None:
             owner = session.scalar(select(Organisation).where(Organisation.is_platform.is_(True)))
             if owner is None:
@@ -137,7 +137,7 @@ def workspaces_request_logs(
     if off == (retention_days is not None):
         console.print("[red]Pass either --retention-days N or --off.[/red]")
         raise typer.Exit(1)
-    with _open(database_url) as tenancy, tenancy.store.session() as session:
+    with _open(database_url) as tenancy, tenancy.store.write_session() as session:
         row = session.get(Workspace, workspace)
         if row is None:
             raise TenancyError(404, f"No workspace with id '{workspace}'")
@@ -156,7 +156,7 @@ def workspaces_set_limits(
 ) -> None:
     given = Limits(rpm, tpm, max_concurrent, monthly_tokens).as_dict()
     changes = given if clear else {k: v for k, v in given.items() if v is not None}
-    with _open(database_url) as tenancy, tenancy.store.session() as session:
+    with _open(database_url) as tenancy, tenancy.store.write_session() as session:
         row = session.get(Workspace, workspace)
         if row is None:
             raise TenancyError(404, f"No workspace with id '{workspace}'")
@@ -192,7 +192,7 @@ def keys_create(
 ) -> None:
     """Creates a key and prints it: the only time it can be seen."""
     expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days is not None else None
-    with _open(database_url) as tenancy, tenancy.store.session() as session:
+    with _open(database_url) as tenancy, tenancy.store.write_session() as session:
         row = session.get(Workspace, workspace)
         if row is None:
             raise TenancyError(404, f"No workspace with id '{workspace}'")
@@ -237,7 +237,7 @@ def keys_revoke(
     database_url: DatabaseUrl = None,
 ) -> None:
     key_id = key.removeprefix(KEY_PREFIX).partition("_")[0]
-    with _open(database_url) as tenancy, tenancy.store.session() as session:
+    with _open(database_url) as tenancy, tenancy.store.write_session() as session:
         row = session.get(ApiKey, key_id)
         workspace = session.get(Workspace, row.workspace_id) if row is not None else None
         if row is None or workspace is None:

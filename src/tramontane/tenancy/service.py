@@ -64,7 +64,7 @@ class Tenancy:
         """A new organisation with one workspace and one key, all called `name`:
         (workspace id, the key in plaintext: show it once). For set-up scripts,
         benchmarks and tests; the admin API does the same step by step."""
-        with self.store.session() as session:
+        with self.store.write_session() as session:
             organisation = directory.create_organisation(session, name, actor)
             workspace = directory.create_workspace(session, organisation, name, actor)
             created = keys.create_key(
