@@ -43,16 +43,16 @@ class BatchRequest:
 
     endpoint: str
     body: dict[str, Any]
-    workspace_id: str
-    # The key that created the job: the line's usage is metered as this key's
-    # (None for jobs created before batch metering).
-    api_key_id: str | None
     # `<job id>-<line index>`: the line's id in the output, and its usage's request id.
     request_id: str
 
 
-# execute(request) -> response body; raises APIError.
-Executor = Callable[[BatchRequest], Awaitable[dict[str, Any]]]
+# run(request) -> response body; raises APIError.
+LineExecutor = Callable[[BatchRequest], Awaitable[dict[str, Any]]]
+# executor(job) -> how its lines run: set up once per job, in the job's workspace,
+# metered as the key that created it (`job.api_key_id`; None for jobs created
+# before batch metering).
+Executor = Callable[[BatchJobRow], Awaitable[LineExecutor]]
 
 
 def batch_view(job: BatchJobRow) -> dict[str, Any]:
@@ -235,6 +235,7 @@ class BatchJobs:
         job = await anyio.to_thread.run_sync(self._set, job_id, {"status": RUNNING, "started_at": utcnow()})
         requests = await anyio.to_thread.run_sync(self._read_requests, job)
         await anyio.to_thread.run_sync(self._set, job_id, {"total_requests": len(requests)})
+        execute = await self.execute(job)
         # (input position, result line): written in input order whatever order they finish in.
         results: list[tuple[int, dict[str, Any]]] = []
         failures: list[tuple[int, dict[str, Any]]] = []
@@ -247,8 +248,7 @@ class BatchJobs:
                 try:
                     if isinstance(body, APIError):
                         raise body
-                    request = BatchRequest(job.endpoint, body, job.workspace_id, job.api_key_id, line_id)
-                    response = await self.execute(request)  # type: ignore[misc]
+                    response = await execute(BatchRequest(job.endpoint, body, line_id))
                     line = {"id": line_id, "custom_id": custom_id, "response": {"status_code": 200, "body": response}}
                     results.append((index, {**line, "error": None}))
                 except APIError as exc:

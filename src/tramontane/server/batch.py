@@ -12,8 +12,9 @@ from typing import Any
 import anyio.to_thread
 from pydantic import ValidationError
 
-from ..finetune.batch import BatchRequest, Executor
-from ..tenancy import EnergyReading, Tenancy
+from ..finetune.batch import BatchRequest, Executor, LineExecutor
+from ..finetune.models import BatchJobRow
+from ..tenancy import EnergyReading, Principal, Tenancy
 from . import chat, embeddings
 from .errors import APIError
 from .metrics import Metrics
@@ -24,14 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) -> Executor:
-    async def run(request: BatchRequest) -> ChatCompletionResponse | EmbeddingResponse:
+    async def run(workspace_id: str, request: BatchRequest) -> ChatCompletionResponse | EmbeddingResponse:
         """The response to one line; its workspace's fine-tuned models are among those it may name."""
         try:
             if request.endpoint == "/v1/chat/completions":
                 body = ChatCompletionRequest.model_validate(request.body)
                 if body.stream:
                     raise APIError(400, "batch requests cannot stream", param="stream")
-                return await chat.complete(models, metrics, body, request.workspace_id)
+                return await chat.complete(models, metrics, body, workspace_id)
             return await embeddings.embed(models, EmbeddingRequest.model_validate(request.body))
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -39,15 +40,12 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
             raise APIError(422, f"{location}: {first['msg']}", param=location or None) from None
 
     def meter(
+        principal: Principal,
         request: BatchRequest,
         response: ChatCompletionResponse | EmbeddingResponse,
         latency_s: float,
         energy: EnergyReading,
     ) -> None:
-        principal = tenancy.key_principal(request.api_key_id) if request.api_key_id else None
-        if principal is None:  # a job from before batch metering (a key goes only with its workspace)
-            log.warning("batch line %s is not metered: its job names no key", request.request_id)
-            return
         tenancy.record_usage(
             principal,
             model=response.model,
@@ -58,18 +56,27 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
             energy=energy,
         )
 
-    async def execute(request: BatchRequest) -> dict[str, Any]:
-        span = tenancy.meter.begin()
-        started = time.perf_counter()
-        try:
-            response = await run(request)
-        except BaseException:
-            # Refused before the engine ran (bad body, unknown model): nothing to meter.
-            tenancy.meter.finish(span)
-            raise
-        latency_s = time.perf_counter() - started
-        energy = tenancy.meter.finish(span, response.usage.total_tokens)
-        await anyio.to_thread.run_sync(meter, request, response, latency_s, energy)
-        return response.model_dump(mode="json", exclude_none=True)
+    async def for_job(job: BatchJobRow) -> LineExecutor:
+        # Looked up once per job: every line is metered as the key that created it.
+        principal = await anyio.to_thread.run_sync(tenancy.key_principal, job.api_key_id) if job.api_key_id else None
+        if principal is None:  # a job from before batch metering (a key goes only with its workspace)
+            log.warning("batch job %s is not metered: it names no key", job.id)
 
-    return execute
+        async def execute(request: BatchRequest) -> dict[str, Any]:
+            span = tenancy.meter.begin()
+            started = time.perf_counter()
+            try:
+                response = await run(job.workspace_id, request)
+            except BaseException:
+                # Refused before the engine ran (bad body, unknown model): nothing to meter.
+                tenancy.meter.finish(span)
+                raise
+            latency_s = time.perf_counter() - started
+            energy = tenancy.meter.finish(span, response.usage.total_tokens)
+            if principal is not None:
+                await anyio.to_thread.run_sync(meter, principal, request, response, latency_s, energy)
+            return response.model_dump(mode="json", exclude_none=True)
+
+        return execute
+
+    return for_job
