@@ -92,7 +92,8 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """An ORM session in a transaction, committed on success."""
+        """An ORM session in a transaction, committed on success: for reads. One that
+        writes must be a `write_session`, or on SQLite it can fail at its first write."""
         with self._sessions.begin() as session:
             yield session
 
