@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from ..errors import APIError
 from ..sandbox import SandboxManager
-from ..server.metering import InferenceKey, Metered
+from ..server.metering import InferenceKey, InferenceRoute, Metered
 from ..server.registry import ModelRegistry
 from ..server.streaming import STREAMABLE, EventStreamResponse
 from ..store import Store
@@ -86,7 +86,7 @@ def _document(row: DocumentRow) -> Document:
 
 
 def create_router(agents: AgentRegistry, conversations: Conversations, libraries: Libraries) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=InferenceRoute)
 
     def library_view(row: LibraryRow) -> Library:
         count, size = libraries.stats(row.id)

@@ -20,7 +20,6 @@ from ..tenancy.admin_api import router as admin_router
 from . import chat, completions, embeddings, health, models
 from .batch import batch_executor
 from .errors import install_error_handlers
-from .metering import inference_key
 from .metrics import Metrics
 from .middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from .protocol import ErrorResponse
@@ -103,7 +102,7 @@ def create_app(
     # (on the path of every wake from zero) does not pay for the routes behind it.
     # Probes and /metrics stay outside: orchestrators and scrapers hold no key.
     app.include_router(health.router)
-    v1 = APIRouter(dependencies=[Depends(inference_key)], responses=_ERRORS)
+    v1 = APIRouter(responses=_ERRORS)  # their routes are InferenceRoutes: key checked, metered
     for module in (chat, completions, embeddings, models):
         v1.include_router(module.router)
     app.include_router(v1)

@@ -15,7 +15,7 @@ from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, usage
 from .logprobs import chat_logprobs
-from .metering import InferenceKey, Metered, RequestMeter
+from .metering import InferenceKey, InferenceRoute, Metered, RequestMeter
 from .metrics import Metrics
 from .protocol import (
     ChatChoice,
@@ -35,7 +35,7 @@ from .sampling import finish_reason, sampling_params
 from .streaming import DONE, STREAMABLE, EventStreamResponse, sse, sse_error, until_disconnected
 from .tool_calls import ContentDelta, ToolCallStreamParser, parse_tool_calls, prepare_messages
 
-router = APIRouter()
+router = APIRouter(route_class=InferenceRoute)
 
 # Mistral's `safe_prompt`: this text goes before the system prompt.
 SAFETY_PROMPT = (

@@ -12,7 +12,7 @@ from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, merged_outputs, run_all, usage
 from .logprobs import completion_logprobs
-from .metering import InferenceKey, Metered
+from .metering import InferenceKey, InferenceRoute, Metered
 from .protocol import (
     ChatCompletionResponse,
     CompletionChoice,
@@ -24,7 +24,7 @@ from .registry import ChatModel
 from .sampling import finish_reason, sampling_params
 from .streaming import DONE, STREAMABLE, EventStreamResponse, sse, sse_error, until_disconnected
 
-router = APIRouter()
+router = APIRouter(route_class=InferenceRoute)
 
 # OpenAI's default for this endpoint (chat generates up to the context instead).
 DEFAULT_MAX_TOKENS = 16

@@ -10,11 +10,11 @@ from fastapi import APIRouter
 
 from .deps import Models
 from .errors import APIError
-from .metering import Metered
+from .metering import InferenceRoute, Metered
 from .protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from .registry import ModelRegistry
 
-router = APIRouter()
+router = APIRouter(route_class=InferenceRoute)
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 

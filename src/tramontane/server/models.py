@@ -6,10 +6,10 @@ from fastapi import APIRouter
 
 from .deps import Models
 from .errors import APIError
-from .metering import InferenceKey
+from .metering import InferenceKey, InferenceRoute
 from .protocol import FineTunedModelCard, ModelCard, ModelDeleted, ModelList
 
-router = APIRouter()
+router = APIRouter(route_class=InferenceRoute)
 
 
 @router.get("/v1/models", response_model=ModelList)
