@@ -1,13 +1,15 @@
 """What the HTTP layer costs on top of the engine, with the default chat model.
 
 The same engine serves both paths: `engine.generate` called directly, and
-POST /v1/chat/completions through uvicorn on loopback, from an httpx client in a
-separate process. The HTTP path includes what every deployment pays per
+POST /v1/chat/completions through uvicorn on loopback, from clients in a separate
+process: for sequential requests one keep-alive connection of the standard
+library's lean HTTP client (as a load generator would hold), for concurrent
+streams httpx. The HTTP path includes what every deployment pays per
 request: the API key's check and the usage record (SQLite in a temporary
 directory, a workspace without limits). min_tokens = max_tokens makes every
 request generate exactly the same number of tokens.
 
-    python benchmarks/http_overhead.py [--requests 30] [--concurrency 32] [--tokens 16]
+    python benchmarks/http_overhead.py [--requests 100] [--concurrency 32] [--tokens 16]
 
 Prints, for sequential non-streamed requests, latency p50/p99 of each path and the
 difference; then, for `--concurrency` streamed requests at once, requests/s and
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
+import json
 import math
 import multiprocessing
 import socket
@@ -26,6 +30,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
@@ -65,6 +70,31 @@ async def direct_request(engine, prompt: list[int], tokens: int) -> tuple[float,
         if first is None and out.outputs[0].delta_token_ids:
             first = time.perf_counter() - start
     return first or math.nan, time.perf_counter() - start
+
+
+def sequential_client(url: str, key: str, tokens: int, orders: Connection) -> None:
+    """Runs in a client process: one request per order received, on one keep-alive
+    connection, sending back its latency (or the error)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port))
+    body = json.dumps(
+        {
+            "model": DEFAULT_CHAT_MODEL_NAME,
+            "messages": MESSAGES,
+            "max_tokens": tokens,
+            "min_tokens": tokens,
+            "temperature": 0,
+        }
+    )
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    while orders.recv():
+        start = time.perf_counter()
+        connection.request("POST", "/v1/chat/completions", body, headers)
+        response = connection.getresponse()
+        response.read()
+        elapsed = time.perf_counter() - start
+        orders.send(elapsed if response.status == 200 else f"HTTP {response.status}")
+    connection.close()
 
 
 def http_batch(url: str, key: str, tokens: int, stream: bool, count: int) -> tuple[list[tuple[float, float]], float]:
@@ -116,24 +146,39 @@ async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor
     def http(stream: bool, count: int):
         return loop.run_in_executor(clients, http_batch, url, key, args.tokens, stream, count)
 
-    await http(False, 1)  # warm-up: client process, connection, prefix cache
+    orders, client_end = multiprocessing.get_context("spawn").Pipe()
+    client = multiprocessing.get_context("spawn").Process(
+        target=sequential_client, args=(url, key, args.tokens, client_end), daemon=True
+    )
+    client.start()
+
+    async def over_http_once() -> float:
+        orders.send(True)
+        result = await loop.run_in_executor(None, orders.recv)
+        if isinstance(result, str):
+            raise RuntimeError(result)
+        return result
+
+    await over_http_once()  # warm-up: client process, connection, prefix cache
     await direct_request(engine, prompt, args.tokens)
     direct, over_http = [], []
     http_cpu = 0.0
     for _ in range(args.requests):  # interleaved, so that load drift hits both paths alike
         direct.append((await direct_request(engine, prompt, args.tokens))[1])
         cpu_before = http_cpu_s(server_thread)
-        over_http.append((await http(False, 1))[0][0][1])
+        over_http.append(await over_http_once())
         await asyncio.sleep(0.05)  # the usage record is written after the response
         http_cpu += http_cpu_s(server_thread) - cpu_before
+    orders.send(False)
+    client.join()
     print(f"\nsequential, non-streamed, {args.requests} requests of {args.tokens} tokens (ms)")
     print(f"{'':12}{'p50':>10}{'p99':>10}")
     for name, values in (("engine", direct), ("HTTP", over_http)):
         print(f"{name:12}{percentile(values, 50) * 1e3:10.1f}{percentile(values, 99) * 1e3:10.1f}")
-    print(
-        f"{'overhead':12}{(percentile(over_http, 50) - percentile(direct, 50)) * 1e3:10.1f}"
-        f"{(percentile(over_http, 99) - percentile(direct, 99)) * 1e3:10.1f}"
-    )
+    # Each HTTP request next to the engine request just before it: the pairs'
+    # differences cancel most of the drift of a busy machine.
+    paired = [h - d for h, d in zip(over_http, direct, strict=True)]
+    print(f"{'overhead':12}{percentile(paired, 50) * 1e3:10.1f}{'':>10}  (p50 of the paired differences)")
     print(f"HTTP layer CPU per request (event loop + worker threads): {http_cpu / args.requests * 1e3:.2f} ms")
 
     print(f"\n{args.concurrency} concurrent streamed requests of {args.tokens} tokens")
@@ -151,7 +196,7 @@ async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=16)
     args = parser.parse_args()
