@@ -93,10 +93,11 @@ def test_monthly_budget_is_insufficient_quota_until_next_month(client: TestClien
 def test_concurrency_limit_holds_until_the_response_is_sent(tenancy: Tenancy) -> None:
     tenant = make_tenant(tenancy, "a", key_limits=Limits(max_concurrent_requests=1))
     app = build_app(tenancy)
-    release = asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
 
     @app.post("/v1/slow")
     async def slow(principal: Inference) -> dict:
+        entered.set()
         await release.wait()
         return {}
 
@@ -104,7 +105,7 @@ def test_concurrency_limit_holds_until_the_response_is_sent(tenancy: Tenancy) ->
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             first = asyncio.create_task(client.post("/v1/slow", headers=tenant.headers))
-            await asyncio.sleep(0.3)
+            await asyncio.wait_for(entered.wait(), 30)  # it holds the only slot
             second = await client.post("/v1/generate", json=BODY, headers=tenant.headers)
             assert second.headers["retry-after"] == "1"
             release.set()
