@@ -113,7 +113,8 @@ def store(database_url: str) -> Iterator[Store]:
 def tenancy(store: Store, tmp_path: Path) -> Iterator[Tenancy]:
     tenancy = Tenancy(store, home=tmp_path / "home", pepper=b"test-pepper-0123456789abcdef")
     yield tenancy
-    tenancy.request_logs.close()  # the store is the `store` fixture's to close
+    tenancy.usage_writer.close()  # the store is the `store` fixture's to close
+    tenancy.request_logs.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from tenancy_helpers import add_key, make_tenant
 
-from tramontane.tenancy import EnergyMeter, EnergyReading, Tenancy
+from tramontane.tenancy import CLI, EnergyMeter, EnergyReading, Limits, Tenancy, TenancyError
 from tramontane.tenancy import usage as usage_reports
 from tramontane.tenancy.energy import EstimateCounter, NvmlCounter, RaplCounter
 
@@ -57,6 +57,35 @@ def test_records_carry_latency_and_an_estimate_label(tenancy: Tenancy) -> None:
     with pytest.raises(RuntimeError):
         tenancy.record_usage(admitted, model="m", prompt_tokens=1, completion_tokens=1)
     tenancy.finish(admitted)
+
+
+def test_queued_usage_is_written_in_batches_and_counts_toward_limits(tenancy: Tenancy) -> None:
+    kept, erased = make_tenant(tenancy, "kept"), make_tenant(tenancy, "erased")
+    # Requests of a workspace erased before their usage is written: it must not come back.
+    orphans = [tenancy.admit(tenancy.authenticate(f"Bearer {erased.key}")) for _ in range(3)]
+    tenancy.erase_workspace(erased.workspace_id, CLI)
+    for i in range(40):
+        admitted = tenancy.admit(tenancy.authenticate(f"Bearer {kept.key}"))
+        tenancy.submit_usage(admitted, model="m", prompt_tokens=2, completion_tokens=3, request_id=f"r{i}")
+        tenancy.finish(admitted)
+        if i % 15 == 0:  # among the others, so that they share batches
+            orphan = orphans.pop()
+            tenancy.submit_usage(orphan, model="m", prompt_tokens=1, completion_tokens=1, request_id=f"o{i}")
+            tenancy.finish(orphan)
+    tenancy.usage_writer.flush()
+    rows = usage_reports.report(tenancy.store, group_by=["workspace"])
+    assert [(r["workspace"], r["requests"], r["total_tokens"]) for r in rows] == [(kept.workspace_id, 40, 200)]
+    assert tenancy.usage_writer.dropped == 3
+
+    # Once written, the tokens count toward the key's limits, as `record_usage`'s do.
+    limited = make_tenant(tenancy, "limited", key_limits=Limits(tokens_per_minute=5))
+    admitted = tenancy.admit(tenancy.authenticate(f"Bearer {limited.key}"))
+    tenancy.submit_usage(admitted, model="m", prompt_tokens=2, completion_tokens=3, request_id="r")
+    tenancy.finish(admitted)
+    tenancy.usage_writer.flush()
+    with pytest.raises(TenancyError) as refused:
+        tenancy.admit(tenancy.authenticate(f"Bearer {limited.key}"))
+    assert refused.value.status == 429
 
 
 def test_usage_outside_a_request_needs_latency_and_energy(tenancy: Tenancy) -> None:

@@ -94,7 +94,7 @@ def create_app(
 
     app = FastAPI(title="Tramontane", version=__version__, lifespan=lifespan)
     app.state.models = registry
-    app.state.metrics = metrics = Metrics(registry, tenancy.request_logs)
+    app.state.metrics = metrics = Metrics(registry, tenancy.request_logs, tenancy.usage_writer)
     tenancy.install(app)
 
     # FastAPI builds a router's routes on the first request that is matched against

@@ -97,7 +97,8 @@ class RequestMeter:
         self._tenancy.authenticate(request.headers.get("authorization"), where=f"{request.method} {request.url.path}")
 
     def record(self, request_body: bytes | None = None) -> None:
-        """Meters the request and, given its body, queues it for storage."""
+        """Meters the request and, given its body, queues it for storage; both are
+        written by background threads."""
         if self._model is None:
             return
         started = [gen for gen in self._gens if gen.started]
@@ -111,7 +112,7 @@ class RequestMeter:
                 log.error("could not queue request %s's log: %s", self._request.state.request_id, type(exc).__name__)
                 self._tenancy.request_logs.count_dropped()
         counts = usage(started)
-        self._tenancy.record_usage(
+        self._tenancy.submit_usage(
             self.principal,
             model=self._model,
             prompt_tokens=counts.prompt_tokens + self._prompt_tokens,
@@ -140,13 +141,12 @@ class RequestMeter:
 
 
     async def finish(self) -> None:
-        """Once the response has been sent: records the usage (off the event loop)
-        and frees the key's concurrency slot, even for a client gone mid-stream."""
+        """Once the response has been sent: records the usage and frees the key's
+        concurrency slot, even for a client gone mid-stream."""
         with anyio.CancelScope(shield=True):
             try:
                 # FastAPI read (and kept) the JSON body before calling the route.
-                body = await self._request.body() if self.stores_request else None
-                await anyio.to_thread.run_sync(self.record, body)
+                self.record(await self._request.body() if self.stores_request else None)
             finally:
                 await self._tenancy.leave(self.principal)
 

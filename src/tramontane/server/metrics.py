@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from ..tenancy import RequestLogWriter
+    from ..tenancy import BackgroundWriter
     from .registry import ModelRegistry
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -46,25 +46,32 @@ class _EngineCollector(Collector):
         yield from (running, waiting, kv, hits, queries)
 
 
-class _RequestLogCollector(Collector):
-    """The request log writer's queue and the entries it could not store."""
+class _WriterCollector(Collector):
+    """A background writer's queue (request logs, usage records) and the items it could not store."""
 
-    def __init__(self, writer: RequestLogWriter):
+    def __init__(self, writer: BackgroundWriter, name: str, title: str):
         self.writer = writer
+        self.name = name
+        self.title = title
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
-            "tramontane_request_logs_dropped",
-            "Request logs not stored: the writer's queue was full or the database write failed",
+            f"tramontane_{self.name}_dropped",
+            f"{self.title} not stored: the writer's queue was full or the database write failed",
             value=self.writer.dropped,
         )
         yield GaugeMetricFamily(
-            "tramontane_request_logs_queued", "Request logs waiting to be written", value=self.writer.queued
+            f"tramontane_{self.name}_queued", f"{self.title} waiting to be written", value=self.writer.queued
         )
 
 
 class Metrics:
-    def __init__(self, models: ModelRegistry, request_logs: RequestLogWriter | None = None):
+    def __init__(
+        self,
+        models: ModelRegistry,
+        request_logs: BackgroundWriter | None = None,
+        usage_records: BackgroundWriter | None = None,
+    ):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("tramontane_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
@@ -93,7 +100,9 @@ class Metrics:
         )
         r.register(_EngineCollector(models))
         if request_logs is not None:
-            r.register(_RequestLogCollector(request_logs))
+            r.register(_WriterCollector(request_logs, "request_logs", "Request logs"))
+        if usage_records is not None:
+            r.register(_WriterCollector(usage_records, "usage_records", "Usage records"))
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

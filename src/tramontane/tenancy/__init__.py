@@ -2,13 +2,15 @@
 shared through the database, usage and energy metering, audit, and erasure.
 
 A server opens one `Tenancy`, calls `install(app)`, guards routes with
-`Depends(require(Capability.INFERENCE))` and meters them with `record_usage`;
+`Depends(require(Capability.INFERENCE))` and meters them with `record_usage` (or,
+on the hot path, `submit_usage`: written by a `BackgroundWriter` thread);
 `admin_router` serves `/v1/admin`, `request_logs_router` a workspace's stored
 requests (`RequestLogEntry`, queued on `Tenancy.request_logs` when its workspace
 opted in), and `cli.app` is the `tramontane` sub-command.
 """
 
 from .audit import CLI, SYSTEM, Actor
+from .background_writer import BackgroundWriter
 from .capabilities import ALL_CAPABILITIES, Capability, parse_capabilities
 from .dependencies import get_tenancy, require
 from .energy import EnergyMeter, EnergyReading
@@ -26,6 +28,7 @@ __all__ = [
     "CLI",
     "SYSTEM",
     "Actor",
+    "BackgroundWriter",
     "Capability",
     "EnergyMeter",
     "EnergyReading",

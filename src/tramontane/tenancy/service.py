@@ -21,7 +21,7 @@ from .limits import DEFAULT_LEASE_TTL_S, Limiter
 from .pepper import load_pepper
 from .principal import Principal, Ticket
 from .request_logs import RequestLogWriter
-from .usage import Usage
+from .usage import Usage, UsageWriter
 
 
 class Tenancy:
@@ -41,6 +41,7 @@ class Tenancy:
         self.limiter = Limiter(store, lease_ttl_s=lease_ttl_s)
         self.meter = meter or EnergyMeter()
         self.request_logs = RequestLogWriter(store)
+        self.usage_writer = UsageWriter(store, self.limiter)
 
     @classmethod
     def open(cls, url: str | None = None, *, home: Path | None = None) -> Tenancy:
@@ -53,6 +54,7 @@ class Tenancy:
         install_error_handler(app)
 
     def close(self) -> None:
+        self.usage_writer.close()
         self.request_logs.close()
         self.store.close()
 
@@ -132,6 +134,29 @@ class Tenancy:
     ) -> Usage:
         """Meters one finished request. For a request admitted by `require`, latency
         and energy come from its ticket; otherwise pass both."""
+        record = self._usage(principal, model, prompt_tokens, completion_tokens, request_id, latency_s, energy)
+        usage.record(self.store, self.limiter, principal, record)
+        return record
+
+    def submit_usage(
+        self, principal: Principal, *, model: str, prompt_tokens: int, completion_tokens: int, request_id: str
+    ) -> Usage:
+        """`record_usage` for an admitted request, written by a background thread
+        (`usage_writer`): cheap enough to call from the event loop."""
+        record = self._usage(principal, model, prompt_tokens, completion_tokens, request_id, None, None)
+        self.usage_writer.submit_usage(principal, record)
+        return record
+
+    def _usage(
+        self,
+        principal: Principal,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        request_id: str | None,
+        latency_s: float | None,
+        energy: EnergyReading | None,
+    ) -> Usage:
         ticket = principal.ticket
         if ticket is not None:
             if ticket.usage_recorded:
@@ -141,7 +166,7 @@ class Tenancy:
             energy = energy or self.meter.finish(ticket.span, prompt_tokens + completion_tokens)
         if latency_s is None or energy is None:
             raise ValueError("outside an admitted request, pass latency_s and energy")
-        record = Usage(
+        return Usage(
             model=model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -150,8 +175,6 @@ class Tenancy:
             energy_source=energy.source,
             request_id=request_id,
         )
-        usage.record(self.store, self.limiter, principal, record)
-        return record
 
     def workspace_dir(self, workspace_id: str) -> Path:
         """Where the workspace's files go; erasure removes the whole directory."""

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Connection, func, insert, select
 
 from ..store import Store, UsageRecord, Workspace
+from .background_writer import BackgroundWriter
 from .limits import Limiter
 from .principal import Principal
 
@@ -44,25 +45,45 @@ class Usage:
 def record(store: Store, limiter: Limiter, principal: Principal, usage: Usage) -> None:
     """Stores the record and adds its tokens to the key's and workspace's token
     limits, in one transaction: the report and the limits never disagree."""
-    now = datetime.fromtimestamp(limiter.clock(), UTC)
     with store.write() as connection:
-        connection.execute(
-            _INSERT,
-            {
-                "workspace_id": principal.workspace_id,
-                "api_key_id": principal.key_id,
-                "created_at": now,
-                "day": now.date(),
-                "model": usage.model,
-                "request_id": usage.request_id,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "latency_ms": usage.latency_ms,
-                "energy_wh": usage.energy_wh,
-                "energy_source": usage.energy_source,
-            },
-        )
-        limiter.consume(connection, principal, usage.total_tokens)
+        _add(connection, limiter, principal, usage, datetime.fromtimestamp(limiter.clock(), UTC))
+
+
+class UsageWriter(BackgroundWriter[tuple[Principal, Usage, datetime]]):
+    """Records usage (as `record` does) from a background thread: the hot path of
+    inference, where a transaction per request would cost a hop to a worker thread
+    and a commit each. The limits see the tokens once written, within milliseconds."""
+
+    def __init__(self, store: Store, limiter: Limiter, *, capacity: int = 8192, batch_size: int = 256):
+        super().__init__(store, "usage records", capacity=capacity, batch_size=batch_size)
+        self.limiter = limiter
+
+    def submit_usage(self, principal: Principal, usage: Usage) -> bool:
+        return self.submit((principal, usage, datetime.fromtimestamp(self.limiter.clock(), UTC)))
+
+    def insert(self, connection: Connection, items: Sequence[tuple[Principal, Usage, datetime]]) -> None:
+        for principal, usage, at in items:
+            _add(connection, self.limiter, principal, usage, at)
+
+
+def _add(connection: Connection, limiter: Limiter, principal: Principal, usage: Usage, at: datetime) -> None:
+    connection.execute(
+        _INSERT,
+        {
+            "workspace_id": principal.workspace_id,
+            "api_key_id": principal.key_id,
+            "created_at": at,
+            "day": at.date(),
+            "model": usage.model,
+            "request_id": usage.request_id,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "latency_ms": usage.latency_ms,
+            "energy_wh": usage.energy_wh,
+            "energy_source": usage.energy_source,
+        },
+    )
+    limiter.consume(connection, principal, usage.total_tokens)
 
 
 def report(
