@@ -104,9 +104,9 @@ class Linear(nn.Module):
     Decode on CPU is bound by reading weights, so smaller weights mean faster tokens.
     int4 is weight-only: activations stay in the model dtype. int8 quantizes each
     activation row too, per call (fbgemm's dynamic linear, 7-bit so that AVX2's
-    paired u8*s8 products cannot saturate): the integer matmul is 2-4x faster than
-    f32 or int4 from a few rows up, and faster at one, but rounding activations
-    costs precision: greedy decoding leaves the f32 path within a few tokens.
+    paired u8*s8 products cannot saturate): from a few rows up its integer matmul is
+    ~4x faster than int4 and ~2x faster than f32, but rounding activations costs
+    precision: greedy decoding leaves the f32 path within a few tokens.
     """
 
     def __init__(self, weight: torch.Tensor, quantization: str = "none"):
