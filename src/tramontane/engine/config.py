@@ -46,8 +46,9 @@ class EngineConfig:
     max_model_len: int | None = None  # defaults to the model's context length
     max_waiting_requests: int = 256  # admission limit before EngineOverloadedError
     enable_prefix_caching: bool = True
-    # Weight-only quantization of the linear layers: "auto" | "none" | "bf16" | "int8" | "int4".
-    # "auto" picks what measured fastest on the device (int4 with a bf16 head on CPU).
+    # Quantization of the linear layers: "auto" | "none" | "bf16" | "int8" | "int4" (int8
+    # rounds activations too: fastest on CPU from a few rows up, but least faithful).
+    # "auto" picks the fastest faithful one on the device (int4 with a bf16 head on CPU).
     quantization: str = "auto"
     device: str = "cpu"
     # Multi-LoRA: adapters resident at once (others wait in host memory) and the

@@ -163,9 +163,9 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm.weight.copy_(tensors["model.norm.weight"])
         head = embed if cfg.tie_word_embeddings else tensors["lm_head.weight"]
-        # 4-bit output projections wreck small models' token choice (the tied embedding
-        # is usually stored at 8 bits); bf16 keeps greedy decoding on the f32 path.
-        self.lm_head = Linear(head.to(dtype), "bf16" if quantization == "int4" else quantization)
+        # Quantized output projections wreck small models' token choice (4-bit weights;
+        # int8's rounded activations); bf16 keeps greedy decoding on the f32 path.
+        self.lm_head = Linear(head.to(dtype), "bf16" if quantization in ("int4", "int8") else quantization)
         # Not self.to(dtype): that would also cast bf16/int4-scale weight buffers.
         for module in self.modules():
             if isinstance(module, RMSNorm):

@@ -5,7 +5,9 @@ start.
 
 Preparing the default model takes seconds of CPU (dequantize, quantize, repack,
 and parsing a vocabulary of 49k tokens out of the GGUF metadata); loading the
-prepared file takes a fraction of a second. The mapping is private and
+prepared file takes a fraction of a second. (int8 linears are the exception:
+fbgemm's packing cannot be saved, so the file holds their int8 rows and loading
+packs them again, about a second for the default model.) The mapping is private and
 the weights are never written, so their pages stay the page cache's own: every
 replica of the model shares one copy in host memory, and a start after the first
 reads nothing from disk.
