@@ -34,8 +34,8 @@ _STOP = object()
 class BackgroundWriter(Generic[Item]):
     """A bounded queue and the daemon thread that drains it into `store`: up to
     `batch_size` items at a time go to `insert`, in one transaction; every
-    `idle_interval_s` the thread also runs `on_idle` (housekeeping such as
-    purging expired rows). `noun` names the items in log lines."""
+    `housekeeping_interval_s` the thread also runs `housekeeping` (such as purging
+    expired rows). `noun` names the items in log lines."""
 
     def __init__(
         self,
@@ -44,12 +44,12 @@ class BackgroundWriter(Generic[Item]):
         *,
         capacity: int,
         batch_size: int,
-        idle_interval_s: float | None = None,
+        housekeeping_interval_s: float | None = None,
     ):
         self.store = store
         self.noun = noun
         self.batch_size = batch_size
-        self.idle_interval_s = idle_interval_s
+        self.housekeeping_interval_s = housekeeping_interval_s
         self.dropped = 0
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
         self._thread: threading.Thread | None = None
@@ -59,8 +59,8 @@ class BackgroundWriter(Generic[Item]):
         """Adds `items` in the writer's transaction."""
         raise NotImplementedError
 
-    def on_idle(self) -> None:
-        """Runs on the writer thread every `idle_interval_s`."""
+    def housekeeping(self) -> None:
+        """Runs on the writer thread every `housekeeping_interval_s`."""
 
     @property
     def queued(self) -> int:
@@ -103,14 +103,15 @@ class BackgroundWriter(Generic[Item]):
             self.dropped += count
 
     def _run(self) -> None:
-        interval = self.idle_interval_s
-        next_idle = time.monotonic()
+        interval = self.housekeeping_interval_s
+        next_housekeeping = time.monotonic()
         while True:
-            if interval is not None and time.monotonic() >= next_idle:
-                self.on_idle()  # also under steady traffic, not only when the queue is empty
-                next_idle = time.monotonic() + interval
+            if interval is not None and time.monotonic() >= next_housekeeping:
+                self.housekeeping()  # also under steady traffic, not only when the queue is empty
+                next_housekeeping = time.monotonic() + interval
+            timeout = None if interval is None else max(0.0, next_housekeeping - time.monotonic())
             try:
-                first = self._queue.get(timeout=None if interval is None else max(0.0, next_idle - time.monotonic()))
+                first = self._queue.get(timeout=timeout)
             except queue.Empty:
                 continue
             taken = [first]

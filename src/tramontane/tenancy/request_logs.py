@@ -62,7 +62,7 @@ class RequestLogWriter(BackgroundWriter[RequestLogEntry]):
         purge_batch_size: int = 500,
     ):
         super().__init__(
-            store, "request logs", capacity=capacity, batch_size=batch_size, idle_interval_s=purge_interval_s
+            store, "request logs", capacity=capacity, batch_size=batch_size, housekeeping_interval_s=purge_interval_s
         )
         self.purge_batch_size = purge_batch_size
 
@@ -83,7 +83,7 @@ class RequestLogWriter(BackgroundWriter[RequestLogEntry]):
     def insert(self, connection: Connection, entries: Sequence[RequestLogEntry]) -> None:
         connection.execute(_INSERT, [entry.row() for entry in entries])
 
-    def on_idle(self) -> None:
+    def housekeeping(self) -> None:
         try:
             purged = self.purge_expired()
         except Exception as exc:
