@@ -144,7 +144,12 @@ async def test_replicas_spread_by_resources_and_restart_after_actor_death(env: E
             break
     assert victim.handle.pid in answered
 
-    logs = (await env.client.get("/v1/deployments/web/logs")).text
+    # A replica's output reaches its log through remote calls, so it may trail readiness.
+    deadline = time.monotonic() + 10
+    while (logs := (await env.client.get("/v1/deployments/web/logs")).text).count(
+        f"[{victim.id}] replica "
+    ) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
     assert logs.count(f"[{victim.id}] replica ") == 2  # started twice
     assert f"[{survivor.id}] replica " in logs and '"GET / HTTP/1.1" 200' in logs
 

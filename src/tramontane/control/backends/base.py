@@ -7,8 +7,9 @@ the process on a node of a Ray cluster."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from ..spec import DeploymentSpec
 
@@ -74,3 +75,17 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Releases what the backend itself holds (not the replicas: the plane stops those)."""
         ...
+
+
+def open_log(log_path: Path) -> BinaryIO:
+    """`log_path` opened to append a newly started process's output on a line of its
+    own: a process killed mid-line must not glue its last words to the next one's
+    first (the logs API prefixes each line with its replica)."""
+    log = log_path.open("ab")
+    if log.tell() > 0:
+        with log_path.open("rb") as tail:
+            tail.seek(-1, os.SEEK_END)
+            if tail.read(1) != b"\n":
+                log.write(b"\n")
+                log.flush()
+    return log

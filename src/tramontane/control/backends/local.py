@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 
 from ..spec import DeploymentSpec, Kind, expand_port
+from .base import open_log
 from .standby import Standby, can_start_warm
 
 
@@ -132,7 +133,7 @@ class LocalBackend:
             if process is not None:
                 return LocalReplica(process, port)
         env = {**inherited_env(), **own_env}
-        with log_path.open("ab") as log:
+        with open_log(log_path) as log:
             process = await asyncio.create_subprocess_exec(
                 *expand_port(spec.argv(), port),
                 stdin=asyncio.subprocess.DEVNULL,

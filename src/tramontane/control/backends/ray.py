@@ -25,6 +25,7 @@ from typing import Any
 
 from ..scheduler import NodeCapacity
 from ..spec import DeploymentSpec, Resources
+from .base import open_log
 from .ray_actor import ReplicaProcess
 
 # Ray resources that `NodeCapacity` has fields for; every other one a cluster
@@ -106,7 +107,7 @@ class RayReplica:
                 await self._exit
 
     async def _pump_output(self, log_path: Path) -> None:
-        with log_path.open("ab") as log:
+        with open_log(log_path) as log:
             while True:
                 try:
                     chunk = await self.actor.read_output.remote()
