@@ -50,7 +50,11 @@ def up(
         ),
     ] = None,
     quantization: Annotated[
-        str, typer.Option(help="Weight-only quantization of linear layers: auto, none, bf16, int8 or int4.")
+        str,
+        typer.Option(
+            help="Quantization of linear layers: auto (int4 on CPU), none, bf16, int4 (weights only) or int8 "
+            "(weights and activations: fastest prefill and many streams on CPU, least faithful)."
+        ),
     ] = "auto",
     kv_cache_gb: Annotated[float, typer.Option(help="Memory for each chat model's KV cache, in GiB.")] = 1.0,
     device: Annotated[str, typer.Option(help="Torch device for the chat models, e.g. cpu or cuda.")] = "cpu",
