@@ -31,7 +31,15 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..store.types import utcnow
-from ..tenancy import Capability, Principal, RequestLogEntry, Tenancy, TenancyError, get_tenancy
+from ..tenancy import (
+    Capability,
+    Principal,
+    RequestLogEntry,
+    Tenancy,
+    TenancyError,
+    enter_request,
+    get_tenancy,
+)
 from .generation import Generation, usage
 
 log = logging.getLogger(__name__)
@@ -40,7 +48,6 @@ log = logging.getLogger(__name__)
 # revoked (or expiring) mid-stream stops it within about a second; per event
 # it would cost a database read per token.
 KEY_RECHECK_S = 1.0
-
 
 
 class RequestMeter:
@@ -161,10 +168,8 @@ class InferenceRoute(APIRoute):
         handle = super().get_route_handler()
 
         async def gated(request: Request) -> _ThenFinish:
-            tenancy = get_tenancy(request)
-            where = f"{request.method} {request.scope['path']}"
-            principal = await tenancy.enter(request.headers.get("authorization"), Capability.INFERENCE, where=where)
-            meter = request.state.meter = RequestMeter(tenancy, principal, request)
+            principal = await enter_request(request, Capability.INFERENCE)
+            meter = request.state.meter = RequestMeter(get_tenancy(request), principal, request)
             try:
                 response = await handle(request)
             except BaseException:

@@ -12,7 +12,7 @@ opted in), and `cli.app` is the `tramontane` sub-command.
 from .audit import CLI, SYSTEM, Actor
 from .background_writer import BackgroundWriter
 from .capabilities import ALL_CAPABILITIES, Capability, parse_capabilities
-from .dependencies import get_tenancy, require
+from .dependencies import enter_request, get_tenancy, require
 from .energy import EnergyMeter, EnergyReading
 from .errors import NotFound, TenancyError, install_error_handler
 from .keys import bootstrap_admin_key
@@ -41,6 +41,7 @@ __all__ = [
     "TenancyError",
     "Usage",
     "bootstrap_admin_key",
+    "enter_request",
     "get_owned",
     "get_tenancy",
     "install_error_handler",

@@ -35,13 +35,18 @@ def require(capability: Capability) -> Callable[[Request], AsyncIterator[Princip
     counts are known."""
 
     async def dependency(request: Request) -> AsyncIterator[Principal]:
-        tenancy = get_tenancy(request)
-        where = f"{request.method} {request.scope['path']}"
-        admitted = await tenancy.enter(request.headers.get("authorization"), capability, where=where)
+        admitted = await enter_request(request, capability)
         try:
             yield admitted
         finally:
             with anyio.CancelScope(shield=True):  # a client gone mid-stream still frees its slot
-                await tenancy.leave(admitted)
+                await get_tenancy(request).leave(admitted)
 
     return dependency
+
+
+async def enter_request(request: Request, capability: Capability) -> Principal:
+    """`Tenancy.enter` for the key `request` carries, audited under its method and
+    path. Pair with `Tenancy.leave` once the response has been sent."""
+    where = f"{request.method} {request.scope['path']}"
+    return await get_tenancy(request).enter(request.headers.get("authorization"), capability, where=where)
