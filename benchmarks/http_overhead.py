@@ -52,11 +52,34 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def serve(registry: ModelRegistry, tenancy: Tenancy) -> tuple[str, uvicorn.Server, threading.Thread]:
+class TimedApp:
+    """The ASGI app, timed per POST from its call to the last byte of its response
+    handed to uvicorn: with the engine's span, it splits the HTTP layer's share into
+    what the app does and what uvicorn, loopback and the client do."""
+
+    def __init__(self, app):
+        self.app = app
+        self.spans: list[float] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def timed_send(message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self.spans.append(time.perf_counter() - start)
+
+        await self.app(scope, receive, timed_send)
+
+
+def serve(app: TimedApp) -> tuple[str, uvicorn.Server, threading.Thread]:
     sock = socket.socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited: no delayed-ACK stalls
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(registry, tenancy), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -164,7 +187,7 @@ def http_cpu_s(server_thread: threading.Thread) -> float:
     return sum(time.clock_gettime(time.pthread_getcpuclockid(t.ident)) for t in threads if t.ident)
 
 
-async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor, server_thread) -> None:
+async def measure(args, engine, app: TimedApp, url: str, key: str, clients: ProcessPoolExecutor, server_thread) -> None:
     tokenizer = engine.tokenizer
     prompt = tokenizer.encode(tokenizer.apply_chat_template(MESSAGES))
     loop = asyncio.get_running_loop()
@@ -188,13 +211,15 @@ async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor
     await over_http_once()  # warm-up: client process, connection, prefix cache
     await direct_request(engine, prompt, args.tokens)
     engine_spans = time_in_engine(engine)
-    direct, over_http, http_layer = [], [], []
+    direct, over_http, http_layer, in_app = [], [], [], []
     http_cpu = 0.0
     for _ in range(args.requests):  # interleaved, so that load drift hits both paths alike
         direct.append((await direct_request(engine, prompt, args.tokens))[1])
         cpu_before = http_cpu_s(server_thread)
         over_http.append(await over_http_once())
-        http_layer.append(over_http[-1] - engine_spans[-1])  # its span: appended before the response was sent
+        # Both spans were appended before the client had its response.
+        http_layer.append(over_http[-1] - engine_spans[-1])
+        in_app.append(app.spans[-1] - engine_spans[-1])
         await asyncio.sleep(0.05)  # the usage record is written after the response
         http_cpu += http_cpu_s(server_thread) - cpu_before
     orders.send(False)
@@ -207,6 +232,12 @@ async def measure(args, engine, url: str, key: str, clients: ProcessPoolExecutor
         f"{'HTTP layer':12}{percentile(http_layer, 50) * 1e3:10.2f}{percentile(http_layer, 99) * 1e3:10.2f}"
         "  (each HTTP request's latency minus its time in engine.generate)"
     )
+    outside = [layer - app_part for layer, app_part in zip(http_layer, in_app, strict=True)]
+    for name, values, what in (
+        ("  in the app", in_app, "key check, parsing, prompt, response; the engine's span excluded"),
+        ("  outside", outside, "uvicorn, loopback and the client process"),
+    ):
+        print(f"{name:12}{percentile(values, 50) * 1e3:10.2f}{percentile(values, 99) * 1e3:10.2f}  ({what})")
     cpu_ms = http_cpu / args.requests * 1e3
     print(f"HTTP layer CPU per request (event loop, worker and writer threads): {cpu_ms:.2f} ms")
 
@@ -235,10 +266,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         tenancy = Tenancy.open(f"sqlite:///{Path(home) / 'bench.db'}", home=Path(home))
         _, key = tenancy.create_tenant("bench", frozenset({Capability.INFERENCE}))
-        url, server, thread = serve(registry, tenancy)  # the app's lifespan starts the engine
+        app = TimedApp(create_app(registry, tenancy))
+        url, server, thread = serve(app)  # the app's lifespan starts the engine
         try:
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as clients:
-                asyncio.run(measure(args, registry.chat(DEFAULT_CHAT_MODEL_NAME).engine, url, key, clients, thread))
+                engine = registry.chat(DEFAULT_CHAT_MODEL_NAME).engine
+                asyncio.run(measure(args, engine, app, url, key, clients, thread))
         finally:
             server.should_exit = True
             thread.join()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import bindparam, inspect, select
+from tenancy_helpers import make_tenant
 
-from tramontane.store import Base, Store, current_revision, database_url, open_store, upgrade
+from tramontane.store import ApiKey, Base, Store, Workspace, current_revision, database_url, open_store, upgrade
+from tramontane.store.types import utcnow
+from tramontane.tenancy import Tenancy
 
 
 def test_migrations_match_the_models(store: Store) -> None:
@@ -23,6 +27,25 @@ def test_upgrade_is_idempotent(store: Store) -> None:
     head = current_revision(store)
     upgrade(store)
     assert current_revision(store) == head == "0005_request_logs"
+
+
+def test_a_prepared_read_returns_what_a_connection_does(tenancy: Tenancy, store: Store) -> None:
+    tenant = make_tenant(tenancy, "a", expires_at=utcnow() + timedelta(hours=1))
+    statement = (
+        select(ApiKey.id, ApiKey.expires_at, ApiKey.revoked_at, Workspace.name.label("workspace_name"))
+        .join(Workspace, Workspace.id == ApiKey.workspace_id)
+        .where(ApiKey.id == bindparam("key_id"), ApiKey.created_at <= bindparam("before"))
+    )
+    prepared = store.prepare(statement)
+    values = {"key_id": tenant.key_id, "before": utcnow()}
+    with store.read() as connection:
+        expected = connection.execute(statement, values).one()
+    row = prepared.first(**values)
+    # Same values, types included: timezone-aware datetimes on both backends.
+    assert tuple(row) == tuple(expected) and row.expires_at.tzinfo is not None
+    assert row.workspace_name == expected.workspace_name and row.revoked_at is None
+    assert prepared.first(key_id=tenant.key_id, before=utcnow() - timedelta(days=1)) is None
+    assert prepared.first(key_id="no-such-key", before=utcnow()) is None
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
