@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
+from fastapi.testclient import TestClient
+
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
+from tramontane.server import ModelRegistry, create_app
+from tramontane.tenancy import Tenancy
 
 
 def test_health_and_ready(http):
@@ -31,3 +38,26 @@ def test_metrics(http):
         "tramontane_kv_cache_usage_ratio",
     ):
         assert f"{name}{{" in text, name
+
+
+class _Node:
+    """A reference cycle: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_a_serving_app_keeps_its_heap_out_of_garbage_collection(tmp_path) -> None:
+    tenancy = Tenancy.open(f"sqlite:///{tmp_path / 'db.sqlite'}", home=tmp_path)
+    node = _Node()  # alive at start-up, like an engine
+    alive = weakref.ref(node)
+    try:
+        with TestClient(create_app(ModelRegistry(), tenancy)):
+            assert all(o is not node for o in gc.get_objects())  # frozen: collections skip it
+            del node
+            gc.collect()
+            assert alive() is not None
+        gc.collect()
+        assert alive() is None  # thawed at shutdown
+    finally:
+        tenancy.close()

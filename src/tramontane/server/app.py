@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -77,9 +78,17 @@ def create_app(
                 await sandboxes.start()
             except SandboxError as exc:  # e.g. no bubblewrap: the rest of the platform still serves
                 log.warning("sandboxes are unavailable: %s", exc.message)
+        # Leave the long-lived heap (engines, modules, routes: ~300,000 objects with the
+        # default model) out of the cyclic collector. A full collection walks all of it
+        # with the GIL held: under 64 concurrent streams it stalled the engine and every
+        # stream for up to 237 ms; with the heap frozen, 15 ms. Reference counting still
+        # frees frozen objects; only cycles among those let go early wait for shutdown.
+        gc.collect()  # start-up's own garbage, not to be frozen with the rest
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # an app's engines stay collectable in a process that goes on (tests)
             if sandboxes is not None:
                 await sandboxes.shutdown()
             if control_plane is not None:
