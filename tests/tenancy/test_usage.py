@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from tenancy_helpers import add_key, make_tenant
 
+from tramontane.store import RateCounter
 from tramontane.tenancy import CLI, EnergyMeter, EnergyReading, Limits, Tenancy, TenancyError
 from tramontane.tenancy import usage as usage_reports
 from tramontane.tenancy.energy import EstimateCounter, NvmlCounter, RaplCounter
+from tramontane.tenancy.limits import TOKENS_PER_MONTH
 
 
 def test_report_totals_equal_the_sum_of_requests(client: TestClient, tenancy: Tenancy) -> None:
@@ -76,6 +79,12 @@ def test_queued_usage_is_written_in_batches_and_counts_toward_limits(tenancy: Te
     rows = usage_reports.report(tenancy.store, group_by=["workspace"])
     assert [(r["workspace"], r["requests"], r["total_tokens"]) for r in rows] == [(kept.workspace_id, 40, 200)]
     assert tenancy.usage_writer.dropped == 3
+    # A batch adds its requests' tokens up: one counter row per key or workspace and window.
+    with tenancy.store.read() as connection:
+        monthly = connection.execute(
+            select(RateCounter.subject, RateCounter.value).where(RateCounter.metric == TOKENS_PER_MONTH)
+        ).all()
+    assert sorted(monthly) == [(f"key:{kept.key_id}", 200), (f"workspace:{kept.workspace_id}", 200)]
 
     # Once written, the tokens count toward the key's limits, as `record_usage`'s do.
     limited = make_tenant(tenancy, "limited", key_limits=Limits(tokens_per_minute=5))

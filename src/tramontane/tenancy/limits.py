@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
@@ -139,25 +139,29 @@ class Limiter:
             with self.store.write() as connection:
                 connection.execute(self._release, {"lease_id": lease_id})
 
-    def consume(self, connection: Connection, principal: Principal, tokens: int) -> None:
-        """Adds a finished request's tokens to the per-minute and monthly totals of its
-        key and workspace (always, so that a limit set mid-month sees earlier use)."""
+    def consume(self, connection: Connection, used: Sequence[tuple[Principal, int]]) -> None:
+        """Adds finished requests' tokens (principal, tokens) to the per-minute and
+        monthly totals of their keys and workspaces (always, so that a limit set
+        mid-month sees earlier use): one row per counter, however many requests."""
         now = self.clock()
         windows = ((TOKENS_PER_MINUTE, minute_window(now)[0]), (TOKENS_PER_MONTH, month_window(now)[0]))
+        totals: dict[tuple[str, str, int], int] = {}
+        workspaces: dict[str, str] = {}
+        for principal, tokens in used:
+            for subject, _, _ in _subjects(principal):
+                workspaces[subject] = principal.workspace_id
+                for metric, window in windows:
+                    totals[(subject, metric, window)] = totals.get((subject, metric, window), 0) + tokens
+        # Sorted ("key:" before "workspace:", as everywhere): writers in several
+        # processes sharing PostgreSQL lock counter rows in one order, never in a cycle.
+        counters = sorted(totals)
         rows = [
-            {
-                "subject": subject,
-                "metric": metric,
-                "window_start": window,
-                "value": tokens,
-                "workspace_id": principal.workspace_id,
-            }
-            for subject, _, _ in _subjects(principal)
-            for metric, window in windows
+            {"subject": s, "metric": m, "window_start": w, "value": totals[s, m, w], "workspace_id": workspaces[s]}
+            for s, m, w in counters
         ]
         connection.execute(self._add, rows)
-        for row in rows:
-            self._sweep(connection, row["subject"], row["metric"], row["window_start"])
+        for subject, metric, window in counters:
+            self._sweep(connection, subject, metric, window)
 
     def _check_rates(
         self, connection: Connection, workspace_id: str, subject: str, label: str, limits: Limits, now: float

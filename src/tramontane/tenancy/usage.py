@@ -46,7 +46,7 @@ def record(store: Store, limiter: Limiter, principal: Principal, usage: Usage) -
     """Stores the record and adds its tokens to the key's and workspace's token
     limits, in one transaction: the report and the limits never disagree."""
     with store.write() as connection:
-        _add(connection, limiter, principal, usage, datetime.fromtimestamp(limiter.clock(), UTC))
+        _add(connection, limiter, [(principal, usage, datetime.fromtimestamp(limiter.clock(), UTC))])
 
 
 class UsageWriter(BackgroundWriter[tuple[Principal, Usage, datetime]]):
@@ -62,28 +62,31 @@ class UsageWriter(BackgroundWriter[tuple[Principal, Usage, datetime]]):
         return self.submit((principal, usage, datetime.fromtimestamp(self.limiter.clock(), UTC)))
 
     def insert(self, connection: Connection, items: Sequence[tuple[Principal, Usage, datetime]]) -> None:
-        for principal, usage, at in items:
-            _add(connection, self.limiter, principal, usage, at)
+        _add(connection, self.limiter, items)
 
 
-def _add(connection: Connection, limiter: Limiter, principal: Principal, usage: Usage, at: datetime) -> None:
+def _add(connection: Connection, limiter: Limiter, items: Sequence[tuple[Principal, Usage, datetime]]) -> None:
+    """One statement for the records, one for the token counters they add to."""
     connection.execute(
         _INSERT,
-        {
-            "workspace_id": principal.workspace_id,
-            "api_key_id": principal.key_id,
-            "created_at": at,
-            "day": at.date(),
-            "model": usage.model,
-            "request_id": usage.request_id,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "latency_ms": usage.latency_ms,
-            "energy_wh": usage.energy_wh,
-            "energy_source": usage.energy_source,
-        },
+        [
+            {
+                "workspace_id": principal.workspace_id,
+                "api_key_id": principal.key_id,
+                "created_at": at,
+                "day": at.date(),
+                "model": usage.model,
+                "request_id": usage.request_id,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "latency_ms": usage.latency_ms,
+                "energy_wh": usage.energy_wh,
+                "energy_source": usage.energy_source,
+            }
+            for principal, usage, at in items
+        ],
     )
-    limiter.consume(connection, principal, usage.total_tokens)
+    limiter.consume(connection, [(principal, usage.total_tokens) for principal, usage, _ in items])
 
 
 def report(
