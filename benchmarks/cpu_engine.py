@@ -13,9 +13,12 @@ import argparse
 import os
 import time
 
+# isort: off
+# First: it sets the OpenMP wait policy the server runs with, which torch reads as it loads.
+import tramontane  # noqa: F401
 import torch
 
-import tramontane  # noqa: F401  (first: it sets the OpenMP wait policy before torch loads)
+# isort: on
 from tramontane.engine import EngineConfig, LLMEngine, SamplingParams
 from tramontane.engine.defaults import default_chat_model_path
 
@@ -127,7 +130,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16)
     args = parser.parse_args()
     capability = torch.backends.cpu.get_cpu_capability()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {capability}")
+    policy = os.environ.get("OMP_WAIT_POLICY", "libgomp default")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} threads, CPU {capability}, OMP_WAIT_POLICY {policy}")
     rows = {"tramontane (" + args.quantization + ")": ours(args)}
     rows["llama.cpp"] = llama_cpp(args)
     rows["HF transformers (f32)"] = transformers_hf(args)

@@ -79,7 +79,9 @@ def serve(app: TimedApp) -> tuple[str, uvicorn.Server, threading.Thread]:
     sock = socket.socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited: no delayed-ACK stalls
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    # Keep-alive past uvicorn's 5 s default: with long requests, the sequential client's
+    # connection otherwise idles out while the direct path runs.
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=600))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -200,6 +202,7 @@ async def measure(args, engine, app: TimedApp, url: str, key: str, clients: Proc
         target=sequential_client, args=(url, key, args.tokens, client_end), daemon=True
     )
     client.start()
+    client_end.close()  # so that a client that dies is an EOFError here, not a hang
 
     async def over_http_once() -> float:
         orders.send(True)
