@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import time
 
+# isort: off
+# First: it sets the OpenMP wait policy the server runs with, which torch reads as it loads.
+import tramontane  # noqa: F401
 import torch
 
+# isort: on
 from tramontane.engine import load_checkpoint
 from tramontane.engine.defaults import default_chat_model_path
 from tramontane.finetune.dataset import Example
