@@ -2,7 +2,8 @@
 
 Nothing is cached: every request reads the key's row (one indexed lookup, run
 straight on the driver), so revocation and expiry take effect on the very next
-request, in every process sharing the database. Every failure is audited under the key's public id."""
+request, in every process sharing the database. Every failure is audited under
+the key's public id."""
 
 from __future__ import annotations
 

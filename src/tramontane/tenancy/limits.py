@@ -145,22 +145,22 @@ class Limiter:
         mid-month sees earlier use): one row per counter, however many requests."""
         now = self.clock()
         windows = ((TOKENS_PER_MINUTE, minute_window(now)[0]), (TOKENS_PER_MONTH, month_window(now)[0]))
-        totals: dict[tuple[str, str, int], int] = {}
-        workspaces: dict[str, str] = {}
+        # Keyed by (subject, metric, window, workspace): a subject's workspace is fixed.
+        totals: dict[tuple[str, str, int, str], int] = {}
         for principal, tokens in used:
             for subject, _, _ in _subjects(principal):
-                workspaces[subject] = principal.workspace_id
                 for metric, window in windows:
-                    totals[(subject, metric, window)] = totals.get((subject, metric, window), 0) + tokens
+                    counter = (subject, metric, window, principal.workspace_id)
+                    totals[counter] = totals.get(counter, 0) + tokens
         # Sorted ("key:" before "workspace:", as everywhere): writers in several
         # processes sharing PostgreSQL lock counter rows in one order, never in a cycle.
         counters = sorted(totals)
         rows = [
-            {"subject": s, "metric": m, "window_start": w, "value": totals[s, m, w], "workspace_id": workspaces[s]}
-            for s, m, w in counters
+            {"subject": s, "metric": m, "window_start": w, "value": totals[s, m, w, ws], "workspace_id": ws}
+            for s, m, w, ws in counters
         ]
         connection.execute(self._add, rows)
-        for subject, metric, window in counters:
+        for subject, metric, window, _ in counters:
             self._sweep(connection, subject, metric, window)
 
     def _check_rates(

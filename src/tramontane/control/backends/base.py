@@ -81,11 +81,10 @@ def open_log(log_path: Path) -> BinaryIO:
     """`log_path` opened to append a newly started process's output on a line of its
     own: a process killed mid-line must not glue its last words to the next one's
     first (the logs API prefixes each line with its replica)."""
-    log = log_path.open("ab")
-    if log.tell() > 0:
-        with log_path.open("rb") as tail:
-            tail.seek(-1, os.SEEK_END)
-            if tail.read(1) != b"\n":
-                log.write(b"\n")
-                log.flush()
+    log = log_path.open("a+b")  # writes append whatever the position; reads see the end
+    if log.seek(0, os.SEEK_END) > 0:
+        log.seek(-1, os.SEEK_END)
+        if log.read(1) != b"\n":
+            log.write(b"\n")
+            log.flush()
     return log
