@@ -67,6 +67,8 @@ def ours(args) -> dict[str, float]:
 
 def llama_cpp(args) -> dict[str, float] | None:
     try:
+        import llama_cpp
+        import numpy as np
         from llama_cpp import Llama
     except ImportError:
         return None
@@ -83,11 +85,18 @@ def llama_cpp(args) -> dict[str, float] | None:
     prefill_s = timed_eval(prompt)
     llm.reset()
     llm.eval(prompt)
-    token = prompt[-1]
+    n_vocab = llm.n_vocab()
+
+    def greedy_next() -> int:
+        # The last evaluated token's logits. Llama.scores keeps them only with
+        # logits_all=True, which would make llama.cpp project every prompt token.
+        return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).argmax())
+
+    token = greedy_next()
     start = time.perf_counter()
     for _ in range(args.tokens - 1):
         llm.eval([token])
-        token = int(llm.scores[llm.n_tokens - 1].argmax())
+        token = greedy_next()
     decode_s = time.perf_counter() - start
     return {"prefill": len(prompt) / prefill_s, "decode_b1": (args.tokens - 1) / decode_s, "aggregate": None}
 

@@ -59,18 +59,6 @@ def test_chunked_prefill_matches_single_shot(make_engine, run, chat_prompt):
     assert run(chunked)[("a", 0)].token_ids == run(whole)[("a", 0)].token_ids
 
 
-def test_int4_weights_track_float32(make_engine, run):
-    prompts = ["The capital of France is", "def fibonacci(n):", "Les fleurs du jardin sont"]
-    outputs = {}
-    for quant in ("none", "int4"):
-        engine = make_engine(quantization=quant)
-        for i, text in enumerate(prompts):
-            engine.add_request(str(i), engine.tokenizer.encode(text), SamplingParams(max_tokens=16, **GREEDY))
-        results = run(engine)
-        outputs[quant] = [results[(str(i), 0)].token_ids for i in range(len(prompts))]
-    assert outputs["int4"] == outputs["none"]
-
-
 def test_stop_string_split_across_tokens(make_engine, run, chat_prompt):
     engine = make_engine()
     prompt = chat_prompt(engine, "What is the capital of France?")

@@ -1,4 +1,4 @@
-"""Paged attention over a block-structured KV cache (portable PyTorch path).
+"""Paged attention over a block-structured KV cache.
 
 Each layer's cache is a flat pool of slots `[num_blocks * block_size, kv_heads, head_dim]`;
 a sequence owns whole blocks, listed in its block table. A step writes the new tokens'
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import cpu_kernels
+
 
 @dataclass
 class AttentionMetadata:
@@ -27,6 +29,10 @@ class AttentionMetadata:
     # is visible. Built once per step as float: a boolean mask would be converted by
     # every layer's attention call.
     attn_bias: torch.Tensor | None  # [B, 1, Lq, Lk]
+    # Keys of each sequence (the first context_lens[b] of key_slots[b]), and the
+    # sliding window: what the CPU decode kernel reads instead of the bias.
+    context_lens: torch.Tensor  # [B]
+    sliding_window: int | None
 
 
 def build_metadata(
@@ -77,6 +83,8 @@ def build_metadata(
         real_token_index=None if real_index is None else real_index.to(device),
         key_slots=key_slots.to(device),
         attn_bias=None if bias is None else bias.to(device),
+        context_lens=torch.tensor(ctx_lens, dtype=torch.long, device=device),
+        sliding_window=sliding_window,
     )
 
 
@@ -99,6 +107,12 @@ def paged_attention(
     k_cache.index_copy_(0, meta.slot_mapping, k_new.to(k_cache.dtype))
     v_cache.index_copy_(0, meta.slot_mapping, v_new.to(v_cache.dtype))
 
+    if q_len == 1 and _decode_kernel_fits(q, k_cache):
+        out = cpu_kernels.attention_decode(
+            q.view(batch, heads, head_dim), k_cache, v_cache, meta.key_slots, meta.context_lens,
+            meta.sliding_window, scale,
+        )
+        return out.view(batch, 1, heads * head_dim)
     # index_select on the flat slot list: far faster on CPU than advanced indexing.
     flat_slots = meta.key_slots.flatten()
     keys = k_cache.index_select(0, flat_slots).view(batch, -1, kv_heads, head_dim).to(q.dtype)
@@ -112,3 +126,15 @@ def paged_attention(
         enable_gqa=heads != kv_heads,
     )
     return out.transpose(1, 2).reshape(batch, q_len, heads * head_dim)
+
+
+def _decode_kernel_fits(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    # Decode steps on the CPU in float32 run our kernel: it reads the keys through the
+    # slot list where they lie (no gathered copy, no mask) and shares one thread pool
+    # with the matmuls, where PyTorch's attention would wake its OpenMP threads per call.
+    return (
+        q.device.type == "cpu"
+        and q.dtype == torch.float32
+        and k_cache.dtype == torch.float32
+        and cpu_kernels.available()
+    )

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -102,11 +104,14 @@ class Linear(nn.Module):
     """A bias-free linear layer whose weight may be stored quantized.
 
     Decode on CPU is bound by reading weights, so smaller weights mean faster tokens.
-    int4 is weight-only: activations stay in the model dtype. int8 quantizes each
-    activation row too, per call (fbgemm's dynamic linear, 7-bit so that AVX2's
-    paired u8*s8 products cannot saturate): from a few rows up its integer matmul is
-    ~4x faster than int4 and ~2x faster than f32, but rounding activations costs
-    precision: greedy decoding leaves the f32 path within a few tokens.
+    Where the engine's own kernels run (cpu_kernels: x86-64 with AVX2), int4 and int8
+    are GGUF's Q4_1 and Q8_0 blocks of 32, multiplied in integers against activations
+    rounded to 8 bits per block of 32 (llama.cpp's scheme: a block's scale follows its
+    own values, so one outlier costs only its block precision).
+    Elsewhere int4 is PyTorch's weight-only kernel (activations stay in the model
+    dtype) and int8 fbgemm's dynamic linear, which rounds each activation row to 7
+    bits with one scale (so that AVX2's paired u8*s8 products cannot saturate):
+    greedy decoding then leaves the f32 path within a few tokens.
     """
 
     def __init__(self, weight: torch.Tensor, quantization: str = "none"):
@@ -115,14 +120,23 @@ class Linear(nn.Module):
             raise ValueError(f"quantization must be one of {QUANTIZATIONS}")
         out_features, in_features = weight.shape
         if quantization == "int4" and in_features % (INT4_GROUP * 2) != 0:
-            quantization = "int8"  # the int4 kernel needs whole groups
+            quantization = "int8"  # the int4 kernels need whole pairs of groups
+        if quantization == "int8" and cpu_kernels.available() and in_features % INT4_GROUP != 0:
+            quantization = "none"
         self.quantization = quantization
         self.out_features = out_features
+        # Which kernel runs: "q4_1"/"q8_0" (ours), or PyTorch's for the quantization.
+        self.kernel = quantization
         weight = weight.float()
         if quantization == "none":
             self.register_buffer("weight", weight.contiguous())
         elif quantization == "bf16":
             self.register_buffer("weight", weight.to(torch.bfloat16).contiguous())
+        elif cpu_kernels.available():
+            self.kernel = "q4_1" if quantization == "int4" else "q8_0"
+            blocks = cpu_kernels.quantize_q4_1(weight) if quantization == "int4" else cpu_kernels.quantize_q8_0(weight)
+            for name, tensor in zip(("qs", "d", "m"), blocks, strict=False):
+                self.register_buffer(name, tensor)
         elif quantization == "int8":
             scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
             q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -135,7 +149,7 @@ class Linear(nn.Module):
     # packs them again; the module itself keeps only the packed copy.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        if self.quantization == "int8":
+        if self.kernel == "int8":
             with _quantized_tensors_allowed():
                 qweight, _ = torch.ops.quantized.linear_unpack(state.pop("packed"))
             state["int8_rows"] = (qweight.int_repr(), qweight.q_per_channel_scales().float())
@@ -161,13 +175,17 @@ class Linear(nn.Module):
         self.register_buffer("scales_zeros", scales_zeros.to(torch.bfloat16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantization == "none":
+        if self.kernel == "none":
             return F.linear(x, self.weight)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self.quantization == "bf16":
+        if self.kernel == "q4_1":
+            y = cpu_kernels.matmul_q4_1(x2.float(), self.qs, self.d, self.m)
+        elif self.kernel == "q8_0":
+            y = cpu_kernels.matmul_q8_0(x2.float(), self.qs, self.d)
+        elif self.kernel == "bf16":
             y = F.linear(x2.to(torch.bfloat16), self.weight)
-        elif self.quantization == "int8":
+        elif self.kernel == "int8":
             y = self._int8_matmul(x2.float())
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
 from .attention import AttentionMetadata, paged_attention
 from .config import ModelConfig
 from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope
@@ -163,9 +164,15 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm.weight.copy_(tensors["model.norm.weight"])
         head = embed if cfg.tie_word_embeddings else tensors["lm_head.weight"]
-        # Quantized output projections wreck small models' token choice (4-bit weights;
-        # int8's rounded activations); bf16 keeps greedy decoding on the f32 path.
-        self.lm_head = Linear(head.to(dtype), "bf16" if quantization in ("int4", "int8") else quantization)
+        # 4-bit output projections wreck small models' token choice, and so does int8
+        # with fbgemm's one scale per activation row; 8-bit blocks against activations
+        # scaled per block of 32 (our kernels: GGUF's Q8_0, as llama.cpp runs this
+        # head) keep greedy decoding on the f32 path, and so does bf16 where they don't run.
+        if quantization in ("int4", "int8"):
+            head_quantization = "int8" if cpu_kernels.available() else "bf16"
+        else:
+            head_quantization = quantization
+        self.lm_head = Linear(head.to(dtype), head_quantization)
         # Not self.to(dtype): that would also cast bf16/int4-scale weight buffers.
         for module in self.modules():
             if isinstance(module, RMSNorm):

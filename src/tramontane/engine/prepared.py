@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from . import layers, model
+from . import cpu_kernels, layers, model
 from .checkpoint import Checkpoint
 from .config import EngineConfig, ModelConfig
 from .model import CausalLM
@@ -93,7 +93,9 @@ class _AllowListPickle:
 
     Unpickler = _AllowListUnpickler
     load = staticmethod(pickle.load)
-_SOURCE_DIGEST = hashlib.sha256((inspect.getsource(model) + inspect.getsource(layers)).encode()).hexdigest()
+_SOURCE_DIGEST = hashlib.sha256(
+    "".join(inspect.getsource(m) for m in (model, layers, cpu_kernels)).encode()
+).hexdigest()
 
 
 def _checkpoint_files(path: str) -> list[Path]:
@@ -111,6 +113,8 @@ def prepared_path(directory: str, checkpoint: str, config: EngineConfig) -> Path
         "device": torch.device(config.device).type,
         "torch": torch.__version__,
         "machine": platform.machine(),
+        # Our kernels' blocks or PyTorch's packing (where ours do not run).
+        "cpu_kernels": cpu_kernels.available(),
         "source": _SOURCE_DIGEST,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]

@@ -1,0 +1,159 @@
+"""The engine's own CPU kernels (engine/kernels/*.c): the quantized matmuls and
+decode attention against PyTorch references, on every instruction set this CPU
+has, plus the properties the engine relies on (GGUF's blocks kept exactly, rows
+that do not depend on their batch, callers on several threads)."""
+
+from __future__ import annotations
+
+import threading
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tramontane.engine import cpu_kernels
+from tramontane.engine.defaults import default_chat_model_path
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="no CPU kernels here (not x86-64 with AVX2)")
+
+ISAS = [cpu_kernels.ISA.AVX2, cpu_kernels.ISA.AVX512_VNNI]
+
+
+@pytest.fixture(params=ISAS, ids=lambda isa: isa.name)
+def isa(request):
+    if cpu_kernels.set_isa(request.param) != request.param:
+        cpu_kernels.set_isa(cpu_kernels.ISA.AVX512_VNNI)
+        pytest.skip(f"this CPU has no {request.param.name}")
+    yield request.param
+    cpu_kernels.set_isa(cpu_kernels.ISA.AVX512_VNNI)  # back to the best the CPU has
+
+
+def _blockwise_int8(x: torch.Tensor) -> torch.Tensor:
+    """x as the kernels see it: rounded to 8 bits per block of 32 with its own scale."""
+    rows, k = x.shape
+    blocks = x.view(rows, k // 32, 32)
+    scale = blocks.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
+    return (torch.round(blocks * inv) * scale).view(rows, k)
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).abs().max() / want.abs().max()).item()
+
+
+# M covers single rows (decode), the edges of the tiles and of a 64-row chunk.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 16, 63, 65, 130])
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (576, 1536), (37, 64)])
+def test_matmuls_compute_the_block_arithmetic(isa, rows, n, k):
+    gen = torch.Generator().manual_seed(rows * n + k)
+    weight = torch.randn(n, k, generator=gen) * 0.05
+    x = torch.randn(rows, k, generator=gen)
+    x_int8 = _blockwise_int8(x).double()
+    q4 = cpu_kernels.quantize_q4_1(weight)
+    q8 = cpu_kernels.quantize_q8_0(weight)
+    want4 = x_int8 @ cpu_kernels.dequantize_q4_1(*q4).double().T
+    want8 = x_int8 @ cpu_kernels.dequantize_q8_0(*q8).double().T
+    # Integer sums are exact; what is left is float32 rounding of the scaled sums.
+    assert _relative_error(cpu_kernels.matmul_q4_1(x, *q4), want4) < 1e-5
+    assert _relative_error(cpu_kernels.matmul_q8_0(x, *q8), want8) < 1e-5
+
+
+def test_quantized_matmuls_track_float32():
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(576, 1536, generator=gen) * 0.05
+    x = torch.randn(8, 1536, generator=gen)
+    want = F.linear(x, weight).double()
+    # Block scales keep the error to the levels' own: 4-bit weights ~9%, 8-bit ~1%.
+    assert _relative_error(cpu_kernels.matmul_q4_1(x, *cpu_kernels.quantize_q4_1(weight)), want) < 0.15
+    assert _relative_error(cpu_kernels.matmul_q8_0(x, *cpu_kernels.quantize_q8_0(weight)), want) < 0.02
+
+
+def test_a_row_does_not_depend_on_its_batch(isa):
+    # Each row is rounded with its own block scales and summed in one order, so a
+    # stream's tokens are the same whoever shares its batch (one outlier row included).
+    gen = torch.Generator().manual_seed(1)
+    q4 = cpu_kernels.quantize_q4_1(torch.randn(960, 576, generator=gen) * 0.05)
+    batch = torch.randn(16, 576, generator=gen)
+    batch[3] *= 1000
+    together = cpu_kernels.matmul_q4_1(batch, *q4)
+    for row in (0, 3, 15):
+        assert torch.equal(cpu_kernels.matmul_q4_1(batch[row : row + 1], *q4)[0], together[row])
+
+
+def _gguf_tensor(name: str):
+    reader = gguf.GGUFReader(default_chat_model_path())
+    tensor = next(t for t in reader.tensors if t.name == name)
+    rows = int(tensor.shape[1])
+    raw = np.asarray(tensor.data).reshape(rows, -1)
+    values = gguf.quants.dequantize(raw, tensor.tensor_type).reshape(rows, -1)
+    return raw, torch.from_numpy(np.ascontiguousarray(values)).float()
+
+
+def test_q4_1_keeps_the_gguf_blocks_exactly():
+    raw, values = _gguf_tensor("blk.0.attn_q.weight")  # Q4_1 in the default model
+    blocks = torch.from_numpy(raw.copy()).view(raw.shape[0], -1, 20)  # f16 d, f16 m, 16 bytes
+    qs, d, m = cpu_kernels.quantize_q4_1(values)
+    assert torch.equal(d.view(torch.int16), blocks[..., 0:2].contiguous().view(torch.int16).squeeze(-1))
+    assert torch.equal(m.view(torch.int16), blocks[..., 2:4].contiguous().view(torch.int16).squeeze(-1))
+    gguf_levels = torch.cat([blocks[..., 4:] & 0x0F, blocks[..., 4:] >> 4], dim=-1)  # GGUF: i and i + 16
+    ours = torch.round((cpu_kernels.dequantize_q4_1(qs, d, m).view_as(gguf_levels.float()) - m.float()[..., None])
+                       / d.float()[..., None])
+    assert torch.equal(ours.to(torch.uint8), gguf_levels)
+
+
+def test_q8_0_keeps_the_gguf_blocks_exactly():
+    raw, values = _gguf_tensor("token_embd.weight")  # the tied head, Q8_0
+    blocks = torch.from_numpy(raw.copy()).view(raw.shape[0], -1, 34)  # f16 d, 32 int8
+    qs, d = cpu_kernels.quantize_q8_0(values)
+    assert torch.equal(d.view(torch.int16), blocks[..., 0:2].contiguous().view(torch.int16).squeeze(-1))
+    assert torch.equal(qs.view(blocks.shape[0], -1, 32), blocks[..., 2:].contiguous().view(torch.int8))
+
+
+def _reference_attention(q, k_cache, v_cache, key_slots, lens, window, scale):
+    out = []
+    for b, length in enumerate(lens.tolist()):
+        first = max(0, length - window) if window else 0
+        slots = key_slots[b, first:length]
+        keys, values = k_cache[slots].transpose(0, 1), v_cache[slots].transpose(0, 1)  # [KVH, n, D]
+        o = F.scaled_dot_product_attention(q[b][:, None], keys, values, scale=scale, enable_gqa=True)
+        out.append(o[:, 0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_decode_attention_matches_sdpa(window):
+    gen = torch.Generator().manual_seed(2)
+    heads, kv_heads, head_dim, slots = 9, 3, 64, 200
+    k_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
+    v_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
+    lens = torch.tensor([1, 17, 40])
+    # Each sequence's keys scattered over the pool, rows padded past their length.
+    key_slots = torch.stack([torch.randperm(slots, generator=gen)[:40] for _ in lens])
+    q = torch.randn(len(lens), heads, head_dim, generator=gen)
+    got = cpu_kernels.attention_decode(q, k_cache, v_cache, key_slots, lens, window, 0.125)
+    want = _reference_attention(q, k_cache, v_cache, key_slots, lens, window, 0.125)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_callers_on_several_threads_share_the_pool():
+    # Several engines in one process (one per model) call the kernels at once.
+    gen = torch.Generator().manual_seed(3)
+    q4 = cpu_kernels.quantize_q4_1(torch.randn(576, 576, generator=gen) * 0.05)
+    inputs = [torch.randn(4, 576, generator=gen) for _ in range(4)]
+    want = [cpu_kernels.matmul_q4_1(x, *q4) for x in inputs]
+    failures = []
+
+    def hammer(i: int) -> None:
+        for _ in range(200):
+            if not torch.equal(cpu_kernels.matmul_q4_1(inputs[i], *q4), want[i]):
+                failures.append(i)
+                return
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures and not any(t.is_alive() for t in threads)
