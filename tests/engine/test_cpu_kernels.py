@@ -1,5 +1,5 @@
 """The engine's own CPU kernels (engine/kernels/*.c): the quantized matmuls and
-decode attention against PyTorch references, on every instruction set this CPU
+the decode step's attention against PyTorch references, on every instruction set this CPU
 has, plus the properties the engine relies on (GGUF's blocks kept exactly, rows
 that do not depend on their batch, callers on several threads)."""
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from tramontane.engine import cpu_kernels
 from tramontane.engine.defaults import default_chat_model_path
+from tramontane.engine.layers import RotaryEmbedding, apply_rope
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="no CPU kernels here (not x86-64 with AVX2)")
 
@@ -111,29 +112,42 @@ def test_q8_0_keeps_the_gguf_blocks_exactly():
     assert torch.equal(qs.view(blocks.shape[0], -1, 32), blocks[..., 2:].contiguous().view(torch.int8))
 
 
-def _reference_attention(q, k_cache, v_cache, key_slots, lens, window, scale):
+def _reference_decode(qkv, heads, cos, sin, k_cache, v_cache, new_slots, key_slots, lens, window, scale):
+    """The PyTorch path: rotate, write the cache, attend with sdpa per sequence."""
+    kv_heads, head_dim = k_cache.shape[1:]
+    q, k, v = qkv.view(len(lens), heads + 2 * kv_heads, head_dim).split([heads, kv_heads, kv_heads], dim=1)
+    q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
+    k_cache, v_cache = k_cache.clone(), v_cache.clone()
+    k_cache[new_slots], v_cache[new_slots] = k, v
     out = []
     for b, length in enumerate(lens.tolist()):
         first = max(0, length - window) if window else 0
         slots = key_slots[b, first:length]
         keys, values = k_cache[slots].transpose(0, 1), v_cache[slots].transpose(0, 1)  # [KVH, n, D]
         o = F.scaled_dot_product_attention(q[b][:, None], keys, values, scale=scale, enable_gqa=True)
-        out.append(o[:, 0])
-    return torch.stack(out)
+        out.append(o[:, 0].reshape(-1))
+    return torch.stack(out), k_cache, v_cache
 
 
 @pytest.mark.parametrize("window", [None, 5])
-def test_decode_attention_matches_sdpa(window):
+def test_decode_attention_matches_the_pytorch_path(window):
     gen = torch.Generator().manual_seed(2)
     heads, kv_heads, head_dim, slots = 9, 3, 64, 200
     k_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
     v_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
     lens = torch.tensor([1, 17, 40])
-    # Each sequence's keys scattered over the pool, rows padded past their length.
+    # Each sequence's keys scattered over the pool, rows padded past their length;
+    # the new token's key goes to the last slot of its context.
     key_slots = torch.stack([torch.randperm(slots, generator=gen)[:40] for _ in lens])
-    q = torch.randn(len(lens), heads, head_dim, generator=gen)
-    got = cpu_kernels.attention_decode(q, k_cache, v_cache, key_slots, lens, window, 0.125)
-    want = _reference_attention(q, k_cache, v_cache, key_slots, lens, window, 0.125)
+    new_slots = key_slots[torch.arange(len(lens)), lens - 1]
+    rope = RotaryEmbedding(head_dim, 128, 10000.0, None)
+    cos, sin = rope.cos[lens - 1], rope.sin[lens - 1]
+    qkv = torch.randn(len(lens), (heads + 2 * kv_heads) * head_dim, generator=gen)
+    want, want_k, want_v = _reference_decode(
+        qkv, heads, cos, sin, k_cache, v_cache, new_slots, key_slots, lens, window, 0.125
+    )
+    got = cpu_kernels.attention_decode(qkv, heads, cos, sin, k_cache, v_cache, new_slots, key_slots, lens, window, 0.125)
+    assert torch.allclose(k_cache, want_k, atol=1e-6) and torch.equal(v_cache, want_v)
     assert torch.allclose(got, want, atol=1e-5)
 
 

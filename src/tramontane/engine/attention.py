@@ -30,7 +30,7 @@ class AttentionMetadata:
     # every layer's attention call.
     attn_bias: torch.Tensor | None  # [B, 1, Lq, Lk]
     # Keys of each sequence (the first context_lens[b] of key_slots[b]), and the
-    # sliding window: what the CPU decode kernel reads instead of the bias.
+    # sliding window: what decode_attention reads instead of the bias.
     context_lens: torch.Tensor  # [B]
     sliding_window: int | None
 
@@ -107,12 +107,6 @@ def paged_attention(
     k_cache.index_copy_(0, meta.slot_mapping, k_new.to(k_cache.dtype))
     v_cache.index_copy_(0, meta.slot_mapping, v_new.to(v_cache.dtype))
 
-    if q_len == 1 and _decode_kernel_fits(q, k_cache):
-        out = cpu_kernels.attention_decode(
-            q.view(batch, heads, head_dim), k_cache, v_cache, meta.key_slots, meta.context_lens,
-            meta.sliding_window, scale,
-        )
-        return out.view(batch, 1, heads * head_dim)
     # index_select on the flat slot list: far faster on CPU than advanced indexing.
     flat_slots = meta.key_slots.flatten()
     keys = k_cache.index_select(0, flat_slots).view(batch, -1, kv_heads, head_dim).to(q.dtype)
@@ -128,13 +122,30 @@ def paged_attention(
     return out.transpose(1, 2).reshape(batch, q_len, heads * head_dim)
 
 
-def _decode_kernel_fits(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    # Decode steps on the CPU in float32 run our kernel: it reads the keys through the
-    # slot list where they lie (no gathered copy, no mask) and shares one thread pool
-    # with the matmuls, where PyTorch's attention would wake its OpenMP threads per call.
-    return (
-        q.device.type == "cpu"
-        and q.dtype == torch.float32
-        and k_cache.dtype == torch.float32
-        and cpu_kernels.available()
+
+def decode_kernel_fits(x: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether a decode step (one new token per sequence) can run decode_attention:
+    on the CPU in float32, with our kernels built."""
+    return x.device.type == "cpu" and x.dtype == k_cache.dtype == torch.float32 and cpu_kernels.available()
+
+
+def decode_attention(
+    qkv: torch.Tensor,  # [B, 1, (H + 2 * KVH) * D]
+    heads: int,
+    cos: torch.Tensor,  # [B, 1, 1, D], as RotaryEmbedding gives it
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """RoPE, the cache write and attention of a decode step in one kernel call: it reads
+    the keys through the slot list where they lie (no gathered copy, no mask) on the
+    thread pool the matmuls use, where the PyTorch path takes a dozen operators and
+    wakes OpenMP's threads for its attention. Returns [B, 1, H * D]."""
+    batch = qkv.shape[0]
+    out = cpu_kernels.attention_decode(
+        qkv.view(batch, -1), heads, cos.view(batch, -1), sin.view(batch, -1), k_cache, v_cache,
+        meta.slot_mapping, meta.key_slots, meta.context_lens, meta.sliding_window, scale,
     )
+    return out.view(batch, 1, -1)

@@ -125,22 +125,29 @@ def matmul_q8_0(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor) -> torch.Ten
 
 
 def attention_decode(
-    q: torch.Tensor,  # [B, H, D]
-    k_cache: torch.Tensor,  # [slots, KVH, D]
+    qkv: torch.Tensor,  # [B, (H + 2 * KVH) * D]: queries, keys, values of each new token
+    heads: int,
+    cos: torch.Tensor,  # [B, D] at each token's position, rotate-half layout
+    sin: torch.Tensor,  # [B, D], its first half negated (see layers.RotaryEmbedding)
+    k_cache: torch.Tensor,  # [slots, KVH, D], written at new_slots
     v_cache: torch.Tensor,
+    new_slots: torch.Tensor,  # [B] int64
     key_slots: torch.Tensor,  # [B, Lk] int64, each row's first context_lens[b] used
-    context_lens: torch.Tensor,  # [B] int64
+    context_lens: torch.Tensor,  # [B] int64, the new token included
     window: int | None,
     scale: float,
 ) -> torch.Tensor:
-    """Attention of one new token per sequence to its context in the paged cache
-    (float32); `window` keeps the last keys only (sliding window). Returns [B, H, D]."""
+    """A decode step's attention, float32: rotates each new token's query and key,
+    stores its key and value in the cache and attends to its context (the last
+    `window` keys only, for a sliding window). Returns [B, H * D]."""
     _ensure_started()
-    q = q.contiguous()
-    batch, heads, head_dim = q.shape
-    out = torch.empty_like(q)
+    qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
+    batch = qkv.shape[0]
+    kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
+    out = torch.empty(batch, heads * head_dim, dtype=torch.float32)
     _kernels.attention_decode(
-        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), key_slots.data_ptr(), context_lens.data_ptr(),
-        batch, heads, k_cache.shape[1], head_dim, key_slots.shape[1], window or 0, scale, out.data_ptr(),
+        batch, heads, kv_heads, head_dim, qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+        k_cache.data_ptr(), v_cache.data_ptr(), new_slots.data_ptr(), key_slots.data_ptr(),
+        context_lens.data_ptr(), key_slots.shape[1], window or 0, scale, out.data_ptr(),
     )
     return out

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
-from .attention import AttentionMetadata, paged_attention
+from .attention import AttentionMetadata, decode_attention, decode_kernel_fits, paged_attention
 from .config import ModelConfig
 from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope
 from .lora import LoRABatch, LoRAStack
@@ -46,12 +46,18 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x)
         if lora is not None and self.qkv_lora is not None:
             self.qkv_lora.apply(qkv, x, lora)
+        if length == 1 and decode_kernel_fits(qkv, self.k_cache):
+            out = decode_attention(qkv, self.n_heads, cos, sin, self.k_cache, self.v_cache, meta, self.scale)
+            return self._project_out(out, lora)
         # Q and K rotate as one tensor: half the rope kernels.
         qk, v = qkv.split([q_size + kv_size, kv_size], dim=-1)
         qk = apply_rope(qk.view(batch, length, self.n_heads + self.n_kv_heads, self.head_dim), cos, sin)
         q, k = qk.split([self.n_heads, self.n_kv_heads], dim=2)
         v = v.view(batch, length, self.n_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        return self._project_out(out, lora)
+
+    def _project_out(self, out: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
         y = self.o_proj(out)
         if lora is not None and self.o_lora is not None:
             self.o_lora.apply(y, out, lora)

@@ -7,13 +7,12 @@
 #include "pool.h"
 
 typedef struct {
-    const float *q, *k_cache, *v_cache;
-    const int64_t *key_slots, *context_lens;
-    int H, KVH, D, Lk, window;
-    float scale;
-    float *out;
+    const decode_attention *step;
     _Atomic int failed;
 } attention_job;
+
+/* Heads this large or smaller keep their rotated query on the stack. */
+#define MAX_HEAD_DIM 512
 
 #if defined(__x86_64__)
 #define VECTORIZED __attribute__((target("avx2,fma")))
@@ -37,45 +36,57 @@ static VECTORIZED void add_scaled(float *acc, const float *x, float w, int n) {
     for (int i = 0; i < n; i++) acc[i] += w * x[i];
 }
 
-/* One sequence and one key head: the query heads of its group read each key and
- * value once. */
+/* x rotated by RoPE at one position: x * cos + rotate_half(x) * sin, the sign of
+ * rotate_half being in the sine table. */
+static VECTORIZED void rotate(float *out, const float *x, const float *cos, const float *sin, int D) {
+    const int half = D / 2;
+    for (int i = 0; i < half; i++) out[i] = x[i] * cos[i] + x[i + half] * sin[i];
+    for (int i = half; i < D; i++) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
+}
+
+/* One sequence and one key head: rotates and stores the token's key and value,
+ * then the query heads of the group read each key and value once. */
 static VECTORIZED void attention_chunk(void *ctx, int chunk) {
     attention_job *job = ctx;
-    const int b = chunk / job->KVH, g = chunk % job->KVH;
-    const int group = job->H / job->KVH, D = job->D;
-    const int len = (int)job->context_lens[b];
-    const int first = job->window > 0 && len > job->window ? len - job->window : 0;
+    const decode_attention *st = job->step;
+    const int b = chunk / st->KVH, g = chunk % st->KVH;
+    const int group = st->H / st->KVH, D = st->D;
+    const float *token = st->qkv + (size_t)b * (st->H + 2 * st->KVH) * D;
+    const float *cos = st->cos + (size_t)b * D, *sin = st->sin + (size_t)b * D;
+    const size_t new_row = ((size_t)st->new_slots[b] * st->KVH + g) * D;
+    rotate(st->k_cache + new_row, token + (size_t)(st->H + g) * D, cos, sin, D);
+    memcpy(st->v_cache + new_row, token + (size_t)(st->H + st->KVH + g) * D, (size_t)D * sizeof(float));
+
+    const int len = (int)st->context_lens[b];
+    const int first = st->window > 0 && len > st->window ? len - st->window : 0;
     const int n = len - first;
-    const int64_t *slots = job->key_slots + (size_t)b * job->Lk + first;
-    float *scores = malloc((size_t)group * n * sizeof(float));
+    const int64_t *slots = st->key_slots + (size_t)b * st->Lk + first;
+    float *scores = malloc((size_t)n * sizeof(float));
     if (scores == NULL) {
         job->failed = 1;
         return;
     }
+    float q[MAX_HEAD_DIM];
     for (int h = 0; h < group; h++) {
         const int head = g * group + h;
-        const float *q = job->q + ((size_t)b * job->H + head) * D;
-        float *s = scores + (size_t)h * n, top = -INFINITY;
+        rotate(q, token + (size_t)head * D, cos, sin, D);
+        float top = -INFINITY;
         for (int j = 0; j < n; j++) {
-            s[j] = job->scale * dot(q, job->k_cache + ((size_t)slots[j] * job->KVH + g) * D, D);
-            top = s[j] > top ? s[j] : top;
+            scores[j] = st->scale * dot(q, st->k_cache + ((size_t)slots[j] * st->KVH + g) * D, D);
+            top = scores[j] > top ? scores[j] : top;
         }
         float total = 0.0f;
-        for (int j = 0; j < n; j++) total += (s[j] = expf(s[j] - top));
-        for (int j = 0; j < n; j++) s[j] /= total;
-        float *o = job->out + ((size_t)b * job->H + head) * D;
+        for (int j = 0; j < n; j++) total += (scores[j] = expf(scores[j] - top));
+        float *o = st->out + ((size_t)b * st->H + head) * D;
         memset(o, 0, (size_t)D * sizeof(float));
-        for (int j = 0; j < n; j++) add_scaled(o, job->v_cache + ((size_t)slots[j] * job->KVH + g) * D, s[j], D);
+        for (int j = 0; j < n; j++) add_scaled(o, st->v_cache + ((size_t)slots[j] * st->KVH + g) * D, scores[j] / total, D);
     }
     free(scores);
 }
 
-int attention_decode(const float *q, const float *k_cache, const float *v_cache, const int64_t *key_slots,
-                     const int64_t *context_lens, int B, int H, int KVH, int D, int Lk, int window, float scale,
-                     float *out) {
-    attention_job job = {.q = q, .k_cache = k_cache, .v_cache = v_cache, .key_slots = key_slots,
-                         .context_lens = context_lens, .H = H, .KVH = KVH, .D = D, .Lk = Lk,
-                         .window = window, .scale = scale, .out = out};
-    pool_run(attention_chunk, &job, B * KVH);
+int attention_decode(const decode_attention *step) {
+    if (step->D > MAX_HEAD_DIM || step->D % 2) return -2;
+    attention_job job = {.step = step};
+    pool_run(attention_chunk, &job, step->B * step->KVH);
     return job.failed ? -1 : 0;
 }

@@ -86,21 +86,29 @@ static PyObject *py_matmul_q8_0(PyObject *self, PyObject *const *args, Py_ssize_
     return done(status);
 }
 
-/* attention_decode(q, k_cache, v_cache, key_slots, context_lens, B, H, KVH, D, Lk, window, scale, out) */
+/* attention_decode(B, H, KVH, D, qkv, cos, sin, k_cache, v_cache, new_slots, key_slots, context_lens,
+ *                  Lk, window, scale, out); see attention.h */
 static PyObject *py_attention_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 13) return PyErr_Format(PyExc_TypeError, "expected 13 arguments, got %zd", nargs);
-    long long a[11];
-    if (read_ints(args, 11, 11, a)) return NULL;
-    double scale = PyFloat_AsDouble(args[11]);
-    long long out = PyLong_AsLongLong(args[12]);
+    if (nargs != 16) return PyErr_Format(PyExc_TypeError, "expected 16 arguments, got %zd", nargs);
+    long long a[14];
+    if (read_ints(args, 14, 14, a)) return NULL;
+    double scale = PyFloat_AsDouble(args[14]);
+    long long out = PyLong_AsLongLong(args[15]);
     if (PyErr_Occurred()) return NULL;
+    decode_attention step = {
+        .B = (int)a[0], .H = (int)a[1], .KVH = (int)a[2], .D = (int)a[3],
+        .qkv = (const float *)a[4], .cos = (const float *)a[5], .sin = (const float *)a[6],
+        .k_cache = (float *)a[7], .v_cache = (float *)a[8], .new_slots = (const int64_t *)a[9],
+        .key_slots = (const int64_t *)a[10], .context_lens = (const int64_t *)a[11], .Lk = (int)a[12],
+        .window = (int)a[13],
+        .scale = (float)scale, .out = (float *)out,
+    };
     int status;
     Py_BEGIN_ALLOW_THREADS;
-    status = attention_decode((const float *)a[0], (const float *)a[1], (const float *)a[2], (const int64_t *)a[3],
-                              (const int64_t *)a[4], (int)a[5], (int)a[6], (int)a[7], (int)a[8], (int)a[9],
-                              (int)a[10], (float)scale, (float *)out);
+    status = attention_decode(&step);
     Py_END_ALLOW_THREADS;
+    if (status == -2) return PyErr_Format(PyExc_ValueError, "head size %d is odd or too large", step.D);
     return done(status);
 }
 
@@ -112,7 +120,7 @@ static PyMethodDef methods[] = {
     {"matmul_q4_1", (PyCFunction)(void (*)(void))py_matmul_q4_1, METH_FASTCALL, "y = x @ W^T, W in Q4_1."},
     {"matmul_q8_0", (PyCFunction)(void (*)(void))py_matmul_q8_0, METH_FASTCALL, "y = x @ W^T, W in Q8_0."},
     {"attention_decode", (PyCFunction)(void (*)(void))py_attention_decode, METH_FASTCALL,
-     "Decode attention over the paged KV cache."},
+     "RoPE, KV-cache write and attention of a decode step."},
     {NULL, NULL, 0, NULL},
 };
 
