@@ -5,6 +5,7 @@ that do not depend on their batch, callers on several threads)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import gguf
@@ -13,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tramontane.engine import cpu_kernels
+from tramontane.engine import EngineConfig, LLMEngine, cpu_kernels
+from tramontane.engine.attention import build_metadata
 from tramontane.engine.defaults import default_chat_model_path
 from tramontane.engine.layers import RotaryEmbedding, apply_rope
 
@@ -146,7 +148,8 @@ def test_decode_attention_matches_the_pytorch_path(window):
     want, want_k, want_v = _reference_decode(
         qkv, heads, cos, sin, k_cache, v_cache, new_slots, key_slots, lens, window, 0.125
     )
-    got = cpu_kernels.attention_decode(qkv, heads, cos, sin, k_cache, v_cache, new_slots, key_slots, lens, window, 0.125)
+    step = cpu_kernels.DecodeStep(heads, cos, sin, new_slots, key_slots, lens, window, 0.125)
+    got = cpu_kernels.attention_decode(qkv, step, k_cache, v_cache)
     assert torch.allclose(k_cache, want_k, atol=1e-6) and torch.equal(v_cache, want_v)
     assert torch.allclose(got, want, atol=1e-5)
 
@@ -171,3 +174,34 @@ def test_callers_on_several_threads_share_the_pool():
     for t in threads:
         t.join(timeout=60)
     assert not failures and not any(t.is_alive() for t in threads)
+
+
+def test_fused_decode_layer_matches_the_operator_path(smollm_checkpoint):
+    # A decode step of three sequences through each layer: the one-call kernel
+    # (dense_layer_decode) against the same layer run operator by operator.
+    engine = LLMEngine(smollm_checkpoint, EngineConfig(kv_cache_memory_gb=0.05, quantization="int4"))
+    model = engine.runner.model
+    prompts = [engine.tokenizer.encode(text) for text in ("The sea is", "def f(x):", "Bonjour, je")]
+    tables = [[0, 1], [2, 3], [4, 5]]
+    lengths = [len(p) for p in prompts]
+    for ids, table in zip(prompts, tables, strict=True):
+        meta = build_metadata([list(range(len(ids)))], [table], 16, None, torch.device("cpu"))
+        model(torch.tensor([ids]), torch.arange(len(ids))[None], meta, torch.tensor([len(ids) - 1]))
+    positions = torch.tensor([[n] for n in lengths])
+    meta = build_metadata([[n] for n in lengths], tables, 16, None, torch.device("cpu"))
+    cos, sin = model.rotary(positions)
+    attn = model.layers[0].self_attn
+    step = cpu_kernels.DecodeStep(
+        attn.n_heads, cos.view(3, -1), sin.view(3, -1), meta.slot_mapping, meta.key_slots, meta.context_lens,
+        None, attn.scale,
+    )
+    meta = dataclasses.replace(meta, decode=step)
+    x = torch.randn(3, 1, model.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    for layer in model.layers[:4]:
+        assert layer.fused_decode_spec() is not None
+        fused = x.clone()
+        assert layer(fused, cos, sin, meta, None) is fused  # in place
+        h = x + layer.self_attn(layer.input_layernorm(x), cos, sin, meta, None)
+        by_operators = h + layer.mlp(layer.post_attention_layernorm(h))
+        assert torch.allclose(fused, by_operators, atol=1e-4, rtol=1e-4)
+        x = fused

@@ -33,6 +33,8 @@ class AttentionMetadata:
     # sliding window: what decode_attention reads instead of the bias.
     context_lens: torch.Tensor  # [B]
     sliding_window: int | None
+    # Set by the model when our CPU kernels run this step (decode_kernel_fits).
+    decode: cpu_kernels.DecodeStep | None = None
 
 
 def build_metadata(
@@ -131,21 +133,13 @@ def decode_kernel_fits(x: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 def decode_attention(
     qkv: torch.Tensor,  # [B, 1, (H + 2 * KVH) * D]
-    heads: int,
-    cos: torch.Tensor,  # [B, 1, 1, D], as RotaryEmbedding gives it
-    sin: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
-    scale: float,
 ) -> torch.Tensor:
     """RoPE, the cache write and attention of a decode step in one kernel call: it reads
     the keys through the slot list where they lie (no gathered copy, no mask) on the
     thread pool the matmuls use, where the PyTorch path takes a dozen operators and
     wakes OpenMP's threads for its attention. Returns [B, 1, H * D]."""
     batch = qkv.shape[0]
-    out = cpu_kernels.attention_decode(
-        qkv.view(batch, -1), heads, cos.view(batch, -1), sin.view(batch, -1), k_cache, v_cache,
-        meta.slot_mapping, meta.key_slots, meta.context_lens, meta.sliding_window, scale,
-    )
-    return out.view(batch, 1, -1)
+    return cpu_kernels.attention_decode(qkv.view(batch, -1), meta.decode, k_cache, v_cache).view(batch, 1, -1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from dataclasses import dataclass
 import torch
 
 try:
@@ -32,8 +33,11 @@ class ISA(enum.IntEnum):
     AVX512_VNNI = 2
 
 
+_AVAILABLE = _kernels is not None and _kernels.detected_isa() > ISA.NONE
+
+
 def available() -> bool:
-    return _kernels is not None and _kernels.detected_isa() > ISA.NONE
+    return _AVAILABLE
 
 
 def isa() -> ISA:
@@ -111,43 +115,76 @@ def _prepare(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def matmul_q4_1(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """x [M, K] float32 @ w^T for w in Q4_1 (see quantize_q4_1) -> [M, N] float32."""
     x, y = _prepare(x, qs.shape[0])
-    _kernels.matmul_q4_1(
-        x.data_ptr(), x.shape[0], x.shape[1], qs.data_ptr(), d.data_ptr(), m.data_ptr(), qs.shape[0], y.data_ptr()
-    )
+    _kernels.matmul(x.data_ptr(), x.shape[0], x.shape[1], qs.data_ptr(), d.data_ptr(), m.data_ptr(), qs.shape[0], y.data_ptr())
     return y
 
 
 def matmul_q8_0(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """x [M, K] float32 @ w^T for w in Q8_0 (see quantize_q8_0) -> [M, N] float32."""
     x, y = _prepare(x, qs.shape[0])
-    _kernels.matmul_q8_0(x.data_ptr(), x.shape[0], x.shape[1], qs.data_ptr(), d.data_ptr(), qs.shape[0], y.data_ptr())
+    _kernels.matmul(x.data_ptr(), x.shape[0], x.shape[1], qs.data_ptr(), d.data_ptr(), 0, qs.shape[0], y.data_ptr())
     return y
 
 
+@dataclass
+class DecodeStep:
+    """What a decode step's attention needs besides its queries, keys and values,
+    shared by the layers of a step (each with its own cache)."""
+
+    heads: int
+    cos: torch.Tensor  # [B, D] at each token's position, rotate-half layout
+    sin: torch.Tensor  # [B, D], its first half negated (see layers.RotaryEmbedding)
+    new_slots: torch.Tensor  # [B] int64: where each token's key and value go
+    key_slots: torch.Tensor  # [B, Lk] int64, each row's first context_lens[b] used
+    context_lens: torch.Tensor  # [B] int64, the new token included
+    window: int | None  # attend to the last `window` keys only (sliding window)
+    scale: float
+
+    def __post_init__(self) -> None:
+        self.cos, self.sin = self.cos.contiguous(), self.sin.contiguous()
+
+    def arguments(self, k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple:
+        kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
+        return (
+            self.heads, kv_heads, head_dim, self.cos.data_ptr(), self.sin.data_ptr(), k_cache.data_ptr(),
+            v_cache.data_ptr(), self.new_slots.data_ptr(), self.key_slots.data_ptr(), self.context_lens.data_ptr(),
+            self.key_slots.shape[1], self.window or 0, self.scale,
+        )
+
+
 def attention_decode(
-    qkv: torch.Tensor,  # [B, (H + 2 * KVH) * D]: queries, keys, values of each new token
-    heads: int,
-    cos: torch.Tensor,  # [B, D] at each token's position, rotate-half layout
-    sin: torch.Tensor,  # [B, D], its first half negated (see layers.RotaryEmbedding)
-    k_cache: torch.Tensor,  # [slots, KVH, D], written at new_slots
-    v_cache: torch.Tensor,
-    new_slots: torch.Tensor,  # [B] int64
-    key_slots: torch.Tensor,  # [B, Lk] int64, each row's first context_lens[b] used
-    context_lens: torch.Tensor,  # [B] int64, the new token included
-    window: int | None,
-    scale: float,
+    qkv: torch.Tensor, step: DecodeStep, k_cache: torch.Tensor, v_cache: torch.Tensor
 ) -> torch.Tensor:
-    """A decode step's attention, float32: rotates each new token's query and key,
-    stores its key and value in the cache and attends to its context (the last
-    `window` keys only, for a sliding window). Returns [B, H * D]."""
+    """A decode step's attention, float32: rotates each new token's query and key
+    (qkv [B, (H + 2 * KVH) * D]: queries, keys, values), stores its key and value in
+    the cache and attends to its context. Returns [B, H * D]."""
     _ensure_started()
-    qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
-    batch = qkv.shape[0]
-    kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2]
-    out = torch.empty(batch, heads * head_dim, dtype=torch.float32)
-    _kernels.attention_decode(
-        batch, heads, kv_heads, head_dim, qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(),
-        k_cache.data_ptr(), v_cache.data_ptr(), new_slots.data_ptr(), key_slots.data_ptr(),
-        context_lens.data_ptr(), key_slots.shape[1], window or 0, scale, out.data_ptr(),
-    )
+    qkv = qkv.contiguous()
+    out = torch.empty(qkv.shape[0], step.heads * k_cache.shape[2], dtype=torch.float32)
+    _kernels.attention_decode(qkv.data_ptr(), qkv.shape[0], out.data_ptr(), *step.arguments(k_cache, v_cache))
     return out
+
+
+def dense_layer_spec(
+    hidden: int, intermediate: int, eps: float, input_norm: torch.Tensor, post_attention_norm: torch.Tensor,
+    projections: list[tuple[torch.Tensor, ...]],
+) -> tuple:
+    """The addresses and sizes dense_layer_decode reads a layer's weights from:
+    float32 norm weights, and (qs, d[, m]) of qkv, o, gate_up and down in that order.
+    The tensors must outlive every call made with it."""
+    spec = [hidden, intermediate, input_norm.data_ptr(), post_attention_norm.data_ptr()]
+    for blocks in projections:
+        qs, d = blocks[0], blocks[1]
+        m = blocks[2].data_ptr() if len(blocks) == 3 else 0
+        k = qs.shape[1] * (2 if len(blocks) == 3 else 1)
+        spec += [qs.data_ptr(), d.data_ptr(), m, qs.shape[0], k]
+    return (*spec, eps)
+
+
+def dense_layer_decode(
+    spec: tuple, x: torch.Tensor, step: DecodeStep, k_cache: torch.Tensor, v_cache: torch.Tensor
+) -> None:
+    """x [B, hidden] float32, contiguous, += the layer's attention and MLP, in place
+    (one token per sequence)."""
+    _ensure_started()
+    _kernels.dense_layer_decode(spec, x.data_ptr(), x.shape[0], *step.arguments(k_cache, v_cache))

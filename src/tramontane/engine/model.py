@@ -8,6 +8,7 @@ SwiGLU experts chosen per token by a top-k router (Mixtral).
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +47,8 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x)
         if lora is not None and self.qkv_lora is not None:
             self.qkv_lora.apply(qkv, x, lora)
-        if length == 1 and decode_kernel_fits(qkv, self.k_cache):
-            out = decode_attention(qkv, self.n_heads, cos, sin, self.k_cache, self.v_cache, meta, self.scale)
-            return self._project_out(out, lora)
+        if meta.decode is not None:
+            return self._project_out(decode_attention(qkv, self.k_cache, self.v_cache, meta), lora)
         # Q and K rotate as one tensor: half the rope kernels.
         qk, v = qkv.split([q_size + kv_size, kv_size], dim=-1)
         qk = apply_rope(qk.view(batch, length, self.n_heads + self.n_kv_heads, self.head_dim), cos, sin)
@@ -148,9 +148,42 @@ class DecoderLayer(nn.Module):
             self.mlp.down_lora = stacks["down_proj"]
 
     def forward(self, x, cos, sin, meta, lora: LoRABatch | None):
+        if meta.decode is not None and lora is None and (spec := self.fused_decode_spec()) is not None:
+            attn = self.self_attn
+            cpu_kernels.dense_layer_decode(spec, x.view(x.shape[0], -1), meta.decode, attn.k_cache, attn.v_cache)
+            return x
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, lora)
         h = self.post_attention_layernorm(x)
         return x + (self.mlp(h, lora) if isinstance(self.mlp, MLP) else self.mlp(h))
+
+
+    def fused_decode_spec(self) -> tuple | None:
+        """The weights' addresses for cpu_kernels.dense_layer_decode, which runs the
+        whole layer in one call on a decode step; None where it cannot (a mixture of
+        experts, weights not in our kernels' blocks). Kept outside the module, so that a
+        saved (prepared) model never carries addresses."""
+        if self not in _FUSED_SPECS:
+            _FUSED_SPECS[self] = self._build_fused_decode_spec()
+        return _FUSED_SPECS[self]
+
+    def _build_fused_decode_spec(self) -> tuple | None:
+        if not isinstance(self.mlp, MLP):
+            return None
+        linears = [self.self_attn.qkv_proj, self.self_attn.o_proj, self.mlp.gate_up_proj, self.mlp.down_proj]
+        if any(linear.kernel not in ("q4_1", "q8_0") for linear in linears):
+            return None
+        norms = [self.input_layernorm, self.post_attention_layernorm]
+        if any(norm.weight.dtype != torch.float32 for norm in norms):
+            return None
+        blocks = [(lin.qs, lin.d, lin.m) if lin.kernel == "q4_1" else (lin.qs, lin.d) for lin in linears]
+        hidden = self.input_layernorm.weight.shape[0]
+        return cpu_kernels.dense_layer_spec(
+            hidden, self.mlp.hidden, self.input_layernorm.eps, norms[0].weight, norms[1].weight, blocks
+        )
+
+
+# DecoderLayer -> its fused_decode_spec, for as long as the layer lives.
+_FUSED_SPECS: weakref.WeakKeyDictionary[DecoderLayer, tuple | None] = weakref.WeakKeyDictionary()
 
 
 class CausalLM(nn.Module):
@@ -201,6 +234,14 @@ class CausalLM(nn.Module):
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         if meta.attn_bias is not None:
             meta = dataclasses.replace(meta, attn_bias=meta.attn_bias.to(x.dtype))
+        attn = self.layers[0].self_attn
+        if input_ids.shape[1] == 1 and decode_kernel_fits(x, attn.k_cache):
+            rows = input_ids.shape[0]
+            step = cpu_kernels.DecodeStep(
+                attn.n_heads, cos.view(rows, -1), sin.view(rows, -1), meta.slot_mapping, meta.key_slots,
+                meta.context_lens, meta.sliding_window, attn.scale,
+            )
+            meta = dataclasses.replace(meta, decode=step)
         for layer in self.layers:
             x = layer(x, cos, sin, meta, lora)
         # Only the last token of each sequence needs the (large) vocabulary projection.

@@ -333,9 +333,8 @@ static void matmul_chunk(void *ctx, int chunk) {
     rows(job, n0, n1, m0, m1);
 }
 
-static int run_matmul(const float *x, int M, int K, const void *qs, const uint16_t *d, const uint16_t *m, int N,
-                      float *y) {
-    const int nb = K / QBLOCK;
+int matmul(const float *x, int M, const qweight *w, float *y) {
+    const int K = w->K, N = w->N, nb = K / QBLOCK;
     quantize_job quantize = {.x = x, .K = K};
     /* One allocation for q, the scales and the sums; float parts stay aligned. */
     const size_t q_bytes = ((size_t)M * K + 63) & ~(size_t)63;
@@ -350,18 +349,9 @@ static int run_matmul(const float *x, int M, int K, const void *qs, const uint16
     const int wanted = pool_threads() * CHUNKS_PER_THREAD;
     int n_tile = (N * m_tiles + wanted - 1) / wanted;
     n_tile = n_tile < 4 ? 4 : n_tile;
-    matmul_job job = {.x = quantize.out, .M = M, .K = K, .N = N, .qs = qs, .d = d, .m = m, .y = y,
+    matmul_job job = {.x = quantize.out, .M = M, .K = K, .N = N, .qs = w->qs, .d = w->d, .m = w->m, .y = y,
                       .n_tile = n_tile, .n_tiles = (N + n_tile - 1) / n_tile};
     pool_run(matmul_chunk, &job, m_tiles * job.n_tiles);
     free(scratch);
     return 0;
-}
-
-int matmul_q4_1(const float *x, int M, int K, const uint8_t *qs, const uint16_t *d, const uint16_t *m, int N,
-                float *y) {
-    return run_matmul(x, M, K, qs, d, m, N, y);
-}
-
-int matmul_q8_0(const float *x, int M, int K, const int8_t *qs, const uint16_t *d, int N, float *y) {
-    return run_matmul(x, M, K, qs, d, NULL, N, y);
 }

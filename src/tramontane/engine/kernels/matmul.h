@@ -29,11 +29,16 @@ enum isa matmul_detect_isa(void);
 void matmul_set_isa(enum isa isa);
 enum isa matmul_isa(void);
 
-/* y[M, N] = x[M, K] @ w[N, K]^T; x and y float32, row-major. Q4_1 needs K to be
- * a multiple of 64 (whole pairs of blocks), Q8_0 of 32. Return 0, or -1 when out
- * of memory. Run on the pool. */
-int matmul_q4_1(const float *x, int M, int K, const uint8_t *qs, const uint16_t *d, const uint16_t *m, int N,
-                float *y);
-int matmul_q8_0(const float *x, int M, int K, const int8_t *qs, const uint16_t *d, int N, float *y);
+/* A weight matrix [N, K] in one of the two formats (m is NULL for Q8_0). */
+typedef struct {
+    int N, K;
+    const uint8_t *qs;
+    const uint16_t *d, *m;
+} qweight;
+
+/* y[M, N] = x[M, K] @ w^T; x and y float32, row-major. Q4_1 needs K to be a
+ * multiple of 64 (whole pairs of blocks), Q8_0 of 32. Returns 0, or -1 when out
+ * of memory. Runs on the pool. */
+int matmul(const float *x, int M, const qweight *w, float *y);
 
 #endif

@@ -5,6 +5,7 @@
 #include <Python.h>
 
 #include "attention.h"
+#include "layer.h"
 #include "matmul.h"
 #include "pool.h"
 
@@ -60,56 +61,98 @@ static PyObject *done(int status) {
     Py_RETURN_NONE;
 }
 
-/* matmul_q4_1(x, M, K, qs, d, m, N, y) */
-static PyObject *py_matmul_q4_1(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+/* matmul(x, M, K, qs, d, m, N, y), m = 0 for Q8_0 */
+static PyObject *py_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     long long a[8];
     if (read_ints(args, nargs, 8, a)) return NULL;
+    const qweight w = {.N = (int)a[6], .K = (int)a[2], .qs = (const uint8_t *)a[3], .d = (const uint16_t *)a[4],
+                       .m = (const uint16_t *)a[5]};
     int status;
     Py_BEGIN_ALLOW_THREADS;
-    status = matmul_q4_1((const float *)a[0], (int)a[1], (int)a[2], (const uint8_t *)a[3], (const uint16_t *)a[4],
-                         (const uint16_t *)a[5], (int)a[6], (float *)a[7]);
+    status = matmul((const float *)a[0], (int)a[1], &w, (float *)a[7]);
     Py_END_ALLOW_THREADS;
     return done(status);
 }
 
-/* matmul_q8_0(x, M, K, qs, d, N, y) */
-static PyObject *py_matmul_q8_0(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    long long a[7];
-    if (read_ints(args, nargs, 7, a)) return NULL;
-    int status;
-    Py_BEGIN_ALLOW_THREADS;
-    status = matmul_q8_0((const float *)a[0], (int)a[1], (int)a[2], (const int8_t *)a[3], (const uint16_t *)a[4],
-                         (int)a[5], (float *)a[6]);
-    Py_END_ALLOW_THREADS;
+/* The step's attention from 14 integers and a float, in this order:
+ * H, KVH, D, cos, sin, k_cache, v_cache, new_slots, key_slots, context_lens, Lk, window, scale
+ * (B, qkv and out are the caller's). */
+static int read_attention(PyObject *const *args, decode_attention *step) {
+    long long a[12];
+    if (read_ints(args, 12, 12, a)) return -1;
+    double scale = PyFloat_AsDouble(args[12]);
+    if (scale == -1.0 && PyErr_Occurred()) return -1;
+    *step = (decode_attention){
+        .H = (int)a[0], .KVH = (int)a[1], .D = (int)a[2], .cos = (const float *)a[3], .sin = (const float *)a[4],
+        .k_cache = (float *)a[5], .v_cache = (float *)a[6], .new_slots = (const int64_t *)a[7],
+        .key_slots = (const int64_t *)a[8], .context_lens = (const int64_t *)a[9], .Lk = (int)a[10],
+        .window = (int)a[11], .scale = (float)scale,
+    };
+    return 0;
+}
+
+static PyObject *finish(int status, int head_dim) {
+    if (status == -2) return PyErr_Format(PyExc_ValueError, "head size %d is odd or too large", head_dim);
     return done(status);
 }
 
-/* attention_decode(B, H, KVH, D, qkv, cos, sin, k_cache, v_cache, new_slots, key_slots, context_lens,
- *                  Lk, window, scale, out); see attention.h */
+/* attention_decode(qkv, B, out, <the step's attention, see read_attention>) */
 static PyObject *py_attention_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 16) return PyErr_Format(PyExc_TypeError, "expected 16 arguments, got %zd", nargs);
-    long long a[14];
-    if (read_ints(args, 14, 14, a)) return NULL;
-    double scale = PyFloat_AsDouble(args[14]);
-    long long out = PyLong_AsLongLong(args[15]);
-    if (PyErr_Occurred()) return NULL;
-    decode_attention step = {
-        .B = (int)a[0], .H = (int)a[1], .KVH = (int)a[2], .D = (int)a[3],
-        .qkv = (const float *)a[4], .cos = (const float *)a[5], .sin = (const float *)a[6],
-        .k_cache = (float *)a[7], .v_cache = (float *)a[8], .new_slots = (const int64_t *)a[9],
-        .key_slots = (const int64_t *)a[10], .context_lens = (const int64_t *)a[11], .Lk = (int)a[12],
-        .window = (int)a[13],
-        .scale = (float)scale, .out = (float *)out,
-    };
+    long long a[3];
+    decode_attention step;
+    if (read_ints(args, 3, 3, a) || read_attention(args + 3, &step)) return NULL;
+    step.qkv = (const float *)a[0];
+    step.B = (int)a[1];
+    step.out = (float *)a[2];
     int status;
     Py_BEGIN_ALLOW_THREADS;
     status = attention_decode(&step);
     Py_END_ALLOW_THREADS;
-    if (status == -2) return PyErr_Format(PyExc_ValueError, "head size %d is odd or too large", step.D);
-    return done(status);
+    return finish(status, step.D);
+}
+
+/* The weights of a dense layer from a tuple of 23 integers and a float:
+ * hidden, intermediate, input_norm, post_attention_norm, then (qs, d, m, N, K) for
+ * qkv, o, gate_up and down (m = 0 for Q8_0), then eps. */
+static int read_layer(PyObject *spec, dense_layer *layer) {
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 25) {
+        PyErr_SetString(PyExc_TypeError, "a layer is a tuple of 25 numbers");
+        return -1;
+    }
+    long long a[24];
+    if (read_ints(&PyTuple_GET_ITEM(spec, 0), 24, 24, a)) return -1;
+    double eps = PyFloat_AsDouble(PyTuple_GET_ITEM(spec, 24));
+    if (eps == -1.0 && PyErr_Occurred()) return -1;
+    qweight *weights[4] = {&layer->qkv, &layer->o, &layer->gate_up, &layer->down};
+    layer->hidden = (int)a[0];
+    layer->intermediate = (int)a[1];
+    layer->input_norm = (const float *)a[2];
+    layer->post_attention_norm = (const float *)a[3];
+    for (int i = 0; i < 4; i++) {
+        const long long *w = a + 4 + 5 * i;
+        *weights[i] = (qweight){.qs = (const uint8_t *)w[0], .d = (const uint16_t *)w[1],
+                                .m = (const uint16_t *)w[2], .N = (int)w[3], .K = (int)w[4]};
+    }
+    layer->eps = (float)eps;
+    return 0;
+}
+
+/* dense_layer_decode(layer, x, B, <the step's attention, see read_attention>) */
+static PyObject *py_dense_layer_decode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 16) return PyErr_Format(PyExc_TypeError, "expected 16 arguments, got %zd", nargs);
+    dense_layer layer;
+    long long a[2];
+    decode_attention step;
+    if (read_layer(args[0], &layer) || read_ints(args + 1, 2, 2, a) || read_attention(args + 3, &step)) return NULL;
+    int status;
+    Py_BEGIN_ALLOW_THREADS;
+    status = dense_layer_decode(&layer, (float *)a[0], (int)a[1], &step);
+    Py_END_ALLOW_THREADS;
+    return finish(status, step.D);
 }
 
 static PyMethodDef methods[] = {
@@ -117,10 +160,11 @@ static PyMethodDef methods[] = {
     {"detected_isa", detected_isa, METH_NOARGS, "The best instruction set of this CPU (0 none, 1 AVX2, 2 VNNI)."},
     {"isa", get_isa, METH_NOARGS, "The instruction set the kernels run with."},
     {"set_isa", set_isa, METH_O, "Run the kernels with at most this instruction set."},
-    {"matmul_q4_1", (PyCFunction)(void (*)(void))py_matmul_q4_1, METH_FASTCALL, "y = x @ W^T, W in Q4_1."},
-    {"matmul_q8_0", (PyCFunction)(void (*)(void))py_matmul_q8_0, METH_FASTCALL, "y = x @ W^T, W in Q8_0."},
+    {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_FASTCALL, "y = x @ W^T, W in Q4_1 or Q8_0."},
     {"attention_decode", (PyCFunction)(void (*)(void))py_attention_decode, METH_FASTCALL,
      "RoPE, KV-cache write and attention of a decode step."},
+    {"dense_layer_decode", (PyCFunction)(void (*)(void))py_dense_layer_decode, METH_FASTCALL,
+     "A dense decoder layer's decode step, in place."},
     {NULL, NULL, 0, NULL},
 };
 
