@@ -256,29 +256,37 @@ static inline __attribute__((always_inline)) void q4_1_tile_vnni(const matmul_jo
         }
 }
 
+/* Two blocks at a time; an odd last block goes through the same code with its
+ * second half masked to zero. */
 static inline __attribute__((always_inline)) void q8_0_tile_vnni(const matmul_job *job, int n, int r, const int nr,
                                                                  const int mr) {
     const int K = job->K, nb = K / QBLOCK;
-    __m256 acc[4][4];
+    __m512 acc[4][4];
     for (int i = 0; i < nr; i++)
-        for (int t = 0; t < mr; t++) acc[i][t] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
+        for (int t = 0; t < mr; t++) acc[i][t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b += 2) {
+        const int whole = b + 1 < nb;
+        const __mmask64 bytes = whole ? ~(__mmask64)0 : 0xFFFFFFFFull;
+        const __mmask16 lanes = whole ? 0xFFFF : 0x00FF;
         for (int i = 0; i < nr; i++) {
             const size_t wrow = (size_t)(n + i);
-            const __m256i w = _mm256_loadu_si256((const __m256i *)((const int8_t *)job->qs + wrow * K + b * QBLOCK));
-            const __m256i w_abs = _mm256_abs_epi8(w); /* VNNI multiplies u8 by s8: move w's sign onto x */
-            const __m256 db = _mm256_set1_ps(_cvtsh_ss(job->d[wrow * nb + b]));
+            const __m512i w = _mm512_maskz_loadu_epi8(bytes, (const int8_t *)job->qs + wrow * K + b * QBLOCK);
+            const __m512i w_abs = _mm512_abs_epi8(w); /* VNNI multiplies u8 by s8: move w's sign onto x */
+            const __mmask64 negative = _mm512_movepi8_mask(w);
+            const __m512 dw = whole ? pair_scales(job->d + wrow * nb + b)
+                                    : _mm512_maskz_mov_ps(lanes, _mm512_set1_ps(_cvtsh_ss(job->d[wrow * nb + b])));
             for (int t = 0; t < mr; t++) {
                 const size_t row = (size_t)(r + t);
-                const __m256i xq = _mm256_loadu_si256((const __m256i *)(job->x.q + row * K + b * QBLOCK));
-                const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w_abs, _mm256_sign_epi8(xq, w));
-                const __m256 xs = _mm256_loadu_ps(job->x.scale8 + (row * nb + b) * 8);
-                acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(db, xs), acc[i][t]);
+                const __m512i xq = _mm512_maskz_loadu_epi8(bytes, job->x.q + row * K + b * QBLOCK);
+                const __m512i x_signed = _mm512_mask_sub_epi8(xq, negative, _mm512_setzero_si512(), xq);
+                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w_abs, x_signed);
+                const __m512 xs = _mm512_maskz_loadu_ps(lanes, job->x.scale8 + (row * nb + b) * 8);
+                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, xs), acc[i][t]);
             }
         }
     }
     for (int i = 0; i < nr; i++)
-        for (int t = 0; t < mr; t++) job->y[(size_t)(r + t) * job->N + n + i] = hsum8(acc[i][t]);
+        for (int t = 0; t < mr; t++) job->y[(size_t)(r + t) * job->N + n + i] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
 TILED_KERNEL(q4_1_vnni, q4_1_tile_vnni, 2, 4)
