@@ -125,6 +125,19 @@ def test_q8_0_keeps_the_gguf_blocks_exactly():
     assert torch.equal(qs.view(blocks.shape[0], -1, 32), blocks[..., 2:].contiguous().view(torch.int8))
 
 
+HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64  # SmolLM2-135M's attention
+
+
+def _random_cache(gen: torch.Generator, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.randn(slots, KV_HEADS, HEAD_DIM, generator=gen), torch.randn(slots, KV_HEADS, HEAD_DIM, generator=gen))
+
+
+def _sdpa(q: torch.Tensor, k_cache, v_cache, slots: torch.Tensor, scale: float) -> torch.Tensor:
+    """One token's attention [H, D] to the keys in `slots`, by PyTorch, flattened."""
+    keys, values = k_cache[slots].transpose(0, 1), v_cache[slots].transpose(0, 1)  # [KVH, n, D]
+    return F.scaled_dot_product_attention(q[:, None], keys, values, scale=scale, enable_gqa=True)[:, 0].reshape(-1)
+
+
 def _reference_decode(qkv, heads, cos, sin, k_cache, v_cache, new_slots, key_slots, lens, window, scale):
     """The PyTorch path: rotate, write the cache, attend with sdpa per sequence."""
     kv_heads, head_dim = k_cache.shape[1:]
@@ -135,19 +148,15 @@ def _reference_decode(qkv, heads, cos, sin, k_cache, v_cache, new_slots, key_slo
     out = []
     for b, length in enumerate(lens.tolist()):
         first = max(0, length - window) if window else 0
-        slots = key_slots[b, first:length]
-        keys, values = k_cache[slots].transpose(0, 1), v_cache[slots].transpose(0, 1)  # [KVH, n, D]
-        o = F.scaled_dot_product_attention(q[b][:, None], keys, values, scale=scale, enable_gqa=True)
-        out.append(o[:, 0].reshape(-1))
+        out.append(_sdpa(q[b], k_cache, v_cache, key_slots[b, first:length], scale))
     return torch.stack(out), k_cache, v_cache
 
 
 @pytest.mark.parametrize("window", [None, 5])
 def test_decode_attention_matches_the_pytorch_path(window):
     gen = torch.Generator().manual_seed(2)
-    heads, kv_heads, head_dim, slots = 9, 3, 64, 200
-    k_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
-    v_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
+    heads, kv_heads, head_dim, slots = HEADS, KV_HEADS, HEAD_DIM, 200
+    k_cache, v_cache = _random_cache(gen, slots)
     lens = torch.tensor([1, 17, 40])
     # Each sequence's keys scattered over the pool, rows padded past their length;
     # the new token's key goes to the last slot of its context.
@@ -169,21 +178,18 @@ def test_decode_attention_matches_the_pytorch_path(window):
 def test_prefill_attention_matches_sdpa(window):
     # Two sequences' prompts, each token attending causally to its keys in the cache.
     gen = torch.Generator().manual_seed(5)
-    heads, kv_heads, head_dim, slots = 9, 3, 64, 100
-    k_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
-    v_cache = torch.randn(slots, kv_heads, head_dim, generator=gen)
+    slots = 100
+    k_cache, v_cache = _random_cache(gen, slots)
     key_slots = torch.stack([torch.randperm(slots, generator=gen)[:12] for _ in range(2)])
     # Sequence 0 computes positions 4..11 (after a cached prefix), sequence 1 positions 0..5.
     token_seqs = torch.tensor([0] * 8 + [1] * 6)
     token_lens = torch.cat([torch.arange(5, 13), torch.arange(1, 7)])
-    q = torch.randn(len(token_seqs), heads, head_dim, generator=gen)
+    q = torch.randn(len(token_seqs), HEADS, HEAD_DIM, generator=gen)
     got = cpu_kernels.attention_prefill(q, k_cache, v_cache, key_slots, token_seqs, token_lens, window, 0.125)
     for t, (seq, length) in enumerate(zip(token_seqs.tolist(), token_lens.tolist(), strict=True)):
         first = max(0, length - window) if window else 0
-        keys = k_cache[key_slots[seq, first:length]].transpose(0, 1)
-        values = v_cache[key_slots[seq, first:length]].transpose(0, 1)
-        want = F.scaled_dot_product_attention(q[t][:, None], keys, values, scale=0.125, enable_gqa=True)
-        assert torch.allclose(got[t], want[:, 0].reshape(-1), atol=1e-5)
+        want = _sdpa(q[t], k_cache, v_cache, key_slots[seq, first:length], 0.125)
+        assert torch.allclose(got[t], want, atol=1e-5)
     # Each token on its own: the same result alone as among the others.
     alone = cpu_kernels.attention_prefill(q[3:4], k_cache, v_cache, key_slots, token_seqs[3:4], token_lens[3:4],
                                           window, 0.125)
