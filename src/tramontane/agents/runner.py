@@ -161,6 +161,8 @@ class Run:
             body["tools"] = tools
         if args.get("response_format") is None:
             body.pop("response_format", None)
+        if not messages:  # e.g. a restart from the first entry with no inputs
+            raise APIError(400, "The conversation has nothing to answer: give it inputs", param="inputs")
         return ChatCompletionRequest.model_validate(body)
 
     async def _model_step(self, calls: list[dict[str, str]]) -> AsyncIterator[dict[str, Any]]:

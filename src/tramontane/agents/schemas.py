@@ -124,6 +124,8 @@ class FunctionResultInput(_Request):
 
 InputEntry = Annotated[MessageInput | FunctionResultInput, Field(discriminator="type")]
 Inputs = str | list[InputEntry]
+# A new conversation needs something to answer (appends and restarts have history).
+StartInputs = str | Annotated[list[InputEntry], Field(min_length=1)]
 
 
 class RunFields(_Request):
@@ -135,7 +137,7 @@ class RunFields(_Request):
 
 
 class ConversationStart(RunFields):
-    inputs: Inputs
+    inputs: StartInputs
     agent_id: str | None = None
     agent_version: int | str | None = None
     model: str | None = None
