@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import Depends, FastAPI
 
 from .. import __version__
 from ..control.install import install as install_control_plane
@@ -111,10 +111,11 @@ def create_app(
     # (on the path of every wake from zero) does not pay for the routes behind it.
     # Probes and /metrics stay outside: orchestrators and scrapers hold no key.
     app.include_router(health.router)
-    v1 = APIRouter(responses=_ERRORS)  # their routes are InferenceRoutes: key checked, metered
+    # Their routes are InferenceRoutes: key checked, metered. Each router is included
+    # in the app itself: FastAPI matches a request again at every level of nested
+    # routers, and one level less halves that work on every inference request.
     for module in (chat, completions, embeddings, models):
-        v1.include_router(module.router)
-    app.include_router(v1)
+        app.include_router(module.router, responses=_ERRORS)
     if replica_token is None:  # a replica serves its models only
         app.include_router(admin_router)
         app.include_router(request_logs_router, responses=_ERRORS)

@@ -11,11 +11,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ..engine import Tokenizer, TokenLogprob
-from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, usage
 from .logprobs import chat_logprobs
-from .metering import InferenceKey, InferenceRoute, Metered, RequestMeter
+from .inference_call import Call
+from .metering import InferenceRoute, RequestMeter
 from .metrics import Metrics
 from .protocol import (
     ChatChoice,
@@ -55,17 +55,10 @@ class ChatOutput:
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
-async def create_chat_completion(
-    body: ChatCompletionRequest,
-    request: Request,
-    models: Models,
-    metrics: MetricsDep,
-    meter: Metered,
-    principal: InferenceKey,
-) -> Response | ChatCompletionResponse:
-    gen, output = prepare(models, metrics, body, principal.workspace_id)
+async def create_chat_completion(body: ChatCompletionRequest, call: Call) -> Response | ChatCompletionResponse:
+    gen, output = prepare(call.models, call.metrics, body, call.principal.workspace_id)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await respond(request, meter, gen, output, body.stream, include_usage)
+    return await respond(call.request, call.meter, gen, output, body.stream, include_usage)
 
 
 def prepare(

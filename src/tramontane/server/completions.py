@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
 from .chat import ChatOutput, respond
-from .deps import MetricsDep, Models
 from .errors import APIError
 from .generation import Generation, merged_outputs, run_all, usage
 from .logprobs import completion_logprobs
-from .metering import InferenceKey, InferenceRoute, Metered
+from .inference_call import Call
+from .metering import InferenceRoute
 from .protocol import (
     ChatCompletionResponse,
     CompletionChoice,
@@ -31,30 +31,23 @@ DEFAULT_MAX_TOKENS = 16
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE)
-async def create_completion(
-    body: CompletionRequest,
-    request: Request,
-    models: Models,
-    metrics: MetricsDep,
-    meter: Metered,
-    principal: InferenceKey,
-) -> Response | CompletionResponse:
-    model = models.chat(body.model, principal.workspace_id)
+async def create_completion(body: CompletionRequest, call: Call) -> Response | CompletionResponse:
+    model, meter = call.models.chat(body.model, call.principal.workspace_id), call.meter
     if body.echo and body.logprobs is not None:
         # The engine reports logprobs of generated tokens only, not of the prompt.
         raise APIError(400, "echo cannot be combined with logprobs", param="echo")
     prompts = [_prompt_ids(model, p, body.suffix) for p in _prompts(body.prompt)]
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     params = sampling_params(body, n=body.n, max_tokens=max_tokens, logprobs=body.logprobs, lora=model.lora)
-    gens = [Generation(model.engine, model.name, p, params, metrics, "cmpl") for p in prompts]
+    gens = [Generation(model.engine, model.name, p, params, call.metrics, "cmpl") for p in prompts]
     tokenizer = model.engine.tokenizer
     echoes = [tokenizer.decode(p) if body.echo else "" for p in prompts]
     meter.track(model.name, gens, response=lambda: _response(model, gens, echoes, body.logprobs is not None))
     if body.stream:
-        await until_disconnected(request, run_all(gens, streamed=True))
+        await until_disconnected(call.request, run_all(gens, streamed=True))
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return EventStreamResponse(meter.guard(_stream(model, gens, echoes, body.logprobs is not None, include_usage)))
-    await until_disconnected(request, run_all(gens, streamed=False))
+    await until_disconnected(call.request, run_all(gens, streamed=False))
     return _response(model, gens, echoes, body.logprobs is not None)
 
 
@@ -79,20 +72,13 @@ def _response(model: ChatModel, gens: list[Generation], echoes: list[str], logpr
 
 
 @router.post("/v1/fim/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
-async def create_fim_completion(
-    body: FIMCompletionRequest,
-    request: Request,
-    models: Models,
-    metrics: MetricsDep,
-    meter: Metered,
-    principal: InferenceKey,
-) -> Response | ChatCompletionResponse:
-    model = models.chat(body.model, principal.workspace_id)
+async def create_fim_completion(body: FIMCompletionRequest, call: Call) -> Response | ChatCompletionResponse:
+    model = call.models.chat(body.model, call.principal.workspace_id)
     prompt = _fim_prompt(model, body.prompt, body.suffix or "")
     params = sampling_params(body, max_tokens=body.max_tokens, lora=model.lora)
-    gen = Generation(model.engine, model.name, prompt, params, metrics, "fim")
+    gen = Generation(model.engine, model.name, prompt, params, call.metrics, "fim")
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await respond(request, meter, gen, ChatOutput(model.engine.tokenizer), body.stream, include_usage)
+    return await respond(call.request, call.meter, gen, ChatOutput(model.engine.tokenizer), body.stream, include_usage)
 
 
 def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:

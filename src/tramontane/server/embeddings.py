@@ -8,9 +8,9 @@ import uuid
 import anyio.to_thread
 from fastapi import APIRouter
 
-from .deps import Models
 from .errors import APIError
-from .metering import InferenceRoute, Metered
+from .inference_call import Call
+from .metering import InferenceRoute
 from .protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from .registry import ModelRegistry
 
@@ -20,9 +20,9 @@ MAX_INPUTS = 2048  # OpenAI's limit per request
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
-async def create_embeddings(body: EmbeddingRequest, models: Models, meter: Metered) -> EmbeddingResponse:
-    response = await embed(models, body)
-    meter.track(response.model, prompt_tokens=response.usage.prompt_tokens, response=lambda: response)
+async def create_embeddings(body: EmbeddingRequest, call: Call) -> EmbeddingResponse:
+    response = await embed(call.models, body)
+    call.meter.track(response.model, prompt_tokens=response.usage.prompt_tokens, response=lambda: response)
     return response
 
 

@@ -41,6 +41,7 @@ from ..tenancy import (
     get_tenancy,
 )
 from .generation import Generation, usage
+from .inference_call import direct_handler
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +159,17 @@ class RequestMeter:
 
 
 class InferenceRoute(APIRoute):
-    """A route of the inference API. Its key is checked (401/403/429) before FastAPI
-    solves the route's parameters, and the request is metered once its response has
-    been sent. A wrapper around FastAPI's handler rather than yield dependencies,
+    """A route of the inference API. Its key is checked (401/403/429) before the
+    route's parameters are read, and the request is metered once its response has
+    been sent. A wrapper around the route's handler rather than yield dependencies,
     which FastAPI runs through exit stacks and shielded context managers on every
-    request: here it is one call before the handler and one after the response."""
+    request: here it is one call before the handler and one after the response.
+    An endpoint taking its body and a `Call` is called directly (inference_call.py);
+    any other goes through FastAPI's handler."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, _ThenFinish]]:
-        handle = super().get_route_handler()
+        fastapi_handler = super().get_route_handler()
+        handle = direct_handler(self, fastapi_handler) or fastapi_handler
 
         async def gated(request: Request) -> _ThenFinish:
             principal = await enter_request(request, Capability.INFERENCE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -98,6 +99,8 @@ class Metrics:
             buckets=_TOKEN_BUCKETS,
             registry=r,
         )
+        self._model_series: dict[str, _ModelSeries] = {}
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         r.register(_EngineCollector(models))
         if request_logs is not None:
             r.register(_WriterCollector(request_logs, "request_logs", "Request logs"))
@@ -107,18 +110,52 @@ class Metrics:
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Counts and times one HTTP request, through its series looked up once (as `timer`)."""
+        key = (method, route, status)
+        series = self._request_series.get(key)
+        if series is None:
+            count = self.requests.labels(method, route, str(status))
+            series = self._request_series.setdefault(key, (count, self.request_latency.labels(method, route)))
+        count, latency = series
+        count.inc()
+        latency.observe(seconds)
+
     def timer(self, model: str, started: float) -> GenerationTimer:
-        return GenerationTimer(self, model, started)
+        series = self._model_series.get(model)
+        if series is None:
+            series = self._model_series.setdefault(model, _ModelSeries.of(self, model))
+        return GenerationTimer(series, started)
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelSeries:
+    """One model's generation series, looked up once: `labels()` takes a lock and
+    builds its key on every call, four calls per request otherwise."""
+
+    ttft: Histogram
+    itl: Histogram
+    completion: Counter
+    prompt: Counter
+
+    @classmethod
+    def of(cls, metrics: Metrics, model: str) -> _ModelSeries:
+        return cls(
+            metrics.ttft.labels(model),
+            metrics.itl.labels(model),
+            metrics.completion_tokens.labels(model),
+            metrics.prompt_tokens.labels(model),
+        )
 
 
 class GenerationTimer:
     """Feeds TTFT, inter-token latency and token counts for one request."""
 
-    def __init__(self, metrics: Metrics, model: str, started: float):
-        self._ttft = metrics.ttft.labels(model)
-        self._itl = metrics.itl.labels(model)
-        self._completion = metrics.completion_tokens.labels(model)
-        self._prompt = metrics.prompt_tokens.labels(model)
+    def __init__(self, series: _ModelSeries, started: float):
+        self._ttft = series.ttft
+        self._itl = series.itl
+        self._completion = series.completion
+        self._prompt = series.prompt
         self._last: float | None = None
         self._started = started
 

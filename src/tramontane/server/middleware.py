@@ -51,11 +51,8 @@ class RequestContextMiddleware:
             body = from_engine_error(exc).response()
             await body(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(method, label, str(status)).inc()
-            self.metrics.request_latency.labels(method, label).observe(time.perf_counter() - started)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(scope["method"], route, status, time.perf_counter() - started)
 
 
 def _client_request_id(scope: Scope) -> str | None:

@@ -47,21 +47,31 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     Starlette does not cancel a handler when its client disconnects; without this
     a long non-streamed generation would run to the end for nobody. (Streamed
     responses need no help: Starlette cancels the body iterator on disconnect.)
+    `work` runs in the calling task, which a watcher task cancels on disconnect:
+    one task per request rather than one more for `work` and a wait on both.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _wait_disconnect(request)
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        # The cancellation unwinds the engine stream (which aborts it) before it gets here.
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        current.uncancel()
+        # 499 is nginx's "client closed request"; nobody reads it, but logs and metrics do.
+        raise APIError(499, "Client closed the request", code="client_closed_request") from None
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            # Let the cancellation unwind the engine stream (which aborts it) before returning.
-            await asyncio.wait({task})
-    if not task.done() or task.cancelled():
-        # 499 is nginx's "client closed request"; nobody reads it, but logs and metrics do.
-        raise APIError(499, "Client closed the request", code="client_closed_request")
-    return task.result()
 
 
 async def _wait_disconnect(request: Request) -> None:
