@@ -129,7 +129,8 @@ HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64  # SmolLM2-135M's attention
 
 
 def _random_cache(gen: torch.Generator, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.randn(slots, KV_HEADS, HEAD_DIM, generator=gen), torch.randn(slots, KV_HEADS, HEAD_DIM, generator=gen))
+    shape = (slots, KV_HEADS, HEAD_DIM)
+    return torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen)
 
 
 def _sdpa(q: torch.Tensor, k_cache, v_cache, slots: torch.Tensor, scale: float) -> torch.Tensor:

@@ -144,7 +144,6 @@ def paged_attention(
     return out.transpose(1, 2).reshape(batch, q_len, heads * head_dim)
 
 
-
 def kernels_fit(x: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """Whether our attention kernels run (decode_attention, and paged_attention's
     kernel path): on the CPU in float32, with the kernels built."""

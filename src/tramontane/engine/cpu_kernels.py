@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass
+
 import torch
 
 try:
@@ -115,7 +116,8 @@ def _prepare(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def matmul_q4_1(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """x [M, K] float32 @ w^T for w in Q4_1 (see quantize_q4_1) -> [M, N] float32."""
     x, y = _prepare(x, qs.shape[0])
-    _kernels.matmul(x.data_ptr(), x.shape[0], x.shape[1], qs.data_ptr(), d.data_ptr(), m.data_ptr(), qs.shape[0], y.data_ptr())
+    m_ptr = m.data_ptr()
+    _kernels.matmul(x.data_ptr(), x.shape[0], x.shape[1], qs.data_ptr(), d.data_ptr(), m_ptr, qs.shape[0], y.data_ptr())
     return y
 
 

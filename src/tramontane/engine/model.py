@@ -156,7 +156,6 @@ class DecoderLayer(nn.Module):
         h = self.post_attention_layernorm(x)
         return x + (self.mlp(h, lora) if isinstance(self.mlp, MLP) else self.mlp(h))
 
-
     def fused_decode_spec(self) -> tuple | None:
         """The weights' addresses for cpu_kernels.dense_layer_decode, which runs the
         whole layer in one call on a decode step; None where it cannot (a mixture of
@@ -204,9 +203,9 @@ class CausalLM(nn.Module):
         self.norm.weight.copy_(tensors["model.norm.weight"])
         head = embed if cfg.tie_word_embeddings else tensors["lm_head.weight"]
         # 4-bit output projections wreck small models' token choice, and so does int8
-        # with fbgemm's one scale per activation row; 8-bit blocks against activations
-        # scaled per block of 32 (our kernels: GGUF's Q8_0, as llama.cpp runs this
-        # head) keep greedy decoding on the f32 path, and so does bf16 where they don't run.
+        # with fbgemm's one scale per activation row. 8-bit blocks against activations
+        # scaled per block of 32 (our kernels: GGUF's Q8_0, as llama.cpp runs this head)
+        # keep it, and so does bf16 where our kernels do not run.
         if quantization in ("int4", "int8"):
             head_quantization = "int8" if cpu_kernels.available() else "bf16"
         else:
