@@ -65,12 +65,16 @@ async def test_scales_up_under_load_and_back_down(env: Env) -> None:
     body = spec("busy", scaling={"min_replicas": 1, "max_replicas": 3, "target_concurrency": 1})
     assert (await env.client.post("/v1/deployments", json=body)).status_code == 201
 
-    load = [asyncio.create_task(env.client.get("/serve/busy/sleep?s=1.5")) for _ in range(6)]
+    # The load outlasts the new replicas' start (a second or two on a busy machine):
+    # once it ends, downscale_delay_s 0 would take them away again at once.
+    load = [asyncio.create_task(env.client.get("/serve/busy/sleep?s=4")) for _ in range(6)]
     await _wait_for(lambda: _running(env, "busy") == 3, what="three running replicas")
-    # With the new replicas up, fresh requests spread over them.
-    pids = {(await env.client.get("/serve/busy/")).json()["pid"] for _ in range(6)}
-    assert len(pids) >= 2
-    assert all(r.status_code == 200 for r in await asyncio.gather(*load))
+    # Fresh requests go to the replicas with the fewest outstanding requests: the new
+    # ones, not the replica still holding the load.
+    probes = await asyncio.gather(*(env.client.get("/serve/busy/") for _ in range(6)))
+    loaded = await asyncio.gather(*load)
+    assert all(r.status_code == 200 for r in loaded)
+    assert not {p.json()["pid"] for p in probes} & {r.json()["pid"] for r in loaded}
 
     # Idle again: back to min_replicas (downscale_delay_s is 0 here).
     await _wait_for(lambda: len(env.plane.get(env.workspace_id, "busy").live()) == 1, what="scale down")
