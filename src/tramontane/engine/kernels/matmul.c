@@ -2,6 +2,7 @@
 
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "pool.h"
 
@@ -11,23 +12,32 @@
 /* Chunks per thread to aim for, so that a thread the OS pauses costs little. */
 #define CHUNKS_PER_THREAD 24
 
-/* x rounded to 8 bits: q[M, K], each block's scale repeated over 8 lanes (the
- * layout the kernels multiply with directly), and scale * sum(q) per block
- * (what Q4_1's offset m multiplies). */
+/* x rounded to 8 bits: q[M, K], and per block its scale and scale * sum(q) (what
+ * Q4_1's offset m multiplies), laid out as the active instruction set's kernels
+ * multiply them:
+ *   AVX2, per group of 4 blocks: scales s0..s3 twice over (one copy per 128-bit
+ *         half of a block's sums), then sums S0..S3 and 4 zeros; [M, groups, 8] each.
+ *   VNNI, per block: its scale over 8 lanes [M, K / 32, 8], its sum [M, K / 32]. */
 typedef struct {
     int8_t *q;
-    float *scale8; /* [M, K / 32, 8] */
-    float *sum;    /* [M, K / 32] */
+    float *scales;
+    float *sums;
 } quantized_rows;
+
+/* Blocks per AVX2 group and groups per row. */
+#define GROUP 4
+#define GROUPS(nb) (((nb) + GROUP - 1) / GROUP)
 
 typedef struct {
     const float *x;
     int K;
+    enum isa isa;
     quantized_rows out;
 } quantize_job;
 
 typedef struct {
     quantized_rows x;
+    enum isa isa;
     int M, K, N;
     const uint8_t *qs; /* Q4_1 or Q8_0 bytes */
     const uint16_t *d, *m;
@@ -86,7 +96,8 @@ enum isa matmul_detect_isa(void) {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 
-static void quantize_block(const float *x, int8_t *q, float *scale8, float *sum) {
+/* Rounds a block of 32 to 8 bits; returns its scale, and scale * sum(q) in *sum. */
+static float quantize_block(const float *x, int8_t *q, float *sum) {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 v[4], amax = _mm256_setzero_ps();
     for (int i = 0; i < 4; i++) {
@@ -111,8 +122,8 @@ static void quantize_block(const float *x, int8_t *q, float *scale8, float *sum)
     __m128i t = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(1, 0, 3, 2)));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
-    _mm256_storeu_ps(scale8, _mm256_set1_ps(d));
     *sum = d * (float)_mm_cvtsi128_si32(t);
+    return d;
 }
 
 static inline float hsum8(__m256 v) {
@@ -122,88 +133,148 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* sum over 32 pairs of u * s (u unsigned, s signed bytes), as 8 float lanes. */
-static inline __m256 dot_u8s8_avx2(__m256i u, __m256i s) {
-    __m256i pairs = _mm256_maddubs_epi16(u, s); /* |15*127*2| and 127*127*2 fit in int16 */
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+/* A group's 4 (or, at a row's end, `n` < 4) half-precision values, converted and
+ * repeated in both 128-bit halves: the order of a group's block sums. */
+static inline __m256 group_halves(const uint16_t *h, int n) {
+    __m128i raw;
+    if (n == GROUP) raw = _mm_loadl_epi64((const __m128i *)h);
+    else if (n == 2) raw = _mm_cvtsi32_si128(*(const int *)h);
+    else {
+        uint16_t part[GROUP] = {0};
+        for (int i = 0; i < n; i++) part[i] = h[i];
+        raw = _mm_loadl_epi64((const __m128i *)part);
+    }
+    const __m128 v = _mm_cvtph_ps(raw);
+    return _mm256_set_m128(v, v);
 }
 
-/* sum over m_b * (x's scale * sum(q))_b: what Q4_1's offsets add to a row. */
-static inline float offsets_avx2(const uint16_t *m, const float *sum, int nb) {
-    __m256 acc = _mm256_setzero_ps();
-    int b = 0;
-    for (; b + 8 <= nb; b += 8)
-        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(m + b))), _mm256_loadu_ps(sum + b), acc);
-    float total = hsum8(acc);
-    for (; b < nb; b++) total += _cvtsh_ss(m[b]) * sum[b];
-    return total;
+/* A group's 4 block sums, as lane j < 4: block j's over the low 128-bit half of
+ * its products, lane 4 + j: over the high half (the order group_halves gives
+ * their scales), from products summed in 16-bit (Q4_1) or 32-bit (Q8_0) lanes.
+ * Three horizontal adds instead of a conversion and a multiply-add per block.
+ * Q4_1: w in 0..15 and x in -127..127 keep the u8*s8 pair sums within 3,810, so
+ * two rounds of 16-bit adds (15,240 at most) are exact before they are widened. */
+static inline __m256 q4_1_group_avx2(const __m256i w[GROUP], const int8_t *xq, int n) {
+    __m256i p[GROUP];
+    for (int j = 0; j < GROUP; j++)
+        p[j] = j < n ? _mm256_maddubs_epi16(w[j], _mm256_loadu_si256((const __m256i *)(xq + j * QBLOCK)))
+                     : _mm256_setzero_si256();
+    const __m256i sums16 = _mm256_hadd_epi16(_mm256_hadd_epi16(p[0], p[1]), _mm256_hadd_epi16(p[2], p[3]));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(sums16, _mm256_set1_epi16(1)));
 }
 
-/* A tile of y: rows r..r+mr of x against weight rows n..n+nr. Inlined with
- * constant nr and mr, so that the accumulators live in registers. Weight rows
- * are unpacked once per pair of blocks for all mr rows of x, whose blocks are
+/* Q8_0: u8*s8 pair sums reach 32,258, so each block's are widened first. */
+static inline __m256 q8_0_group_avx2(const __m256i w[GROUP], const int8_t *xq, int n) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i a[GROUP];
+    for (int j = 0; j < GROUP; j++) {
+        if (j >= n) {
+            a[j] = _mm256_setzero_si256();
+            continue;
+        }
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + j * QBLOCK));
+        /* u8*s8 pairs: w's sign moves onto x */
+        a[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w[j], w[j]), _mm256_sign_epi8(x, w[j])), ones);
+    }
+    return _mm256_cvtepi32_ps(_mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(a[2], a[3])));
+}
+
+/* Decode (one row of x) reads each 4-bit weight once, too little work per byte
+ * for the hardware prefetchers alone to keep up with rows this short (288 bytes
+ * at K = 576): each group also asks for the weights PREFETCH_ROWS rows below, and
+ * a row's first group for their scales. On AMD's Zen 3 a decode step's layers
+ * took ~20% less time; Q8_0's longer rows gained nothing. */
+#define PREFETCH_ROWS 8
+static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t *qs, const uint16_t *d,
+                                                                 const uint16_t *m, size_t wrow, int nb, int g) {
+    _mm_prefetch((const char *)qs, _MM_HINT_T0);
+    if (g != 0) return;
+    _mm_prefetch((const char *)(d + (wrow + PREFETCH_ROWS) * nb), _MM_HINT_T0);
+    _mm_prefetch((const char *)(m + (wrow + PREFETCH_ROWS) * nb), _MM_HINT_T0);
+}
+
+/* One group of `blocks` blocks (a constant once inlined, so that the weights stay
+ * in registers) of a tile: weight rows n..n+nr against rows r..r+mr of x. A
+ * weight row's group is unpacked once for all mr rows of x, whose blocks are
  * read from L1 again for each weight row. */
+static inline __attribute__((always_inline)) void q4_1_group_tile(const matmul_job *job, int n, int r, const int nr,
+                                                                  const int mr, int g, const int blocks,
+                                                                  __m256 acc[4][4]) {
+    const int K = job->K, nb = K / QBLOCK, groups = GROUPS(nb), b = g * GROUP;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (int i = 0; i < nr; i++) {
+        const size_t wrow = (size_t)(n + i);
+        const uint8_t *qs = job->qs + wrow * (K / 2) + b * 16;
+        __m256i w[GROUP] = {0};
+        for (int pair = 0; pair < blocks / 2; pair++) {
+            const __m256i packed = _mm256_loadu_si256((const __m256i *)(qs + pair * 32));
+            w[2 * pair] = _mm256_and_si256(packed, low);
+            w[2 * pair + 1] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+        }
+        if (mr == 1) prefetch_ahead(qs + PREFETCH_ROWS * (K / 2), job->d, job->m, wrow, nb, g);
+        const __m256 dw = group_halves(job->d + wrow * nb + b, blocks);
+        const __m256 mw = group_halves(job->m + wrow * nb + b, blocks);
+        for (int t = 0; t < mr; t++) {
+            const size_t at = ((size_t)(r + t) * groups + g) * 8;
+            const __m256 p = q4_1_group_avx2(w, job->x.q + (size_t)(r + t) * K + b * QBLOCK, blocks);
+            acc[i][t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_loadu_ps(job->x.scales + at)), acc[i][t]);
+            acc[i][t] = _mm256_fmadd_ps(mw, _mm256_loadu_ps(job->x.sums + at), acc[i][t]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void q8_0_group_tile(const matmul_job *job, int n, int r, const int nr,
+                                                                  const int mr, int g, const int blocks,
+                                                                  __m256 acc[4][4]) {
+    const int K = job->K, nb = K / QBLOCK, groups = GROUPS(nb), b = g * GROUP;
+    for (int i = 0; i < nr; i++) {
+        const size_t wrow = (size_t)(n + i);
+        const int8_t *qs = (const int8_t *)job->qs + wrow * K + b * QBLOCK;
+        __m256i w[GROUP] = {0};
+        for (int j = 0; j < blocks; j++) w[j] = _mm256_loadu_si256((const __m256i *)(qs + j * QBLOCK));
+        const __m256 dw = group_halves(job->d + wrow * nb + b, blocks);
+        for (int t = 0; t < mr; t++) {
+            const size_t at = ((size_t)(r + t) * groups + g) * 8;
+            const __m256 p = q8_0_group_avx2(w, job->x.q + (size_t)(r + t) * K + b * QBLOCK, blocks);
+            acc[i][t] = _mm256_fmadd_ps(p, _mm256_mul_ps(dw, _mm256_loadu_ps(job->x.scales + at)), acc[i][t]);
+        }
+    }
+}
+
+/* A tile of y, a group of 4 blocks at a time, then the row's short last group.
+ * Inlined with constant nr and mr, so that the accumulators live in registers.
+ * Each output's arithmetic is the same whatever the tile, so that a row's
+ * result does not depend on its batch. */
 static inline __attribute__((always_inline)) void q4_1_tile_avx2(const matmul_job *job, int n, int r, const int nr,
                                                                  const int mr) {
-    const int K = job->K, nb = K / QBLOCK;
-    const __m256i low = _mm256_set1_epi8(0x0F);
+    const int nb = job->K / QBLOCK;
     __m256 acc[4][4];
     for (int i = 0; i < nr; i++)
         for (int t = 0; t < mr; t++) acc[i][t] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b += 2) {
-        for (int i = 0; i < nr; i++) {
-            const size_t wrow = (size_t)(n + i);
-            const __m256i packed = _mm256_loadu_si256((const __m256i *)(job->qs + wrow * (K / 2) + b * 16));
-            const __m256i w0 = _mm256_and_si256(packed, low);
-            const __m256i w1 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
-            const __m256 d0 = _mm256_set1_ps(_cvtsh_ss(job->d[wrow * nb + b]));
-            const __m256 d1 = _mm256_set1_ps(_cvtsh_ss(job->d[wrow * nb + b + 1]));
-            for (int t = 0; t < mr; t++) {
-                const size_t row = (size_t)(r + t);
-                const int8_t *xq = job->x.q + row * K + b * QBLOCK;
-                const float *xs = job->x.scale8 + (row * nb + b) * 8;
-                const __m256 p0 = dot_u8s8_avx2(w0, _mm256_loadu_si256((const __m256i *)xq));
-                const __m256 p1 = dot_u8s8_avx2(w1, _mm256_loadu_si256((const __m256i *)(xq + QBLOCK)));
-                acc[i][t] = _mm256_fmadd_ps(p0, _mm256_mul_ps(d0, _mm256_loadu_ps(xs)), acc[i][t]);
-                acc[i][t] = _mm256_fmadd_ps(p1, _mm256_mul_ps(d1, _mm256_loadu_ps(xs + 8)), acc[i][t]);
-            }
-        }
-    }
+    for (int g = 0; g < nb / GROUP; g++) q4_1_group_tile(job, n, r, nr, mr, g, GROUP, acc);
+    if (nb % GROUP) q4_1_group_tile(job, n, r, nr, mr, nb / GROUP, 2, acc); /* nb is even */
     for (int i = 0; i < nr; i++)
-        for (int t = 0; t < mr; t++) {
-            const size_t row = (size_t)(r + t), wrow = (size_t)(n + i);
-            job->y[row * job->N + wrow] =
-                hsum8(acc[i][t]) + offsets_avx2(job->m + wrow * nb, job->x.sum + row * nb, nb);
-        }
+        for (int t = 0; t < mr; t++) job->y[(size_t)(r + t) * job->N + n + i] = hsum8(acc[i][t]);
 }
 
 static inline __attribute__((always_inline)) void q8_0_tile_avx2(const matmul_job *job, int n, int r, const int nr,
                                                                  const int mr) {
-    const int K = job->K, nb = K / QBLOCK;
+    const int nb = job->K / QBLOCK;
     __m256 acc[4][4];
     for (int i = 0; i < nr; i++)
         for (int t = 0; t < mr; t++) acc[i][t] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
-        for (int i = 0; i < nr; i++) {
-            const size_t wrow = (size_t)(n + i);
-            const __m256i w = _mm256_loadu_si256((const __m256i *)((const int8_t *)job->qs + wrow * K + b * QBLOCK));
-            const __m256i w_abs = _mm256_sign_epi8(w, w); /* u8*s8 pairs: move w's sign onto x */
-            const __m256 db = _mm256_set1_ps(_cvtsh_ss(job->d[wrow * nb + b]));
-            for (int t = 0; t < mr; t++) {
-                const size_t row = (size_t)(r + t);
-                const __m256i xq = _mm256_loadu_si256((const __m256i *)(job->x.q + row * K + b * QBLOCK));
-                const __m256 p = dot_u8s8_avx2(w_abs, _mm256_sign_epi8(xq, w));
-                const __m256 xs = _mm256_loadu_ps(job->x.scale8 + (row * nb + b) * 8);
-                acc[i][t] = _mm256_fmadd_ps(p, _mm256_mul_ps(db, xs), acc[i][t]);
-            }
-        }
+    for (int g = 0; g < nb / GROUP; g++) q8_0_group_tile(job, n, r, nr, mr, g, GROUP, acc);
+    switch (nb % GROUP) {
+    case 1: q8_0_group_tile(job, n, r, nr, mr, nb / GROUP, 1, acc); break;
+    case 2: q8_0_group_tile(job, n, r, nr, mr, nb / GROUP, 2, acc); break;
+    case 3: q8_0_group_tile(job, n, r, nr, mr, nb / GROUP, 3, acc); break;
     }
     for (int i = 0; i < nr; i++)
         for (int t = 0; t < mr; t++) job->y[(size_t)(r + t) * job->N + n + i] = hsum8(acc[i][t]);
 }
 
 TILED_KERNEL(q4_1_avx2, q4_1_tile_avx2, 1, 4)
-TILED_KERNEL(q8_0_avx2, q8_0_tile_avx2, 1, 4)
+TILED_KERNEL(q8_0_avx2, q8_0_tile_avx2, 2, 4)
 
 #pragma GCC pop_options
 #pragma GCC push_options
@@ -243,7 +314,7 @@ static inline __attribute__((always_inline)) void q4_1_tile_vnni(const matmul_jo
                 const size_t row = (size_t)(r + t);
                 const __m512i xq = _mm512_loadu_si512(job->x.q + row * K + b * QBLOCK);
                 const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xq));
-                const __m512 xs = _mm512_loadu_ps(job->x.scale8 + (row * nb + b) * 8);
+                const __m512 xs = _mm512_loadu_ps(job->x.scales + (row * nb + b) * 8);
                 acc[i][t] = _mm512_fmadd_ps(p, _mm512_mul_ps(dw, xs), acc[i][t]);
             }
         }
@@ -252,7 +323,7 @@ static inline __attribute__((always_inline)) void q4_1_tile_vnni(const matmul_jo
         for (int t = 0; t < mr; t++) {
             const size_t row = (size_t)(r + t), wrow = (size_t)(n + i);
             job->y[row * job->N + wrow] =
-                _mm512_reduce_add_ps(acc[i][t]) + offsets_avx512(job->m + wrow * nb, job->x.sum + row * nb, nb);
+                _mm512_reduce_add_ps(acc[i][t]) + offsets_avx512(job->m + wrow * nb, job->x.sums + row * nb, nb);
         }
 }
 
@@ -280,7 +351,7 @@ static inline __attribute__((always_inline)) void q8_0_tile_vnni(const matmul_jo
                 const __m512i xq = _mm512_maskz_loadu_epi8(bytes, job->x.q + row * K + b * QBLOCK);
                 const __m512i x_signed = _mm512_mask_sub_epi8(xq, negative, _mm512_setzero_si512(), xq);
                 const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w_abs, x_signed);
-                const __m512 xs = _mm512_maskz_loadu_ps(lanes, job->x.scale8 + (row * nb + b) * 8);
+                const __m512 xs = _mm512_maskz_loadu_ps(lanes, job->x.scales + (row * nb + b) * 8);
                 acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, xs), acc[i][t]);
             }
         }
@@ -294,16 +365,30 @@ TILED_KERNEL(q8_0_vnni, q8_0_tile_vnni, 2, 4)
 
 #pragma GCC pop_options
 
-static rows_fn q4_1_rows(void) { return active == ISA_AVX512_VNNI ? q4_1_vnni : q4_1_avx2; }
-static rows_fn q8_0_rows(void) { return active == ISA_AVX512_VNNI ? q8_0_vnni : q8_0_avx2; }
+static rows_fn q4_1_rows(enum isa isa) { return isa == ISA_AVX512_VNNI ? q4_1_vnni : q4_1_avx2; }
+static rows_fn q8_0_rows(enum isa isa) { return isa == ISA_AVX512_VNNI ? q8_0_vnni : q8_0_avx2; }
 
 static void quantize_chunk(void *ctx, int row) {
     const quantize_job *job = ctx;
-    const int nb = job->K / QBLOCK;
+    const int nb = job->K / QBLOCK, groups = GROUPS(nb);
+    const quantized_rows *out = &job->out;
+    if (job->isa != ISA_AVX512_VNNI) {
+        /* A short last group's missing blocks, and every group's upper sums, must add nothing. */
+        memset(out->scales + (size_t)row * groups * 8, 0, sizeof(float) * groups * 8);
+        memset(out->sums + (size_t)row * groups * 8, 0, sizeof(float) * groups * 8);
+    }
     for (int b = 0; b < nb; b++) {
         const size_t block = (size_t)row * nb + b;
-        quantize_block(job->x + block * QBLOCK, job->out.q + block * QBLOCK, job->out.scale8 + block * 8,
-                       job->out.sum + block);
+        float sum;
+        const float d = quantize_block(job->x + block * QBLOCK, out->q + block * QBLOCK, &sum);
+        if (job->isa == ISA_AVX512_VNNI) {
+            for (int lane = 0; lane < 8; lane++) out->scales[block * 8 + lane] = d;
+            out->sums[block] = sum;
+        } else {
+            const size_t at = ((size_t)row * groups + b / GROUP) * 8 + b % GROUP;
+            out->scales[at] = out->scales[at + GROUP] = d;
+            out->sums[at] = sum;
+        }
     }
 }
 
@@ -313,8 +398,14 @@ enum isa matmul_detect_isa(void) {
     detection_done = 1;
     return ISA_NONE;
 }
-static rows_fn q4_1_rows(void) { return NULL; }
-static rows_fn q8_0_rows(void) { return NULL; }
+static rows_fn q4_1_rows(enum isa isa) {
+    (void)isa;
+    return NULL;
+}
+static rows_fn q8_0_rows(enum isa isa) {
+    (void)isa;
+    return NULL;
+}
 static void quantize_chunk(void *ctx, int row) {
     (void)ctx;
     (void)row;
@@ -337,28 +428,31 @@ static void matmul_chunk(void *ctx, int chunk) {
     const int mi = chunk / job->n_tiles, ni = chunk % job->n_tiles;
     const int m0 = mi * M_TILE, m1 = m0 + M_TILE < job->M ? m0 + M_TILE : job->M;
     const int n0 = ni * job->n_tile, n1 = n0 + job->n_tile < job->N ? n0 + job->n_tile : job->N;
-    const rows_fn rows = job->m != NULL ? q4_1_rows() : q8_0_rows();
+    const rows_fn rows = job->m != NULL ? q4_1_rows(job->isa) : q8_0_rows(job->isa);
     rows(job, n0, n1, m0, m1);
 }
 
 int matmul(const float *x, int M, const qweight *w, float *y) {
     const int K = w->K, N = w->N, nb = K / QBLOCK;
-    quantize_job quantize = {.x = x, .K = K};
+    const enum isa isa = matmul_isa();
+    quantize_job quantize = {.x = x, .K = K, .isa = isa};
     /* One allocation for q, the scales and the sums; float parts stay aligned. */
     const size_t q_bytes = ((size_t)M * K + 63) & ~(size_t)63;
-    char *scratch = malloc(q_bytes + (size_t)M * nb * 9 * sizeof(float));
+    const size_t scale_floats = (size_t)M * (isa == ISA_AVX512_VNNI ? nb : GROUPS(nb)) * 8;
+    const size_t sum_floats = isa == ISA_AVX512_VNNI ? (size_t)M * nb : scale_floats;
+    char *scratch = malloc(q_bytes + (scale_floats + sum_floats) * sizeof(float));
     if (scratch == NULL) return -1;
     quantize.out.q = (int8_t *)scratch;
-    quantize.out.scale8 = (float *)(scratch + q_bytes);
-    quantize.out.sum = quantize.out.scale8 + (size_t)M * nb * 8;
+    quantize.out.scales = (float *)(scratch + q_bytes);
+    quantize.out.sums = quantize.out.scales + scale_floats;
     pool_run(quantize_chunk, &quantize, M);
 
     const int m_tiles = (M + M_TILE - 1) / M_TILE;
     const int wanted = pool_threads() * CHUNKS_PER_THREAD;
     int n_tile = (N * m_tiles + wanted - 1) / wanted;
     n_tile = n_tile < 4 ? 4 : n_tile;
-    matmul_job job = {.x = quantize.out, .M = M, .K = K, .N = N, .qs = w->qs, .d = w->d, .m = w->m, .y = y,
-                      .n_tile = n_tile, .n_tiles = (N + n_tile - 1) / n_tile};
+    matmul_job job = {.x = quantize.out, .isa = isa, .M = M, .K = K, .N = N, .qs = w->qs, .d = w->d, .m = w->m,
+                      .y = y, .n_tile = n_tile, .n_tiles = (N + n_tile - 1) / n_tile};
     pool_run(matmul_chunk, &job, m_tiles * job.n_tiles);
     free(scratch);
     return 0;
