@@ -17,7 +17,7 @@
  * multiply them:
  *   AVX2, per group of 4 blocks: scales s0..s3 twice over (one copy per 128-bit
  *         half of a block's sums), then sums S0..S3 and 4 zeros; [M, groups, 8] each.
- *   VNNI, per block: its scale over 8 lanes [M, K / 32, 8], its sum [M, K / 32]. */
+ *   VNNI, per block: its scale [M, K / 32] and its sum [M, K / 32]. */
 typedef struct {
     int8_t *q;
     float *scales;
@@ -27,6 +27,8 @@ typedef struct {
 /* Blocks per AVX2 group and groups per row. */
 #define GROUP 4
 #define GROUPS(nb) (((nb) + GROUP - 1) / GROUP)
+/* Weight rows per vector in the VNNI kernels that give each row a lane. */
+#define LANES 16
 
 typedef struct {
     const float *x;
@@ -280,88 +282,133 @@ TILED_KERNEL(q8_0_avx2, q8_0_tile_avx2, 2, 4)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
 
-/* Two blocks' scales, each over the 8 lanes of its block's sums. */
-static inline __m512 pair_scales(const uint16_t *d) {
-    const __m512 both = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(*(const int *)d)));
-    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), both);
+/* Gathers a dword from each of `lanes`' rows, `row_offsets` bytes from base. */
+static inline __m512i gather_rows(__mmask16 lanes, __m512i row_offsets, const void *base) {
+    return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, row_offsets, base, 1);
 }
 
-static inline float offsets_avx512(const uint16_t *m, const float *sum, int nb) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b += 16) {
-        const __mmask16 k = nb - b >= 16 ? 0xFFFF : (__mmask16)((1u << (nb - b)) - 1);
-        const __m512 mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, m + b));
-        acc = _mm512_fmadd_ps(mv, _mm512_maskz_loadu_ps(k, sum + b), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
+/* The low or high IEEE halves of 16 dwords, as floats. */
+static inline __m512 low_halves(__m512i v) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v)); }
+static inline __m512 high_halves(__m512i v) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16))); }
+
+/* Block b's scales of 16 rows, `scale_rows` apart. A gather reads whole dwords: it
+ * takes the one ending with block b's half (the one starting with it for block 0),
+ * so that it never reads past a row's last scale. */
+static inline __m512 lane_scales(const uint16_t *d, int nb, int b, __mmask16 lanes, __m512i scale_rows) {
+    if (b > 0) return high_halves(gather_rows(lanes, scale_rows, d + b - 1));
+    if (nb > 1) return low_halves(gather_rows(lanes, scale_rows, d));
+    uint16_t only[LANES] = {0};
+    for (int i = 0; i < LANES; i++)
+        if (lanes >> i & 1) only[i] = d[(size_t)i * nb];
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)only));
 }
 
-static inline __attribute__((always_inline)) void q4_1_tile_vnni(const matmul_job *job, int n, int r, const int nr,
-                                                                 const int mr) {
+/* Q4_1 on VNNI: 16 weight rows per vector, one lane each, so that a lane sums
+ * its row's products over a whole block and no horizontal sums are left. A row's
+ * pair of blocks is 8 dwords (4 inputs of each block); one gather takes dword j
+ * of 16 rows, and each x row's matching 4 inputs are broadcast. The tile covers
+ * 16 weight rows (`lanes` of them valid) by mr rows of x, which share the
+ * unpacked weights. */
+static inline __attribute__((always_inline)) void q4_1_lanes_vnni(const matmul_job *job, int n, __mmask16 lanes,
+                                                                  int r, const int mr) {
     const int K = job->K, nb = K / QBLOCK;
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    __m512 acc[4][4];
-    for (int i = 0; i < nr; i++)
-        for (int t = 0; t < mr; t++) acc[i][t] = _mm512_setzero_ps();
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32(K / 2));
+    const __m512i scale_rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32(nb * 2));
+    const uint8_t *qs = job->qs + (size_t)n * (K / 2);
+    const uint16_t *d = job->d + (size_t)n * nb, *m = job->m + (size_t)n * nb;
+    __m512 acc[8];
+    for (int t = 0; t < mr; t++) acc[t] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b += 2) {
-        for (int i = 0; i < nr; i++) {
-            const size_t wrow = (size_t)(n + i);
-            const __m256i packed = _mm256_loadu_si256((const __m256i *)(job->qs + wrow * (K / 2) + b * 16));
-            const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(packed, low)),
-                                                 _mm256_and_si256(_mm256_srli_epi16(packed, 4), low), 1);
-            const __m512 dw = pair_scales(job->d + wrow * nb + b);
+        __m512i dot0[8], dot1[8];
+        for (int t = 0; t < mr; t++) dot0[t] = dot1[t] = _mm512_setzero_si512();
+        /* The next 16 rows are one contiguous run, read here a pair of blocks per
+         * iteration: its 8 lines for each pair keep it a step ahead of the gathers,
+         * which leave the hardware prefetchers with 16 strided streams. */
+        for (int line = 0; line < 8; line++)
+            _mm_prefetch((const char *)(qs + (size_t)LANES * (K / 2) + b * 256 + line * 64), _MM_HINT_T0);
+        for (int j = 0; j < 8; j++) {
+            const __m512i w = gather_rows(lanes, rows, qs + b * 16 + j * 4);
+            const __m512i w0 = _mm512_and_si512(w, low), w1 = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
             for (int t = 0; t < mr; t++) {
-                const size_t row = (size_t)(r + t);
-                const __m512i xq = _mm512_loadu_si512(job->x.q + row * K + b * QBLOCK);
-                const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xq));
-                const __m512 xs = _mm512_loadu_ps(job->x.scales + (row * nb + b) * 8);
-                acc[i][t] = _mm512_fmadd_ps(p, _mm512_mul_ps(dw, xs), acc[i][t]);
+                const int8_t *xq = job->x.q + (size_t)(r + t) * K + b * QBLOCK + j * 4;
+                dot0[t] = _mm512_dpbusd_epi32(dot0[t], w0, _mm512_set1_epi32(*(const int32_t *)xq));
+                dot1[t] = _mm512_dpbusd_epi32(dot1[t], w1, _mm512_set1_epi32(*(const int32_t *)(xq + QBLOCK)));
             }
         }
-    }
-    for (int i = 0; i < nr; i++)
+        /* One dword per row holds the pair's two halves: block b low, b + 1 high. */
+        const __m512i dd = gather_rows(lanes, scale_rows, d + b), mm = gather_rows(lanes, scale_rows, m + b);
+        const __m512 d0 = low_halves(dd), d1 = high_halves(dd), m0 = low_halves(mm), m1 = high_halves(mm);
         for (int t = 0; t < mr; t++) {
-            const size_t row = (size_t)(r + t), wrow = (size_t)(n + i);
-            job->y[row * job->N + wrow] =
-                _mm512_reduce_add_ps(acc[i][t]) + offsets_avx512(job->m + wrow * nb, job->x.sums + row * nb, nb);
-        }
-}
-
-/* Two blocks at a time; an odd last block goes through the same code with its
- * second half masked to zero. */
-static inline __attribute__((always_inline)) void q8_0_tile_vnni(const matmul_job *job, int n, int r, const int nr,
-                                                                 const int mr) {
-    const int K = job->K, nb = K / QBLOCK;
-    __m512 acc[4][4];
-    for (int i = 0; i < nr; i++)
-        for (int t = 0; t < mr; t++) acc[i][t] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b += 2) {
-        const int whole = b + 1 < nb;
-        const __mmask64 bytes = whole ? ~(__mmask64)0 : 0xFFFFFFFFull;
-        const __mmask16 lanes = whole ? 0xFFFF : 0x00FF;
-        for (int i = 0; i < nr; i++) {
-            const size_t wrow = (size_t)(n + i);
-            const __m512i w = _mm512_maskz_loadu_epi8(bytes, (const int8_t *)job->qs + wrow * K + b * QBLOCK);
-            const __m512i w_abs = _mm512_abs_epi8(w); /* VNNI multiplies u8 by s8: move w's sign onto x */
-            const __mmask64 negative = _mm512_movepi8_mask(w);
-            const __m512 dw = whole ? pair_scales(job->d + wrow * nb + b)
-                                    : _mm512_maskz_mov_ps(lanes, _mm512_set1_ps(_cvtsh_ss(job->d[wrow * nb + b])));
-            for (int t = 0; t < mr; t++) {
-                const size_t row = (size_t)(r + t);
-                const __m512i xq = _mm512_maskz_loadu_epi8(bytes, job->x.q + row * K + b * QBLOCK);
-                const __m512i x_signed = _mm512_mask_sub_epi8(xq, negative, _mm512_setzero_si512(), xq);
-                const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w_abs, x_signed);
-                const __m512 xs = _mm512_maskz_loadu_ps(lanes, job->x.scales + (row * nb + b) * 8);
-                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, xs), acc[i][t]);
-            }
+            const size_t row = (size_t)(r + t);
+            const float *xs = job->x.scales + row * nb + b, *xsum = job->x.sums + row * nb + b;
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot0[t]), _mm512_mul_ps(d0, _mm512_set1_ps(xs[0])), acc[t]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot1[t]), _mm512_mul_ps(d1, _mm512_set1_ps(xs[1])), acc[t]);
+            acc[t] = _mm512_fmadd_ps(m0, _mm512_set1_ps(xsum[0]), acc[t]);
+            acc[t] = _mm512_fmadd_ps(m1, _mm512_set1_ps(xsum[1]), acc[t]);
         }
     }
-    for (int i = 0; i < nr; i++)
-        for (int t = 0; t < mr; t++) job->y[(size_t)(r + t) * job->N + n + i] = _mm512_reduce_add_ps(acc[i][t]);
+    for (int t = 0; t < mr; t++) _mm512_mask_storeu_ps(job->y + (size_t)(r + t) * job->N + n, lanes, acc[t]);
 }
 
-TILED_KERNEL(q4_1_vnni, q4_1_tile_vnni, 2, 4)
-TILED_KERNEL(q8_0_vnni, q8_0_tile_vnni, 2, 4)
+
+/* Q8_0 on VNNI, shaped as q4_1_lanes_vnni, block by block. VNNI multiplies
+ * unsigned by signed bytes: the weights go in as w + 128 (one xor per vector,
+ * shared by the x rows), and 128 * d * sum(x) comes off each block's sum. */
+static inline __attribute__((always_inline)) void q8_0_lanes_vnni(const matmul_job *job, int n, __mmask16 lanes,
+                                                                  int r, const int mr) {
+    const int K = job->K, nb = K / QBLOCK;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32(K));
+    const __m512i scale_rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32(nb * 2));
+    const uint8_t *qs = job->qs + (size_t)n * K;
+    const uint16_t *d = job->d + (size_t)n * nb;
+    __m512 acc[8];
+    for (int t = 0; t < mr; t++) acc[t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        /* The next 16 rows, one contiguous run, a block's worth of it per block. */
+        for (int line = 0; line < 8; line++)
+            _mm_prefetch((const char *)(qs + (size_t)LANES * K + b * 512 + line * 64), _MM_HINT_T0);
+        __m512i dot[8];
+        for (int t = 0; t < mr; t++) dot[t] = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j++) {
+            const __m512i w = gather_rows(lanes, rows, qs + b * 32 + j * 4);
+            const __m512i w_unsigned = _mm512_xor_si512(w, flip);
+            for (int t = 0; t < mr; t++) {
+                const int8_t *xq = job->x.q + (size_t)(r + t) * K + b * QBLOCK + j * 4;
+                dot[t] = _mm512_dpbusd_epi32(dot[t], w_unsigned, _mm512_set1_epi32(*(const int32_t *)xq));
+            }
+        }
+        const __m512 dw = lane_scales(d, nb, b, lanes, scale_rows);
+        const __m512 offset = _mm512_mul_ps(dw, _mm512_set1_ps(-128.0f));
+        for (int t = 0; t < mr; t++) {
+            const size_t row = (size_t)(r + t);
+            const float xs = job->x.scales[row * nb + b], xsum = job->x.sums[row * nb + b];
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_mul_ps(dw, _mm512_set1_ps(xs)), acc[t]);
+            acc[t] = _mm512_fmadd_ps(offset, _mm512_set1_ps(xsum), acc[t]);
+        }
+    }
+    for (int t = 0; t < mr; t++) _mm512_mask_storeu_ps(job->y + (size_t)(r + t) * job->N + n, lanes, acc[t]);
+}
+
+/* Defines `name`, a rows_fn covering its part of y with `lanes_tile`: 16 weight
+ * rows at a time by 8 rows of x, then the rows of x left in 4, 2 and 1. */
+#define LANES_KERNEL(name, lanes_tile)                                                           \
+    static void name(const matmul_job *job, int n0, int n1, int m0, int m1) {                   \
+        for (int n = n0; n < n1; n += LANES) {                                                   \
+            const __mmask16 lanes = n1 - n >= LANES ? 0xFFFF : (__mmask16)((1u << (n1 - n)) - 1); \
+            int r = m0;                                                                          \
+            for (; r + 8 <= m1; r += 8) lanes_tile(job, n, lanes, r, 8);                         \
+            if (r + 4 <= m1) lanes_tile(job, n, lanes, r, 4), r += 4;                            \
+            if (r + 2 <= m1) lanes_tile(job, n, lanes, r, 2), r += 2;                            \
+            if (r < m1) lanes_tile(job, n, lanes, r, 1);                                         \
+        }                                                                                        \
+    }
+
+LANES_KERNEL(q4_1_vnni, q4_1_lanes_vnni)
+LANES_KERNEL(q8_0_vnni, q8_0_lanes_vnni)
 
 #pragma GCC pop_options
 
@@ -382,7 +429,7 @@ static void quantize_chunk(void *ctx, int row) {
         float sum;
         const float d = quantize_block(job->x + block * QBLOCK, out->q + block * QBLOCK, &sum);
         if (job->isa == ISA_AVX512_VNNI) {
-            for (int lane = 0; lane < 8; lane++) out->scales[block * 8 + lane] = d;
+            out->scales[block] = d;
             out->sums[block] = sum;
         } else {
             const size_t at = ((size_t)row * groups + b / GROUP) * 8 + b % GROUP;
@@ -438,7 +485,7 @@ int matmul(const float *x, int M, const qweight *w, float *y) {
     quantize_job quantize = {.x = x, .K = K, .isa = isa};
     /* One allocation for q, the scales and the sums; float parts stay aligned. */
     const size_t q_bytes = ((size_t)M * K + 63) & ~(size_t)63;
-    const size_t scale_floats = (size_t)M * (isa == ISA_AVX512_VNNI ? nb : GROUPS(nb)) * 8;
+    const size_t scale_floats = (size_t)M * (isa == ISA_AVX512_VNNI ? nb : GROUPS(nb) * 8);
     const size_t sum_floats = isa == ISA_AVX512_VNNI ? (size_t)M * nb : scale_floats;
     char *scratch = malloc(q_bytes + (scale_floats + sum_floats) * sizeof(float));
     if (scratch == NULL) return -1;
@@ -450,7 +497,9 @@ int matmul(const float *x, int M, const qweight *w, float *y) {
     const int m_tiles = (M + M_TILE - 1) / M_TILE;
     const int wanted = pool_threads() * CHUNKS_PER_THREAD;
     int n_tile = (N * m_tiles + wanted - 1) / wanted;
-    n_tile = n_tile < 4 ? 4 : n_tile;
+    /* Whole vectors of weight rows where the kernel gives each row a lane. */
+    const int n_step = isa == ISA_AVX512_VNNI ? LANES : 4;
+    n_tile = (n_tile + n_step - 1) / n_step * n_step;
     matmul_job job = {.x = quantize.out, .isa = isa, .M = M, .K = K, .N = N, .qs = w->qs, .d = w->d, .m = w->m,
                       .y = y, .n_tile = n_tile, .n_tiles = (N + n_tile - 1) / n_tile};
     pool_run(matmul_chunk, &job, m_tiles * job.n_tiles);
