@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import gguf
 import numpy as np
@@ -251,3 +252,25 @@ def test_fused_decode_layer_matches_the_operator_path(smollm_checkpoint):
         error = (fused - by_operators).abs()
         assert error.max() < 1e-3 * by_operators.abs().max() and error.mean() < 1e-5 * by_operators.abs().max()
         x = fused
+
+
+def test_workers_that_fell_asleep_always_wake_for_the_next_job():
+    # Each pause outlasts the workers' spin, so every job wakes sleeping workers
+    # (a decode step after a quiet moment). With glibc 2.36's condition variables
+    # one wake-up in a few thousand was lost and the caller waited for good.
+    gen = torch.Generator().manual_seed(5)
+    q4 = cpu_kernels.quantize_q4_1(torch.randn(576, 576, generator=gen) * 0.05)
+    x = torch.randn(1, 576, generator=gen)
+    want = cpu_kernels.matmul_q4_1(x, *q4)
+    results = []
+
+    def wake_repeatedly() -> None:
+        for _ in range(3000):
+            time.sleep(0.0003)
+            results.append(torch.equal(cpu_kernels.matmul_q4_1(x, *q4), want))
+
+    thread = threading.Thread(target=wake_repeatedly, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), f"a job never finished after {len(results)} jobs"
+    assert all(results) and len(results) == 3000

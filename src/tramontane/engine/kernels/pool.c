@@ -1,10 +1,14 @@
 #include "pool.h"
 
+#include <limits.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -27,6 +31,8 @@
 static _Atomic uint64_t claim_word;
 static _Atomic int chunks_done;
 static _Atomic int sleepers;
+/* The latest job's generation, the word sleeping workers wait on. */
+static _Atomic uint32_t posted;
 static _Atomic(pool_chunk_fn) job_fn;
 static _Atomic(void *) job_ctx;
 static _Atomic int job_chunks;
@@ -34,8 +40,16 @@ static uint32_t generation;
 static int n_threads = 1;
 
 static pthread_mutex_t submit_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t sleep_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+
+/* Sleeping is a futex on `posted` rather than a condition variable: glibc 2.36's
+ * (Debian 12) can lose a broadcast (glibc bug 25847), which left the engine's
+ * caller and a worker both waiting for good in a decode step here. The kernel
+ * sleeps a thread only while `posted` still holds the value it saw. */
+static void sleep_while_posted_is(uint32_t seen) {
+    syscall(SYS_futex, &posted, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+}
+
+static void wake_sleepers(void) { syscall(SYS_futex, &posted, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0); }
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -83,11 +97,11 @@ static void *worker_main(void *arg) {
             }
         }
         if (gen == seen) {
-            pthread_mutex_lock(&sleep_lock);
+            /* seq_cst, with the caller's store of `posted` then load of `sleepers`: either
+             * it sees this sleeper and wakes it, or this thread sees its job. */
             atomic_fetch_add(&sleepers, 1);
-            while ((gen = (uint32_t)(atomic_load(&claim_word) >> 32)) == seen) pthread_cond_wait(&wake, &sleep_lock);
+            while ((gen = atomic_load(&posted)) == seen) sleep_while_posted_is(seen);
             atomic_fetch_sub(&sleepers, 1);
-            pthread_mutex_unlock(&sleep_lock);
         }
         seen = gen;
         work_on(gen);
@@ -127,12 +141,9 @@ void pool_run(pool_chunk_fn fn, void *ctx, int chunks) {
     atomic_store_explicit(&job_ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&job_chunks, chunks, memory_order_relaxed);
     atomic_store_explicit(&chunks_done, 0, memory_order_relaxed);
-    atomic_store(&claim_word, (uint64_t)gen << 32); /* seq_cst: pairs with the sleepers count */
-    if (atomic_load(&sleepers) > 0) {
-        pthread_mutex_lock(&sleep_lock);
-        pthread_cond_broadcast(&wake);
-        pthread_mutex_unlock(&sleep_lock);
-    }
+    atomic_store(&claim_word, (uint64_t)gen << 32);
+    atomic_store(&posted, gen); /* seq_cst: pairs with the sleepers count */
+    if (atomic_load(&sleepers) > 0) wake_sleepers();
     work_on(gen);
     while (atomic_load_explicit(&chunks_done, memory_order_acquire) < chunks) cpu_relax();
     atomic_store_explicit(&claim_word, ((uint64_t)gen << 32) | CLOSED, memory_order_release);

@@ -6,7 +6,7 @@
  * only for chunks already in progress. Workers spin for a short while after a
  * job, because during a decode step the next kernel follows within microseconds
  * and waking a sleeping thread on a virtual CPU costs tens of them; then they
- * sleep on a condition variable, so an idle engine uses no CPU.
+ * sleep on a futex, so an idle engine uses no CPU.
  */
 #ifndef TRAMONTANE_POOL_H
 #define TRAMONTANE_POOL_H
