@@ -15,9 +15,13 @@ typedef struct {
 #define MAX_HEAD_DIM 512
 
 #if defined(__x86_64__)
+#include "vector_math.h"
 #define VECTORIZED __attribute__((target("avx2,fma")))
 #else
 #define VECTORIZED
+static void exp_in_place(float *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = expf(x[i]);
+}
 #endif
 
 /* Eight partial sums, one per lane, so that the compiler vectorizes without
@@ -54,8 +58,10 @@ static VECTORIZED void attend(const float *q, const float *k_cache, const float 
         scores[j] = scale * dot(q, k_cache + ((size_t)slots[j] * KVH + g) * D, D);
         top = scores[j] > top ? scores[j] : top;
     }
+    for (int j = 0; j < n; j++) scores[j] -= top;
+    exp_in_place(scores, n);
     float total = 0.0f;
-    for (int j = 0; j < n; j++) total += (scores[j] = expf(scores[j] - top));
+    for (int j = 0; j < n; j++) total += scores[j];
     memset(out, 0, (size_t)D * sizeof(float));
     for (int j = 0; j < n; j++) add_scaled(out, v_cache + ((size_t)slots[j] * KVH + g) * D, scores[j] / total, D);
 }
