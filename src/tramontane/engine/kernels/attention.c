@@ -48,16 +48,56 @@ static VECTORIZED void rotate(float *out, const float *x, const float *cos, cons
     for (int i = half; i < D; i++) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
 }
 
+#if defined(__x86_64__)
+/* The scores of 8 keys against q: the same sums as dot()'s, lane by lane and then
+ * the same tree, so that a key's score does not depend on the keys beside it; the
+ * trees of the 8 keys share their additions (horizontal adds, 4 keys per half). */
+static VECTORIZED __m256 dot8(const float *q, const float *const keys[8], int D) {
+    __m256 acc[8];
+    for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
+    for (int i = 0; i < D; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        for (int l = 0; l < 8; l++) acc[l] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys[l] + i), acc[l]);
+    }
+    const __m256 first = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    const __m256 second = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(first, second, 0x20), _mm256_permute2f128_ps(first, second, 0x31));
+}
+
+/* One key's score, computed as in dot8. */
+static VECTORIZED float dot1(const float *q, const float *key, int D) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < D; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(key + i), acc);
+    const __m256 sums = _mm256_hadd_ps(_mm256_hadd_ps(acc, acc), _mm256_hadd_ps(acc, acc));
+    return _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1)));
+}
+#endif
+
+/* scale * q . k_j for the n keys in `slots` of key head g, into scores. */
+static VECTORIZED void score(const float *q, const float *k_cache, const int64_t *slots, int n, int KVH, int g, int D,
+                             float scale, float *scores) {
+    int j = 0;
+#if defined(__x86_64__)
+    if (D % 8 == 0) {
+        for (; j + 8 <= n; j += 8) {
+            const float *keys[8];
+            for (int l = 0; l < 8; l++) keys[l] = k_cache + ((size_t)slots[j + l] * KVH + g) * D;
+            _mm256_storeu_ps(scores + j, _mm256_mul_ps(_mm256_set1_ps(scale), dot8(q, keys, D)));
+        }
+        for (; j < n; j++) scores[j] = scale * dot1(q, k_cache + ((size_t)slots[j] * KVH + g) * D, D);
+    }
+#endif
+    for (; j < n; j++) scores[j] = scale * dot(q, k_cache + ((size_t)slots[j] * KVH + g) * D, D);
+}
+
 /* out = softmax(scale * q . k_j) . v_j over the n keys in `slots` of key head g:
  * one query head, its keys in position order, summed in that order whatever else
  * is computed beside it (so a token's result does not depend on its batch). */
 static VECTORIZED void attend(const float *q, const float *k_cache, const float *v_cache, const int64_t *slots, int n,
                               int KVH, int g, int D, float scale, float *scores, float *out) {
+    score(q, k_cache, slots, n, KVH, g, D, scale, scores);
     float top = -INFINITY;
-    for (int j = 0; j < n; j++) {
-        scores[j] = scale * dot(q, k_cache + ((size_t)slots[j] * KVH + g) * D, D);
-        top = scores[j] > top ? scores[j] : top;
-    }
+    for (int j = 0; j < n; j++) top = scores[j] > top ? scores[j] : top;
     for (int j = 0; j < n; j++) scores[j] -= top;
     exp_in_place(scores, n);
     float total = 0.0f;
