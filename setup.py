@@ -13,8 +13,14 @@ setup(
     ext_modules=[
         Extension(
             "tramontane.engine._kernels",
-            sources=[f"{KERNELS}/{name}.c" for name in ("module", "matmul", "attention", "layer", "pool")],
-            depends=[f"{KERNELS}/{name}.h" for name in ("matmul", "attention", "layer", "pool", "vector_math")],
+            sources=[
+                f"{KERNELS}/{name}.c"
+                for name in ("module", "matmul", "matmul_avx2", "matmul_vnni", "attention", "layer", "pool")
+            ],
+            depends=[
+                f"{KERNELS}/{name}.h"
+                for name in ("matmul", "matmul_kernels", "attention", "layer", "pool", "vector_math")
+            ],
             extra_compile_args=["-O3", "-std=gnu11", "-pthread", "-Wall", "-Wextra"],
             extra_link_args=["-pthread", "-lm"],
             optional=True,

@@ -37,7 +37,8 @@ static void swiglu(const float *gate_up, int B, int n, float *out) {
         const float *gate = gate_up + (size_t)b * 2 * n, *up = gate + n;
         float *row = out + (size_t)b * n;
         int i = 0;
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(row + i, swiglu8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(row + i, swiglu8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
         if (i < n) {
             float g[8] = {0}, u[8] = {0}, y[8];
             for (int k = 0; i + k < n; k++) g[k] = gate[i + k], u[k] = up[i + k];
