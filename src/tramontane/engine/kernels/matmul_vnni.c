@@ -8,7 +8,6 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
 
-
 /* Gathers a dword from each of `lanes`' rows, `row_offsets` bytes from base. */
 static inline __m512i gather_rows(__mmask16 lanes, __m512i row_offsets, const void *base) {
     return _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), lanes, row_offsets, base, 1);
