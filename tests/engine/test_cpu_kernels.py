@@ -65,11 +65,12 @@ def test_matmuls_compute_the_block_arithmetic(isa, rows, n, k):
 
 
 @pytest.mark.parametrize("rows", [1, 5])
-def test_q8_0_takes_an_odd_number_of_blocks(isa, rows):
-    # Q8_0 needs whole blocks only (Q4_1 whole pairs): the last block is alone.
+@pytest.mark.parametrize("k", [32, 96])
+def test_q8_0_takes_an_odd_number_of_blocks(isa, rows, k):
+    # Q8_0 needs whole blocks only (Q4_1 whole pairs): the last block is alone, or the only one.
     gen = torch.Generator().manual_seed(rows)
-    weight = torch.randn(37, 96, generator=gen) * 0.05
-    x = torch.randn(rows, 96, generator=gen)
+    weight = torch.randn(37, k, generator=gen) * 0.05
+    x = torch.randn(rows, k, generator=gen)
     q8 = cpu_kernels.quantize_q8_0(weight)
     want = _blockwise_int8(x).double() @ cpu_kernels.dequantize_q8_0(*q8).double().T
     assert _relative_error(cpu_kernels.matmul_q8_0(x, *q8), want) < 1e-5
