@@ -258,7 +258,7 @@ def test_fused_decode_layer_matches_the_operator_path(smollm_checkpoint):
 def test_workers_that_fell_asleep_always_wake_for_the_next_job():
     # Each pause outlasts the workers' spin, so every job wakes sleeping workers
     # (a decode step after a quiet moment). With glibc 2.36's condition variables
-    # one wake-up in a few thousand was lost and the caller waited for good.
+    # a wake-up was once lost in a long run and the caller waited for good.
     gen = torch.Generator().manual_seed(5)
     q4 = cpu_kernels.quantize_q4_1(torch.randn(576, 576, generator=gen) * 0.05)
     x = torch.randn(1, 576, generator=gen)

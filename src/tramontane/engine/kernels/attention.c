@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "pool.h"
+#include "vector_math.h"
 
 typedef struct {
     const decode_attention *step;
@@ -13,16 +14,6 @@ typedef struct {
 
 /* Heads this large or smaller keep their rotated query on the stack. */
 #define MAX_HEAD_DIM 512
-
-#if defined(__x86_64__)
-#include "vector_math.h"
-#define VECTORIZED __attribute__((target("avx2,fma")))
-#else
-#define VECTORIZED
-static void exp_in_place(float *x, int n) {
-    for (int i = 0; i < n; i++) x[i] = expf(x[i]);
-}
-#endif
 
 /* Eight partial sums, one per lane, so that the compiler vectorizes without
  * reassociating (no -ffast-math). */

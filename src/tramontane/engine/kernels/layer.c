@@ -3,6 +3,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "vector_math.h"
+
 /* out = x / rms(x) * weight, per row, the mean of squares summed in double so that
  * it does not depend on the summation order (it matches PyTorch's to float32). */
 static void rms_norm(const float *x, const float *weight, int B, int n, float eps, float *out) {
@@ -19,44 +21,17 @@ static void add(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
-#if defined(__x86_64__)
-#include "vector_math.h"
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-
-/* SwiGLU: silu(gate) * up, gate and up the two halves of each row of gate_up.
- * A row's tail goes through the same vector code (padded), so that every
- * element is computed alike whatever the row's length. */
-static inline __m256 swiglu8(__m256 gate, __m256 up) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gate));
-    return _mm256_mul_ps(_mm256_div_ps(gate, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), up);
-}
-
-static void swiglu(const float *gate_up, int B, int n, float *out) {
+/* SwiGLU: silu(gate) * up, gate and up the two halves of each row of gate_up;
+ * e^-gate through the shared vector exp. */
+static VECTORIZED void swiglu(const float *gate_up, int B, int n, float *out) {
     for (int b = 0; b < B; b++) {
         const float *gate = gate_up + (size_t)b * 2 * n, *up = gate + n;
         float *row = out + (size_t)b * n;
-        int i = 0;
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(row + i, swiglu8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
-        if (i < n) {
-            float g[8] = {0}, u[8] = {0}, y[8];
-            for (int k = 0; i + k < n; k++) g[k] = gate[i + k], u[k] = up[i + k];
-            _mm256_storeu_ps(y, swiglu8(_mm256_loadu_ps(g), _mm256_loadu_ps(u)));
-            for (int k = 0; i + k < n; k++) row[i + k] = y[k];
-        }
+        for (int i = 0; i < n; i++) row[i] = -gate[i];
+        exp_in_place(row, n);
+        for (int i = 0; i < n; i++) row[i] = gate[i] / (1.0f + row[i]) * up[i];
     }
 }
-
-#pragma GCC pop_options
-#else
-static void swiglu(const float *gate_up, int B, int n, float *out) {
-    for (int b = 0; b < B; b++) {
-        const float *gate = gate_up + (size_t)b * 2 * n, *up = gate + n;
-        for (int i = 0; i < n; i++) out[(size_t)b * n + i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
-    }
-}
-#endif
 
 int dense_layer_decode(const dense_layer *layer, float *x, int B, decode_attention *attention) {
     const int hidden = layer->hidden, inter = layer->intermediate;

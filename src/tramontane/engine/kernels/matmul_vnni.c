@@ -83,8 +83,8 @@ static inline __attribute__((always_inline)) void q4_1_lanes_vnni(const matmul_j
         __m512i dot0[8], dot1[8];
         for (int t = 0; t < mr; t++) dot0[t] = dot1[t] = _mm512_setzero_si512();
         /* The next 16 rows are one contiguous run, read here a pair of blocks per
-         * iteration: its 8 lines for each pair keep it a step ahead of the gathers,
-         * which leave the hardware prefetchers with 16 strided streams. */
+         * iteration: its 8 lines for each pair keep it a step ahead of the row loads,
+         * 16 strided streams, too many for the hardware prefetchers. */
         for (int line = 0; line < 8; line++)
             _mm_prefetch((const char *)(qs + (size_t)LANES * (K / 2) + b * 256 + line * 64), _MM_HINT_T0);
         __m512i w[8];
@@ -111,7 +111,6 @@ static inline __attribute__((always_inline)) void q4_1_lanes_vnni(const matmul_j
     }
     for (int t = 0; t < mr; t++) _mm512_mask_storeu_ps(job->y + (size_t)(r + t) * job->N + n, lanes, acc[t]);
 }
-
 
 /* Q8_0 on VNNI, shaped as q4_1_lanes_vnni, block by block. VNNI multiplies
  * unsigned by signed bytes: the weights go in as w + 128 (one xor per vector,

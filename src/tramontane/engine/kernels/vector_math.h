@@ -1,8 +1,12 @@
-/* Vector math the kernels share (AVX2 + FMA, x86-64 only). */
+/* Vector math the kernels share: AVX2 + FMA on x86-64, plain C elsewhere. */
 #ifndef TRAMONTANE_VECTOR_MATH_H
 #define TRAMONTANE_VECTOR_MATH_H
 
+#if defined(__x86_64__)
 #include <immintrin.h>
+
+/* For loops the compiler vectorizes itself. */
+#define VECTORIZED __attribute__((target("avx2,fma")))
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -41,5 +45,15 @@ static inline void exp_in_place(float *x, int n) {
 }
 
 #pragma GCC pop_options
+
+#else
+#include <math.h>
+
+#define VECTORIZED
+
+static inline void exp_in_place(float *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = expf(x[i]);
+}
+#endif
 
 #endif
