@@ -1,12 +1,87 @@
-"""The platform's HTTP error: OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+"""The platform's errors, in two kinds.
 
-Light on purpose (no engine, no torch), so every package and the CLI can raise it."""
+Domain errors say what went wrong in the domain's words; the layer that finds the
+problem raises one, and the HTTP edge (`server/errors.py`) alone turns its kind into a
+status and an OpenAI/Mistral error body:
+
+    TramontaneError       a domain error: message, code, param, retry_after_s
+     +-- NotFound         no such object, or one the caller may not see (404)
+     +-- Conflict         the object's state forbids the operation now (409)
+     +-- Invalid          a malformed or out-of-range request; `param` names the field (400)
+     |    +-- TooLarge    a body, file, image or output over its size limit (413)
+     +-- Unauthorized     no valid credential (401)
+     +-- Forbidden        a valid credential without the right (403)
+     +-- Limited          one of the caller's quotas or rate limits (429, Retry-After)
+     +-- Unavailable      the platform cannot do it now: overloaded, starting, draining (503)
+
+`APIError` is an error already in HTTP's terms, for the edge's own use.
+
+Light on purpose (no engine, no torch), so every package and the CLI can raise them."""
 
 from __future__ import annotations
 
 import math
 
 from starlette.responses import JSONResponse
+
+__all__ = [
+    "APIError", "Conflict", "Forbidden", "Invalid", "Limited", "NotFound", "TooLarge",
+    "TramontaneError", "Unauthorized", "Unavailable",
+]
+
+
+class TramontaneError(Exception):
+    """A domain error. `code` is a stable machine-readable word; `param` the request
+    field at fault; `retry_after_s` when trying again later can succeed."""
+
+    default_code = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after_s: float | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+        self.param = param
+        self.retry_after_s = retry_after_s
+
+
+class NotFound(TramontaneError):
+    default_code = "not_found"
+
+
+class Conflict(TramontaneError):
+    default_code = "conflict"
+
+
+class Invalid(TramontaneError):
+    default_code = "invalid_request"
+
+
+class TooLarge(Invalid):
+    default_code = "too_large"
+
+
+class Unauthorized(TramontaneError):
+    default_code = "unauthorized"
+
+
+class Forbidden(TramontaneError):
+    default_code = "forbidden"
+
+
+class Limited(TramontaneError):
+    default_code = "rate_limited"
+
+
+class Unavailable(TramontaneError):
+    default_code = "unavailable"
+
 
 # OpenAI's error types, by status.
 _TYPES = {

@@ -7,9 +7,11 @@ import openai
 import pytest
 from mistralai.client import errors as mistral_errors
 
+from tramontane import errors
 from tramontane.engine import EngineOverloadedError
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
 from tramontane.server import ModelRegistry, create_app
+from tramontane.server.errors import from_engine_error
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -121,3 +123,19 @@ async def test_ready_is_503_until_started(live_server):
         response = await client.get("/ready")
         assert response.status_code == 503 and response.headers["retry-after"]
         assert (await client.get("/health")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        (errors.NotFound, 404), (errors.Conflict, 409), (errors.Invalid, 400), (errors.TooLarge, 413),
+        (errors.Unauthorized, 401), (errors.Forbidden, 403), (errors.Limited, 429), (errors.Unavailable, 503),
+    ],
+)
+def test_each_domain_error_kind_has_one_status_at_the_edge(kind, status):
+    error = from_engine_error(kind("no luck", param="model", retry_after_s=1.2))
+    assert error.status == status
+    assert error.body()["error"] == {
+        "message": "no luck", "type": error.type, "param": "model", "code": kind.default_code,
+    }
+    assert error.headers().get("Retry-After") == "2"

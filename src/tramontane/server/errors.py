@@ -15,7 +15,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from ..engine.errors import EngineDeadError, EngineOverloadedError, InvalidRequestError
-from ..errors import APIError
+from ..errors import (
+    APIError, Conflict, Forbidden, Invalid, Limited, NotFound, TooLarge, TramontaneError, Unauthorized, Unavailable,
+)
 
 logger = logging.getLogger("tramontane.server")
 
@@ -23,10 +25,31 @@ def model_not_found(name: str) -> APIError:
     return APIError(404, f"The model '{name}' does not exist", code="model_not_found", param="model")
 
 
+# The one table from a domain error's kind to its HTTP status; the most specific
+# kind comes first (TooLarge before Invalid).
+STATUS_OF_KIND: tuple[tuple[type[TramontaneError], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (TooLarge, 413),
+    (Invalid, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (Limited, 429),
+    (Unavailable, 503),
+)
+
+
+def from_domain_error(exc: TramontaneError) -> APIError:
+    status = next((status for kind, status in STATUS_OF_KIND if isinstance(exc, kind)), 500)
+    return APIError(status, exc.message, code=exc.code, param=exc.param, retry_after_s=exc.retry_after_s)
+
+
 def from_engine_error(exc: Exception) -> APIError:
-    """Maps the engine's errors (and anything unexpected) to an API error."""
+    """Maps domain and engine errors (and anything unexpected) to an API error."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, TramontaneError):
+        return from_domain_error(exc)
     if isinstance(exc, InvalidRequestError):
         return APIError(400, str(exc), param=exc.param, code="invalid_request")
     if isinstance(exc, EngineOverloadedError):
@@ -57,5 +80,5 @@ def install_error_handlers(app: FastAPI) -> None:
     # RequestValidationError keeps FastAPI's own handler (the 422 `detail` shape).
     app.add_exception_handler(HTTPException, _http_error)
     # Anything else is turned into a 500 by RequestContextMiddleware.
-    for exc_type in (APIError, InvalidRequestError, EngineOverloadedError, EngineDeadError):
+    for exc_type in (APIError, TramontaneError, InvalidRequestError, EngineOverloadedError, EngineDeadError):
         app.add_exception_handler(exc_type, _api_error)
