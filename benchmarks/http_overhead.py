@@ -41,7 +41,8 @@ import uvicorn
 
 from tramontane.engine import SamplingParams
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME, default_chat_model_path
-from tramontane.server import ModelRegistry, ModelSpec, create_app
+from tramontane.inference import ModelRegistry, ModelSpec
+from tramontane.platform.app import create_app
 from tramontane.tenancy import Capability, Tenancy
 
 MESSAGES = [{"role": "user", "content": "Describe the sea in one sentence."}]

@@ -14,20 +14,29 @@ status and an OpenAI/Mistral error body:
      +-- Limited          one of the caller's quotas or rate limits (429, Retry-After)
      +-- Unavailable      the platform cannot do it now: overloaded, starting, draining (503)
 
-`APIError` is an error already in HTTP's terms, for the edge's own use.
+`APIError` is an error already in HTTP's terms. `as_api_error` is the edge's one table
+from a kind to its status (`STATUS_OF_KIND`); anything that is not a domain error
+becomes a logged 500 whose body says nothing of its cause. The HTTP handlers that send
+these bodies are installed by `server/errors.py`.
 
-Light on purpose (no engine, no torch), so every package and the CLI can raise them."""
+Light on purpose (no engine, no torch, no web framework at import), so every layer,
+the engine and the CLI included, can raise them."""
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import TYPE_CHECKING
 
-from starlette.responses import JSONResponse
+if TYPE_CHECKING:
+    from starlette.responses import JSONResponse
 
 __all__ = [
-    "APIError", "Conflict", "Forbidden", "Invalid", "Limited", "NotFound", "TooLarge",
-    "TramontaneError", "Unauthorized", "Unavailable",
+    "STATUS_OF_KIND", "APIError", "Conflict", "Forbidden", "Invalid", "Limited", "NotFound", "TooLarge",
+    "TramontaneError", "Unauthorized", "Unavailable", "as_api_error",
 ]
+
+log = logging.getLogger("tramontane.errors")
 
 
 class TramontaneError(Exception):
@@ -134,4 +143,33 @@ class APIError(Exception):
         return headers
 
     def response(self) -> JSONResponse:
+        from starlette.responses import JSONResponse
+
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
+
+
+# The one table from a domain error's kind to its HTTP status; the most specific
+# kind comes first (TooLarge before Invalid).
+STATUS_OF_KIND: tuple[tuple[type[TramontaneError], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (TooLarge, 413),
+    (Invalid, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (Limited, 429),
+    (Unavailable, 503),
+)
+
+
+def as_api_error(exc: BaseException) -> APIError:
+    """`exc` in HTTP's terms: a domain error by its kind; an unexpected error (or a
+    domain error of no kind) as a logged 500 that tells the client nothing of it."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, TramontaneError):
+        status = next((status for kind, status in STATUS_OF_KIND if isinstance(exc, kind)), None)
+        if status is not None:
+            return APIError(status, exc.message, code=exc.code, param=exc.param, retry_after_s=exc.retry_after_s)
+    log.error("unhandled error", exc_info=exc)
+    return APIError(500, "Internal server error", code="internal_error")

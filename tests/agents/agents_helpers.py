@@ -16,8 +16,8 @@ from mistralai.client import Mistral
 
 from tramontane.agents.backend import ChatBackend, ModelTurn
 from tramontane.sandbox import SandboxManager
-from tramontane.server import ModelRegistry
-from tramontane.server.protocol import ChatCompletionRequest
+from tramontane.inference import ModelRegistry
+from tramontane.inference.protocol import ChatCompletionRequest
 from tramontane.tenancy import Tenancy
 
 SCRIPTED = "scripted"

@@ -14,7 +14,8 @@ from mistralai.client import Mistral
 from tramontane.agents.backend import EngineBackend
 from tramontane.cli.up import load_models
 from tramontane.sandbox import ManagerConfig, SandboxManager
-from tramontane.server import create_app, default_model_specs
+from tramontane.inference import default_model_specs
+from tramontane.platform.app import create_app
 from tramontane.tenancy import Tenancy
 
 

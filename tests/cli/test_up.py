@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tramontane.cli import app, up
-from tramontane.server import ModelRegistry, ModelSpec
+from tramontane.inference import ModelRegistry, ModelSpec
 from tramontane.tenancy import Capability, Tenancy
 
 KEY = re.compile(r"tmt_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")

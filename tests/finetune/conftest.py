@@ -15,7 +15,7 @@ from finetune_helpers import CHAT_MODEL, Server, serve
 
 from tramontane.cli.up import load_models
 from tramontane.engine.defaults import default_chat_model_path
-from tramontane.server import ModelRegistry, default_model_specs
+from tramontane.inference import ModelRegistry, default_model_specs
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,7 +19,8 @@ from mistralai.client import Mistral
 
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME
 from tramontane.finetune.service import FineTuning
-from tramontane.server import ModelRegistry, create_app
+from tramontane.inference import ModelRegistry
+from tramontane.platform.app import create_app
 from tramontane.tenancy import Tenancy
 
 CHAT_MODEL = DEFAULT_CHAT_MODEL_NAME

@@ -21,7 +21,8 @@ from tramontane.control.plane import ControlPlane
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME, DEFAULT_EMBEDDING_MODEL_NAME
 from tramontane.finetune.service import FineTuning
 from tramontane.sandbox import ManagerConfig, SandboxManager
-from tramontane.server import ModelRegistry, create_app, default_model_specs
+from tramontane.inference import ModelRegistry, default_model_specs
+from tramontane.platform.app import create_app
 from tramontane.tenancy import Tenancy
 
 CHAT_MODEL = DEFAULT_CHAT_MODEL_NAME

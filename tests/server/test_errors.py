@@ -10,8 +10,9 @@ from mistralai.client import errors as mistral_errors
 from tramontane import errors
 from tramontane.engine import EngineOverloadedError
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
-from tramontane.server import ModelRegistry, create_app
-from tramontane.server.errors import from_engine_error
+from tramontane.inference import ModelRegistry
+from tramontane.platform.app import create_app
+from tramontane.errors import as_api_error
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -133,7 +134,7 @@ async def test_ready_is_503_until_started(live_server):
     ],
 )
 def test_each_domain_error_kind_has_one_status_at_the_edge(kind, status):
-    error = from_engine_error(kind("no luck", param="model", retry_after_s=1.2))
+    error = as_api_error(kind("no luck", param="model", retry_after_s=1.2))
     assert error.status == status
     assert error.body()["error"] == {
         "message": "no luck", "type": error.type, "param": "model", "code": kind.default_code,

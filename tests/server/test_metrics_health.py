@@ -8,7 +8,8 @@ import weakref
 from fastapi.testclient import TestClient
 
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
-from tramontane.server import ModelRegistry, create_app
+from tramontane.inference import ModelRegistry
+from tramontane.platform.app import create_app
 from tramontane.tenancy import Tenancy
 
 

@@ -13,8 +13,8 @@ from tramontane.engine.defaults import default_chat_model_path
 from tramontane.engine.errors import EngineError, InvalidRequestError
 from tramontane.engine.gguf_file import GGUFFile
 from tramontane.engine.tokenizer import Tokenizer
-from tramontane.server.structured import GrammarCompiler
-from tramontane.server.tool_calls import parse_tool_calls
+from tramontane.inference.structured import GrammarCompiler
+from tramontane.inference.tool_calls import parse_tool_calls
 
 PADDED_VOCAB = 49152 + 64  # the engine's logits may have padding rows past the tokenizer
 

@@ -10,7 +10,7 @@ import re
 import jinja2
 import pytest
 
-from tramontane.server.tool_calls import (
+from tramontane.inference.tool_calls import (
     ContentDelta,
     ToolCallDelta,
     ToolCallStreamParser,

@@ -9,9 +9,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from tenancy_helpers import add_key, make_tenant
 
-from tramontane.store import AuditEvent, Base, Store
+from tramontane.platform.schema import metadata
+from tramontane.store import AuditEvent, Store
 from tramontane.store.types import utcnow
 from tramontane.tenancy import CLI, RequestLogEntry, Tenancy, TenancyError
+
+ALL_TABLES = metadata()  # the store's tables and every feature's
 
 
 def _everything(store: Store) -> bytes:
@@ -20,7 +23,7 @@ def _everything(store: Store) -> bytes:
     if path is not None:
         return b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
     with store.read() as connection:
-        rows = (repr(tuple(row)) for table in Base.metadata.sorted_tables for row in connection.execute(table.select()))
+        rows = (repr(tuple(row)) for table in ALL_TABLES.sorted_tables for row in connection.execute(table.select()))
         return "\n".join(rows).encode()
 
 
@@ -75,7 +78,7 @@ def test_erasing_a_workspace_leaves_no_trace(client: TestClient, tenancy: Tenanc
     for trace in (kept.workspace_id, "ws-kept-91c2", "model-kept-beef", kept.key_id, "kept-prompt-77aa"):
         assert trace.encode() in stored, trace
     with tenancy.store.read() as connection:
-        for table in Base.metadata.sorted_tables:
+        for table in ALL_TABLES.sorted_tables:
             if "workspace_id" in table.c:
                 query = table.select().where(table.c.workspace_id == doomed.workspace_id)
                 assert connection.execute(query).first() is None, table.name

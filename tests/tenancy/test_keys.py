@@ -11,18 +11,21 @@ import pytest
 from sqlalchemy import select
 from tenancy_helpers import make_tenant
 
-from tramontane.store import ApiKey, AuditEvent, Base, Store
+from tramontane.platform.schema import metadata
+from tramontane.store import ApiKey, AuditEvent, Store
 from tramontane.store.types import utcnow
 from tramontane.tenancy import Capability, Tenancy, TenancyError
 from tramontane.tenancy.keys import parse_key
 from tramontane.tenancy.pepper import PEPPER_ENV, load_pepper
+
+ALL_TABLES = metadata()  # the store's tables and every feature's
 
 
 def _all_text(store: Store) -> str:
     """Every value of every table, as text: what a stolen database would reveal."""
     with store.read() as connection:
         return "\n".join(
-            repr(tuple(row)) for table in Base.metadata.sorted_tables for row in connection.execute(table.select())
+            repr(tuple(row)) for table in ALL_TABLES.sorted_tables for row in connection.execute(table.select())
         )
 
 

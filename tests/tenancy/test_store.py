@@ -11,16 +11,19 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import bindparam, inspect, select
 from tenancy_helpers import make_tenant
 
-from tramontane.store import ApiKey, Base, Store, Workspace, current_revision, database_url, open_store, upgrade
+from tramontane.platform.schema import metadata
+from tramontane.store import ApiKey, Store, Workspace, current_revision, database_url, open_store, upgrade
 from tramontane.store.types import utcnow
 from tramontane.tenancy import Tenancy
+
+ALL_TABLES = metadata()  # the store's tables and every feature's
 
 
 def test_migrations_match_the_models(store: Store) -> None:
     with store.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        assert compare_metadata(context, Base.metadata) == []
-    assert set(inspect(store.engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+        assert compare_metadata(context, ALL_TABLES) == []
+    assert set(inspect(store.engine).get_table_names()) == set(ALL_TABLES.tables) | {"alembic_version"}
 
 
 def test_upgrade_is_idempotent(store: Store) -> None:

@@ -1,11 +1,11 @@
 """Mistral's Agents, Conversations and Libraries APIs: agents with versions,
 conversations stored per workspace and run by a loop that calls the model through
-the server's chat path, server-side tools (a code interpreter in a tier-1 sandbox
+the inference layer's chat path, server-side tools (a code interpreter in a tier-1 sandbox
 kept per conversation, document-library search over a sqlite-vec index),
 client-side functions, and handoffs between agents.
 
-Deliberately import-light, like `control`: `tramontane.store` imports
-`agents.models` so that the store's metadata knows these tables. Import
+Import-light, like `control`: `tramontane.platform.schema` imports
+`agents.models` for the platform's tables. Import
 `agents.api` (`build_router`) and `agents.backend` (`ChatBackend`,
 `EngineBackend`, `ModelTurn`: how the loop calls a model) directly.
 """

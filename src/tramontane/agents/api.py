@@ -17,10 +17,10 @@ from fastapi import APIRouter, Query, UploadFile
 from starlette.responses import Response
 
 from ..errors import APIError
+from ..inference.metering import InferenceKey, InferenceRoute, Metered
+from ..inference.registry import ModelRegistry
+from ..inference.streaming import STREAMABLE, EventStreamResponse
 from ..sandbox import SandboxManager
-from ..server.metering import InferenceKey, InferenceRoute, Metered
-from ..server.registry import ModelRegistry
-from ..server.streaming import STREAMABLE, EventStreamResponse
 from ..store import Store
 from . import entries
 from .backend import ChatBackend

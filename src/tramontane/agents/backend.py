@@ -1,9 +1,9 @@
 """How the conversation loop calls a model: a chat request in, text out.
 
-`EngineBackend` goes through the server's own chat path (`prepare`: prompt
+`EngineBackend` goes through the inference layer's chat path (`prepare`: prompt
 rendering, tools in the prompt, sampling settings, grammar), so an agent's
 model sees exactly what a /v1/chat/completions client would send it. The loop
-parses `<tool_call>` blocks out of the text itself, with the server's parser.
+parses `<tool_call>` blocks out of the text itself, with the same parser.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from ..server.chat import prepare
-from ..server.generation import Generation
-from ..server.metrics import Metrics
-from ..server.protocol import ChatCompletionRequest
-from ..server.registry import ModelRegistry
+from ..inference.chat import prepare
+from ..inference.generation import Generation
+from ..inference.metrics import Metrics
+from ..inference.protocol import ChatCompletionRequest
+from ..inference.registry import ModelRegistry
 
 
 class ModelTurn(Protocol):
@@ -79,7 +79,7 @@ class EngineTurn:
 
 
 class EngineBackend:
-    """The models of the server's registry."""
+    """The models of the platform's registry."""
 
     def __init__(self, registry: ModelRegistry, metrics: Metrics):
         self._registry = registry

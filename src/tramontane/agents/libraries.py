@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import delete, func, select
 
 from ..errors import APIError
-from ..server.registry import EmbeddingEntry, ModelRegistry
+from ..inference.registry import EmbeddingEntry, ModelRegistry
 from ..store import Store
 from ..store.types import utcnow
 from ..tenancy import NotFound, Principal, get_owned, owned

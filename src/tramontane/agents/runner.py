@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import APIError
-from ..server.errors import from_engine_error
-from ..server.protocol import ChatCompletionRequest
-from ..server.tool_calls import ContentDelta, ToolCallStreamParser
+from ..errors import as_api_error
+from ..inference.protocol import ChatCompletionRequest
+from ..inference.tool_calls import ContentDelta, ToolCallStreamParser
 from ..store.types import new_id
 from . import entries
 from .backend import ChatBackend, ModelTurn
@@ -120,7 +120,7 @@ class Run:
                 if client_turn:
                     break  # the client runs its functions and appends their results
         except Exception as exc:  # the stream is open: report in-band
-            error = from_engine_error(exc)
+            error = as_api_error(exc)
             yield entries.event("conversation.response.error", message=error.message, code=error.status)
             return
         yield entries.event("conversation.response.done", usage=self.usage.model_dump())

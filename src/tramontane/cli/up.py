@@ -18,8 +18,8 @@ from ..control.replica import REPLICA_TOKEN_ENV
 from ..engine import EngineConfig, ModelLoadError
 from ..finetune.service import FineTuning
 from ..sandbox import ManagerConfig, SandboxManager
-from ..server import ModelRegistry, ModelSpec, create_app, default_model_specs
-from ..server.app import MAX_BODY_BYTES
+from ..inference import ModelRegistry, ModelSpec, default_model_specs
+from ..platform.app import MAX_BODY_BYTES, create_app
 from ..tenancy import Tenancy
 
 console = Console(stderr=True)

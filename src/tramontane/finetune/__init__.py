@@ -2,8 +2,8 @@
 shape (trained on this machine's CPU or GPU, checkpointed, resumed after a
 restart), adapters saved in PEFT's layout, and the Batch API over the Files.
 
-Deliberately import-light, like `tramontane.control`: `tramontane.store` imports
-`finetune.models` so that the store's metadata knows these tables. Import
-`finetune.service` (`FineTuning`, what a server holds), `finetune.api`
-(`install`) and `finetune.cli` directly.
+Import-light, like `tramontane.control`: `tramontane.platform.schema` imports
+`finetune.models` for the platform's tables. Import `finetune.service`
+(`FineTuning`, what a server holds), `finetune.api` (`routers`),
+`finetune.batch_executor` and `finetune.cli` directly.
 """

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from ..tenancy import Capability, Principal, require
@@ -186,9 +186,5 @@ def delete_batch(job_id: str, principal: InferenceKey, service: Service) -> dict
     return service.batches.delete(principal.workspace_id, job_id)
 
 
-def install(app: FastAPI, service: FineTuning) -> None:
-    """Adds the three APIs to `app`. The caller runs `await service.start()` and
-    `await service.stop()` in its lifespan and sets `service.batches.execute`."""
-    app.state.finetune = service
-    for router in (files, jobs, batches):
-        app.include_router(router)
+# What the platform includes; its services come from `app.state.finetune`.
+routers = (files, jobs, batches)

@@ -20,7 +20,7 @@ from typing import Any
 import anyio.to_thread
 from sqlalchemy import func, select
 
-from ..errors import APIError
+from ..errors import APIError, TramontaneError, as_api_error
 from ..store import Store
 from ..store.types import new_id, utcnow
 from ..tenancy import get_owned, owned
@@ -251,8 +251,8 @@ class BatchJobs:
                     response = await execute(BatchRequest(job.endpoint, body, line_id))
                     line = {"id": line_id, "custom_id": custom_id, "response": {"status_code": 200, "body": response}}
                     results.append((index, {**line, "error": None}))
-                except APIError as exc:
-                    failures.append((index, _error_line(line_id, custom_id, exc)))
+                except (APIError, TramontaneError) as exc:  # this line's own failure, in its result
+                    failures.append((index, _error_line(line_id, custom_id, as_api_error(exc))))
             async with progress:  # one write at a time, so the counts only grow
                 await anyio.to_thread.run_sync(self._set, job_id, counts(results, failures))
 

@@ -1,6 +1,4 @@
-"""Tramontane's OpenAI- and Mistral-compatible HTTP API."""
-
-from .app import create_app
-from .registry import ModelRegistry, ModelSpec, default_model_specs
-
-__all__ = ["ModelRegistry", "ModelSpec", "create_app", "default_model_specs"]
+"""The inference API's HTTP routes (chat, completions, FIM, embeddings, models,
+probes, a replica's sleep control) and the HTTP edge every feature shares: the
+exception handlers and the request-context and body-size middleware. What the
+routes run lives in `tramontane.inference`; `tramontane.platform` assembles the app."""

@@ -7,22 +7,22 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from .chat import ChatOutput, respond
-from .errors import APIError
-from .generation import Generation, merged_outputs, run_all, usage
-from .logprobs import completion_logprobs
-from .inference_call import Call
-from .metering import InferenceRoute
-from .protocol import (
+from ..errors import APIError
+from ..inference.chat import ChatOutput, respond
+from ..inference.generation import Generation, merged_outputs, run_all, usage
+from ..inference.inference_call import Call
+from ..inference.logprobs import completion_logprobs
+from ..inference.metering import InferenceRoute
+from ..inference.protocol import (
     ChatCompletionResponse,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
     FIMCompletionRequest,
 )
-from .registry import ChatModel
-from .sampling import finish_reason, sampling_params
-from .streaming import DONE, STREAMABLE, EventStreamResponse, sse, sse_error, until_disconnected
+from ..inference.registry import ChatModel
+from ..inference.sampling import finish_reason, sampling_params
+from ..inference.streaming import DONE, STREAMABLE, EventStreamResponse, sse, sse_error, until_disconnected
 
 router = APIRouter(route_class=InferenceRoute)
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from .metrics import Metrics
-from .registry import ModelRegistry
+from ..inference.metrics import Metrics
+from ..inference.registry import ModelRegistry
 
 
 # Async, though they only read an attribute: FastAPI runs a plain `def` dependency

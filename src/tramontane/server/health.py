@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
+from ..inference.protocol import HealthStatus
 from .deps import MetricsDep, Models
-from .protocol import HealthStatus
 
 router = APIRouter()
 

@@ -10,8 +10,8 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import APIError, from_engine_error
-from .metrics import Metrics
+from ..errors import APIError, as_api_error
+from ..inference.metrics import Metrics
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -48,7 +48,7 @@ class RequestContextMiddleware:
         except Exception as exc:
             if response_started:
                 raise
-            body = from_engine_error(exc).response()
+            body = as_api_error(exc).response()
             await body(scope, receive, send_with_id)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ..errors import APIError
+from ..inference.metering import InferenceKey, InferenceRoute
+from ..inference.protocol import FineTunedModelCard, ModelCard, ModelDeleted, ModelList
 from .deps import Models
-from .errors import APIError
-from .metering import InferenceKey, InferenceRoute
-from .protocol import FineTunedModelCard, ModelCard, ModelDeleted, ModelList
 
 router = APIRouter(route_class=InferenceRoute)
 

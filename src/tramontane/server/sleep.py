@@ -13,8 +13,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header
 
 from ..engine import EngineError
-from .errors import APIError
-from .registry import ModelRegistry
+from ..errors import APIError
+from ..inference.registry import ModelRegistry
 
 
 def sleep_router(registry: ModelRegistry, token: str) -> APIRouter:

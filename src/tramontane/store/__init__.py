@@ -1,5 +1,6 @@
 """Tramontane's database: engine and sessions from a URL, packaged migrations,
-and the ORM models.
+and the ORM models of organisations, workspaces, keys and usage. Each feature
+defines its own tables on `Base`; `tramontane.platform.schema` gathers them all.
 
 SQLite (a file under `~/.tramontane`) is the embedded default; set
 `TRAMONTANE_DATABASE_URL=postgresql+psycopg://...` to share one database
@@ -21,12 +22,6 @@ from .models import (
     Workspace,
     WorkspaceOwned,
 )
-
-# Registers the control plane's tables in `Base.metadata`, which migrations and the
-# models-match-migrations test compare against. After `.models`, which it needs.
-from ..control import models as _control_models  # noqa: E402,F401  isort: skip
-from ..finetune import models as _finetune_models  # noqa: E402,F401  isort: skip
-from ..agents import models as _agents_models  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "HOME_ENV",

@@ -29,7 +29,10 @@ _READ_AT_STARTUP = ("PYTHON", "LD_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_
 # A fresh interpreter importing torch competes for the CPU with the replica that
 # just took the previous one; it is started once that replica has had its head start.
 _REFILL_AFTER_S = 5.0
-_READY = b"ready\n"
+READY = b"ready\n"
+# The interpreter's entry point lives beside the CLI, which it runs: the control
+# plane names it and never imports it.
+ENTRY_MODULE = "tramontane.cli.standby"
 
 
 def can_start_warm(env: dict[str, str]) -> bool:
@@ -58,7 +61,7 @@ class Standby:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                __name__,
+                ENTRY_MODULE,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL,
@@ -119,7 +122,7 @@ class Standby:
     async def _wait_ready(process: asyncio.subprocess.Process) -> bool:
         assert process.stdout is not None
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            return await process.stdout.readexactly(len(_READY)) == _READY
+            return await process.stdout.readexactly(len(READY)) == READY
         return False
 
 
@@ -127,29 +130,3 @@ async def _kill(process: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     await process.wait()
-
-
-def main() -> None:
-    import torch  # noqa: F401  (the point: imported before it is needed)
-
-    from tramontane.cli import app
-
-    os.write(1, _READY)
-    line = sys.stdin.readline()
-    if not line:
-        return  # closed unused
-    assignment = json.loads(line)
-    log_fd = os.open(assignment["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    for fd in (1, 2):
-        os.dup2(log_fd, fd)
-    os.close(log_fd)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    os.environ.update(assignment["env"])
-    sys.argv = ["tramontane", *assignment["args"]]
-    app(prog_name="tramontane")
-
-
-if __name__ == "__main__":
-    main()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from ..engine import AsyncEngine, RequestOutput, SamplingParams, TokenLogprob
-from .errors import from_engine_error
+from ..errors import as_api_error
 from .metrics import Metrics
 from .protocol import PromptTokensDetails, Usage
 
@@ -69,7 +69,7 @@ class Generation:
         except BaseException as exc:
             await self._stream.aclose()
             if isinstance(exc, Exception):
-                raise from_engine_error(exc) from None
+                raise as_api_error(exc) from None
             raise
         self._timer.prompt(self.prompt_tokens)
 

@@ -12,14 +12,14 @@ from typing import Any
 import anyio.to_thread
 from pydantic import ValidationError
 
-from ..finetune.batch import BatchRequest, Executor, LineExecutor
-from ..finetune.models import BatchJobRow
+from ..errors import APIError
+from ..inference import chat, embeddings
+from ..inference.metrics import Metrics
+from ..inference.protocol import ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest, EmbeddingResponse
+from ..inference.registry import ModelRegistry
 from ..tenancy import EnergyReading, Principal, Tenancy
-from . import chat, embeddings
-from .errors import APIError
-from .metrics import Metrics
-from .protocol import ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest, EmbeddingResponse
-from .registry import ModelRegistry
+from .batch import BatchRequest, Executor, LineExecutor
+from .models import BatchJobRow
 
 log = logging.getLogger(__name__)
 

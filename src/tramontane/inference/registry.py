@@ -20,7 +20,7 @@ from ..engine.defaults import (
     default_embedding_model_path,
 )
 from ..engine.embedding import EmbeddingModel
-from .errors import APIError, model_not_found
+from ..errors import Invalid, NotFound, Unavailable
 from .fim import FIMFormat
 from .protocol import FineTunedModelCard, ModelCapabilities, ModelCard
 from .structured import GrammarCompiler
@@ -213,15 +213,14 @@ class ModelRegistry:
         internal caller, who sees every model); another workspace's answers 404."""
         entry = self._get(name, workspace_id)
         if not isinstance(entry, ChatModel):
-            raise APIError(400, f"The model '{name}' is an embedding model and cannot generate text",
-                           code="model_not_supported", param="model")
+            raise Invalid(f"The model '{name}' is an embedding model and cannot generate text",
+                          code="model_not_supported", param="model")
         return entry
 
     def embedding(self, name: str) -> EmbeddingEntry:
         entry = self._get(name)
         if not isinstance(entry, EmbeddingEntry):
-            raise APIError(400, f"The model '{name}' is not an embedding model",
-                           code="model_not_supported", param="model")
+            raise Invalid(f"The model '{name}' is not an embedding model", code="model_not_supported", param="model")
         return entry
 
     def default_embedding(self) -> EmbeddingEntry:
@@ -229,7 +228,7 @@ class ModelRegistry:
         for entry in self._models.values():
             if isinstance(entry, EmbeddingEntry):
                 return entry
-        raise APIError(503, "No embedding model is loaded", code="no_embedding_model")
+        raise Unavailable("No embedding model is loaded", code="no_embedding_model")
 
     def card(self, name: str, workspace_id: str | None = None) -> ModelCard:
         return self._get(name, workspace_id).card()
@@ -269,7 +268,7 @@ class ModelRegistry:
     def _get(self, name: str, workspace_id: str | None = None) -> ChatModel | EmbeddingEntry:
         entry = self._models.get(name)
         if entry is None or not _visible(entry, workspace_id):
-            raise model_not_found(name)
+            raise NotFound(f"The model '{name}' does not exist", code="model_not_found", param="model")
         return entry
 
 

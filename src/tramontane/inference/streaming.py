@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from .errors import APIError, from_engine_error
+from ..errors import APIError, as_api_error
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ def sse(event: BaseModel) -> bytes:
 
 def sse_error(exc: Exception) -> bytes:
     """A mid-stream failure; the openai SDK raises on an event with an "error" key."""
-    return b"data: " + json.dumps(from_engine_error(exc).body()).encode() + b"\n\n"
+    return b"data: " + json.dumps(as_api_error(exc).body()).encode() + b"\n\n"
 
 
 class EventStreamResponse(StreamingResponse):

@@ -1,0 +1,150 @@
+"""What the platform is made of: each feature as its routes and its lifespan.
+
+A `Feature` is data, not behaviour: its routers (included in the app in the order
+the features are listed), its ASGI mounts, what it puts on `app.state` for its
+dependencies, and the service that `app.create_app` starts before serving and
+stops after. The builders below are the only code that knows how a feature's
+parts are wired to one another (e.g. fine-tuned models served by the registry)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.types import ASGIApp
+
+from ..agents.api import build_router as build_agents_router
+from ..agents.backend import ChatBackend, EngineBackend
+from ..control.api import router as deployments_router
+from ..control.install import SERVE_PREFIX
+from ..control.plane import ControlPlane
+from ..control.router import create_router_app
+from ..finetune import api as finetune_api
+from ..finetune.batch_executor import batch_executor
+from ..finetune.service import FineTuning
+from ..inference.metrics import Metrics
+from ..inference.protocol import ErrorResponse
+from ..inference.registry import ModelRegistry
+from ..sandbox import SandboxError, SandboxManager, create_router
+from ..server import chat, completions, embeddings, health, models
+from ..server.sleep import sleep_router
+from ..tenancy import Tenancy, request_logs_router
+from ..tenancy.admin_api import router as admin_router
+from .sandbox_owner import sandbox_owner
+
+log = logging.getLogger(__name__)
+
+# The error bodies every key-checked route may answer with, for the OpenAPI schema.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 503)
+}
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A router and how it is included: `responses` adds to its OpenAPI schema."""
+
+    router: APIRouter
+    responses: dict[int | str, dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    routes: tuple[Route, ...] = ()
+    mounts: tuple[tuple[str, ASGIApp], ...] = ()
+    state: dict[str, Any] = field(default_factory=dict)
+    start: Callable[[], Awaitable[None]] = _nothing
+    stop: Callable[[], Awaitable[None]] = _nothing
+    # Errors of `start` that leave the feature unavailable and the rest serving
+    # (e.g. no bubblewrap on the host); `stop` still runs for it.
+    unavailable: tuple[type[Exception], ...] = ()
+
+
+def inference_api(registry: ModelRegistry, metrics: Metrics) -> Feature:
+    """The probes first: FastAPI builds a router's routes on the first request that
+    is matched against them, in order, and a replica's readiness probe (on the path
+    of every wake from zero) must not pay for the routes behind it. Each router is
+    included in the app itself: FastAPI matches a request again at every level of
+    nested routers, and one level less halves that work on every inference request."""
+    inference = tuple(Route(module.router, ERRORS) for module in (chat, completions, embeddings, models))
+    return Feature(
+        "inference",
+        routes=(Route(health.router), *inference),
+        state={"models": registry, "metrics": metrics},
+        start=registry.start,
+        stop=registry.shutdown,
+    )
+
+
+def replica_control(registry: ModelRegistry, token: str) -> Feature:
+    """A deployment's replica: put to sleep and woken by its control plane."""
+    return Feature("replica", routes=(Route(sleep_router(registry, token)),))
+
+
+def admin(tenancy: Tenancy) -> Feature:
+    """The admin API and a workspace's stored requests. The caller owns `tenancy`
+    and closes it; only the request-log thread (which also purges expired logs)
+    starts with the app."""
+
+    async def start() -> None:
+        tenancy.request_logs.start()
+
+    return Feature("admin", routes=(Route(admin_router), Route(request_logs_router, ERRORS)), start=start)
+
+
+def agents(
+    tenancy: Tenancy,
+    registry: ModelRegistry,
+    backend: ChatBackend | None,
+    metrics: Metrics,
+    sandboxes: SandboxManager | None,
+    sandbox_idle_timeout_s: float,
+) -> Feature:
+    router = build_agents_router(
+        tenancy.store,
+        registry,
+        tenancy.home,
+        backend or EngineBackend(registry, metrics),
+        sandboxes,
+        sandbox_idle_timeout_s=sandbox_idle_timeout_s,
+    )
+    return Feature("agents", routes=(Route(router, ERRORS),))
+
+
+def fine_tuning(service: FineTuning, registry: ModelRegistry, metrics: Metrics, tenancy: Tenancy) -> Feature:
+    """Files, fine-tuning jobs and the Batch API, whose lines run through the inference path."""
+    service.batches.execute = batch_executor(registry, metrics, tenancy)
+    routes = tuple(Route(router) for router in finetune_api.routers)
+    return Feature("fine-tuning", routes=routes, state={"finetune": service}, start=service.start, stop=service.stop)
+
+
+def deployments(plane: ControlPlane, tenancy: Tenancy) -> Feature:
+    """`/v1/deployments`, and the deployments' router mounted at `/serve`."""
+    return Feature(
+        "deployments",
+        routes=(Route(deployments_router),),
+        mounts=((SERVE_PREFIX, create_router_app(plane, tenancy)),),
+        state={"control_plane": plane},
+        start=plane.start,
+        stop=plane.stop,
+    )
+
+
+def sandboxes(manager: SandboxManager) -> Feature:
+    return Feature(
+        "sandboxes",
+        routes=(Route(create_router(manager, owner=sandbox_owner)),),
+        start=manager.start,
+        stop=manager.shutdown,
+        unavailable=(SandboxError,),
+    )
+
+
