@@ -28,11 +28,14 @@ def _aim_at_real_models(case) -> None:
     case.body["model"] = DEFAULT_EMBEDDING_MODEL_NAME if embedding else DEFAULT_CHAT_MODEL_NAME
     if embedding:
         return
-    for key in ("max_tokens", "max_completion_tokens", "min_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "min_tokens", "max_output_tokens"):
         if isinstance(case.body.get(key), int):
             case.body[key] = min(case.body[key], 4)
     # An explicit null would let the model write up to its whole context.
-    if case.body.get("max_tokens") is None:
+    if case.path == "/v1/responses":
+        if case.body.get("max_output_tokens") is None:
+            case.body["max_output_tokens"] = 4
+    elif case.body.get("max_tokens") is None:
         case.body["max_tokens"] = 4
     # Conversations and agents carry theirs in completion_args.
     args = case.body.get("completion_args")

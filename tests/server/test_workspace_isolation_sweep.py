@@ -79,6 +79,10 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("post", "/v1/deployments/{name}/scale"): ({}, {"replicas": 0}),
     ("get", "/v1/deployments/{name}/logs"): ({}, None),
     ("get", "/v1/request_logs/{request_id}"): ({}, None),
+    ("get", "/v1/responses/{response_id}"): ({}, None),
+    ("delete", "/v1/responses/{response_id}"): ({}, None),
+    ("post", "/v1/responses/{response_id}/cancel"): ({}, None),
+    ("get", "/v1/responses/{response_id}/input_items"): ({}, None),
 }
 
 
@@ -112,6 +116,11 @@ def owners_objects(live_server) -> dict:
         while http.get(f"/v1/request_logs/{ids['request_id']}").status_code != 200:
             assert time.monotonic() < deadline, "the owner's request was never stored"
             time.sleep(0.05)
+        response = http.post(
+            "/v1/responses", json={"model": DEFAULT_CHAT_MODEL_NAME, "input": "Hi", "max_output_tokens": 1}
+        )
+        assert response.status_code == 200, response.text
+        ids["response_id"] = response.json()["id"]
         agent = http.post("/v1/agents", json={"model": DEFAULT_CHAT_MODEL_NAME, "name": "owned"})
         assert agent.status_code == 200, agent.text
         ids["agent_id"] = agent.json()["id"]
@@ -225,6 +234,8 @@ def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):
         assert http.get(f"/v1/fine_tuning/jobs/{owners_objects['job_id']}").json()["status"] != "CANCELLED"
         assert http.get(f"/v1/batch/jobs/{owners_objects['batch_job_id']}").status_code == 200
         assert http.get(f"/v1/request_logs/{owners_objects['request_id']}").status_code == 200
+        kept = http.get(f"/v1/responses/{owners_objects['response_id']}")
+        assert kept.status_code == 200 and kept.json()["status"] in ("completed", "incomplete")
         if "sandbox_id" in owners_objects:
             content = http.get(
                 f"/v1/sandboxes/{owners_objects['sandbox_id']}/files", params={"path": "/home/user/secret.txt"}

@@ -56,6 +56,7 @@ def create_app(
         listed.append(
             features.agents(tenancy, registry, agent_backend, metrics, sandboxes, agent_sandbox_idle_timeout_s)
         )
+        listed.append(features.responses(tenancy))
     else:
         listed.append(features.replica_control(registry, replica_token))
     if finetune is not None:

@@ -28,6 +28,8 @@ from ..finetune.service import FineTuning
 from ..inference.metrics import Metrics
 from ..inference.protocol import ErrorResponse
 from ..inference.registry import ModelRegistry
+from ..responses.api import create_router as create_responses_router
+from ..responses.service import Responses
 from ..sandbox import SandboxError, SandboxManager, create_router
 from ..server import chat, completions, embeddings, health, models
 from ..server.sleep import sleep_router
@@ -117,6 +119,12 @@ def agents(
         sandbox_idle_timeout_s=sandbox_idle_timeout_s,
     )
     return Feature("agents", routes=(Route(router, ERRORS),))
+
+
+def responses(tenancy: Tenancy) -> Feature:
+    """OpenAI's Responses API; stopping it cancels the background responses still running."""
+    service = Responses(tenancy.store, tenancy)
+    return Feature("responses", routes=(Route(create_responses_router(service), ERRORS),), stop=service.stop)
 
 
 def fine_tuning(service: FineTuning, registry: ModelRegistry, metrics: Metrics, tenancy: Tenancy) -> Feature:
