@@ -13,6 +13,7 @@ status and an OpenAI/Mistral error body:
      +-- Forbidden        a valid credential without the right (403)
      +-- Limited          one of the caller's quotas or rate limits (429, Retry-After)
      +-- Unavailable      the platform cannot do it now: overloaded, starting, draining (503)
+     +-- UpstreamFailed   a process serving the request for the platform failed mid-way (502)
 
 `APIError` is an error already in HTTP's terms. `as_api_error` is the edge's one table
 from a kind to its status (`STATUS_OF_KIND`); anything that is not a domain error
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STATUS_OF_KIND", "APIError", "Conflict", "Forbidden", "Invalid", "Limited", "NotFound", "TooLarge",
-    "TramontaneError", "Unauthorized", "Unavailable", "as_api_error",
+    "TramontaneError", "Unauthorized", "Unavailable", "UpstreamFailed", "as_api_error",
 ]
 
 log = logging.getLogger("tramontane.errors")
@@ -90,6 +91,10 @@ class Limited(TramontaneError):
 
 class Unavailable(TramontaneError):
     default_code = "unavailable"
+
+
+class UpstreamFailed(TramontaneError):
+    default_code = "upstream_failed"
 
 
 # OpenAI's error types, by status.
@@ -159,6 +164,7 @@ STATUS_OF_KIND: tuple[tuple[type[TramontaneError], int], ...] = (
     (Forbidden, 403),
     (Limited, 429),
     (Unavailable, 503),
+    (UpstreamFailed, 502),
 )
 
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
-from tramontane.errors import APIError
+from tramontane.errors import NotFound
 
 ADAPTER = f"ft:{CHAT_MODEL}:lora-test:0001"
 PROMPT = [{"role": "user", "content": "Name three colours."}]
@@ -29,7 +29,7 @@ def adapter(live_server, owner, make_lora) -> Iterator[str]:
     registry = live_server.registry
     asyncio.run(registry.add_adapter(ADAPTER, CHAT_MODEL, str(path), job="job-1", workspace_id=owner.workspace_id))
     yield ADAPTER
-    with contextlib.suppress(APIError):  # unless a test deleted it
+    with contextlib.suppress(NotFound):  # unless a test deleted it
         asyncio.run(registry.remove_adapter(ADAPTER))
 
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from tramontane.store import open_store
-from tramontane.tenancy import Tenancy, TenancyError
+from tramontane.errors import Limited
+from tramontane.tenancy import Tenancy
 
 
 def main(url: str, home: str, key: str, attempts: int, clock: float, hold: bool) -> None:
@@ -23,8 +24,7 @@ def main(url: str, home: str, key: str, attempts: int, clock: float, hold: bool)
     for _ in range(attempts):
         try:
             ticket = tenancy.admit(principal)
-        except TenancyError as exc:
-            assert exc.status == 429, exc
+        except Limited:
             refused += 1
             continue
         admitted += 1

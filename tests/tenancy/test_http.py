@@ -8,7 +8,8 @@ from sqlalchemy import select
 from tenancy_helpers import add_key, make_tenant
 
 from tramontane.store import ApiKey, AuditEvent
-from tramontane.tenancy import Capability, NotFound, Tenancy, get_owned, owned
+from tramontane.errors import NotFound, as_api_error
+from tramontane.tenancy import Capability, Tenancy, get_owned, owned
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
 
@@ -84,7 +85,7 @@ def test_ownership_by_workspace_id_with_the_callers_error(tenancy: Tenancy) -> N
         assert [key.id for key in session.scalars(owned(ApiKey, alice.workspace_id))] == [alice.key_id]
         with pytest.raises(NotFound) as missing:
             get_owned(session, ApiKey, alice.key_id, bob.workspace_id, "batch job", code="job_not_found", param="id")
-    assert missing.value.body()["error"] == {
+    assert as_api_error(missing.value).body()["error"] == {
         "message": f"No batch job with id '{alice.key_id}'",
         "type": "not_found_error",
         "param": "id",

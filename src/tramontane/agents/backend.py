@@ -31,7 +31,7 @@ class ModelTurn(Protocol):
     def num_cached_tokens(self) -> int: ...
 
     async def start(self) -> None:
-        """Raises an APIError if the model refuses the request."""
+        """Raises a TramontaneError if the model refuses the request."""
 
     def text(self) -> AsyncIterator[str]:
         """The generated text, in pieces as they come."""
@@ -42,7 +42,7 @@ class ModelTurn(Protocol):
 
 class ChatBackend(Protocol):
     def check(self, model: str) -> None:
-        """Raises an APIError (404) if `model` cannot chat."""
+        """Raises NotFound or Invalid if `model` cannot chat."""
 
     def turn(self, request: ChatCompletionRequest) -> ModelTurn: ...
 

@@ -12,10 +12,10 @@ from typing import Any
 import anyio.to_thread
 from sqlalchemy import func, select
 
-from ..errors import APIError
+from ..errors import Conflict, Invalid
 from ..store import Store
 from ..store.types import new_id, utcnow
-from ..tenancy import NotFound, Principal, get_owned, owned
+from ..tenancy import Principal, get_owned, not_found, owned
 from .backend import ChatBackend
 from .entries import Stored
 from .libraries import Libraries
@@ -155,7 +155,7 @@ class Conversations:
 
     def start(self, principal: Principal, body: ConversationStart) -> tuple[ConversationRow, Speaker, list[Stored]]:
         if (body.agent_id is None) == (body.model is None):
-            raise APIError(400, "Start a conversation with either an agent_id or a model", param="agent_id")
+            raise Invalid("Start a conversation with either an agent_id or a model", param="agent_id")
         if body.agent_id is not None:
             agent = self._agents.get(principal, body.agent_id, body.agent_version)
             row = ConversationRow(
@@ -190,7 +190,7 @@ class Conversations:
         history = self.entries(principal, conversation_id)
         cut = next((i for i, e in enumerate(history) if e.body["id"] == body.from_entry_id), None)
         if cut is None:
-            raise NotFound("entry", body.from_entry_id)
+            raise not_found("entry", body.from_entry_id)
         now = utcnow()
         row = ConversationRow(
             id=new_id("conv"),
@@ -233,7 +233,7 @@ class Conversations:
         """A run of `row` on `inputs`; its events must be consumed for it to happen."""
         lock = self._locks.get(row.id)
         if lock is not None and lock.locked():
-            raise APIError(409, f"Conversation {row.id} is already running", code="conversation_busy")
+            raise Conflict(f"Conversation {row.id} is already running", code="conversation_busy")
         run = await anyio.to_thread.run_sync(self._prepare, principal, row, speaker, inputs, fields)
 
         async def events() -> AsyncIterator[dict[str, Any]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from ..errors import APIError
+from ..errors import Invalid
 
 # Formats read as UTF-8 text. Binary formats (PDF, office files) are refused
 # rather than indexed as garbage.
@@ -29,13 +29,12 @@ def extract_text(name: str, content_type: str | None, data: bytes) -> str:
     extension = extension_of(name)
     textual = extension in TEXT_EXTENSIONS or (content_type or "").startswith("text/")
     if not textual:
-        raise APIError(
-            400, f"Cannot extract text from '{name}': upload plain text or Markdown", code="unsupported_document_type"
+        raise Invalid(f"Cannot extract text from '{name}': upload plain text or Markdown", code="unsupported_document_type"
         )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise APIError(400, f"'{name}' is not valid UTF-8 text", code="unsupported_document_type") from None
+        raise Invalid(f"'{name}' is not valid UTF-8 text", code="unsupported_document_type") from None
 
 
 def chunk_text(text: str, size: int) -> list[str]:

@@ -11,11 +11,11 @@ import anyio.to_thread
 import numpy as np
 from sqlalchemy import delete, func, select
 
-from ..errors import APIError
+from ..errors import TooLarge
 from ..inference.registry import EmbeddingEntry, ModelRegistry
 from ..store import Store
 from ..store.types import utcnow
-from ..tenancy import NotFound, Principal, get_owned, owned
+from ..tenancy import Principal, get_owned, not_found, owned
 from ..tenancy.directory import workspace_dir
 from .documents import DEFAULT_CHUNK_SIZE, MAX_DOCUMENT_BYTES, chunk_text, extension_of, extract_text
 from .models import ChunkRow, DocumentRow, LibraryRow
@@ -99,7 +99,7 @@ class Libraries:
         document is searchable as soon as its upload returns."""
         library = self.get(principal, library_id)
         if len(data) > MAX_DOCUMENT_BYTES:
-            raise APIError(413, f"Documents are limited to {MAX_DOCUMENT_BYTES} bytes", code="request_too_large")
+            raise TooLarge(f"Documents are limited to {MAX_DOCUMENT_BYTES} bytes", code="request_too_large")
         text = extract_text(name, content_type, data)
         chunks = chunk_text(text, library.chunk_size)
         entry = self._registry.embedding(library.embedding_model)
@@ -145,7 +145,7 @@ class Libraries:
         with self._store.session() as session:
             document = get_owned(session, DocumentRow, document_id, principal, "document")
             if document.library_id != library_id:
-                raise NotFound("document", document_id)
+                raise not_found("document", document_id)
             return document
 
     async def delete_document(self, principal: Principal, library_id: str, document_id: str) -> None:
@@ -153,7 +153,7 @@ class Libraries:
         with self._store.write_session() as session:
             document = get_owned(session, DocumentRow, document_id, principal, "document")
             if document.library_id != library.id:
-                raise NotFound("document", document_id)
+                raise not_found("document", document_id)
             ids = list(session.scalars(select(ChunkRow.id).where(ChunkRow.document_id == document.id)))
             session.execute(delete(ChunkRow).where(ChunkRow.document_id == document.id))
             session.delete(document)

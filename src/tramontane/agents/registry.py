@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import APIError
+from ..errors import Invalid, NotFound
 from ..store import Store
 from ..store.types import utcnow
 from ..tenancy import Principal, get_owned, owned
@@ -37,7 +37,7 @@ def _version_number(value: int | str | None) -> int | None:
         return value
     if value.isdigit():
         return int(value)
-    raise APIError(404, f"No agent version '{value}' (aliases are not supported)", code="agent_version_not_found")
+    raise NotFound(f"No agent version '{value}' (aliases are not supported)", code="agent_version_not_found")
 
 
 class AgentRegistry:
@@ -79,7 +79,7 @@ class AgentRegistry:
             wanted = agent.version if wanted is None else wanted
             found = next((v for v in versions if v.version == wanted), None)
             if found is None:
-                raise APIError(404, f"Agent {agent_id} has no version {wanted}", code="agent_version_not_found")
+                raise NotFound(f"Agent {agent_id} has no version {wanted}", code="agent_version_not_found")
             return _view(agent, found, [v.version for v in versions])
 
     def versions(self, principal: Principal, agent_id: str, page: int, page_size: int) -> list[Agent]:
@@ -100,7 +100,7 @@ class AgentRegistry:
             config = {k: v for k, v in {**current.config, **changes}.items() if v is not None}
             for required in ("model", "name"):
                 if required not in config:
-                    raise APIError(400, f"An agent needs a {required}", param=required)
+                    raise Invalid(f"An agent needs a {required}", param=required)
             number = versions[-1].version + 1
             version = AgentVersionRow(agent_id=agent.id, version=number, workspace_id=agent.workspace_id, config=config)
             session.add(version)
@@ -115,7 +115,7 @@ class AgentRegistry:
             versions = _versions(session, agent.id)
             found = next((v for v in versions if v.version == version), None)
             if found is None:
-                raise APIError(404, f"Agent {agent_id} has no version {version}", code="agent_version_not_found")
+                raise NotFound(f"Agent {agent_id} has no version {version}", code="agent_version_not_found")
             agent.version = version
             agent.updated_at = utcnow()
             return _view(agent, found, [v.version for v in versions])

@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import APIError
-from ..errors import as_api_error
+from ..errors import Invalid, as_api_error
 from ..inference.protocol import ChatCompletionRequest
 from ..inference.tool_calls import ContentDelta, ToolCallStreamParser
 from ..store.types import new_id
@@ -162,7 +161,7 @@ class Run:
         if args.get("response_format") is None:
             body.pop("response_format", None)
         if not messages:  # e.g. a restart from the first entry with no inputs
-            raise APIError(400, "The conversation has nothing to answer: give it inputs", param="inputs")
+            raise Invalid("The conversation has nothing to answer: give it inputs", param="inputs")
         return ChatCompletionRequest.model_validate(body)
 
     async def _model_step(self, calls: list[dict[str, str]]) -> AsyncIterator[dict[str, Any]]:
@@ -349,8 +348,8 @@ def check_inputs(history: list[Stored], inputs: list[Stored]) -> None:
         if stored.type == "function.result":
             call_id = stored.body["tool_call_id"]
             if call_id not in pending:
-                raise APIError(400, f"No pending function call with id '{call_id}'", param="inputs")
+                raise Invalid(f"No pending function call with id '{call_id}'", param="inputs")
             pending.discard(call_id)
     if pending:
         missing = ", ".join(sorted(pending))
-        raise APIError(400, f"The conversation waits for the results of function calls {missing}", param="inputs")
+        raise Invalid(f"The conversation waits for the results of function calls {missing}", param="inputs")

@@ -3,7 +3,7 @@ caller's workspace's deployments (API keys with the deploy capability)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from ..tenancy import Capability, Principal, require
 from .plane import ControlPlane
+from .schemas import DeploymentDeleted, DeploymentList, DeploymentOut
 from .spec import DeploymentSpec
 
 Deploy = Annotated[Principal, Depends(require(Capability.DEPLOY))]
@@ -31,29 +32,29 @@ router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
 
 
 @router.post("", status_code=201)
-async def create_deployment(spec: Annotated[DeploymentSpec, Body()], principal: Deploy, plane: Plane) -> dict[str, Any]:
-    return (await plane.create(principal.workspace_id, spec)).view()
+async def create_deployment(spec: Annotated[DeploymentSpec, Body()], principal: Deploy, plane: Plane) -> DeploymentOut:
+    return DeploymentOut.of(await plane.create(principal.workspace_id, spec))
 
 
 @router.get("")
-async def list_deployments(principal: Deploy, plane: Plane) -> dict[str, Any]:
-    return {"object": "list", "data": [d.view() for d in plane.list(principal.workspace_id)]}
+async def list_deployments(principal: Deploy, plane: Plane) -> DeploymentList:
+    return DeploymentList(data=[DeploymentOut.of(d) for d in plane.list(principal.workspace_id)])
 
 
 @router.get("/{name}")
-async def get_deployment(name: str, principal: Deploy, plane: Plane) -> dict[str, Any]:
-    return plane.get(principal.workspace_id, name).view()
+async def get_deployment(name: str, principal: Deploy, plane: Plane) -> DeploymentOut:
+    return DeploymentOut.of(plane.get(principal.workspace_id, name))
 
 
 @router.delete("/{name}")
-async def delete_deployment(name: str, principal: Deploy, plane: Plane) -> dict[str, Any]:
+async def delete_deployment(name: str, principal: Deploy, plane: Plane) -> DeploymentDeleted:
     await plane.delete(principal.workspace_id, name)
-    return {"name": name, "object": "deployment", "deleted": True}
+    return DeploymentDeleted(name=name)
 
 
 @router.post("/{name}/scale")
-async def scale_deployment(name: str, request: ScaleRequest, principal: Deploy, plane: Plane) -> dict[str, Any]:
-    return (await plane.scale(principal.workspace_id, name, request.replicas)).view()
+async def scale_deployment(name: str, request: ScaleRequest, principal: Deploy, plane: Plane) -> DeploymentOut:
+    return DeploymentOut.of(await plane.scale(principal.workspace_id, name, request.replicas))
 
 
 @router.get("/{name}/logs", response_class=PlainTextResponse)

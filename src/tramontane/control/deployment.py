@@ -7,7 +7,6 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from .autoscaler import ScaleMemory
 from .replica import Replica
@@ -57,29 +56,3 @@ class Deployment:
     def signal_ready(self) -> None:
         self.ready_signal.set()
         self.ready_signal = asyncio.Event()
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "deployment",
-            "name": self.name,
-            "kind": self.spec.kind.value,
-            "desired_replicas": self.desired,
-            "in_flight": self.in_flight(),
-            "queued": self.queued,
-            "replicas": [
-                {
-                    "id": r.id,
-                    "state": r.state.value,
-                    "node": r.handle.node if r.handle else None,
-                    "host": r.handle.host if r.handle else None,
-                    "port": r.handle.port if r.handle else None,
-                    "pid": r.handle.pid if r.handle else None,
-                    "restarts": r.restarts,
-                    "in_flight": r.in_flight,
-                    "held_memory_mb": r.held_memory_mb,
-                }
-                for r in self.replicas.values()
-            ],
-            "spec": self.spec.model_dump(mode="json"),
-        }

@@ -1,29 +1,25 @@
-"""Control-plane failures, rendered as OpenAI-style error bodies by the tenancy
-error handler (the API and the router install it)."""
+"""The control plane's errors that callers tell apart, each of the platform's kinds;
+others are raised as the kinds themselves (`tramontane.errors`)."""
 
 from __future__ import annotations
 
-from ..tenancy.errors import TenancyError
+from ..errors import NotFound, UpstreamFailed, Unavailable
 
 
-class ControlError(TenancyError):
-    """A deployment request that cannot be honoured: status, message and code."""
-
-
-class DeploymentNotFound(ControlError):
+class DeploymentNotFound(NotFound):
     def __init__(self, name: str):
-        super().__init__(404, f"No deployment named '{name}'", code="deployment_not_found")
+        super().__init__(f"No deployment named '{name}'", code="deployment_not_found")
 
 
-class NoCapacity(ControlError):
+class NoCapacity(Unavailable):
     """Nothing fits on the node even after evicting every idle replica."""
 
     def __init__(self, message: str):
-        super().__init__(503, message, code="insufficient_capacity", retry_after_s=5)
+        super().__init__(message, code="insufficient_capacity", retry_after_s=5)
 
 
-class ReplicaUnavailable(ControlError):
+class ReplicaUnavailable(UpstreamFailed):
     """The replica died or could not be reached while serving the request."""
 
     def __init__(self, message: str):
-        super().__init__(502, message, code="replica_unavailable")
+        super().__init__(message, code="replica_unavailable")

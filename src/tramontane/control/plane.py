@@ -22,12 +22,13 @@ from pathlib import Path
 
 import httpx
 
+from ..errors import Invalid, Unavailable
 from ..store import HOME_ENV, URL_ENV, Store, tramontane_home
 from ..store.types import new_id
 from .autoscaler import decide
 from .backends import Backend, LocalBackend
 from .deployment import Deployment
-from .errors import ControlError, DeploymentNotFound, NoCapacity
+from .errors import DeploymentNotFound, NoCapacity
 from .models import ReplicaRow
 from .replica import Replica
 from .repository import Repository
@@ -129,8 +130,7 @@ class ControlPlane:
         deployment = self.get(workspace_id, name)
         scaling = deployment.spec.scaling
         if not scaling.min_replicas <= replicas <= scaling.max_replicas:
-            raise ControlError(
-                400,
+            raise Invalid(
                 f"replicas must be between min_replicas={scaling.min_replicas} and max_replicas={scaling.max_replicas}",
                 code="invalid_replicas",
                 param="replicas",
@@ -189,8 +189,7 @@ class ControlPlane:
         replica = deployment.pick()
         if replica is None:
             if deployment.queued >= deployment.spec.scaling.max_queued_requests:
-                raise ControlError(
-                    503,
+                raise Unavailable(
                     f"Deployment '{deployment.name}' is starting and its queue is full",
                     code="queue_full",
                     retry_after_s=1,
@@ -226,8 +225,8 @@ class ControlPlane:
                     await signal.wait()
         if deployment.deleted:
             raise DeploymentNotFound(deployment.name)
-        raise ControlError(
-            503, f"Deployment '{deployment.name}' has no ready replica yet", code="not_ready", retry_after_s=5
+        raise Unavailable(
+            f"Deployment '{deployment.name}' has no ready replica yet", code="not_ready", retry_after_s=5
         )
 
     # -- reconciling -----------------------------------------------------------

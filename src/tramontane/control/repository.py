@@ -6,8 +6,8 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from ..errors import Conflict
 from ..store import Store
-from .errors import ControlError
 from .models import DeploymentRow, ReplicaRow
 from .spec import DeploymentSpec
 
@@ -24,7 +24,7 @@ class Repository:
             with self.store.write_session() as session:
                 session.add(row)
         except IntegrityError:
-            raise ControlError(409, f"A deployment named '{spec.name}' already exists", code="conflict") from None
+            raise Conflict(f"A deployment named '{spec.name}' already exists") from None
         return row
 
     def deployments(self) -> list[DeploymentRow]:

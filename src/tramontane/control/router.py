@@ -26,9 +26,9 @@ from urllib.parse import quote
 import anyio
 from starlette.types import Receive, Scope, Send
 
-from ..errors import APIError
+from ..errors import APIError, NotFound, TramontaneError, as_api_error
 from ..tenancy import Capability, Tenancy
-from .errors import ControlError, ReplicaUnavailable
+from .errors import ReplicaUnavailable
 from .plane import ControlPlane
 from .spec import Kind
 from .upstream import UpstreamResponse
@@ -97,8 +97,8 @@ class DeploymentsRouter:
         authorization = next((v.decode("latin-1") for k, v in headers if k == b"authorization"), None)
         try:
             principal = await self.tenancy.enter(authorization, Capability.INFERENCE, where=where)
-        except APIError as exc:
-            await exc.response()(scope, receive, send)
+        except (APIError, TramontaneError) as exc:
+            await as_api_error(exc).response()(scope, receive, send)
             return
         try:
             await self._proxy(scope, receive, send, principal.workspace_id, authorization)
@@ -123,9 +123,8 @@ class DeploymentsRouter:
             found = self.plane.route_by_model(workspace_id, model, path) if model else None
         if found is None:
             where = f"model '{model}'" if model else f"path '{path}'"
-            await ControlError(404, f"No deployment serves {where}", code="deployment_not_found").response()(
-                scope, receive, send
-            )
+            missing = NotFound(f"No deployment serves {where}", code="deployment_not_found")
+            await as_api_error(missing).response()(scope, receive, send)
             return
         deployment, forward_path = found
         forwarded = [(k, v) for k, v in headers if k not in _DROP_REQUEST]
@@ -153,8 +152,8 @@ class DeploymentsRouter:
                     await self._relay(response, receive, send)
                 finally:
                     response.release()
-        except APIError as exc:
-            await exc.response()(scope, receive, send)
+        except (APIError, TramontaneError) as exc:
+            await as_api_error(exc).response()(scope, receive, send)
 
     async def _relay(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
         """Sends the upstream response on as it arrives. A client that goes away

@@ -20,7 +20,7 @@ from typing import Any
 import anyio.to_thread
 from sqlalchemy import func, select
 
-from ..errors import APIError, TramontaneError, as_api_error
+from ..errors import APIError, Conflict, Invalid, TramontaneError, as_api_error
 from ..store import Store
 from ..store.types import new_id, utcnow
 from ..tenancy import get_owned, owned
@@ -47,7 +47,7 @@ class BatchRequest:
     request_id: str
 
 
-# run(request) -> response body; raises APIError.
+# run(request) -> response body; raises a TramontaneError (or an APIError) for its line.
 LineExecutor = Callable[[BatchRequest], Awaitable[dict[str, Any]]]
 # executor(job) -> how its lines run: set up once per job, in the job's workspace,
 # metered as the key that created it (`job.api_key_id`; None for jobs created
@@ -116,7 +116,7 @@ class BatchJobs:
     def _insert(self, workspace_id: str, api_key_id: str, request: CreateBatchRequest) -> dict[str, Any]:
         for file_id in request.input_files:
             if self.files.get(workspace_id, file_id).purpose != "batch":
-                raise APIError(400, f"File '{file_id}' was not uploaded with purpose 'batch'", param="input_files")
+                raise Invalid(f"File '{file_id}' was not uploaded with purpose 'batch'", param="input_files")
         job = BatchJobRow(
             id=new_id("batch"),
             workspace_id=workspace_id,
@@ -174,7 +174,7 @@ class BatchJobs:
         with self.store.write_session() as session:
             job = self._owned(session, workspace_id, job_id)
             if job.status in TERMINAL:
-                raise APIError(409, f"Batch job '{job_id}' is already {job.status}", code="invalid_status")
+                raise Conflict(f"Batch job '{job_id}' is already {job.status}", code="invalid_status")
             job.status = CANCELLATION_REQUESTED if job.id in self._tasks else CANCELLED
             return batch_view(job)
 
@@ -182,7 +182,7 @@ class BatchJobs:
         with self.store.write_session() as session:
             job = self._owned(session, workspace_id, job_id)
             if job.status not in TERMINAL:
-                raise APIError(409, f"Batch job '{job_id}' is {job.status}; cancel it first", code="invalid_status")
+                raise Conflict(f"Batch job '{job_id}' is {job.status}; cancel it first", code="invalid_status")
             session.delete(job)
         return {"id": job_id, "object": "batch", "deleted": True}
 
@@ -242,11 +242,11 @@ class BatchJobs:
         gate = asyncio.Semaphore(CONCURRENT_REQUESTS)
         progress = asyncio.Lock()
 
-        async def one(index: int, custom_id: Any, body: dict[str, Any] | APIError) -> None:
+        async def one(index: int, custom_id: Any, body: dict[str, Any] | TramontaneError) -> None:
             line_id = f"{job.id}-{index}"
             async with gate:
                 try:
-                    if isinstance(body, APIError):
+                    if isinstance(body, TramontaneError):
                         raise body
                     response = await execute(BatchRequest(job.endpoint, body, line_id))
                     line = {"id": line_id, "custom_id": custom_id, "response": {"status_code": 200, "body": response}}
@@ -263,9 +263,9 @@ class BatchJobs:
         ordered_failures = [line for _, line in sorted(failures, key=lambda pair: pair[0])]
         await anyio.to_thread.run_sync(self._write_results, job, ordered, ordered_failures)
 
-    def _read_requests(self, job: BatchJobRow) -> list[tuple[Any, dict[str, Any] | APIError]]:
+    def _read_requests(self, job: BatchJobRow) -> list[tuple[Any, dict[str, Any] | TramontaneError]]:
         """(custom_id, body) of each input line; a bad line becomes its own error result."""
-        requests: list[tuple[Any, dict[str, Any] | APIError]] = []
+        requests: list[tuple[Any, dict[str, Any] | TramontaneError]] = []
         for file_id in job.input_files:
             row = self.files.get(job.workspace_id, file_id)
             for number, raw in enumerate(self.files.read(row).split(b"\n"), start=1):
@@ -276,7 +276,7 @@ class BatchJobs:
                     body = dict(line["body"])
                 except (ValueError, KeyError, TypeError):
                     message = f'{row.filename}: line {number}: expected {{"custom_id": ..., "body": {{...}}}}'
-                    requests.append((None, APIError(400, message, code="invalid_batch_line")))
+                    requests.append((None, Invalid(message, code="invalid_batch_line")))
                     continue
                 if job.model is not None:
                     body.setdefault("model", job.model)

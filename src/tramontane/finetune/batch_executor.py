@@ -12,7 +12,7 @@ from typing import Any
 import anyio.to_thread
 from pydantic import ValidationError
 
-from ..errors import APIError
+from ..errors import APIError, Invalid
 from ..inference import chat, embeddings
 from ..inference.metrics import Metrics
 from ..inference.protocol import ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest, EmbeddingResponse
@@ -31,7 +31,7 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
             if request.endpoint == "/v1/chat/completions":
                 body = ChatCompletionRequest.model_validate(request.body)
                 if body.stream:
-                    raise APIError(400, "batch requests cannot stream", param="stream")
+                    raise Invalid("batch requests cannot stream", param="stream")
                 return await chat.complete(models, metrics, body, workspace_id)
             return await embeddings.embed(models, EmbeddingRequest.model_validate(request.body))
         except ValidationError as exc:

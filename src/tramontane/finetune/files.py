@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 from sqlalchemy import func, select
 
-from ..errors import APIError
+from ..errors import Invalid, TooLarge
 from ..store import Store
 from ..store.types import new_id
 from ..tenancy import get_owned, owned
@@ -43,7 +43,7 @@ class FileStore:
     ) -> FileRow:
         """Stores `source`'s bytes as a new file of the workspace; 413 past the limit."""
         if purpose not in PURPOSES:
-            raise APIError(400, f"purpose must be one of {', '.join(PURPOSES)}, not '{purpose}'", param="purpose")
+            raise Invalid(f"purpose must be one of {', '.join(PURPOSES)}, not '{purpose}'", param="purpose")
         row = FileRow(
             id=new_id("file"),  # known before the insert: it names the file on disk
             workspace_id=workspace_id,
@@ -61,7 +61,7 @@ class FileStore:
                 while chunk := source.read(COPY_CHUNK):
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise APIError(413, f"files are limited to {self.max_bytes} bytes", code="file_too_large")
+                        raise TooLarge(f"files are limited to {self.max_bytes} bytes", code="file_too_large")
                     lines += chunk.count(b"\n")
                     out.write(chunk)
         except BaseException:

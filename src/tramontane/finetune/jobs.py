@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..engine import InvalidRequestError, Tokenizer, load_tokenizer
-from ..errors import APIError
+from ..errors import Conflict, Invalid, NotFound
 from ..store import Store
 from ..store.types import new_id, utcnow
 from ..tenancy import get_owned, owned
@@ -133,14 +133,12 @@ class FineTuningJobs:
 
     def create(self, workspace_id: str, request: CreateJobRequest) -> dict[str, Any]:
         if request.model not in self.base_models:
-            raise APIError(
-                404, f"The model '{request.model}' cannot be fine-tuned here", code="model_not_found", param="model"
+            raise NotFound(f"The model '{request.model}' cannot be fine-tuned here", code="model_not_found", param="model"
             )
         file_ids = [f.file_id for f in request.training_files] + list(request.validation_files or [])
         for file_id in file_ids:
             if self.files.get(workspace_id, file_id).purpose != "fine-tune":
-                raise APIError(
-                    400, f"File '{file_id}' was not uploaded with purpose 'fine-tune'", param="training_files"
+                raise Invalid(f"File '{file_id}' was not uploaded with purpose 'fine-tune'", param="training_files"
                 )
         job = FineTuningJobRow(
             id=new_id("ftjob"),
@@ -241,8 +239,7 @@ class FineTuningJobs:
         with self.store.write_session() as session:
             job = self._owned(session, workspace_id, job_id)
             if job.status != VALIDATED:
-                raise APIError(
-                    409, f"Job '{job_id}' is {job.status}; only a VALIDATED job can be started", code="invalid_status"
+                raise Conflict(f"Job '{job_id}' is {job.status}; only a VALIDATED job can be started", code="invalid_status"
                 )
             transition(job, QUEUED)
             view = job_view(job)
@@ -254,7 +251,7 @@ class FineTuningJobs:
         with self.store.write_session() as session:
             job = self._owned(session, workspace_id, job_id)
             if job.status in TERMINAL:
-                raise APIError(409, f"Job '{job_id}' is already {job.status}", code="invalid_status")
+                raise Conflict(f"Job '{job_id}' is already {job.status}", code="invalid_status")
             if job.status == RUNNING:
                 transition(job, CANCELLATION_REQUESTED)
             elif job.status != CANCELLATION_REQUESTED:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..engine import Tokenizer, TokenLogprob
-from ..errors import APIError
+from ..errors import Invalid
 from .generation import Generation, usage
 from .logprobs import chat_logprobs
 from .metering import RequestMeter
@@ -163,7 +163,7 @@ def _text(content: str | list[dict[str, Any]] | None) -> str:
     texts = []
     for part in content:
         if part["type"] != "text":
-            raise APIError(400, f"Content parts of type '{part['type']}' are not supported", param="messages")
+            raise Invalid(f"Content parts of type '{part['type']}' are not supported", param="messages")
         texts.append(part.get("text") or "")
     return "\n".join(texts)
 

@@ -7,7 +7,7 @@ import uuid
 
 import anyio.to_thread
 
-from ..errors import APIError
+from ..errors import Invalid
 from .protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from .registry import ModelRegistry
 
@@ -19,11 +19,11 @@ async def embed(models: ModelRegistry, body: EmbeddingRequest) -> EmbeddingRespo
     entry = models.embedding(body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
     if len(texts) > MAX_INPUTS:
-        raise APIError(400, f"at most {MAX_INPUTS} inputs per request", param="input")
+        raise Invalid(f"at most {MAX_INPUTS} inputs per request", param="input")
     dimensions = body.dimensions if body.dimensions is not None else body.output_dimension
     if dimensions is not None and dimensions != entry.model.dim:
         # MiniLM-style models are not trained to be truncated (no Matryoshka), so only the full size.
-        raise APIError(400, f"'{entry.name}' only produces {entry.model.dim} dimensions", param="dimensions")
+        raise Invalid(f"'{entry.name}' only produces {entry.model.dim} dimensions", param="dimensions")
     # One forward pass at a time per model: concurrent ones would only fight over the CPU.
     async with entry.lock:
         vectors, counts = await anyio.to_thread.run_sync(entry.model.embed, texts)

@@ -30,13 +30,13 @@ from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ..errors import TramontaneError, as_api_error
 from ..store.types import utcnow
 from ..tenancy import (
     Capability,
     Principal,
     RequestLogEntry,
     Tenancy,
-    TenancyError,
     enter_request,
     get_tenancy,
 )
@@ -93,9 +93,9 @@ class RequestMeter:
                 if time.monotonic() - checked >= KEY_RECHECK_S:
                     try:
                         await anyio.to_thread.run_sync(self._recheck_key)
-                    except TenancyError as exc:
+                    except TramontaneError as exc:
                         # The openai SDK raises on an event with an "error" key.
-                        yield b"data: " + json.dumps(exc.body()).encode() + b"\n\n"
+                        yield b"data: " + json.dumps(as_api_error(exc).body()).encode() + b"\n\n"
                         return
                     checked = time.monotonic()
                 yield event

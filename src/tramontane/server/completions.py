@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from ..errors import APIError
+from ..errors import Invalid
 from ..inference.chat import ChatOutput, respond
 from ..inference.generation import Generation, merged_outputs, run_all, usage
 from ..inference.inference_call import Call
@@ -35,7 +35,7 @@ async def create_completion(body: CompletionRequest, call: Call) -> Response | C
     model, meter = call.models.chat(body.model, call.principal.workspace_id), call.meter
     if body.echo and body.logprobs is not None:
         # The engine reports logprobs of generated tokens only, not of the prompt.
-        raise APIError(400, "echo cannot be combined with logprobs", param="echo")
+        raise Invalid("echo cannot be combined with logprobs", param="echo")
     prompts = [_prompt_ids(model, p, body.suffix) for p in _prompts(body.prompt)]
     max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
     params = sampling_params(body, n=body.n, max_tokens=max_tokens, logprobs=body.logprobs, lora=model.lora)
@@ -85,14 +85,14 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str 
     if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
         return [prompt]  # type: ignore[list-item]
     if not prompt:
-        raise APIError(400, "prompt must not be empty", param="prompt")
+        raise Invalid("prompt must not be empty", param="prompt")
     return list(prompt)  # type: ignore[arg-type]
 
 
 def _prompt_ids(model: ChatModel, prompt: str | list[int], suffix: str | None) -> list[int]:
     tokenizer = model.engine.tokenizer
     if isinstance(prompt, list) and any(not 0 <= t < tokenizer.vocab_size for t in prompt):
-        raise APIError(400, f"prompt token ids must be in [0, {tokenizer.vocab_size})", param="prompt")
+        raise Invalid(f"prompt token ids must be in [0, {tokenizer.vocab_size})", param="prompt")
     if suffix is not None:
         return _fim_prompt(model, prompt if isinstance(prompt, str) else tokenizer.decode(prompt), suffix)
     return prompt if isinstance(prompt, list) else tokenizer.encode(prompt, add_special_tokens=True)
@@ -100,9 +100,7 @@ def _prompt_ids(model: ChatModel, prompt: str | list[int], suffix: str | None) -
 
 def _fim_prompt(model: ChatModel, prefix: str, suffix: str) -> list[int]:
     if model.fim is None:
-        raise APIError(
-            400,
-            f"The model '{model.name}' was not trained for fill-in-the-middle (it has no FIM tokens)",
+        raise Invalid(f"The model '{model.name}' was not trained for fill-in-the-middle (it has no FIM tokens)",
             code="fim_not_supported",
             param="model",
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..errors import APIError
+from ..errors import Invalid
 from ..inference.metering import InferenceKey, InferenceRoute
 from ..inference.protocol import FineTunedModelCard, ModelCard, ModelDeleted, ModelList
 from .deps import Models
@@ -26,8 +26,7 @@ async def retrieve_model(model_id: str, models: Models, principal: InferenceKey)
 async def delete_model(model_id: str, models: Models, principal: InferenceKey) -> ModelDeleted:
     card = models.card(model_id, principal.workspace_id)  # 404 for unknown models
     if not isinstance(card, FineTunedModelCard):
-        raise APIError(
-            400, f"The model '{model_id}' is a base model and cannot be deleted", code="model_not_deletable",
+        raise Invalid(f"The model '{model_id}' is a base model and cannot be deleted", code="model_not_deletable",
             param="model_id",
         )
     await models.remove_adapter(model_id)

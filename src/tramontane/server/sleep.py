@@ -13,14 +13,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header
 
 from ..engine import EngineError
-from ..errors import APIError
+from ..errors import Conflict, Unauthorized
 from ..inference.registry import ModelRegistry
 
 
 def sleep_router(registry: ModelRegistry, token: str) -> APIRouter:
     async def control_plane_only(authorization: Annotated[str | None, Header()] = None) -> None:
         if not hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode()):
-            raise APIError(401, "Only the control plane may put this replica to sleep", code="invalid_api_key")
+            raise Unauthorized("Only the control plane may put this replica to sleep", code="invalid_api_key")
 
     router = APIRouter(prefix="/control", dependencies=[Depends(control_plane_only)], include_in_schema=False)
 
@@ -30,7 +30,7 @@ def sleep_router(registry: ModelRegistry, token: str) -> APIRouter:
             try:
                 await engine.sleep()
             except EngineError as exc:
-                raise APIError(409, str(exc), code="busy") from exc
+                raise Conflict(str(exc), code="busy") from exc
         return {"asleep": True}
 
     @router.post("/wake")

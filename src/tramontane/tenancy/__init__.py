@@ -14,7 +14,7 @@ from .background_writer import BackgroundWriter
 from .capabilities import ALL_CAPABILITIES, Capability, parse_capabilities
 from .dependencies import enter_request, get_tenancy, require
 from .energy import EnergyMeter, EnergyReading
-from .errors import NotFound, TenancyError, install_error_handler
+from .errors import install_error_handler, not_found
 from .keys import bootstrap_admin_key
 from .ownership import get_owned, owned
 from .principal import Limits, Principal
@@ -33,18 +33,17 @@ __all__ = [
     "EnergyMeter",
     "EnergyReading",
     "Limits",
-    "NotFound",
     "Principal",
     "RequestLogEntry",
     "RequestLogWriter",
     "Tenancy",
-    "TenancyError",
     "Usage",
     "bootstrap_admin_key",
     "enter_request",
     "get_owned",
     "get_tenancy",
     "install_error_handler",
+    "not_found",
     "owned",
     "parse_capabilities",
     "request_logs_router",

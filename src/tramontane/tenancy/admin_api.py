@@ -32,7 +32,7 @@ from .admin_schemas import (
 from .audit import Actor
 from .capabilities import Capability
 from .dependencies import TenancyDep, require
-from .errors import TenancyError
+from ..errors import Forbidden, Invalid
 from .ownership import admin_key, admin_organisation, admin_workspace
 from .principal import Principal
 
@@ -46,7 +46,7 @@ Admin = Annotated[Principal, Depends(require(Capability.ADMIN))]
 
 def _platform_only(principal: Principal) -> None:
     if not principal.platform_admin:
-        raise TenancyError(403, "Only a platform admin key can do this", code="platform_admin_required")
+        raise Forbidden("Only a platform admin key can do this", code="platform_admin_required")
 
 
 @router.get("/organisations")
@@ -163,11 +163,11 @@ def create_key(workspace_id: str, body: KeyIn, principal: Admin, tenancy: Tenanc
     requested = frozenset(body.capabilities)
     if not requested <= principal.capabilities:
         missing = ", ".join(sorted(requested - principal.capabilities))
-        raise TenancyError(403, f"Cannot grant capabilities this key lacks: {missing}", code="insufficient_capability")
+        raise Forbidden(f"Cannot grant capabilities this key lacks: {missing}", code="insufficient_capability")
     now = utcnow()
     expires_at = body.expires_at or (now + timedelta(seconds=body.expires_in_s) if body.expires_in_s else None)
     if expires_at is not None and expires_at.tzinfo is None:
-        raise TenancyError(400, "expires_at needs a timezone", code="invalid_expiry", param="expires_at")
+        raise Invalid("expires_at needs a timezone", code="invalid_expiry", param="expires_at")
     with tenancy.store.write_session() as session:
         workspace = admin_workspace(session, principal, workspace_id)
         created = keys.create_key(
@@ -230,7 +230,7 @@ def usage_report(
             until=until,
         )
     except ValueError as exc:
-        raise TenancyError(400, str(exc), code="invalid_group_by", param="group_by") from None
+        raise Invalid(str(exc), code="invalid_group_by", param="group_by") from None
     return UsageReportOut(group_by=group_by, since=since, until=until, data=rows)
 
 

@@ -17,7 +17,7 @@ from ..store.types import utcnow
 from . import audit
 from .audit import ANONYMOUS, Actor
 from .capabilities import Capability, deserialise_capabilities
-from .errors import TenancyError
+from ..errors import Forbidden, Unauthorized
 from .keys import hash_secret, parse_key, public_key_id, secret_matches
 from .principal import KEY_PREFIX, LIMIT_FIELDS, Limits, Principal
 
@@ -118,7 +118,7 @@ class Authenticator:
                 target=where,
                 details={"reason": rejection.reason},
             )
-        raise TenancyError(401, rejection.message, code=rejection.code)
+        raise Unauthorized(rejection.message, code=rejection.code)
 
     def authorize(self, principal: Principal, capability: Capability, *, where: str | None = None) -> None:
         """Raises a 403 (audited) unless the key holds `capability`."""
@@ -135,8 +135,7 @@ class Authenticator:
                 target=where,
                 details={"missing_capability": capability.value},
             )
-        raise TenancyError(
-            403, f"This API key lacks the '{capability.value}' capability", code="insufficient_capability"
+        raise Forbidden(f"This API key lacks the '{capability.value}' capability", code="insufficient_capability"
         )
 
 

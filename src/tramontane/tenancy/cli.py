@@ -21,7 +21,7 @@ from ..store.types import utcnow
 from . import directory, keys, usage
 from .audit import CLI
 from .capabilities import Capability
-from .errors import TenancyError
+from ..errors import Invalid, NotFound, TramontaneError
 from .principal import KEY_PREFIX, Limits
 from .request_logs import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 from .service import Tenancy
@@ -59,7 +59,7 @@ def _open(url: str | None) -> Iterator[Tenancy]:
     tenancy = Tenancy.open(url)
     try:
         yield tenancy
-    except TenancyError as exc:
+    except TramontaneError as exc:
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from None
     finally:
@@ -115,11 +115,11 @@ def workspaces_create(
         if organisation is None:
             owner = session.scalar(select(Organisation).where(Organisation.is_platform.is_(True)))
             if owner is None:
-                raise TenancyError(404, "No platform organisation yet: start the server once, or pass --organisation")
+                raise NotFound("No platform organisation yet: start the server once, or pass --organisation")
         else:
             owner = session.get(Organisation, organisation)
             if owner is None:
-                raise TenancyError(404, f"No organisation with id '{organisation}'")
+                raise NotFound(f"No organisation with id '{organisation}'")
         console.print(directory.create_workspace(session, owner, name, CLI, limits, request_log_days).id)
 
 
@@ -140,7 +140,7 @@ def workspaces_request_logs(
     with _open(database_url) as tenancy, tenancy.store.write_session() as session:
         row = session.get(Workspace, workspace)
         if row is None:
-            raise TenancyError(404, f"No workspace with id '{workspace}'")
+            raise NotFound(f"No workspace with id '{workspace}'")
         directory.set_request_log_retention(session, row, retention_days, CLI)
 
 
@@ -159,7 +159,7 @@ def workspaces_set_limits(
     with _open(database_url) as tenancy, tenancy.store.write_session() as session:
         row = session.get(Workspace, workspace)
         if row is None:
-            raise TenancyError(404, f"No workspace with id '{workspace}'")
+            raise NotFound(f"No workspace with id '{workspace}'")
         directory.update_workspace(session, row, CLI, limits=changes)
 
 
@@ -195,7 +195,7 @@ def keys_create(
     with _open(database_url) as tenancy, tenancy.store.write_session() as session:
         row = session.get(Workspace, workspace)
         if row is None:
-            raise TenancyError(404, f"No workspace with id '{workspace}'")
+            raise NotFound(f"No workspace with id '{workspace}'")
         created = keys.create_key(
             session,
             tenancy.pepper,
@@ -241,7 +241,7 @@ def keys_revoke(
         row = session.get(ApiKey, key_id)
         workspace = session.get(Workspace, row.workspace_id) if row is not None else None
         if row is None or workspace is None:
-            raise TenancyError(404, f"No API key with id '{key_id}'")
+            raise NotFound(f"No API key with id '{key_id}'")
         keys.revoke_key(session, row, workspace.organisation_id, CLI)
     console.print(f"revoked {KEY_PREFIX}{key_id}")
 
@@ -267,7 +267,7 @@ def usage_command(
                 until=date.fromisoformat(until) if until else None,
             )
         except ValueError as exc:
-            raise TenancyError(400, str(exc)) from None
+            raise Invalid(str(exc)) from None
     table = Table(*group_by, "requests", "prompt", "completion", "total", "energy (Wh)")
     for row in rows:
         table.add_row(

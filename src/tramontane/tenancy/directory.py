@@ -14,7 +14,7 @@ from ..store import Organisation, RequestLog, Workspace
 from ..store.types import utcnow
 from . import audit
 from .audit import Actor
-from .errors import Conflict, TenancyError
+from ..errors import Conflict, Invalid
 from .principal import LIMIT_FIELDS, NO_LIMITS, Limits
 
 _WORKSPACE_ID = re.compile(r"ws_[0-9a-f]{16}")
@@ -24,7 +24,7 @@ def workspace_dir(home: Path, workspace_id: str) -> Path:
     """Where a workspace's files live: `<home>/workspaces/<id>/`."""
     # The id becomes a path: accept only the shape we generate, never `..` or `/`.
     if not _WORKSPACE_ID.fullmatch(workspace_id):
-        raise TenancyError(400, f"'{workspace_id}' is not a workspace id", code="invalid_workspace_id")
+        raise Invalid(f"'{workspace_id}' is not a workspace id", code="invalid_workspace_id")
     return home / "workspaces" / workspace_id
 
 

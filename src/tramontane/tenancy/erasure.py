@@ -25,7 +25,8 @@ from ..store import ApiKey, AuditEvent, Organisation, Store, Workspace
 from . import audit
 from .audit import Actor
 from .directory import workspace_dir
-from .errors import Conflict, NotFound
+from ..errors import Conflict
+from .errors import not_found
 from .principal import KEY_PREFIX
 
 ERASED_ACTOR = "erased"
@@ -55,12 +56,12 @@ def erase_workspace(store: Store, home: Path, workspace_id: str, actor: Actor) -
     workspace_dir(home, workspace_id)  # rejects a malformed id before anything is touched
     with store.session() as session:
         if session.get(Workspace, workspace_id) is None:
-            raise NotFound("workspace", workspace_id)
+            raise not_found("workspace", workspace_id)
     _remove_files(home, workspace_id)
     with store.write_session() as session:
         workspace = session.get(Workspace, workspace_id)
         if workspace is None:
-            raise NotFound("workspace", workspace_id)
+            raise not_found("workspace", workspace_id)
         _erase_rows(session, workspace)
         audit.record(
             session, "workspace.erase", actor, organisation_id=workspace.organisation_id, target=digest(workspace_id)
@@ -73,7 +74,7 @@ def erase_organisation(store: Store, home: Path, organisation_id: str, actor: Ac
     with store.session() as session:
         organisation = session.get(Organisation, organisation_id)
         if organisation is None:
-            raise NotFound("organisation", organisation_id)
+            raise not_found("organisation", organisation_id)
         if organisation.is_platform:
             raise Conflict("The platform organisation cannot be erased")
         workspace_ids = list(session.scalars(select(Workspace.id).where(Workspace.organisation_id == organisation_id)))

@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..store import ApiKey, RateCounter, RequestLease, Store, Workspace
-from .errors import TenancyError
+from ..errors import Limited
 from .principal import Limits, Principal
 
 REQUESTS_PER_MINUTE = "requests/min"
@@ -169,9 +169,7 @@ class Limiter:
         if limits.requests_per_minute is not None:
             window, end = minute_window(now)
             if not self._increment(connection, workspace_id, subject, window, limits.requests_per_minute):
-                raise TenancyError(
-                    429,
-                    f"Rate limit reached for this {label}: {limits.requests_per_minute} requests per minute",
+                raise Limited(f"Rate limit reached for this {label}: {limits.requests_per_minute} requests per minute",
                     code="rate_limit_exceeded",
                     retry_after_s=end - now,
                 )
@@ -179,18 +177,14 @@ class Limiter:
         if limits.tokens_per_minute is not None:
             window, end = minute_window(now)
             if self._value(connection, subject, TOKENS_PER_MINUTE, window) >= limits.tokens_per_minute:
-                raise TenancyError(
-                    429,
-                    f"Rate limit reached for this {label}: {limits.tokens_per_minute} tokens per minute",
+                raise Limited(f"Rate limit reached for this {label}: {limits.tokens_per_minute} tokens per minute",
                     code="rate_limit_exceeded",
                     retry_after_s=end - now,
                 )
         if limits.monthly_token_budget is not None:
             window, end = month_window(now)
             if self._value(connection, subject, TOKENS_PER_MONTH, window) >= limits.monthly_token_budget:
-                raise TenancyError(
-                    429,
-                    f"This {label}'s monthly budget of {limits.monthly_token_budget} tokens is spent",
+                raise Limited(f"This {label}'s monthly budget of {limits.monthly_token_budget} tokens is spent",
                     code="insufficient_quota",
                     retry_after_s=end - now,
                 )
@@ -241,9 +235,7 @@ class Limiter:
             (workspace_limit, self._count_workspace_leases, "workspace"),
         ):
             if limit is not None and (connection.scalar(count, params) or 0) >= limit:
-                raise TenancyError(
-                    429,
-                    f"Too many concurrent requests for this {label} (limit {limit})",
+                raise Limited(f"Too many concurrent requests for this {label} (limit {limit})",
                     code="concurrency_limit_exceeded",
                     retry_after_s=_CONCURRENCY_RETRY_S,
                 )

@@ -10,7 +10,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from ..store import ApiKey, Organisation, Workspace, WorkspaceOwned
-from .errors import NotFound
+from .errors import not_found
 from .principal import Principal
 
 Owned = TypeVar("Owned", bound=WorkspaceOwned)
@@ -35,7 +35,7 @@ def get_owned(
     <what> with id '<object_id>'", with `code` (default `<what>_not_found`) and `param`."""
     found = session.get(model, object_id)
     if found is None or found.workspace_id != _workspace_id(owner):
-        raise NotFound(what, str(object_id), code=code, param=param)
+        raise not_found(what, str(object_id), code=code, param=param)
     return found
 
 
@@ -52,7 +52,7 @@ def admin_organisation(session: Session, principal: Principal, organisation_id: 
     """An organisation the admin key administers, else 404."""
     organisation = session.get(Organisation, organisation_id)
     if organisation is None or not _administers(principal, organisation.id):
-        raise NotFound("organisation", organisation_id)
+        raise not_found("organisation", organisation_id)
     return organisation
 
 
@@ -60,7 +60,7 @@ def admin_workspace(session: Session, principal: Principal, workspace_id: str) -
     """A workspace in an organisation the admin key administers, else 404."""
     workspace = session.get(Workspace, workspace_id)
     if workspace is None or not _administers(principal, workspace.organisation_id):
-        raise NotFound("workspace", workspace_id)
+        raise not_found("workspace", workspace_id)
     return workspace
 
 
@@ -69,5 +69,5 @@ def admin_key(session: Session, principal: Principal, key_id: str) -> tuple[ApiK
     key = session.get(ApiKey, key_id)
     workspace = session.get(Workspace, key.workspace_id) if key is not None else None
     if key is None or workspace is None or not _administers(principal, workspace.organisation_id):
-        raise NotFound("API key", key_id)
+        raise not_found("API key", key_id)
     return key, workspace

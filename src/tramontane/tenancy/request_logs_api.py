@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from ..store import RequestLog
 from .capabilities import Capability
 from .dependencies import TenancyDep, require
-from .errors import NotFound
+from .errors import not_found
 from .principal import KEY_PREFIX, Principal
 from .request_logs import find_log, list_logs
 
@@ -78,5 +78,5 @@ async def list_request_logs(
 async def get_request_log(request_id: str, principal: InferenceKey, tenancy: TenancyDep) -> RequestLogOut:
     row = await anyio.to_thread.run_sync(find_log, tenancy.store, principal.workspace_id, request_id)
     if row is None:
-        raise NotFound("request log", request_id)
+        raise not_found("request log", request_id)
     return RequestLogOut.of(row)
