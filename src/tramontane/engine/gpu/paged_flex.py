@@ -1,0 +1,240 @@
+"""Paged attention through PyTorch's FlexAttention, reading the KV cache in place.
+
+Each layer's cache is `[kv_heads, slots, head_dim]`, slots grouped in blocks of
+`block_size`; a sequence owns whole blocks, listed in its block table (blocks of a
+shared prompt prefix are shared). FlexAttention sees the whole pool as one key
+sequence of `slots` keys and the step's queries as one sequence in which every
+sequence's queries start on a fresh query block (`q_block` rows, padded). The block
+mask is built straight from the block tables: query block r of sequence s lists the
+physical KV blocks of s that it may see, split into full blocks (every key visible
+to every query, no mask evaluated) and partial ones (the diagonal, the window's edge,
+the block being filled), where `mask_mod` decides key by key. So a query block reads
+its own sequence's blocks and nothing else, whatever the batch, and prefill, chunked
+prefill after a prefix-cache hit, and decode are the same call.
+
+`mask_mod` is exact on its own (it checks the key's block belongs to the query's
+sequence and where it lies in it), as FlexAttention's contract asks: the block mask
+only tells it which blocks to skip.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+# Query rows per FlexAttention query block: a decode step pads each sequence's one
+# query to this many rows (cheap: decode attention is bound by reading the keys,
+# which each sequence then reads once).
+DEFAULT_Q_BLOCK = 16
+
+
+# The query-major lists FlexAttention's backward pass reads are not built where this
+# PyTorch can skip them (inference only; they cost a sort over every block).
+_FORWARD_ONLY = (
+    {"compute_q_blocks": False}
+    if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
+    else {}
+)
+
+
+@dataclass
+class StepShape:
+    """What the host knows about one sequence of a step: its first new position and
+    how many tokens it computes, and its block table."""
+
+    start: int
+    count: int
+    block_table: Sequence[int]
+
+
+@dataclass
+class FlexMetadata:
+    # Cache slot of each of the step's T tokens (flat, sequence after sequence).
+    slot_mapping: torch.Tensor  # [T]
+    # Row of each token in the padded query layout FlexAttention sees.
+    q_rows: torch.Tensor  # [T]
+    padded_len: int
+    block_mask: BlockMask
+    # Flat index of the last token of each sequence (the rows whose logits are wanted).
+    last_token_index: torch.Tensor  # [S]
+
+
+def padded_rows(counts: Sequence[int], q_block: int) -> list[int]:
+    """Where each sequence's queries start in the padded layout: a whole number of
+    query blocks per sequence."""
+    starts, at = [], 0
+    for n in counts:
+        starts.append(at)
+        at += -(-n // q_block) * q_block
+    starts.append(at)
+    return starts
+
+
+def build_flex_metadata(
+    shapes: Sequence[StepShape],
+    block_size: int,
+    num_slots: int,
+    sliding_window: int | None,
+    device: torch.device,
+    q_block: int = DEFAULT_Q_BLOCK,
+    max_blocks_per_seq: int | None = None,
+) -> FlexMetadata:
+    """Metadata of one step. `max_blocks_per_seq` fixes the width of the block
+    tables (a CUDA graph needs fixed shapes); by default the longest table sets it."""
+    counts = [s.count for s in shapes]
+    row_start = padded_rows(counts, q_block)
+    padded_len = row_start[-1]
+    num_seqs = len(shapes)
+    width = max_blocks_per_seq or max(len(s.block_table) for s in shapes)
+    tables = torch.zeros(num_seqs, width, dtype=torch.long)
+    for i, s in enumerate(shapes):
+        tables[i, : len(s.block_table)] = torch.as_tensor(list(s.block_table), dtype=torch.long)
+    nblocks = torch.tensor([len(s.block_table) for s in shapes])
+    starts = torch.tensor([s.start for s in shapes])
+    count_t = torch.tensor(counts)
+
+    # Per real token: sequence, position, slot, padded row.
+    seq_of_token = torch.repeat_interleave(torch.arange(num_seqs), count_t)
+    first_token = torch.cumsum(count_t, 0) - count_t
+    offset = torch.arange(int(count_t.sum())) - first_token[seq_of_token]
+    positions = starts[seq_of_token] + offset
+    slot_mapping = tables[seq_of_token, positions // block_size] * block_size + positions % block_size
+    q_rows = torch.tensor(row_start[:-1])[seq_of_token] + offset
+
+    # Per padded row (what mask_mod reads): its sequence and position, -1 on padding.
+    q_seq = torch.zeros(padded_len, dtype=torch.long)
+    q_pos = torch.full((padded_len,), -1, dtype=torch.long)
+    for i in range(num_seqs):
+        q_seq[row_start[i] : row_start[i + 1]] = i
+    q_pos[q_rows] = positions
+
+    logical = _logical_blocks(tables.to(device), nblocks.to(device), num_slots // block_size)
+    block_lists = _block_lists(
+        row_start, counts, starts, tables, nblocks, block_size, sliding_window, q_block, num_slots // block_size
+    )
+    mask_mod = paged_mask_mod(q_seq.to(device), q_pos.to(device), logical, block_size, sliding_window)
+    kv_num, kv_idx, full_num, full_idx = (t.to(device) for t in block_lists)
+    block_mask = BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx,
+        BLOCK_SIZE=(q_block, block_size), mask_mod=mask_mod, seq_lengths=(padded_len, num_slots),
+        **_FORWARD_ONLY,
+    )
+    last = torch.cumsum(count_t, 0) - 1
+    return FlexMetadata(
+        slot_mapping=slot_mapping.to(device),
+        q_rows=q_rows.to(device),
+        padded_len=padded_len,
+        block_mask=block_mask,
+        last_token_index=last.to(device),
+    )
+
+
+def _logical_blocks(tables: torch.Tensor, nblocks: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """[S, num_blocks + 1]: each sequence's logical index of every physical block, -1
+    where the block is not its own. Built where the tables are (one scatter on the
+    device); the extra last column takes the tables' padding."""
+    num_seqs, width = tables.shape
+    column = torch.arange(width, device=tables.device)[None, :].expand(num_seqs, width)
+    target = torch.where(column < nblocks[:, None], tables, num_blocks)
+    logical = torch.full((num_seqs, num_blocks + 1), -1, dtype=torch.int32, device=tables.device)
+    return logical.scatter_(1, target, column.to(torch.int32))
+
+
+def _block_lists(row_start, counts, starts, tables, nblocks, block_size, window, q_block, num_blocks):
+    """kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, shaped
+    [1, 1, query blocks, width]: for each query block, the physical blocks it sees in
+    part, then those it sees whole, each list first in the row."""
+    seq_of_qblock, first_pos, last_pos = [], [], []
+    for i, n in enumerate(counts):
+        for j in range(-(-n // q_block)):
+            seq_of_qblock.append(i)
+            first_pos.append(int(starts[i]) + j * q_block)
+            last_pos.append(int(starts[i]) + min(n, (j + 1) * q_block) - 1)
+    seq_idx = torch.tensor(seq_of_qblock)
+    p0 = torch.tensor(first_pos)[:, None]
+    p1 = torch.tensor(last_pos)[:, None]
+    width = tables.shape[1]
+    logical = torch.arange(width)[None, :]
+    lo = logical * block_size  # first key position of the block
+    hi = lo + block_size - 1
+    owned = logical < nblocks[seq_idx][:, None]
+    seen = owned & (lo <= p1)
+    full = owned & (hi <= p0)
+    if window is not None:
+        seen &= hi > p0 - window
+        full &= lo > p1 - window
+    partial = seen & ~full
+    physical = tables[seq_idx]
+    return (*_front(partial, physical, num_blocks), *_front(full, physical, num_blocks))
+
+
+def _front(chosen: torch.Tensor, physical: torch.Tensor, num_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen physical blocks of each row moved to its front, in order, and their
+    count. Rows are as wide as the pool has blocks, as BlockMask expects."""
+    rows, width = chosen.shape
+    key = torch.where(chosen, 0, width) + torch.arange(width)[None, :]
+    order = key.argsort(dim=1)
+    indices = torch.zeros(rows, num_blocks, dtype=torch.int32)
+    indices[:, :width] = physical.gather(1, order)
+    return chosen.sum(1).to(torch.int32)[None, None], indices[None, None]
+
+
+def paged_mask_mod(
+    q_seq: torch.Tensor, q_pos: torch.Tensor, logical: torch.Tensor, block_size: int, window: int | None
+) -> Callable:
+    """Key `kv_idx` (a cache slot) is visible to padded query row `q_idx` when its
+    block belongs to the row's sequence, at or before the row's position and, with a
+    sliding window, within it. Padding rows (position -1) see nothing."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        seq = q_seq[q_idx]
+        pos = q_pos[q_idx]
+        block = logical[seq, kv_idx // block_size]
+        key_pos = block * block_size + kv_idx % block_size
+        visible = (block >= 0) & (key_pos <= pos)
+        if window is not None:
+            visible = visible & (key_pos > pos - window)
+        return visible
+
+    return mask_mod
+
+
+def write_kv(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Store the step's keys and values [T, kv_heads, D] in their slots."""
+    k_cache.index_copy_(1, slot_mapping, k.transpose(0, 1).to(k_cache.dtype))
+    v_cache.index_copy_(1, slot_mapping, v.transpose(0, 1).to(v_cache.dtype))
+
+
+AttentionFn = Callable[..., torch.Tensor]
+
+
+def paged_flex_attention(
+    q: torch.Tensor,  # [T, H, D], already rotated
+    k_cache: torch.Tensor,  # [KVH, slots, D], holding this step's keys too
+    v_cache: torch.Tensor,
+    meta: FlexMetadata,
+    scale: float,
+    attention: AttentionFn = flex_attention,
+    kernel_options: dict | None = None,
+) -> torch.Tensor:
+    """Attention of the step's queries over their sequences' cached keys. Returns
+    [T, H * D]. `attention` is flex_attention, compiled (the real kernels: CUDA, and
+    the CPU template) or eager (dense reference, for tests on tiny caches)."""
+    tokens, heads, head_dim = q.shape
+    padded = q.new_zeros(meta.padded_len, heads, head_dim).index_copy_(0, meta.q_rows, q)
+    out = attention(
+        padded.transpose(0, 1).unsqueeze(0),
+        k_cache.unsqueeze(0),
+        v_cache.unsqueeze(0),
+        block_mask=meta.block_mask,
+        scale=scale,
+        enable_gqa=heads != k_cache.shape[0],
+        kernel_options=kernel_options,
+    )
+    return out[0].transpose(0, 1).index_select(0, meta.q_rows).reshape(tokens, heads * head_dim)
