@@ -50,14 +50,15 @@ class Checkpoint:
     name: str
 
 
-def load_checkpoint(path: str, on_progress: ProgressCallback | None = None) -> Checkpoint:
+def load_checkpoint(path: str, on_progress: ProgressCallback | None = None, device: str = "cpu") -> Checkpoint:
     """Load a .gguf file or a HF folder (config.json, *.safetensors, tokenizer.json).
 
     Tensors come back as float: f32 for quantized and f32 sources, f16/bf16 as
-    stored. on_progress(done, total) is called as tensors load.
+    stored. on_progress(done, total) is called as tensors load. A HF folder's
+    tensors go from the mapped files straight to `device` (no host copy first).
     """
     if os.path.isdir(path):
-        return _load_hf_dir(path, on_progress)
+        return _load_hf_dir(path, on_progress, device)
     if os.path.isfile(path):
         config, tensors, tokenizer = load_gguf(path, on_progress)
         return Checkpoint(config, tensors, tokenizer, os.path.splitext(os.path.basename(path))[0])
@@ -73,7 +74,7 @@ def load_tokenizer(path: str) -> Tokenizer:
     raise ModelLoadError(f"model path {path!r} does not exist")
 
 
-def _load_hf_dir(path: str, on_progress: ProgressCallback | None) -> Checkpoint:
+def _load_hf_dir(path: str, on_progress: ProgressCallback | None, device: str = "cpu") -> Checkpoint:
     raw = _read_json(os.path.join(path, "config.json"))
     if raw is None:
         raise ModelLoadError(f"{path} is neither a GGUF file nor a HF model folder (no config.json)")
@@ -84,7 +85,7 @@ def _load_hf_dir(path: str, on_progress: ProgressCallback | None) -> Checkpoint:
     bos = config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id
     config = dataclasses.replace(config, bos_token_id=bos, eos_token_ids=sorted(tokenizer.eos_token_ids))
     tensors: dict[str, torch.Tensor] = {}
-    for name, tensor in _read_safetensors(path, on_progress):
+    for name, tensor in _read_safetensors(path, on_progress, device):
         tensors.update(_hf_tensors(name, tensor, config))
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
@@ -161,12 +162,14 @@ def _safetensors_files(path: str) -> list[str]:
     return files
 
 
-def _read_safetensors(path: str, on_progress: ProgressCallback | None) -> Iterator[tuple[str, torch.Tensor]]:
+def _read_safetensors(
+    path: str, on_progress: ProgressCallback | None, device: str = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
     # safe_open maps each file and materializes one tensor at a time, so peak
     # memory is the loaded weights plus a single tensor.
     files = _safetensors_files(path)
     try:
-        handles = [safe_open(f, framework="pt") for f in files]
+        handles = [safe_open(f, framework="pt", device=device) for f in files]
     except Exception as e:  # safetensors raises its own error type besides OSError
         raise ModelLoadError(f"cannot open the safetensors files in {path}: {e}") from e
     total = sum(len(h.keys()) for h in handles)

@@ -46,7 +46,8 @@ class EngineConfig:
     max_model_len: int | None = None  # defaults to the model's context length
     max_waiting_requests: int = 256  # admission limit before EngineOverloadedError
     enable_prefix_caching: bool = True
-    # Quantization of the linear layers: "auto" | "none" | "bf16" | "int8" | "int4" (int8
+    # Quantization of the linear layers: "auto" | "none" | "bf16" | "int8" | "int4" | "fp8"
+    # (fp8: GPU path only; int8: CPU only) (int8
     # rounds activations too: fastest on CPU from a few rows up, but least faithful).
     # "auto" picks the fastest faithful one on the device (int4 with a bf16 head on CPU).
     quantization: str = "auto"
@@ -57,6 +58,13 @@ class EngineConfig:
     max_lora_rank: int = 16
     # Activation and KV-cache dtype: "auto" is float32 on CPU and bfloat16 on GPUs.
     dtype: str = "auto"
+    # Which runner: "auto" runs our C kernels on CPUs and FlexAttention (engine/gpu/)
+    # on CUDA devices; "flex" forces the GPU path on any device (tests).
+    attention_backend: str = "auto"
+    # GPU path: decode steps replayed from CUDA graphs, one per batch-size bucket; and,
+    # off CUDA, whether flex attention is compiled (else its eager reference runs).
+    cuda_graphs: bool = True
+    compile_attention: bool = False
     # Where prepared (quantized, repacked) models are kept between starts; None
     # prepares them on every start (see engine/prepared.py).
     prepared_weights_dir: str | None = None

@@ -18,6 +18,7 @@ from .block_manager import BlockManager
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import EngineConfig
 from .errors import EngineError, EngineOverloadedError, InvalidRequestError
+from .gpu.runner import GPUModelRunner, uses_gpu_path
 from .model import CausalLM
 from .outputs import CompletionOutput, RequestOutput
 from .prepared import load_prepared, prepared_path, save_prepared
@@ -62,7 +63,10 @@ class LLMEngine:
         self.name = checkpoint.name
         self.model_config = checkpoint.config
         self.tokenizer = checkpoint.tokenizer
-        self.runner = ModelRunner(checkpoint.config, checkpoint.tensors, config, prepared, on_prepared)
+        if uses_gpu_path(config):
+            self.runner: ModelRunner | GPUModelRunner = GPUModelRunner(checkpoint.config, checkpoint.tensors, config)
+        else:
+            self.runner = ModelRunner(checkpoint.config, checkpoint.tensors, config, prepared, on_prepared)
         self.loras = self.runner.loras
         self.asleep = False
         self._reset_cache_state()
@@ -85,6 +89,10 @@ class LLMEngine:
         """Loads a checkpoint. With `config.prepared_weights_dir`, the model is
         mapped from its prepared file when there is one, and saved there otherwise."""
         config = config or EngineConfig()
+        if uses_gpu_path(config):
+            # Prepared models are CPU-quantized; the GPU path reads the checkpoint
+            # straight into device memory.
+            return cls(load_checkpoint(path, on_progress=on_progress, device=config.device), config)
         if config.prepared_weights_dir is None or not os.path.exists(path):
             # (A missing path gets load_checkpoint's error.)
             return cls(load_checkpoint(path, on_progress=on_progress), config)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
@@ -53,14 +53,56 @@ class StepShape:
 
 @dataclass
 class FlexMetadata:
+    """One step's attention inputs. Every field is a tensor of a shape fixed by the
+    batch's padded layout, so a CUDA graph can hold a copy and refill it in place."""
+
     # Cache slot of each of the step's T tokens (flat, sequence after sequence).
     slot_mapping: torch.Tensor  # [T]
     # Row of each token in the padded query layout FlexAttention sees.
     q_rows: torch.Tensor  # [T]
-    padded_len: int
-    block_mask: BlockMask
     # Flat index of the last token of each sequence (the rows whose logits are wanted).
     last_token_index: torch.Tensor  # [S]
+    # What mask_mod reads: each padded row's sequence and position (-1: padding), and
+    # each sequence's logical index of every physical block (-1: not its own).
+    q_seq: torch.Tensor  # [P]
+    q_pos: torch.Tensor  # [P]
+    logical: torch.Tensor  # [S, num_blocks + 1]
+    # BlockMask's lists, [1, 1, P / q_block, num_blocks].
+    kv_num: torch.Tensor
+    kv_idx: torch.Tensor
+    full_num: torch.Tensor
+    full_idx: torch.Tensor
+    block_size: int
+    q_block: int
+    sliding_window: int | None
+    _block_mask: BlockMask | None = None
+
+    @property
+    def padded_len(self) -> int:
+        return self.q_seq.shape[0]
+
+    @property
+    def num_slots(self) -> int:
+        return self.kv_idx.shape[-1] * self.block_size
+
+    @property
+    def block_mask(self) -> BlockMask:
+        if self._block_mask is None:
+            mask_mod = paged_mask_mod(self.q_seq, self.q_pos, self.logical, self.block_size, self.sliding_window)
+            self._block_mask = BlockMask.from_kv_blocks(
+                self.kv_num, self.kv_idx, self.full_num, self.full_idx,
+                BLOCK_SIZE=(self.q_block, self.block_size), mask_mod=mask_mod,
+                seq_lengths=(self.padded_len, self.num_slots), **_FORWARD_ONLY,
+            )
+        return self._block_mask
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.type == "torch.Tensor"}
+
+    def copy_(self, other: FlexMetadata) -> None:
+        """Refill these tensors in place with `other`'s (same padded shapes)."""
+        for name, tensor in self.tensors().items():
+            tensor.copy_(getattr(other, name), non_blocking=True)
 
 
 def padded_rows(counts: Sequence[int], q_block: int) -> list[int]:
@@ -81,15 +123,14 @@ def build_flex_metadata(
     sliding_window: int | None,
     device: torch.device,
     q_block: int = DEFAULT_Q_BLOCK,
-    max_blocks_per_seq: int | None = None,
 ) -> FlexMetadata:
-    """Metadata of one step. `max_blocks_per_seq` fixes the width of the block
-    tables (a CUDA graph needs fixed shapes); by default the longest table sets it."""
+    """Metadata of one step, built on the host from its small inputs; the per-block
+    map of each sequence (the one large tensor) is scattered on the device."""
     counts = [s.count for s in shapes]
     row_start = padded_rows(counts, q_block)
     padded_len = row_start[-1]
     num_seqs = len(shapes)
-    width = max_blocks_per_seq or max(len(s.block_table) for s in shapes)
+    width = max(len(s.block_table) for s in shapes)
     tables = torch.zeros(num_seqs, width, dtype=torch.long)
     for i, s in enumerate(shapes):
         tables[i, : len(s.block_table)] = torch.as_tensor(list(s.block_table), dtype=torch.long)
@@ -105,31 +146,30 @@ def build_flex_metadata(
     slot_mapping = tables[seq_of_token, positions // block_size] * block_size + positions % block_size
     q_rows = torch.tensor(row_start[:-1])[seq_of_token] + offset
 
-    # Per padded row (what mask_mod reads): its sequence and position, -1 on padding.
-    q_seq = torch.zeros(padded_len, dtype=torch.long)
+    rows_per_seq = torch.tensor(row_start[1:]) - torch.tensor(row_start[:-1])
+    q_seq = torch.repeat_interleave(torch.arange(num_seqs), rows_per_seq)
     q_pos = torch.full((padded_len,), -1, dtype=torch.long)
-    for i in range(num_seqs):
-        q_seq[row_start[i] : row_start[i + 1]] = i
     q_pos[q_rows] = positions
 
-    logical = _logical_blocks(tables.to(device), nblocks.to(device), num_slots // block_size)
-    block_lists = _block_lists(
-        row_start, counts, starts, tables, nblocks, block_size, sliding_window, q_block, num_slots // block_size
+    num_blocks = num_slots // block_size
+    kv_num, kv_idx, full_num, full_idx = _block_lists(
+        counts, starts, tables, nblocks, block_size, sliding_window, q_block, num_blocks
     )
-    mask_mod = paged_mask_mod(q_seq.to(device), q_pos.to(device), logical, block_size, sliding_window)
-    kv_num, kv_idx, full_num, full_idx = (t.to(device) for t in block_lists)
-    block_mask = BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx,
-        BLOCK_SIZE=(q_block, block_size), mask_mod=mask_mod, seq_lengths=(padded_len, num_slots),
-        **_FORWARD_ONLY,
-    )
-    last = torch.cumsum(count_t, 0) - 1
+    on = {"device": device, "non_blocking": True}
     return FlexMetadata(
-        slot_mapping=slot_mapping.to(device),
-        q_rows=q_rows.to(device),
-        padded_len=padded_len,
-        block_mask=block_mask,
-        last_token_index=last.to(device),
+        slot_mapping=slot_mapping.to(**on),
+        q_rows=q_rows.to(**on),
+        last_token_index=(torch.cumsum(count_t, 0) - 1).to(**on),
+        q_seq=q_seq.to(**on),
+        q_pos=q_pos.to(**on),
+        logical=_logical_blocks(tables.to(**on), nblocks.to(**on), num_blocks),
+        kv_num=kv_num.to(**on),
+        kv_idx=kv_idx.to(**on),
+        full_num=full_num.to(**on),
+        full_idx=full_idx.to(**on),
+        block_size=block_size,
+        q_block=q_block,
+        sliding_window=sliding_window,
     )
 
 
@@ -144,7 +184,7 @@ def _logical_blocks(tables: torch.Tensor, nblocks: torch.Tensor, num_blocks: int
     return logical.scatter_(1, target, column.to(torch.int32))
 
 
-def _block_lists(row_start, counts, starts, tables, nblocks, block_size, window, q_block, num_blocks):
+def _block_lists(counts, starts, tables, nblocks, block_size, window, q_block, num_blocks):
     """kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, shaped
     [1, 1, query blocks, width]: for each query block, the physical blocks it sees in
     part, then those it sees whole, each list first in the row."""

@@ -1,0 +1,181 @@
+"""The model runner of the GPU path: GPUCausalLM, its paged KV cache, decode graphs,
+and light sleep. Same interface as engine/runner.py's ModelRunner, which the CPU
+keeps (our C kernels); this one runs on CUDA devices, and anywhere when forced
+(`EngineConfig.attention_backend = "flex"`), which is how CPU tests check it."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+
+import torch
+from torch.nn.attention.flex_attention import flex_attention
+
+from ..config import EngineConfig, ModelConfig
+from ..errors import InvalidRequestError, ModelLoadError
+from ..lora import LoRAAdapter, LoRAManager
+from ..scheduler import ScheduledBatch
+from .cuda_graphs import DecodeGraphs, bucket_for, decode_buckets, pad_decode
+from .model import GPUCausalLM
+from .paged_flex import DEFAULT_Q_BLOCK, FlexMetadata, StepShape, build_flex_metadata
+from .parallel import Parallel
+from .quant import GPU_QUANTIZATIONS, fp8_supported
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def uses_gpu_path(config: EngineConfig) -> bool:
+    """The GPU runner serves CUDA devices, and any device when forced."""
+    backend = getattr(config, "attention_backend", "auto")
+    return backend == "flex" or (backend == "auto" and torch.device(config.device).type == "cuda")
+
+
+def resolve_gpu_precision(config: EngineConfig, device: torch.device) -> tuple[str, torch.dtype]:
+    """bf16 weights and activations by default; "fp8" and "int4" on request."""
+    quant = config.quantization
+    if quant in ("auto", "bf16"):
+        quant = "none"
+    if quant not in GPU_QUANTIZATIONS:
+        raise ModelLoadError(f"quantization {quant!r} is not served on {device.type}; "
+                             f"choose one of {', '.join(GPU_QUANTIZATIONS)}")
+    if quant == "fp8" and not fp8_supported(device):
+        raise ModelLoadError("fp8 needs a GPU of compute capability 8.9 or more (Ada, Hopper)")
+    dtype = "bfloat16" if config.dtype == "auto" else config.dtype
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"unsupported dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
+    return quant, _DTYPES[dtype]
+
+
+class _NoLoRA(LoRAManager):
+    def add(self, adapter: LoRAAdapter) -> None:
+        raise InvalidRequestError("LoRA adapters are not served on the GPU path yet", param="lora")
+
+
+class GPUModelRunner:
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        tensors: Mapping[str, torch.Tensor],
+        config: EngineConfig,
+        parallel: Parallel | None = None,
+    ):
+        self.config = config
+        self.model_config = model_config
+        self.device = torch.device(config.device)
+        self.parallel = parallel or Parallel()
+        self.quantization, self.dtype = resolve_gpu_precision(config, self.device)
+        self.model = GPUCausalLM(model_config, tensors, self.quantization, self.dtype, self.device, self.parallel)
+        self.loras = _NoLoRA(self.model, model_config, 0, 0, self.dtype, self.device)
+        self.kv_heads = model_config.num_key_value_heads // self.parallel.world
+        if config.num_kv_blocks is None:
+            per_block = 2 * model_config.num_hidden_layers * self.kv_heads * model_config.head_dim
+            per_block *= self.dtype.itemsize * config.block_size
+            config.num_kv_blocks = max(int(config.kv_cache_memory_gb * 2**30) // per_block, 1)
+        self.num_kv_blocks = config.num_kv_blocks
+        # One more block than the scheduler hands out: where graph padding writes.
+        self.pad_block = self.num_kv_blocks
+        self.q_block = DEFAULT_Q_BLOCK
+        on_cuda = self.device.type == "cuda"
+        # The fused kernels need torch.compile (CUDA, or the CPU template when asked);
+        # eager flex_attention is the dense reference, for small tests only.
+        compiled = on_cuda or getattr(config, "compile_attention", False)
+        self.attention = torch.compile(flex_attention, dynamic=True) if compiled else flex_attention
+        self.graphs = None
+        if on_cuda and getattr(config, "cuda_graphs", True):
+            self.graphs = DecodeGraphs(decode_buckets(config.max_num_seqs), self._run)
+        self._host_weights: list[torch.Tensor] | None = None
+        self.allocate_kv_cache()
+
+    @property
+    def num_slots(self) -> int:
+        return (self.num_kv_blocks + 1) * self.config.block_size
+
+    # -- memory: the KV cache and light sleep --------------------------------------
+
+    def allocate_kv_cache(self) -> None:
+        cfg = self.model_config
+        cache = torch.zeros(
+            (cfg.num_hidden_layers, 2, self.kv_heads, self.num_slots, cfg.head_dim), dtype=self.dtype, device=self.device
+        )
+        for attn, layer_cache in zip(self.model.attention_layers(), cache, strict=True):
+            attn.k_cache, attn.v_cache = layer_cache[0], layer_cache[1]
+
+    def free_kv_cache(self) -> None:
+        for attn in self.model.attention_layers():
+            attn.k_cache = attn.v_cache = torch.empty(0)
+        if self.graphs is not None:
+            self.graphs.clear()  # they hold the cache's and the weights' addresses
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return list(itertools.chain(self.model.parameters(), self.model.buffers()))
+
+    def offload_weights(self) -> None:
+        """Moves every weight to host memory (pinned where CUDA is, so that waking
+        copies at full bus speed) and frees the device's copy."""
+        pin = torch.cuda.is_available()
+        host = []
+        for tensor in self._tensors():
+            copy = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+            copy.copy_(tensor, non_blocking=pin)
+            host.append(copy)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        for tensor, copy in zip(self._tensors(), host, strict=True):
+            tensor.data = copy
+        self._host_weights = host
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def restore_weights(self) -> None:
+        """Copies the weights back to the device: every copy queued, one wait."""
+        if self._host_weights is None:
+            return
+        for tensor in self._tensors():
+            tensor.data = tensor.data.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._host_weights = None
+
+    @property
+    def weights_on_host(self) -> bool:
+        return self._host_weights is not None
+
+    # -- steps -----------------------------------------------------------------------
+
+    def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: FlexMetadata) -> torch.Tensor:
+        return self.model(input_ids, positions, meta, meta.last_token_index, self.attention)
+
+    def _metadata(self, shapes: list[StepShape]) -> FlexMetadata:
+        return build_flex_metadata(
+            shapes, self.config.block_size, self.num_slots, self.model_config.sliding_window, self.device, self.q_block
+        )
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
+        """Run one step. Returns logits [k, vocab] and the batch rows they belong to:
+        the sequences whose computed tokens reach their end (so they sample)."""
+        shapes, tokens, sampling_rows = [], [], []
+        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            start = seq.num_computed_tokens
+            shapes.append(StepShape(start, n, seq.block_table))
+            tokens.extend(seq.token_ids[start : start + n])
+            if start + n == seq.num_tokens:
+                sampling_rows.append(row)
+        bucket = None
+        if self.graphs is not None and all(s.count == 1 for s in shapes):
+            bucket = bucket_for(len(shapes), self.graphs.buckets)
+        if bucket is not None:
+            shapes, tokens = pad_decode(shapes, tokens, bucket, self.pad_block)
+        positions = [s.start + i for s in shapes for i in range(s.count)]
+        input_ids = torch.tensor(tokens, dtype=torch.long).to(self.device, non_blocking=True)
+        pos = torch.tensor(positions, dtype=torch.long).to(self.device, non_blocking=True)
+        meta = self._metadata(shapes)
+        if bucket is not None:
+            logits = self.graphs.replay(input_ids, pos, meta)
+        else:
+            logits = self._run(input_ids, pos, meta)
+        rows = torch.tensor(sampling_rows, dtype=torch.long, device=self.device)
+        # Reading the sampled rows' logits is the step's one synchronisation.
+        return logits.index_select(0, rows).cpu(), sampling_rows
