@@ -19,6 +19,7 @@ only tells it which blocks to skip.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -87,8 +88,10 @@ class FlexMetadata:
 
     @property
     def block_mask(self) -> BlockMask:
+        """The step's BlockMask, its mask_mod bound to this step's tensors."""
+        tensors, mask_mod = shared_mask_mod(self.block_size, self.sliding_window)
+        tensors.bind(self)
         if self._block_mask is None:
-            mask_mod = paged_mask_mod(self.q_seq, self.q_pos, self.logical, self.block_size, self.sliding_window)
             self._block_mask = BlockMask.from_kv_blocks(
                 self.kv_num, self.kv_idx, self.full_num, self.full_idx,
                 BLOCK_SIZE=(self.q_block, self.block_size), mask_mod=mask_mod,
@@ -223,24 +226,37 @@ def _front(chosen: torch.Tensor, physical: torch.Tensor, num_blocks: int) -> tup
     return chosen.sum(1).to(torch.int32)[None, None], indices[None, None]
 
 
-def paged_mask_mod(
-    q_seq: torch.Tensor, q_pos: torch.Tensor, logical: torch.Tensor, block_size: int, window: int | None
-) -> Callable:
+class MaskTensors:
+    """What mask_mod reads, rebound to each step's tensors before its attention runs.
+    One mask_mod function serves every step: torch.compile guards on the function
+    and on these tensors' shapes, so a fresh closure per step would recompile (or,
+    eagerly, retrace) flex attention every step."""
+
+    def __init__(self) -> None:
+        self.q_seq = self.q_pos = self.logical = torch.empty(0, dtype=torch.long)
+
+    def bind(self, meta: FlexMetadata) -> None:
+        self.q_seq, self.q_pos, self.logical = meta.q_seq, meta.q_pos, meta.logical
+
+
+@functools.cache
+def shared_mask_mod(block_size: int, window: int | None) -> tuple[MaskTensors, Callable]:
     """Key `kv_idx` (a cache slot) is visible to padded query row `q_idx` when its
     block belongs to the row's sequence, at or before the row's position and, with a
     sliding window, within it. Padding rows (position -1) see nothing."""
+    tensors = MaskTensors()
 
     def mask_mod(b, h, q_idx, kv_idx):
-        seq = q_seq[q_idx]
-        pos = q_pos[q_idx]
-        block = logical[seq, kv_idx // block_size]
+        seq = tensors.q_seq[q_idx]
+        pos = tensors.q_pos[q_idx]
+        block = tensors.logical[seq, kv_idx // block_size]
         key_pos = block * block_size + kv_idx % block_size
         visible = (block >= 0) & (key_pos <= pos)
         if window is not None:
             visible = visible & (key_pos > pos - window)
         return visible
 
-    return mask_mod
+    return tensors, mask_mod
 
 
 def write_kv(
@@ -268,11 +284,12 @@ def paged_flex_attention(
     the CPU template) or eager (dense reference, for tests on tiny caches)."""
     tokens, heads, head_dim = q.shape
     padded = q.new_zeros(meta.padded_len, heads, head_dim).index_copy_(0, meta.q_rows, q)
+    block_mask = meta.block_mask  # binds mask_mod to this step
     out = attention(
         padded.transpose(0, 1).unsqueeze(0),
         k_cache.unsqueeze(0),
         v_cache.unsqueeze(0),
-        block_mask=meta.block_mask,
+        block_mask=block_mask,
         scale=scale,
         enable_gqa=heads != k_cache.shape[0],
         kernel_options=kernel_options,

@@ -1,0 +1,80 @@
+"""Tiny random Llama/Mistral/Mixtral models for the GPU path's CPU tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from tramontane.engine import EngineConfig, LLMEngine
+from tramontane.engine.checkpoint import Checkpoint
+from tramontane.engine.config import ModelConfig
+from tramontane.engine.sampling_params import SamplingParams
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    base = dict(
+        architecture="mistral", vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+        bos_token_id=1, eos_token_ids=[2],
+    )
+    return ModelConfig(**{**base, **overrides})
+
+
+def tiny_tensors(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+
+    def w(*shape, scale=None):
+        return torch.randn(*shape, generator=gen) * (scale if scale is not None else shape[-1] ** -0.5)
+
+    h, i, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    t = {"model.embed_tokens.weight": w(cfg.vocab_size, h, scale=1.0), "model.norm.weight": 1 + 0.1 * w(h, scale=1.0),
+         "lm_head.weight": w(cfg.vocab_size, h)}
+    for layer in range(cfg.num_hidden_layers):
+        p = f"model.layers.{layer}."
+        t[p + "input_layernorm.weight"] = 1 + 0.1 * w(h, scale=1.0)
+        t[p + "post_attention_layernorm.weight"] = 1 + 0.1 * w(h, scale=1.0)
+        t[p + "self_attn.q_proj.weight"] = w(cfg.num_attention_heads * d, h)
+        t[p + "self_attn.k_proj.weight"] = w(cfg.num_key_value_heads * d, h)
+        t[p + "self_attn.v_proj.weight"] = w(cfg.num_key_value_heads * d, h)
+        t[p + "self_attn.o_proj.weight"] = w(h, cfg.num_attention_heads * d)
+        if cfg.is_moe:
+            t[p + "block_sparse_moe.gate.weight"] = w(cfg.num_local_experts, h)
+            for e in range(cfg.num_local_experts):
+                t[p + f"block_sparse_moe.experts.{e}.w1.weight"] = w(i, h)
+                t[p + f"block_sparse_moe.experts.{e}.w3.weight"] = w(i, h)
+                t[p + f"block_sparse_moe.experts.{e}.w2.weight"] = w(h, i)
+        else:
+            t[p + "mlp.gate_proj.weight"] = w(i, h)
+            t[p + "mlp.up_proj.weight"] = w(i, h)
+            t[p + "mlp.down_proj.weight"] = w(h, i)
+    return t
+
+
+ARCHS = {
+    "mistral": {},
+    "sliding-window": {"sliding_window": 8},
+    "mixtral": {"architecture": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2},
+}
+
+
+def greedy(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), prompt, params)
+    out: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
+    for _ in range(10_000):
+        if not engine.has_work():
+            return [out[str(i)] for i in range(len(prompts))]
+        for o in engine.step():
+            for c in o.outputs:
+                out[o.request_id] += c.delta_token_ids
+    raise AssertionError("engine did not finish")
+
+
+def engine_pair(checkpoint: Checkpoint, **config) -> tuple[LLMEngine, LLMEngine]:
+    """The CPU engine (our kernels, float32) and the GPU path forced on the CPU."""
+    base = dict(num_kv_blocks=48, quantization="none", dtype="float32", **config)
+    cpu = LLMEngine(checkpoint, EngineConfig(**base))
+    flex = LLMEngine(dataclasses.replace(checkpoint), EngineConfig(attention_backend="flex", **base))
+    return cpu, flex
