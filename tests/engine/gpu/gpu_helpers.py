@@ -78,3 +78,42 @@ def engine_pair(checkpoint: Checkpoint, **config) -> tuple[LLMEngine, LLMEngine]
     cpu = LLMEngine(checkpoint, EngineConfig(**base))
     flex = LLMEngine(dataclasses.replace(checkpoint), EngineConfig(attention_backend="flex", **base))
     return cpu, flex
+
+
+def tp_logits(arch_overrides: dict, parallel=None) -> torch.Tensor:
+    """Logits of a prompt step then a decode step of a tiny model, on this process's
+    tensor-parallel slice (`parallel`), or whole."""
+    from tramontane.engine.gpu.paged_flex import StepShape
+    from tramontane.engine.gpu.runner import GPUModelRunner
+
+    cfg = tiny_config(**arch_overrides)
+    config = EngineConfig(num_kv_blocks=8, block_size=4, quantization="none", dtype="float32",
+                          attention_backend="flex")
+    runner = GPUModelRunner(cfg, tiny_tensors(cfg), config, parallel=parallel)
+    ids = torch.randint(3, cfg.vocab_size, (12,), generator=torch.Generator().manual_seed(5))
+    table = [3, 0, 6, 1]
+    prompt = runner._run(ids[:11], torch.arange(11), runner._metadata([StepShape(0, 11, table)]))
+    decode = runner._run(ids[11:], torch.tensor([11]), runner._metadata([StepShape(11, 1, table)]))
+    return torch.cat([prompt, decode])
+
+
+def tp_worker(rank: int, world: int, port: int, out_dir: str, archs: list[dict]) -> None:
+    """One rank of the tensor-parallel test: joins a gloo group on loopback and
+    writes its logits for each architecture (every rank holds the gathered logits)."""
+    import datetime
+    import os
+
+    import torch.distributed as dist
+
+    from tramontane.engine.gpu.parallel import init_tensor_parallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        parallel = init_tensor_parallel(torch.device("cpu"))
+        results = [tp_logits(arch, parallel) for arch in archs]
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

@@ -80,3 +80,25 @@ def test_gpu_path_rejects_what_it_does_not_serve(tiny_checkpoint):
     assert engine.runner.dtype == torch.bfloat16  # bf16 by default on the GPU path
     with pytest.raises(InvalidRequestError, match="LoRA"):
         engine.loras.add(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_compiled_flex_runner_matches_the_dense_reference():
+    """The fused kernel path (torch.compile's flex template, here on the CPU, static
+    bucketed shapes) through a prompt chunk, a prefix hit and a decode batch."""
+    cfg = tiny_config(sliding_window=8)
+    tensors = tiny_tensors(cfg)
+    base = dict(num_kv_blocks=48, block_size=8, quantization="none", dtype="float32", attention_backend="flex")
+    compiled = GPUModelRunner(cfg, tensors, EngineConfig(compile_attention=True, **base))
+    dense = GPUModelRunner(cfg, tensors, EngineConfig(**base))
+    steps = [
+        [StepShape(0, 24, [1, 2, 3])],
+        [StepShape(24, 6, [1, 2, 3, 4]), StepShape(16, 3, [1, 2, 9])],  # the second shares two blocks
+        [StepShape(30, 1, [1, 2, 3, 4]), StepShape(19, 1, [1, 2, 9])],
+    ]
+    for shapes in steps:
+        ids = torch.arange(sum(s.count for s in shapes)) + 3
+        pos = torch.cat([torch.arange(s.start, s.start + s.count) for s in shapes])
+        want = dense._run(ids, pos, dense._metadata(shapes))
+        got = compiled._run(ids, pos, compiled._metadata(shapes))
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

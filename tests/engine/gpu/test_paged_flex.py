@@ -123,9 +123,8 @@ def test_block_lists_cover_the_mask_and_full_blocks_are_full(window):
 @pytest.mark.slow
 def test_compiled_flex_kernel_matches_reference():
     """The real kernel path (torch.compile's flex template, here on the CPU), with a
-    window, GQA and a prefix hit; dynamic shapes, so a second step of another length
-    reuses the compiled kernel."""
-    compiled = torch.compile(torch.nn.attention.flex_attention.flex_attention, dynamic=True)
+    window, GQA and a prefix hit; static shapes bucketed as the runner asks."""
+    compiled = torch.compile(torch.nn.attention.flex_attention.flex_attention, dynamic=False)
     for steps in (_steps(), _steps()[1:]):
         cache, q, k, v = _inputs(seed=len(steps))
         ref_k, ref_v = cache[0].clone(), cache[1].clone()
@@ -134,7 +133,25 @@ def test_compiled_flex_kernel_matches_reference():
         expected = _reference(steps, q, k, v, ref_k, ref_v, 6)
         flex_k = cache[0].transpose(0, 1).contiguous()
         flex_v = cache[1].transpose(0, 1).contiguous()
-        meta = build_flex_metadata(steps, BS, BLOCKS * BS, 6, torch.device("cpu"))
+        meta = build_flex_metadata(steps, BS, BLOCKS * BS, 6, torch.device("cpu"), bucketed=True)
         write_kv(flex_k, flex_v, k, v, meta.slot_mapping)
         got = paged_flex_attention(q, flex_k, flex_v, meta, D**-0.5, attention=compiled)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bucketed", [False, True])
+@pytest.mark.parametrize("window", [None, 3])
+def test_dense_reference_matches_flex(window, bucketed):
+    from tramontane.engine.gpu.paged_flex import dense_attention
+
+    steps = _steps()
+    cache, q, k, v = _inputs(seed=7)
+    flex_k = cache[0].transpose(0, 1).contiguous()
+    flex_v = cache[1].transpose(0, 1).contiguous()
+    meta = build_flex_metadata(steps, BS, BLOCKS * BS, window, torch.device("cpu"), bucketed=bucketed)
+    if bucketed:
+        assert meta.padded_len == 64 and meta.logical.shape[0] == 4  # 48 rows, 4 sequences
+    write_kv(flex_k, flex_v, k, v, meta.slot_mapping)
+    want = paged_flex_attention(q, flex_k, flex_v, meta, D**-0.5)
+    got = paged_flex_attention(q, flex_k, flex_v, meta, D**-0.5, attention=dense_attention)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

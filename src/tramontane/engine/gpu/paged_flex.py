@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 # Query rows per FlexAttention query block: a decode step pads each sequence's one
@@ -126,54 +127,79 @@ def build_flex_metadata(
     sliding_window: int | None,
     device: torch.device,
     q_block: int = DEFAULT_Q_BLOCK,
+    bucketed: bool = False,
 ) -> FlexMetadata:
-    """Metadata of one step, built on the host from its small inputs; the per-block
-    map of each sequence (the one large tensor) is scattered on the device."""
+    """Metadata of one step. The host computes what is per token and per query
+    block (small); the block lists and each sequence's block map, which grow with
+    the cache, are built on the device from the block tables.
+
+    `bucketed` rounds the padded query rows and the sequence count up to powers of
+    two, so that a kernel compiled for static shapes serves every step from a dozen
+    compilations; the extra query blocks list no keys, so they cost nothing."""
     counts = [s.count for s in shapes]
     row_start = padded_rows(counts, q_block)
     padded_len = row_start[-1]
     num_seqs = len(shapes)
+    if bucketed:
+        padded_len = max(_next_power_of_2(padded_len), q_block)
+        num_seqs = _next_power_of_2(num_seqs)
     width = max(len(s.block_table) for s in shapes)
     tables = torch.zeros(num_seqs, width, dtype=torch.long)
     for i, s in enumerate(shapes):
         tables[i, : len(s.block_table)] = torch.as_tensor(list(s.block_table), dtype=torch.long)
-    nblocks = torch.tensor([len(s.block_table) for s in shapes])
+    nblocks = torch.zeros(num_seqs, dtype=torch.long)
+    nblocks[: len(shapes)] = torch.tensor([len(s.block_table) for s in shapes])
     starts = torch.tensor([s.start for s in shapes])
     count_t = torch.tensor(counts)
 
     # Per real token: sequence, position, slot, padded row.
-    seq_of_token = torch.repeat_interleave(torch.arange(num_seqs), count_t)
+    seq_of_token = torch.repeat_interleave(torch.arange(len(shapes)), count_t)
     first_token = torch.cumsum(count_t, 0) - count_t
     offset = torch.arange(int(count_t.sum())) - first_token[seq_of_token]
     positions = starts[seq_of_token] + offset
     slot_mapping = tables[seq_of_token, positions // block_size] * block_size + positions % block_size
     q_rows = torch.tensor(row_start[:-1])[seq_of_token] + offset
 
+    # Per padded row: its sequence and position (-1: padding, which sees nothing).
     rows_per_seq = torch.tensor(row_start[1:]) - torch.tensor(row_start[:-1])
-    q_seq = torch.repeat_interleave(torch.arange(num_seqs), rows_per_seq)
+    q_seq = torch.zeros(padded_len, dtype=torch.long)
+    q_seq[: row_start[-1]] = torch.repeat_interleave(torch.arange(len(shapes)), rows_per_seq)
     q_pos = torch.full((padded_len,), -1, dtype=torch.long)
     q_pos[q_rows] = positions
 
+    # Per query block: its sequence and first and last positions (-1 past the real ones).
+    num_qblocks = padded_len // q_block
+    qblock_seq = q_seq[::q_block].clone()
+    qblock_first = q_pos[::q_block].clone()
+    qblock_last = torch.full((num_qblocks,), -1, dtype=torch.long)
+    qblock_last.scatter_reduce_(0, q_rows // q_block, positions, reduce="amax")
+
+    on = {"device": device, "non_blocking": True}
+    tables, nblocks = tables.to(**on), nblocks.to(**on)
     num_blocks = num_slots // block_size
     kv_num, kv_idx, full_num, full_idx = _block_lists(
-        counts, starts, tables, nblocks, block_size, sliding_window, q_block, num_blocks
+        qblock_seq.to(**on), qblock_first.to(**on), qblock_last.to(**on), tables, nblocks,
+        block_size, sliding_window, num_blocks,
     )
-    on = {"device": device, "non_blocking": True}
     return FlexMetadata(
         slot_mapping=slot_mapping.to(**on),
         q_rows=q_rows.to(**on),
         last_token_index=(torch.cumsum(count_t, 0) - 1).to(**on),
         q_seq=q_seq.to(**on),
         q_pos=q_pos.to(**on),
-        logical=_logical_blocks(tables.to(**on), nblocks.to(**on), num_blocks),
-        kv_num=kv_num.to(**on),
-        kv_idx=kv_idx.to(**on),
-        full_num=full_num.to(**on),
-        full_idx=full_idx.to(**on),
+        logical=_logical_blocks(tables, nblocks, num_blocks),
+        kv_num=kv_num,
+        kv_idx=kv_idx,
+        full_num=full_num,
+        full_idx=full_idx,
         block_size=block_size,
         q_block=q_block,
         sliding_window=sliding_window,
     )
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def _logical_blocks(tables: torch.Tensor, nblocks: torch.Tensor, num_blocks: int) -> torch.Tensor:
@@ -187,21 +213,13 @@ def _logical_blocks(tables: torch.Tensor, nblocks: torch.Tensor, num_blocks: int
     return logical.scatter_(1, target, column.to(torch.int32))
 
 
-def _block_lists(counts, starts, tables, nblocks, block_size, window, q_block, num_blocks):
+def _block_lists(seq_idx, first, last, tables, nblocks, block_size, window, num_blocks):
     """kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, shaped
-    [1, 1, query blocks, width]: for each query block, the physical blocks it sees in
-    part, then those it sees whole, each list first in the row."""
-    seq_of_qblock, first_pos, last_pos = [], [], []
-    for i, n in enumerate(counts):
-        for j in range(-(-n // q_block)):
-            seq_of_qblock.append(i)
-            first_pos.append(int(starts[i]) + j * q_block)
-            last_pos.append(int(starts[i]) + min(n, (j + 1) * q_block) - 1)
-    seq_idx = torch.tensor(seq_of_qblock)
-    p0 = torch.tensor(first_pos)[:, None]
-    p1 = torch.tensor(last_pos)[:, None]
-    width = tables.shape[1]
-    logical = torch.arange(width)[None, :]
+    [1, 1, query blocks, num_blocks]: for each query block (of sequence seq_idx,
+    positions first..last), the physical blocks it sees in part, then those it sees
+    whole, each list first in its row."""
+    p0, p1 = first[:, None], last[:, None]
+    logical = torch.arange(tables.shape[1], device=tables.device)[None, :]
     lo = logical * block_size  # first key position of the block
     hi = lo + block_size - 1
     owned = logical < nblocks[seq_idx][:, None]
@@ -219,9 +237,9 @@ def _front(chosen: torch.Tensor, physical: torch.Tensor, num_blocks: int) -> tup
     """The chosen physical blocks of each row moved to its front, in order, and their
     count. Rows are as wide as the pool has blocks, as BlockMask expects."""
     rows, width = chosen.shape
-    key = torch.where(chosen, 0, width) + torch.arange(width)[None, :]
+    key = torch.where(chosen, 0, width) + torch.arange(width, device=chosen.device)[None, :]
     order = key.argsort(dim=1)
-    indices = torch.zeros(rows, num_blocks, dtype=torch.int32)
+    indices = torch.zeros(rows, num_blocks, dtype=torch.int32, device=chosen.device)
     indices[:, :width] = physical.gather(1, order)
     return chosen.sum(1).to(torch.int32)[None, None], indices[None, None]
 
@@ -270,6 +288,21 @@ def write_kv(
 AttentionFn = Callable[..., torch.Tensor]
 
 
+def dense_attention(q, k, v, block_mask: BlockMask, scale: float, enable_gqa: bool, kernel_options=None):
+    """flex_attention's semantics computed densely: the mask evaluated once over every
+    (query row, cache slot) pair, then one scaled-dot-product attention. What eager
+    flex_attention does too, without tracing mask_mod through torch.compile on every
+    new shape; for CPU runs of the GPU path on small caches (tests), never CUDA."""
+    rows, slots = q.shape[-2], k.shape[-2]
+    zero = torch.zeros((), dtype=torch.long, device=q.device)
+    q_idx = torch.arange(rows, device=q.device)[:, None]
+    kv_idx = torch.arange(slots, device=q.device)[None, :]
+    mask = block_mask.mask_mod(zero, zero, q_idx, kv_idx)
+    # Padding rows see no key: let them see all (their output is dropped), not NaN.
+    mask = mask | ~mask.any(dim=1, keepdim=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=enable_gqa)
+
+
 def paged_flex_attention(
     q: torch.Tensor,  # [T, H, D], already rotated
     k_cache: torch.Tensor,  # [KVH, slots, D], holding this step's keys too
@@ -281,7 +314,7 @@ def paged_flex_attention(
 ) -> torch.Tensor:
     """Attention of the step's queries over their sequences' cached keys. Returns
     [T, H * D]. `attention` is flex_attention, compiled (the real kernels: CUDA, and
-    the CPU template) or eager (dense reference, for tests on tiny caches)."""
+    the CPU template) or eager, or dense_attention (a reference for tiny caches)."""
     tokens, heads, head_dim = q.shape
     padded = q.new_zeros(meta.padded_len, heads, head_dim).index_copy_(0, meta.q_rows, q)
     block_mask = meta.block_mask  # binds mask_mod to this step

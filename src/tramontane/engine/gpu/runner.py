@@ -17,7 +17,7 @@ from ..lora import LoRAAdapter, LoRAManager
 from ..scheduler import ScheduledBatch
 from .cuda_graphs import DecodeGraphs, bucket_for, decode_buckets, pad_decode
 from .model import GPUCausalLM
-from .paged_flex import DEFAULT_Q_BLOCK, FlexMetadata, StepShape, build_flex_metadata
+from .paged_flex import DEFAULT_Q_BLOCK, FlexMetadata, StepShape, build_flex_metadata, dense_attention
 from .parallel import Parallel
 from .quant import GPU_QUANTIZATIONS, fp8_supported
 
@@ -26,7 +26,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def uses_gpu_path(config: EngineConfig) -> bool:
     """The GPU runner serves CUDA devices, and any device when forced."""
-    backend = getattr(config, "attention_backend", "auto")
+    backend = config.attention_backend
     return backend == "flex" or (backend == "auto" and torch.device(config.device).type == "cuda")
 
 
@@ -44,6 +44,14 @@ def resolve_gpu_precision(config: EngineConfig, device: torch.device) -> tuple[s
     if dtype not in _DTYPES:
         raise ModelLoadError(f"unsupported dtype {dtype!r}; choose one of {', '.join(_DTYPES)}")
     return quant, _DTYPES[dtype]
+
+
+def _allow_shape_buckets() -> None:
+    """One compiled flex kernel per (query rows, sequences) bucket: a few dozen,
+    past torch.compile's default of 8 (after which it would run flex eagerly)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 128))
 
 
 class _NoLoRA(LoRAManager):
@@ -77,11 +85,17 @@ class GPUModelRunner:
         self.q_block = DEFAULT_Q_BLOCK
         on_cuda = self.device.type == "cuda"
         # The fused kernels need torch.compile (CUDA, or the CPU template when asked);
-        # eager flex_attention is the dense reference, for small tests only.
-        compiled = on_cuda or getattr(config, "compile_attention", False)
-        self.attention = torch.compile(flex_attention, dynamic=True) if compiled else flex_attention
+        # off CUDA the dense reference serves by default (tests on tiny caches).
+        # Static shapes, bucketed (build_flex_metadata): PyTorch's CPU flex template
+        # miscompiles dynamic shapes (checked with torch 2.13), and static kernels are
+        # the ones CUDA graphs replay anyway.
+        self.compiled = on_cuda or config.compile_attention
+        self.attention = dense_attention
+        if self.compiled:
+            _allow_shape_buckets()
+            self.attention = torch.compile(flex_attention, dynamic=False)
         self.graphs = None
-        if on_cuda and getattr(config, "cuda_graphs", True):
+        if on_cuda and config.cuda_graphs:
             self.graphs = DecodeGraphs(decode_buckets(config.max_num_seqs), self._run)
         self._host_weights: list[torch.Tensor] | None = None
         self.allocate_kv_cache()
@@ -149,7 +163,8 @@ class GPUModelRunner:
 
     def _metadata(self, shapes: list[StepShape]) -> FlexMetadata:
         return build_flex_metadata(
-            shapes, self.config.block_size, self.num_slots, self.model_config.sliding_window, self.device, self.q_block
+            shapes, self.config.block_size, self.num_slots, self.model_config.sliding_window, self.device,
+            self.q_block, bucketed=self.compiled,
         )
 
     @torch.inference_mode()
