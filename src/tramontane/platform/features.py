@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 
 from ..agents.api import build_router as build_agents_router
 from ..agents.backend import ChatBackend, EngineBackend
+from ..console import router as console_router
 from ..control.api import router as deployments_router
 from ..control.install import SERVE_PREFIX
 from ..control.plane import ControlPlane
@@ -156,3 +157,6 @@ def sandboxes(manager: SandboxManager) -> Feature:
     )
 
 
+def console() -> Feature:
+    """The web console at `/`: pages that act through the API above as the signed-in key."""
+    return Feature("console", routes=(Route(console_router),))

@@ -1,0 +1,108 @@
+"""Sign-in and sign-out: an API key in, a server-side session out."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from starlette.responses import HTMLResponse, Response
+
+from ..tenancy import audit, get_tenancy
+from ..tenancy.audit import Actor
+from ..tenancy.auth import Rejection
+from .sessions import tokens_match
+from .web import (
+    CSRF_FIELD,
+    SESSION_COOKIE,
+    SIGNIN_COOKIE,
+    ConsoleRoute,
+    CurrentUser,
+    Redirect,
+    console_state,
+    redirect,
+    render_string,
+)
+
+router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
+
+# Why a session ended, as /signin?ended=... tells it (Rejection reasons and ours).
+_ENDED = {
+    "revoked": "Your API key was revoked: you have been signed out.",
+    "expired": "Your API key has expired: you have been signed out.",
+    "signed_out": "You are signed out.",
+}
+
+
+def _secure(request: Request) -> bool:
+    # Behind TLS (directly, or a proxy whose X-Forwarded-Proto uvicorn trusts).
+    return request.url.scheme == "https"
+
+
+def _signin_page(request: Request, *, error: str | None = None, status: int = 200) -> HTMLResponse:
+    # Login CSRF: the form's token must match a cookie only this origin could set.
+    token = secrets.token_urlsafe(32)
+    notice = _ENDED.get(request.query_params.get("ended", ""), "Your session has ended." if "ended" in request.query_params else None)
+    body = render_string("signin.html", request=request, user=None, signin_token=token, error=error, notice=notice)
+    response = HTMLResponse(body, status_code=status)
+    response.set_cookie(
+        SIGNIN_COOKIE, token, max_age=3600, httponly=True, samesite="strict", secure=_secure(request), path="/signin"
+    )
+    return response
+
+
+@router.get("/signin")
+async def signin_form(request: Request) -> Response:
+    return _signin_page(request)
+
+
+@router.post("/signin")
+async def signin(
+    request: Request, api_key: Annotated[str, Form(max_length=200)], csrf_token: Annotated[str, Form(alias=CSRF_FIELD)]
+) -> Response:
+    if not tokens_match(request.cookies.get(SIGNIN_COOKIE, ""), csrf_token) or not csrf_token:
+        return _signin_page(request, error="The sign-in form expired: try again.", status=403)
+    tenancy = get_tenancy(request)
+    verdict = tenancy.authenticator.verify(f"Bearer {api_key.strip()}")
+    if isinstance(verdict, Rejection):
+        try:
+            tenancy.authenticator.reject(verdict, "POST /signin")  # audited, as the API audits it
+        except Exception:  # noqa: BLE001 (reject always raises its 401)
+            pass
+        return _signin_page(request, error=verdict.message, status=401)
+    sessions = console_state(request).sessions
+    session_id, _ = sessions.create(api_key.strip(), verdict.key_id)
+    with tenancy.store.write_session() as db:
+        audit.record(
+            db,
+            "console.signin",
+            Actor(verdict.key_prefix),
+            organisation_id=verdict.organisation_id,
+            workspace_id=verdict.workspace_id,
+        )
+    response = redirect(request, "/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        max_age=int(sessions.lifetime_s),
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+        path="/",
+    )
+    response.delete_cookie(SIGNIN_COOKIE, path="/signin")
+    return response
+
+
+@router.post("/signout")
+async def signout(request: Request, user: CurrentUser) -> Response:
+    console_state(request).sessions.end(request.cookies.get(SESSION_COOKIE))
+    response = redirect(request, "/signin?ended=signed_out")
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/")
+async def home(user: CurrentUser) -> Response:
+    first = user.navigation[0][0] if user.navigation else "/usage"
+    raise Redirect(first)
