@@ -66,13 +66,15 @@ async def _workspace_page(user: User, workspace_id: str, **extra: Any) -> Respon
 @router.get("/admin/workspaces/{workspace_id}")
 async def workspace_page(workspace_id: str, user: CurrentUser) -> Response:
     _admin(user)
-    return await _workspace_page(user, workspace_id)
+    created, user.session.reveal = user.session.reveal, None
+    if created is not None and created["workspace_id"] != workspace_id:
+        created = None  # taken by another page: dropped rather than shown out of place
+    return await _workspace_page(user, workspace_id, created_key=created)
 
 
 @router.post("/admin/workspaces/{workspace_id}/keys")
 async def create_key(workspace_id: str, user: CurrentUser, request: Request) -> Response:
-    """Creates a key and shows its secret in this response only: it is never stored
-    by the console, never put in a redirect or a flash message."""
+    """Creates a key; the page it redirects to shows its secret, once."""
     _admin(user)
     form = await request.form()
     body: dict[str, Any] = {
@@ -87,7 +89,8 @@ async def create_key(workspace_id: str, user: CurrentUser, request: Request) -> 
         if exc.status == 404:
             raise
         return await _workspace_page(user, workspace_id, key_error=exc.message)
-    return await _workspace_page(user, workspace_id, created_key=created)
+    user.session.reveal = created
+    raise Redirect(f"/admin/workspaces/{quote(workspace_id)}")
 
 
 @router.post("/admin/keys/{key_id}/revoke")

@@ -10,6 +10,7 @@ import yaml
 from fastapi import APIRouter, Form
 from starlette.responses import Response
 
+from ..control.states import ReplicaState
 from ..tenancy import Capability
 from .web import ApiFailure, ConsoleRoute, CurrentUser, PageError, Redirect, User, api_failure
 
@@ -20,8 +21,8 @@ MAX_YAML_BYTES = 64 * 1024
 
 
 def _summary(view: dict[str, Any]) -> dict[str, Any]:
-    states = Counter(r["state"] for r in view["replicas"])
-    return {**view, "states": sorted(states.items()), "ready": states.get("ready", 0)}
+    states = Counter(r["state"].lower() for r in view["replicas"])
+    return {**view, "states": sorted(states.items()), "ready": states.get(ReplicaState.RUNNING.value.lower(), 0)}
 
 
 async def _list(user: User) -> list[dict[str, Any]]:

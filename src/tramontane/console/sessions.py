@@ -29,6 +29,10 @@ class Session:
     created: float
     last_seen: float
     flash: list[tuple[str, str]] = field(default_factory=list)  # (level, message), shown once
+    # A new key's secret between its creation (a POST) and the page that shows it
+    # (the GET it redirects to), which takes it: a reload neither shows it again nor
+    # creates another key.
+    reveal: dict | None = None
 
 
 def _digest(session_id: str) -> str:

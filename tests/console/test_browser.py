@@ -1,0 +1,254 @@
+"""The console in a real browser (Debian's Chromium, driven by Playwright): the
+journeys a user takes, each leaving a screenshot under tests/console/screenshots/."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import ALL, Platform, has_bwrap, sign_in
+
+pytestmark = pytest.mark.slow
+
+
+def wait_until(page, predicate: str, timeout: float = 30.0) -> None:
+    """Polls `predicate` (a JS function) until true. Playwright's wait_for_function
+    compiles its predicate with eval, which the console's CSP rightly forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(predicate):
+        assert time.monotonic() < deadline, f"still false after {timeout} s: {predicate}"
+        page.wait_for_timeout(100)
+
+
+def shot(page, screenshots, name: str) -> None:
+    page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
+
+
+def no_script_errors(page) -> None:
+    # Errors the page itself raised or logged (a CSP violation is one), bar the
+    # API answers a test provokes on purpose.
+    unexpected = [e for e in page.errors if "Failed to load resource" not in e]
+    assert not unexpected, unexpected
+
+
+def test_sign_in_and_chat_streams_token_by_token(page, platform: Platform, screenshots):
+    tenant = platform.create_tenant("browser-chat", ("inference",))
+    page.goto("/")
+    assert page.url.endswith("/signin")
+    shot(page, screenshots, "signin")
+    sign_in(page, tenant.key)
+    assert page.url.endswith("/playground")
+    assert page.context.cookies()[0]["httpOnly"] and page.evaluate("document.cookie") == ""
+    page.fill("#pg-max-tokens", "24")
+    page.fill("#pg-temperature", "0")
+    # Count the answer's updates as they happen: a stream shows many, a buffered answer one.
+    page.evaluate("""() => {
+        window.__updates = 0;
+        new MutationObserver(() => { window.__updates += 1; })
+            .observe(document.getElementById('pg-transcript'), {subtree: true, characterData: true, childList: true});
+    }""")
+    page.fill("#pg-input", "Tell me about the sea.")
+    page.click("#pg-send")
+    wait_until(page, "() => !!document.querySelector('.message.assistant .content') && "
+               "!document.querySelector('.message.assistant .content.streaming') && "
+               "document.querySelector('[data-stat=energy]').textContent !== '…'", timeout=120)
+    answer = page.inner_text(".message.assistant .content")
+    assert answer.strip()
+    assert page.evaluate("window.__updates") >= 5  # user bubble, empty answer, then token after token
+    assert int(page.inner_text("[data-stat=completion_tokens]")) > 1
+    assert page.inner_text("[data-stat=ttft]").endswith(" ms")
+    assert float(page.inner_text("[data-stat=tps]")) > 0
+    assert "Wh" in page.inner_text("[data-stat=energy]") or "not measured" in page.inner_text("[data-stat=energy]")
+    page.click("#pg-code")
+    code = page.inner_text("#pg-code-openai")
+    assert "from openai import OpenAI" in code and "Tell me about the sea." in code and "max_tokens=24" in code
+    assert "client.chat.stream(" in page.inner_text("#pg-code-mistral")
+    shot(page, screenshots, "playground")
+    no_script_errors(page)
+
+
+def test_models_page(page, platform: Platform, screenshots):
+    tenant = platform.create_tenant("browser-models", ("inference",))
+    sign_in(page, tenant.key)
+    page.goto("/models")
+    assert "running" in page.inner_text("table")
+    shot(page, screenshots, "models")
+    no_script_errors(page)
+
+
+def test_create_scale_and_follow_a_command_deployment(page, platform: Platform, screenshots):
+    tenant = platform.create_tenant("browser-deploy", ("deploy",))
+    sign_in(page, tenant.key)
+    page.goto("/deployments")
+    form = page.locator("#create-deployment")
+    form.locator("input[name=name]").fill("web")
+    form.locator("input[name=command]").fill("exec python3 -u -m http.server $PORT --bind 127.0.0.1")
+    form.locator("input[name=min_replicas]").fill("1")
+    form.locator("input[name=max_replicas]").fill("2")
+    form.locator("button[type=submit]").click()
+    page.wait_for_url("**/deployments/web")
+    page.fill("#scale-form input[name=replicas]", "2")
+    page.click("#scale-form button[type=submit]")
+    page.wait_for_url("**/deployments/web")
+    # The status fragment is polled every 2 s: both replicas come up, the logs follow.
+    wait_until(page, "() => document.querySelectorAll('#deployment-status .badge.running').length === 2", timeout=90)
+    wait_until(page, "() => !!document.getElementById('log-text')?.textContent.includes('Serving HTTP')", timeout=60)
+    page.wait_for_timeout(2500)  # a couple of load samples on the chart
+    shot(page, screenshots, "deployment")
+    page.goto("/deployments")
+    assert "2 running" in page.inner_text("#deployments")
+    shot(page, screenshots, "deployments")
+    page.goto("/deployments/web")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("form[action='/deployments/web/delete'] button")
+    page.wait_for_url("**/deployments")
+    assert "No deployments yet." in page.inner_text("#deployments")
+    no_script_errors(page)
+
+
+@pytest.mark.skipif(not has_bwrap, reason="tier-1 sandboxes need bubblewrap and root")
+def test_run_a_command_and_upload_a_file_in_a_sandbox(page, platform: Platform, screenshots, tmp_path):
+    tenant = platform.create_tenant("browser-sandbox", ("sandbox",))
+    sign_in(page, tenant.key)
+    page.goto("/sandboxes")
+    page.click("#create-sandbox button[type=submit]")
+    page.wait_for_url("**/sandboxes/*")
+    page.fill("#command-form input[name=cmd]", "echo hello from $(whoami) && uname -s")
+    page.click("#command-form button[type=submit]")
+    page.wait_for_selector(".command-result pre.stdout", timeout=60_000)
+    assert "hello from" in page.inner_text(".command-result pre.stdout")
+    upload = tmp_path / "notes.txt"
+    upload.write_text("uploaded from the console\n")
+    page.set_input_files("#upload-form input[type=file]", str(upload))
+    page.click("#upload-form button[type=submit]")
+    page.wait_for_selector("#files >> text=notes.txt")
+    page.fill("#command-form input[name=cmd]", "cat notes.txt")
+    page.click("#command-form button[type=submit]")
+    wait_until(page, "() => !!document.querySelector('.command-result pre.stdout')?.textContent.includes('uploaded from')", timeout=60)
+    shot(page, screenshots, "sandbox")
+    page.goto("/sandboxes")
+    shot(page, screenshots, "sandboxes")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#sandboxes form button.danger")
+    page.wait_for_selector("#sandboxes >> text=No sandbox is running.")
+    no_script_errors(page)
+
+
+def test_a_bad_training_file_gets_line_numbered_errors(page, platform: Platform, screenshots, tmp_path):
+    tenant = platform.create_tenant("browser-finetune", ("fine-tune", "inference"))
+    sign_in(page, tenant.key)
+    page.goto("/fine-tuning")
+    good = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    bad = tmp_path / "train.jsonl"
+    bad.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({"messages": []}) + "\n")
+    page.set_input_files("#upload-training input[type=file]", str(bad))
+    page.click("#upload-training button[type=submit]")
+    errors = page.inner_text("#validation-errors")
+    assert "train.jsonl: line 2: not valid JSON" in errors and "train.jsonl: line 3:" in errors
+    assert "line 1:" not in errors
+    shot(page, screenshots, "fine-tuning-errors")
+    assert "No training file yet." in page.inner_text("#training-files")  # refused whole
+    fixed = tmp_path / "fixed.jsonl"
+    fixed.write_text((json.dumps(good) + "\n") * 4)
+    page.set_input_files("#upload-training input[type=file]", str(fixed))
+    page.click("#upload-training button[type=submit]")
+    page.wait_for_selector("#training-files >> text=fixed.jsonl")
+    page.fill("#create-job input[name=training_steps]", "2")
+    page.click("#create-job button[type=submit]")
+    page.wait_for_url("**/fine-tuning/jobs/*")
+    assert page.inner_text("#job-status") in ("QUEUED", "RUNNING", "VALIDATED", "SUCCESS")
+    shot(page, screenshots, "fine-tuning-job")
+    no_script_errors(page)
+
+
+def test_usage_charts_table_and_csv(page, platform: Platform, screenshots):
+    tenant = platform.create_tenant("browser-usage", ("inference",))
+    seed_usage(platform, tenant, records=60, days=10)
+    sign_in(page, tenant.key)
+    page.goto("/usage")
+    wait_until(page, "() => document.querySelectorAll('canvas[data-drawn=true]').length === 3")
+    assert page.inner_text("#total-requests") == "60"
+    assert page.locator("#usage-table tbody tr").count() >= 10
+    with page.expect_download() as download:
+        page.click("text=Export CSV")
+    lines = open(download.value.path()).read().splitlines()
+    assert lines[0].startswith("day,model,key,requests") and len(lines) >= 11
+    shot(page, screenshots, "usage")
+    no_script_errors(page)
+
+
+def test_agents_and_libraries(page, platform: Platform, screenshots, tmp_path):
+    tenant = platform.create_tenant("browser-agents", ("inference",))
+    sign_in(page, tenant.key)
+    page.goto("/agents")
+    page.fill("#create-agent input[name=name]", "helper")
+    page.click("#create-agent button[type=submit]")
+    page.wait_for_selector("#agents >> text=helper")
+    page.fill("#create-library input[name=name]", "handbook")
+    page.click("#create-library button[type=submit]")
+    page.wait_for_url("**/libraries/*")
+    document = tmp_path / "handbook.md"
+    document.write_text("# Handbook\nThe office opens at nine.\n")
+    page.set_input_files("#upload-document input[type=file]", str(document))
+    page.click("#upload-document button[type=submit]")
+    page.wait_for_selector("#documents >> text=handbook.md")
+    page.goto("/agents")
+    shot(page, screenshots, "agents")
+    no_script_errors(page)
+
+
+def test_admin_creates_a_key_shown_once_and_revoking_it_signs_its_user_out(browser, page, platform, screenshots):
+    sign_in(page, platform.admin_key)
+    page.goto("/admin")
+    page.fill("#create-workspace input[name=name]", "browser-admin")
+    page.click("#create-workspace button[type=submit]")
+    page.wait_for_url("**/admin/workspaces/*")
+    page.fill("#create-key input[name=name]", "teammate")
+    page.click("#create-key button[type=submit]")
+    secret = page.inner_text("#created-key-secret").strip()
+    assert secret.startswith("tmt_")
+    shot(page, screenshots, "admin-workspace")
+    page.reload()  # shown once: a reload does not show it again
+    assert page.locator("#created-key").count() == 0 and secret not in page.content()
+
+    # The teammate signs in elsewhere; the admin revokes the key; their next click signs them out.
+    teammate = browser.new_context(base_url=platform.url)
+    other = teammate.new_page()
+    sign_in(other, secret)
+    assert other.url.endswith("/playground")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#keys form[action$='/revoke'] button")
+    page.wait_for_selector("#keys .badge.revoked")
+    other.click("header nav >> text=Models")
+    other.wait_for_url("**/signin?ended=revoked")
+    assert "revoked" in other.inner_text(".flash")
+    teammate.close()
+    page.goto("/admin/audit?action=key.revoke")
+    assert "key.revoke" in page.inner_text("#audit")
+    shot(page, screenshots, "admin-audit")
+    page.goto("/admin")
+    shot(page, screenshots, "admin")
+    no_script_errors(page)
+
+
+def seed_usage(platform: Platform, tenant, *, records: int, days: int) -> None:
+    """Usage records spread over the last `days` days, as the meter writes them."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from tramontane.store import UsageRecord
+
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(records):
+        at = now - timedelta(days=i % days, minutes=i)
+        rows.append({
+            "workspace_id": tenant.workspace_id, "api_key_id": tenant.key_id, "created_at": at, "day": at.date(),
+            "model": ("smollm2-135m-instruct", "all-minilm-l6-v2")[i % 2], "request_id": f"seed-{time.time_ns()}-{i}",
+            "prompt_tokens": 10 + i % 7, "completion_tokens": 20 + i % 11, "latency_ms": 100.0 + i,
+            "energy_wh": 0.001 * (1 + i % 3), "energy_source": "estimate",
+        })
+    with platform.tenancy.store.write() as connection:
+        connection.execute(insert(UsageRecord), rows)
