@@ -18,8 +18,9 @@ from live_app import serve_in_thread
 from tramontane.cli.up import load_models
 from tramontane.control.plane import ControlPlane
 from tramontane.finetune.service import FineTuning
+from tramontane.inference import default_model_specs
+from tramontane.platform.app import create_app
 from tramontane.sandbox import ManagerConfig, SandboxManager
-from tramontane.server import create_app, default_model_specs
 from tramontane.tenancy import Tenancy
 
 CHROMIUM = os.environ.get("TRAMONTANE_CHROMIUM", "/usr/bin/chromium")
@@ -53,7 +54,8 @@ class Platform:
 
     def create_key(self, workspace_id: str, capabilities: tuple[str, ...]) -> Tenant:
         with self.admin() as admin:
-            response = admin.post(f"/workspaces/{workspace_id}/keys", json={"name": "console", "capabilities": capabilities})
+            body = {"name": "console", "capabilities": capabilities}
+            response = admin.post(f"/workspaces/{workspace_id}/keys", json=body)
         response.raise_for_status()
         return Tenant(workspace_id, response.json()["id"], response.json()["key"])
 

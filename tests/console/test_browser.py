@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from conftest import ALL, Platform, has_bwrap, sign_in
+from conftest import Platform, has_bwrap, sign_in
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +125,9 @@ def test_run_a_command_and_upload_a_file_in_a_sandbox(page, platform: Platform, 
     page.wait_for_selector("#files >> text=notes.txt")
     page.fill("#command-form input[name=cmd]", "cat notes.txt")
     page.click("#command-form button[type=submit]")
-    wait_until(page, "() => !!document.querySelector('.command-result pre.stdout')?.textContent.includes('uploaded from')", timeout=60)
+    wait_until(
+        page, "() => !!document.querySelector('.command-result pre.stdout')?.textContent.includes('uploaded from')", 60
+    )
     shot(page, screenshots, "sandbox")
     page.goto("/sandboxes")
     shot(page, screenshots, "sandboxes")

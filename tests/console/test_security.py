@@ -44,7 +44,8 @@ def test_behind_tls_the_cookie_is_secure(platform: Platform):
         client.cookies.set("tmt_console_signin", token)
         answer = client.post("/signin", data={"api_key": tenant.key, "csrf_token": token})
         assert answer.status_code == 303
-        assert "secure" in answer.headers["set-cookie"].lower() and "samesite=strict" in answer.headers["set-cookie"].lower()
+        cookie = answer.headers["set-cookie"].lower()
+        assert "secure" in cookie and "samesite=strict" in cookie
 
 
 def test_a_wrong_key_is_refused_and_audited(platform: Platform):

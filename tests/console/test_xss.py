@@ -22,7 +22,8 @@ SVG = '"><svg onload=window.__xss=3>'
 def assert_inert(page) -> None:
     """No payload ran, and none became an element."""
     assert page.evaluate("() => window.__xss") is None
-    assert page.evaluate("() => document.querySelectorAll('img[src=x], svg, script:not([src]):not([type])').length") == 0
+    planted = "() => document.querySelectorAll('img[src=x], svg, script:not([src]):not([type])').length"
+    assert page.evaluate(planted) == 0
 
 
 def test_chat_messages_and_model_output_are_text(page, platform: Platform, screenshots):

@@ -26,13 +26,23 @@ def message_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+def entry_text(entry: dict[str, Any]) -> str:
+    """What a conversation entry says: a message's text, a tool call, or a tool's result."""
+    if "content" in entry:
+        return message_text(entry["content"])
+    if entry.get("type") == "function.call":
+        return f"{entry.get('name')}({entry.get('arguments')})"
+    return str(entry.get("result", ""))
+
+
 @router.get("/agents")
 async def agents_page(user: CurrentUser) -> Response:
     user.require(Capability.INFERENCE)
     agents = await user.json("GET", "/v1/agents")
     conversations = await user.json("GET", "/v1/conversations")
     libraries = (await user.json("GET", "/v1/libraries"))["data"]
-    models = [m["id"] for m in (await user.json("GET", "/v1/models"))["data"] if m["capabilities"].get("completion_chat")]
+    served = (await user.json("GET", "/v1/models"))["data"]
+    models = [m["id"] for m in served if m["capabilities"].get("completion_chat")]
     return user.render(
         "agents.html", title="Agents", agents=agents, conversations=conversations, libraries=libraries, models=models
     )
@@ -70,15 +80,7 @@ async def conversation_page(conversation_id: str, user: CurrentUser) -> Response
     path = f"/v1/conversations/{quote(conversation_id, safe='')}"
     conversation = await user.json("GET", path)
     entries = (await user.json("GET", f"{path}/history"))["entries"]
-    shown = [
-        {
-            "type": e.get("type"),
-            "role": e.get("role") or e.get("type"),
-            "text": message_text(e.get("content")) if "content" in e else
-            (f"{e.get('name')}({e.get('arguments')})" if e.get("type") == "function.call" else str(e.get("result", ""))),
-        }
-        for e in entries
-    ]
+    shown = [{"role": e.get("role") or e.get("type"), "text": entry_text(e)} for e in entries]
     return user.render("conversation.html", title=conversation_id, c=conversation, entries=shown)
 
 

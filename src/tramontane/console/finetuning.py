@@ -19,12 +19,15 @@ router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 MAX_ERRORS_SHOWN = 50
 
 
-async def _page(user: User, *, errors: list[str] | None = None, status: int = 200, message: str | None = None) -> Response:
+async def _page(
+    user: User, *, errors: list[str] | None = None, status: int = 200, message: str | None = None
+) -> Response:
     files = (await user.json("GET", "/v1/files", params={"purpose": "fine-tune"}))["data"]
     jobs = (await user.json("GET", "/v1/fine_tuning/jobs"))["data"]
-    models = [m["id"] for m in (await user.json("GET", "/v1/models"))["data"]
-              if m.get("type") == "base" and m["capabilities"].get("completion_chat")] \
-        if user.principal.can(Capability.INFERENCE) else []
+    models = []
+    if user.principal.can(Capability.INFERENCE):  # which models there are is the inference API's to say
+        served = (await user.json("GET", "/v1/models"))["data"]
+        models = [m["id"] for m in served if m.get("type") == "base" and m["capabilities"].get("completion_chat")]
     return user.render(
         "finetuning.html", status=status, title="Fine-tuning", files=files, jobs=jobs, models=models,
         errors=errors, message=message, max_errors=MAX_ERRORS_SHOWN,

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -100,9 +101,12 @@ async def _measured(tenancy: Any, workspace_id: str, request_id: str | None) -> 
         UsageRecord.workspace_id == workspace_id, UsageRecord.request_id == request_id
     )
     deadline = time.monotonic() + USAGE_WAIT_S
-    while True:
+    def read() -> Any:
         with tenancy.store.read() as connection:
-            row = connection.execute(statement).first()
+            return connection.execute(statement).first()
+
+    while True:
+        row = await anyio.to_thread.run_sync(read)
         if row is not None:
             return {
                 "request_id": request_id,
