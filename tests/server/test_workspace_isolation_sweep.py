@@ -5,6 +5,9 @@ object id fails this test until it is listed in REQUESTS (with a valid body, so
 that the answer cannot be a 422 from validation) and shown to answer 404.
 Workspace `owner` makes one object of each kind; `stranger` holds every
 capability, so a 403 cannot hide a leak either.
+
+The web console's pages (outside the OpenAPI document) have their own sweep, built
+the same way: tests/console/test_security.py.
 """
 
 from __future__ import annotations
