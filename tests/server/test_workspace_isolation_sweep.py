@@ -34,6 +34,9 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("patch", "/v1/agents/{agent_id}/version"): ({"version": 0}, None),
     ("get", "/v1/agents/{agent_id}/versions"): ({}, None),
     ("get", "/v1/agents/{agent_id}/versions/{version}"): ({}, None),
+    ("put", "/v1/agents/{agent_id}/aliases"): ({"alias": "stable", "version": 0}, None),
+    ("get", "/v1/agents/{agent_id}/aliases"): ({}, None),
+    ("delete", "/v1/agents/{agent_id}/aliases"): ({"alias": "stable"}, None),
     ("get", "/v1/conversations/{conversation_id}"): ({}, None),
     ("delete", "/v1/conversations/{conversation_id}"): ({}, None),
     ("post", "/v1/conversations/{conversation_id}"): ({}, {"inputs": "hello", "stream": False}),
@@ -127,6 +130,9 @@ def owners_objects(live_server) -> dict:
         agent = http.post("/v1/agents", json={"model": DEFAULT_CHAT_MODEL_NAME, "name": "owned"})
         assert agent.status_code == 200, agent.text
         ids["agent_id"] = agent.json()["id"]
+        http.patch(f"/v1/agents/{ids['agent_id']}", json={"description": "second version"}).raise_for_status()
+        alias = http.put(f"/v1/agents/{ids['agent_id']}/aliases", params={"alias": "stable", "version": 1})
+        assert alias.status_code == 200, alias.text
         conversation = http.post(
             "/v1/conversations",
             json={"agent_id": ids["agent_id"], "inputs": "Hi", "completion_args": {"max_tokens": 2}},
@@ -228,6 +234,8 @@ def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):
     with httpx.Client(base_url=live_server.url, headers=owner.headers, timeout=60) as http:
         agent = http.get(f"/v1/agents/{owners_objects['agent_id']}")
         assert agent.status_code == 200 and agent.json().get("description") != "taken over"
+        aliases = http.get(f"/v1/agents/{owners_objects['agent_id']}/aliases").json()
+        assert [(a["alias"], a["version"]) for a in aliases] == [("stable", 1)]
         history = http.get(f"/v1/conversations/{owners_objects['conversation_id']}/history").json()["entries"]
         assert not any("hello" == entry.get("content") for entry in history)
         library = owners_objects["library_id"]

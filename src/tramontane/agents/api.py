@@ -17,13 +17,18 @@ from fastapi import APIRouter, Query, UploadFile
 from starlette.responses import Response
 
 from ..errors import APIError
+from ..inference.chat import prepare
+from ..inference.chat import respond as respond_chat
+from ..inference.inference_call import Call
 from ..inference.metering import InferenceKey, InferenceRoute, Metered
+from ..inference.protocol import ChatCompletionResponse
 from ..inference.registry import ModelRegistry
 from ..inference.streaming import STREAMABLE, EventStreamResponse
 from ..sandbox import SandboxManager
 from ..store import Store
 from . import entries
 from .backend import ChatBackend
+from .completions import chat_request
 from .conversations import Conversations, view
 from .libraries import Libraries
 from .models import DocumentRow, LibraryRow
@@ -31,6 +36,8 @@ from .registry import AgentRegistry
 from .runner import Run, Speaker, input_entries
 from .schemas import (
     Agent,
+    AgentAlias,
+    AgentsCompletionRequest,
     AgentCreate,
     AgentUpdate,
     Conversation,
@@ -146,6 +153,31 @@ def create_router(agents: AgentRegistry, conversations: Conversations, libraries
     @router.get("/v1/agents/{agent_id}/versions/{version}", response_model=Agent)
     def get_version(agent_id: str, version: str, principal: InferenceKey) -> Agent:
         return agents.get(principal, agent_id, version)
+
+    @router.put("/v1/agents/{agent_id}/aliases", response_model=AgentAlias)
+    def set_alias(
+        agent_id: str,
+        principal: InferenceKey,
+        alias: str = Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$"),
+        version: int = Query(ge=0, le=2**31 - 1),
+    ) -> AgentAlias:
+        return agents.set_alias(principal, agent_id, alias, version)
+
+    @router.get("/v1/agents/{agent_id}/aliases", response_model=list[AgentAlias])
+    def list_aliases(agent_id: str, principal: InferenceKey) -> list[AgentAlias]:
+        return agents.aliases(principal, agent_id)
+
+    @router.delete("/v1/agents/{agent_id}/aliases", **_NO_CONTENT)
+    def delete_alias(agent_id: str, principal: InferenceKey, alias: str = Query(max_length=64)) -> Response:
+        agents.delete_alias(principal, agent_id, alias)
+        return Response(status_code=204)
+
+    @router.post("/v1/agents/completions", response_model=ChatCompletionResponse, responses=STREAMABLE)
+    async def agents_completion(body: AgentsCompletionRequest, call: Call) -> Response | ChatCompletionResponse:
+        principal = call.principal
+        agent = await to_thread(agents.get, principal, body.agent_id)
+        gen, output = prepare(call.models, call.metrics, chat_request(agent, body), principal.workspace_id)
+        return await respond_chat(call.request, call.meter, gen, output, body.stream, include_usage=False)
 
     # -- conversations (async routes: the store's blocking calls go to worker threads)
 

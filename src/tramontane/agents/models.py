@@ -39,6 +39,18 @@ class AgentVersionRow(WorkspaceOwned, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AgentAliasRow(WorkspaceOwned, Base):
+    """A name for one of an agent's versions, usable wherever a version number is."""
+
+    __tablename__ = "agent_aliases"
+
+    agent_id: Mapped[str] = mapped_column(String(32), ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ConversationRow(WorkspaceOwned, Base):
     __tablename__ = "conversations"
 

@@ -12,8 +12,8 @@ from ..errors import Invalid, NotFound
 from ..store import Store
 from ..store.types import utcnow
 from ..tenancy import Principal, get_owned, owned
-from .models import AgentRow, AgentVersionRow
-from .schemas import Agent, AgentCreate, AgentUpdate
+from .models import AgentAliasRow, AgentRow, AgentVersionRow
+from .schemas import Agent, AgentAlias, AgentCreate, AgentUpdate
 
 
 def _versions(session: Session, agent_id: str) -> list[AgentVersionRow]:
@@ -32,12 +32,22 @@ def _view(agent: AgentRow, version: AgentVersionRow, numbers: list[int]) -> Agen
     )
 
 
-def _version_number(value: int | str | None) -> int | None:
-    if value is None or isinstance(value, int):
+def _version_number(session: Session, agent: AgentRow, value: int | str | None) -> int:
+    """The version `value` names: a number, an alias, or (None) the current one."""
+    if value is None:
+        return agent.version
+    if isinstance(value, int):
         return value
     if value.isdigit():
         return int(value)
-    raise NotFound(f"No agent version '{value}' (aliases are not supported)", code="agent_version_not_found")
+    alias = session.get(AgentAliasRow, (agent.id, value))
+    if alias is None:
+        raise NotFound(f"Agent {agent.id} has no version or alias '{value}'", code="agent_version_not_found")
+    return alias.version
+
+
+def _alias_view(row: AgentAliasRow) -> AgentAlias:
+    return AgentAlias(alias=row.alias, version=row.version, created_at=row.created_at, updated_at=row.updated_at)
 
 
 class AgentRegistry:
@@ -75,8 +85,7 @@ class AgentRegistry:
         with self._store.session() as session:
             agent = get_owned(session, AgentRow, agent_id, principal, "agent")
             versions = _versions(session, agent.id)
-            wanted = _version_number(version)
-            wanted = agent.version if wanted is None else wanted
+            wanted = _version_number(session, agent, version)
             found = next((v for v in versions if v.version == wanted), None)
             if found is None:
                 raise NotFound(f"Agent {agent_id} has no version {wanted}", code="agent_version_not_found")
@@ -123,6 +132,39 @@ class AgentRegistry:
     def delete(self, principal: Principal, agent_id: str) -> None:
         with self._store.write_session() as session:
             session.delete(get_owned(session, AgentRow, agent_id, principal, "agent"))
+
+    # -- aliases
+
+    def set_alias(self, principal: Principal, agent_id: str, alias: str, version: int) -> AgentAlias:
+        """Points `alias` at `version`, creating the alias or moving it."""
+        if alias.isdigit():
+            raise Invalid("An alias cannot be a number: it would hide a version", param="alias")
+        with self._store.write_session() as session:
+            agent = get_owned(session, AgentRow, agent_id, principal, "agent")
+            if version not in [v.version for v in _versions(session, agent.id)]:
+                raise NotFound(f"Agent {agent_id} has no version {version}", code="agent_version_not_found")
+            row = session.get(AgentAliasRow, (agent.id, alias))
+            if row is None:
+                row = AgentAliasRow(agent_id=agent.id, alias=alias, version=version, workspace_id=agent.workspace_id)
+                session.add(row)
+            else:
+                row.version, row.updated_at = version, utcnow()
+            session.flush()
+            return _alias_view(row)
+
+    def aliases(self, principal: Principal, agent_id: str) -> list[AgentAlias]:
+        with self._store.session() as session:
+            agent = get_owned(session, AgentRow, agent_id, principal, "agent")
+            query = select(AgentAliasRow).where(AgentAliasRow.agent_id == agent.id).order_by(AgentAliasRow.alias)
+            return [_alias_view(row) for row in session.scalars(query)]
+
+    def delete_alias(self, principal: Principal, agent_id: str, alias: str) -> None:
+        with self._store.write_session() as session:
+            agent = get_owned(session, AgentRow, agent_id, principal, "agent")
+            row = session.get(AgentAliasRow, (agent.id, alias))
+            if row is None:
+                raise NotFound(f"Agent {agent_id} has no alias '{alias}'", code="agent_alias_not_found")
+            session.delete(row)
 
     def find(self, workspace_id: str, agent_id: str) -> Agent:
         """The current version of a workspace's agent, for a handoff (no caller key at hand)."""

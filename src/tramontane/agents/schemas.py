@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..inference.protocol import Message, ResponseFormat, Tool, ToolChoice
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -105,6 +107,38 @@ class Agent(BaseModel):
     handoffs: list[str] | None = None
     metadata: dict[str, Any] | None = None
     version_message: str | None = None
+
+
+class AgentAlias(BaseModel):
+    alias: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentsCompletionRequest(_Request):
+    """A chat completion by an agent: its model, instructions, tools and completion
+    arguments, which the request's own fields override."""
+
+    agent_id: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = None
+    min_tokens: int | None = None
+    stream: bool = False
+    stop: str | list[str] | None = None
+    random_seed: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    top_k: int | None = None
+    n: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    parallel_tool_calls: bool | None = None
+    metadata: dict[str, Any] | None = None
 
 
 # -- conversations -------------------------------------------------------------
