@@ -11,7 +11,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from conftest import CHAT_MODEL
+from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
 
 WEATHER_TOOL = {
     "type": "function",
