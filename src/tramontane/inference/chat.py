@@ -128,7 +128,15 @@ def _choice(index: int, text: str, logprobs: list[TokenLogprob], reason: str | N
     )
 
 
-def _render_prompt(model: ChatModel, body: ChatCompletionRequest, tools: list[dict]) -> tuple[list[int], str]:
+def prompt_token_ids(model: ChatModel, body: ChatCompletionRequest, add_generation_prompt: bool = True) -> list[int]:
+    """The prompt `body` gives `model`, as a chat completion would send it (/v1/tokenize's way)."""
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
+    return _render_prompt(model, body, tools, add_generation_prompt)[0]
+
+
+def _render_prompt(
+    model: ChatModel, body: ChatCompletionRequest, tools: list[dict], add_generation_prompt: bool = True
+) -> tuple[list[int], str]:
     """Prompt token ids, and the assistant prefix the model continues (Mistral's `prefix`)."""
     messages = [_template_message(m.model_dump(exclude_none=True)) for m in body.messages]
     prefix = ""
@@ -141,7 +149,9 @@ def _render_prompt(model: ChatModel, body: ChatCompletionRequest, tools: list[di
             messages.insert(0, {"role": "system", "content": SAFETY_PROMPT})
     tokenizer = model.engine.tokenizer
     messages = prepare_messages(messages, tools, model.tools_in_template)
-    text = tokenizer.apply_chat_template(messages, tools=tools if model.tools_in_template and tools else None)
+    text = tokenizer.apply_chat_template(
+        messages, tools=tools if model.tools_in_template and tools else None, add_generation_prompt=add_generation_prompt
+    )
     return tokenizer.encode(text + prefix), prefix
 
 

@@ -32,7 +32,7 @@ from ..inference.registry import ModelRegistry
 from ..responses.api import create_router as create_responses_router
 from ..responses.service import Responses
 from ..sandbox import SandboxError, SandboxManager, create_router
-from ..server import chat, completions, embeddings, health, models
+from ..server import chat, completions, embeddings, health, lora_admin, models, tokenize
 from ..server.sleep import sleep_router
 from ..tenancy import Tenancy, request_logs_router
 from ..tenancy.admin_api import router as admin_router
@@ -77,7 +77,8 @@ def inference_api(registry: ModelRegistry, metrics: Metrics) -> Feature:
     of every wake from zero) must not pay for the routes behind it. Each router is
     included in the app itself: FastAPI matches a request again at every level of
     nested routers, and one level less halves that work on every inference request."""
-    inference = tuple(Route(module.router, ERRORS) for module in (chat, completions, embeddings, models))
+    modules = (chat, completions, embeddings, models, tokenize, lora_admin)
+    inference = tuple(Route(module.router, ERRORS) for module in modules)
     return Feature(
         "inference",
         routes=(Route(health.router), *inference),
