@@ -149,9 +149,8 @@ def _render_prompt(
             messages.insert(0, {"role": "system", "content": SAFETY_PROMPT})
     tokenizer = model.engine.tokenizer
     messages = prepare_messages(messages, tools, model.tools_in_template)
-    text = tokenizer.apply_chat_template(
-        messages, tools=tools if model.tools_in_template and tools else None, add_generation_prompt=add_generation_prompt
-    )
+    template_tools = tools if model.tools_in_template and tools else None
+    text = tokenizer.apply_chat_template(messages, tools=template_tools, add_generation_prompt=add_generation_prompt)
     return tokenizer.encode(text + prefix), prefix
 
 
