@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from dataclasses import dataclass, field
 
 from .autoscaler import ScaleMemory
@@ -20,10 +19,11 @@ class Deployment:
     workspace_id: str
     spec: DeploymentSpec
     desired: int
+    # When it last saw a request (the plane's clock): how long it has been idle.
+    last_request: float
     replicas: dict[str, Replica] = field(default_factory=dict)
     # Requests waiting for a replica (waking from zero, or every replica starting).
     queued: int = 0
-    last_request: float = field(default_factory=time.monotonic)
     scale_memory: ScaleMemory = field(default_factory=ScaleMemory)
     deleted: bool = False
     # Set, then replaced, whenever a replica becomes ready: a broadcast to waiters.

@@ -15,18 +15,16 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
-
-import httpx
 
 from ..errors import Invalid, Unavailable
 from ..store import HOME_ENV, URL_ENV, Store, tramontane_home
 from ..store.types import new_id
 from .autoscaler import decide
 from .backends import Backend, LocalBackend
+from .clock import SYSTEM_CLOCK, Clock, wait_for
 from .deployment import Deployment
 from .errors import DeploymentNotFound, NoCapacity
 from .models import ReplicaRow
@@ -49,6 +47,7 @@ class ControlPlane:
         capacity: NodeCapacity | None = None,
         home: Path | None = None,
         reconcile_interval_s: float = 1.0,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         self.repository = Repository(store)
         self.backend: Backend = backend or LocalBackend()
@@ -57,25 +56,26 @@ class ControlPlane:
         self.log_dir = self.home / "control" / "logs"
         self.store_url = store.url
         self.reconcile_interval_s = reconcile_interval_s
+        self.clock = clock
         self._deployments: dict[str, Deployment] = {}
         # Serialises changes to the replica set, so two wake-ups or a wake-up and
         # the loop never start the same replica twice or double-book resources.
         self._lock = asyncio.Lock()
-        self._client: httpx.AsyncClient | None = None
         self.upstream = UpstreamPool()
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient()
         for row in self.repository.take_replicas():
             if row.pid is not None and self.backend.reap(row.pid, row.pid_start):
                 log.info("killed replica %s left by a previous control plane", row.id)
         for row in self.repository.deployments():
             spec = DeploymentSpec.model_validate(row.spec)
             desired = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, row.desired_replicas))
-            self._deployments[row.id] = Deployment(row.id, row.workspace_id, spec, desired)
+            self._deployments[row.id] = Deployment(
+                row.id, row.workspace_id, spec, desired, last_request=self.clock.now()
+            )
         async with self._lock:
             for deployment in list(self._deployments.values()):
                 await self._converge_or_shrink(deployment)
@@ -91,8 +91,6 @@ class ControlPlane:
             await asyncio.gather(*(r.stop() for r in replicas))
         self._deployments.clear()
         await self.backend.close()
-        if self._client is not None:
-            await self._client.aclose()
         await self.upstream.aclose()
 
     # -- deployments -----------------------------------------------------------
@@ -100,7 +98,7 @@ class ControlPlane:
     async def create(self, workspace_id: str, spec: DeploymentSpec) -> Deployment:
         desired = spec.scaling.min_replicas
         row = self.repository.insert_deployment(workspace_id, spec, desired)
-        deployment = Deployment(row.id, workspace_id, spec, desired)
+        deployment = Deployment(row.id, workspace_id, spec, desired, last_request=self.clock.now())
         self._deployments[row.id] = deployment
         async with self._lock:
             try:
@@ -138,7 +136,7 @@ class ControlPlane:
         async with self._lock:
             self._set_desired(deployment, replicas)
             # Counts as activity, so the autoscaler leaves the new count alone for a while.
-            deployment.last_request = time.monotonic()
+            deployment.last_request = self.clock.now()
             deployment.scale_memory.lower_since = None
             await self._converge(deployment)
         return deployment
@@ -185,7 +183,7 @@ class ControlPlane:
     async def acquire(self, deployment: Deployment) -> AsyncIterator[Replica]:
         """A ready replica with a request slot held on it until the block ends;
         waits (bounded) while the deployment wakes or its replicas start."""
-        deployment.last_request = time.monotonic()
+        deployment.last_request = self.clock.now()
         replica = deployment.pick()
         if replica is None:
             if deployment.queued >= deployment.spec.scaling.max_queued_requests:
@@ -204,10 +202,10 @@ class ControlPlane:
             yield replica
         finally:
             replica.in_flight -= 1
-            replica.last_used = deployment.last_request = time.monotonic()
+            replica.last_used = deployment.last_request = self.clock.now()
 
     async def _wait_for_replica(self, deployment: Deployment) -> Replica:
-        deadline = time.monotonic() + deployment.spec.scaling.wake_timeout_s
+        deadline = self.clock.now() + deployment.spec.scaling.wake_timeout_s
         while not deployment.deleted:
             signal = deployment.ready_signal
             if replica := deployment.pick():
@@ -217,12 +215,10 @@ class ControlPlane:
                     if not deployment.live() and not deployment.deleted:
                         self._set_desired(deployment, max(deployment.desired, 1))
                         await self._converge(deployment)
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.clock.now()
             if remaining <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(remaining, 1.0)):
-                    await signal.wait()
+            await wait_for(self.clock, signal.wait(), min(remaining, 1.0))
         if deployment.deleted:
             raise DeploymentNotFound(deployment.name)
         raise Unavailable(
@@ -233,15 +229,20 @@ class ControlPlane:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.reconcile_interval_s)
-            async with self._lock:
-                for deployment in list(self._deployments.values()):
-                    self._autoscale(deployment)
-                    await self._converge_or_shrink(deployment)
-                    await self._deep_sleep_expired(deployment)
+            await self.clock.sleep(self.reconcile_interval_s)
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """One pass over every deployment: scale, converge the replicas on the
+        wanted count, and let light sleep that lasted long enough become deep."""
+        async with self._lock:
+            for deployment in list(self._deployments.values()):
+                self._autoscale(deployment)
+                await self._converge_or_shrink(deployment)
+                await self._deep_sleep_expired(deployment)
 
     def _autoscale(self, deployment: Deployment) -> None:
-        now = time.monotonic()
+        now = self.clock.now()
         load = deployment.load()
         idle_for = 0.0 if load else now - deployment.last_request
         wanted = decide(deployment.spec.scaling, deployment.desired, load, idle_for, now, deployment.scale_memory)
@@ -314,8 +315,8 @@ class ControlPlane:
             self.backend,
             self.log_dir / deployment.id / f"{replica_id}.log",
             self._platform_env(deployment.spec),
-            self._http_client,
             self._on_replica_change,
+            self.clock,
         )
         deployment.replicas[replica_id] = replica
         self._on_replica_change(replica)
@@ -340,7 +341,7 @@ class ControlPlane:
         await self._retire(replica)
 
     async def _deep_sleep_expired(self, deployment: Deployment) -> None:
-        now = time.monotonic()
+        now = self.clock.now()
         for replica in deployment.sleeping():
             if replica.slept_at is not None and now - replica.slept_at >= deployment.spec.scaling.light_sleep_s:
                 log.info("replica %s of %s goes from light to deep sleep", replica.id, deployment.name)
@@ -371,12 +372,6 @@ class ControlPlane:
     def _set_desired(self, deployment: Deployment, desired: int) -> None:
         deployment.desired = desired
         self.repository.set_desired(deployment.id, desired)
-
-    @property
-    def _http_client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError("the control plane is not started")
-        return self._client
 
     def _on_replica_change(self, replica: Replica) -> None:
         deployment = self._deployments.get(replica.deployment_id)

@@ -1,7 +1,9 @@
 """One replica at run time: launches its process through the backend, waits for it
 to pass its health check, watches it, and restarts it when it dies or fails its
 checks, until it is told to stop. It can be put to sleep and woken (light sleep,
-see states.py). Every state change goes through `_enter`."""
+see states.py). Every state change goes through `_enter`; every effect on the
+process goes through the backend, and every wait through the clock, so tests
+drive it with `MemoryBackend` and `ManualClock`."""
 
 from __future__ import annotations
 
@@ -9,14 +11,11 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
 from .backends.base import Backend, Pausable, ReplicaHandle
-from .health import probe
+from .clock import SYSTEM_CLOCK, Clock, within
 from .spec import DeploymentSpec, Kind
 from .states import ReplicaState, check_transition
 
@@ -32,8 +31,6 @@ _BACKOFF_MAX_S = 30.0
 
 # A model replica's token for its sleep and wake routes (server/sleep.py).
 REPLICA_TOKEN_ENV = "TRAMONTANE_REPLICA_TOKEN"
-# Sleeping and waking are loopback calls and a signal: seconds mean it is stuck.
-_SLEEP_CALL_TIMEOUT_S = 10.0
 
 StateListener = Callable[["Replica"], None]
 
@@ -47,8 +44,8 @@ class Replica:
         backend: Backend,
         log_path: Path,
         platform_env: dict[str, str],
-        client: httpx.AsyncClient,
         on_change: StateListener,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         self.id = replica_id
         self.deployment_id = deployment_id
@@ -58,14 +55,14 @@ class Replica:
         self.handle: ReplicaHandle | None = None
         self.restarts = 0
         self.in_flight = 0
-        self.last_used = time.monotonic()
+        self._clock = clock
+        self.last_used = clock.now()
         # Measured when it falls asleep: what its frozen processes keep resident.
         self.held_memory_mb = 0
         self.slept_at: float | None = None
         self.token = secrets.token_urlsafe(32)
         self.platform_env = {**platform_env, REPLICA_TOKEN_ENV: self.token} if spec.kind is Kind.MODEL else platform_env
         self._backend = backend
-        self._client = client
         self._on_change = on_change
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -96,14 +93,14 @@ class Replica:
         self._enter(ReplicaState.SLEEPING)
         try:
             if self.spec.kind is Kind.MODEL:
-                await self._control_call("sleep")
-        except (httpx.HTTPError, OSError) as exc:
+                await self._backend.control(self.handle, "sleep", self.token)
+        except OSError as exc:
             log.warning("replica %s would not sleep: %s", self.id, exc)
             self._enter(ReplicaState.RUNNING)
             return False
         self.handle.pause()
         self.held_memory_mb = await asyncio.to_thread(self.handle.memory_mb)
-        self.slept_at = time.monotonic()
+        self.slept_at = self._clock.now()
         self._on_change(self)
         return True
 
@@ -114,27 +111,19 @@ class Replica:
         self.handle.resume()
         try:
             if self.spec.kind is Kind.MODEL:
-                await self._control_call("wake")
-            elif not await probe(self.spec.health_check, self.handle.host, self.handle.port, self._client):
+                await self._backend.control(self.handle, "wake", self.token)
+            elif not await self._backend.probe(self.handle, self.spec.health_check):
                 raise OSError("it failed its health check")
-        except (httpx.HTTPError, OSError) as exc:
+        except OSError as exc:
             log.warning("replica %s did not wake: %s", self.id, exc)
             self._enter(ReplicaState.UNHEALTHY)
             await self._kill()
             return False
         self.held_memory_mb = 0
         self.slept_at = None
-        self.last_used = time.monotonic()
+        self.last_used = self._clock.now()
         self._enter(ReplicaState.RUNNING)
         return True
-
-    async def _control_call(self, action: str) -> None:
-        response = await self._client.post(
-            f"{self.url}/control/{action}",
-            headers={"authorization": f"Bearer {self.token}"},
-            timeout=_SLEEP_CALL_TIMEOUT_S,
-        )
-        response.raise_for_status()
 
     async def stop(self) -> None:
         """Stops the replica; every caller waits for the same stop, and a caller
@@ -197,17 +186,17 @@ class Replica:
             await self._kill()
             self.restarts += 1
             failures_in_a_row += 1
-            await asyncio.sleep(min(_BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1), _BACKOFF_MAX_S))
+            await self._clock.sleep(min(_BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1), _BACKOFF_MAX_S))
 
     async def _wait_healthy(self) -> bool:
         assert self.handle is not None
         exited = asyncio.create_task(self.handle.wait())
-        deadline = time.monotonic() + self.spec.health_check.grace_period_s
+        deadline = self._clock.now() + self.spec.health_check.grace_period_s
         try:
-            while time.monotonic() < deadline and not exited.done():
-                if await probe(self.spec.health_check, self.handle.host, self.handle.port, self._client):
+            while self._clock.now() < deadline and not exited.done():
+                if await self._backend.probe(self.handle, self.spec.health_check):
                     return True
-                await asyncio.sleep(_STARTUP_PROBE_S)
+                await self._clock.sleep(_STARTUP_PROBE_S)
             log.warning("replica %s did not become healthy", self.id)
             return False
         finally:
@@ -222,13 +211,12 @@ class Replica:
         failures = 0
         try:
             while failures < check.failures_before_restart:
-                done, _ = await asyncio.wait({exited}, timeout=check.interval_s)
-                if done:
+                if await within(self._clock, exited, check.interval_s):
                     log.warning("replica %s exited with status %s", self.id, exited.result())
                     return
                 if self.state is ReplicaState.SLEEPING:
                     continue  # frozen: it answers nothing until woken, but its exit still counts
-                healthy = await probe(check, self.handle.host, self.handle.port, self._client)
+                healthy = await self._backend.probe(self.handle, check)
                 # It may have fallen asleep while being probed.
                 failures = 0 if healthy or self.state is ReplicaState.SLEEPING else failures + 1
             log.warning("replica %s failed %d health checks", self.id, failures)

@@ -1,9 +1,11 @@
 """The contract between the control plane and whatever runs replicas.
 
 The plane owns scheduling, health and state; a backend only starts a replica's
-process somewhere reachable over HTTP, reports its exit, and stops it: the local
-backend as a process on this machine, the Ray backend through an actor holding
-the process on a node of a Ray cluster."""
+process somewhere reachable over HTTP, reports its exit, probes it, calls its
+sleep and wake routes, and stops it: the local backend as a process on this
+machine, the Ray backend through an actor holding the process on a node of a Ray
+cluster, the memory backend (tests) as objects whose behaviour a test sets.
+Every side effect the plane has on a replica goes through this contract."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from ..spec import DeploymentSpec
+from ..spec import DeploymentSpec, HealthCheck
 
 
 class ReplicaHandle(Protocol):
@@ -65,6 +67,15 @@ class Backend(Protocol):
     ) -> ReplicaHandle:
         """Starts one replica of `spec`, its output appended to `log_path`;
         `platform_env` is set on top of the spec's env."""
+        ...
+
+    async def probe(self, handle: ReplicaHandle, check: HealthCheck) -> bool:
+        """Whether the replica passes `check` now; never raises."""
+        ...
+
+    async def control(self, handle: ReplicaHandle, action: str, token: str) -> None:
+        """Calls a model replica's `/control/<action>` (sleep, wake) with its token;
+        raises OSError when the replica does not do it."""
         ...
 
     def reap(self, pid: int, pid_start: int | None) -> bool:

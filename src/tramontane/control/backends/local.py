@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..spec import DeploymentSpec, Kind, expand_port
 from .base import open_log
+from .http import HttpReplicaCalls
 from .standby import Standby, can_start_warm
 
 
@@ -116,7 +117,7 @@ def inherited_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TRAMONTANE_")}
 
 
-class LocalBackend:
+class LocalBackend(HttpReplicaCalls):
     """Runs replicas on this machine."""
 
     def __init__(self) -> None:
@@ -148,6 +149,7 @@ class LocalBackend:
 
     async def close(self) -> None:
         await self.standby.close()
+        await self.close_calls()
 
     def reap(self, pid: int, pid_start: int | None) -> bool:
         current = process_start_time(pid)

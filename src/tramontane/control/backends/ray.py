@@ -26,6 +26,7 @@ from typing import Any
 from ..scheduler import NodeCapacity
 from ..spec import DeploymentSpec, Resources
 from .base import open_log
+from .http import HttpReplicaCalls
 from .ray_actor import ReplicaProcess
 
 # Ray resources that `NodeCapacity` has fields for; every other one a cluster
@@ -119,7 +120,7 @@ class RayReplica:
                 log.flush()
 
 
-class RayBackend:
+class RayBackend(HttpReplicaCalls):
     """Runs replicas as actors on the Ray cluster at `address` (None: the one in
     RAY_ADDRESS, else a Ray instance started on this machine). Reuses the Ray
     connection of this process when there is one."""
@@ -169,7 +170,7 @@ class RayBackend:
     async def close(self) -> None:
         # The Ray connection belongs to this process (its driver): the replicas'
         # actors are stopped by the plane, and Ray's own state ends with the process.
-        return None
+        await self.close_calls()
 
 
 def _check_reachable(address: str | None) -> None:
