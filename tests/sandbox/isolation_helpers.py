@@ -49,6 +49,20 @@ def host_pids_of_uid(uid: int) -> list[int]:
     return found
 
 
+# What the channel hijack of a tier-1 sandbox began with: opening its PID 1's memory
+# for writing (bwrap's init was dumpable), to overwrite its code.
+PID1_MEM_WRITE = """
+import json
+try:
+    with open("/proc/1/mem", "r+b", buffering=0) as mem:
+        mem.seek(0x400000)
+        mem.write(b"\\xcc")
+    result = "written"
+except OSError as e:
+    result = type(e).__name__
+print(json.dumps({"mem": result}))
+"""
+
 NETWORK_PROBE = """
 import json, socket
 def attempt(host, port):

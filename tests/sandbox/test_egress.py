@@ -79,7 +79,7 @@ def test_bad_entries_are_422(live) -> None:
             assert answer.status_code == 422, entry
             assert answer.json()["error"]["param"] == "network.allow_out", entry
         vm = http.post("/v1/sandboxes", json={"template": "microvm", "network": {"allow_out": ["example.com:443"]}})
-        assert vm.status_code == 422 and vm.json()["error"]["code"] == "egress_tier1_only"
+        assert vm.status_code == 400 and vm.json()["error"]["code"] == "egress_tier1_only"  # a domain Invalid
     assert len(live.manager.list()) == before
 
 

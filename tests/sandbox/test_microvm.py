@@ -222,7 +222,7 @@ def test_disk_fill_stops_at_the_size_limit(live_vm) -> None:
         assert code != 0 and "No space left" in out
         with pytest.raises(SandboxException) as caught:
             filler.files.write("more.bin", b"x" * 2 * 1024 * 1024)
-        assert caught.value.status == 507
+        assert caught.value.status == 409 and caught.value.code == "no_space"
 
 
 def test_cpu_spin_is_killed_at_its_time_limit(vm: Sandbox) -> None:

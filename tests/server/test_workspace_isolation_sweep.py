@@ -59,6 +59,7 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("get", "/v1/sandboxes/{sandbox_id}/metrics"): ({}, None),
     ("post", "/v1/sandboxes/{sandbox_id}/commands"): ({}, {"cmd": "id", "stream": False}),
     ("get", "/v1/sandboxes/{sandbox_id}/processes"): ({}, None),
+    ("delete", "/v1/sandboxes/{sandbox_id}/processes"): ({}, None),
     ("delete", "/v1/sandboxes/{sandbox_id}/processes/{pid}"): ({}, None),
     ("get", "/v1/sandboxes/{sandbox_id}/files"): ({"path": "/home/user/secret.txt"}, None),
     ("put", "/v1/sandboxes/{sandbox_id}/files"): ({"path": "/home/user/secret.txt"}, b"overwritten"),

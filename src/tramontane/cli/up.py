@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,6 +30,12 @@ console = Console(stderr=True)
 class ReplicaBackend(StrEnum):
     LOCAL = "local"
     RAY = "ray"
+
+
+class MicroVMAccelerator(StrEnum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
 
 
 def up(
@@ -73,6 +81,13 @@ def up(
             "else a Ray instance started on this machine.",
         ),
     ] = None,
+    microvm_accelerator: Annotated[
+        MicroVMAccelerator,
+        typer.Option(
+            help="How tier-2 (microvm) sandboxes run their CPU: kvm (hardware), tcg (QEMU's emulation: "
+            "slow, needs no KVM) or auto (KVM where it can boot the guest, else tcg with a warning).",
+        ),
+    ] = MicroVMAccelerator.AUTO,
 ) -> None:
     """Serve the OpenAI- and Mistral-compatible API, and its admin API."""
     # Before the models: a wrong database fails in a second, not after loading.
@@ -103,7 +118,9 @@ def up(
             admin_key = tenancy.bootstrap_admin_key()
             if admin_key is not None:
                 print_admin_key(tenancy, admin_key, url, database_url is not None)
-            sandboxes = SandboxManager(ManagerConfig(max_file_bytes=MAX_BODY_BYTES))
+            sandboxes = SandboxManager(
+                ManagerConfig(max_file_bytes=MAX_BODY_BYTES, microvm_accelerator=microvm_accelerator.value)
+            )
             # Fine-tuned models are served as LoRA adapters on their base model's engine.
             finetune = FineTuning(
                 tenancy.store,
@@ -143,11 +160,37 @@ def open_tenancy(database_url: str | None) -> Tenancy:
         raise typer.Exit(1) from exc
 
 
+def write_admin_key(home: Path, key: str) -> Path:
+    """Writes the key to a new file only its owner can read (created 0600, never
+    widened from a looser mode); returns its path."""
+    path = home / "admin-key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:  # an earlier database's key: never overwritten
+        fd, name = tempfile.mkstemp(prefix="admin-key-", dir=home)
+        path = Path(name)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return path
+
+
 def print_admin_key(tenancy: Tenancy, key: str, url: str, custom_database: bool) -> None:
     """The first start's admin key, on the terminal only: it is never shown again
-    and never logged."""
+    and never logged. When the console is not a terminal (a service's log, which
+    others may read), the key goes to an owner-only file and only its path is printed."""
     workspace = tenancy.authenticate(f"Bearer {key}").workspace_id
     database = " --database-url ..." if custom_database else ""
+    if not console.file.isatty():
+        path = write_admin_key(tenancy.home, key)
+        console.print(
+            f"The admin API key is in {path} (readable by its owner only): move it to your secret store, "
+            f"then delete the file. Give clients keys with the inference capability: "
+            f"tramontane tenancy keys create --workspace {workspace}{database}",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
+        return
     console.rule("[bold yellow]Admin API key: shown this once only, store it now")
     console.print(key, soft_wrap=True, highlight=False, markup=False)
     console.print(

@@ -1,10 +1,14 @@
-"""The sandbox REST API: a FastAPI router under /v1/sandboxes.
+"""The sandbox REST API: a FastAPI router under /v1/sandboxes over a `SandboxManager`.
 
-Errors are `{"error": {"message", "type", "param", "code"}}` whatever app mounts
-the router: its routes turn sandbox errors and validation failures into that
-shape themselves. Streamed endpoints answer NDJSON, or server-sent events when
-the request accepts text/event-stream; an error before the first event is a
-plain HTTP error, one after it is a final {"type": "error"} event.
+`router` is module-level; its routes get the manager and the caller's tenant (the
+owner) through the `sandbox_manager` and `sandbox_owner` dependencies, which
+`create_router(manager, owner=...)` binds for the app that mounts it.
+
+Sandbox code raises domain errors (`tramontane.errors`); the app's error handlers
+turn them into statuses and `{"error": {...}}` bodies. Request validation failures
+are answered here, as 422 in that same shape. Streamed endpoints answer NDJSON, or
+server-sent events when the request accepts text/event-stream; an error before the
+first event is a plain HTTP error, one after it is a final {"type": "error"} event.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import dataclasses
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -21,8 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
-from ..errors import APIError
-from .errors import NotFound, SandboxError, TooLarge
+from ..errors import APIError, TramontaneError
+from .errors import NotFound, TooLarge
 from .manager import SandboxManager
 from .sandbox import SandboxState
 from .schemas import (
@@ -32,6 +36,7 @@ from .schemas import (
     CreateSandboxBody,
     EntryList,
     EntryModel,
+    KilledModel,
     MakeDirModel,
     MetricsModel,
     ProcessList,
@@ -52,7 +57,8 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
 
 
 class _SandboxRoute(APIRoute):
-    """Answers sandbox and validation errors in the API's error shape."""
+    """Answers request validation errors in the API's error shape (the app's own
+    handler keeps FastAPI's `detail` shape, which the Mistral SDK reads)."""
 
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = super().get_route_handler()
@@ -60,8 +66,6 @@ class _SandboxRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
-            except SandboxError as exc:
-                return exc.response()
             except RequestValidationError as exc:
                 return _validation_error(exc)
 
@@ -75,6 +79,10 @@ def _event(event: dict[str, Any], sse: bool) -> bytes:
     return data.encode() + b"\n"
 
 
+def _error_event(exc: TramontaneError) -> dict[str, Any]:
+    return {"type": "error", "error": {"message": exc.message, "code": exc.code, "param": exc.param}}
+
+
 async def _stream(request: Request, events: AsyncGenerator[dict[str, Any], None]) -> StreamingResponse:
     first = await anext(events)  # errors before any event become the HTTP status
     sse = "text/event-stream" in request.headers.get("accept", "")
@@ -84,8 +92,8 @@ async def _stream(request: Request, events: AsyncGenerator[dict[str, Any], None]
             yield _event(first, sse)
             async for event in events:
                 yield _event(event, sse)
-        except SandboxError as exc:
-            yield _event({"type": "error", **exc.body()}, sse)
+        except TramontaneError as exc:
+            yield _event(_error_event(exc), sse)
         finally:
             await events.aclose()
 
@@ -112,6 +120,29 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+# -- dependencies
+
+_MANAGER = "tramontane.sandbox.manager"
+_OWNER = "tramontane.sandbox.owner"
+
+
+def sandbox_manager(request: Request) -> SandboxManager:
+    """The manager the mounting app bound with `create_router`."""
+    return request.scope[_MANAGER]  # type: ignore[no-any-return]
+
+
+def sandbox_owner(request: Request) -> str | None:
+    """The caller's tenant: sandboxes are created under it, and any other tenant's
+    sandbox answers 404, as if absent. None: the API is unscoped."""
+    return request.scope.get(_OWNER)
+
+
+Manager = Annotated[SandboxManager, Depends(sandbox_manager)]
+Owner = Annotated[str | None, Depends(sandbox_owner)]
+
+router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"], route_class=_SandboxRoute)
+
+
 def _unowned() -> None:
     return None
 
@@ -122,138 +153,171 @@ def create_router(
     dependencies: Sequence[Any] = (),
     owner: Callable[..., Any] = _unowned,
 ) -> APIRouter:
-    """The API over `manager`; the app must run `manager.start()` and `shutdown()` in its lifespan.
+    """`router` bound to `manager`; the app must run `manager.start()` and `shutdown()`
+    in its lifespan. `owner` is a dependency naming the caller's tenant (e.g. its
+    workspace id)."""
 
-    `owner` is a dependency naming the caller's tenant (e.g. its workspace id): sandboxes
-    are created under it, and any other tenant's sandbox answers 404, as if absent.
-    """
-    router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"], route_class=_SandboxRoute,
-                       dependencies=list(dependencies))  # fmt: skip
+    # A default, not an annotation: `owner` is local, and annotations are strings here.
+    async def bind(request: Request, who: str | None = Depends(owner)) -> None:
+        request.scope[_MANAGER] = manager
+        request.scope[_OWNER] = who
 
-    @router.post("", status_code=201, response_model=SandboxModel)
-    async def create_sandbox(body: CreateSandboxBody, who: str | None = Depends(owner)) -> SandboxModel:
-        spec = dataclasses.replace(body.spec(manager.config.default_limits), owner=who)
-        sandbox = await manager.create(spec)
-        return SandboxModel.of(sandbox.info())
+    # Dependencies given at inclusion run before each route's own.
+    bound = APIRouter()
+    bound.include_router(router, dependencies=[Depends(bind), *dependencies])
+    return bound
 
-    @router.get("", response_model=SandboxList)
-    async def list_sandboxes(
-        state: SandboxState | None = None,
-        metadata: str | None = Query(None, description='URL-encoded pairs, e.g. "user=alice&app=x".'),
-        who: str | None = Depends(owner),
-    ) -> SandboxList:
-        wanted = dict(parse_qsl(metadata)) if metadata else None
-        found = manager.list(metadata=wanted, state=state, owner=who)
-        return SandboxList(sandboxes=[SandboxModel.of(s.info()) for s in found])
 
-    @router.get("/{sandbox_id}", response_model=SandboxModel)
-    async def get_sandbox(sandbox_id: str, who: str | None = Depends(owner)) -> SandboxModel:
-        return SandboxModel.of(manager.get(sandbox_id, who).info())
+@router.post("", status_code=201, response_model=SandboxModel)
+async def create_sandbox(body: CreateSandboxBody, who: Owner, manager: Manager) -> SandboxModel:
+    spec = dataclasses.replace(body.spec(manager.config.default_limits), owner=who)
+    sandbox = await manager.create(spec)
+    return SandboxModel.of(sandbox.info())
 
-    @router.delete("/{sandbox_id}", status_code=204)
-    async def kill_sandbox(sandbox_id: str, who: str | None = Depends(owner)) -> Response:
-        await manager.kill(sandbox_id, who)
-        return Response(status_code=204)
 
-    @router.post("/{sandbox_id}/timeout", response_model=SandboxModel)
-    async def set_timeout(sandbox_id: str, body: TimeoutBody, who: str | None = Depends(owner)) -> SandboxModel:
-        return SandboxModel.of(manager.set_timeout(sandbox_id, body.timeout, who).info())
+@router.get("", response_model=SandboxList)
+async def list_sandboxes(
+    who: Owner,
+    manager: Manager,
+    state: SandboxState | None = None,
+    metadata: str | None = Query(None, description='URL-encoded pairs, e.g. "user=alice&app=x".'),
+) -> SandboxList:
+    wanted = dict(parse_qsl(metadata)) if metadata else None
+    found = manager.list(metadata=wanted, state=state, owner=who)
+    return SandboxList(sandboxes=[SandboxModel.of(s.info()) for s in found])
 
-    @router.post("/{sandbox_id}/pause", response_model=SandboxModel)
-    async def pause(sandbox_id: str, who: str | None = Depends(owner)) -> SandboxModel:
-        return SandboxModel.of((await manager.pause(sandbox_id, who)).info())
 
-    @router.post("/{sandbox_id}/resume", response_model=SandboxModel)
-    async def resume(sandbox_id: str, who: str | None = Depends(owner)) -> SandboxModel:
-        return SandboxModel.of((await manager.resume(sandbox_id, who)).info())
+@router.get("/{sandbox_id}", response_model=SandboxModel)
+async def get_sandbox(sandbox_id: str, who: Owner, manager: Manager) -> SandboxModel:
+    return SandboxModel.of(manager.get(sandbox_id, who).info())
 
-    @router.get("/{sandbox_id}/metrics", response_model=MetricsModel)
-    async def metrics(sandbox_id: str, who: str | None = Depends(owner)) -> MetricsModel:
-        sandbox = manager.get(sandbox_id, who)
-        return MetricsModel.of(sandbox.usage(), sandbox.spec.limits)
 
-    # -- commands
+@router.delete("/{sandbox_id}", status_code=204)
+async def kill_sandbox(sandbox_id: str, who: Owner, manager: Manager) -> Response:
+    await manager.kill(sandbox_id, who)
+    return Response(status_code=204)
 
-    @router.post("/{sandbox_id}/commands", response_model=None)
-    async def run_command(
-        sandbox_id: str, body: CommandBody, request: Request, who: str | None = Depends(owner)
-    ) -> Response | StartedModel:
-        commands = manager.get(sandbox_id, who).commands
-        cwd, envs, timeout = body.cwd, body.envs, body.timeout
-        if body.stream:
-            events = commands.stream(body.cmd, cwd=cwd, envs=envs, timeout=timeout, background=body.background)
-            return await _stream(request, _as_dicts(events))
-        if body.background:
-            return StartedModel(pid=await commands.start(body.cmd, cwd=cwd, envs=envs, timeout=timeout))
-        result = await commands.run(body.cmd, cwd=cwd, envs=envs, timeout=timeout)
-        return JSONResponse(CommandResultModel(**dataclasses.asdict(result)).model_dump())
 
-    @router.get("/{sandbox_id}/processes", response_model=ProcessList)
-    async def list_processes(sandbox_id: str, who: str | None = Depends(owner)) -> ProcessList:
-        processes = await manager.get(sandbox_id, who).commands.list()
-        return ProcessList(processes=[ProcessModel.of(p) for p in processes])
+@router.post("/{sandbox_id}/timeout", response_model=SandboxModel)
+async def set_timeout(sandbox_id: str, body: TimeoutBody, who: Owner, manager: Manager) -> SandboxModel:
+    return SandboxModel.of(manager.set_timeout(sandbox_id, body.timeout, who).info())
 
-    @router.delete("/{sandbox_id}/processes/{pid}", status_code=204)
-    async def kill_process(
-        sandbox_id: str, pid: int, signal: int = Query(9, ge=1, le=64), who: str | None = Depends(owner)
-    ) -> Response:
-        if not await manager.get(sandbox_id, who).commands.kill(pid, signal):
-            raise NotFound(f"no process {pid} in the sandbox", code="process_not_found", param="pid")
-        return Response(status_code=204)
 
-    # -- files
+@router.post("/{sandbox_id}/pause", response_model=SandboxModel)
+async def pause(sandbox_id: str, who: Owner, manager: Manager) -> SandboxModel:
+    return SandboxModel.of((await manager.pause(sandbox_id, who)).info())
 
-    @router.get("/{sandbox_id}/files", response_class=Response)
-    async def download(sandbox_id: str, path: str, who: str | None = Depends(owner)) -> Response:
-        data = await manager.get(sandbox_id, who).files.read(path)
-        return Response(data, media_type="application/octet-stream")
 
-    @router.put("/{sandbox_id}/files", response_model=EntryModel)
-    async def upload(sandbox_id: str, path: str, request: Request, who: str | None = Depends(owner)) -> EntryModel:
-        files = manager.get(sandbox_id, who).files
-        return EntryModel.of(await files.write(path, await _read_body(request, files.max_file_bytes)))
+@router.post("/{sandbox_id}/resume", response_model=SandboxModel)
+async def resume(sandbox_id: str, who: Owner, manager: Manager) -> SandboxModel:
+    return SandboxModel.of((await manager.resume(sandbox_id, who)).info())
 
-    @router.delete("/{sandbox_id}/files", status_code=204)
-    async def remove(sandbox_id: str, path: str, who: str | None = Depends(owner)) -> Response:
-        await manager.get(sandbox_id, who).files.remove(path)
-        return Response(status_code=204)
 
-    @router.get("/{sandbox_id}/files/list", response_model=EntryList)
-    async def list_files(
-        sandbox_id: str, path: str = ".", depth: int = 1, who: str | None = Depends(owner)
-    ) -> EntryList:
-        entries = await manager.get(sandbox_id, who).files.list(path, depth)
-        return EntryList(entries=[EntryModel.of(e) for e in entries])
+@router.get("/{sandbox_id}/metrics", response_model=MetricsModel)
+async def metrics(sandbox_id: str, who: Owner, manager: Manager) -> MetricsModel:
+    return MetricsModel.of(manager.get(sandbox_id, who).usage())
 
-    @router.get("/{sandbox_id}/files/info", response_model=EntryModel)
-    async def file_info(sandbox_id: str, path: str, who: str | None = Depends(owner)) -> EntryModel:
-        return EntryModel.of(await manager.get(sandbox_id, who).files.get_info(path))
 
-    @router.post("/{sandbox_id}/files/mkdir", response_model=MakeDirModel)
-    async def make_dir(sandbox_id: str, path: str, who: str | None = Depends(owner)) -> MakeDirModel:
-        return MakeDirModel(created=await manager.get(sandbox_id, who).files.make_dir(path))
+# -- commands
 
-    @router.post("/{sandbox_id}/files/rename", response_model=EntryModel)
-    async def rename(sandbox_id: str, body: RenameBody, who: str | None = Depends(owner)) -> EntryModel:
-        return EntryModel.of(await manager.get(sandbox_id, who).files.rename(body.old_path, body.new_path))
 
-    # -- code interpreter
+@router.post("/{sandbox_id}/commands", response_model=None)
+async def run_command(
+    sandbox_id: str, body: CommandBody, request: Request, who: Owner, manager: Manager
+) -> Response | StartedModel:
+    commands = manager.get(sandbox_id, who).commands
+    cwd, envs, timeout = body.cwd, body.envs, body.timeout
+    if body.stream:
+        events = commands.stream(body.cmd, cwd=cwd, envs=envs, timeout=timeout, background=body.background)
+        return await _stream(request, _as_dicts(events))
+    if body.background:
+        return StartedModel(pid=await commands.start(body.cmd, cwd=cwd, envs=envs, timeout=timeout))
+    result = await commands.run(body.cmd, cwd=cwd, envs=envs, timeout=timeout)
+    return JSONResponse(CommandResultModel(**dataclasses.asdict(result)).model_dump())
 
-    @router.post("/{sandbox_id}/code", response_model=None)
-    async def run_code(sandbox_id: str, body: CodeBody, request: Request, who: str | None = Depends(owner)) -> Response:
-        interpreter = manager.get(sandbox_id, who).interpreter
-        if not body.stream:
-            execution = await interpreter.run(body.code, timeout=body.timeout)
-            return JSONResponse(dataclasses.asdict(execution))
 
-        async def events() -> AsyncGenerator[dict[str, Any], None]:
-            async with aclosing(interpreter.stream(body.code, timeout=body.timeout)) as stream:
-                async for event in stream:
-                    if event.execution is not None:
-                        yield {"type": "result", **dataclasses.asdict(event.execution)}
-                    else:
-                        yield {"type": event.type, "data": event.data}
+@router.delete("/{sandbox_id}/processes", response_model=KilledModel)
+async def kill_all_processes(sandbox_id: str, who: Owner, manager: Manager) -> KilledModel:
+    """Kills every process of the sandbox, the code interpreter included (its state
+    is lost): the way out of a fork bomb that holds every pid."""
+    return KilledModel(killed=await manager.get(sandbox_id, who).commands.kill_all())
 
-        return await _stream(request, events())
 
-    return router
+@router.get("/{sandbox_id}/processes", response_model=ProcessList)
+async def list_processes(sandbox_id: str, who: Owner, manager: Manager) -> ProcessList:
+    processes = await manager.get(sandbox_id, who).commands.list()
+    return ProcessList(processes=[ProcessModel.of(p) for p in processes])
+
+
+@router.delete("/{sandbox_id}/processes/{pid}", status_code=204)
+async def kill_process(
+    sandbox_id: str, pid: int, who: Owner, manager: Manager, signal: int = Query(9, ge=1, le=64)
+) -> Response:
+    if not await manager.get(sandbox_id, who).commands.kill(pid, signal):
+        raise NotFound(f"no process {pid} in the sandbox", code="process_not_found", param="pid")
+    return Response(status_code=204)
+
+
+# -- files
+
+
+@router.get("/{sandbox_id}/files", response_class=Response)
+async def download(sandbox_id: str, path: str, who: Owner, manager: Manager) -> Response:
+    data = await manager.get(sandbox_id, who).files.read(path)
+    return Response(data, media_type="application/octet-stream")
+
+
+@router.put("/{sandbox_id}/files", response_model=EntryModel)
+async def upload(sandbox_id: str, path: str, request: Request, who: Owner, manager: Manager) -> EntryModel:
+    files = manager.get(sandbox_id, who).files
+    return EntryModel.of(await files.write(path, await _read_body(request, files.max_file_bytes)))
+
+
+@router.delete("/{sandbox_id}/files", status_code=204)
+async def remove(sandbox_id: str, path: str, who: Owner, manager: Manager) -> Response:
+    await manager.get(sandbox_id, who).files.remove(path)
+    return Response(status_code=204)
+
+
+@router.get("/{sandbox_id}/files/list", response_model=EntryList)
+async def list_files(
+    sandbox_id: str, who: Owner, manager: Manager, path: str = ".", depth: int = 1
+) -> EntryList:
+    entries = await manager.get(sandbox_id, who).files.list(path, depth)
+    return EntryList(entries=[EntryModel.of(e) for e in entries])
+
+
+@router.get("/{sandbox_id}/files/info", response_model=EntryModel)
+async def file_info(sandbox_id: str, path: str, who: Owner, manager: Manager) -> EntryModel:
+    return EntryModel.of(await manager.get(sandbox_id, who).files.get_info(path))
+
+
+@router.post("/{sandbox_id}/files/mkdir", response_model=MakeDirModel)
+async def make_dir(sandbox_id: str, path: str, who: Owner, manager: Manager) -> MakeDirModel:
+    return MakeDirModel(created=await manager.get(sandbox_id, who).files.make_dir(path))
+
+
+@router.post("/{sandbox_id}/files/rename", response_model=EntryModel)
+async def rename(sandbox_id: str, body: RenameBody, who: Owner, manager: Manager) -> EntryModel:
+    return EntryModel.of(await manager.get(sandbox_id, who).files.rename(body.old_path, body.new_path))
+
+
+# -- code interpreter
+
+
+@router.post("/{sandbox_id}/code", response_model=None)
+async def run_code(sandbox_id: str, body: CodeBody, request: Request, who: Owner, manager: Manager) -> Response:
+    interpreter = manager.get(sandbox_id, who).interpreter
+    if not body.stream:
+        execution = await interpreter.run(body.code, timeout=body.timeout)
+        return JSONResponse(dataclasses.asdict(execution))
+
+    async def events() -> AsyncGenerator[dict[str, Any], None]:
+        async with aclosing(interpreter.stream(body.code, timeout=body.timeout)) as stream:
+            async for event in stream:
+                if event.execution is not None:
+                    yield {"type": "result", **dataclasses.asdict(event.execution)}
+                else:
+                    yield {"type": event.type, "data": event.data}
+
+    return await _stream(request, events())

@@ -143,6 +143,10 @@ def build_argv(
         # manager means no sandbox outlives the process that accounts for it.
         "--new-session",
         "--die-with-parent",
+        # The agent is PID 1: bwrap's own init would be a process of the sandbox's
+        # uid, dumpable and holding the host's pipes, that sandboxed code could
+        # take over through /proc/1/mem.
+        "--as-pid-1",
         "--cap-drop", "ALL",
         *_root_filesystem(),
     ]  # fmt: skip

@@ -29,6 +29,12 @@ class Usage:
     memory_bytes: int
     pids: int
     oom_kills: int
+    memory_limit_bytes: int  # what the cgroup enforces (for a microVM: the VM and QEMU)
+
+
+def _limit(path: Path) -> int:
+    text = path.read_text().strip()
+    return -1 if text == "max" else int(text)
 
 
 def _write(path: Path, value: str) -> None:
@@ -121,12 +127,17 @@ class CgroupV1:
         self.thaw()
         _kill_and_wait(procs, deadline_s=5.0)
 
+    def procs(self) -> list[int]:
+        """The host pids of every process in the cgroup."""
+        return [int(p) for p in (self.dirs["pids"] / "cgroup.procs").read_text().split()]
+
     def usage(self) -> Usage:
         memory = self.dirs["memory"]
         return Usage(
             memory_bytes=int((memory / "memory.usage_in_bytes").read_text()),
             pids=int((self.dirs["pids"] / "pids.current").read_text()),
             oom_kills=_read_int_field(memory / "memory.oom_control", "oom_kill"),
+            memory_limit_bytes=_limit(memory / "memory.limit_in_bytes"),
         )
 
     def remove(self) -> None:
@@ -173,11 +184,16 @@ class CgroupV2:
             self.thaw()
         _kill_and_wait(procs, deadline_s=5.0)
 
+    def procs(self) -> list[int]:
+        """The host pids of every process in the cgroup."""
+        return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+
     def usage(self) -> Usage:
         return Usage(
             memory_bytes=int((self.path / "memory.current").read_text()),
             pids=int((self.path / "pids.current").read_text()),
             oom_kills=_read_int_field(self.path / "memory.events", "oom_kill"),
+            memory_limit_bytes=_limit(self.path / "memory.max"),
         )
 
     def remove(self) -> None:

@@ -59,12 +59,24 @@ class CommandExitException(SandboxException):
         )
 
 
+class LimitReachedException(SandboxException):
+    """The sandbox used up one of its own limits; `code` names it (pids_exhausted,
+    memory_exhausted, nofile_exhausted, output_limit)."""
+
+
 _BY_STATUS: dict[int, type[SandboxException]] = {
     400: InvalidArgumentException,
     404: NotFoundException,
     413: InvalidArgumentException,
     422: InvalidArgumentException,
     507: NotEnoughSpaceException,
+}
+_BY_CODE: dict[str, type[SandboxException]] = {
+    "no_space": NotEnoughSpaceException,
+    "pids_exhausted": LimitReachedException,
+    "memory_exhausted": LimitReachedException,
+    "nofile_exhausted": LimitReachedException,
+    "output_limit": LimitReachedException,
 }
 
 
@@ -84,7 +96,8 @@ def _raise_for(response: httpx.Response) -> None:
         message, code = str(error["message"]), error.get("code")
     except (ValueError, KeyError, TypeError):
         message, code = response.text or response.reason_phrase, None
-    raise _BY_STATUS.get(response.status_code, SandboxException)(message, response.status_code, code)
+    kind = _BY_CODE.get(str(code)) or _BY_STATUS.get(response.status_code, SandboxException)
+    raise kind(message, response.status_code, code)
 
 
 def _execution(raw: dict[str, Any]) -> Execution:
@@ -108,7 +121,8 @@ def _events(response: httpx.Response) -> Iterator[dict[str, Any]]:
 
 def _raise_for_event(event: dict[str, Any]) -> None:
     error = event.get("error", {})
-    raise SandboxException(str(error.get("message", "sandbox error")), None, error.get("code"))
+    code = error.get("code")
+    raise _BY_CODE.get(str(code), SandboxException)(str(error.get("message", "sandbox error")), None, code)
 
 
 class CommandHandle:
@@ -188,6 +202,11 @@ class Commands:
             return False
         return True
 
+    def kill_all(self) -> int:
+        """Kills every process in the sandbox, the code interpreter included (its
+        state is lost); works even when a fork bomb holds every pid."""
+        return int(self._sandbox._call("DELETE", "processes")["killed"])
+
 
 class Filesystem:
     def __init__(self, sandbox: Sandbox):
@@ -246,6 +265,7 @@ def _info(raw: dict[str, Any]) -> SandboxInfo:
         memory_mb=raw["memory_mb"],
         disk_mb=raw["disk_mb"],
         idle_timeout_s=raw["idle_timeout"],
+        warnings=list(raw.get("warnings", [])),
     )
 
 

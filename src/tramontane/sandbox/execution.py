@@ -12,8 +12,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
-from .channel import agent_error
-from .errors import InvalidArgument, SandboxDied, SandboxError
+from .channel import ok_or_raise
+from .errors import InvalidArgument, SandboxError
 from .process import ChannelUser
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -116,14 +116,12 @@ class CodeInterpreter:
                         finished = True
                         yield CodeEvent("result", execution=execution)
                     elif kind == "error":
-                        if event.get("kind") == "died":
-                            raise SandboxDied("the sandbox stopped while the code ran")
-                        raise agent_error(event)
+                        ok_or_raise(event)
             finally:
-                channel.forget(rid)
-                if not finished and not channel.closed.done():
+                channel.forget(rid, events)
+                if not finished:
                     # Nobody waits for this cell any more: interrupt it, keeping the state.
-                    channel.open("interrupt")
+                    channel.notify("interrupt")
 
     async def run(self, code: str, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> Execution:
         async with aclosing(self.stream(code, timeout=timeout)) as events:

@@ -9,7 +9,8 @@ import binascii
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import InvalidArgument, NotFound, SandboxError, TooLarge
+from .channel import OP_TIMEOUT_S, first_event, ok_or_raise
+from .errors import InvalidArgument, LimitReached, NotFound, SandboxError, TooLarge
 from .process import ChannelUser
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -43,6 +44,13 @@ class EntryInfo:
         )
 
 
+def _decode_chunk(event: dict[str, Any]) -> bytes:
+    try:
+        return base64.b64decode(str(event["data"]), validate=True)
+    except (KeyError, binascii.Error) as exc:
+        raise SandboxError("the sandbox sent malformed file data") from exc
+
+
 def _check_path(path: str, param: str = "path") -> str:
     if not path or "\0" in path or len(path.encode()) > MAX_PATH_BYTES:
         raise InvalidArgument(f"{param} must be 1 to {MAX_PATH_BYTES} bytes without NUL", param=param)
@@ -59,14 +67,28 @@ class Files:
             return await channel.call(op, **fields)
 
     async def read(self, path: str) -> bytes:
-        reply = await self._call("read", path=_check_path(path), max_bytes=self.max_file_bytes)
-        try:
-            data = base64.b64decode(str(reply["data"]), validate=True)
-        except (KeyError, binascii.Error) as exc:
-            raise SandboxError("the sandbox sent malformed file data") from exc
-        if len(data) > self.max_file_bytes:
-            raise TooLarge(f"file is larger than {self.max_file_bytes} bytes", param="path")
-        return data
+        """A regular file's content (FIFOs, devices and sockets are refused). It
+        arrives in chunks, each within the deadline of an operation."""
+        data = bytearray()
+        async with self._sandbox.use() as channel:
+            rid, events = channel.open("read", path=_check_path(path), max_bytes=self.max_file_bytes)
+            try:
+                await channel.drain()
+                while (event := ok_or_raise(await first_event(events, OP_TIMEOUT_S, "read"))).get("ev") == "chunk":
+                    chunk = _decode_chunk(event)
+                    if len(data) + len(chunk) > self.max_file_bytes:
+                        raise TooLarge(f"file is larger than {self.max_file_bytes} bytes", param="path")
+                    # Held here until returned: charged to the sandbox like its other output.
+                    if not channel.budget.take(len(chunk)):
+                        raise LimitReached(
+                            "the server holds too much of this sandbox's output already; try again",
+                            code="output_limit",
+                        )
+                    data += chunk
+            finally:
+                channel.forget(rid, events)
+                channel.budget.give(len(data))
+        return bytes(data)
 
     async def write(self, path: str, data: bytes | str) -> EntryInfo:
         """Creates or replaces a file, making its parent directories."""

@@ -1,7 +1,7 @@
 """Starting and stopping one sandbox: bwrap, its cgroup, the agent channel.
 
 bwrap is told to block (`--block-fd`) once its namespaces exist and before the
-sandbox's PID 1 forks anything; the host then moves that process into the
+sandbox's PID 1 (the agent itself: `--as-pid-1`) runs anything; the host then moves that process into the
 sandbox's cgroup, so every process the sandbox will ever have is born inside it.
 The rlimits are set by the agent before it runs anything (the host may lack
 CAP_SYS_RESOURCE for prlimit(2), and lowering one's own limits needs nothing).
@@ -23,7 +23,7 @@ from functools import lru_cache
 
 from . import bwrap, seccomp
 from .cgroups import Cgroup, CgroupTree
-from .channel import MAX_LINE_BYTES, AgentChannel
+from .channel import MAX_LINE_BYTES, AgentChannel, OutputBudget
 from .egress import EgressProxy, egress_socket_path
 from .errors import SandboxError, Unavailable
 from .policy import EgressRule, Limits, MiB
@@ -116,6 +116,7 @@ class Runtime:
     channel: AgentChannel
     host_uid: int
     egress: EgressProxy | None = None  # the sandbox's way out, if its policy allows any
+    committed_mb: int = 0  # host memory admission counted for it (its cgroup's memory limit)
     stderr_tail: bytearray = field(default_factory=bytearray)
     _stderr_task: asyncio.Task[None] | None = None
 
@@ -150,6 +151,7 @@ async def launch(
     limits: Limits,
     host_uid: int,
     env: dict[str, str],
+    budget: OutputBudget,
     egress_rules: tuple[EgressRule, ...] = (),
 ) -> Runtime:
     """Starts a sandbox; with `egress_rules`, also its egress proxy and the
@@ -169,13 +171,16 @@ async def launch(
         if proxy is not None:
             await proxy.close()
         raise
-    runtime = await attach(process, group, host_uid)
+    runtime = await attach(process, group, host_uid, budget)
     runtime.egress = proxy
     return runtime
 
 
-async def attach(process: subprocess.Popen[bytes], group: Cgroup, host_uid: int) -> Runtime:
-    """The runtime of a started sandbox whose agent speaks on the process's stdin/stdout."""
+async def attach(
+    process: subprocess.Popen[bytes], group: Cgroup, host_uid: int, budget: OutputBudget
+) -> Runtime:
+    """The runtime of a started sandbox whose agent speaks on the process's stdin/stdout;
+    what the server holds of its output is charged to `budget`."""
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
@@ -186,6 +191,6 @@ async def attach(process: subprocess.Popen[bytes], group: Cgroup, host_uid: int)
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
     errors = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(errors), process.stderr)
-    runtime = Runtime(process, group, AgentChannel(reader, writer), host_uid)
+    runtime = Runtime(process, group, AgentChannel(reader, writer, AgentChannel.new_key(), budget), host_uid)
     runtime._stderr_task = asyncio.create_task(runtime._collect_stderr(errors))
     return runtime

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import bwrap
 from .cgroups import CgroupTree
+from .channel import ByteBudget, OutputBudget
 from .errors import NotFound, SandboxError, Unavailable, Unprocessable
 from .files import MAX_FILE_BYTES
 from .launcher import Runtime, launch
@@ -61,7 +62,9 @@ class ManagerConfig:
     max_sandboxes: int = 256
     pool_size: int = 4  # tier 1
     microvm_pool_size: int = 1
-    microvm_accelerator: str = "kvm"  # "tcg" emulates the CPU: slow, for hosts without hardware KVM
+    # "tcg" emulates the CPU: slow, for hosts without hardware KVM; "auto" tries
+    # KVM and falls back to TCG with a warning (in the log and each VM's info).
+    microvm_accelerator: str = "kvm"
     default_limits: Limits = field(default_factory=Limits)
     max_limits: Limits = field(default_factory=_default_max_limits)
     max_timeout_s: float = 24 * 3600.0
@@ -79,6 +82,26 @@ class ManagerConfig:
     cgroup_v2_parent: str = "/"
     max_file_bytes: int = MAX_FILE_BYTES
     reap_interval_s: float = 0.25
+    # Bytes of a sandbox's output the server may hold at once (unread output, a
+    # file being read, a result); None: max_file_bytes plus 16 MiB. And for all
+    # sandboxes together.
+    sandbox_output_bytes: int | None = None
+    total_output_bytes: int = 1024 * 1024 * 1024
+    # Admission: the memory limits of all sandboxes (a microVM's: its VM and QEMU)
+    # may add up to host_memory_mb (None: the host's MemTotal) times this ratio.
+    memory_overcommit: float = 1.0
+    host_memory_mb: int | None = None
+
+    def output_bytes_per_sandbox(self) -> int:
+        return self.sandbox_output_bytes or self.max_file_bytes + 16 * 1024 * 1024
+
+
+def host_memory_mb() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    raise Unavailable("cannot read the host's memory size from /proc/meminfo", code="host_memory_unknown")
 
 
 def _pool_key(template: str, limits: Limits) -> tuple[int, ...]:
@@ -112,6 +135,9 @@ class SandboxManager:
         self._tree: CgroupTree | None = None
         self._microvm: MicroVMHost | None = None
         self._microvm_missing = "tier-2 sandboxes are not set up"
+        self._output_total = ByteBudget(self.config.total_output_bytes)
+        self._memory_capacity_mb = 0
+        self._reserved_mb = 0  # launches in flight, counted against host memory
 
     # -- lifecycle
 
@@ -127,6 +153,7 @@ class SandboxManager:
         self._bwrap = found
         self._tree = CgroupTree.detect(self.config.cgroup_v2_parent)
         self._tree.reap_stale()
+        self._memory_capacity_mb = int((self.config.host_memory_mb or host_memory_mb()) * self.config.memory_overcommit)
         self._uids = claim_uid_range(self.config.uid_lease_dir, self.config.host_uid_base)
         if MICROVM_TEMPLATE in self.config.templates:
             try:
@@ -181,6 +208,13 @@ class SandboxManager:
         if len(self._sandboxes) + self._creating >= self.config.max_sandboxes:
             raise Unavailable(f"all {self.config.max_sandboxes} sandboxes are in use", code="capacity")
         pooled = self._claim(spec)
+        need_mb = self._memory_mb(spec.template, spec.limits)
+        try:
+            self._admit(need_mb - (pooled[1].committed_mb if pooled else 0))
+        except Unavailable:
+            if pooled is not None:
+                self._pools[spec.template].insert(0, pooled)
+            raise
         if pooled is not None:
             sandbox_id, runtime = pooled
             try:
@@ -188,6 +222,7 @@ class SandboxManager:
                 # thread hop costs more on a loaded host.
                 if spec.limits != self.config.default_limits:
                     runtime.cgroup.set_limits(self._host_limits(spec.template, spec.limits))
+                    runtime.committed_mb = need_mb
                 if spec.env:
                     await runtime.channel.call("configure", env=spec.env)
             except BaseException:
@@ -199,11 +234,43 @@ class SandboxManager:
                 sandbox_id, runtime = await self._launch_to_completion(spec)
             finally:
                 self._creating -= 1
-        sandbox = ManagedSandbox(sandbox_id, spec, runtime, self.config.max_file_bytes)
+        warnings = [self._microvm.warning] if spec.template == MICROVM_TEMPLATE and self._microvm.warning else []
+        sandbox = ManagedSandbox(sandbox_id, spec, runtime, self.config.max_file_bytes, warnings)
         self._sandboxes[sandbox_id] = sandbox
         runtime.channel.closed.add_done_callback(lambda _: self._background(self._remove(sandbox, "exited")))
         self._refill()
         return sandbox
+
+    def _memory_mb(self, template: str, limits: Limits) -> int:
+        return self._host_limits(template, limits).memory_mb
+
+    def committed_mb(self) -> int:
+        """The memory limits of every sandbox, pooled and starting ones included."""
+        running = sum(s.runtime.committed_mb for s in self._sandboxes.values())
+        pooled = sum(runtime.committed_mb for pool in self._pools.values() for _, runtime in pool)
+        return running + pooled + self._reserved_mb
+
+    def _fits(self, extra_mb: int) -> bool:
+        return self.committed_mb() + extra_mb <= self._memory_capacity_mb
+
+    def _admit(self, extra_mb: int) -> None:
+        """Makes room for `extra_mb` more (stopping pooled sandboxes if need be), or
+        refuses with the time the next sandbox's deadline frees some."""
+        pooled = [(t, entry) for t, pool in self._pools.items() for entry in pool]
+        while not self._fits(extra_mb) and pooled:
+            template, entry = pooled.pop()
+            self._pools[template].remove(entry)
+            self._background(self._release(entry[1]))
+        if self._fits(extra_mb):
+            return
+        now = time.monotonic()
+        soonest = min((s.deadline - now for s in self._sandboxes.values()), default=5.0)
+        raise Unavailable(
+            f"the host's memory is committed to sandboxes ({self.committed_mb()} of {self._memory_capacity_mb} MiB); "
+            f"this one needs {extra_mb} MiB more",
+            code="host_memory_exhausted",
+            retry_after_s=min(60.0, max(1.0, soonest)),
+        )
 
     def _claim(self, spec: SandboxSpec) -> tuple[str, Runtime] | None:
         # Pooled sandboxes have no egress proxy, whose socket is mounted at start.
@@ -258,33 +325,53 @@ class SandboxManager:
         assert self._tree is not None
         slot = self._free_uids.pop()
         sandbox_id = secrets.token_hex(10)
+        budget = OutputBudget(self.config.output_bytes_per_sandbox(), self._output_total)
+        committed = self._memory_mb(template, limits)
+        self._reserved_mb += committed
         try:
-            if template == MICROVM_TEMPLATE:
-                assert self._microvm is not None
-                runtime = await launch_vm(
-                    self._microvm, tree=self._tree, name=sandbox_id, limits=limits,
-                    host_uid=self.host_uids[slot],
-                )  # fmt: skip
-                try:
-                    # The guest's init starts the agent with an empty environment.
-                    await runtime.channel.call("configure", env={**bwrap.base_env(), **env})
-                except BaseException:
-                    await runtime.stop()
-                    raise
-                return sandbox_id, runtime
-            runtime = await launch(
-                bwrap_path=self._bwrap,
-                tree=self._tree,
-                name=sandbox_id,
-                limits=limits,
-                host_uid=self.host_uids[slot],
-                env={**bwrap.base_env(), **env},
-                egress_rules=egress_rules,
-            )
+            runtime = await self._start_runtime(template, limits, env, egress_rules, sandbox_id, slot, budget)
         except BaseException:
             self._free_uids.append(slot)
             raise
+        finally:
+            self._reserved_mb -= committed
+        runtime.committed_mb = committed
         return sandbox_id, runtime
+
+    async def _start_runtime(
+        self,
+        template: str,
+        limits: Limits,
+        env: dict[str, str],
+        egress_rules: tuple[EgressRule, ...],
+        sandbox_id: str,
+        slot: int,
+        budget: OutputBudget,
+    ) -> Runtime:
+        assert self._tree is not None
+        if template == MICROVM_TEMPLATE:
+            assert self._microvm is not None
+            runtime = await launch_vm(
+                self._microvm, tree=self._tree, name=sandbox_id, limits=limits,
+                host_uid=self.host_uids[slot], budget=budget,
+            )  # fmt: skip
+            try:
+                # The guest's init starts the agent with an empty environment.
+                await runtime.channel.call("configure", env={**bwrap.base_env(), **env})
+            except BaseException:
+                await runtime.stop()
+                raise
+            return runtime
+        return await launch(
+            bwrap_path=self._bwrap,
+            tree=self._tree,
+            name=sandbox_id,
+            limits=limits,
+            host_uid=self.host_uids[slot],
+            env={**bwrap.base_env(), **env},
+            budget=budget,
+            egress_rules=egress_rules,
+        )
 
     def _pool_sizes(self) -> dict[str, int]:
         sizes = {TIER1_TEMPLATE: self.config.pool_size}
@@ -309,6 +396,8 @@ class SandboxManager:
                 return
 
     async def _add_to_pool(self, template: str) -> bool:
+        if not self._fits(self._memory_mb(template, self.config.default_limits)):
+            return False  # the host's memory is for sandboxes asked for, not for the pool
         try:
             sandbox_id, runtime = await self._launch(template, self.config.default_limits, {})
         except (OSError, SandboxError) as exc:
@@ -333,7 +422,7 @@ class SandboxManager:
             rid, events = runtime.channel.open("exec", cmd="true", cwd=None, env={}, timeout=10)
             async for _event in events:
                 pass
-            runtime.channel.forget(rid)
+            runtime.channel.forget(rid, events)
 
     # -- lookup
 
@@ -426,4 +515,7 @@ class SandboxManager:
             "paused": states.count(SandboxState.PAUSED),
             "pooled": sum(len(pool) for pool in self._pools.values()),
             "capacity": self.config.max_sandboxes,
+            "committed_memory_mb": self.committed_mb(),
+            "memory_capacity_mb": self._memory_capacity_mb,
+            "output_held_bytes": self._output_total.used,
         }

@@ -8,12 +8,12 @@ from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .channel import AgentChannel, agent_error
+from .channel import OP_TIMEOUT_S, AgentChannel, OutputBudget, first_event, ok_or_raise
 from .errors import InvalidArgument, SandboxDied
 from .policy import validate_env
 
 DEFAULT_TIMEOUT_S = 60.0
-MAX_COLLECTED_OUTPUT = 16 * 1024 * 1024  # per stream, for run(); streams are not capped
+MAX_COLLECTED_OUTPUT = 16 * 1024 * 1024  # per stream, for run(); also charged to the sandbox's budget
 MAX_COMMAND_BYTES = 256 * 1024
 
 
@@ -50,17 +50,26 @@ class ProcessInfo:
 
 @dataclass
 class _Collector:
+    """Output of run(), held until the result is built; past MAX_COLLECTED_OUTPUT
+    per stream or the sandbox's output budget, the rest is dropped (truncated)."""
+
+    budget: OutputBudget | None
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     truncated: bool = False
 
     def add(self, kind: str, data: str) -> None:
-        if self.sizes[kind] + len(data) > MAX_COLLECTED_OUTPUT:
+        size = len(data)
+        if self.sizes[kind] + size > MAX_COLLECTED_OUTPUT or (self.budget and not self.budget.take(size)):
             self.truncated = True
             return
-        self.sizes[kind] += len(data)
+        self.sizes[kind] += size
         getattr(self, kind).append(data)
+
+    def release(self) -> None:
+        if self.budget is not None:
+            self.budget.give(sum(self.sizes.values()))
 
 
 class Commands:
@@ -93,12 +102,13 @@ class Commands:
             finished = False
             try:
                 await channel.drain()
-                async for event in events:
+                # The agent answers at once ("start", or why not); the command's own
+                # timeout bounds the rest.
+                event = await first_event(events, OP_TIMEOUT_S, "exec")
+                while True:
                     kind = event.get("ev")
                     if kind == "error":
-                        if event.get("kind") == "died":
-                            raise SandboxDied("the sandbox stopped while the command ran")
-                        raise agent_error(event)
+                        ok_or_raise(event)
                     if kind == "start":
                         pid = int(event["pid"])
                         yield CommandEvent("start", pid=pid)
@@ -109,10 +119,12 @@ class Commands:
                         yield CommandEvent(
                             "exit", pid=pid, exit_code=int(event["exit_code"]), error=_optional_str(event.get("error"))
                         )
+                        return
+                    event = await events.get()
             finally:
-                channel.forget(rid)
-                if not finished and pid is not None and not background and not channel.closed.done():
-                    channel.open("kill", pid=pid, signal=int(signals.SIGKILL))
+                channel.forget(rid, events)
+                if not finished and pid is not None and not background:
+                    channel.notify("kill", pid=pid, signal=int(signals.SIGKILL))
 
     async def run(
         self,
@@ -125,7 +137,23 @@ class Commands:
         on_stderr: Callable[[str], Any] | None = None,
     ) -> CommandResult:
         """Runs `cmd` to completion; a non-zero exit code is a result, not an error."""
-        collected = _Collector()
+        collected = _Collector(getattr(self._sandbox, "budget", None))
+        try:
+            result = await self._collect(cmd, cwd, envs, timeout, on_stdout, on_stderr, collected)
+        finally:
+            collected.release()
+        return result
+
+    async def _collect(
+        self,
+        cmd: str,
+        cwd: str | None,
+        envs: dict[str, str] | None,
+        timeout: float | None,
+        on_stdout: Callable[[str], Any] | None,
+        on_stderr: Callable[[str], Any] | None,
+        collected: _Collector,
+    ) -> CommandResult:
         pid, exit_event = 0, None
         async with aclosing(self.stream(cmd, cwd=cwd, envs=envs, timeout=timeout)) as events:
             async for event in events:
@@ -175,6 +203,13 @@ class Commands:
         async with self._sandbox.use() as channel:
             reply = await channel.call("kill", pid=pid, signal=signal)
         return bool(reply.get("killed"))
+
+    async def kill_all(self) -> int:
+        """SIGKILLs every process of the sandbox but its agent (the code interpreter
+        too: its state is lost). Works when a fork bomb has taken every pid."""
+        async with self._sandbox.use() as channel:
+            reply = await channel.call("killall")
+        return int(reply.get("killed", 0))
 
 
 def _optional_str(value: object) -> str | None:

@@ -8,10 +8,10 @@ import enum
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .cgroups import Usage
-from .channel import AgentChannel
+from .channel import AgentChannel, OutputBudget
 from .errors import Conflict, SandboxDied
 from .execution import DEFAULT_TIMEOUT_S as CODE_TIMEOUT_S
 from .execution import CodeInterpreter, Execution
@@ -39,11 +39,15 @@ class SandboxInfo:
     memory_mb: int
     disk_mb: int
     idle_timeout_s: float | None
+    warnings: list[str] = field(default_factory=list)
 
 
 class ManagedSandbox:
-    def __init__(self, sandbox_id: str, spec: SandboxSpec, runtime: Runtime, max_file_bytes: int):
+    def __init__(
+        self, sandbox_id: str, spec: SandboxSpec, runtime: Runtime, max_file_bytes: int, warnings: list[str] | None = None
+    ):
         self.id = sandbox_id
+        self.warnings = list(warnings or [])
         self.spec = spec
         self.runtime = runtime
         self.state = SandboxState.RUNNING
@@ -58,6 +62,11 @@ class ManagedSandbox:
         self._stopping: asyncio.Task[None] | None = None
 
     # -- state
+
+    @property
+    def budget(self) -> OutputBudget:
+        """What the server may hold of this sandbox's output."""
+        return self.runtime.channel.budget
 
     def touch(self) -> None:
         self.last_active = time.monotonic()
@@ -141,6 +150,7 @@ class ManagedSandbox:
             memory_mb=limits.memory_mb,
             disk_mb=limits.workspace_mb,
             idle_timeout_s=self.spec.idle_timeout_s,
+            warnings=list(self.warnings),
         )
 
     def usage(self) -> Usage:

@@ -79,6 +79,7 @@ class SandboxModel(BaseModel):
     memory_mb: int
     disk_mb: int
     idle_timeout: float | None
+    warnings: list[str] = Field(default_factory=list, description="e.g. a microVM whose CPU is emulated (slow).")
 
     @classmethod
     def of(cls, info: SandboxInfo) -> SandboxModel:
@@ -93,6 +94,7 @@ class SandboxModel(BaseModel):
             memory_mb=info.memory_mb,
             disk_mb=info.disk_mb,
             idle_timeout=info.idle_timeout_s,
+            warnings=list(info.warnings),
         )
 
 
@@ -111,10 +113,10 @@ class MetricsModel(BaseModel):
     oom_kills: int
 
     @classmethod
-    def of(cls, usage: Usage, limits: Limits) -> MetricsModel:
+    def of(cls, usage: Usage) -> MetricsModel:
         return cls(
             memory_bytes=usage.memory_bytes,
-            memory_limit_bytes=limits.memory_mb * 1024 * 1024,
+            memory_limit_bytes=usage.memory_limit_bytes,
             pids=usage.pids,
             oom_kills=usage.oom_kills,
         )
@@ -140,6 +142,10 @@ class CommandResultModel(BaseModel):
 
 class StartedModel(BaseModel):
     pid: int
+
+
+class KilledModel(BaseModel):
+    killed: int = Field(description="Processes found and killed (at the first pass).")
 
 
 class ProcessModel(BaseModel):

@@ -9,13 +9,27 @@ the filesystem: a symlink planted by sandboxed code cannot point the host
 anywhere.
 
 Requests: {"id": n, "op": ..., ...}. Replies: {"id": n, "ev": ...}; "ok" and
-"error" end a request, "start", "stdout", "stderr", "exit" and "result" belong to
-streams. The host treats everything said here as untrusted.
+"error" end a request, "start", "stdout", "stderr", "exit", "result" and "chunk"
+belong to streams. The host treats everything said here as untrusted.
+
+The agent is the sandbox's PID 1 (bwrap --as-pid-1 in tier 1, the guest's init in
+tier 2) and not dumpable, so no process of the sandbox can reach its memory or its
+descriptors; being init, it ignores every signal sandboxed code may send it. The
+host's first line is a fresh key, read before anything else runs: every line the
+agent sends starts with a MAC over a sequence number and the line, so a process
+that got hold of the channel some other way still cannot speak on it.
+
+The agent never blocks on sandboxed code: file operations refuse non-regular files,
+pipes from children are non-blocking, and a full process table (a fork bomb) is a
+clear error while `killall` (kill(-1) from PID 1, which needs no new process)
+always works.
 """
 
 import codecs
 import ctypes
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import resource
@@ -23,9 +37,13 @@ import selectors
 import signal
 import time
 
-from .fileops import HOME, OPS, Failure, errno_name, failure_from, kind_of
+from .fileops import HOME, MAX_REPLY_BYTES, OPS, Failure, errno_name, failure_from, kind_of, read
 
 CHUNK = 65536
+KEY_BYTES = 32
+MAC_BYTES = 16
+MAX_MESSAGE_CHARS = 2000  # error messages
+MAX_PS_CMD_CHARS = 512
 CHILD_OOM_SCORE_ADJ = b"500"  # sandboxed work dies before the agent when memory runs out
 SIGINT_GRACE_S = 2.0
 PR_SET_DUMPABLE = 4
@@ -48,8 +66,29 @@ class Child:
         self.error = None
 
 
+def mac(key, seq, line):
+    """What authenticates line number `seq` (the host checks it the same way)."""
+    return hashlib.blake2b(seq.to_bytes(8, "big") + line, key=key, digest_size=MAC_BYTES).hexdigest().encode()
+
+
+def read_key():
+    """The host's first line: the channel key, hex. Read byte by byte so nothing
+    of the requests behind it is consumed here."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte or len(line) > 4 * KEY_BYTES:
+            raise SystemExit("no channel key from the host")
+        line += byte
+    return bytes.fromhex(line.decode())
+
+
 class Agent:
-    def __init__(self):
+    def __init__(self, key, pids_limit=None, egress_socket=None):
+        self.key = key
+        self.seq = 0
+        self.pids_limit = pids_limit
+        self.egress_socket = egress_socket
         self.env = dict(os.environ)
         self.sel = selectors.DefaultSelector()
         self.partial = []  # pieces of a request line still arriving (file uploads are long)
@@ -58,6 +97,7 @@ class Agent:
         self.repl_io = None  # (request fd, response fd, response buffer)
         self.repl_rid = None  # request being executed
         self.repl_interrupted_at = None
+        self.repl_garbled = False  # the cell wrote past MAX_REPLY_BYTES on the reply pipe
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wake_w)
@@ -68,7 +108,12 @@ class Agent:
     # -- output to the host
 
     def send(self, message):
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        line = json.dumps(message, separators=(",", ":")).encode()
+        if len(line) > MAX_REPLY_BYTES:  # never expected: each producer caps its own
+            message = {"id": message.get("id"), "ev": "error", "kind": "too_large", "message": "reply too large"}
+            line = json.dumps(message).encode()
+        data = mac(self.key, self.seq, line) + b" " + line + b"\n"
+        self.seq += 1
         view = memoryview(data)
         while view:
             view = view[os.write(1, view) :]
@@ -118,11 +163,16 @@ class Agent:
                 if result is not None:
                     self.send({"id": rid, "ev": "ok", **result})
             except Failure as exc:
-                self.send({"id": rid, "ev": "error", "kind": exc.kind, "message": str(exc)})
+                self.fail(rid, exc)
             except OSError as exc:
-                failure = failure_from(exc)
-                self.send({"id": rid, "ev": "error", "kind": failure.kind, "message": str(failure)})
+                self.fail(rid, failure_from(exc))
         return True
+
+    def fail(self, rid, failure):
+        self.send({"id": rid, "ev": "error", "kind": failure.kind, "message": str(failure)[:MAX_MESSAGE_CHARS]})
+
+    def op_read(self, request):
+        return read(request, self.send)
 
     # -- processes
 
@@ -131,7 +181,12 @@ class Agent:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in (out_r, out_w, err_r, err_w, status_r, status_w):
+                os.close(fd)
+            raise self.fork_failure(exc) from None
         if pid == 0:
             try:
                 os.setsid()
@@ -165,6 +220,17 @@ class Agent:
             os.set_blocking(fd, False)
         return pid, out_r, err_r
 
+    def fork_failure(self, exc):
+        if exc.errno == errno.EAGAIN:
+            return Failure(
+                "pids_exhausted",
+                f"the sandbox reached its limit of {self.pids_limit} processes (pids); end some, "
+                "or kill them all (DELETE /v1/sandboxes/{id}/processes)",
+            )
+        if exc.errno == errno.ENOMEM:
+            return Failure("memory_exhausted", "the sandbox's memory limit is reached; no process can start")
+        return failure_from(exc)
+
     def watch(self, child):
         self.children[child.pid] = child
         for fd in child.streams:
@@ -193,14 +259,37 @@ class Agent:
             return {"killed": False}
         return {"killed": True}
 
+    def op_killall(self, request):
+        """SIGKILLs every process of the sandbox but the agent: kill(-1) from PID 1
+        reaches the whole PID namespace, and needs no free pid. Forking bombs race
+        it, so it repeats until nothing else is left (bounded)."""
+        killed = 0
+        for _ in range(100):
+            others = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]
+            if not others:
+                break
+            killed = max(killed, len(others))
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.reap()
+            time.sleep(0.01)
+        if self.egress_socket is not None:
+            self.start_forwarder(self.egress_socket)  # part of the sandbox, not of its code
+        return {"killed": killed}
+
     def op_ps(self, request):
-        return {
-            "processes": [
-                {"pid": c.pid, "cmd": c.cmd, "cwd": c.cwd, "started_at": c.started}
-                for c in self.children.values()
-                if c is not self.repl
-            ]
-        }
+        processes, size = [], 0
+        for c in self.children.values():
+            if c is self.repl:
+                continue
+            processes.append({"pid": c.pid, "cmd": c.cmd[:MAX_PS_CMD_CHARS], "cwd": c.cwd[:MAX_PS_CMD_CHARS],
+                              "started_at": c.started})  # fmt: skip
+            size += 2 * MAX_PS_CMD_CHARS + 80
+            if size > MAX_REPLY_BYTES // 2:
+                break
+        return {"processes": processes}
 
     def start_forwarder(self, proxy_path):
         """Relays 127.0.0.1:PROXY_PORT to the host's egress proxy at `proxy_path`.
@@ -345,6 +434,8 @@ class Agent:
             return  # handled when the process is reaped
         buf += chunk
         *lines, buf = buf.split(b"\n")
+        if len(buf) > MAX_REPLY_BYTES:  # the cell's code writes to the protocol pipe
+            buf, self.repl_garbled = b"", True
         self.repl_io = (req_w, resp_r, buf)
         for line in lines:
             # Output printed before the reply is already in the pipes: send it first.
@@ -354,10 +445,13 @@ class Agent:
             self.repl_interrupted_at = None
             rid, self.repl_rid = self.repl_rid, None
             try:
+                if self.repl_garbled or len(line) > MAX_REPLY_BYTES:
+                    raise ValueError("oversized")
                 reply = json.loads(line)
                 if not isinstance(reply, dict):
                     raise ValueError(reply)
-            except ValueError:  # the cell's code wrote to the protocol pipe itself
+            except ValueError:
+                self.repl_garbled = False  # the cell's code wrote to the protocol pipe itself
                 error = {"name": "ProtocolError", "value": "garbled interpreter reply", "traceback": ""}
                 reply = {"results": [], "error": error, "execution_count": None}
             if rid is not None:
@@ -382,6 +476,7 @@ class Agent:
 
 
 def main(rlimits, egress_socket=None):
+    key = read_key()
     # Only the host's pipes may cross into commands: drop whatever bwrap left open.
     os.closerange(3, 1 << 16)
     # Soft and hard: nothing started from here can raise them again.
@@ -391,7 +486,8 @@ def main(rlimits, egress_socket=None):
     # and fds are closed to it, so it cannot take the agent over. (spawn() makes
     # each child dumpable again.)
     LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-    agent = Agent()
+    pids_limit = {int(k): v for k, v in rlimits.items()}.get(resource.RLIMIT_NPROC)
+    agent = Agent(key, pids_limit, egress_socket)
     if egress_socket is not None:
         agent.start_forwarder(egress_socket)
     agent.run()

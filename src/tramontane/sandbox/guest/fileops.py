@@ -2,7 +2,13 @@
 
 Relative paths are relative to /home/user. Each operation takes the request
 object and returns the reply's fields; errors are `Failure`s whose kind the host
-maps to an HTTP status.
+maps to a domain error.
+
+Sandboxed code controls every path, so no operation may block the agent (which
+serves all requests from one thread): files are opened non-blocking and anything
+that is not a regular file (a FIFO, a device, a socket) is refused before a byte
+moves. Every reply fits in MAX_REPLY_BYTES: file contents go out in chunks
+(`send` is the agent's), listings are capped.
 """
 
 import binascii
@@ -11,6 +17,9 @@ import os
 import stat
 
 HOME = "/home/user"
+READ_CHUNK = 768 * 1024  # raw bytes per "chunk" event: about 1 MiB once in base64
+MAX_REPLY_BYTES = 2 * 1024 * 1024  # the host refuses longer lines (channel.MAX_LINE_BYTES)
+OPEN_FLAGS = os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 _ERRNO_KINDS = {
     "ENOENT": "not_found",
@@ -26,6 +35,12 @@ _ERRNO_KINDS = {
     "EFBIG": "no_space",
     "ENAMETOOLONG": "invalid",
     "ELOOP": "invalid",
+    "EXDEV": "cross_device",
+    "ENXIO": "not_regular",
+    "EAGAIN": "busy",
+    "ENOMEM": "memory_exhausted",
+    "EMFILE": "nofile_exhausted",
+    "ENFILE": "nofile_exhausted",
 }
 
 
@@ -75,26 +90,52 @@ def entry(path):
     return info
 
 
-def read(request):
-    path, limit = resolve(request["path"]), request["max_bytes"]
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        if stat.S_ISDIR(st.st_mode):
+def open_regular(path, flags):
+    """An fd of the regular file at `path`; never blocks, whatever is there."""
+    fd = os.open(path, flags | OPEN_FLAGS, 0o644)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
             raise Failure("invalid", f"{path} is a directory")
-        if st.st_size > limit:
-            raise Failure("too_large", f"{path} is {st.st_size} bytes, more than {limit}")
-        data = f.read(limit + 1)  # /proc-like files report size 0 yet have content
-    if len(data) > limit:
-        raise Failure("too_large", f"{path} is larger than {limit} bytes")
-    return {"data": binascii.b2a_base64(data, newline=False).decode()}
+        if not stat.S_ISREG(mode):
+            raise Failure("not_regular", f"{path} is not a regular file (a FIFO, device or socket)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read(request, send):
+    path, limit = resolve(request["path"]), request["max_bytes"]
+    fd = open_regular(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise Failure("too_large", f"{path} is {size} bytes, more than {limit}")
+        sent = 0
+        # /proc-like files report size 0 yet have content: read to the end, within the limit.
+        while data := os.read(fd, min(READ_CHUNK, limit + 1 - sent)):
+            sent += len(data)
+            if sent > limit:
+                raise Failure("too_large", f"{path} is larger than {limit} bytes")
+            send({"id": request["id"], "ev": "chunk", "data": binascii.b2a_base64(data, newline=False).decode()})
+    finally:
+        os.close(fd)
+    return {"size": sent}
 
 
 def write(request):
     path = resolve(request["path"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     data = binascii.a2b_base64(request["data"])
-    with open(path, "wb") as f:
-        f.write(data)
+    fd = open_regular(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
     return {"entry": entry(path)}
 
 
@@ -103,13 +144,16 @@ def list_dir(request):
     depth = int(request.get("depth", 1))
     if not stat.S_ISDIR(os.stat(root).st_mode):
         raise Failure("invalid", f"{root} is not a directory")
-    entries = []
+    entries, size = [], 0
     pending = [(root, 1)]
     while pending:
         directory, level = pending.pop()
         with os.scandir(directory) as it:
             for item in it:
                 info = entry(item.path)
+                size += 160 + 2 * (len(info["path"]) + len(info.get("symlink_target", "")))
+                if size > MAX_REPLY_BYTES // 2:
+                    raise Failure("too_large", f"listing {root} to depth {depth} is too long; list less at once")
                 entries.append(info)
                 if info["type"] == "dir" and level < depth:
                     pending.append((item.path, level + 1))
@@ -153,8 +197,8 @@ def remove(request):
     return {}
 
 
+# Operations answered by one reply; "read" streams, see the agent.
 OPS = {
-    "read": read,
     "write": write,
     "list": list_dir,
     "stat": stat_path,

@@ -19,6 +19,8 @@ import traceback
 
 REQUESTS_FD, REPLIES_FD = 3, 4
 CELL_PREFIX = "<cell "
+# What a reply may carry: the agent refuses longer ones (fileops.MAX_REPLY_BYTES is 2 MiB).
+MAX_REPLY_BYTES = 1536 * 1024
 
 
 class Interpreter:
@@ -80,6 +82,31 @@ def figures():
     return found
 
 
+def fit(reply):
+    """The reply as one JSON line within MAX_REPLY_BYTES: past it, the largest
+    formats are dropped and texts cut, and the error says so."""
+    line = json.dumps(reply).encode()
+    if len(line) <= MAX_REPLY_BYTES:
+        return line
+    budget = MAX_REPLY_BYTES // 2 // max(1, len(reply["results"]))
+    for result in reply["results"]:
+        for key in ("png", "html"):
+            if len(result.get(key) or "") > budget:
+                del result[key]
+        if len(result.get("text") or "") > budget // 6:  # json.dumps may escape each character into 6
+            result["text"] = result["text"][: budget // 6] + "...[truncated]"
+    if reply["error"] is None:
+        reply["error"] = {
+            "name": "ResultTooLarge",
+            "value": f"the cell's results are {len(line)} bytes, more than the {MAX_REPLY_BYTES} a reply may carry; "
+            "they were truncated (write large outputs to a file and read it with the files API)",
+            "traceback": "",
+        }
+    else:
+        reply["error"] = {k: str(v)[:budget // 6] for k, v in reply["error"].items()}
+    return json.dumps(reply).encode()
+
+
 def describe(exc):
     frames = traceback.extract_tb(exc.__traceback__)
     # Drop the interpreter's own frames: the user's traceback starts in their cell.
@@ -105,7 +132,7 @@ def main():
     sys.path[:] = [p for p in sys.path if p != guest_root]
     for line in requests:
         reply = interpreter.execute(json.loads(line)["code"])
-        replies.write(json.dumps(reply).encode() + b"\n")
+        replies.write(fit(reply) + b"\n")
         replies.flush()
 
 

@@ -18,6 +18,7 @@ OOM killer acts inside the VM and the agent is its last choice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import shutil
@@ -26,16 +27,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..cgroups import Cgroup, CgroupTree
+from ..channel import OutputBudget
 from ..errors import SandboxError, Unavailable
 from ..launcher import Runtime, attach, rlimits
 from ..policy import Limits
 from .image import GuestImage, build
+
+logger = logging.getLogger("tramontane.sandbox")
 
 GUEST_BASE_MB = 96  # guest kernel, page tables, the agent's python
 QEMU_OVERHEAD_MB = {"kvm": 96, "tcg": 192}  # QEMU's own memory; TCG adds its translation cache
 QEMU_PIDS = 128  # vCPU, I/O and 9p worker threads
 BOOT_TIMEOUT_S = {"kvm": 20.0, "tcg": 180.0}
 ACCELERATORS = ("kvm", "tcg")
+AUTO = "auto"
 
 
 def _hardware_kvm() -> str | None:
@@ -69,9 +74,20 @@ class MicroVMHost:
     qemu: str
     image: GuestImage
     accelerator: str
+    warning: str | None = None  # why the CPU is emulated although KVM was asked for ("auto")
 
     @classmethod
     def detect(cls, accelerator: str = "kvm", qemu_path: str | None = None) -> MicroVMHost:
+        """`accelerator`: kvm, tcg, or auto (KVM where it can boot the guest, else
+        TCG with a warning)."""
+        if accelerator == AUTO:
+            try:
+                return cls.detect("kvm", qemu_path)
+            except Unavailable as exc:
+                host = cls.detect("tcg", qemu_path)
+                warning = f"microVM CPUs are emulated (QEMU TCG, several times slower): KVM is unusable: {exc.message}"
+                logger.warning("%s", warning)
+                return replace(host, warning=warning)
         if accelerator not in ACCELERATORS:
             raise Unavailable(f"unknown accelerator {accelerator!r}", code="microvm_unavailable")
         qemu = qemu_path or shutil.which("qemu-system-x86_64")
@@ -151,7 +167,9 @@ def _spawn(host: MicroVMHost, limits: Limits, group: Cgroup, host_uid: int) -> s
             os.close(fd)
 
 
-async def launch_vm(host: MicroVMHost, *, tree: CgroupTree, name: str, limits: Limits, host_uid: int) -> Runtime:
+async def launch_vm(
+    host: MicroVMHost, *, tree: CgroupTree, name: str, limits: Limits, host_uid: int, budget: OutputBudget
+) -> Runtime:
     """Boots a VM and returns once its agent answers (QEMU's errors if it cannot)."""
     group = tree.create(name, host.host_limits(limits))
     try:
@@ -159,10 +177,10 @@ async def launch_vm(host: MicroVMHost, *, tree: CgroupTree, name: str, limits: L
     except BaseException:
         group.remove()
         raise
-    runtime = await attach(process, group, host_uid)
+    runtime = await attach(process, group, host_uid, budget)
     try:
-        await asyncio.wait_for(runtime.channel.call("ps"), BOOT_TIMEOUT_S[host.accelerator])
-    except (TimeoutError, SandboxError) as exc:
+        await runtime.channel.call("ps", timeout=BOOT_TIMEOUT_S[host.accelerator])
+    except SandboxError as exc:
         await runtime.stop()
         tail = runtime.stderr_tail.decode(errors="replace").strip()[-800:]
         raise Unavailable(f"the microVM did not boot: {tail or type(exc).__name__}", code="microvm_boot") from exc
