@@ -53,15 +53,19 @@ def test_unusable_database_fails_cleanly_without_showing_its_password():
     assert "hunter2" not in result.output
 
 
-def test_first_start_prints_the_admin_key_once(monkeypatch: pytest.MonkeyPatch):
+def test_first_start_writes_the_admin_key_to_an_owner_only_file(monkeypatch: pytest.MonkeyPatch, home: Path):
+    """Output that is not a terminal (here CliRunner's; a service's log in production)
+    never shows the key: it goes to a file only its owner reads, whose path is printed."""
     served = []
     monkeypatch.setattr(up, "load_models", lambda specs, config: ModelRegistry())
     monkeypatch.setattr(up.uvicorn, "run", lambda app, **options: served.append(app))
     runner = CliRunner()
     first = runner.invoke(app, ["up"])
     assert first.exit_code == 0, first.output
-    assert len(KEY.findall(first.output)) == 1
-    admin_key = KEY.search(first.output).group()
+    assert not KEY.search(first.output)
+    key_file = home / "admin-key"
+    assert str(key_file) in first.output and key_file.stat().st_mode & 0o777 == 0o600
+    admin_key = KEY.fullmatch(key_file.read_text().strip()).group()
     # The hint is a command that works as printed.
     hint = re.search(r"tramontane (tenancy keys create --workspace \S+)", first.output)
     assert hint is not None
@@ -78,6 +82,22 @@ def test_first_start_prints_the_admin_key_once(monkeypatch: pytest.MonkeyPatch):
         assert client.capabilities == {Capability.INFERENCE}
     finally:
         tenancy.close()
+
+
+def test_on_a_terminal_the_admin_key_is_shown_once(monkeypatch: pytest.MonkeyPatch, home: Path):
+    import pty
+
+    from rich.console import Console
+
+    controller, terminal = pty.openpty()
+    monkeypatch.setattr(up, "console", Console(file=os.fdopen(terminal, "w"), width=200))
+    monkeypatch.setattr(up, "load_models", lambda specs, config: ModelRegistry())
+    monkeypatch.setattr(up.uvicorn, "run", lambda app, **options: None)
+    assert CliRunner().invoke(app, ["up"]).exit_code == 0
+    up.console.file.flush()
+    shown = os.read(controller, 1 << 16).decode(errors="replace")
+    os.close(controller)
+    assert len(KEY.findall(shown)) == 1 and not (home / "admin-key").exists()
 
 
 @pytest.mark.slow
@@ -103,7 +123,8 @@ def test_up_serves_until_interrupted():
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        admin_key = KEY.search("".join(lines)).group()
+        # Its output is a pipe, not a terminal: the key is in an owner-only file.
+        admin_key = (Path(os.environ["TRAMONTANE_HOME"]) / "admin-key").read_text().strip()
         assert httpx.get(f"{url}/v1/models").status_code == 401
         admin = {"Authorization": f"Bearer {admin_key}"}
         workspace = httpx.get(f"{url}/v1/admin/workspaces", headers=admin).json()["data"][0]["id"]
@@ -124,5 +145,5 @@ def test_up_serves_until_interrupted():
     output = "".join(lines)
     assert proc.returncode == 0, output
     assert f"http://127.0.0.1:{port}" in output and "Loaded smollm2-135m-instruct" in output
-    # The admin key is printed once, and no key ever reaches the log.
-    assert output.count(admin_key) == 1 and created.json()["key"] not in output
+    # No key ever reaches the log.
+    assert admin_key not in output and created.json()["key"] not in output
