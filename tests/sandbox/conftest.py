@@ -26,7 +26,6 @@ from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_ro
 from tramontane.sandbox.cgroups import CgroupTree
 from tramontane.sandbox.errors import SandboxError
 from tramontane.sandbox.microvm import MicroVMHost
-from tramontane.server.errors import install_error_handlers
 
 T = TypeVar("T")
 
@@ -90,7 +89,6 @@ def _serve(manager: SandboxManager) -> Iterator[LiveSandboxes]:
             await manager.shutdown()
 
     app = FastAPI(lifespan=lifespan)
-    install_error_handlers(app)  # domain errors to statuses, as in the platform's app
     app.include_router(create_router(manager, owner=_tenant_header))
     sock = socket.socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited: no delayed-ACK stalls

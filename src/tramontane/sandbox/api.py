@@ -4,9 +4,10 @@
 owner) through the `sandbox_manager` and `sandbox_owner` dependencies, which
 `create_router(manager, owner=...)` binds for the app that mounts it.
 
-Sandbox code raises domain errors (`tramontane.errors`); the app's error handlers
-turn them into statuses and `{"error": {...}}` bodies. Request validation failures
-are answered here, as 422 in that same shape. Streamed endpoints answer NDJSON, or
+Sandbox code raises domain errors (`tramontane.errors`); the routes answer them with
+the status the platform's one table gives their kind and an `{"error": {...}}` body,
+whatever app mounts the router, and request validation failures as 422 in that same
+shape. Streamed endpoints answer NDJSON, or
 server-sent events when the request accepts text/event-stream; an error before the
 first event is a plain HTTP error, one after it is a final {"type": "error"} event.
 """
@@ -25,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
-from ..errors import APIError, TramontaneError
+from ..errors import APIError, TramontaneError, as_api_error
 from .errors import NotFound, TooLarge
 from .manager import SandboxManager
 from .sandbox import SandboxState
@@ -57,8 +58,7 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
 
 
 class _SandboxRoute(APIRoute):
-    """Answers request validation errors in the API's error shape (the app's own
-    handler keeps FastAPI's `detail` shape, which the Mistral SDK reads)."""
+    """Answers domain and validation errors in the API's error shape."""
 
     def get_route_handler(self) -> Callable[[Request], Any]:
         handler = super().get_route_handler()
@@ -66,6 +66,8 @@ class _SandboxRoute(APIRoute):
         async def route(request: Request) -> Response:
             try:
                 return await handler(request)
+            except TramontaneError as exc:
+                return as_api_error(exc).response()
             except RequestValidationError as exc:
                 return _validation_error(exc)
 
@@ -80,7 +82,7 @@ def _event(event: dict[str, Any], sse: bool) -> bytes:
 
 
 def _error_event(exc: TramontaneError) -> dict[str, Any]:
-    return {"type": "error", "error": {"message": exc.message, "code": exc.code, "param": exc.param}}
+    return {"type": "error", **as_api_error(exc).body()}
 
 
 async def _stream(request: Request, events: AsyncGenerator[dict[str, Any], None]) -> StreamingResponse:
