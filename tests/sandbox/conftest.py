@@ -152,8 +152,10 @@ def live_vm() -> Iterator[LiveSandboxes]:
     accelerator, reason = _microvm_accelerator()
     if accelerator is None:
         pytest.skip(reason)
+    # "auto" unless forced: the same fallback (and warning) an operator gets.
     config = ManagerConfig(
-        max_sandboxes=16, pool_size=0, microvm_pool_size=2, microvm_accelerator=accelerator,
+        max_sandboxes=16, pool_size=0, microvm_pool_size=2,
+        microvm_accelerator=os.environ.get("TRAMONTANE_MICROVM_ACCEL") or "auto",
         reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024,
     )  # fmt: skip
     with _serve(SandboxManager(config)) as served:

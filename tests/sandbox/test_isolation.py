@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from isolation_helpers import (
     NETWORK_PROBE,
@@ -27,6 +28,7 @@ from isolation_helpers import (
 
 import tramontane
 from tramontane.sandbox import Sandbox
+from tramontane.sandbox.client import InvalidArgumentException, LimitReachedException
 
 
 def host_uid_of(live, sandbox: Sandbox) -> int:
@@ -261,3 +263,86 @@ def test_host_and_bystanders_are_healthy(live, witness: Sandbox, host_service: i
     assert subprocess.run(["sh", "-c", "echo ok"], capture_output=True, text=True).stdout == "ok\n"
     with live.create() as fresh:
         assert fresh.commands.run("echo fine").stdout == "fine\n"
+
+
+# -- attacks on the server and on the agent's availability
+
+
+def server_rss_bytes() -> int:
+    """This process's resident memory: the test server runs in it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_huge_result_is_cut_in_the_sandbox_not_buffered_by_the_server(sbx: Sandbox) -> None:
+    sbx.run_code("1")  # the interpreter is up; its start is not what is measured
+    before = server_rss_bytes()
+    execution = sbx.run_code("'x' * (100 << 20)", timeout=60)
+    assert execution.error is not None and execution.error.name == "ResultTooLarge"
+    assert len(execution.text or "") < 2 * 1024 * 1024
+    assert server_rss_bytes() - before < 32 * 1024 * 1024
+    assert sbx.run_code("len('still here')").text == "10"
+
+
+def test_unread_output_is_bounded_per_sandbox_and_freed_with_it(live) -> None:
+    sandbox = live.create(timeout=60)
+    budget = live.manager.get(sandbox.sandbox_id).budget
+    before = server_rss_bytes()
+    floods = []
+    with live.http() as http:
+        for _ in range(8):  # each would be 8 MiB buffered on its own
+            request = http.build_request(
+                "POST", f"/v1/sandboxes/{sandbox.sandbox_id}/commands",
+                json={"cmd": "head -c 200000000 /dev/zero | tr '\\0' x", "background": True, "stream": True},
+            )  # fmt: skip
+            floods.append(http.send(request, stream=True))  # and never read
+        deadline = time.monotonic() + 20
+        while budget.dropped_bytes < 64 * 1024 * 1024:
+            assert time.monotonic() < deadline, f"only {budget.dropped_bytes} bytes came out"
+            time.sleep(0.1)
+        assert budget.used <= budget.limit
+        assert live.manager.stats()["output_held_bytes"] <= budget.limit
+        assert server_rss_bytes() - before < budget.limit + 48 * 1024 * 1024
+        sandbox.kill()
+        for flood in floods:
+            flood.close()
+    assert budget.used == 0 and live.manager.stats()["output_held_bytes"] == 0
+
+
+def test_a_fifo_or_device_never_blocks_the_agent(sbx: Sandbox) -> None:
+    sbx.commands.run("mkfifo pipe && ln -s /dev/zero zeros")
+    with httpx.Client(base_url=sbx._http.base_url, timeout=10) as http:  # a hang fails here, not after minutes
+        for path in ("pipe", "zeros", "/dev/null"):
+            answer = http.get(f"/v1/sandboxes/{sbx.sandbox_id}/files", params={"path": path})
+            assert answer.status_code == 400 and answer.json()["error"]["code"] == "not_regular", path
+        written = http.put(f"/v1/sandboxes/{sbx.sandbox_id}/files", params={"path": "pipe"}, content=b"x")
+        assert written.status_code == 400, written.text
+    assert sbx.commands.run("echo alive").stdout == "alive\n"
+
+
+def test_a_detached_fork_bomb_gets_a_clear_409_and_kill_all_recovers(live) -> None:
+    with live.create(timeout=60, cpu=0.5) as bomb:
+        limit = live.manager.get(bomb.sandbox_id).spec.limits.pids
+        bomb.commands.run("setsid python3 -c 'import os\nwhile True:\n  try: os.fork()\n  except OSError: pass' &")
+        deadline = time.monotonic() + 20
+        while bomb.get_metrics()["pids"] < limit * 0.9:
+            assert time.monotonic() < deadline, "the bomb did not fill the pids limit"
+            time.sleep(0.1)
+        time.sleep(0.5)  # saturated: the uid's process limit (RLIMIT_NPROC) is the pids limit
+        for attempt in (lambda: bomb.commands.run("echo hi"), lambda: bomb.run_code("1")):
+            with pytest.raises(LimitReachedException) as caught:
+                attempt()
+            assert caught.value.status == 409 and caught.value.code == "pids_exhausted"
+            assert str(limit) in str(caught.value)
+        assert bomb.commands.kill_all() > 0
+        assert bomb.commands.run("echo alive").stdout == "alive\n"
+        assert bomb.get_metrics()["pids"] <= 4
+
+
+def test_rename_across_mounts_is_a_clear_400(sbx: Sandbox) -> None:
+    sbx.files.write("here.txt", "x")
+    with pytest.raises(InvalidArgumentException) as caught:
+        sbx.files.rename("here.txt", "/tmp/there.txt")  # /home/user and /tmp are two tmpfs
+    assert caught.value.status == 400 and caught.value.code == "cross_device"

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from isolation_helpers import (
     NETWORK_PROBE,
+    PID1_MEM_WRITE,
     SANDBOX_DEV,
     denied_syscalls,
     host_pids_of_uid,
@@ -29,7 +30,9 @@ from isolation_helpers import (
 
 import tramontane
 from tramontane.sandbox import Sandbox, SandboxState
-from tramontane.sandbox.client import SandboxException
+from tramontane.sandbox.client import InvalidArgumentException, LimitReachedException, SandboxException
+from tramontane.sandbox.microvm import MicroVMHost
+from tramontane.sandbox.microvm.qemu import _hardware_kvm
 
 pytestmark = pytest.mark.kvm
 
@@ -93,6 +96,21 @@ def test_commands_files_code_and_pause(live_vm, vm: Sandbox) -> None:
     assert vm.commands.run("echo back").stdout == "back\n"
     with create(live_vm, envs={"WIDE": "everywhere"}, cpu=2, memory_mb=256) as other:
         assert other.commands.run("echo $WIDE; nproc").stdout == "everywhere\n2\n"
+        # Metrics report what the host enforces: the QEMU cgroup's limit (the VM and QEMU).
+        enforced = live_vm.manager.get(other.sandbox_id).runtime.cgroup.usage().memory_limit_bytes
+        assert other.get_metrics()["memory_limit_bytes"] == enforced > 256 * 1024 * 1024
+
+
+def test_auto_accelerator_falls_back_to_emulation_with_a_warning(live_vm, vm: Sandbox) -> None:
+    reason = _hardware_kvm()
+    host = MicroVMHost.detect("auto")
+    if reason is None:
+        assert host.accelerator == "kvm" and host.warning is None
+    else:
+        assert host.accelerator == "tcg" and reason in (host.warning or "")
+    # The live VMs run under "auto" unless a test run forces one: their info says what they get.
+    if live_vm.manager.config.microvm_accelerator == "auto":
+        assert vm.get_info().warnings == ([host.warning] if host.warning else [])
 
 
 def test_matplotlib_png(vm: Sandbox) -> None:
@@ -160,10 +178,41 @@ def test_host_processes_are_out_of_reach(vm: Sandbox) -> None:
 
 
 def test_the_agent_cannot_be_taken_over(vm: Sandbox) -> None:
+    assert py(vm, PID1_MEM_WRITE) == {"mem": "PermissionError"}
     for path in ("/proc/1/mem", "/proc/1/fd/1", "/proc/1/environ"):
         code, out = sh(vm, f"head -c 1 {path} > /dev/null")
         assert code != 0 and "Permission denied" in out, path
-    assert sh(vm, "kill -9 1")[0] != 0 or vm.commands.run("echo alive").stdout == "alive\n"
+    for signal_name in ("STOP", "KILL"):
+        sh(vm, f"kill -{signal_name} 1")
+        assert vm.commands.run("echo alive").stdout == "alive\n", signal_name
+
+
+def test_resource_attacks_get_clear_errors(live_vm) -> None:
+    """Tier 1's attacks on the server and the agent, in one VM (emulated VMs are slow)."""
+    with create(live_vm, timeout=300) as vm:
+        execution = vm.run_code("'x' * (100 << 20)", timeout=120)
+        assert execution.error is not None and execution.error.name == "ResultTooLarge"
+        vm.commands.run("mkfifo pipe")
+        with pytest.raises(InvalidArgumentException) as fifo:
+            vm.files.read("pipe")
+        assert fifo.value.code == "not_regular"
+        vm.files.write("here.txt", "x")
+        with pytest.raises(InvalidArgumentException) as rename:
+            vm.files.rename("here.txt", "/tmp/there.txt")
+        assert rename.value.code == "cross_device"
+        # Light processes, quick to start even on an emulated CPU, holding every pid.
+        vm.commands.run("setsid bash -c 'while :; do sleep 1000 & done' >/dev/null 2>&1 &")
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline, "the bomb did not fill the process limit"
+            try:
+                vm.commands.run("true", timeout=30)
+            except LimitReachedException as exhausted:
+                assert exhausted.status == 409 and exhausted.code == "pids_exhausted"
+                break
+            time.sleep(0.5)
+        assert vm.commands.kill_all() > 0
+        assert vm.commands.run("echo alive").stdout == "alive\n"
 
 
 def test_only_standard_fds_and_no_privileges(vm: Sandbox) -> None:

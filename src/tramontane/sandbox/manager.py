@@ -137,7 +137,8 @@ class SandboxManager:
         self._microvm_missing = "tier-2 sandboxes are not set up"
         self._output_total = ByteBudget(self.config.total_output_bytes)
         self._memory_capacity_mb = 0
-        self._reserved_mb = 0  # launches in flight, counted against host memory
+        self._reserved_mb = 0  # create()'s launches in flight, counted against host memory
+        self._pool_launching_mb = 0  # the pool's: they yield to create()'s (see _add_to_pool)
 
     # -- lifecycle
 
@@ -318,7 +319,12 @@ class SandboxManager:
         return limits
 
     async def _launch(
-        self, template: str, limits: Limits, env: dict[str, str], egress_rules: tuple[EgressRule, ...] = ()
+        self,
+        template: str,
+        limits: Limits,
+        env: dict[str, str],
+        egress_rules: tuple[EgressRule, ...] = (),
+        for_pool: bool = False,
     ) -> tuple[str, Runtime]:
         if not self._free_uids:
             raise Unavailable("no free sandbox slot", code="capacity")
@@ -327,14 +333,14 @@ class SandboxManager:
         sandbox_id = secrets.token_hex(10)
         budget = OutputBudget(self.config.output_bytes_per_sandbox(), self._output_total)
         committed = self._memory_mb(template, limits)
-        self._reserved_mb += committed
+        self._reserve(committed, for_pool)
         try:
             runtime = await self._start_runtime(template, limits, env, egress_rules, sandbox_id, slot, budget)
         except BaseException:
             self._free_uids.append(slot)
             raise
         finally:
-            self._reserved_mb -= committed
+            self._reserve(-committed, for_pool)
         runtime.committed_mb = committed
         return sandbox_id, runtime
 
@@ -373,6 +379,12 @@ class SandboxManager:
             egress_rules=egress_rules,
         )
 
+    def _reserve(self, mb: int, for_pool: bool) -> None:
+        if for_pool:
+            self._pool_launching_mb += mb
+        else:
+            self._reserved_mb += mb
+
     def _pool_sizes(self) -> dict[str, int]:
         sizes = {TIER1_TEMPLATE: self.config.pool_size}
         if self._microvm is not None:
@@ -396,10 +408,12 @@ class SandboxManager:
                 return
 
     async def _add_to_pool(self, template: str) -> bool:
-        if not self._fits(self._memory_mb(template, self.config.default_limits)):
-            return False  # the host's memory is for sandboxes asked for, not for the pool
+        # The host's memory is for sandboxes asked for: the pool takes what is left,
+        # and gives it back if a create() took it meanwhile.
+        if not self._fits(self._memory_mb(template, self.config.default_limits) + self._pool_launching_mb):
+            return False
         try:
-            sandbox_id, runtime = await self._launch(template, self.config.default_limits, {})
+            sandbox_id, runtime = await self._launch(template, self.config.default_limits, {}, for_pool=True)
         except (OSError, SandboxError) as exc:
             # Not retried in a loop: the next create() launches directly and reports the cause.
             logger.error("could not start a pooled %s sandbox: %s", template, exc)
@@ -408,6 +422,9 @@ class SandboxManager:
             await self._warm(runtime)
         except SandboxError as exc:
             logger.error("a pooled %s sandbox died while warming up: %s", template, exc)
+            await self._release(runtime)
+            return False
+        if not self._fits(runtime.committed_mb):
             await self._release(runtime)
             return False
         self._pools[template].append((sandbox_id, runtime))

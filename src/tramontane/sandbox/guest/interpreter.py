@@ -52,7 +52,11 @@ class Interpreter:
 
 
 def represent(value):
-    result = {"text": repr(value), "is_main_result": True}
+    text = repr(value)
+    cut = len(text) > MAX_REPLY_BYTES // 2
+    if cut:  # here, before the JSON reply copies it again
+        text = text[: MAX_REPLY_BYTES // 12] + "...[truncated]"
+    result = {"text": text, "is_main_result": True, "_cut": cut}
     for method, key in (("_repr_html_", "html"), ("_repr_png_", "png")):
         render = getattr(value, method, None)
         if callable(render):
@@ -85,8 +89,9 @@ def figures():
 def fit(reply):
     """The reply as one JSON line within MAX_REPLY_BYTES: past it, the largest
     formats are dropped and texts cut, and the error says so."""
+    cut = any([result.pop("_cut", False) for result in reply["results"]])
     line = json.dumps(reply).encode()
-    if len(line) <= MAX_REPLY_BYTES:
+    if len(line) <= MAX_REPLY_BYTES and not cut:
         return line
     budget = MAX_REPLY_BYTES // 2 // max(1, len(reply["results"]))
     for result in reply["results"]:
@@ -98,12 +103,12 @@ def fit(reply):
     if reply["error"] is None:
         reply["error"] = {
             "name": "ResultTooLarge",
-            "value": f"the cell's results are {len(line)} bytes, more than the {MAX_REPLY_BYTES} a reply may carry; "
+            "value": f"the cell's results are larger than the {MAX_REPLY_BYTES} bytes a reply may carry; "
             "they were truncated (write large outputs to a file and read it with the files API)",
             "traceback": "",
         }
     else:
-        reply["error"] = {k: str(v)[:budget // 6] for k, v in reply["error"].items()}
+        reply["error"] = {k: str(v)[: budget // 6] for k, v in reply["error"].items()}
     return json.dumps(reply).encode()
 
 
