@@ -126,3 +126,16 @@ async def test_an_agent_that_does_not_answer_misses_its_deadline() -> None:
     async with channel() as (agent, _):
         with pytest.raises(AgentTimeout):
             await agent.call("stat", timeout=0.2, path="fifo")
+
+
+async def test_a_busy_agent_is_not_taken_for_a_hung_one() -> None:
+    """It serves one request at a time: a request queued behind a long one waits
+    past the deadline, as long as the agent keeps talking."""
+    async with channel() as (agent, reader):
+        busy, _ = agent.open("read", path="big")
+        call = asyncio.create_task(agent.call("stat", timeout=0.3, path="small"))
+        for seq in range(6):  # 0.6 s of another request's chunks
+            await asyncio.sleep(0.1)
+            reader.feed_data(signed(seq, {"id": busy, "ev": "chunk", "data": "QQ=="}))
+        reader.feed_data(signed(6, {"id": 2, "ev": "ok", "entry": None}))
+        assert (await call)["ev"] == "ok"

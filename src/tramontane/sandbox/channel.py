@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,7 +44,10 @@ logger = logging.getLogger("tramontane.sandbox")
 # Longest line a well-behaved agent sends is a file chunk or a capped reply (2 MiB).
 MAX_LINE_BYTES = 4 * 1024 * 1024
 MAX_BUFFERED_OUTPUT = 8 * 1024 * 1024  # per stream, unread by its consumer
-OP_TIMEOUT_S = 60.0  # a one-reply operation (a file of the largest size included)
+# The agent is presumed hung when an operation waits this long and the agent says
+# nothing at all meanwhile (it serves one request at a time, so a busy agent that
+# is still sending other replies is not hung).
+OP_TIMEOUT_S = 60.0
 MAC_HEX = 32
 TERMINAL_EVENTS = frozenset({"ok", "error", "exit", "result"})
 KNOWN_EVENTS = TERMINAL_EVENTS | {"start", "stdout", "stderr", "chunk"}
@@ -193,6 +197,7 @@ class AgentChannel:
         self.budget = budget
         self._next_id = 0
         self._streams: dict[int, EventStream] = {}
+        self.last_heard = time.monotonic()
         self.closed = asyncio.get_running_loop().create_future()
         self._writer.write(key.hex().encode() + b"\n")
         self._task = asyncio.create_task(self._read_loop())
@@ -214,8 +219,9 @@ class AgentChannel:
         try:
             while True:
                 line = await self._reader.readline()  # ValueError past MAX_LINE_BYTES
-                if not line:
-                    break
+                if not line.endswith(b"\n"):
+                    break  # end of file, perhaps mid-line: the agent was killed
+                self.last_heard = time.monotonic()
                 event = json.loads(self._authentic(line))
                 if not isinstance(event, dict):
                     raise ValueError("agent sent a non-object")
@@ -269,10 +275,25 @@ class AgentChannel:
         rid, stream = self.open(op, **fields)
         try:
             await self.drain()
-            event = await _within(stream.get(), timeout, op)
+            event = await self.next_event(stream, op, timeout)
         finally:
             self.forget(rid, stream)
         return ok_or_raise(event)
+
+    async def next_event(self, stream: EventStream, op: str, timeout: float | None = OP_TIMEOUT_S) -> dict[str, Any]:
+        """The stream's next event; AgentTimeout if the agent stays silent `timeout` s."""
+        if timeout is None:
+            return await stream.get()
+        started = time.monotonic()
+        while True:
+            silent = time.monotonic() - max(self.last_heard, started)
+            if silent >= timeout:
+                raise AgentTimeout(f"the sandbox's agent did not answer {op!r}: silent for {timeout:g} s")
+            try:
+                # Cancelling get() while it waits loses nothing: it takes an event only once one is there.
+                return await asyncio.wait_for(stream.get(), timeout - silent)
+            except TimeoutError:
+                continue
 
     async def drain(self) -> None:
         try:
@@ -294,14 +315,3 @@ def ok_or_raise(event: dict[str, Any]) -> dict[str, Any]:
         raise agent_error(event)
     return event
 
-
-async def _within(work: Any, timeout: float | None, op: str) -> dict[str, Any]:
-    try:
-        return await asyncio.wait_for(work, timeout)
-    except TimeoutError:
-        raise AgentTimeout(f"the sandbox's agent did not answer {op!r} within {timeout:g} s") from None
-
-
-async def first_event(stream: EventStream, timeout: float | None, op: str) -> dict[str, Any]:
-    """A stream's first event within `timeout` (a started command's "start")."""
-    return await _within(stream.get(), timeout, op)

@@ -9,7 +9,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .channel import OP_TIMEOUT_S, first_event, ok_or_raise
+from .channel import ok_or_raise
 from .errors import InvalidArgument, LimitReached, NotFound, SandboxError, TooLarge
 from .process import ChannelUser
 
@@ -74,7 +74,7 @@ class Files:
             rid, events = channel.open("read", path=_check_path(path), max_bytes=self.max_file_bytes)
             try:
                 await channel.drain()
-                while (event := ok_or_raise(await first_event(events, OP_TIMEOUT_S, "read"))).get("ev") == "chunk":
+                while (event := ok_or_raise(await channel.next_event(events, "read"))).get("ev") == "chunk":
                     chunk = _decode_chunk(event)
                     if len(data) + len(chunk) > self.max_file_bytes:
                         raise TooLarge(f"file is larger than {self.max_file_bytes} bytes", param="path")

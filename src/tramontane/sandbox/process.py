@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .channel import OP_TIMEOUT_S, AgentChannel, OutputBudget, first_event, ok_or_raise
+from .channel import AgentChannel, OutputBudget, ok_or_raise
 from .errors import InvalidArgument, SandboxDied
 from .policy import validate_env
 
@@ -104,7 +104,7 @@ class Commands:
                 await channel.drain()
                 # The agent answers at once ("start", or why not); the command's own
                 # timeout bounds the rest.
-                event = await first_event(events, OP_TIMEOUT_S, "exec")
+                event = await channel.next_event(events, "exec")
                 while True:
                     kind = event.get("ev")
                     if kind == "error":

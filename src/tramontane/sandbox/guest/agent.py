@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import resource
+import select
 import selectors
 import signal
 import time
@@ -116,7 +117,10 @@ class Agent:
         self.seq += 1
         view = memoryview(data)
         while view:
-            view = view[os.write(1, view) :]
+            try:
+                view = view[os.write(1, view) :]
+            except BlockingIOError:  # in a microVM stdout is stdin's non-blocking port
+                select.select([], [1], [])
 
     # -- main loop
 
