@@ -1,10 +1,12 @@
-"""Loading a checkpoint (GGUF file or HF safetensors folder) into HF-named tensors."""
+"""Loading a checkpoint (GGUF file, HF safetensors folder or Mistral's native
+folder) into HF-named tensors."""
 
 from __future__ import annotations
 
 import dataclasses
 import glob
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -14,14 +16,18 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from tramontane.engine import mistral_format
 from tramontane.engine.config import ModelConfig
 from tramontane.engine.errors import ModelLoadError
 from tramontane.engine.gguf_file import GGUFFile, load_gguf
 from tramontane.engine.tokenizer import Tokenizer
 
+log = logging.getLogger(__name__)
+
 ProgressCallback = Callable[[int, int], None]
 
 _SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral")
+SUPPORTED_FORMATS = "GGUF files, HF folders (config.json) and Mistral folders (params.json + consolidated.safetensors)"
 _LAYER_TENSOR = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _LAYER_NAMES = {
     "input_layernorm.weight",
@@ -51,12 +57,17 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str, on_progress: ProgressCallback | None = None, device: str = "cpu") -> Checkpoint:
-    """Load a .gguf file or a HF folder (config.json, *.safetensors, tokenizer.json).
+    """Load a .gguf file, a HF folder (config.json, *.safetensors, tokenizer.json)
+    or a Mistral folder (params.json, consolidated*.safetensors, a mistral-common
+    tokenizer). A folder that has both layouts, as many of Mistral's repositories
+    do, loads Mistral's: its tokenizer is the reference for its chat format.
 
     Tensors come back as float: f32 for quantized and f32 sources, f16/bf16 as
-    stored. on_progress(done, total) is called as tensors load. A HF folder's
+    stored. on_progress(done, total) is called as tensors load. A folder's
     tensors go from the mapped files straight to `device` (no host copy first).
     """
+    if os.path.isdir(path) and mistral_format.is_mistral_dir(path):
+        return _load_mistral_dir(path, on_progress, device)
     if os.path.isdir(path):
         return _load_hf_dir(path, on_progress, device)
     if os.path.isfile(path):
@@ -67,6 +78,8 @@ def load_checkpoint(path: str, on_progress: ProgressCallback | None = None, devi
 
 def load_tokenizer(path: str) -> Tokenizer:
     """Only the tokenizer (and chat template) of a checkpoint: no weights are read."""
+    if os.path.isdir(path) and mistral_format.is_mistral_dir(path):
+        return Tokenizer.from_mistral_file(mistral_format.tokenizer_file(path))
     if os.path.isdir(path):
         return Tokenizer.from_hf_dir(path)
     if os.path.isfile(path):
@@ -77,7 +90,7 @@ def load_tokenizer(path: str) -> Tokenizer:
 def _load_hf_dir(path: str, on_progress: ProgressCallback | None, device: str = "cpu") -> Checkpoint:
     raw = _read_json(os.path.join(path, "config.json"))
     if raw is None:
-        raise ModelLoadError(f"{path} is neither a GGUF file nor a HF model folder (no config.json)")
+        raise ModelLoadError(f"{path} is not a model: supported are {SUPPORTED_FORMATS}")
     generation = _read_json(os.path.join(path, "generation_config.json")) or {}
     config_eos = _id_list(raw.get("eos_token_id")) + _id_list(generation.get("eos_token_id"))
     config = _model_config(raw)
@@ -85,13 +98,78 @@ def _load_hf_dir(path: str, on_progress: ProgressCallback | None, device: str = 
     bos = config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id
     config = dataclasses.replace(config, bos_token_id=bos, eos_token_ids=sorted(tokenizer.eos_token_ids))
     tensors: dict[str, torch.Tensor] = {}
-    for name, tensor in _read_safetensors(path, on_progress, device):
+    for name, tensor in _read_safetensors(_safetensors_files(path), path, on_progress, device):
         tensors.update(_hf_tensors(name, tensor, config))
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
-    elif "lm_head.weight" not in tensors:
-        raise ModelLoadError(f"{path} has no lm_head.weight and its config does not tie embeddings")
+    check_tensors(tensors, config, path)
     return Checkpoint(config, tensors, tokenizer, os.path.basename(os.path.normpath(path)))
+
+
+def _load_mistral_dir(path: str, on_progress: ProgressCallback | None, device: str = "cpu") -> Checkpoint:
+    params = _read_json(os.path.join(path, mistral_format.PARAMS_FILE)) or {}
+    config = mistral_format.mistral_config(params)
+    if params.get("vision_encoder"):
+        log.warning("%s: the vision encoder is not loaded; the model serves text only", path)
+    tokenizer = Tokenizer.from_mistral_file(mistral_format.tokenizer_file(path))
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ModelLoadError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, params.json says vocab_size {config.vocab_size}"
+        )
+    config = dataclasses.replace(
+        config, bos_token_id=tokenizer.bos_token_id, eos_token_ids=sorted(tokenizer.eos_token_ids)
+    )
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in _read_safetensors(mistral_format.consolidated_files(path), path, on_progress, device):
+        tensors.update(mistral_format.hf_tensors(name, tensor, config))
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    check_tensors(tensors, config, path, mistral_format.native_name)
+    return Checkpoint(config, tensors, tokenizer, os.path.basename(os.path.normpath(path)))
+
+
+def check_tensors(
+    tensors: dict[str, torch.Tensor], config: ModelConfig, path: str, file_name: Callable[[str], str] = str
+) -> None:
+    """Every tensor `config` needs is there with its shape; the error names the first
+    that is not (by its name in the files), at start-up rather than as a shape error
+    deep in the first request."""
+    shapes = _expected_shapes(config)
+    for name in sorted(shapes, key=_natural_order):
+        if name not in tensors:
+            raise ModelLoadError(f"{path}: tensor {file_name(name)!r} is missing")
+        if tuple(tensors[name].shape) != shapes[name]:
+            shape = tuple(tensors[name].shape)
+            raise ModelLoadError(
+                f"{path}: tensor {file_name(name)!r} has shape {shape}, the model's config implies {shapes[name]}"
+            )
+
+
+def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    h, ffn, hd = config.hidden_size, config.intermediate_size, config.head_dim
+    q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, h), "model.norm.weight": (h,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, h)
+    dense = {"gate_proj": (ffn, h), "up_proj": (ffn, h), "down_proj": (h, ffn)}
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)}
+        shapes |= {p + f"self_attn.{n}_proj.weight": s for n, s in (("q", (q, h)), ("k", (kv, h)), ("v", (kv, h)))}
+        shapes[p + "self_attn.o_proj.weight"] = (h, q)
+        if not config.is_moe:
+            shapes |= {p + f"mlp.{n}.weight": s for n, s in dense.items()}
+            continue
+        shapes[p + "block_sparse_moe.gate.weight"] = (config.num_local_experts, h)
+        for e in range(config.num_local_experts):
+            expert = f"{p}block_sparse_moe.experts.{e}."
+            shapes |= {expert + "w1.weight": (ffn, h), expert + "w3.weight": (ffn, h), expert + "w2.weight": (h, ffn)}
+    return shapes
+
+
+def _natural_order(name: str) -> list[tuple[int, str]]:
+    """layers.2 before layers.10, so the error names the first missing layer."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in name.split(".")]
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
@@ -156,18 +234,22 @@ def _safetensors_files(path: str) -> list[str]:
     index = _read_json(os.path.join(path, "model.safetensors.index.json"))
     if index is not None:
         return [os.path.join(path, f) for f in sorted(set(index.get("weight_map", {}).values()))]
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    # consolidated*.safetensors are Mistral's layout of the same weights.
+    files = sorted(f for f in glob.glob(os.path.join(path, "*.safetensors")) if not _is_consolidated(f))
     if not files:
         raise ModelLoadError(f"{path} has no .safetensors weights (other formats are not supported)")
     return files
 
 
+def _is_consolidated(file: str) -> bool:
+    return os.path.basename(file).startswith("consolidated")
+
+
 def _read_safetensors(
-    path: str, on_progress: ProgressCallback | None, device: str = "cpu"
+    files: list[str], path: str, on_progress: ProgressCallback | None, device: str = "cpu"
 ) -> Iterator[tuple[str, torch.Tensor]]:
     # safe_open maps each file and materializes one tensor at a time, so peak
     # memory is the loaded weights plus a single tensor.
-    files = _safetensors_files(path)
     try:
         handles = [safe_open(f, framework="pt", device=device) for f in files]
     except Exception as e:  # safetensors raises its own error type besides OSError

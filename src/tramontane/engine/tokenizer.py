@@ -1,7 +1,9 @@
-"""Tokenizer: a HF `tokenizers` model plus the model's chat template.
+"""Tokenizer: a HF `tokenizers` model plus the model's chat format.
 
-Built from a GGUF file's metadata or from a HF folder (tokenizer.json and
-tokenizer_config.json). Token ids, text and chat prompts all go through here.
+Built from a GGUF file's metadata, from a HF folder (tokenizer.json and
+tokenizer_config.json), or from a mistral-common tokenizer file (tekken.json,
+tokenizer.model.v*), whose chat format is mistral-common's own. Token ids, text
+and chat prompts all go through here.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
@@ -18,6 +20,9 @@ from tokenizers.models import BPE
 
 from tramontane.engine.chat_template import CHATML_TEMPLATE, render_chat_template
 from tramontane.engine.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from tramontane.engine.mistral_tokenizer import MistralChatEncoder
 
 # llama.cpp token types (tokenizer.ggml.token_type).
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
@@ -59,8 +64,11 @@ class Tokenizer:
         eos_token_ids: Iterable[int],
         chat_templates: Mapping[str, str],
         byte_level: bool,
+        mistral: MistralChatEncoder | None = None,
     ) -> None:
         self._hf = hf_tokenizer
+        # Set: chat prompts are mistral-common's, not a template's.
+        self.mistral = mistral
         self.vocab_size: int = hf_tokenizer.get_vocab_size(with_added_tokens=True)
         self.bos_token_id = bos_token_id
         self._added = hf_tokenizer.get_added_tokens_decoder()
@@ -142,8 +150,29 @@ class Tokenizer:
         eos_ids = [*([eos] if eos is not None else []), *extra_eos_token_ids]
         return cls(hf, bos_token_id=bos, eos_token_ids=eos_ids, chat_templates=templates, byte_level=byte_level)
 
+    @classmethod
+    def from_mistral_file(cls, path: str) -> Tokenizer:
+        """From a mistral-common tokenizer file: tekken.json or tokenizer.model.v*."""
+        from tramontane.engine import mistral_tokenizer
+
+        encoder = mistral_tokenizer.MistralChatEncoder(path)
+        raw = encoder.raw
+        tekken = path.endswith(".json")
+        if tekken:
+            hf = mistral_tokenizer.tekken_backend(raw, path)
+        else:
+            hf = _gguf_backend(mistral_tokenizer.sentencepiece_metadata(path))
+        hf.post_processor = _bos_eos_processor(hf, raw.bos_id, None)
+        return cls(
+            hf, bos_token_id=raw.bos_id, eos_token_ids=[raw.eos_id], chat_templates={}, byte_level=tekken,
+            mistral=encoder,
+        )
+
     def to_state(self) -> dict[str, Any]:
         """Everything the tokenizer is, as plain data (see `from_state`)."""
+        if self.mistral is not None:
+            # mistral-common rebuilds from its file, which is part of the checkpoint.
+            return {"json": self._hf.to_str(), "mistral_file": self.mistral.path}
         return {
             "json": self._hf.to_str(),
             "bos_token_id": self.bos_token_id,
@@ -156,6 +185,15 @@ class Tokenizer:
     def from_state(cls, state: Mapping[str, Any]) -> Tokenizer:
         """Rebuilds a tokenizer from `to_state()`: far quicker than from the
         checkpoint, whose vocabulary would be parsed again."""
+        if "mistral_file" in state:
+            from tramontane.engine.mistral_tokenizer import MistralChatEncoder
+
+            encoder = MistralChatEncoder(state["mistral_file"])
+            raw = encoder.raw
+            return cls(
+                tokenizers.Tokenizer.from_str(state["json"]), bos_token_id=raw.bos_id, eos_token_ids=[raw.eos_id],
+                chat_templates={}, byte_level=state["mistral_file"].endswith(".json"), mistral=encoder,
+            )
         return cls(
             tokenizers.Tokenizer.from_str(state["json"]),
             bos_token_id=state["bos_token_id"],
@@ -221,11 +259,39 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         **extra: Any,
     ) -> str:
-        """The prompt text for `messages`, from the model's template (ChatML if it has none)."""
+        """The prompt text for `messages`, from the model's template (ChatML if it has none);
+        for a Mistral tokenizer, mistral-common's prompt with its special tokens as text."""
+        if self.mistral is not None:
+            return self.mistral.render(messages, tools if self.mistral.supports_tools else None)
         source = (tools and self._templates.get("tool_use")) or self.chat_template
         if source is None:
             source = next(iter(self._templates.values()), CHATML_TEMPLATE)
         return render_chat_template(source, messages, tools, add_generation_prompt, {**self._template_vars, **extra})
+
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        prefix: str = "",
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """Prompt token ids for `messages`, ending where the assistant answers; `prefix`
+        is the start of that answer, which the model continues. (mistral-common's
+        prompts always end where the assistant answers: add_generation_prompt is the
+        templates' notion.)"""
+        if self.mistral is not None:
+            return self.mistral.encode_chat(messages, tools if self.mistral.supports_tools else None, prefix)
+        text = self.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+        return self.encode(text + prefix)
+
+    @property
+    def tool_call_format(self) -> str:
+        """How this model writes tool calls: "hermes" (<tool_call> blocks, which models
+        without tool tokens are told to write), or Mistral's [TOOL_CALLS] followed by a
+        JSON list ("mistral_json", tokenizers v2 to v7) or by name[ARGS]{...} ("mistral_args")."""
+        if self.mistral is None or not self.mistral.supports_tools:
+            return "hermes"
+        return "mistral_args" if self.mistral.names_calls_with_args else "mistral_json"
 
     def _token_text(self, token_id: int | None) -> str:
         return "" if token_id is None else (self._hf.id_to_token(token_id) or "")

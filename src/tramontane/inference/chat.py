@@ -34,6 +34,7 @@ from .protocol import (
 from .registry import ChatModel, ModelRegistry
 from .sampling import finish_reason, sampling_params
 from .streaming import DONE, EventStreamResponse, sse, sse_error, until_disconnected
+from .mistral_tool_calls import MistralToolCallParser, parse_mistral_tool_calls
 from .tool_calls import ContentDelta, ToolCallStreamParser, parse_tool_calls, prepare_messages
 
 # Mistral's `safe_prompt`: this text goes before the system prompt.
@@ -118,7 +119,8 @@ def _choice(index: int, text: str, logprobs: list[TokenLogprob], reason: str | N
     content: str | None = output.prefix + text
     calls: list[ToolCall] = []
     if output.tools:
-        content, parsed = parse_tool_calls(content)
+        parse = parse_mistral_tool_calls if _writes_mistral_calls(output.tokenizer) else parse_tool_calls
+        content, parsed = parse(content)
         calls = [ToolCall.model_validate({**call.to_openai(), "index": k}) for k, call in enumerate(parsed)]
     return ChatChoice(
         index=index,
@@ -150,8 +152,15 @@ def _render_prompt(
     tokenizer = model.engine.tokenizer
     messages = prepare_messages(messages, tools, model.tools_in_template)
     template_tools = tools if model.tools_in_template and tools else None
-    text = tokenizer.apply_chat_template(messages, tools=template_tools, add_generation_prompt=add_generation_prompt)
-    return tokenizer.encode(text + prefix), prefix
+    return tokenizer.encode_chat(messages, template_tools, prefix, add_generation_prompt), prefix
+
+
+def _writes_mistral_calls(tokenizer: Tokenizer) -> bool:
+    return tokenizer.tool_call_format.startswith("mistral")
+
+
+def _tool_call_parser(tokenizer: Tokenizer) -> ToolCallStreamParser | MistralToolCallParser:
+    return MistralToolCallParser() if _writes_mistral_calls(tokenizer) else ToolCallStreamParser()
 
 
 def _template_message(message: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +198,7 @@ def _chunk(gen: Generation, choices: list[ChatChunkChoice], usage: Usage | None 
 
 async def _stream(gen: Generation, output: ChatOutput, include_usage: bool) -> AsyncIterator[bytes]:
     n = len(gen.choices)
-    parsers = [ToolCallStreamParser() if output.tools else None for _ in range(n)]
+    parsers = [_tool_call_parser(output.tokenizer) if output.tools else None for _ in range(n)]
     # The role goes in each choice's first chunk and never again.
     yield _chunk(
         gen, [ChatChunkChoice(index=i, delta=Delta(role="assistant", content=""), finish_reason=None) for i in range(n)]
@@ -222,7 +231,7 @@ async def _stream(gen: Generation, output: ChatOutput, include_usage: bool) -> A
     yield DONE
 
 
-def _deltas(parser: ToolCallStreamParser | None, text: str, finished: bool) -> list[Delta]:
+def _deltas(parser: ToolCallStreamParser | MistralToolCallParser | None, text: str, finished: bool) -> list[Delta]:
     """Chunk deltas for new text, in order; a tool-call index appears once per delta."""
     if parser is None:
         return [Delta(content=text)] if text else []

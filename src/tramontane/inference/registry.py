@@ -167,7 +167,8 @@ class ModelRegistry:
                 engine,
                 GrammarCompiler(tokenizer),
                 FIMFormat.detect(tokenizer),
-                template_handles_tools(tokenizer),
+                # mistral-common places tools itself, for the versions that have tool tokens.
+                tokenizer.tool_call_format != "hermes" or template_handles_tools(tokenizer),
                 spec.path,
             )
         self.add(entry)

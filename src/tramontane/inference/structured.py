@@ -28,6 +28,8 @@ import torch
 from tramontane.engine.errors import EngineError, InvalidRequestError
 from tramontane.engine.sampling_params import TokenConstraint
 
+from .mistral_tool_calls import ARGS as MISTRAL_ARGS
+from .mistral_tool_calls import TOOL_CALLS as MISTRAL_TOOL_CALLS
 from .tool_calls import TOOL_CALL_PREFIX, TOOL_CALL_SEPARATOR, TOOL_CALL_SUFFIX
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class GrammarTokenizer(Protocol):
     def eos_token_ids(self) -> set[int]: ...
 
     def to_json_str(self) -> str: ...
+
+    @property
+    def tool_call_format(self) -> str: ...
 
 
 class GrammarConstraint:
@@ -94,6 +99,7 @@ class GrammarCompiler:
         # beside it: on a replica woken from zero, its first tokens. It is built when
         # the first constrained request needs it instead.
         self._tokenizer = tokenizer
+        self._tool_format = tokenizer.tool_call_format
         self._ll_lock = threading.Lock()
         self._ll: llguidance.LLTokenizer | None = None
         # Clients tend to resend the same schema; compiling a large one takes a while.
@@ -123,7 +129,7 @@ class GrammarCompiler:
         forced = _forced_tools(tools, tool_choice)
         if forced is not None:
             many = parallel_tool_calls and not isinstance(tool_choice, dict)
-            grammar = llguidance.LLMatcher.grammar_from_lark(_tool_call_lark(forced, many))
+            grammar = llguidance.LLMatcher.grammar_from_lark(_tool_call_lark(forced, many, self._tool_format))
             return self._factory(grammar, "tools")
         schema = _response_schema(response_format)
         if schema is None:
@@ -194,12 +200,15 @@ def _forced_tools(tools: list[dict] | None, tool_choice: str | dict | None) -> l
     raise InvalidRequestError(f"unsupported tool_choice {tool_choice!r}", param="tool_choice")
 
 
-def _tool_call_lark(functions: list[dict], many: bool) -> str:
-    """Lark grammar for tool-call blocks as tool_calls.py parses them.
+def _tool_call_lark(functions: list[dict], many: bool, tool_format: str = "hermes") -> str:
+    """Lark grammar for tool calls in the model's format: tool-call blocks as
+    tool_calls.py parses them, or Mistral's (mistral_tool_calls.py).
 
     The call object lists "name" before "arguments" (llguidance keeps schema
     property order), so streaming clients learn the function name first.
     """
+    if tool_format == "mistral_args":
+        return _mistral_args_lark(functions, many)
     rules = []
     for i, function in enumerate(functions):
         parameters = dict(function.get("parameters") or _ANY_OBJECT)
@@ -214,8 +223,14 @@ def _tool_call_lark(functions: list[dict], many: bool) -> str:
             **definitions,
         }
         rules.append(f"fn_{i}: %json {json.dumps(call_schema)}")
-    repeat = f" ({json.dumps(TOOL_CALL_SEPARATOR)} call)*" if many else ""
     alternatives = " | ".join(f"fn_{i}" for i in range(len(functions)))
+    if tool_format == "mistral_json":  # [TOOL_CALLS][{...}, {...}]
+        repeat = ' (", " call)*' if many else ""
+        return "\n".join(
+            # SentencePiece vocabularies spell a word-initial "[" with a space ("▁[").
+            [f'start: {json.dumps(MISTRAL_TOOL_CALLS)} " "? "[" call{repeat} "]"', f"call: {alternatives}", *rules]
+        )
+    repeat = f" ({json.dumps(TOOL_CALL_SEPARATOR)} call)*" if many else ""
     return "\n".join(
         [
             f"start: call{repeat}",
@@ -223,3 +238,16 @@ def _tool_call_lark(functions: list[dict], many: bool) -> str:
             *rules,
         ]
     )
+
+
+def _mistral_args_lark(functions: list[dict], many: bool) -> str:
+    """[TOOL_CALLS]name[ARGS]{arguments}, once or repeated (tokenizers v11 on)."""
+    rules = []
+    for i, function in enumerate(functions):
+        parameters = dict(function.get("parameters") or _ANY_OBJECT)
+        parameters["x-guidance"] = {**_JSON_STYLE, "lenient": not function.get("strict", False)}
+        head = json.dumps(MISTRAL_TOOL_CALLS + function["name"] + MISTRAL_ARGS)
+        rules.append(f"fn_{i}: {head} args_{i}")
+        rules.append(f"args_{i}: %json {json.dumps(parameters)}")
+    alternatives = " | ".join(f"fn_{i}" for i in range(len(functions)))
+    return "\n".join([f"start: call{'+' if many else ''}", f"call: {alternatives}", *rules])

@@ -1,0 +1,147 @@
+"""Tool calls as Mistral's models write them, after the `[TOOL_CALLS]` token.
+
+Two formats, by tokenizer version (mistral-common encodes past calls the same way):
+
+    v2 to v7:  [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}, ...]
+    v11 on:    [TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}[TOOL_CALLS]other[ARGS]{...}
+               (v11 may put [CALL_ID]id between the name and [ARGS])
+
+Text before the first `[TOOL_CALLS]` is the message content and streams as it
+comes; the calls are emitted whole once generation ends (a call's arguments are
+only known to be complete then). Output after `[TOOL_CALLS]` that does not parse
+as calls is returned as content, marker included, so nothing the model wrote is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from .tool_calls import ContentDelta, Event, ParsedToolCall, ToolCallDelta, new_tool_call_id
+
+TOOL_CALLS = "[TOOL_CALLS]"
+ARGS = "[ARGS]"
+CALL_ID = "[CALL_ID]"
+_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
+_DECODER = json.JSONDecoder()
+
+
+class MistralToolCallParser:
+    """Same interface as tool_calls.ToolCallStreamParser: feed(), finish(), num_calls."""
+
+    def __init__(self) -> None:
+        self._pending = ""  # content held back: it may be the start of [TOOL_CALLS]
+        self._calls: str | None = None  # everything from the first [TOOL_CALLS] on
+        self._num_calls = 0
+        self._started = False  # leading whitespace of the content is dropped
+
+    @property
+    def num_calls(self) -> int:
+        return self._num_calls
+
+    def feed(self, delta: str) -> list[Event]:
+        if self._calls is not None:
+            self._calls += delta
+            return []
+        text = self._pending + delta
+        start = text.find(TOOL_CALLS)
+        if start >= 0:
+            self._calls, text = text[start:], text[:start]
+            self._pending = ""
+            return self._content(text.rstrip())
+        keep = _partial_suffix(text, TOOL_CALLS)
+        self._pending = text[len(text) - keep :]
+        return self._content(text[: len(text) - keep])
+
+    def finish(self) -> list[Event]:
+        if self._calls is None:
+            out = self._content(self._pending.rstrip())
+            self._pending = ""
+            return out
+        calls = parse_calls(self._calls)
+        if calls is None:  # not calls after all: the model's text, as it wrote it
+            return self._content(self._calls.strip())
+        self._num_calls = len(calls)
+        return [ToolCallDelta(i, call.arguments, call.id, call.name) for i, call in enumerate(calls)]
+
+    def _content(self, text: str) -> list[Event]:
+        if not self._started:
+            text = text.lstrip()
+            self._started = bool(text)
+        return [ContentDelta(text)] if text else []
+
+
+def parse_mistral_tool_calls(text: str) -> tuple[str | None, list[ParsedToolCall]]:
+    """Content (None when empty) and tool calls of a complete model output."""
+    parser = MistralToolCallParser()
+    events = parser.feed(text) + parser.finish()
+    content = "".join(e.text for e in events if isinstance(e, ContentDelta))
+    calls = [
+        ParsedToolCall(e.id or new_tool_call_id(), e.name or "", e.arguments)
+        for e in events
+        if isinstance(e, ToolCallDelta)
+    ]
+    return content or None, calls
+
+
+def parse_calls(text: str) -> list[ParsedToolCall] | None:
+    """The calls in `text` (which starts with [TOOL_CALLS]); None if it does not parse."""
+    segments = [s.strip() for s in text.split(TOOL_CALLS)[1:]]
+    segments = [s for s in segments if s]
+    if not segments:
+        return None
+    calls: list[ParsedToolCall] = []
+    for segment in segments:
+        parsed = _named_call(segment) if ARGS in segment else _json_calls(segment)
+        if parsed is None:
+            return None
+        calls.extend(parsed)
+    return calls or None
+
+
+def _named_call(segment: str) -> list[ParsedToolCall] | None:
+    """v11 and later: name[CALL_ID]id[ARGS]{...}."""
+    head, _, arguments = segment.partition(ARGS)
+    name, _, call_id = head.partition(CALL_ID)
+    name, arguments = name.strip(), arguments.strip()
+    if not name:
+        return None
+    try:
+        value, end = _DECODER.raw_decode(arguments)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or arguments[end:].strip():
+        return None
+    return [ParsedToolCall(_call_id(call_id.strip()), name, arguments[:end])]
+
+
+def _json_calls(segment: str) -> list[ParsedToolCall] | None:
+    """v2 to v7: a JSON list of {"name", "arguments"} objects (or a single object)."""
+    try:
+        value, end = _DECODER.raw_decode(segment)
+    except json.JSONDecodeError:
+        return None
+    if segment[end:].strip():
+        return None
+    items = value if isinstance(value, list) else [value]
+    calls = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return None
+        arguments = item.get("arguments", {})
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        calls.append(ParsedToolCall(_call_id(item.get("id")), item["name"], arguments))
+    return calls
+
+
+def _call_id(value: object) -> str:
+    """The model's id if it has Mistral's shape, else a fresh one."""
+    return value if isinstance(value, str) and _MISTRAL_ID.fullmatch(value) else new_tool_call_id()
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0
