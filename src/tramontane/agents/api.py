@@ -19,8 +19,7 @@ from starlette.responses import Response
 from ..errors import APIError
 from ..inference.chat import prepare
 from ..inference.chat import respond as respond_chat
-from ..inference.inference_call import Call
-from ..inference.metering import InferenceKey, InferenceRoute, Metered
+from ..inference.fast_path import Call, InferenceKey, InferenceRoute, Metered
 from ..inference.protocol import ChatCompletionResponse
 from ..inference.registry import ModelRegistry
 from ..inference.streaming import STREAMABLE, EventStreamResponse

@@ -1,7 +1,7 @@
 """What the inference API and the agents share: the model registry, a chat request
 made ready for the engine (`chat.prepare`), generation and its metering, the
 OpenAI/Mistral request and response schemas, tool calls, structured output, and
-the request path that bypasses FastAPI's per-request work (`inference_call`).
+the request path that bypasses FastAPI's per-request work (`fast_path`).
 
 No routes live here (they are `tramontane.server`'s), and nothing here imports a
 feature: the HTTP server and the agents both build on this layer."""

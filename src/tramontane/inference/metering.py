@@ -1,7 +1,8 @@
 """The tenancy side of /v1: who may call it, and what each call used.
 
-Every inference route (`InferenceRoute`) needs a key holding the inference
-capability, checked before FastAPI solves the route's parameters. A route that
+Every inference route (`fast_path.InferenceRoute`) needs a key holding the
+inference capability, checked before FastAPI solves the route's parameters, and
+gives its request a `RequestMeter`. A route that
 runs a model tells its request's `RequestMeter` (`Metered`) what it runs; the
 meter records the request's usage once the response has been sent, streaming
 included, whether it ended normally, failed or lost its client: the one place
@@ -18,30 +19,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, Request
-from fastapi.routing import APIRoute
+from fastapi import Request
 from pydantic import BaseModel
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from ..errors import TramontaneError, as_api_error
 from ..store.types import utcnow
-from ..tenancy import (
-    Capability,
-    Principal,
-    RequestLogEntry,
-    Tenancy,
-    enter_request,
-    get_tenancy,
-)
+from ..tenancy import Principal, RequestLogEntry, Tenancy
 from .generation import Generation, usage
-from .inference_call import direct_handler
 
 log = logging.getLogger(__name__)
 
@@ -156,56 +146,3 @@ class RequestMeter:
                 self.record(await self._request.body() if self.stores_request else None)
             finally:
                 await self._tenancy.leave(self.principal)
-
-
-class InferenceRoute(APIRoute):
-    """A route of the inference API. Its key is checked (401/403/429) before the
-    route's parameters are read, and the request is metered once its response has
-    been sent. A wrapper around the route's handler rather than yield dependencies,
-    which FastAPI runs through exit stacks and shielded context managers on every
-    request: here it is one call before the handler and one after the response.
-    An endpoint taking its body and a `Call` is called directly (inference_call.py);
-    any other goes through FastAPI's handler."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, _ThenFinish]]:
-        fastapi_handler = super().get_route_handler()
-        handle = direct_handler(self, fastapi_handler) or fastapi_handler
-
-        async def gated(request: Request) -> _ThenFinish:
-            principal = await enter_request(request, Capability.INFERENCE)
-            meter = request.state.meter = RequestMeter(get_tenancy(request), principal, request)
-            try:
-                response = await handle(request)
-            except BaseException:
-                await meter.finish()
-                raise
-            return _ThenFinish(response, meter)
-
-        return gated
-
-
-class _ThenFinish:
-    """The ASGI app that sends `response`, then finishes `meter`'s request."""
-
-    def __init__(self, response: Response, meter: RequestMeter):
-        self.response = response
-        self.meter = meter
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.response(scope, receive, send)
-        finally:
-            await self.meter.finish()
-
-
-# Plain attribute reads, async so that FastAPI does not hop to a worker thread for them.
-async def _meter(request: Request) -> RequestMeter:
-    return request.state.meter
-
-
-async def _principal(request: Request) -> Principal:
-    return request.state.meter.principal
-
-
-Metered = Annotated[RequestMeter, Depends(_meter)]
-InferenceKey = Annotated[Principal, Depends(_principal)]

@@ -50,6 +50,34 @@ def create_app(
     replica, put to sleep and woken by its control plane (server/sleep.py), and
     serves its models only."""
     metrics = Metrics(registry, tenancy.request_logs, tenancy.usage_writer)
+    listed = platform_features(
+        registry,
+        tenancy,
+        metrics,
+        sandboxes=sandboxes,
+        control_plane=control_plane,
+        agent_backend=agent_backend,
+        agent_sandbox_idle_timeout_s=agent_sandbox_idle_timeout_s,
+        finetune=finetune,
+        replica_token=replica_token,
+    )
+    return assemble(listed, tenancy, metrics, max_body_bytes=max_body_bytes)
+
+
+def platform_features(
+    registry: ModelRegistry,
+    tenancy: Tenancy,
+    metrics: Metrics,
+    *,
+    sandboxes: SandboxManager | None = None,
+    control_plane: ControlPlane | None = None,
+    agent_backend: ChatBackend | None = None,
+    agent_sandbox_idle_timeout_s: float = 600.0,
+    finetune: FineTuning | None = None,
+    replica_token: str | None = None,
+) -> list[Feature]:
+    """The features of the platform, in the order their routes are matched and
+    their services start (see `create_app` for the arguments)."""
     listed = [features.inference_api(registry, metrics)]
     if replica_token is None:
         listed.append(features.admin(tenancy))
@@ -67,7 +95,7 @@ def create_app(
         listed.append(features.sandboxes(sandboxes))
     if replica_token is None:
         listed.append(features.console())
-    return assemble(listed, tenancy, metrics, max_body_bytes=max_body_bytes)
+    return listed
 
 
 def assemble(listed: Sequence[Feature], tenancy: Tenancy, metrics: Metrics, *, max_body_bytes: int) -> FastAPI:

@@ -9,8 +9,7 @@ from anyio.to_thread import run_sync as to_thread
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from ..inference.inference_call import Call
-from ..inference.metering import InferenceKey, InferenceRoute
+from ..inference.fast_path import Call, InferenceKey, InferenceRoute
 from ..inference.streaming import STREAMABLE
 from .schemas import InputItemList, ResponseCreate, ResponseDeleted, ResponseObject
 from .service import Responses

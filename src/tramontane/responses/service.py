@@ -17,7 +17,7 @@ import anyio
 from anyio.to_thread import run_sync as to_thread
 
 from ..errors import Invalid
-from ..inference.inference_call import InferenceCall
+from ..inference.fast_path import InferenceCall
 from ..inference.streaming import EventStreamResponse, until_disconnected
 from ..store import Store
 from ..tenancy import Principal, Tenancy

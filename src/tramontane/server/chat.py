@@ -6,8 +6,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from ..inference.chat import prepare, respond
-from ..inference.inference_call import Call
-from ..inference.metering import InferenceRoute
+from ..inference.fast_path import Call, InferenceRoute
 from ..inference.protocol import ChatCompletionRequest, ChatCompletionResponse
 from ..inference.streaming import STREAMABLE
 

@@ -10,9 +10,8 @@ from starlette.responses import Response
 from ..errors import Invalid
 from ..inference.chat import ChatOutput, respond
 from ..inference.generation import Generation, merged_outputs, run_all, usage
-from ..inference.inference_call import Call
+from ..inference.fast_path import Call, InferenceRoute
 from ..inference.logprobs import completion_logprobs
-from ..inference.metering import InferenceRoute
 from ..inference.protocol import (
     ChatCompletionResponse,
     CompletionChoice,

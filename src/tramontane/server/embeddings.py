@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..inference.embeddings import embed
-from ..inference.inference_call import Call
-from ..inference.metering import InferenceRoute
+from ..inference.fast_path import Call, InferenceRoute
 from ..inference.protocol import EmbeddingRequest, EmbeddingResponse
 
 router = APIRouter(route_class=InferenceRoute)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..errors import Invalid
-from ..inference.metering import InferenceKey, InferenceRoute
+from ..inference.fast_path import InferenceKey, InferenceRoute
 from ..inference.protocol import FineTunedModelCard, ModelCard, ModelDeleted, ModelList
 from .deps import Models
 

@@ -13,8 +13,7 @@ from pydantic import BaseModel, Field
 
 from ..errors import Invalid
 from ..inference.chat import prompt_token_ids
-from ..inference.inference_call import Call
-from ..inference.metering import InferenceRoute
+from ..inference.fast_path import Call, InferenceRoute
 from ..inference.protocol import ChatCompletionRequest, Message, Tool
 
 router = APIRouter(route_class=InferenceRoute)
