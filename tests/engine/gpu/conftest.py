@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gpu_helpers import ARCHS, tiny_config, tiny_tensors
+from gpu_helpers import ARCHS, tiny_config, tiny_tensors, word_tokenizer
 
 from tramontane.engine.checkpoint import Checkpoint
 
 
 @pytest.fixture
-def tiny_checkpoint(smollm_checkpoint):
-    """Checkpoint(arch) -> a tiny random model of that family, with the default
-    model's tokenizer (only its ids matter here)."""
+def tiny_checkpoint():
+    """Checkpoint(arch) -> a tiny random model of that family."""
 
     def make(arch: str = "mistral", **overrides) -> Checkpoint:
         cfg = tiny_config(**{**ARCHS[arch], **overrides})
-        return Checkpoint(cfg, tiny_tensors(cfg), smollm_checkpoint.tokenizer, f"tiny-{arch}")
+        return Checkpoint(cfg, tiny_tensors(cfg), word_tokenizer(cfg.vocab_size), f"tiny-{arch}")
 
     return make
 

@@ -10,6 +10,7 @@ from tramontane.engine import EngineConfig, LLMEngine
 from tramontane.engine.checkpoint import Checkpoint
 from tramontane.engine.config import ModelConfig
 from tramontane.engine.sampling_params import SamplingParams
+from tramontane.engine.tokenizer import Tokenizer
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -56,6 +57,18 @@ ARCHS = {
     "sliding-window": {"sliding_window": 8},
     "mixtral": {"architecture": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2},
 }
+
+
+def word_tokenizer(vocab_size: int = 512) -> Tokenizer:
+    """Word-level ids "t0".."tN": the tests feed ids, the engine only detokenizes.
+    (No model package needed, so these tests also run on a bare GPU machine.)"""
+    import tokenizers
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    hf = tokenizers.Tokenizer(WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    hf.pre_tokenizer = WhitespaceSplit()
+    return Tokenizer(hf, bos_token_id=1, eos_token_ids=[2], chat_templates={}, byte_level=False)
 
 
 def greedy(engine: LLMEngine, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:

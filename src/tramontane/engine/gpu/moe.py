@@ -73,8 +73,10 @@ class GroupedMoE(nn.Module):
         flat_expert = chosen.flatten()
         order = flat_expert.argsort(stable=True)
         token_of_pair = order // self.top_k
-        counts = torch.bincount(flat_expert, minlength=self.num_experts)
-        offsets = counts.cumsum(0).to(torch.int32)
+        # Not bincount: on CUDA it reads the largest id on the host (a sync, and no graph).
+        counts = torch.zeros(self.num_experts, dtype=torch.int32, device=x.device)
+        counts.index_add_(0, flat_expert, torch.ones_like(flat_expert, dtype=torch.int32))
+        offsets = counts.cumsum(0, dtype=torch.int32)
         rows = x.index_select(0, token_of_pair)  # [T * k, H], expert after expert
         gate_up = grouped_matmul(rows, self.w13, offsets, self.grouped)
         gate, up = gate_up.split(self.ffn, dim=-1)

@@ -6,6 +6,7 @@ keeps (our C kernels); this one runs on CUDA devices, and anywhere when forced
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 
 import torch
@@ -17,6 +18,7 @@ from ..lora import LoRAAdapter, LoRAManager
 from ..scheduler import ScheduledBatch
 from .cuda_graphs import DecodeGraphs, bucket_for, decode_buckets, pad_decode
 from .model import GPUCausalLM
+from .moe import GroupedMoE
 from .paged_flex import DEFAULT_Q_BLOCK, FlexMetadata, StepShape, build_flex_metadata, dense_attention
 from .parallel import Parallel
 from .quant import GPU_QUANTIZATIONS, fp8_supported
@@ -94,8 +96,15 @@ class GPUModelRunner:
         if self.compiled:
             _allow_shape_buckets()
             self.attention = torch.compile(flex_attention, dynamic=False)
+        # Flex's CUDA kernels tile by its sparse block sizes, which must divide theirs:
+        # query tiles of q_block rows, key tiles of at most a cache block.
+        self.kernel_options = None
+        if on_cuda:
+            self.kernel_options = {"BLOCK_M": self.q_block, "BLOCK_N": math.gcd(config.block_size, 64)}
         self.graphs = None
-        if on_cuda and config.cuda_graphs:
+        # The per-expert fallback reads offsets on the host: no graph can hold it.
+        host_synced = any(isinstance(m, GroupedMoE) and not m.grouped for m in self.model.modules())
+        if on_cuda and config.cuda_graphs and not host_synced:
             self.graphs = DecodeGraphs(decode_buckets(config.max_num_seqs), self._run)
         self._host_weights: list[torch.Tensor] | None = None
         self.allocate_kv_cache()
@@ -159,7 +168,7 @@ class GPUModelRunner:
     # -- steps -----------------------------------------------------------------------
 
     def _run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: FlexMetadata) -> torch.Tensor:
-        return self.model(input_ids, positions, meta, meta.last_token_index, self.attention)
+        return self.model(input_ids, positions, meta, meta.last_token_index, self.attention, self.kernel_options)
 
     def _metadata(self, shapes: list[StepShape]) -> FlexMetadata:
         return build_flex_metadata(
