@@ -81,6 +81,8 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("get", "/v1/batch/jobs/{job_id}"): ({}, None),
     ("delete", "/v1/batch/jobs/{job_id}"): ({}, None),
     ("post", "/v1/batch/jobs/{job_id}/cancel"): ({}, None),
+    ("get", "/v1/batches/{batch_id}"): ({}, None),
+    ("post", "/v1/batches/{batch_id}/cancel"): ({}, None),
     ("get", "/v1/deployments/{name}"): ({}, None),
     ("delete", "/v1/deployments/{name}"): ({}, None),
     ("post", "/v1/deployments/{name}/scale"): ({}, {"replicas": 0}),
@@ -177,6 +179,7 @@ def owners_objects(live_server) -> dict:
         )
         assert batch.status_code == 200, batch.text
         ids["batch_job_id"] = batch.json()["id"]
+        ids["batch_id"] = ids["batch_job_id"]  # /v1/batches shows the same jobs
         deployment = {"name": "owned-web", "command": "python3 -m http.server $PORT"}
         created = http.post("/v1/deployments", json=deployment)
         assert created.status_code in (200, 201), created.text
@@ -244,7 +247,8 @@ def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):
         assert http.get(f"/v1/deployments/{owners_objects['name']}").status_code == 200
         assert http.get(f"/v1/files/{owners_objects['file_id']}/content").content.startswith(b'{"messages"')
         assert http.get(f"/v1/fine_tuning/jobs/{owners_objects['job_id']}").json()["status"] != "CANCELLED"
-        assert http.get(f"/v1/batch/jobs/{owners_objects['batch_job_id']}").status_code == 200
+        batch = http.get(f"/v1/batches/{owners_objects['batch_id']}")
+        assert batch.status_code == 200 and batch.json()["status"] not in ("cancelling", "cancelled")
         assert http.get(f"/v1/request_logs/{owners_objects['request_id']}").status_code == 200
         kept = http.get(f"/v1/responses/{owners_objects['response_id']}")
         assert kept.status_code == 200 and kept.json()["status"] in ("completed", "incomplete")

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from ..tenancy import Capability, Principal, require
+from . import openai_batches
 from .files import PURPOSES
 from .models import FileRow
 from .schemas import CreateBatchRequest, CreateJobRequest
@@ -187,4 +188,4 @@ def delete_batch(job_id: str, principal: InferenceKey, service: Service) -> dict
 
 
 # What the platform includes; its services come from `app.state.finetune`.
-routers = (files, jobs, batches)
+routers = (files, jobs, batches, openai_batches.router)

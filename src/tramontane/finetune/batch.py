@@ -163,6 +163,21 @@ class BatchJobs:
             ).all()
             return {"object": "list", "total": total, "data": [batch_view(job) for job in jobs]}
 
+    def page_after(self, workspace_id: str, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `limit` jobs, newest first, from the one after job `after` (OpenAI's
+        cursor; an unknown cursor starts from the newest), and whether more follow."""
+        query = owned(BatchJobRow, workspace_id)
+        with self.store.session() as session:
+            cursor = session.get(BatchJobRow, after) if after else None
+            if cursor is not None and cursor.workspace_id == workspace_id:
+                query = query.where(
+                    (BatchJobRow.created_at < cursor.created_at)
+                    | ((BatchJobRow.created_at == cursor.created_at) & (BatchJobRow.id > cursor.id))
+                )
+            ordered = query.order_by(BatchJobRow.created_at.desc(), BatchJobRow.id).limit(limit + 1)
+            jobs = session.scalars(ordered).all()
+            return [batch_view(job) for job in jobs[:limit]], len(jobs) > limit
+
     async def cancel(self, workspace_id: str, job_id: str) -> dict[str, Any]:
         view = await anyio.to_thread.run_sync(self._request_cancel, workspace_id, job_id)
         task = self._tasks.get(job_id)
@@ -277,6 +292,11 @@ class BatchJobs:
                 except (ValueError, KeyError, TypeError):
                     message = f'{row.filename}: line {number}: expected {{"custom_id": ..., "body": {{...}}}}'
                     requests.append((None, Invalid(message, code="invalid_batch_line")))
+                    continue
+                url = line.get("url")
+                if url is not None and url != job.endpoint:  # OpenAI's lines name their endpoint
+                    message = f"{row.filename}: line {number}: url {url!r} is not the batch's endpoint {job.endpoint}"
+                    requests.append((line.get("custom_id"), Invalid(message, code="invalid_batch_line")))
                     continue
                 if job.model is not None:
                     body.setdefault("model", job.model)
