@@ -33,6 +33,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from percentiles import summary
+
 from tramontane.control.backends import LocalBackend
 from tramontane.control.install import install
 from tramontane.control.plane import ControlPlane
@@ -56,9 +58,7 @@ def _free_port() -> int:
 
 
 def _ms(seconds: list[float]) -> str:
-    ordered = sorted(seconds)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(ordered) * 1000:8.1f} ms  p99 {p99 * 1000:8.1f} ms  (n={len(ordered)})"
+    return summary(seconds, scale=1000)
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout_s: float = 300) -> None:

@@ -246,7 +246,7 @@ async def measure(args, engine, app: TimedApp, url: str, key: str, clients: Proc
     print(f"HTTP layer CPU per request (event loop, worker and writer threads): {cpu_ms:.2f} ms")
 
     print(f"\n{args.concurrency} concurrent streamed requests of {args.tokens} tokens")
-    print(f"{'':12}{'req/s':>10}{'TTFT p50':>12}{'TTFT p99':>12}")
+    print(f"{'':12}{'req/s':>10}{'TTFT p50':>12}{'TTFT max':>12}  (n={args.concurrency}: too few for a p99)")
     start = time.perf_counter()
     results = await asyncio.gather(*(direct_request(engine, prompt, args.tokens) for _ in range(args.concurrency)))
     rows = [("engine", list(results), time.perf_counter() - start), ("HTTP", *(await http(True, args.concurrency)))]
@@ -254,7 +254,7 @@ async def measure(args, engine, app: TimedApp, url: str, key: str, clients: Proc
         ttft = [r[0] for r in results]
         print(
             f"{name:12}{len(results) / elapsed:10.2f}"
-            f"{percentile(ttft, 50) * 1e3:10.0f}ms{percentile(ttft, 99) * 1e3:10.0f}ms"
+            f"{percentile(ttft, 50) * 1e3:10.0f}ms{max(ttft) * 1e3:10.0f}ms"
         )
 
 

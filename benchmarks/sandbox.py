@@ -17,7 +17,7 @@ the PSS and RSS of each idle VM's QEMU process (guest RAM it touched included).
 It needs hardware KVM; `--accel tcg` measures under CPU emulation instead.
 
     python benchmarks/sandbox.py [--iterations 50] [--concurrent 100]
-                                 [--vm-iterations 10] [--vm-concurrent 4] [--accel kvm]
+                                 [--vm-iterations 10] [--vm-concurrent 4] [--accel kvm] [--tier1-only]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import multiprocessing
 import socket
-import statistics
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,15 +34,15 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from percentiles import summary
+
 from tramontane.sandbox import ManagerConfig, NetworkPolicy, Sandbox, SandboxManager, SandboxSpec, create_router
 
 MiB = 1024 * 1024
 
 
 def percentiles(samples_ms: list[float]) -> str:
-    ordered = sorted(samples_ms)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(ordered):6.1f} ms   p99 {p99:6.1f} ms   (n={len(ordered)})"
+    return summary(samples_ms)
 
 
 def mem_available() -> int:
@@ -204,6 +203,7 @@ def main() -> None:
     parser.add_argument("--vm-iterations", type=int, default=10)
     parser.add_argument("--vm-concurrent", type=int, default=4)
     parser.add_argument("--accel", choices=("kvm", "tcg"), default="kvm", help="tier 2's accelerator")
+    parser.add_argument("--tier1-only", action="store_true", help="skip the microVM figures")
     args = parser.parse_args()
     print("create -> first command output (echo ok), tier 1 (bubblewrap)")
     print(f"  in-process, warm pool:  {percentiles(asyncio.run(latency(args.iterations, args.pool)))}")
@@ -214,6 +214,8 @@ def main() -> None:
     print(f"  in-process, egress allow-list (cold): {percentiles(egress)}")
     print(f"idle density ({args.concurrent} concurrent sandboxes)")
     asyncio.run(density(args.concurrent))
+    if args.tier1_only:
+        return
     print(f"create -> first command output (echo ok), tier 2 (QEMU microVM, {args.accel})")
     print(
         f"  in-process, warm pool:  {percentiles(asyncio.run(latency(args.vm_iterations, 1, 'microvm', args.accel)))}"

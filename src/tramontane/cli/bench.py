@@ -119,5 +119,5 @@ def report(results: list[Result], elapsed: float, model: str, concurrency: int) 
     table.add_row("output tokens/s", f"{tokens / elapsed:.1f}")
     for name, values in (("TTFT", ttft), ("inter-token latency", gaps)):
         figures = " / ".join(f"{percentile(values, p) * 1000:.1f}" for p in (50, 90, 99))
-        table.add_row(f"{name} p50 / p90 / p99", f"{figures} ms")
+        table.add_row(f"{name} p50 / p90 / p99 (n={len(values)})", f"{figures} ms")
     return table
