@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import pytest
 from conftest import Platform, has_bwrap, sign_in
 
@@ -78,7 +79,7 @@ def test_models_page(page, platform: Platform, screenshots):
 
 
 def test_create_scale_and_follow_a_command_deployment(page, platform: Platform, screenshots):
-    tenant = platform.create_tenant("browser-deploy", ("deploy",))
+    tenant = platform.create_tenant("browser-deploy", ("deploy", "inference"))
     sign_in(page, tenant.key)
     page.goto("/deployments")
     form = page.locator("#create-deployment")
@@ -86,6 +87,7 @@ def test_create_scale_and_follow_a_command_deployment(page, platform: Platform, 
     form.locator("input[name=command]").fill("exec python3 -u -m http.server $PORT --bind 127.0.0.1")
     form.locator("input[name=min_replicas]").fill("1")
     form.locator("input[name=max_replicas]").fill("2")
+    form.locator("input[name=path_prefix]").fill("/web")
     form.locator("button[type=submit]").click()
     page.wait_for_url("**/deployments/web")
     page.fill("#scale-form input[name=replicas]", "2")
@@ -94,7 +96,14 @@ def test_create_scale_and_follow_a_command_deployment(page, platform: Platform, 
     # The status fragment is polled every 2 s: both replicas come up, the logs follow.
     wait_until(page, "() => document.querySelectorAll('#deployment-status .badge.running').length === 2", timeout=90)
     wait_until(page, "() => !!document.getElementById('log-text')?.textContent.includes('Serving HTTP')", timeout=60)
-    page.wait_for_timeout(2500)  # a couple of load samples on the chart
+    # Traffic through the router shows on the charts at their next refresh (every 10 s).
+    with httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {tenant.key}"}, timeout=30) as serve:
+        for _ in range(5):
+            assert serve.get("/serve/web/").status_code == 200  # http.server's directory listing
+    wait_until(page, "() => (Chart.getChart(document.getElementById('traffic-chart'))?.data.datasets[0].data ?? [])"
+               ".some(rate => rate > 0)", timeout=40)
+    wait_until(page, "() => (Chart.getChart(document.getElementById('latency-chart'))?.data.datasets[0].data ?? [])"
+               ".some(ms => ms > 0)")
     shot(page, screenshots, "deployment")
     page.goto("/deployments")
     assert "2 running" in page.inner_text("#deployments")

@@ -159,6 +159,7 @@ OBJECT_ROUTES = {
     ("GET", "/deployments/{name}"): None,
     ("GET", "/deployments/{name}/status"): None,
     ("GET", "/deployments/{name}/logs"): None,
+    ("GET", "/deployments/{name}/metrics"): None,
     ("POST", "/deployments/{name}/scale"): {"replicas": "2"},
     ("POST", "/deployments/{name}/delete"): {},
     ("GET", "/sandboxes/{sandbox_id}"): None,

@@ -87,6 +87,7 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("delete", "/v1/deployments/{name}"): ({}, None),
     ("post", "/v1/deployments/{name}/scale"): ({}, {"replicas": 0}),
     ("get", "/v1/deployments/{name}/logs"): ({}, None),
+    ("get", "/v1/deployments/{name}/metrics"): ({}, None),
     ("get", "/v1/request_logs/{request_id}"): ({}, None),
     ("get", "/v1/responses/{response_id}"): ({}, None),
     ("delete", "/v1/responses/{response_id}"): ({}, None),

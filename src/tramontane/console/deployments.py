@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -42,6 +43,8 @@ def _spec_from_form(form: dict[str, str]) -> dict[str, Any]:
             raise ApiFailure(400, "The YAML must be a mapping of the deployment's fields")
         return spec
     spec: dict[str, Any] = {"name": form.get("name", "").strip(), "command": form.get("command", "").strip()}
+    if form.get("path_prefix", "").strip():
+        spec["routes"] = {"path_prefix": form["path_prefix"].strip()}
     scaling = {}
     for field in ("min_replicas", "max_replicas"):
         if form.get(field, "").strip():
@@ -67,11 +70,12 @@ async def create_deployment(
     command: Annotated[str, Form(max_length=10_000)] = "",
     min_replicas: Annotated[str, Form(max_length=10)] = "",
     max_replicas: Annotated[str, Form(max_length=10)] = "",
+    path_prefix: Annotated[str, Form(max_length=1000)] = "",
     yaml_text: Annotated[str, Form(alias="yaml", max_length=MAX_YAML_BYTES)] = "",
 ) -> Response:
     user.require(Capability.DEPLOY)
     form = {"name": name, "command": command, "min_replicas": min_replicas, "max_replicas": max_replicas,
-            "yaml": yaml_text}
+            "path_prefix": path_prefix, "yaml": yaml_text}
     try:
         created = await user.json("POST", "/v1/deployments", json=_spec_from_form(form))
     except ApiFailure as exc:
@@ -98,6 +102,28 @@ async def deployment_status(name: str, user: CurrentUser) -> Response:
     user.require(Capability.DEPLOY)
     view = _summary(await user.json("GET", f"/v1/deployments/{quote(name, safe='')}"))
     return user.render("deployment_status.html", d=view)
+
+
+@router.get("/deployments/{name}/metrics")
+async def deployment_metrics(name: str, user: CurrentUser) -> Response:
+    """Request rate, latency and replicas over the last hour, as charts; polled by the page."""
+    user.require(Capability.DEPLOY)
+    history = await user.json("GET", f"/v1/deployments/{quote(name, safe='')}/metrics")
+    return user.render("deployment_metrics.html", charts=load_charts(history))
+
+
+def load_charts(history: dict[str, Any]) -> dict[str, Any]:
+    points = history["data"]
+    labels = [time.strftime("%H:%M:%S", time.gmtime(p["t"])) for p in points]
+
+    def line(*series: tuple[str, str]) -> dict[str, Any]:
+        return {"type": "line", "labels": labels,
+                "datasets": [{"label": label, "data": [p[key] for p in points]} for key, label in series]}
+
+    return {
+        "traffic": line(("requests_per_s", "requests/s"), ("replicas", "replicas")) | {"x_title": "UTC"},
+        "latency": line(("mean_latency_ms", "mean"), ("max_latency_ms", "max")) | {"y_title": "ms", "x_title": "UTC"},
+    }
 
 
 @router.get("/deployments/{name}/logs")

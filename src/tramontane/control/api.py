@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from ..tenancy import Capability, Principal, require
 from .plane import ControlPlane
-from .schemas import DeploymentDeleted, DeploymentList, DeploymentOut
+from .schemas import DeploymentDeleted, DeploymentList, DeploymentOut, LoadHistoryOut
 from .spec import DeploymentSpec
 
 Deploy = Annotated[Principal, Depends(require(Capability.DEPLOY))]
@@ -62,3 +62,12 @@ async def deployment_logs(
     name: str, principal: Deploy, plane: Plane, tail: Annotated[int, Query(ge=1, le=10_000)] = 200
 ) -> str:
     return plane.logs(principal.workspace_id, name, tail)
+
+
+@router.get("/{name}/metrics")
+async def deployment_metrics(name: str, principal: Deploy, plane: Plane) -> LoadHistoryOut:
+    """Requests per second, latency (arrival to last byte, through the router) and
+    live replicas, in buckets over the last hour, oldest first."""
+    deployment = plane.get(principal.workspace_id, name)
+    history = deployment.history
+    return LoadHistoryOut(name=name, bucket_s=history.bucket_s, data=history.series())

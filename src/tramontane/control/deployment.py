@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, field
 
 from .autoscaler import ScaleMemory
+from .history import LoadHistory
 from .replica import Replica
 from .spec import DeploymentSpec
 from .states import LIVE, ReplicaState
@@ -25,6 +26,8 @@ class Deployment:
     # Requests waiting for a replica (waking from zero, or every replica starting).
     queued: int = 0
     scale_memory: ScaleMemory = field(default_factory=ScaleMemory)
+    # Requests, latency and replicas over the last hour, for charts.
+    history: LoadHistory = field(default_factory=LoadHistory)
     deleted: bool = False
     # Set, then replaced, whenever a replica becomes ready: a broadcast to waiters.
     ready_signal: asyncio.Event = field(default_factory=asyncio.Event)

@@ -183,7 +183,7 @@ class ControlPlane:
     async def acquire(self, deployment: Deployment) -> AsyncIterator[Replica]:
         """A ready replica with a request slot held on it until the block ends;
         waits (bounded) while the deployment wakes or its replicas start."""
-        deployment.last_request = self.clock.now()
+        arrived = deployment.last_request = self.clock.now()
         replica = deployment.pick()
         if replica is None:
             if deployment.queued >= deployment.spec.scaling.max_queued_requests:
@@ -203,6 +203,7 @@ class ControlPlane:
         finally:
             replica.in_flight -= 1
             replica.last_used = deployment.last_request = self.clock.now()
+            deployment.history.record_request(replica.last_used - arrived)
 
     async def _wait_for_replica(self, deployment: Deployment) -> Replica:
         deadline = self.clock.now() + deployment.spec.scaling.wake_timeout_s
@@ -237,6 +238,7 @@ class ControlPlane:
         wanted count, and let light sleep that lasted long enough become deep."""
         async with self._lock:
             for deployment in list(self._deployments.values()):
+                deployment.history.record_replicas(len(deployment.live()))
                 self._autoscale(deployment)
                 await self._converge_or_shrink(deployment)
                 await self._deep_sleep_expired(deployment)

@@ -72,3 +72,19 @@ class DeploymentDeleted(BaseModel):
     name: str
     object: Literal["deployment"] = "deployment"
     deleted: bool = True
+
+
+class LoadPoint(BaseModel):
+    t: int  # the bucket's start, Unix seconds
+    requests: int
+    requests_per_s: float
+    mean_latency_ms: float | None  # None: no request in the bucket
+    max_latency_ms: float | None
+    replicas: int | None  # None: not sampled yet
+
+
+class LoadHistoryOut(BaseModel):
+    object: Literal["deployment.metrics"] = "deployment.metrics"
+    name: str
+    bucket_s: float
+    data: list[LoadPoint]

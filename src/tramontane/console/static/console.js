@@ -6,15 +6,14 @@
 (function () {
   const csrf = () => document.body.dataset.csrf || "";
 
-  // -- charts: <canvas data-chart="ID"> drawn from <script type="application/json" id="ID">
+  // -- charts: <canvas data-chart='{"type": ..., "labels": [...], "datasets": [...]}'>. In an
+  // attribute rather than a JSON <script>: htmx drops script elements from what it swaps in.
   const palette = ["#2563eb", "#16a34a", "#db2777", "#ea580c", "#7c3aed", "#0891b2", "#ca8a04", "#475569"];
 
   function drawCharts(root) {
     if (typeof Chart === "undefined") return;
     root.querySelectorAll("canvas[data-chart]").forEach((canvas) => {
-      const source = document.getElementById(canvas.dataset.chart);
-      if (!source) return;
-      const spec = JSON.parse(source.textContent);
+      const spec = JSON.parse(canvas.dataset.chart);
       const existing = Chart.getChart(canvas);
       if (existing) existing.destroy();
       spec.datasets.forEach((d, i) => {
@@ -266,42 +265,11 @@
     });
   }
 
-  // -- live charts: samples (<script type="application/json" class="load-sample">) that
-  // a polled fragment brings, plotted against time on <canvas data-live-chart>
-  const liveSeries = { labels: [], replicas: [], ready: [], in_flight: [], queued: [] };
-  const LIVE_POINTS = 150;
-
-  function sampleLoad(root) {
-    const sample = root.querySelector && root.querySelector("script.load-sample");
-    const canvas = document.querySelector("canvas[data-live-chart]");
-    if (!sample || !canvas || typeof Chart === "undefined") return;
-    const point = JSON.parse(sample.textContent);
-    liveSeries.labels.push(new Date().toLocaleTimeString());
-    ["replicas", "ready", "in_flight", "queued"].forEach((k) => liveSeries[k].push(point[k]));
-    if (liveSeries.labels.length > LIVE_POINTS) Object.values(liveSeries).forEach((a) => a.shift());
-    let chart = Chart.getChart(canvas);
-    if (!chart) {
-      chart = new Chart(canvas, {
-        type: "line",
-        data: {
-          labels: liveSeries.labels,
-          datasets: ["replicas", "ready", "in_flight", "queued"].map((k, i) => ({
-            label: k.replace("_", " "), data: liveSeries[k], borderColor: palette[i], backgroundColor: palette[i], pointRadius: 1, stepped: true,
-          })),
-        },
-        options: { animation: false, responsive: true, maintainAspectRatio: false, scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } },
-      });
-    }
-    chart.update();
-  }
-
   document.addEventListener("DOMContentLoaded", () => {
     drawCharts(document);
-    sampleLoad(document);
     playground();
   });
   document.addEventListener("htmx:afterSettle", (event) => {
     drawCharts(event.target);
-    sampleLoad(event.target);
   });
 })();
