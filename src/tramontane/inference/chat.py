@@ -159,7 +159,8 @@ def _writes_mistral_calls(tokenizer: Tokenizer) -> bool:
     return tokenizer.tool_call_format.startswith("mistral")
 
 
-def _tool_call_parser(tokenizer: Tokenizer) -> ToolCallStreamParser | MistralToolCallParser:
+def tool_call_parser(tokenizer: Tokenizer) -> ToolCallStreamParser | MistralToolCallParser:
+    """The parser of the tool calls `tokenizer`'s model writes (the Responses API's too)."""
     return MistralToolCallParser() if _writes_mistral_calls(tokenizer) else ToolCallStreamParser()
 
 
@@ -198,7 +199,7 @@ def _chunk(gen: Generation, choices: list[ChatChunkChoice], usage: Usage | None 
 
 async def _stream(gen: Generation, output: ChatOutput, include_usage: bool) -> AsyncIterator[bytes]:
     n = len(gen.choices)
-    parsers = [_tool_call_parser(output.tokenizer) if output.tools else None for _ in range(n)]
+    parsers = [tool_call_parser(output.tokenizer) if output.tools else None for _ in range(n)]
     # The role goes in each choice's first chunk and never again.
     yield _chunk(
         gen, [ChatChunkChoice(index=i, delta=Delta(role="assistant", content=""), finish_reason=None) for i in range(n)]

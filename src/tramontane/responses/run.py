@@ -10,13 +10,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import Invalid
-from ..inference.chat import prepare
+from ..inference.chat import prepare, tool_call_parser
 from ..errors import as_api_error
 from ..inference.generation import Generation
 from ..inference.metrics import Metrics
 from ..inference.protocol import ChatCompletionRequest
 from ..inference.registry import ModelRegistry
-from ..inference.tool_calls import ContentDelta, ToolCallStreamParser
+from ..inference.tool_calls import ContentDelta
 from .events import OutputBuilder
 from .items import chat_messages, new_item_id
 from .schemas import (
@@ -120,7 +120,7 @@ class ResponseRun:
         self.response = initial_object(body, new_item_id("resp"))
         self.response.model = self.gen.model
         self.input_items = items
-        self._parser = ToolCallStreamParser() if output.tools else None
+        self._parser = tool_call_parser(output.tokenizer) if output.tools else None
         self.builder = OutputBuilder()
 
     async def start(self) -> None:
