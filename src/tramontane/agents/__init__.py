@@ -6,6 +6,7 @@ client-side functions, and handoffs between agents.
 
 Import-light, like `control`: `tramontane.platform.schema` imports
 `agents.models` for the platform's tables. Import
-`agents.api` (`build_router`) and `agents.backend` (`ChatBackend`,
+`agents.api` (`routers`), `agents.service` (`AgentsService`, what the
+routes work on) and `agents.backend` (`ChatBackend`,
 `EngineBackend`, `ModelTurn`: how the loop calls a model) directly.
 """

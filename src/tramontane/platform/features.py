@@ -16,8 +16,9 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.types import ASGIApp
 
-from ..agents.api import build_router as build_agents_router
+from ..agents import api as agents_api
 from ..agents.backend import ChatBackend, EngineBackend
+from ..agents.service import AgentsService
 from ..console import router as console_router
 from ..control.api import router as deployments_router
 from ..control.install import SERVE_PREFIX
@@ -112,7 +113,9 @@ def agents(
     sandboxes: SandboxManager | None,
     sandbox_idle_timeout_s: float,
 ) -> Feature:
-    router = build_agents_router(
+    """Agents, conversations and libraries; conversations call their models through
+    `backend` (default: the registry's engines) and run code in `sandboxes`."""
+    service = AgentsService.open(
         tenancy.store,
         registry,
         tenancy.home,
@@ -120,7 +123,8 @@ def agents(
         sandboxes,
         sandbox_idle_timeout_s=sandbox_idle_timeout_s,
     )
-    return Feature("agents", routes=(Route(router, ERRORS),))
+    routes = tuple(Route(router, ERRORS) for router in agents_api.routers)
+    return Feature("agents", routes=routes, state={"agents": service})
 
 
 def responses(tenancy: Tenancy) -> Feature:
