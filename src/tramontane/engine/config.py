@@ -65,6 +65,8 @@ class EngineConfig:
     # off CUDA, whether flex attention is compiled (else its eager reference runs).
     cuda_graphs: bool = True
     compile_attention: bool = False
+    # GPU path: GPUs (one process each, started by torchrun) that split every layer.
+    tensor_parallel_size: int = 1
     # Where prepared (quantized, repacked) models are kept between starts; None
     # prepares them on every start (see engine/prepared.py).
     prepared_weights_dir: str | None = None

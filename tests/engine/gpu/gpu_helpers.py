@@ -128,5 +128,28 @@ def tp_worker(rank: int, world: int, port: int, out_dir: str, archs: list[dict])
         parallel = init_tensor_parallel(torch.device("cpu"))
         results = [tp_logits(arch, parallel) for arch in archs]
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        # The engine over both ranks: rank 0 schedules and samples, rank 1 mirrors.
+        cfg = tiny_config(**archs[-1])
+        config = tp_engine_config(tensor_parallel_size=world)
+        if rank == 0:
+            engine = LLMEngine(Checkpoint(cfg, tiny_tensors(cfg), word_tokenizer(cfg.vocab_size), "tiny"), config)
+            tokens = greedy(engine, TP_PROMPTS, 6)
+            engine.sleep()  # mirrored too
+            engine.wake_up()
+            tokens += greedy(engine, TP_PROMPTS[:1], 6)
+            engine.runner.shutdown()
+            torch.save(tokens, os.path.join(out_dir, "engine.pt"))
+        else:
+            from tramontane.engine.gpu.runner import serve_tensor_parallel_worker
+
+            serve_tensor_parallel_worker(cfg, tiny_tensors(cfg), config)
     finally:
         dist.destroy_process_group()
+
+
+TP_PROMPTS = [list(range(5, 35)), list(range(40, 49)), list(range(5, 21)) + [7, 8, 9]]
+
+
+def tp_engine_config(**overrides) -> EngineConfig:
+    return EngineConfig(num_kv_blocks=32, block_size=8, max_num_batched_tokens=24, quantization="none",
+                        dtype="float32", attention_backend="flex", **overrides)

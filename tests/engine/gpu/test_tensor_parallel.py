@@ -1,5 +1,5 @@
 """Tensor parallelism proven on the CPU: two gloo ranks, each holding half of every
-layer, give the logits of one process holding the whole model."""
+layer, give the logits and tokens of one process holding the whole model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import socket
 
 import pytest
 import torch
-from gpu_helpers import ARCHS, tp_logits, tp_worker
+from gpu_helpers import (
+    ARCHS, TP_PROMPTS, greedy, tiny_config, tiny_tensors, tp_engine_config, tp_logits, tp_worker, word_tokenizer,
+)
 
+from tramontane.engine import LLMEngine
+from tramontane.engine.checkpoint import Checkpoint
 from tramontane.engine.errors import ModelLoadError
 from tramontane.engine.gpu.parallel import Parallel, check_divisible
 
@@ -22,7 +26,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_ranks_give_the_logits_of_one_process(tmp_path):
+def test_two_gloo_ranks_give_the_logits_and_tokens_of_one_process(tmp_path):
+    """Model level (dense and Mixtral): each rank's gathered logits. Engine level
+    (Mixtral): rank 0's engine, with rank 1 mirroring its steps and its light sleep,
+    generates the tokens of a one-process engine."""
     archs = [ARCHS["mistral"], ARCHS["mixtral"]]
     ctx = multiprocessing.get_context("spawn")
     port = _free_port()
@@ -43,6 +50,10 @@ def test_two_gloo_ranks_give_the_logits_of_one_process(tmp_path):
         for got, want in zip(torch.load(tmp_path / f"rank{rank}.pt"), whole, strict=True):
             assert got.shape == want.shape
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    cfg = tiny_config(**archs[-1])
+    one = LLMEngine(Checkpoint(cfg, tiny_tensors(cfg), word_tokenizer(cfg.vocab_size), "tiny"), tp_engine_config())
+    want = greedy(one, TP_PROMPTS, 6) + greedy(one, TP_PROMPTS[:1], 6)
+    assert torch.load(tmp_path / "engine.pt") == want
 
 
 def test_shards_split_whole_heads_and_refuse_uneven_splits():

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Mapping
 
 import torch
+import torch.distributed as dist
 from torch.nn.attention.flex_attention import flex_attention
 
 from ..config import EngineConfig, ModelConfig
@@ -20,7 +22,7 @@ from .cuda_graphs import DecodeGraphs, bucket_for, decode_buckets, pad_decode
 from .model import GPUCausalLM
 from .moe import GroupedMoE
 from .paged_flex import DEFAULT_Q_BLOCK, FlexMetadata, StepShape, build_flex_metadata, dense_attention
-from .parallel import Parallel
+from .parallel import Parallel, init_tensor_parallel
 from .quant import GPU_QUANTIZATIONS, fp8_supported
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,6 +74,11 @@ class GPUModelRunner:
         self.config = config
         self.model_config = model_config
         self.device = torch.device(config.device)
+        if parallel is None and config.tensor_parallel_size > 1:
+            parallel = _join_group(config, self.device)
+            if self.device.type == "cuda":  # one GPU per rank
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", parallel.rank)))
+                torch.cuda.set_device(self.device)
         self.parallel = parallel or Parallel()
         self.quantization, self.dtype = resolve_gpu_precision(config, self.device)
         self.model = GPUCausalLM(model_config, tensors, self.quantization, self.dtype, self.device, self.parallel)
@@ -107,7 +114,7 @@ class GPUModelRunner:
         if on_cuda and config.cuda_graphs and not host_synced:
             self.graphs = DecodeGraphs(decode_buckets(config.max_num_seqs), self._run)
         self._host_weights: list[torch.Tensor] | None = None
-        self.allocate_kv_cache()
+        self._allocate_kv_cache()
 
     @property
     def num_slots(self) -> int:
@@ -115,7 +122,26 @@ class GPUModelRunner:
 
     # -- memory: the KV cache and light sleep --------------------------------------
 
+    # Public methods are what the engine calls on rank 0; each is mirrored on the
+    # other tensor-parallel ranks (serve_worker) before it runs here.
+
     def allocate_kv_cache(self) -> None:
+        self._mirror("call", "allocate_kv_cache")
+        self._allocate_kv_cache()
+
+    def free_kv_cache(self) -> None:
+        self._mirror("call", "free_kv_cache")
+        self._free_kv_cache()
+
+    def offload_weights(self) -> None:
+        self._mirror("call", "offload_weights")
+        self._offload_weights()
+
+    def restore_weights(self) -> None:
+        self._mirror("call", "restore_weights")
+        self._restore_weights()
+
+    def _allocate_kv_cache(self) -> None:
         cfg = self.model_config
         cache = torch.zeros(
             (cfg.num_hidden_layers, 2, self.kv_heads, self.num_slots, cfg.head_dim), dtype=self.dtype, device=self.device
@@ -123,7 +149,7 @@ class GPUModelRunner:
         for attn, layer_cache in zip(self.model.attention_layers(), cache, strict=True):
             attn.k_cache, attn.v_cache = layer_cache[0], layer_cache[1]
 
-    def free_kv_cache(self) -> None:
+    def _free_kv_cache(self) -> None:
         for attn in self.model.attention_layers():
             attn.k_cache = attn.v_cache = torch.empty(0)
         if self.graphs is not None:
@@ -134,7 +160,7 @@ class GPUModelRunner:
     def _tensors(self) -> list[torch.Tensor]:
         return list(itertools.chain(self.model.parameters(), self.model.buffers()))
 
-    def offload_weights(self) -> None:
+    def _offload_weights(self) -> None:
         """Moves every weight to host memory (pinned where CUDA is, so that waking
         copies at full bus speed) and frees the device's copy."""
         pin = torch.cuda.is_available()
@@ -151,7 +177,7 @@ class GPUModelRunner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def restore_weights(self) -> None:
+    def _restore_weights(self) -> None:
         """Copies the weights back to the device: every copy queued, one wait."""
         if self._host_weights is None:
             return
@@ -183,10 +209,19 @@ class GPUModelRunner:
         shapes, tokens, sampling_rows = [], [], []
         for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start = seq.num_computed_tokens
-            shapes.append(StepShape(start, n, seq.block_table))
+            shapes.append(StepShape(start, n, list(seq.block_table)))
             tokens.extend(seq.token_ids[start : start + n])
             if start + n == seq.num_tokens:
                 sampling_rows.append(row)
+        self._mirror("step", (shapes, tokens))
+        logits = self.run_step(shapes, tokens)
+        rows = torch.tensor(sampling_rows, dtype=torch.long, device=self.device)
+        # Reading the sampled rows' logits is the step's one synchronisation.
+        return logits.index_select(0, rows).cpu(), sampling_rows
+
+    @torch.inference_mode()
+    def run_step(self, shapes: list[StepShape], tokens: list[int]) -> torch.Tensor:
+        """Logits [sequences (or their bucket), vocab] of the step's last tokens."""
         bucket = None
         if self.graphs is not None and all(s.count == 1 for s in shapes):
             bucket = bucket_for(len(shapes), self.graphs.buckets)
@@ -197,9 +232,42 @@ class GPUModelRunner:
         pos = torch.tensor(positions, dtype=torch.long).to(self.device, non_blocking=True)
         meta = self._metadata(shapes)
         if bucket is not None:
-            logits = self.graphs.replay(input_ids, pos, meta)
-        else:
-            logits = self._run(input_ids, pos, meta)
-        rows = torch.tensor(sampling_rows, dtype=torch.long, device=self.device)
-        # Reading the sampled rows' logits is the step's one synchronisation.
-        return logits.index_select(0, rows).cpu(), sampling_rows
+            return self.graphs.replay(input_ids, pos, meta)
+        return self._run(input_ids, pos, meta)
+
+    # -- tensor parallelism: rank 0 drives, the other ranks mirror -------------------
+
+    def _mirror(self, kind: str, payload: object = None) -> None:
+        if self.parallel.enabled and self.parallel.rank == 0:
+            dist.broadcast_object_list([(kind, payload)], src=0, group=self.parallel.group)
+
+    def shutdown(self) -> None:
+        """Releases the other ranks' serve_worker loops (rank 0, once done)."""
+        self._mirror("stop")
+
+    def serve_worker(self) -> None:
+        """A rank other than 0: run what rank 0 runs, step by step, until it stops."""
+        while True:
+            message: list = [None]
+            dist.broadcast_object_list(message, src=0, group=self.parallel.group)
+            kind, payload = message[0]
+            if kind == "stop":
+                return
+            if kind == "step":
+                self.run_step(*payload)
+            else:
+                getattr(self, "_" + payload)()
+
+
+def _join_group(config: EngineConfig, device: torch.device) -> Parallel:
+    parallel = init_tensor_parallel(device)
+    if parallel.world != config.tensor_parallel_size:
+        raise ModelLoadError(f"tensor_parallel_size is {config.tensor_parallel_size} but the launcher started "
+                             f"{parallel.world} processes (run one per GPU, e.g. with torchrun)")
+    return parallel
+
+
+def serve_tensor_parallel_worker(model_config: ModelConfig, tensors: Mapping[str, torch.Tensor],
+                                 config: EngineConfig) -> None:
+    """What every rank but 0 runs: its slice of the model, mirroring rank 0's engine."""
+    GPUModelRunner(model_config, tensors, config).serve_worker()
