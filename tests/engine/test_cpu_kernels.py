@@ -76,6 +76,15 @@ def test_q8_0_takes_an_odd_number_of_blocks(isa, rows, k):
     assert _relative_error(cpu_kernels.matmul_q8_0(x, *q8), want) < 1e-5
 
 
+def test_matmuls_take_no_rows(isa):
+    # A step in which no sequence needs logits projects zero rows; the kernel must
+    # answer with an empty result, not a division by zero that kills the process.
+    weight = torch.randn(37, 64) * 0.05
+    x = torch.empty(0, 64)
+    assert cpu_kernels.matmul_q4_1(x, *cpu_kernels.quantize_q4_1(weight)).shape == (0, 37)
+    assert cpu_kernels.matmul_q8_0(x, *cpu_kernels.quantize_q8_0(weight)).shape == (0, 37)
+
+
 def test_quantized_matmuls_track_float32():
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(576, 1536, generator=gen) * 0.05

@@ -116,6 +116,8 @@ def _prepare(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def matmul_q4_1(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """x [M, K] float32 @ w^T for w in Q4_1 (see quantize_q4_1) -> [M, N] float32."""
     x, y = _prepare(x, qs.shape[0])
+    if x.shape[0] == 0:  # the kernel splits its work by rows: none would divide by zero
+        return y
     m_ptr = m.data_ptr()
     _kernels.matmul(x.data_ptr(), x.shape[0], x.shape[1], qs.data_ptr(), d.data_ptr(), m_ptr, qs.shape[0], y.data_ptr())
     return y
@@ -124,6 +126,8 @@ def matmul_q4_1(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Ten
 def matmul_q8_0(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """x [M, K] float32 @ w^T for w in Q8_0 (see quantize_q8_0) -> [M, N] float32."""
     x, y = _prepare(x, qs.shape[0])
+    if x.shape[0] == 0:  # e.g. a step in which no sequence needs its logits
+        return y
     _kernels.matmul(x.data_ptr(), x.shape[0], x.shape[1], qs.data_ptr(), d.data_ptr(), 0, qs.shape[0], y.data_ptr())
     return y
 
