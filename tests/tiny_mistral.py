@@ -104,7 +104,9 @@ def _expert_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
 def params_json(model) -> dict:
     cfg = model.config
     params = {
-        "dim": cfg.hidden_size, "n_layers": cfg.num_hidden_layers, "head_dim": cfg.hidden_size // cfg.num_attention_heads,
+        "dim": cfg.hidden_size,
+        "n_layers": cfg.num_hidden_layers,
+        "head_dim": cfg.hidden_size // cfg.num_attention_heads,
         "hidden_dim": cfg.intermediate_size, "n_heads": cfg.num_attention_heads, "n_kv_heads": cfg.num_key_value_heads,
         "norm_eps": cfg.rms_norm_eps, "vocab_size": cfg.vocab_size, "rope_theta": _rope_theta(cfg),
         "max_seq_len": cfg.max_position_embeddings,

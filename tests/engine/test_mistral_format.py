@@ -22,9 +22,10 @@ PROMPT = [1, 1183, 1117, 1032, 2688, 29491, 1183, 6334, 1032, 1639, 29491, 1183,
 def last_logits(checkpoint, ids: list[int]) -> torch.Tensor:
     engine = LLMEngine(checkpoint, EngineConfig(num_kv_blocks=16, quantization="none"))
     window = checkpoint.config.sliding_window
-    meta = build_metadata([list(range(len(ids)))], [list(range(4))], engine.config.block_size, window, torch.device("cpu"))
-    positions = torch.arange(len(ids))[None]
-    return engine.runner.model(torch.tensor([ids]), positions, meta, torch.tensor([len(ids) - 1]))[0]
+    positions = [list(range(len(ids)))]
+    meta = build_metadata(positions, [list(range(4))], engine.config.block_size, window, torch.device("cpu"))
+    position_ids = torch.arange(len(ids))[None]
+    return engine.runner.model(torch.tensor([ids]), position_ids, meta, torch.tensor([len(ids) - 1]))[0]
 
 
 def greedy(checkpoint, ids: list[int], steps: int, run) -> list[int]:
@@ -104,7 +105,8 @@ def test_mismatched_tensor_is_named(tmp_path):
     folder = write_native(hf_model(), tmp_path / "m")
     params = json.loads((folder / "params.json").read_text())
     (folder / "params.json").write_text(json.dumps({**params, "hidden_dim": 96}))
-    with pytest.raises(ModelLoadError, match=r"'layers\.0\.feed_forward\.w2\.weight' has shape \(64, 128\).*\(64, 96\)"):
+    message = r"'layers\.0\.feed_forward\.w2\.weight' has shape \(64, 128\).*\(64, 96\)"
+    with pytest.raises(ModelLoadError, match=message):
         load_checkpoint(str(folder))
 
 
@@ -125,7 +127,20 @@ def test_unknown_architecture_lists_supported(tmp_path):
     folder = write_hf(hf_model(), tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
-    with pytest.raises(ModelLoadError, match=r"unsupported model_type 'falcon'; supported: llama, mistral, mixtral"):
+    supported = "llama, mistral, mixtral, qwen3, qwen3_moe"
+    with pytest.raises(ModelLoadError, match=rf"unsupported model_type 'falcon'; supported: {supported}"):
         load_checkpoint(str(folder))
     with pytest.raises(ModelLoadError, match="Mistral folders"):
         load_checkpoint(str(tmp_path))  # neither layout
+
+
+def test_prepared_model_keeps_the_mistral_tokenizer(tmp_path):
+    folder = write_native(hf_model(tokenizer="tekken"), tmp_path / "m", tokenizer="tekken")
+    config = EngineConfig(num_kv_blocks=16, quantization="none", prepared_weights_dir=str(tmp_path / "prepared"))
+    first = LLMEngine.from_path(str(folder), config)
+    second = LLMEngine.from_path(str(folder), config)  # mapped from the prepared file
+    assert list((tmp_path / "prepared").iterdir())
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert second.tokenizer.mistral is not None
+    assert second.tokenizer.encode_chat(messages, None) == first.tokenizer.encode_chat(messages, None)
+    assert second.tokenizer.tool_call_format == first.tokenizer.tool_call_format == "mistral_json"

@@ -64,7 +64,8 @@ def _later_tekken(version: str, folder) -> str:
     """tekken_240911 with the special tokens and version of a later tokenizer."""
     data = json.loads((MISTRAL_COMMON_DATA / "tekken_240911.json").read_text())
     data["config"]["version"] = version
-    data["special_tokens"] = [{"rank": i, "token_str": t.value, "is_control": True} for i, t in enumerate(SpecialTokens)]
+    specials = [{"rank": i, "token_str": t.value, "is_control": True} for i, t in enumerate(SpecialTokens)]
+    data["special_tokens"] = specials
     if version == "v15":  # v15 files say which model settings a request may carry: here none
         data["model_settings_builder"] = {}
     path = folder / "tekken.json"
@@ -134,7 +135,9 @@ def test_tools_tool_calls_and_tool_results(ours, reference):
         [
             UserMessage(content="Weather in Paris?"),
             AssistantMessage(
-                tool_calls=[ToolCall(id=CALL_ID, function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}'))]
+                tool_calls=[
+                    ToolCall(id=CALL_ID, function=FunctionCall(name="get_weather", arguments='{"city": "Paris"}'))
+                ]
             ),
             ToolMessage(tool_call_id=CALL_ID, name="get_weather", content='{"temp_c": 21}'),
         ],

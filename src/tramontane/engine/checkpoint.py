@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 
-_SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral")
+_SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen3", "qwen3_moe")
+_MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")
 SUPPORTED_FORMATS = "GGUF files, HF folders (config.json) and Mistral folders (params.json + consolidated.safetensors)"
 _LAYER_TENSOR = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _LAYER_NAMES = {
@@ -40,8 +41,13 @@ _LAYER_NAMES = {
     "mlp.up_proj.weight",
     "mlp.down_proj.weight",
     "block_sparse_moe.gate.weight",
+    "self_attn.q_norm.weight",
+    "self_attn.k_norm.weight",
 }
 _EXPERT_NAME = re.compile(r"block_sparse_moe\.experts\.\d+\.w[123]\.weight")
+# Qwen3-MoE's per-expert names in transformers 4 (gate, up and down projections).
+_QWEN_EXPERT_NAME = re.compile(r"mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+_QWEN_EXPERT_W = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 _GLOBAL_NAMES = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
 _IGNORED = re.compile(r".*\.rotary_emb\.inv_freq")  # a buffer some old checkpoints saved
 
@@ -148,7 +154,10 @@ def check_tensors(
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     h, ffn, hd = config.hidden_size, config.intermediate_size, config.head_dim
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (config.vocab_size, h), "model.norm.weight": (h,)}
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (config.vocab_size, h),
+        "model.norm.weight": (h,),
+    }
     if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (config.vocab_size, h)
     dense = {"gate_proj": (ffn, h), "up_proj": (ffn, h), "down_proj": (h, ffn)}
@@ -157,6 +166,8 @@ def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes |= {p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)}
         shapes |= {p + f"self_attn.{n}_proj.weight": s for n, s in (("q", (q, h)), ("k", (kv, h)), ("v", (kv, h)))}
         shapes[p + "self_attn.o_proj.weight"] = (h, q)
+        if config.qk_norm:
+            shapes |= {p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)}
         if not config.is_moe:
             shapes |= {p + f"mlp.{n}.weight": s for n, s in dense.items()}
             continue
@@ -204,14 +215,20 @@ def _model_config(raw: dict[str, Any]) -> ModelConfig:
         raise ModelLoadError(f"unsupported model_type {model_type!r}; supported: {', '.join(_SUPPORTED_MODEL_TYPES)}")
     if raw.get("attention_bias") or raw.get("mlp_bias"):
         raise ModelLoadError("checkpoints with attention or MLP biases are not supported")
+    moe = model_type in _MOE_MODEL_TYPES
+    if model_type == "qwen3_moe" and (raw.get("mlp_only_layers") or int(raw.get("decoder_sparse_step", 1)) != 1):
+        raise ModelLoadError("Qwen3-MoE checkpoints with dense layers among the sparse ones are not supported")
     try:
         hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
         theta, scaling = _rope(raw)
+        # Qwen's configs carry a sliding_window that only applies with use_sliding_window.
+        window = raw.get("sliding_window") if raw.get("use_sliding_window", True) else None
+        ffn = raw["moe_intermediate_size"] if model_type == "qwen3_moe" else raw["intermediate_size"]
         return ModelConfig(
             architecture=model_type,
             vocab_size=int(raw["vocab_size"]),
             hidden_size=hidden,
-            intermediate_size=int(raw["intermediate_size"]),
+            intermediate_size=int(ffn),
             num_hidden_layers=int(raw["num_hidden_layers"]),
             num_attention_heads=heads,
             num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
@@ -220,10 +237,12 @@ def _model_config(raw: dict[str, Any]) -> ModelConfig:
             rope_theta=theta,
             rope_scaling=scaling,
             max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
-            sliding_window=raw.get("sliding_window") or None,
+            sliding_window=window or None,
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            num_local_experts=int(raw.get("num_local_experts", 0)) if model_type == "mixtral" else 0,
+            num_local_experts=int(raw.get("num_local_experts") or raw.get("num_experts") or 0) if moe else 0,
             num_experts_per_tok=int(raw.get("num_experts_per_tok", 2)),
+            norm_topk_prob=bool(raw.get("norm_topk_prob", True)),
+            qk_norm=model_type.startswith("qwen3"),
             bos_token_id=raw.get("bos_token_id"),
         )
     except (KeyError, TypeError, ValueError) as e:
@@ -280,6 +299,8 @@ def _hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterato
         yield f"model.layers.{match[1]}.block_sparse_moe.gate.weight", tensor
     elif config.is_moe and local in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):
         yield from _split_fused_experts(f"model.layers.{match[1]}.block_sparse_moe.experts", local, tensor, config)
+    elif config.is_moe and (expert := _QWEN_EXPERT_NAME.fullmatch(local)):
+        yield f"model.layers.{match[1]}.block_sparse_moe.experts.{expert[1]}.{_QWEN_EXPERT_W[expert[2]]}.weight", tensor
     elif local in _LAYER_NAMES or _EXPERT_NAME.fullmatch(local):
         yield name, tensor
     else:

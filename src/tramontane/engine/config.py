@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ModelConfig:
-    """Hyperparameters of a Llama/Mistral/Mixtral-family decoder, in HF terms."""
+    """Hyperparameters of a Llama/Mistral/Mixtral/Qwen3-family decoder, in HF terms."""
 
-    architecture: str  # "llama" | "mistral" | "mixtral"
+    architecture: str  # "llama" | "mistral" | "mixtral" | "qwen3" | "qwen3_moe"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -27,6 +27,10 @@ class ModelConfig:
     # Mixtral-style sparse MoE; 0 experts means a dense MLP.
     num_local_experts: int = 0
     num_experts_per_tok: int = 2
+    # Mixtral renormalises the chosen experts' router probabilities; Qwen3-MoE says whether.
+    norm_topk_prob: bool = True
+    # Qwen3: an RMSNorm over each head of Q and of K before the rotary embedding.
+    qk_norm: bool = False
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
 

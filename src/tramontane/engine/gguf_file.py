@@ -46,7 +46,7 @@ _SCALAR_FORMATS: dict[GGUFValueType, str] = {
 }
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 # llama.cpp writes Mistral and Mixtral checkpoints as "llama" too.
-_SUPPORTED_ARCHS = ("llama", "mistral")
+_SUPPORTED_ARCHS = ("llama", "mistral", "qwen3", "qwen3moe")
 
 
 class _Truncated(Exception):
@@ -255,8 +255,9 @@ def _architecture_config(gguf: GGUFFile, arch: str) -> ModelConfig:
     experts = int(_meta(md, f"{arch}.expert_count", 0))
     ffn = _meta(md, f"{arch}.expert_feed_forward_length") if experts else None
     window = _meta(md, f"{arch}.attention.sliding_window")
+    qwen = arch.startswith("qwen3")
     return ModelConfig(
-        architecture="mixtral" if experts else arch,
+        architecture=("qwen3_moe" if qwen else "mixtral") if experts else arch,
         vocab_size=gguf.tensors["token_embd.weight"].shape[0],
         hidden_size=hidden,
         intermediate_size=int(ffn or _meta(md, f"{arch}.feed_forward_length", required=True)),
@@ -272,6 +273,8 @@ def _architecture_config(gguf: GGUFFile, arch: str) -> ModelConfig:
         tie_word_embeddings="output.weight" not in gguf.tensors,
         num_local_experts=experts,
         num_experts_per_tok=int(_meta(md, f"{arch}.expert_used_count", 2)),
+        norm_topk_prob=bool(_meta(md, f"{arch}.expert_weights_norm", True)),
+        qk_norm=qwen,
     )
 
 
@@ -291,6 +294,8 @@ _LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
     "ffn_gate_inp": "block_sparse_moe.gate",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
 }
 # Mixtral's expert weights: w1 = gate, w2 = down, w3 = up.
 _EXPERT_NAMES = {"ffn_gate": "w1", "ffn_down": "w2", "ffn_up": "w3"}
@@ -322,9 +327,11 @@ def _hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterato
         for e in range(tensor.shape[0]):
             yield f"{prefix}.block_sparse_moe.experts.{e}.{w}.weight", tensor[e]
     elif len(parts) == 3 and kind in _LAYER_NAMES:
-        if kind == "attn_q":
+        # llama.cpp reorders q/k rows for its pairwise rope in Llama-family files only.
+        permuted = config.architecture in ("llama", "mistral", "mixtral")
+        if kind == "attn_q" and permuted:
             tensor = _unpermute_rope_rows(tensor, config.num_attention_heads)
-        elif kind == "attn_k":
+        elif kind == "attn_k" and permuted:
             tensor = _unpermute_rope_rows(tensor, config.num_key_value_heads)
         yield f"{prefix}.{_LAYER_NAMES[kind]}.weight", tensor
     else:

@@ -72,7 +72,9 @@ def tokenizer_file(path: str) -> str:
         if match := _SENTENCEPIECE.fullmatch(name):
             candidates.append((int(match[3] or 1), name))
     if not candidates:
-        raise ModelLoadError(f"{path} has params.json but no mistral-common tokenizer (tekken.json or tokenizer.model.v*)")
+        raise ModelLoadError(
+            f"{path} has params.json but no mistral-common tokenizer (tekken.json or tokenizer.model.v*)"
+        )
     return os.path.join(path, max(candidates)[1])
 
 

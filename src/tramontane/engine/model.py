@@ -1,8 +1,9 @@
-"""Llama / Mistral / Mixtral decoder, written to read like the papers.
+"""Llama / Mistral / Mixtral / Qwen3 decoder, written to read like the papers.
 
-One class covers the family: grouped-query attention with RoPE (optionally scaled)
-and an optional sliding window, then either a SwiGLU MLP or a sparse mixture of
-SwiGLU experts chosen per token by a top-k router (Mixtral).
+One class covers the family: grouped-query attention with RoPE (optionally scaled),
+an optional sliding window and optional per-head RMSNorm of Q and K (Qwen3), then
+either a SwiGLU MLP or a sparse mixture of SwiGLU experts chosen per token by a
+top-k router (Mixtral, Qwen3-MoE).
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ class Attention(nn.Module):
         self.o_proj = Linear(w["o_proj"], quant)
         self.qkv_lora: LoRAStack | None = None
         self.o_lora: LoRAStack | None = None
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.q_norm.weight.copy_(w["q_norm"])
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.k_norm.weight.copy_(w["k_norm"])
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
 
@@ -47,6 +55,11 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x)
         if lora is not None and self.qkv_lora is not None:
             self.qkv_lora.apply(qkv, x, lora)
+        if self.q_norm is not None and self.k_norm is not None:
+            # In place, so that the decode kernel below rotates the normalised heads.
+            q, k = qkv[..., :q_size], qkv[..., q_size : q_size + kv_size]
+            q.copy_(self.q_norm(q.unflatten(-1, (self.n_heads, self.head_dim))).flatten(-2))
+            k.copy_(self.k_norm(k.unflatten(-1, (self.n_kv_heads, self.head_dim))).flatten(-2))
         if meta.decode is not None:
             return self._project_out(decode_attention(qkv, self.k_cache, self.v_cache, meta), lora)
         # Q and K rotate as one tensor: half the rope kernels.
@@ -94,6 +107,7 @@ class SparseMoE(nn.Module):
     def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], quant: str):
         super().__init__()
         self.top_k = cfg.num_experts_per_tok
+        self.renormalize = cfg.norm_topk_prob
         self.router = Linear(w["gate"], "none")
         self.experts = nn.ModuleList(
             MLP(w[f"experts.{e}.w1"], w[f"experts.{e}.w3"], w[f"experts.{e}.w2"], quant)
@@ -105,7 +119,9 @@ class SparseMoE(nn.Module):
         tokens = x.reshape(-1, shape[-1])
         probs = F.softmax(self.router(tokens).float(), dim=-1)
         weights, chosen = probs.topk(self.top_k, dim=-1)
-        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        if self.renormalize:
+            weights = weights / weights.sum(-1, keepdim=True)
+        weights = weights.to(x.dtype)
         out = torch.zeros_like(tokens)
         # Group the (token, slot) pairs by expert so each expert runs once on its tokens.
         flat_expert = chosen.flatten()
@@ -131,6 +147,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm.weight.copy_(w["post_attention_layernorm.weight"])
         attn = {k: w[f"self_attn.{k}.weight"] for k in ("q_proj", "k_proj", "v_proj", "o_proj")}
+        if cfg.qk_norm:
+            attn |= {k: w[f"self_attn.{k}.weight"] for k in ("q_norm", "k_norm")}
         self.self_attn = Attention(cfg, attn, quant)
         if cfg.is_moe:
             prefix = "block_sparse_moe."
@@ -166,7 +184,7 @@ class DecoderLayer(nn.Module):
         return _FUSED_SPECS[self]
 
     def _build_fused_decode_spec(self) -> tuple | None:
-        if not isinstance(self.mlp, MLP):
+        if not isinstance(self.mlp, MLP) or self.self_attn.q_norm is not None:
             return None
         linears = [self.self_attn.qkv_proj, self.self_attn.o_proj, self.mlp.gate_up_proj, self.mlp.down_proj]
         if any(linear.kernel not in ("q4_1", "q8_0") for linear in linears):

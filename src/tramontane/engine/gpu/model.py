@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ModelLoadError
 from ..layers import RMSNorm, RotaryEmbedding, apply_rope
 from .moe import GroupedMoE
 from .paged_flex import AttentionFn, FlexMetadata, paged_flex_attention, write_kv
@@ -125,6 +126,8 @@ class GPUCausalLM(nn.Module):
     ):
         super().__init__()
         parallel = parallel or Parallel()
+        if cfg.qk_norm or not cfg.norm_topk_prob:
+            raise ModelLoadError(f"{cfg.architecture} models run on the CPU path only for now")
         check_divisible(cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size,
                         cfg.vocab_size, parallel.world)
         self.config = cfg
