@@ -14,6 +14,7 @@ from .errors import (
 from .llm_engine import EngineStats, LLMEngine
 from .outputs import CompletionOutput, RequestOutput, TokenLogprob
 from .sampling_params import SamplingParams, TokenConstraint
+from .sequence import Priority, Tenant
 from .tokenizer import IncrementalDecoder, Tokenizer
 
 __all__ = [
@@ -30,8 +31,10 @@ __all__ = [
     "LLMEngine",
     "ModelConfig",
     "ModelLoadError",
+    "Priority",
     "RequestOutput",
     "SamplingParams",
+    "Tenant",
     "TokenConstraint",
     "TokenLogprob",
     "Tokenizer",

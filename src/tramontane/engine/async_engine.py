@@ -20,6 +20,7 @@ from .errors import EngineDeadError, EngineError
 from .llm_engine import EngineStats, LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
+from .sequence import ANONYMOUS, Priority, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -74,23 +75,41 @@ class AsyncEngine:
             self._thread.start()
 
     async def shutdown(self) -> None:
+        """Stops the loop after its current step; whoever still waits on a request
+        gets an EngineDeadError rather than waiting for ever."""
         self._stopping = True
         self._wakeup.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        for stream in list(self._streams.values()):
+            stream.put(EngineDeadError("the engine is shutting down"))
+
+    def num_in_flight(self) -> int:
+        """Requests whose callers still wait on them."""
+        return len(self._streams)
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        tenant: Tenant = ANONYMOUS,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> AsyncIterator[RequestOutput]:
+        """The request's outputs as they come. `tenant` and `priority`: its share of
+        the engine (scheduler.py). Closing the iterator early aborts the request."""
         if self.dead is not None:
             raise EngineDeadError(f"the engine stopped: {self.dead}")
+        if self._stopping:
+            raise EngineDeadError("the engine is shutting down")
         if request_id in self._streams:
             raise EngineError(f"request id {request_id!r} is already in use")
-        self.engine.check_request(prompt_token_ids, params)  # fail fast, before queueing
+        self.engine.check_request(prompt_token_ids, params, priority)  # fail fast, before queueing
         stream = _Stream(asyncio.get_running_loop())
         self._streams[request_id] = stream
-        self._commands.put(("add", request_id, list(prompt_token_ids), params))
+        self._commands.put(("add", request_id, list(prompt_token_ids), params, tenant, priority))
         self._wakeup.set()
         finished = False
         try:
@@ -151,8 +170,10 @@ class AsyncEngine:
                 continue
             request_id = command[1]
             if command[0] == "add":
+                if request_id not in self._streams:
+                    continue  # its caller left before the engine saw it
                 try:
-                    self.engine.add_request(request_id, command[2], command[3])
+                    self.engine.add_request(request_id, command[2], command[3], tenant=command[4], priority=command[5])
                 except EngineError as exc:
                     if (stream := self._streams.get(request_id)) is not None:
                         stream.put(exc)
@@ -160,6 +181,12 @@ class AsyncEngine:
                 out = self.engine.abort(request_id)
                 if out is not None and (stream := self._streams.get(request_id)) is not None:
                     stream.put(out)
+        self._deliver_shed()
+
+    def _deliver_shed(self) -> None:
+        for request_id, exc in self.engine.pop_shed():
+            if (stream := self._streams.get(request_id)) is not None:
+                stream.put(exc)
 
     @staticmethod
     def _run_call(future: asyncio.Future, fn: Callable[..., Any], args: tuple) -> None:
@@ -188,6 +215,7 @@ class AsyncEngine:
                 for out in self.engine.step():
                     if (stream := self._streams.get(out.request_id)) is not None:
                         stream.put(out)
+                self._deliver_shed()
         except BaseException as exc:  # a bug in the loop: fail every waiter, loudly
             log.exception("engine loop crashed")
             self.dead = exc

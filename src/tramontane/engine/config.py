@@ -49,6 +49,13 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # prefill chunk budget per step
     max_model_len: int | None = None  # defaults to the model's context length
     max_waiting_requests: int = 256  # admission limit before EngineOverloadedError
+    # Output bound of a request that sets no max_tokens (and the context allows).
+    default_max_tokens: int = 4096
+    # An interactive request that waited this long without a first token is shed
+    # (EngineOverloadedError, a 503 with Retry-After): its caller hears back, rather
+    # than timing out. None (the engine's default, deterministic for offline use):
+    # wait for as long as it takes; `tramontane up` sets 30 s.
+    max_queue_wait_s: float | None = None
     enable_prefix_caching: bool = True
     # Quantization of the linear layers: "auto" | "none" | "bf16" | "int8" | "int4" | "fp8"
     # (fp8: GPU path only; int8: CPU only) (int8

@@ -26,7 +26,7 @@ from .runner import ModelRunner
 from .sampler import sample
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
-from .sequence import SeqStatus, Sequence
+from .sequence import ANONYMOUS, Priority, SeqStatus, Sequence, Tenant
 from .tokenizer import IncrementalDecoder
 
 
@@ -39,6 +39,7 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
+    num_shed: int
 
 
 @dataclass
@@ -47,6 +48,16 @@ class _Request:
     prompt_token_ids: list[int]
     seqs: list[Sequence]
     arrival_time: float
+
+    @property
+    def priority(self) -> Priority:
+        return self.seqs[0].priority
+
+    @property
+    def sheddable(self) -> bool:
+        """Nothing of it has run that its caller saw: refusing it now costs them
+        a retry, not a broken answer."""
+        return all(s.status == SeqStatus.WAITING and not s.num_output_tokens for s in self.seqs)
 
 
 class LLMEngine:
@@ -75,6 +86,10 @@ class LLMEngine:
         self.eos_ids = sorted(set(self.model_config.eos_token_ids) | set(self.tokenizer.eos_token_ids))
         self.requests: dict[str, _Request] = {}
         self._arrivals = itertools.count()
+        # Requests shed since the last `pop_shed`, with the error their callers get.
+        self._shed: list[tuple[str, EngineOverloadedError]] = []
+        self.num_shed = 0
+        self._next_wait_check = 0.0
 
     def _reset_cache_state(self) -> None:
         config = self.config
@@ -127,7 +142,9 @@ class LLMEngine:
 
     # -- admission -----------------------------------------------------------------
 
-    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
+    def check_request(
+        self, prompt_token_ids: list[int], params: SamplingParams, priority: Priority = Priority.INTERACTIVE
+    ) -> int:
         """Validate a request without changing any state; returns its max_tokens.
         Safe to call from another thread: it reads only sizes."""
         params.validate()
@@ -148,33 +165,86 @@ class LLMEngine:
                 param="messages",
             )
         room = self.max_model_len - n_prompt
-        max_tokens = params.max_tokens if params.max_tokens is not None else room
+        max_tokens = params.max_tokens if params.max_tokens is not None else min(room, self.config.default_max_tokens)
         if max_tokens > room:
             raise InvalidRequestError(
                 f"max_tokens is too large: the prompt has {n_prompt} tokens and the model's "
                 f"maximum context length is {self.max_model_len}, leaving room for {room}.",
                 param="max_tokens",
             )
-        if len(self.scheduler.waiting) + params.n > self.config.max_waiting_requests:
-            raise EngineOverloadedError(
-                f"the engine queue is full ({len(self.scheduler.waiting)} waiting); retry later"
-            )
+        waiting = list(self.scheduler.waiting)  # a copy: another thread may be changing it
+        if len(waiting) + params.n > self.config.max_waiting_requests and not any(
+            s.priority > priority for s in waiting
+        ):
+            raise _queue_full(len(waiting))
         return max_tokens
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        *,
+        tenant: Tenant = ANONYMOUS,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> None:
+        """Queues a request. `tenant` and `priority` decide its share of the engine
+        (scheduler.py). With the queue full, the newest request of a lower class than
+        this one that has not started is shed for it; with none, this one is refused."""
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        max_tokens = self.check_request(prompt_token_ids, params)
+        max_tokens = self.check_request(prompt_token_ids, params, priority)
+        while len(self.scheduler.waiting) + params.n > self.config.max_waiting_requests:
+            victim = self._shed_candidate(priority)
+            if victim is None:
+                raise _queue_full(len(self.scheduler.waiting))
+            self._shed_request(victim, "the engine is saturated and this request has a lower priority class", 1.0)
         lora = self.loras.get(params.lora) if params.lora is not None else None
         arrival = next(self._arrivals)
         seqs = [
             Sequence(request_id, i, prompt_token_ids, params, max_tokens,
-                     IncrementalDecoder(self.tokenizer, prompt_token_ids), arrival, lora)
+                     IncrementalDecoder(self.tokenizer, prompt_token_ids), arrival, lora, tenant, priority)
             for i in range(params.n)
         ]
         self.requests[request_id] = _Request(request_id, list(prompt_token_ids), seqs, time.monotonic())
         for seq in seqs:
             self.scheduler.add(seq)
+
+    # -- load shedding ---------------------------------------------------------------
+
+    def pop_shed(self) -> list[tuple[str, EngineOverloadedError]]:
+        """The requests shed since the last call, each with the error for its caller."""
+        shed, self._shed = self._shed, []
+        return shed
+
+    def _shed_candidate(self, priority: Priority) -> _Request | None:
+        """The newest not yet started request of the lowest class below `priority`."""
+        lower = [r for r in self.requests.values() if r.priority > priority and r.sheddable]
+        return max(lower, key=lambda r: (r.priority, r.seqs[0].arrival)) if lower else None
+
+    def _shed_request(self, req: _Request, why: str, retry_after_s: float) -> None:
+        for seq in req.seqs:
+            self.scheduler.remove(seq)
+            seq.status = SeqStatus.FINISHED
+            seq.finish_reason = "abort"
+        del self.requests[req.request_id]
+        self.num_shed += 1
+        self._shed.append((req.request_id, EngineOverloadedError(f"{why}; retry later", retry_after_s)))
+
+    def _shed_stale(self) -> None:
+        """Sheds interactive requests that waited `max_queue_wait_s` without a token."""
+        limit = self.config.max_queue_wait_s
+        now = time.monotonic()
+        if limit is None or now < self._next_wait_check:
+            return
+        self._next_wait_check = now + min(0.25, limit / 4)
+        stale = [
+            r for r in self.requests.values()
+            if r.priority == Priority.INTERACTIVE and r.sheddable and now - r.arrival_time > limit
+        ]
+        for req in stale:
+            # A longer pause than for a full queue: the engine is behind, not just busy.
+            self._shed_request(req, f"the engine is saturated: no capacity for this request within {limit:g} s", 5.0)
 
     # -- LoRA adapters ----------------------------------------------------------------
 
@@ -208,11 +278,13 @@ class LLMEngine:
             prefix_cache_queries=self.blocks.prefix_queries,
             prefix_cache_hits=self.blocks.prefix_hits,
             num_preemptions=self.scheduler.num_preemptions,
+            num_shed=self.num_shed,
         )
 
     # -- the step ------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        self._shed_stale()
         batch = self.scheduler.schedule()
         if batch is None:
             return []
@@ -333,3 +405,7 @@ class LLMEngine:
             finished=finished,
             num_cached_prompt_tokens=req.seqs[0].num_cached_tokens,
         )
+
+
+def _queue_full(waiting: int) -> EngineOverloadedError:
+    return EngineOverloadedError(f"the engine queue is full ({waiting} waiting); retry later")

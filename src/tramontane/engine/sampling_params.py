@@ -35,7 +35,7 @@ class SamplingParams:
     top_k: int = 0  # 0 disables
     min_p: float = 0.0
     seed: int | None = None
-    max_tokens: int | None = None  # None: up to the context length
+    max_tokens: int | None = None  # None: EngineConfig.default_max_tokens, within the context
     min_tokens: int = 0
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import itertools
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,6 +24,31 @@ class SeqStatus(enum.Enum):
     FINISHED = "finished"
 
 
+class Priority(enum.IntEnum):
+    """Scheduling class: a lower value is served first, and preempts the higher
+    values' sequences when the KV cache or the running slots are full."""
+
+    INTERACTIVE = 0  # API requests with a caller waiting
+    BATCH = 1  # Batch API jobs: hours of deadline
+    EVALUATION = 2  # evaluation runs: whatever capacity is left
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Whom a request's compute is for. The scheduler shares the engine between
+    workspaces in proportion to `weight`, then equally between a workspace's keys."""
+
+    workspace: str = ""
+    key: str = ""
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"a tenant's weight must be positive, got {self.weight}")
+
+
+ANONYMOUS = Tenant()
+
 _seq_ids = itertools.count()
 
 
@@ -36,6 +63,8 @@ class Sequence:
         decoder: IncrementalDecoder,
         arrival: int,
         lora: LoRAAdapter | None = None,
+        tenant: Tenant = ANONYMOUS,
+        priority: Priority = Priority.INTERACTIVE,
     ):
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
@@ -45,6 +74,9 @@ class Sequence:
         self.params = params
         self.max_tokens = max_tokens
         self.arrival = arrival  # FIFO order; preempted sequences keep theirs
+        self.queued_at = time.monotonic()
+        self.tenant = tenant
+        self.priority = priority
         self.status = SeqStatus.WAITING
         self.lora = lora
         self.lora_slot: int | None = None  # while admitted: the slot holding its adapter
