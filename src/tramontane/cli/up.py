@@ -22,7 +22,7 @@ from ..finetune.service import FineTuning
 from ..sandbox import ManagerConfig, SandboxManager
 from ..inference import ModelRegistry, ModelSpec, default_model_specs
 from ..platform.app import MAX_BODY_BYTES, create_app
-from ..tenancy import Tenancy
+from ..tenancy import AdmissionLimits, Tenancy
 
 console = Console(stderr=True)
 
@@ -88,10 +88,52 @@ def up(
             "slow, needs no KVM) or auto (KVM where it can boot the guest, else tcg with a warning).",
         ),
     ] = MicroVMAccelerator.AUTO,
+    max_concurrent_per_workspace: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Inference requests a workspace runs at once on this server, unless the workspace has its own "
+            "concurrency limit.",
+        ),
+    ] = AdmissionLimits.max_concurrent,
+    max_queued_per_workspace: Annotated[
+        int,
+        typer.Option(min=0, help="Requests of a workspace waiting for one of its slots; past them, a 429."),
+    ] = AdmissionLimits.max_queued,
+    max_queue_wait_s: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Longest wait for a workspace slot, and for the engine's first token, before a 429 or 503 "
+            "(with Retry-After) rather than a timeout.",
+        ),
+    ] = AdmissionLimits.max_queue_wait_s,
+    workspace_weight: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--workspace-weight",
+            metavar="WORKSPACE_ID=WEIGHT",
+            help="A workspace's share of the engines relative to others (default 1); repeatable.",
+        ),
+    ] = None,
+    shutdown_grace_s: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="On SIGTERM: how long requests in flight may finish before they are cancelled and the "
+            "server stops its replicas and sandboxes and exits.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the OpenAI- and Mistral-compatible API, and its admin API."""
+    admission = AdmissionLimits(
+        max_concurrent=max_concurrent_per_workspace,
+        max_queued=max_queued_per_workspace,
+        max_queue_wait_s=max_queue_wait_s,
+        weights=parse_weights(workspace_weight or []),
+    )
     # Before the models: a wrong database fails in a second, not after loading.
-    tenancy = open_tenancy(database_url)
+    tenancy = open_tenancy(database_url, admission)
     # Set when a control plane started this server as a deployment's replica: it
     # then serves its models only (deployments and sandboxes are the plane's).
     replica_token = os.environ.get(REPLICA_TOKEN_ENV)
@@ -105,6 +147,7 @@ def up(
                 kv_cache_memory_gb=kv_cache_gb,
                 device=device,
                 prepared_weights_dir=str(tenancy.home / "prepared"),
+                max_queue_wait_s=max_queue_wait_s,
             )
             registry = load_models(specs, config)
         except (ModelLoadError, ValueError) as exc:
@@ -130,7 +173,10 @@ def up(
                 max_file_bytes=MAX_BODY_BYTES,
             )
             app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane, finetune=finetune)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        # SIGTERM: uvicorn stops accepting connections, lets requests in flight run for
+        # the grace period, cancels the rest (which aborts their generations), then
+        # runs the app's shutdown: replicas, warm-pool sandboxes, engines.
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=shutdown_grace_s)
     finally:
         tenancy.close()
 
@@ -148,9 +194,22 @@ def open_control_plane(tenancy: Tenancy, backend: ReplicaBackend, ray_address: s
     return ControlPlane(tenancy.store, backend=ray_backend, capacity=capacity, home=tenancy.home)
 
 
-def open_tenancy(database_url: str | None) -> Tenancy:
+def parse_weights(specs: list[str]) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for spec in specs:
+        workspace, _, weight = spec.partition("=")
+        try:
+            weights[workspace] = float(weight)
+        except ValueError:
+            raise typer.BadParameter(f"{spec!r} is not WORKSPACE_ID=WEIGHT", param_hint="--workspace-weight") from None
+        if not workspace or not weights[workspace] > 0:
+            raise typer.BadParameter(f"{spec!r}: a workspace id and a positive weight", param_hint="--workspace-weight")
+    return weights
+
+
+def open_tenancy(database_url: str | None, admission: AdmissionLimits | None = None) -> Tenancy:
     try:
-        return Tenancy.open(database_url)
+        return Tenancy.open(database_url, admission=admission)
     except ArgumentError as exc:
         # Its message repeats the URL, password included.
         console.print("[red]error:[/] --database-url is not a valid SQLAlchemy URL")

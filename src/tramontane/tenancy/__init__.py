@@ -16,6 +16,7 @@ from .dependencies import enter_request, get_tenancy, require
 from .energy import EnergyMeter, EnergyReading
 from .errors import install_error_handler, not_found
 from .keys import bootstrap_admin_key
+from .limits import AdmissionLimits
 from .ownership import get_owned, owned
 from .principal import Limits, Principal
 from .request_logs import RequestLogEntry, RequestLogWriter
@@ -28,6 +29,7 @@ __all__ = [
     "CLI",
     "SYSTEM",
     "Actor",
+    "AdmissionLimits",
     "BackgroundWriter",
     "Capability",
     "EnergyMeter",

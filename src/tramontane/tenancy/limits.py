@@ -19,6 +19,12 @@ admission against the tokens already recorded (`consume` adds them): a request
 is refused once the minute's or month's total has reached the limit, and one
 request can overshoot it by its own size.
 
+Besides those database-wide limits, each server process bounds the requests
+of each workspace it serves at once, and queues a few more (`WorkspaceGate`),
+with defaults its operator sets (`AdmissionLimits`): a workspace without its
+own concurrency limit cannot take a whole server, and a burst waits a moment
+in line instead of failing at once.
+
 Concurrency is counted as lease rows, one per request in flight, with an
 expiry so that a crashed process cannot hold slots for ever. Admission locks
 the rows of the key and/or workspace that has a concurrency limit (FOR NO KEY
@@ -28,15 +34,19 @@ it cannot deadlock with them), counts their unexpired leases and adds its own.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from ..errors import Limited
 from ..store import ApiKey, RateCounter, RequestLease, Store, Workspace
 from ..errors import Limited
 from .principal import Limits, Principal
@@ -250,3 +260,113 @@ class Limiter:
             },
         )
         return lease_id
+
+
+# -- per-process admission -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """What one server admits per workspace, set by its operator (`tramontane up`).
+
+    A workspace runs at most `max_concurrent` inference requests at once (its own
+    `max_concurrent_requests` limit, when set, replaces this default); up to
+    `max_queued` more wait for a slot, each for at most `max_queue_wait_s`; past
+    either, a 429 with Retry-After. `weights` gives workspaces other than 1 their
+    share of the engines (engine/scheduler.py)."""
+
+    max_concurrent: int = 64
+    max_queued: int = 128
+    max_queue_wait_s: float = 30.0
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent < 1 or self.max_queued < 0 or self.max_queue_wait_s < 0:
+            raise ValueError("admission limits: max_concurrent >= 1, max_queued >= 0, max_queue_wait_s >= 0")
+        if any(not w > 0 for w in self.weights.values()):
+            raise ValueError("a workspace's scheduling weight must be positive")
+
+    def weight(self, workspace_id: str) -> float:
+        return self.weights.get(workspace_id, 1.0)
+
+
+# Nothing tells when a queued slot frees up; a second is a sensible pause before retrying.
+_QUEUE_RETRY_S = 1.0
+
+
+class _Line:
+    __slots__ = ("running", "waiters")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class WorkspaceGate:
+    """Per-workspace concurrency slots with a bounded, time-limited queue, on one
+    event loop. A slot freed goes straight to the longest waiting request."""
+
+    def __init__(self, limits: AdmissionLimits):
+        self.limits = limits
+        self._lines: dict[str, _Line] = {}
+
+    def running(self, workspace_id: str) -> int:
+        line = self._lines.get(workspace_id)
+        return line.running if line else 0
+
+    def queued(self, workspace_id: str) -> int:
+        line = self._lines.get(workspace_id)
+        return len(line.waiters) if line else 0
+
+    async def enter(self, workspace_id: str, max_concurrent: int | None = None) -> None:
+        """Takes a slot of `workspace_id` (limit: `max_concurrent`, else the default),
+        waiting in its queue if need be; raises Limited (429) when the queue is full
+        or the wait too long. Pair with `leave`."""
+        limit = max_concurrent if max_concurrent is not None else self.limits.max_concurrent
+        line = self._lines.setdefault(workspace_id, _Line())
+        if line.running < limit and not line.waiters:
+            line.running += 1
+            return
+        if len(line.waiters) >= self.limits.max_queued:
+            raise Limited(
+                f"Too many requests in flight for this workspace ({line.running} running, "
+                f"{len(line.waiters)} queued)",
+                code="workspace_queue_full",
+                retry_after_s=_QUEUE_RETRY_S,
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        line.waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.limits.max_queue_wait_s)
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.leave(workspace_id)  # handed a slot just as it gave up: pass it on
+            else:
+                waiter.cancel()
+                line.waiters.remove(waiter)
+                self._forget_if_idle(workspace_id, line)
+            if isinstance(exc, TimeoutError):
+                raise Limited(
+                    f"This workspace's {limit} concurrent requests did not free a slot within "
+                    f"{self.limits.max_queue_wait_s:g} s",
+                    code="workspace_queue_timeout",
+                    retry_after_s=_QUEUE_RETRY_S,
+                ) from None
+            raise
+        # The slot was handed over by `leave`, already counted in `running`.
+
+    def leave(self, workspace_id: str) -> None:
+        line = self._lines.get(workspace_id)
+        if line is None:
+            return
+        while line.waiters:
+            waiter = line.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot changes hands; `running` stays
+                return
+        line.running -= 1
+        self._forget_if_idle(workspace_id, line)
+
+    def _forget_if_idle(self, workspace_id: str, line: _Line) -> None:
+        if line.running <= 0 and not line.waiters:
+            self._lines.pop(workspace_id, None)

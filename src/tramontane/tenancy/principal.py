@@ -48,6 +48,7 @@ class Ticket:
     span: EnergySpan
     started: float = field(default_factory=time.perf_counter)
     usage_recorded: bool = False
+    gated: bool = False  # holds a slot of its workspace in this process's WorkspaceGate
 
 
 @dataclass(frozen=True)

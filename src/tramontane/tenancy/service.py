@@ -17,7 +17,7 @@ from .auth import Authenticator, Rejection
 from .capabilities import Capability
 from .energy import EnergyMeter, EnergyReading
 from .errors import install_error_handler
-from .limits import DEFAULT_LEASE_TTL_S, Limiter
+from .limits import DEFAULT_LEASE_TTL_S, AdmissionLimits, Limiter, WorkspaceGate
 from .pepper import load_pepper
 from .principal import Principal, Ticket
 from .request_logs import RequestLogWriter
@@ -33,20 +33,29 @@ class Tenancy:
         pepper: bytes | None = None,
         meter: EnergyMeter | None = None,
         lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+        admission: AdmissionLimits | None = None,
     ):
+        """`admission`: the per-workspace limits of this process (limits.py)."""
         self.store = store
         self.home = home or tramontane_home()
         self.pepper = pepper or load_pepper(self.home)
         self.authenticator = Authenticator(store, self.pepper)
         self.limiter = Limiter(store, lease_ttl_s=lease_ttl_s)
+        self.gate = WorkspaceGate(admission or AdmissionLimits())
         self.meter = meter or EnergyMeter()
         self.request_logs = RequestLogWriter(store)
         self.usage_writer = UsageWriter(store, self.limiter)
 
     @classmethod
-    def open(cls, url: str | None = None, *, home: Path | None = None) -> Tenancy:
+    def open(
+        cls, url: str | None = None, *, home: Path | None = None, admission: AdmissionLimits | None = None
+    ) -> Tenancy:
         """Opens (and migrates) the database at `url` or `$TRAMONTANE_DATABASE_URL`."""
-        return cls(open_store(url), home=home)
+        return cls(open_store(url), home=home, admission=admission)
+
+    @property
+    def admission(self) -> AdmissionLimits:
+        return self.gate.limits
 
     def install(self, app: FastAPI) -> None:
         """Makes `require(...)` work in `app` and renders tenancy errors there."""
@@ -99,11 +108,24 @@ class Tenancy:
         if not verdict.can(capability):
             await anyio.to_thread.run_sync(partial(self.authorize, verdict, capability, where=where))
         if self.limiter.applies_to(verdict):
-            return await anyio.to_thread.run_sync(self.admit, verdict)
-        return self.admit(verdict)
+            admitted = await anyio.to_thread.run_sync(self.admit, verdict)
+        else:
+            admitted = self.admit(verdict)
+        if capability is Capability.INFERENCE:
+            try:
+                await self.gate.enter(admitted.workspace_id, admitted.workspace_limits.max_concurrent_requests)
+            except BaseException:
+                await self.leave(admitted)
+                raise
+            assert admitted.ticket is not None
+            admitted.ticket.gated = True
+        return admitted
 
     async def leave(self, principal: Principal) -> None:
         """`finish` from the event loop: a concurrency lease is freed in a worker thread."""
+        if principal.ticket is not None and principal.ticket.gated:
+            principal.ticket.gated = False
+            self.gate.leave(principal.workspace_id)
         if principal.ticket is not None and principal.ticket.lease_id is not None:
             await anyio.to_thread.run_sync(self.finish, principal)
         else:
