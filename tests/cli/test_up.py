@@ -147,3 +147,84 @@ def test_up_serves_until_interrupted():
     assert f"http://127.0.0.1:{port}" in output and "Loaded smollm2-135m-instruct" in output
     # No key ever reaches the log.
     assert admin_key not in output and created.json()["key"] not in output
+
+
+@pytest.mark.slow
+def test_sigterm_drains_for_the_grace_period_then_cancels_and_exits():
+    """Work in flight gets the grace period, then is cancelled: the server exits with
+    its children (warm-pool sandboxes, replicas) stopped, whatever its clients do."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tramontane = os.path.join(os.path.dirname(sys.executable), "tramontane")
+    proc = subprocess.Popen(
+        [tramontane, "up", "--port", str(port), "--shutdown-grace-s", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{port}"
+    streamed: list[str] = []
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "tramontane up did not become ready"
+            try:
+                if httpx.get(f"{url}/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        admin_key = (Path(os.environ["TRAMONTANE_HOME"]) / "admin-key").read_text().strip()
+        admin = {"Authorization": f"Bearer {admin_key}"}
+        workspace = httpx.get(f"{url}/v1/admin/workspaces", headers=admin).json()["data"][0]["id"]
+        key = httpx.post(
+            f"{url}/v1/admin/workspaces/{workspace}/keys", json={"name": "t", "capabilities": ["inference"]},
+            headers=admin,
+        ).json()["key"]
+        body = {
+            "model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Count."}],
+            "max_tokens": 4000, "min_tokens": 4000, "stream": True,
+        }
+
+        def hold_a_stream() -> None:
+            # A client that never gives up: only the server's shutdown ends its request.
+            try:
+                with httpx.stream("POST", f"{url}/v1/chat/completions", json=body,
+                                  headers={"Authorization": f"Bearer {key}"}, timeout=120) as response:
+                    for line in response.iter_lines():
+                        streamed.append(line)
+            except httpx.HTTPError:
+                pass
+
+        holder = threading.Thread(target=hold_a_stream, daemon=True)
+        holder.start()
+        deadline = time.monotonic() + 60
+        while len(streamed) < 3:
+            assert time.monotonic() < deadline, "the stream did not start"
+            time.sleep(0.05)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        # New work is refused at once; the stream goes on during the grace period.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                httpx.get(f"{url}/ready", timeout=1)
+            except httpx.TransportError:
+                break
+            assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
+            time.sleep(0.05)
+        proc.wait(timeout=60)
+        took = time.monotonic() - signalled
+        holder.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=10)
+    output = "".join(lines)
+    assert proc.returncode == 0, output
+    assert 2.0 <= took < 2.0 + 20, f"exited {took:.1f} s after SIGTERM"
+    assert len(streamed) > 3  # it generated past the signal, then was cut
+    with pytest.raises(ProcessLookupError):  # no child of the server outlived it
+        os.killpg(proc.pid, 0)

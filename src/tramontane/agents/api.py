@@ -21,7 +21,7 @@ from ..inference.chat import prepare
 from ..inference.chat import respond as respond_chat
 from ..inference.fast_path import Call, InferenceKey, InferenceRoute, Metered
 from ..inference.protocol import ChatCompletionResponse
-from ..inference.streaming import STREAMABLE, EventStreamResponse
+from ..inference.streaming import STREAMABLE, EventStreamResponse, until_disconnected
 from . import entries
 from .completions import chat_request
 from .conversations import view
@@ -230,11 +230,16 @@ async def _respond(
     stream: bool,
 ) -> Response | ConversationResponse:
     meter.track(speaker.model, run.turns)
-    if stream:
+    if stream:  # a client gone cancels the stream, and with it the run
         return EventStreamResponse(meter.guard(entries.sse(e) async for e in events))
-    async for event in events:
-        if event["type"] == "conversation.response.error":
-            raise APIError(event["code"], event["message"])
+
+    async def run_to_end() -> None:
+        async for event in events:
+            if event["type"] == "conversation.response.error":
+                raise APIError(event["code"], event["message"])
+
+    # Starlette does not cancel a handler whose client left: this does, and the run with it.
+    await until_disconnected(meter.request, run_to_end())
     return ConversationResponse(conversation_id=conversation_id, outputs=run.outputs, usage=run.usage)
 
 

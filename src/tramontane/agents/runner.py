@@ -8,10 +8,13 @@ keeps everything that happened before.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
 
 from ..errors import Invalid, as_api_error
 from ..inference.protocol import ChatCompletionRequest
@@ -183,6 +186,15 @@ class Run:
                 out = self._absorb(event, message_id, content, calls, output_index)
                 if out is not None:
                     yield out
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client left: the generation stops here (turn.close aborts it), and a
+            # stored conversation keeps the answer as far as it got, metered as such.
+            with anyio.CancelScope(shield=True):
+                await turn.close()
+                if content and not calls:
+                    partial = entries.message_output(message_id, "".join(content), speaker.model, speaker.agent_id)
+                    await self._add(Stored(partial))
+            raise
         finally:
             await turn.close()
         answer = "".join(content)

@@ -5,6 +5,7 @@ created the job, counted against its token limits."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 import anyio.to_thread
 from pydantic import ValidationError
 
+from ..engine import Priority, Tenant
 from ..errors import APIError, Invalid
 from ..inference import chat, embeddings
+from ..inference.generation import Share, current_share
 from ..inference.metrics import Metrics
 from ..inference.protocol import ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest, EmbeddingResponse
 from ..inference.registry import ModelRegistry
@@ -22,6 +25,10 @@ from .batch import BatchRequest, Executor, LineExecutor
 from .models import BatchJobRow
 
 log = logging.getLogger(__name__)
+
+# A line that the engine sheds (a 503: interactive work needed the room) is tried
+# again after the pause the engine asks for, for up to this long in all.
+BATCH_RETRY_S = 600.0
 
 
 def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) -> Executor:
@@ -62,11 +69,30 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
         if principal is None:  # a job from before batch metering (a key goes only with its workspace)
             log.warning("batch job %s is not metered: it names no key", job.id)
 
+        # Batch work has its own class: it yields the engine to interactive requests.
+        tenant = Tenant(job.workspace_id, job.api_key_id or "", tenancy.admission.weight(job.workspace_id))
+        share = Share(tenant, Priority.BATCH)
+
+        async def run_shared(request: BatchRequest) -> ChatCompletionResponse | EmbeddingResponse:
+            token = current_share.set(share)
+            deadline = time.monotonic() + BATCH_RETRY_S
+            try:
+                while True:
+                    try:
+                        return await run(job.workspace_id, request)
+                    except APIError as exc:
+                        pause = exc.retry_after_s or 1.0
+                        if exc.code != "engine_overloaded" or time.monotonic() + pause > deadline:
+                            raise
+                    await asyncio.sleep(pause)
+            finally:
+                current_share.reset(token)
+
         async def execute(request: BatchRequest) -> dict[str, Any]:
             span = tenancy.meter.begin()
             started = time.perf_counter()
             try:
-                response = await run(job.workspace_id, request)
+                response = await run_shared(request)
             except BaseException:
                 # Refused before the engine ran (bad body, unknown model): nothing to meter.
                 tenancy.meter.finish(span)

@@ -42,7 +42,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from ..engine import Tenant
 from ..tenancy import Capability, Principal, enter_request, get_tenancy
+from .generation import Share, current_share
 from .metering import RequestMeter
 from .metrics import Metrics
 from .registry import ModelRegistry
@@ -144,7 +146,11 @@ class InferenceRoute(APIRoute):
 
         async def gated(request: Request) -> _ThenFinish:
             principal = await enter_request(request, Capability.INFERENCE)
-            meter = request.state.meter = RequestMeter(get_tenancy(request), principal, request)
+            tenancy = get_tenancy(request)
+            meter = request.state.meter = RequestMeter(tenancy, principal, request)
+            # The engine shares its steps between workspaces (and their keys) by weight.
+            weight = tenancy.admission.weight(principal.workspace_id)
+            current_share.set(Share(Tenant(principal.workspace_id, principal.key_id, weight)))
             try:
                 response = await handle(request)
             except BaseException:

@@ -7,12 +7,27 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from ..engine import AsyncEngine, RequestOutput, SamplingParams, TokenLogprob
+from ..engine import AsyncEngine, Priority, RequestOutput, SamplingParams, Tenant, TokenLogprob
 from ..errors import as_api_error
 from .metrics import Metrics
 from .protocol import PromptTokensDetails, Usage
+
+
+@dataclass(frozen=True)
+class Share:
+    """Whose share of the engine a generation takes, and at which priority class."""
+
+    tenant: Tenant = Tenant()
+    priority: Priority = Priority.INTERACTIVE
+
+
+# Set for each request by whoever knows the caller (InferenceRoute for the API, the
+# batch executor for its jobs), read by every Generation made while serving it: a
+# route, or a conversation's model turn, cannot forget to pass it on.
+current_share: ContextVar[Share] = ContextVar("current_share", default=Share())
 
 
 @dataclass
@@ -42,7 +57,10 @@ class Generation:
         self.num_cached_tokens = 0
         self.choices = [Choice() for _ in range(params.n)]
         self._timer = metrics.timer(model, time.perf_counter())
-        self._stream = engine.generate(self.id, prompt_token_ids, params)
+        share = current_share.get()
+        self._stream = engine.generate(
+            self.id, prompt_token_ids, params, tenant=share.tenant, priority=share.priority
+        )
         self._first: RequestOutput | None = None
 
     @property

@@ -54,6 +54,10 @@ class RequestMeter:
         self._response: Callable[[], BaseModel] | None = None
         self._started_at = utcnow()
 
+    @property
+    def request(self) -> Request:
+        return self._request
+
     def track(
         self,
         model: str,
