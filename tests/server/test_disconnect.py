@@ -65,6 +65,17 @@ def test_disconnect_while_queued_aborts(live_server):
 COUNT = "Count from one to one thousand, writing every number in words."
 
 
+def _wait_generating(live_server, tokens: int, timeout: float = 30.0) -> None:
+    """Until the one request in the engine has generated `tokens` tokens."""
+    deadline = time.monotonic() + timeout
+    while True:
+        requests = list(live_server.engine.engine.requests.values())  # read across threads: sizes only
+        if requests and requests[0].seqs[0].num_output_tokens >= tokens:
+            return
+        assert time.monotonic() < deadline, "the request did not generate"
+        time.sleep(0.02)
+
+
 def _post_and_leave(live_server, path: str, body: dict) -> float:
     """Sends the request, waits until its generation runs and has made tokens, then
     closes the connection; returns how long the engine took to drop it."""
@@ -76,8 +87,7 @@ def _post_and_leave(live_server, path: str, body: dict) -> float:
     url = httpx.URL(live_server.url)
     with socket.create_connection((url.host, url.port), timeout=30) as sock:
         sock.sendall(head.encode() + data)
-        _wait_running(live_server, 1)
-        time.sleep(0.3)  # some tokens in
+        _wait_generating(live_server, tokens=5)
         assert live_server.engine.stats().num_running == 1, "the generation ended on its own: a longer one is needed"
     left = time.monotonic()
     _wait_running(live_server, 0, timeout=10.0)
