@@ -46,7 +46,8 @@ def serve(home: str, conn: Connection) -> None:
     """The server process: tenants A and B, then uvicorn until terminated."""
     import uvicorn
 
-    from tramontane.server import ModelRegistry, ModelSpec, create_app
+    from tramontane.inference import ModelRegistry, ModelSpec
+    from tramontane.platform.app import create_app
     from tramontane.engine.defaults import default_chat_model_path
     from tramontane.tenancy import Capability, Tenancy
 
