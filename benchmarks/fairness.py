@@ -109,8 +109,9 @@ async def a_stream(http: httpx.AsyncClient, key: str, tokens: int, received: lis
                 started.set()
 
 
-async def abandoned(http: httpx.AsyncClient, key: str, i: int, after_s: float) -> None:
-    """A non-streamed request whose client gives up after `after_s`."""
+async def abandoned(http: httpx.AsyncClient, key: str, i: int, after_s: float) -> bool:
+    """A non-streamed request whose client gives up after `after_s` (False: it was
+    answered before, the model having ended its text)."""
     if i % 2:
         path = "/v1/conversations"
         body = {"model": MODEL, "inputs": A_PROMPT[0]["content"], "completion_args": {"max_tokens": 3000}}
@@ -120,8 +121,8 @@ async def abandoned(http: httpx.AsyncClient, key: str, i: int, after_s: float) -
     try:
         await http.post(path, json=body, headers=_auth(key), timeout=httpx.Timeout(60, read=after_s))
     except httpx.ReadTimeout:
-        return
-    raise AssertionError(f"abandoned request {i} finished within {after_s} s: give it more to do")
+        return True
+    return False
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -150,7 +151,7 @@ async def run(args: argparse.Namespace, url: str, keys: dict[str, str]) -> None:
         ]
         gone = [asyncio.create_task(abandoned(http, keys["a"], i, args.abandon_after_s)) for i in range(args.abandoned)]
         await asyncio.wait_for(started.wait(), 300)
-        await asyncio.gather(*gone)
+        num_abandoned = sum(await asyncio.gather(*gone))
         left = time.monotonic()
         print(f"B under A's flood ({args.a_streams} streams, {args.abandoned} abandoned requests):")
         a_before, t0 = len(received), time.perf_counter()
@@ -177,7 +178,8 @@ async def run(args: argparse.Namespace, url: str, keys: dict[str, str]) -> None:
           "(goal: within 2x)")
     print(f"  B's tokens/s against A's per-stream rate (its fair share): "
           f"{loaded['tokens_per_s_median'] / per_stream:.2f}x (goal: at least 1x)")
-    print(f"Orphans: 2 s after the {args.abandoned} abandoned clients left, {in_flight} requests ran "
+    print(f"Orphans: 2 s after the {num_abandoned} abandoned clients left (of {args.abandoned} requests; the "
+          f"others were answered first), {in_flight} requests ran "
           f"(A's streams + B's: {expected}) -> {'OK' if in_flight <= expected else 'ORPHANS LEFT'}")
     print(f"         {waited:.1f} s after every client left, {after} requests ran -> "
           f"{'OK' if after == 0 else 'ORPHANS LEFT'}")
