@@ -223,8 +223,10 @@ def test_sigterm_drains_for_the_grace_period_then_cancels_and_exits():
             proc.wait()
         reader.join(timeout=10)
     output = "".join(lines)
-    assert proc.returncode == 0, output
-    assert 2.0 <= took < 2.0 + 20, f"exited {took:.1f} s after SIGTERM"
+    assert 2.0 <= took < 2.0 + 20, f"exited {took:.1f} s after SIGTERM:\n{output}"
+    # uvicorn ends by re-raising the signal it handled: terminated by SIGTERM, as expected.
+    assert proc.returncode == -signal.SIGTERM, output
+    assert "Application shutdown complete" in output
     assert len(streamed) > 3  # it generated past the signal, then was cut
     with pytest.raises(ProcessLookupError):  # no child of the server outlived it
         os.killpg(proc.pid, 0)

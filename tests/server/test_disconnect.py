@@ -155,3 +155,10 @@ def test_conversation_restart_aborts(live_server, stream):
     live_server.wait_idle()
     body = {"from_entry_id": first_entry, "inputs": COUNT, "stream": stream, **LONG_RUN}
     assert _post_and_leave(live_server, f"/v1/conversations/{conversation_id}/restart", body) < 2.0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_responses_abort_when_the_client_leaves(live_server, stream):
+    live_server.wait_idle()
+    body = {"model": CHAT_MODEL, "input": COUNT, "max_output_tokens": 4000, "temperature": 0.0, "stream": stream}
+    assert _post_and_leave(live_server, "/v1/responses", body) < 2.0

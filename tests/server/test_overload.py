@@ -39,7 +39,8 @@ def test_a_workspace_past_its_slots_and_queue_gets_a_429_others_do_not(live_serv
         with httpx.Client(base_url=live_server.url, headers=live_server.tenant.headers, timeout=60) as client:
             with client.stream("POST", "/v1/chat/completions", json=LONG) as held:
                 assert held.status_code == 200
-                next(held.iter_lines())
+                lines = held.iter_lines()  # kept: a dropped iterator closes the stream
+                next(lines)
                 started = time.monotonic()
                 refused = client.post("/v1/chat/completions", json=SHORT)
                 assert time.monotonic() - started < 5  # at once, not after a wait
@@ -62,7 +63,8 @@ def test_a_queued_request_waits_for_a_slot(live_server):
     with admission(live_server, AdmissionLimits(max_concurrent=1, max_queued=1, max_queue_wait_s=0.5)):
         with httpx.Client(base_url=live_server.url, headers=live_server.tenant.headers, timeout=60) as client:
             with client.stream("POST", "/v1/chat/completions", json=LONG) as held:
-                next(held.iter_lines())
+                lines = held.iter_lines()
+                next(lines)
                 late = client.post("/v1/chat/completions", json=SHORT)
                 assert late.status_code == 429 and late.json()["error"]["code"] == "workspace_queue_timeout"
                 assert "retry-after" in late.headers
