@@ -162,3 +162,19 @@ def test_responses_abort_when_the_client_leaves(live_server, stream):
     live_server.wait_idle()
     body = {"model": CHAT_MODEL, "input": COUNT, "max_output_tokens": 4000, "temperature": 0.0, "stream": stream}
     assert _post_and_leave(live_server, "/v1/responses", body) < 2.0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_agents_completions_abort_when_the_client_leaves(live_server, stream):
+    with httpx.Client(base_url=live_server.url, headers=live_server.tenant.headers, timeout=30) as client:
+        created = client.post("/v1/agents", json={"model": CHAT_MODEL, "name": "counter"})
+        assert created.status_code == 200, created.text
+    live_server.wait_idle()
+    body = {
+        "agent_id": created.json()["id"],
+        "messages": [{"role": "user", "content": COUNT}],
+        "max_tokens": 4000,
+        "min_tokens": 4000,
+        "stream": stream,
+    }
+    assert _post_and_leave(live_server, "/v1/agents/completions", body) < 2.0
