@@ -325,6 +325,7 @@ def test_a_fifo_or_device_never_blocks_the_agent(sbx: Sandbox) -> None:
 def test_a_detached_fork_bomb_gets_a_clear_409_and_kill_all_recovers(live) -> None:
     with live.create(timeout=60, cpu=0.5) as bomb:
         limit = live.manager.get(bomb.sandbox_id).spec.limits.pids
+        assert bomb.commands.run("nice").stdout == "10\n"  # the agent, at 0, keeps a share of the CPU
         bomb.commands.run("setsid python3 -c 'import os\nwhile True:\n  try: os.fork()\n  except OSError: pass' &")
         deadline = time.monotonic() + 20
         while bomb.get_metrics()["pids"] < limit * 0.9:
