@@ -4,33 +4,15 @@ journeys a user takes, each leaving a screenshot under tests/console/screenshots
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
-from conftest import Platform, has_bwrap, sign_in
+from console_helpers import Platform, has_bwrap, no_script_errors, seed_usage, shot, sign_in, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def wait_until(page, predicate: str, timeout: float = 30.0) -> None:
-    """Polls `predicate` (a JS function) until true. Playwright's wait_for_function
-    compiles its predicate with eval, which the console's CSP rightly forbids."""
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(predicate):
-        assert time.monotonic() < deadline, f"still false after {timeout} s: {predicate}"
-        page.wait_for_timeout(100)
 
-
-def shot(page, screenshots, name: str) -> None:
-    page.screenshot(path=str(screenshots / f"{name}.png"), full_page=True)
-
-
-def no_script_errors(page) -> None:
-    # Errors the page itself raised or logged (a CSP violation is one), bar the
-    # API answers a test provokes on purpose.
-    unexpected = [e for e in page.errors if "Failed to load resource" not in e]
-    assert not unexpected, unexpected
 
 
 def test_sign_in_and_chat_streams_token_by_token(page, platform: Platform, screenshots):
@@ -241,25 +223,3 @@ def test_admin_creates_a_key_shown_once_and_revoking_it_signs_its_user_out(brows
     page.goto("/admin")
     shot(page, screenshots, "admin")
     no_script_errors(page)
-
-
-def seed_usage(platform: Platform, tenant, *, records: int, days: int) -> None:
-    """Usage records spread over the last `days` days, as the meter writes them."""
-    from datetime import UTC, datetime, timedelta
-
-    from sqlalchemy import insert
-
-    from tramontane.store import UsageRecord
-
-    now = datetime.now(UTC)
-    rows = []
-    for i in range(records):
-        at = now - timedelta(days=i % days, minutes=i)
-        rows.append({
-            "workspace_id": tenant.workspace_id, "api_key_id": tenant.key_id, "created_at": at, "day": at.date(),
-            "model": ("smollm2-135m-instruct", "all-minilm-l6-v2")[i % 2], "request_id": f"seed-{time.time_ns()}-{i}",
-            "prompt_tokens": 10 + i % 7, "completion_tokens": 20 + i % 11, "latency_ms": 100.0 + i,
-            "energy_wh": 0.001 * (1 + i % 3), "energy_source": "estimate",
-        })
-    with platform.tenancy.store.write() as connection:
-        connection.execute(insert(UsageRecord), rows)

@@ -8,8 +8,7 @@ import statistics
 import time
 
 import httpx
-from conftest import ALL, Platform
-from test_browser import seed_usage
+from console_helpers import ALL, Platform, seed_usage
 
 BUDGET_MS = 300.0
 SAMPLES = 7

@@ -7,7 +7,7 @@ import re
 
 import httpx
 import pytest
-from conftest import ALL, Platform, has_bwrap
+from console_helpers import ALL, Platform, has_bwrap
 
 PAGES = ("/playground", "/models", "/usage", "/deployments", "/sandboxes", "/fine-tuning", "/agents")
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import Platform, has_bwrap, sign_in
-from test_browser import no_script_errors, shot, wait_until
+from console_helpers import Platform, has_bwrap, no_script_errors, shot, sign_in, wait_until
 
 pytestmark = pytest.mark.slow
 
