@@ -37,6 +37,8 @@ def test_metrics(http):
         "tramontane_requests_running",
         "tramontane_requests_waiting",
         "tramontane_kv_cache_usage_ratio",
+        "tramontane_requests_shed_total",
+        "tramontane_preemptions_total",
     ):
         assert f"{name}{{" in text, name
 

@@ -37,6 +37,13 @@ class _EngineCollector(Collector):
         queries = CounterMetricFamily(
             "tramontane_prefix_cache_queries", "Prompt tokens looked up in the prefix cache", labels=["model"]
         )
+        shed = CounterMetricFamily(
+            "tramontane_requests_shed", "Requests refused with a 503 once queued, the engine being saturated",
+            labels=["model"],
+        )
+        preempted = CounterMetricFamily(
+            "tramontane_preemptions", "Sequences that gave their KV cache back, to be recomputed", labels=["model"]
+        )
         for name, engine in self.models.engines():
             stats = engine.stats()
             running.add_metric([name], stats.num_running)
@@ -44,7 +51,9 @@ class _EngineCollector(Collector):
             kv.add_metric([name], stats.kv_cache_usage)
             hits.add_metric([name], stats.prefix_cache_hits)
             queries.add_metric([name], stats.prefix_cache_queries)
-        yield from (running, waiting, kv, hits, queries)
+            shed.add_metric([name], stats.num_shed)
+            preempted.add_metric([name], stats.num_preemptions)
+        yield from (running, waiting, kv, hits, queries, shed, preempted)
 
 
 class _WriterCollector(Collector):
