@@ -114,3 +114,28 @@ def _tokenizer_file(folder: str) -> str:
     from tramontane.engine.mistral_format import tokenizer_file
 
     return tokenizer_file(folder)
+
+
+PIXEL = (  # a 1x1 PNG
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
+def test_image_to_a_text_only_model_is_a_400_naming_it(served):
+    url, key, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key)
+    image_parts = [
+        {"type": "image_url", "image_url": {"url": PIXEL}},  # OpenAI's shape
+        {"type": "image_url", "image_url": PIXEL},  # Mistral's string form
+    ]
+    for image in image_parts:
+        content = [{"type": "text", "text": "What is this?"}, image]
+        with pytest.raises(openai.BadRequestError) as error:
+            client.chat.completions.create(model="tiny-mistral", messages=[{"role": "user", "content": content}])
+        assert "The model 'tiny-mistral' does not accept images" in str(error.value)
+    # Nothing was lost: the model still answers.
+    reply = client.chat.completions.create(
+        model="tiny-mistral", messages=[{"role": "user", "content": "Hi"}], max_tokens=2, temperature=0
+    )
+    assert reply.choices[0].message is not None

@@ -140,7 +140,7 @@ def _render_prompt(
     model: ChatModel, body: ChatCompletionRequest, tools: list[dict], add_generation_prompt: bool = True
 ) -> tuple[list[int], str]:
     """Prompt token ids, and the assistant prefix the model continues (Mistral's `prefix`)."""
-    messages = [_template_message(m.model_dump(exclude_none=True)) for m in body.messages]
+    messages = [_template_message(m.model_dump(exclude_none=True), model.name) for m in body.messages]
     prefix = ""
     if body.messages[-1].role == "assistant" and body.messages[-1].prefix:
         prefix = messages.pop()["content"]
@@ -164,23 +164,29 @@ def tool_call_parser(tokenizer: Tokenizer) -> ToolCallStreamParser | MistralTool
     return MistralToolCallParser() if _writes_mistral_calls(tokenizer) else ToolCallStreamParser()
 
 
-def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+def _template_message(message: dict[str, Any], model: str) -> dict[str, Any]:
     """A request message as chat templates expect it: string content, JSON-string arguments."""
     message.pop("prefix", None)
     if message["role"] == "developer":
         message["role"] = "system"
-    message["content"] = _text(message.get("content"))
+    message["content"] = _text(message.get("content"), model)
     for call in message.get("tool_calls", []):
         if not isinstance(call["function"]["arguments"], str):
             call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
     return message
 
 
-def _text(content: str | list[dict[str, Any]] | None) -> str:
+_IMAGE_PARTS = ("image_url", "image", "input_image")
+
+
+def _text(content: str | list[dict[str, Any]] | None, model: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     texts = []
     for part in content:
+        if part["type"] in _IMAGE_PARTS:
+            # Every model served today reads text only (vision encoders are not loaded).
+            raise Invalid(f"The model '{model}' does not accept images: it is a text-only model", param="messages")
         if part["type"] != "text":
             raise Invalid(f"Content parts of type '{part['type']}' are not supported", param="messages")
         texts.append(part.get("text") or "")
