@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +52,7 @@ class Server:
     url: str
     headers: dict[str, str]
     model: str
-    extra_body: dict  # what makes this server generate exactly --tokens tokens
+    exact_tokens: Callable[[int], dict]  # the body fields that make it generate exactly n tokens
 
 
 @dataclass
@@ -113,6 +113,10 @@ def tramontane(args, home: Path) -> Iterator[Server]:
     url = f"http://127.0.0.1:{port}"
     env = server_env(args) | {"TRAMONTANE_HOME": str(home)}
     command = [args.tramontane, "up", "--host", "127.0.0.1", "--port", str(port), "--model", f"{args.name}={args.model}"]
+    # Rounds share the prepared (quantized, repacked) model, as restarts of one server do.
+    shared = home.parent / "prepared"
+    shared.mkdir(exist_ok=True)
+    (home / "prepared").symlink_to(shared)
     log = home / "tramontane.log"
     with running(command, f"{url}/ready", env, log):
         # Not a terminal: the first start writes its admin key to an owner-only file.
@@ -123,7 +127,7 @@ def tramontane(args, home: Path) -> Iterator[Server]:
         created = httpx.post(f"{url}/v1/admin/workspaces/{workspace}/keys", headers=admin, json=body)
         created.raise_for_status()
         headers = {"Authorization": f"Bearer {created.json()['key']}"}
-        yield Server("tramontane", url, headers, args.name, {"min_tokens": args.tokens})
+        yield Server("tramontane", url, headers, args.name, lambda n: {"min_tokens": n})
 
 
 @contextmanager
@@ -135,7 +139,7 @@ def llama_server(args, home: Path) -> Iterator[Server]:
     command += ["--parallel", str(args.concurrency), "--ctx-size", str(512 * args.concurrency)]
     command += ["--threads", str(args.threads), "--threads-batch", str(args.threads), "--no-webui"]
     with running(command, f"{url}/health", server_env(args), home / "llama-server.log"):
-        yield Server("llama-server", url, {}, args.name, {"ignore_eos": True})
+        yield Server("llama-server", url, {}, args.name, lambda n: {"ignore_eos": True})
 
 
 async def stream_one(client: httpx.AsyncClient, server: Server, index: int, tokens: int) -> Stream:
@@ -145,7 +149,7 @@ async def stream_one(client: httpx.AsyncClient, server: Server, index: int, toke
         "max_tokens": tokens,
         "temperature": 0,
         "stream": True,
-        **server.extra_body,
+        **server.exact_tokens(tokens),
     }
     start = time.perf_counter()
     first = last = None
