@@ -212,12 +212,15 @@ def report(results: dict[str, list[dict[int, dict]]], args) -> None:
         f"OMP_WAIT_POLICY={args.omp_wait_policy}, {args.tokens} tokens per request, "
         f"{args.sequential_requests} requests at concurrency 1, {args.requests} at {args.concurrency}"
     )
-    print(f"{'server':<14}{'conc.':>6}{'n':>3}{'output tok/s':>22}{'TTFT ms':>22}{'per-stream tok/s':>22}")
+    widths = (24, 26, 24)
+    titles = ("output tok/s", "TTFT ms", "per-stream tok/s")
+    print(f"{'server':<14}{'conc.':>6}{'n':>3}" + "".join(f"{t:>{w}}" for t, w in zip(titles, widths, strict=True)))
     for name, rounds in results.items():
         for concurrency in (1, args.concurrency):
             runs = [r[concurrency] for r in rounds]
             cells = [describe([r[k] for r in runs]) for k in ("throughput", "ttft_ms", "stream_decode")]
-            print(f"{name:<14}{concurrency:>6}{len(runs):>3}" + "".join(f"{c:>22}" for c in cells))
+            row = "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+            print(f"{name:<14}{concurrency:>6}{len(runs):>3}" + row)
     ours, theirs = results.get("tramontane"), results.get("llama-server")
     if ours and theirs:
         for concurrency in (1, args.concurrency):
