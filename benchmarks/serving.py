@@ -96,6 +96,10 @@ def running(command: list[str], ready_url: str, env: dict[str, str], log: Path) 
     try:
         wait_ready(process, ready_url, log)
         yield process
+    except BaseException:
+        # The server's side of a failed request: its log dies with the temporary directory.
+        print(f"--- last lines of {log.name}:\n{log.read_text()[-3000:]}", file=sys.stderr)
+        raise
     finally:
         process.terminate()
         try:
