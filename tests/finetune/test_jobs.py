@@ -126,7 +126,7 @@ def test_jobs_and_files_of_another_workspace_are_missing(platform: Server) -> No
         assert http.get(f"/v1/fine_tuning/jobs/{job['id']}").status_code == 404
         assert http.post(f"/v1/fine_tuning/jobs/{job['id']}/start").status_code == 404
         assert http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 404
-        assert http.get("/v1/fine_tuning/jobs").json() == {"object": "list", "total": 0, "data": []}
+        assert http.get("/v1/fine_tuning/jobs").json() == {"object": "list", "total": 0, "data": [], "has_more": False}
         stolen = http.post("/v1/fine_tuning/jobs", json={"model": CHAT_MODEL, "training_files": [{"file_id": file_id}]})
         assert stolen.status_code == 404
     with platform.http(owner) as http:

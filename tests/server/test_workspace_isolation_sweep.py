@@ -78,6 +78,8 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("get", "/v1/fine_tuning/jobs/{job_id}"): ({}, None),
     ("post", "/v1/fine_tuning/jobs/{job_id}/start"): ({}, None),
     ("post", "/v1/fine_tuning/jobs/{job_id}/cancel"): ({}, None),
+    ("get", "/v1/fine_tuning/jobs/{job_id}/events"): ({}, None),
+    ("get", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): ({}, None),
     ("get", "/v1/batch/jobs/{job_id}"): ({}, None),
     ("delete", "/v1/batch/jobs/{job_id}"): ({}, None),
     ("post", "/v1/batch/jobs/{job_id}/cancel"): ({}, None),

@@ -9,12 +9,16 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from pydantic import ValidationError
+from fastapi import APIRouter, Body, Depends, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 
 from ..tenancy import Capability, Principal, require
 from . import openai_batches
 from .files import PURPOSES
+from .openai_jobs import CreateOpenAIJob
+from .openai_jobs import page as openai_page
 from .models import FileRow
 from .schemas import CreateBatchRequest, CreateJobRequest
 from .service import FineTuning
@@ -108,8 +112,20 @@ jobs = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
 
 @jobs.post("")
-def create_job(body: CreateJobRequest, principal: FineTuneKey, service: Service) -> dict[str, Any]:
-    return service.jobs.create(principal.workspace_id, body)
+def create_job(body: Annotated[dict[str, Any], Body()], principal: FineTuneKey, service: Service) -> dict[str, Any]:
+    """Mistral's body (`training_files`) or OpenAI's (`training_file`); the job is
+    shown in the shape it was created in. Validated here, so that a bad body's 422
+    names its fields as the mistralai SDK expects (`["body", "training_files"]`)."""
+    shape: type[CreateJobRequest] | type[CreateOpenAIJob] = (
+        CreateOpenAIJob if "training_file" in body and "training_files" not in body else CreateJobRequest
+    )
+    try:
+        request = shape.model_validate(body)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    if isinstance(request, CreateOpenAIJob):
+        return service.jobs.create(principal.workspace_id, request.as_mistral(), api="openai")
+    return service.jobs.create(principal.workspace_id, request)
 
 
 @jobs.get("")
@@ -122,16 +138,15 @@ def list_jobs(
     status: str | None = None,
     created_after: datetime | None = None,
     suffix: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int | None, Query(ge=1, le=100)] = None,
 ) -> dict[str, Any]:
-    return service.jobs.list(
-        principal.workspace_id,
-        page=page,
-        page_size=page_size,
-        model=model,
-        status=status,
-        created_after=created_after,
-        suffix=suffix,
-    )
+    """Mistral's pages (`page`, `page_size`), or OpenAI's cursor (`after`, `limit`)."""
+    filters = {"model": model, "status": status, "created_after": created_after, "suffix": suffix}
+    if after is None and limit is None:
+        return service.jobs.list(principal.workspace_id, page=page, page_size=page_size, **filters)
+    every = service.jobs.list(principal.workspace_id, page=0, page_size=1_000_000, **filters)["data"]
+    return openai_page(every, after, limit or 20)
 
 
 @jobs.get("/{job_id}")
@@ -142,6 +157,30 @@ def get_job(job_id: str, principal: FineTuneKey, service: Service) -> dict[str, 
 @jobs.post("/{job_id}/start")
 def start_job(job_id: str, principal: FineTuneKey, service: Service) -> dict[str, Any]:
     return service.jobs.start(principal.workspace_id, job_id)
+
+
+@jobs.get("/{job_id}/events")
+def list_job_events(
+    job_id: str,
+    principal: FineTuneKey,
+    service: Service,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """OpenAI's list of the job's events, newest first."""
+    return openai_page(service.jobs.openai_events(principal.workspace_id, job_id), after, limit)
+
+
+@jobs.get("/{job_id}/checkpoints")
+def list_job_checkpoints(
+    job_id: str,
+    principal: FineTuneKey,
+    service: Service,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> dict[str, Any]:
+    """OpenAI's list of the job's checkpoints, latest step first."""
+    return openai_page(service.jobs.openai_checkpoints(principal.workspace_id, job_id), after, limit)
 
 
 @jobs.post("/{job_id}/cancel")

@@ -23,6 +23,7 @@ from ..tenancy.directory import workspace_dir
 from .dataset import DatasetError, Example, encode, parse_chat_jsonl
 from .files import FileStore
 from .models import FineTuningJobRow
+from .openai_jobs import openai_checkpoints, openai_events, openai_job_view
 from .schemas import CreateJobRequest
 
 QUEUED, VALIDATING, VALIDATED, RUNNING = "QUEUED", "VALIDATING", "VALIDATED", "RUNNING"
@@ -66,6 +67,9 @@ def transition(job: FineTuningJobRow, status: str, **data: Any) -> None:
 
 
 def job_view(job: FineTuningJobRow, detailed: bool = True) -> dict[str, Any]:
+    """The job in the shape of the API it was created through."""
+    if job.api == "openai":
+        return openai_job_view(job)
     view = {
         "id": job.id,
         "object": "job",
@@ -131,7 +135,8 @@ class FineTuningJobs:
 
     # -- API operations --------------------------------------------------------------
 
-    def create(self, workspace_id: str, request: CreateJobRequest) -> dict[str, Any]:
+    def create(self, workspace_id: str, request: CreateJobRequest, api: str = "mistral") -> dict[str, Any]:
+        """A new job (validated at once); `api` is the shape it is shown in from now on."""
         if request.model not in self.base_models:
             raise NotFound(f"The model '{request.model}' cannot be fine-tuned here", code="model_not_found", param="model"
             )
@@ -152,6 +157,7 @@ class FineTuningJobs:
             suffix=request.suffix,
             events=[],
             checkpoints=[],
+            api=api,
         )
         transition(job, VALIDATING)
         self._validate(job)
@@ -233,7 +239,10 @@ class FineTuningJobs:
                 .offset(page * page_size)
                 .limit(page_size)
             ).all()
-            return {"object": "list", "total": total, "data": [job_view(job, detailed=False) for job in jobs]}
+            views = [job_view(job, detailed=False) for job in jobs]
+            # has_more: the openai SDK pages on until it is false.
+            more = (page + 1) * page_size < total
+            return {"object": "list", "total": total, "data": views, "has_more": more}
 
     def start(self, workspace_id: str, job_id: str) -> dict[str, Any]:
         with self.store.write_session() as session:
@@ -245,6 +254,14 @@ class FineTuningJobs:
             view = job_view(job)
         self.on_queued()
         return view
+
+    def openai_events(self, workspace_id: str, job_id: str) -> list[dict[str, Any]]:
+        with self.store.session() as session:
+            return openai_events(self._owned(session, workspace_id, job_id))
+
+    def openai_checkpoints(self, workspace_id: str, job_id: str) -> list[dict[str, Any]]:
+        with self.store.session() as session:
+            return openai_checkpoints(self._owned(session, workspace_id, job_id))
 
     def cancel(self, workspace_id: str, job_id: str) -> dict[str, Any]:
         """Cancels a job not yet running at once; a running one stops at its next step."""

@@ -49,6 +49,8 @@ class FineTuningJobRow(WorkspaceOwned, Base):
     checkpoints: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The API whose shapes the job was created in, and is shown in: "mistral" or "openai".
+    api: Mapped[str] = mapped_column(String(16), default="mistral", server_default="mistral")
 
 
 class BatchJobRow(WorkspaceOwned, Base):

@@ -1,0 +1,175 @@
+"""OpenAI's fine-tuning shapes over the same jobs as Mistral's: a create body with
+`training_file` and OpenAI's `hyperparameters` (or `method.supervised`), jobs shown
+as `fine_tuning.job` objects with lowercase statuses, and the job's events and
+checkpoints as OpenAI's lists. A job is shown in the shape it was created in."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .models import FineTuningJobRow
+from .schemas import CreateJobRequest, Hyperparameters, TrainingFile
+
+# Mistral's default rate: OpenAI's learning_rate_multiplier scales it.
+BASE_LEARNING_RATE = 1e-4
+_STATUS = {
+    "VALIDATING": "validating_files",
+    "VALIDATED": "queued",
+    "QUEUED": "queued",
+    "RUNNING": "running",
+    "SUCCESS": "succeeded",
+    "FAILED": "failed",
+    "FAILED_VALIDATION": "failed",
+    "CANCELLATION_REQUESTED": "cancelled",
+    "CANCELLED": "cancelled",
+}
+
+
+def unix(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment is not None else None
+
+
+class OpenAIHyperparameters(BaseModel):
+    n_epochs: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+
+
+class SupervisedMethod(BaseModel):
+    hyperparameters: OpenAIHyperparameters = Field(default_factory=OpenAIHyperparameters)
+
+
+class Method(BaseModel):
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedMethod | None = None
+
+
+class CreateOpenAIJob(BaseModel):
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: OpenAIHyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = Field(None, max_length=18, pattern=r"^[A-Za-z0-9_-]+$")
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+
+    def as_mistral(self) -> CreateJobRequest:
+        chosen = self.hyperparameters
+        if chosen is None and self.method is not None and self.method.supervised is not None:
+            chosen = self.method.supervised.hyperparameters
+        chosen = chosen or OpenAIHyperparameters()
+        params = Hyperparameters(
+            epochs=None if chosen.n_epochs == "auto" else float(chosen.n_epochs),
+            learning_rate=BASE_LEARNING_RATE * (1.0 if chosen.learning_rate_multiplier == "auto"
+                                                else chosen.learning_rate_multiplier),
+        )
+        return CreateJobRequest(
+            model=self.model,
+            training_files=[TrainingFile(file_id=self.training_file)],
+            validation_files=[self.validation_file] if self.validation_file else None,
+            hyperparameters=params,
+            suffix=self.suffix,
+        )
+
+
+def openai_job_view(job: FineTuningJobRow) -> dict[str, Any]:
+    status = _STATUS[job.status]
+    params = job.hyperparameters
+    failure = next((e for e in reversed(job.events) if e["data"].get("status") in ("FAILED", "FAILED_VALIDATION")),
+                   None)
+    epochs = params.get("epochs")
+    return {
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "model": job.model,
+        "created_at": unix(job.created_at),
+        "finished_at": unix(job.modified_at) if status in ("succeeded", "failed", "cancelled") else None,
+        "fine_tuned_model": job.fine_tuned_model,
+        "organization_id": job.workspace_id,
+        "result_files": [],
+        "status": status,
+        "validation_file": job.validation_files[0] if job.validation_files else None,
+        "training_file": job.training_files[0]["file_id"],
+        "hyperparameters": {
+            "n_epochs": round(epochs) if epochs else "auto",
+            "batch_size": "auto",
+            "learning_rate_multiplier": params.get("learning_rate", BASE_LEARNING_RATE) / BASE_LEARNING_RATE,
+        },
+        "trained_tokens": job.trained_tokens,
+        "error": _error(failure) if status == "failed" else None,
+        "seed": 0,
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": None,
+        "method": {"type": "supervised"},
+        "suffix": job.suffix,
+    }
+
+
+def _error(event: dict[str, Any] | None) -> dict[str, Any]:
+    data = (event or {}).get("data", {})
+    message = data.get("error") or data.get("message") or "the job failed"
+    return {"code": "job_failed", "message": str(message), "param": None}
+
+
+def openai_events(job: FineTuningJobRow) -> list[dict[str, Any]]:
+    """The job's status changes and checkpoints as `fine_tuning.job.event`s, newest first."""
+    events = [
+        {
+            "id": f"ftevent-{job.id}-{index}",
+            "object": "fine_tuning.job.event",
+            "created_at": event["created_at"],
+            "level": "error" if event["data"].get("status") in ("FAILED", "FAILED_VALIDATION") else "info",
+            "message": f"Status: {_STATUS.get(event['data'].get('status', ''), event['data'].get('status'))}",
+            "type": "message",
+            "data": event["data"],
+        }
+        for index, event in enumerate(job.events)
+    ]
+    events += [
+        {
+            "id": f"ftevent-{job.id}-step-{checkpoint['step_number']}",
+            "object": "fine_tuning.job.event",
+            "created_at": checkpoint["created_at"],
+            "level": "info",
+            "message": f"Step {checkpoint['step_number']}",
+            "type": "metrics",
+            "data": {"step": checkpoint["step_number"], **checkpoint.get("metrics", {})},
+        }
+        for checkpoint in job.checkpoints
+    ]
+    return sorted(events, key=lambda e: e["created_at"] or 0, reverse=True)
+
+
+def openai_checkpoints(job: FineTuningJobRow) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"ftckpt-{job.id}-{checkpoint['step_number']}",
+            "object": "fine_tuning.job.checkpoint",
+            "created_at": checkpoint["created_at"],
+            "fine_tuned_model_checkpoint": f"{job.fine_tuned_model or job.id}:ckpt-step-{checkpoint['step_number']}",
+            "fine_tuning_job_id": job.id,
+            "step_number": checkpoint["step_number"],
+            "metrics": {"step": checkpoint["step_number"], **checkpoint.get("metrics", {})},
+        }
+        for checkpoint in reversed(job.checkpoints)
+    ]
+
+
+def page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[str, Any]:
+    """OpenAI's cursor page over `items` (already in their listing order)."""
+    if after is not None:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    chosen = items[:limit]
+    return {
+        "object": "list",
+        "data": chosen,
+        "first_id": chosen[0]["id"] if chosen else None,
+        "last_id": chosen[-1]["id"] if chosen else None,
+        "has_more": len(items) > limit,
+    }
