@@ -61,3 +61,22 @@ def test_cancel_bad_files_and_other_workspaces(platform: Server) -> None:
     assert failed.status == "failed" and failed.error.message
     with pytest.raises(openai.NotFoundError):
         client.fine_tuning.jobs.create(model="gpt-9", training_file=train.id)
+
+
+def test_openai_job_trains_a_served_model(platform: Server) -> None:
+    client = platform.openai(platform.tenant("openai-ft-success"))
+    train = client.files.create(file=("train.jsonl", jsonl(TRAINING_LINE)), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=CHAT_MODEL, training_file=train.id, hyperparameters={"n_epochs": 2}, suffix="oai"
+    )
+    done = wait(client, job.id, timeout=200)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model.startswith(f"ft:{CHAT_MODEL}:oai:") and done.trained_tokens > 0
+    assert done.finished_at >= done.created_at
+    assert [j.id for j in client.fine_tuning.jobs.list()] == [job.id]  # the SDK's pages end
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id).data if e.type == "message"]
+    assert messages[0] == "Status: succeeded" and "Status: running" in messages
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints and checkpoints[0].fine_tuning_job_id == job.id
+    with pytest.raises(openai.ConflictError):
+        client.fine_tuning.jobs.cancel(job.id)
