@@ -19,7 +19,10 @@ from tramontane.sandbox import ManagerConfig, SandboxManager
 from tramontane.tenancy import Tenancy
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, not session-scoped: the platform's server and Playwright's sync API (which
+# holds a running event loop in the main thread while it is open) must be gone before the
+# other folders' asyncio tests run.
+@pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("console-home")
     tenancy = Tenancy.open(f"sqlite:///{home / 'tramontane.db'}", home=home)
@@ -35,7 +38,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     tenancy.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (scripts/install-system-deps.sh installs Debian's)")
