@@ -149,6 +149,9 @@ def test_bad_sampling_params():
         SamplingParams(logprobs=50)
     with pytest.raises(InvalidRequestError):
         SamplingParams(repetition_penalty=5e-324)  # found by the API fuzzer: overflowed to inf
+    with pytest.raises(InvalidRequestError) as err:
+        SamplingParams(max_tokens=4, min_tokens=5)
+    assert err.value.param == "min_tokens"
 
 
 def test_admission_control_rejects_when_queue_full(make_engine):
