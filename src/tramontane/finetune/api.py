@@ -19,9 +19,9 @@ from . import openai_batches
 from .files import PURPOSES
 from .openai_jobs import CreateOpenAIJob
 from .openai_jobs import page as openai_page
-from .models import FileRow
 from .schemas import CreateBatchRequest, CreateJobRequest
 from .service import FineTuning
+from .views import batch_view, file_view, job_view
 
 FineTuneKey = Annotated[Principal, Depends(require(Capability.FINE_TUNE))]
 InferenceKey = Annotated[Principal, Depends(require(Capability.INFERENCE))]
@@ -35,24 +35,6 @@ async def _service(request: Request) -> FineTuning:
 
 
 Service = Annotated[FineTuning, Depends(_service)]
-
-
-def file_view(row: FileRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "object": "file",
-        "bytes": row.bytes,
-        "created_at": int(row.created_at.timestamp()),
-        "filename": row.filename,
-        "purpose": row.purpose,
-        "sample_type": row.sample_type,
-        "source": row.source,
-        "num_lines": row.num_lines,
-        "mimetype": row.mimetype,
-        "deleted": False,  # Mistral's retrieve requires it
-        "status": "processed",  # OpenAI's
-        "expires_at": None,
-    }
 
 
 files = APIRouter(prefix="/v1/files", tags=["files"])
@@ -124,8 +106,8 @@ def create_job(body: Annotated[dict[str, Any], Body()], principal: FineTuneKey, 
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     if isinstance(request, CreateOpenAIJob):
-        return service.jobs.create(principal.workspace_id, request.as_mistral(), api="openai")
-    return service.jobs.create(principal.workspace_id, request)
+        return job_view(service.jobs.create(principal.workspace_id, request.as_mistral(), api="openai"))
+    return job_view(service.jobs.create(principal.workspace_id, request))
 
 
 @jobs.get("")
@@ -144,19 +126,23 @@ def list_jobs(
     """Mistral's pages (`page`, `page_size`), or OpenAI's cursor (`after`, `limit`)."""
     filters = {"model": model, "status": status, "created_after": created_after, "suffix": suffix}
     if after is None and limit is None:
-        return service.jobs.list(principal.workspace_id, page=page, page_size=page_size, **filters)
-    every = service.jobs.list(principal.workspace_id, page=0, page_size=1_000_000, **filters)["data"]
-    return openai_page(every, after, limit or 20)
+        rows, total = service.jobs.list(principal.workspace_id, page=page, page_size=page_size, **filters)
+        # has_more: the openai SDK pages on until it is false.
+        more = (page + 1) * page_size < total
+        views = [job_view(job, detailed=False) for job in rows]
+        return {"object": "list", "total": total, "data": views, "has_more": more}
+    every, _ = service.jobs.list(principal.workspace_id, page=0, page_size=1_000_000, **filters)
+    return openai_page([job_view(job, detailed=False) for job in every], after, limit or 20)
 
 
 @jobs.get("/{job_id}")
 def get_job(job_id: str, principal: FineTuneKey, service: Service) -> dict[str, Any]:
-    return service.jobs.get(principal.workspace_id, job_id)
+    return job_view(service.jobs.get(principal.workspace_id, job_id))
 
 
 @jobs.post("/{job_id}/start")
 def start_job(job_id: str, principal: FineTuneKey, service: Service) -> dict[str, Any]:
-    return service.jobs.start(principal.workspace_id, job_id)
+    return job_view(service.jobs.start(principal.workspace_id, job_id))
 
 
 @jobs.get("/{job_id}/events")
@@ -185,7 +171,7 @@ def list_job_checkpoints(
 
 @jobs.post("/{job_id}/cancel")
 def cancel_job(job_id: str, principal: FineTuneKey, service: Service) -> dict[str, Any]:
-    return service.jobs.cancel(principal.workspace_id, job_id)
+    return job_view(service.jobs.cancel(principal.workspace_id, job_id))
 
 
 batches = APIRouter(prefix="/v1/batch/jobs", tags=["batch"])
@@ -193,7 +179,7 @@ batches = APIRouter(prefix="/v1/batch/jobs", tags=["batch"])
 
 @batches.post("")
 async def create_batch(body: CreateBatchRequest, principal: InferenceKey, service: Service) -> dict[str, Any]:
-    return await service.batches.create(principal.workspace_id, principal.key_id, body)
+    return batch_view(await service.batches.create(principal.workspace_id, principal.key_id, body))
 
 
 @batches.get("")
@@ -206,19 +192,20 @@ def list_batches(
     status: Annotated[list[str] | None, Query()] = None,
     created_after: datetime | None = None,
 ) -> dict[str, Any]:
-    return service.batches.list(
+    rows, total = service.batches.list(
         principal.workspace_id, page=page, page_size=page_size, model=model, status=status, created_after=created_after
     )
+    return {"object": "list", "total": total, "data": [batch_view(job) for job in rows]}
 
 
 @batches.get("/{job_id}")
 def get_batch(job_id: str, principal: InferenceKey, service: Service) -> dict[str, Any]:
-    return service.batches.get(principal.workspace_id, job_id)
+    return batch_view(service.batches.get(principal.workspace_id, job_id))
 
 
 @batches.post("/{job_id}/cancel")
 async def cancel_batch(job_id: str, principal: InferenceKey, service: Service) -> dict[str, Any]:
-    return await service.batches.cancel(principal.workspace_id, job_id)
+    return batch_view(await service.batches.cancel(principal.workspace_id, job_id))
 
 
 @batches.delete("/{job_id}")

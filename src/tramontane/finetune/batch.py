@@ -55,28 +55,6 @@ LineExecutor = Callable[[BatchRequest], Awaitable[dict[str, Any]]]
 Executor = Callable[[BatchJobRow], Awaitable[LineExecutor]]
 
 
-def batch_view(job: BatchJobRow) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "object": "batch",
-        "input_files": job.input_files,
-        "endpoint": job.endpoint,
-        "model": job.model,
-        "metadata": job.job_metadata,
-        "errors": job.errors,
-        "status": job.status,
-        "created_at": unix(job.created_at),
-        "started_at": unix(job.started_at),
-        "completed_at": unix(job.completed_at),
-        "total_requests": job.total_requests,
-        "completed_requests": job.completed_requests,
-        "succeeded_requests": job.succeeded_requests,
-        "failed_requests": job.failed_requests,
-        "output_file": job.output_file,
-        "error_file": job.error_file,
-    }
-
-
 def _error_line(line_id: str, custom_id: Any, error: APIError) -> dict[str, Any]:
     return {
         "id": line_id,
@@ -108,12 +86,12 @@ class BatchJobs:
 
     # -- API operations --------------------------------------------------------------
 
-    async def create(self, workspace_id: str, api_key_id: str, request: CreateBatchRequest) -> dict[str, Any]:
-        view = await anyio.to_thread.run_sync(self._insert, workspace_id, api_key_id, request)
+    async def create(self, workspace_id: str, api_key_id: str, request: CreateBatchRequest) -> BatchJobRow:
+        job = await anyio.to_thread.run_sync(self._insert, workspace_id, api_key_id, request)
         await self.run_pending()
-        return view
+        return job
 
-    def _insert(self, workspace_id: str, api_key_id: str, request: CreateBatchRequest) -> dict[str, Any]:
+    def _insert(self, workspace_id: str, api_key_id: str, request: CreateBatchRequest) -> BatchJobRow:
         for file_id in request.input_files:
             if self.files.get(workspace_id, file_id).purpose != "batch":
                 raise Invalid(f"File '{file_id}' was not uploaded with purpose 'batch'", param="input_files")
@@ -130,14 +108,14 @@ class BatchJobs:
         )
         with self.store.write_session() as session:
             session.add(job)
-        return batch_view(job)
+        return job
 
     def _owned(self, session: Any, workspace_id: str, job_id: str) -> BatchJobRow:
         return get_owned(session, BatchJobRow, job_id, workspace_id, "batch job", code="job_not_found", param="job_id")
 
-    def get(self, workspace_id: str, job_id: str) -> dict[str, Any]:
+    def get(self, workspace_id: str, job_id: str) -> BatchJobRow:
         with self.store.session() as session:
-            return batch_view(self._owned(session, workspace_id, job_id))
+            return self._owned(session, workspace_id, job_id)
 
     def list(
         self,
@@ -148,7 +126,8 @@ class BatchJobs:
         model: str | None,
         status: list[str] | None,
         created_after: datetime | None,
-    ) -> dict[str, Any]:
+    ) -> tuple[list[BatchJobRow], int]:
+        """One page of the workspace's batch jobs, newest first, and how many match in all."""
         query = owned(BatchJobRow, workspace_id)
         if model is not None:
             query = query.where(BatchJobRow.model == model)
@@ -161,9 +140,9 @@ class BatchJobs:
             jobs = session.scalars(
                 query.order_by(BatchJobRow.created_at.desc(), BatchJobRow.id).offset(page * page_size).limit(page_size)
             ).all()
-            return {"object": "list", "total": total, "data": [batch_view(job) for job in jobs]}
+            return list(jobs), total
 
-    def page_after(self, workspace_id: str, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    def page_after(self, workspace_id: str, after: str | None, limit: int) -> tuple[list[BatchJobRow], bool]:
         """Up to `limit` jobs, newest first, from the one after job `after` (OpenAI's
         cursor; an unknown cursor starts from the newest), and whether more follow."""
         query = owned(BatchJobRow, workspace_id)
@@ -176,22 +155,22 @@ class BatchJobs:
                 )
             ordered = query.order_by(BatchJobRow.created_at.desc(), BatchJobRow.id).limit(limit + 1)
             jobs = session.scalars(ordered).all()
-            return [batch_view(job) for job in jobs[:limit]], len(jobs) > limit
+            return list(jobs[:limit]), len(jobs) > limit
 
-    async def cancel(self, workspace_id: str, job_id: str) -> dict[str, Any]:
-        view = await anyio.to_thread.run_sync(self._request_cancel, workspace_id, job_id)
+    async def cancel(self, workspace_id: str, job_id: str) -> BatchJobRow:
+        job = await anyio.to_thread.run_sync(self._request_cancel, workspace_id, job_id)
         task = self._tasks.get(job_id)
         if task is not None:
             task.cancel()  # its handler records CANCELLED once the task has stopped
-        return view
+        return job
 
-    def _request_cancel(self, workspace_id: str, job_id: str) -> dict[str, Any]:
+    def _request_cancel(self, workspace_id: str, job_id: str) -> BatchJobRow:
         with self.store.write_session() as session:
             job = self._owned(session, workspace_id, job_id)
             if job.status in TERMINAL:
                 raise Conflict(f"Batch job '{job_id}' is already {job.status}", code="invalid_status")
             job.status = CANCELLATION_REQUESTED if job.id in self._tasks else CANCELLED
-            return batch_view(job)
+            return job
 
     def delete(self, workspace_id: str, job_id: str) -> dict[str, Any]:
         with self.store.write_session() as session:

@@ -1,5 +1,5 @@
-"""Fine-tuning jobs: creation with dataset validation, the status machine, and
-the views the API returns (Mistral's job objects)."""
+"""Fine-tuning jobs: creation with dataset validation and the status machine.
+The API's views of a job are built in `views`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ..tenancy.directory import workspace_dir
 from .dataset import DatasetError, Example, encode, parse_chat_jsonl
 from .files import FileStore
 from .models import FineTuningJobRow
-from .openai_jobs import openai_checkpoints, openai_events, openai_job_view
+from .openai_jobs import openai_checkpoints, openai_events
 from .schemas import CreateJobRequest
 
 QUEUED, VALIDATING, VALIDATED, RUNNING = "QUEUED", "VALIDATING", "VALIDATED", "RUNNING"
@@ -64,34 +64,6 @@ def transition(job: FineTuningJobRow, status: str, **data: Any) -> None:
     job.modified_at = utcnow()
     event = {"name": "status-updated", "data": {"status": status, **data}, "created_at": unix(job.modified_at)}
     job.events = [*job.events, event]  # a new list: SQLAlchemy tracks JSON by assignment
-
-
-def job_view(job: FineTuningJobRow, detailed: bool = True) -> dict[str, Any]:
-    """The job in the shape of the API it was created through."""
-    if job.api == "openai":
-        return openai_job_view(job)
-    view = {
-        "id": job.id,
-        "object": "job",
-        "job_type": "completion",
-        "auto_start": job.auto_start,
-        "model": job.model,
-        "status": job.status,
-        "created_at": unix(job.created_at),
-        "modified_at": unix(job.modified_at),
-        "training_files": [f["file_id"] for f in job.training_files],
-        "validation_files": job.validation_files,
-        "hyperparameters": job.hyperparameters,
-        "fine_tuned_model": job.fine_tuned_model,
-        "suffix": job.suffix,
-        "integrations": [],
-        "trained_tokens": job.trained_tokens,
-        "metadata": None,
-    }
-    if detailed:
-        view["events"] = list(reversed(job.events))  # newest first, as Mistral lists them
-        view["checkpoints"] = list(reversed(job.checkpoints))
-    return view
 
 
 def job_dir(home: Path, job: FineTuningJobRow) -> Path:
@@ -135,7 +107,7 @@ class FineTuningJobs:
 
     # -- API operations --------------------------------------------------------------
 
-    def create(self, workspace_id: str, request: CreateJobRequest, api: str = "mistral") -> dict[str, Any]:
+    def create(self, workspace_id: str, request: CreateJobRequest, api: str = "mistral") -> FineTuningJobRow:
         """A new job (validated at once); `api` is the shape it is shown in from now on."""
         if request.model not in self.base_models:
             raise NotFound(f"The model '{request.model}' cannot be fine-tuned here", code="model_not_found", param="model"
@@ -167,7 +139,7 @@ class FineTuningJobs:
             session.add(job)
         if job.status == QUEUED:
             self.on_queued()
-        return job_view(job)
+        return job
 
     def _validate(self, job: FineTuningJobRow) -> None:
         """Reads every file as the trainer will; the job ends FAILED_VALIDATION with
@@ -207,9 +179,9 @@ class FineTuningJobs:
             session, FineTuningJobRow, job_id, workspace_id, "fine-tuning job", code="job_not_found", param="job_id"
         )
 
-    def get(self, workspace_id: str, job_id: str) -> dict[str, Any]:
+    def get(self, workspace_id: str, job_id: str) -> FineTuningJobRow:
         with self.store.session() as session:
-            return job_view(self._owned(session, workspace_id, job_id))
+            return self._owned(session, workspace_id, job_id)
 
     def list(
         self,
@@ -221,7 +193,8 @@ class FineTuningJobs:
         status: str | None = None,
         created_after: datetime | None = None,
         suffix: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> tuple[list[FineTuningJobRow], int]:
+        """One page of the workspace's jobs, newest first, and how many match in all."""
         query = owned(FineTuningJobRow, workspace_id)
         for column, value in (
             (FineTuningJobRow.model, model),
@@ -239,21 +212,17 @@ class FineTuningJobs:
                 .offset(page * page_size)
                 .limit(page_size)
             ).all()
-            views = [job_view(job, detailed=False) for job in jobs]
-            # has_more: the openai SDK pages on until it is false.
-            more = (page + 1) * page_size < total
-            return {"object": "list", "total": total, "data": views, "has_more": more}
+            return list(jobs), total
 
-    def start(self, workspace_id: str, job_id: str) -> dict[str, Any]:
+    def start(self, workspace_id: str, job_id: str) -> FineTuningJobRow:
         with self.store.write_session() as session:
             job = self._owned(session, workspace_id, job_id)
             if job.status != VALIDATED:
                 raise Conflict(f"Job '{job_id}' is {job.status}; only a VALIDATED job can be started", code="invalid_status"
                 )
             transition(job, QUEUED)
-            view = job_view(job)
         self.on_queued()
-        return view
+        return job
 
     def openai_events(self, workspace_id: str, job_id: str) -> list[dict[str, Any]]:
         with self.store.session() as session:
@@ -263,7 +232,7 @@ class FineTuningJobs:
         with self.store.session() as session:
             return openai_checkpoints(self._owned(session, workspace_id, job_id))
 
-    def cancel(self, workspace_id: str, job_id: str) -> dict[str, Any]:
+    def cancel(self, workspace_id: str, job_id: str) -> FineTuningJobRow:
         """Cancels a job not yet running at once; a running one stops at its next step."""
         with self.store.write_session() as session:
             job = self._owned(session, workspace_id, job_id)
@@ -273,4 +242,4 @@ class FineTuningJobs:
                 transition(job, CANCELLATION_REQUESTED)
             elif job.status != CANCELLATION_REQUESTED:
                 transition(job, CANCELLED)
-            return job_view(job)
+            return job

@@ -15,7 +15,7 @@ from .schemas import CreateJobRequest, Hyperparameters, TrainingFile
 
 # Mistral's default rate: OpenAI's learning_rate_multiplier scales it.
 BASE_LEARNING_RATE = 1e-4
-_STATUS = {
+OPENAI_STATUS = {
     "VALIDATING": "validating_files",
     "VALIDATED": "queued",
     "QUEUED": "queued",
@@ -76,46 +76,6 @@ class CreateOpenAIJob(BaseModel):
         )
 
 
-def openai_job_view(job: FineTuningJobRow) -> dict[str, Any]:
-    status = _STATUS[job.status]
-    params = job.hyperparameters
-    failure = next((e for e in reversed(job.events) if e["data"].get("status") in ("FAILED", "FAILED_VALIDATION")),
-                   None)
-    epochs = params.get("epochs")
-    return {
-        "id": job.id,
-        "object": "fine_tuning.job",
-        "model": job.model,
-        "created_at": unix(job.created_at),
-        "finished_at": unix(job.modified_at) if status in ("succeeded", "failed", "cancelled") else None,
-        "fine_tuned_model": job.fine_tuned_model,
-        "organization_id": job.workspace_id,
-        "result_files": [],
-        "status": status,
-        "validation_file": job.validation_files[0] if job.validation_files else None,
-        "training_file": job.training_files[0]["file_id"],
-        "hyperparameters": {
-            "n_epochs": round(epochs) if epochs else "auto",
-            "batch_size": "auto",
-            "learning_rate_multiplier": params.get("learning_rate", BASE_LEARNING_RATE) / BASE_LEARNING_RATE,
-        },
-        "trained_tokens": job.trained_tokens,
-        "error": _error(failure) if status == "failed" else None,
-        "seed": 0,
-        "estimated_finish": None,
-        "integrations": [],
-        "metadata": None,
-        "method": {"type": "supervised"},
-        "suffix": job.suffix,
-    }
-
-
-def _error(event: dict[str, Any] | None) -> dict[str, Any]:
-    data = (event or {}).get("data", {})
-    message = data.get("error") or data.get("message") or "the job failed"
-    return {"code": "job_failed", "message": str(message), "param": None}
-
-
 def openai_events(job: FineTuningJobRow) -> list[dict[str, Any]]:
     """The job's status changes and checkpoints as `fine_tuning.job.event`s, newest first."""
     events = [
@@ -124,7 +84,7 @@ def openai_events(job: FineTuningJobRow) -> list[dict[str, Any]]:
             "object": "fine_tuning.job.event",
             "created_at": event["created_at"],
             "level": "error" if event["data"].get("status") in ("FAILED", "FAILED_VALIDATION") else "info",
-            "message": f"Status: {_STATUS.get(event['data'].get('status', ''), event['data'].get('status'))}",
+            "message": f"Status: {OPENAI_STATUS.get(event['data'].get('status', ''), event['data'].get('status'))}",
             "type": "message",
             "data": event["data"],
         }
