@@ -9,11 +9,13 @@ status and an OpenAI/Mistral error body:
      +-- Conflict         the object's state forbids the operation now (409)
      +-- Invalid          a malformed or out-of-range request; `param` names the field (400)
      |    +-- TooLarge    a body, file, image or output over its size limit (413)
+     |    +-- Unprocessable  a body that fails its schema, outside FastAPI's own validation (422)
      +-- Unauthorized     no valid credential (401)
      +-- Forbidden        a valid credential without the right (403)
      +-- Limited          one of the caller's quotas or rate limits (429, Retry-After)
      +-- Unavailable      the platform cannot do it now: overloaded, starting, draining (503)
      +-- UpstreamFailed   a process serving the request for the platform failed mid-way (502)
+     +-- ClientGone       the client closed the request before its answer (499, for logs and metrics)
 
 `APIError` is an error already in HTTP's terms. `as_api_error` is the edge's one table
 from a kind to its status (`STATUS_OF_KIND`); anything that is not a domain error
@@ -33,8 +35,8 @@ if TYPE_CHECKING:
     from starlette.responses import JSONResponse
 
 __all__ = [
-    "STATUS_OF_KIND", "APIError", "Conflict", "Forbidden", "Invalid", "Limited", "NotFound", "TooLarge",
-    "TramontaneError", "Unauthorized", "Unavailable", "UpstreamFailed", "as_api_error",
+    "STATUS_OF_KIND", "APIError", "ClientGone", "Conflict", "Forbidden", "Invalid", "Limited", "NotFound", "TooLarge",
+    "TramontaneError", "Unauthorized", "Unavailable", "Unprocessable", "UpstreamFailed", "as_api_error", "of_status",
 ]
 
 log = logging.getLogger("tramontane.errors")
@@ -77,6 +79,13 @@ class TooLarge(Invalid):
     default_code = "too_large"
 
 
+class Unprocessable(Invalid):
+    """A body that parses but fails its schema where FastAPI does not validate it (a
+    batch line): 422, the status the same body gets from the live endpoint."""
+
+    default_code = "invalid_request"
+
+
 class Unauthorized(TramontaneError):
     default_code = "unauthorized"
 
@@ -95,6 +104,13 @@ class Unavailable(TramontaneError):
 
 class UpstreamFailed(TramontaneError):
     default_code = "upstream_failed"
+
+
+class ClientGone(TramontaneError):
+    """The client closed the request; no one reads the answer, but logs and metrics
+    count it apart from the platform's own failures."""
+
+    default_code = "client_closed_request"
 
 
 # OpenAI's error types, by status.
@@ -159,13 +175,23 @@ STATUS_OF_KIND: tuple[tuple[type[TramontaneError], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (TooLarge, 413),
+    (Unprocessable, 422),
     (Invalid, 400),
     (Unauthorized, 401),
     (Forbidden, 403),
     (Limited, 429),
     (Unavailable, 503),
     (UpstreamFailed, 502),
+    (ClientGone, 499),  # nginx's "client closed request"
 )
+
+
+def of_status(status: int, message: str) -> TramontaneError:
+    """The domain error that `as_api_error` shows with `status`: for an error that
+    crossed a boundary as a status only (a run's in-band error event). A status of
+    no kind is an error of no kind, shown as the generic 500."""
+    kind = next((kind for kind, mapped in STATUS_OF_KIND if mapped == status), TramontaneError)
+    return kind(message)
 
 
 def as_api_error(exc: BaseException) -> APIError:

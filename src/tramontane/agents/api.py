@@ -16,7 +16,7 @@ from anyio.to_thread import run_sync as to_thread
 from fastapi import APIRouter, Query, UploadFile
 from starlette.responses import Response
 
-from ..errors import APIError
+from ..errors import of_status
 from ..inference.chat import prepare
 from ..inference.chat import respond as respond_chat
 from ..inference.fast_path import Call, InferenceKey, InferenceRoute, Metered
@@ -236,7 +236,9 @@ async def _respond(
     async def run_to_end() -> None:
         async for event in events:
             if event["type"] == "conversation.response.error":
-                raise APIError(event["code"], event["message"])
+                # The run reported its error in-band, as a status (a stream's terms); the
+                # same kind again shows the client that status and message.
+                raise of_status(event["code"], event["message"])
 
     # Starlette does not cancel a handler whose client left: this does, and the run with it.
     await until_disconnected(meter.request, run_to_end())

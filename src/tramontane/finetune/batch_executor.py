@@ -14,7 +14,7 @@ import anyio.to_thread
 from pydantic import ValidationError
 
 from ..engine import Priority, Tenant
-from ..errors import APIError, Invalid
+from ..errors import APIError, Invalid, Unprocessable
 from ..inference import chat, embeddings
 from ..inference.generation import Share, current_share
 from ..inference.metrics import Metrics
@@ -44,7 +44,7 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
         except ValidationError as exc:
             first = exc.errors()[0]
             location = ".".join(str(part) for part in first["loc"])
-            raise APIError(422, f"{location}: {first['msg']}", param=location or None) from None
+            raise Unprocessable(f"{location}: {first['msg']}", param=location or None) from None
 
     def meter(
         principal: Principal,

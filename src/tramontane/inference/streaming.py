@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from ..errors import APIError, as_api_error
+from ..errors import ClientGone, as_api_error
 
 T = TypeVar("T")
 
@@ -68,8 +68,8 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
         if not gone:
             raise
         current.uncancel()
-        # 499 is nginx's "client closed request"; nobody reads it, but logs and metrics do.
-        raise APIError(499, "Client closed the request", code="client_closed_request") from None
+        # Nobody reads the answer; the edge shows it as 499 for logs and metrics.
+        raise ClientGone("Client closed the request") from None
     finally:
         watcher.cancel()
 
