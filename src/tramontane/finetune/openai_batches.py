@@ -19,6 +19,7 @@ from .views import openai_batch_view
 
 InferenceKey = Annotated[Principal, Depends(require(Capability.INFERENCE))]
 
+
 class CreateOpenAIBatch(BaseModel):
     input_file_id: str
     endpoint: Literal["/v1/chat/completions", "/v1/embeddings"]

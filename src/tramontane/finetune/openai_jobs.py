@@ -1,11 +1,10 @@
 """OpenAI's fine-tuning shapes over the same jobs as Mistral's: a create body with
-`training_file` and OpenAI's `hyperparameters` (or `method.supervised`), jobs shown
-as `fine_tuning.job` objects with lowercase statuses, and the job's events and
-checkpoints as OpenAI's lists. A job is shown in the shape it was created in."""
+`training_file` and OpenAI's `hyperparameters` (or `method.supervised`), the
+lowercase statuses, and the job's events and checkpoints as OpenAI's lists. The
+`fine_tuning.job` view itself is built in `views`."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -26,10 +25,6 @@ OPENAI_STATUS = {
     "CANCELLATION_REQUESTED": "cancelled",
     "CANCELLED": "cancelled",
 }
-
-
-def unix(moment: datetime | None) -> int | None:
-    return int(moment.timestamp()) if moment is not None else None
 
 
 class OpenAIHyperparameters(BaseModel):
