@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,7 +88,12 @@ def test_deploy_ps_scale_logs_delete(server: tuple[str, str], tmp_path: Path) ->
     assert scaled.exit_code == 0 and "2 replica(s)" in scaled.output
     too_many = runner.invoke(cli, ["scale", "web", "5", *options])
     assert too_many.exit_code == 1 and "max_replicas=2" in too_many.output
-    assert "listening on" in runner.invoke(cli, ["logs", "web", *options]).output
+    # The replica added by the scale may not have written its first line yet on a
+    # loaded machine: read the logs again, for a bounded time, until it has.
+    deadline = time.monotonic() + 60
+    while "listening on" not in (logs := runner.invoke(cli, ["logs", "web", *options]).output):
+        assert time.monotonic() < deadline, logs
+        time.sleep(0.5)
     assert runner.invoke(cli, ["delete", "web", *options]).exit_code == 0
     missing = runner.invoke(cli, ["delete", "web", *options])
     assert missing.exit_code == 1 and "No deployment named 'web'" in missing.output

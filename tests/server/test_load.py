@@ -67,12 +67,16 @@ async def burst(url: str, headers: dict[str, str]) -> Counter[str]:
 
 @pytest.mark.slow
 async def test_every_stream_completes_when_the_server_has_room(live_server):
-    """The engine holds 200 requests (running plus waiting) and the workspace has no
-    limits, so none may be refused."""
+    """The engine holds 200 requests (running plus waiting) and the workspace may have
+    200 in flight (above the server's per-workspace default), so none may be refused."""
     config = live_server.engine.engine.config  # the AsyncEngine's LLMEngine
     assert config.max_num_seqs + config.max_waiting_requests >= CONCURRENCY
+    tenant = live_server.create_tenant("load-roomy")
+    with live_server.admin() as admin:
+        limits = {"max_concurrent_requests": CONCURRENCY}
+        admin.patch(f"/workspaces/{tenant.workspace_id}", json={"limits": limits}).raise_for_status()
     live_server.wait_idle()
-    outcomes = await burst(live_server.url, live_server.tenant.headers)
+    outcomes = await burst(live_server.url, tenant.headers)
     assert outcomes == {COMPLETED: CONCURRENCY}
     live_server.wait_idle()
 
