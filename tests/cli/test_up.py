@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -100,29 +101,39 @@ def test_on_a_terminal_the_admin_key_is_shown_once(monkeypatch: pytest.MonkeyPat
     assert len(KEY.findall(shown)) == 1 and not (home / "admin-key").exists()
 
 
-@pytest.mark.slow
-def test_up_serves_until_interrupted():
+def launch_up(*options: str, **popen: Any) -> tuple[subprocess.Popen[str], list[str], threading.Thread, str]:
+    """`tramontane up` on a free loopback port, its output read as it comes (the admin
+    key is needed while the server runs): the process, its lines, their reader, its URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     tramontane = os.path.join(os.path.dirname(sys.executable), "tramontane")
     proc = subprocess.Popen(
-        [tramontane, "up", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [tramontane, "up", "--port", str(port), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )
     lines: list[str] = []
-    # Read as it comes: the admin key is needed while the server runs.
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
+    return proc, lines, reader, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc: subprocess.Popen[str], url: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "tramontane up did not become ready"
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_up_serves_until_interrupted():
+    proc, lines, reader, url = launch_up()
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "tramontane up did not become ready"
-            try:
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_ready(proc, url)
         # Its output is a pipe, not a terminal: the key is in an owner-only file.
         admin_key = (Path(os.environ["TRAMONTANE_HOME"]) / "admin-key").read_text().strip()
         assert httpx.get(f"{url}/v1/models").status_code == 401
@@ -144,7 +155,7 @@ def test_up_serves_until_interrupted():
         reader.join(timeout=10)
     output = "".join(lines)
     assert proc.returncode == 0, output
-    assert f"http://127.0.0.1:{port}" in output and "Loaded smollm2-135m-instruct" in output
+    assert url in output and "Loaded smollm2-135m-instruct" in output
     # No key ever reaches the log.
     assert admin_key not in output and created.json()["key"] not in output
 
@@ -153,28 +164,10 @@ def test_up_serves_until_interrupted():
 def test_sigterm_drains_for_the_grace_period_then_cancels_and_exits():
     """Work in flight gets the grace period, then is cancelled: the server exits with
     its children (warm-pool sandboxes, replicas) stopped, whatever its clients do."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    tramontane = os.path.join(os.path.dirname(sys.executable), "tramontane")
-    proc = subprocess.Popen(
-        [tramontane, "up", "--port", str(port), "--shutdown-grace-s", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    url = f"http://127.0.0.1:{port}"
+    proc, lines, reader, url = launch_up("--shutdown-grace-s", "2", start_new_session=True)
     streamed: list[str] = []
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "tramontane up did not become ready"
-            try:
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_ready(proc, url)
         admin_key = (Path(os.environ["TRAMONTANE_HOME"]) / "admin-key").read_text().strip()
         admin = {"Authorization": f"Bearer {admin_key}"}
         workspace = httpx.get(f"{url}/v1/admin/workspaces", headers=admin).json()["data"][0]["id"]
