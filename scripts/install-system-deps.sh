@@ -9,13 +9,16 @@
 #                       linux-image-amd64, see tramontane/sandbox/microvm/image.py)
 #   npm                 installs the web console's browser libraries (install-console-assets.sh);
 #                       only where no npm is on PATH (a Node.js install of its own brings one)
+#   tesseract-ocr       OCR of scanned PDF pages and images (/v1/ocr, library documents),
+#   tesseract-ocr-eng   with its English and French models
+#   tesseract-ocr-fra
 #   chromium            the web console's browser tests (driven by Playwright, headless)
 #   postgresql          the tenancy tests start a throwaway server (initdb, pg_ctl);
 #                       production may point TRAMONTANE_DATABASE_URL at one
 # Safe to run again; does nothing where everything is installed. Needs root (or sudo).
 set -eu
 
-PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib qemu-system-x86 busybox-static cpio postgresql chromium"
+PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib qemu-system-x86 busybox-static cpio postgresql chromium tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra"
 
 missing=""
 for package in $PACKAGES; do

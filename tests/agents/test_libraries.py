@@ -124,3 +124,38 @@ def test_erasing_a_workspace_erases_its_agents_conversations_and_index(
     with server.tenancy.store.session() as session:
         for row_type in (AgentRow, ConversationRow, EntryRow, LibraryRow, DocumentRow, ChunkRow):
             assert session.scalars(select(row_type).where(row_type.workspace_id == doomed.workspace_id)).all() == []
+
+
+def test_pdf_word_and_html_documents_are_searchable_with_pages(
+    mistral: Mistral, script: Callable[..., None]
+) -> None:
+    from document_samples import HTML_PAGE, text_pdf, word_file
+
+    library = mistral.beta.libraries.create(name="documents", chunk_size=256)
+    pdf = text_pdf([["Cover page of the security manual"], ["Server room access needs badge level 3."]])
+    uploaded = {
+        "manual.pdf": mistral.beta.libraries.documents.upload(
+            library_id=library.id, file={"file_name": "manual.pdf", "content": pdf}
+        ),
+        "report.docx": mistral.beta.libraries.documents.upload(
+            library_id=library.id, file={"file_name": "report.docx", "content": word_file()}
+        ),
+        "policy.html": mistral.beta.libraries.documents.upload(
+            library_id=library.id, file={"file_name": "policy.html", "content": HTML_PAGE.encode()}
+        ),
+    }
+    text = mistral.beta.libraries.documents.text_content(library_id=library.id, document_id=uploaded["report.docx"].id)
+    assert "| North | 120 |" in text.text
+    search = json.dumps({"name": "document_library", "arguments": {"query": "Who may enter the server room?"}})
+    script(f"<tool_call>\n{search}\n</tool_call>", "Badge level 3 [1].")
+    agent = mistral.beta.agents.create(
+        model=SCRIPTED, name="librarian", tools=[{"type": "document_library", "library_ids": [library.id]}]
+    )
+    execution, _ = mistral.beta.conversations.start(agent_id=agent.id, inputs="Server room?").outputs
+    top = execution.info["results"][0]
+    assert top["document_id"] == uploaded["manual.pdf"].id and top["page"] == 2 and "badge level 3" in top["text"]
+    for name, content in (("empty.pdf", b"%PDF-1.4 corrupt"), ("notes.docx", b"PK\x03\x04 nope"), ("x.bin", b"\x00")):
+        with pytest.raises(SDKError) as refused:
+            mistral.beta.libraries.documents.upload(library_id=library.id, file={"file_name": name, "content": content})
+        assert refused.value.status_code == 400
+    assert len(mistral.beta.libraries.documents.list(library_id=library.id).data) == 3  # the refused ones are not kept

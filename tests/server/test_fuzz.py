@@ -24,6 +24,9 @@ def _aim_at_real_models(case) -> None:
     with generation kept short so that fuzzing stays cheap."""
     if not (isinstance(case.body, dict) and "model" in case.body):
         return
+    if case.path == "/v1/ocr":
+        case.body["model"] = "mistral-ocr-latest"
+        return
     embedding = case.path == "/v1/embeddings"
     case.body["model"] = DEFAULT_EMBEDDING_MODEL_NAME if embedding else DEFAULT_CHAT_MODEL_NAME
     if embedding:

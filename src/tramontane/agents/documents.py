@@ -1,17 +1,13 @@
-"""Turning an uploaded document into searchable passages: text extraction and chunking."""
+"""Turning an uploaded document's pages (read by `docai`) into searchable passages."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from ..errors import Invalid
+from ..docai import Document
 
-# Formats read as UTF-8 text. Binary formats (PDF, office files) are refused
-# rather than indexed as garbage.
-TEXT_EXTENSIONS = frozenset(
-    {"txt", "md", "markdown", "rst", "csv", "tsv", "json", "jsonl", "html", "xml", "yaml", "yml"}
-)
 DEFAULT_CHUNK_SIZE = 800  # characters: about the 256 word pieces MiniLM reads at most
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 
@@ -24,17 +20,20 @@ def extension_of(name: str) -> str | None:
     return suffix or None
 
 
-def extract_text(name: str, content_type: str | None, data: bytes) -> str:
-    """The document's text; a 400 for formats that cannot be read as text."""
-    extension = extension_of(name)
-    textual = extension in TEXT_EXTENSIONS or (content_type or "").startswith("text/")
-    if not textual:
-        raise Invalid(f"Cannot extract text from '{name}': upload plain text or Markdown", code="unsupported_document_type"
-        )
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise Invalid(f"'{name}' is not valid UTF-8 text", code="unsupported_document_type") from None
+@dataclass(frozen=True)
+class Passage:
+    text: str
+    page: int | None  # 1-based, for paged documents (PDF)
+
+
+def passages(document: Document, size: int) -> list[Passage]:
+    """The document's chunks, each within one page, so that a citation names its page."""
+    paged = document.kind == "pdf"
+    return [
+        Passage(chunk, page.index + 1 if paged else None)
+        for page in document.pages
+        for chunk in chunk_text(page.markdown, size)
+    ]
 
 
 def chunk_text(text: str, size: int) -> list[str]:

@@ -11,13 +11,15 @@ import anyio.to_thread
 import numpy as np
 from sqlalchemy import delete, func, select
 
+from ..docai import DocumentReader
+from ..docai.extract import require_text
 from ..errors import TooLarge
 from ..inference.registry import EmbeddingEntry, ModelRegistry
 from ..store import Store
 from ..store.types import utcnow
 from ..tenancy import Principal, get_owned, not_found, owned
 from ..tenancy.directory import workspace_dir
-from .documents import DEFAULT_CHUNK_SIZE, MAX_DOCUMENT_BYTES, chunk_text, extension_of, extract_text
+from .documents import DEFAULT_CHUNK_SIZE, MAX_DOCUMENT_BYTES, extension_of, passages
 from .models import ChunkRow, DocumentRow, LibraryRow
 from .vector_index import VectorIndex
 
@@ -32,13 +34,15 @@ class Passage:
     chunk_index: int
     text: str
     score: float  # cosine similarity
+    page: int | None = None  # 1-based, in paged documents (PDF)
 
 
 class Libraries:
-    def __init__(self, store: Store, registry: ModelRegistry, home: Path):
+    def __init__(self, store: Store, registry: ModelRegistry, home: Path, reader: DocumentReader):
         self._store = store
         self._registry = registry
         self._home = home
+        self._reader = reader
 
     def _index(self, library: LibraryRow, entry: EmbeddingEntry) -> VectorIndex:
         path = workspace_dir(self._home, library.workspace_id) / "libraries" / f"{library.id}.sqlite"
@@ -95,15 +99,18 @@ class Libraries:
     async def upload(
         self, principal: Principal, library_id: str, name: str, content_type: str | None, data: bytes
     ) -> DocumentRow:
-        """Extracts, chunks, embeds and indexes the document before answering, so a
-        document is searchable as soon as its upload returns."""
+        """Extracts (PDF text layers, OCR of scans, DOCX, HTML, text), chunks, embeds
+        and indexes the document before answering, so a document is searchable as
+        soon as its upload returns."""
         library = self.get(principal, library_id)
         if len(data) > MAX_DOCUMENT_BYTES:
             raise TooLarge(f"Documents are limited to {MAX_DOCUMENT_BYTES} bytes", code="request_too_large")
-        text = extract_text(name, content_type, data)
-        chunks = chunk_text(text, library.chunk_size)
+        read = await self._reader.read(data, name, content_type)
+        require_text(read, name)
+        text = read.text
+        chunks = passages(read, library.chunk_size)
         entry = self._registry.embedding(library.embedding_model)
-        vectors, tokens = await self._embed(entry, chunks) if chunks else (np.zeros((0, entry.model.dim)), 0)
+        vectors, tokens = await self._embed(entry, [c.text for c in chunks]) if chunks else (np.zeros((0, entry.model.dim)), 0)
         with self._store.write_session() as session:
             document = DocumentRow(
                 workspace_id=principal.workspace_id,
@@ -125,7 +132,8 @@ class Libraries:
                     document_id=document.id,
                     library_id=library.id,
                     chunk_index=i,
-                    text=chunk,
+                    text=chunk.text,
+                    page=chunk.page,
                 )
                 for i, chunk in enumerate(chunks)
             ]
@@ -192,6 +200,14 @@ class Libraries:
             if chunk_id in by_id:  # a chunk deleted since it was indexed is skipped
                 chunk, name = by_id[chunk_id]
                 passages.append(
-                    Passage(chunk.library_id, chunk.document_id, name, chunk.chunk_index, chunk.text, 1.0 - distance)
+                    Passage(
+                        chunk.library_id,
+                        chunk.document_id,
+                        name,
+                        chunk.chunk_index,
+                        chunk.text,
+                        1.0 - distance,
+                        chunk.page,
+                    )
                 )
         return passages

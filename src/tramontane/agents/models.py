@@ -125,3 +125,4 @@ class ChunkRow(WorkspaceOwned, Base):
     library_id: Mapped[str] = mapped_column(String(32), index=True)
     chunk_index: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
+    page: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 1-based, in paged documents (PDF)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ..docai import DocumentReader
 from ..inference.registry import ModelRegistry
 from ..sandbox import SandboxManager
 from ..store import Store
@@ -33,6 +34,7 @@ class AgentsService:
         home: Path,
         backend: ChatBackend,
         sandboxes: SandboxManager | None,
+        reader: DocumentReader,
         *,
         sandbox_idle_timeout_s: float = 600.0,
     ) -> AgentsService:
@@ -40,7 +42,7 @@ class AgentsService:
         under `home`. A conversation's sandbox is reclaimed after
         `sandbox_idle_timeout_s` unused."""
         agents = AgentRegistry(store)
-        libraries = Libraries(store, registry, home)
+        libraries = Libraries(store, registry, home, reader)
         conversation_sandboxes = ConversationSandboxes(sandboxes, idle_timeout_s=sandbox_idle_timeout_s)
         return cls(agents, Conversations(store, agents, backend, conversation_sandboxes, libraries), libraries)
 

@@ -143,15 +143,21 @@ async def search_documents(libraries: Libraries, workspace_id: str, library_ids:
             "document_id": p.document_id,
             "document_name": p.document_name,
             "chunk_index": p.chunk_index,
+            "page": p.page,
             "score": round(p.score, 4),
             "text": p.text,
         }
         for i, p in enumerate(passages)
     ]
-    text = "\n\n".join(f"[{r['index']}] ({r['document_name']})\n{r['text']}" for r in results)
+    text = "\n\n".join(f"[{r['index']}] ({_source(r)})\n{r['text']}" for r in results)
     return ToolOutcome(
         {"query": query, "results": results}, _clip(text or "No passage matches the query."), passages=passages
     )
+
+
+def _source(result: dict[str, Any]) -> str:
+    page = result["page"]
+    return f"{result['document_name']}, page {page}" if page is not None else result["document_name"]
 
 
 def parse_arguments(arguments: str) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from ..tenancy.directory import workspace_dir
 from .models import FileRow
 
 # Mistral's purposes, and OpenAI's that mean "keep this file" (stored the same way).
-PURPOSES = ("fine-tune", "batch", "user_data", "assistants", "evals", "vision")
-SAMPLE_TYPES = {"fine-tune": "instruct", "batch": "batch_request"}
+PURPOSES = ("fine-tune", "batch", "ocr", "user_data", "assistants", "evals", "vision")
+SAMPLE_TYPES = {"fine-tune": "instruct", "batch": "batch_request", "ocr": "ocr_input"}
 COPY_CHUNK = 1024 * 1024
 
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..agents.backend import ChatBackend
 from ..control.plane import ControlPlane
+from ..docai import DocumentReader
 from ..finetune.service import FineTuning
 from ..inference.metrics import Metrics
 from ..inference.registry import ModelRegistry
@@ -80,9 +81,11 @@ def platform_features(
     their services start (see `create_app` for the arguments)."""
     listed = [features.inference_api(registry, metrics)]
     if replica_token is None:
+        reader = DocumentReader()
         listed.append(features.admin(tenancy))
+        listed.append(features.document_ai(reader))
         listed.append(
-            features.agents(tenancy, registry, agent_backend, metrics, sandboxes, agent_sandbox_idle_timeout_s)
+            features.agents(tenancy, registry, agent_backend, metrics, sandboxes, agent_sandbox_idle_timeout_s, reader)
         )
         listed.append(features.responses(tenancy))
     else:

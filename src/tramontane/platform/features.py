@@ -20,6 +20,7 @@ from ..agents import api as agents_api
 from ..agents.backend import ChatBackend, EngineBackend
 from ..agents.service import AgentsService
 from ..console import router as console_router
+from ..docai import DocumentReader
 from ..control.api import router as deployments_router
 from ..control.install import SERVE_PREFIX
 from ..control.plane import ControlPlane
@@ -33,7 +34,7 @@ from ..inference.registry import ModelRegistry
 from ..responses.api import create_router as create_responses_router
 from ..responses.service import Responses
 from ..sandbox import SandboxError, SandboxManager, create_router
-from ..server import chat, completions, embeddings, health, lora_admin, models, tokenize
+from ..server import chat, completions, embeddings, health, lora_admin, models, ocr, tokenize
 from ..server.sleep import sleep_router
 from ..tenancy import Tenancy, request_logs_router
 from ..tenancy.admin_api import router as admin_router
@@ -112,6 +113,7 @@ def agents(
     metrics: Metrics,
     sandboxes: SandboxManager | None,
     sandbox_idle_timeout_s: float,
+    reader: DocumentReader,
 ) -> Feature:
     """Agents, conversations and libraries; conversations call their models through
     `backend` (default: the registry's engines) and run code in `sandboxes`."""
@@ -121,10 +123,17 @@ def agents(
         tenancy.home,
         backend or EngineBackend(registry, metrics),
         sandboxes,
+        reader,
         sandbox_idle_timeout_s=sandbox_idle_timeout_s,
     )
     routes = tuple(Route(router, ERRORS) for router in agents_api.routers)
     return Feature("agents", routes=routes, state={"agents": service})
+
+
+def document_ai(reader: DocumentReader) -> Feature:
+    """`/v1/ocr`: PDFs and images to pages of Markdown (uploaded files through the
+    fine-tuning feature's file store, when the platform has one)."""
+    return Feature("document-ai", routes=(Route(ocr.router, ERRORS),), state={"document_reader": reader})
 
 
 def responses(tenancy: Tenancy) -> Feature:
