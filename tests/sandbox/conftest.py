@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection
 
 from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
 from tramontane.sandbox.cgroups import CgroupTree
@@ -52,7 +53,7 @@ def tier1_host() -> None:
         pytest.skip(UNAVAILABLE)
 
 
-def _tenant_header(request: Request) -> str | None:
+def _tenant_header(request: HTTPConnection) -> str | None:
     """Tests name a tenant with x-tenant; without it the API is unscoped."""
     return request.headers.get("x-tenant")
 

@@ -72,6 +72,15 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
         {"old_path": "/home/user/secret.txt", "new_path": "/home/user/moved.txt"},
     ),
     ("post", "/v1/sandboxes/{sandbox_id}/code"): ({}, {"code": "1 + 1"}),
+    ("post", "/v1/sandboxes/{sandbox_id}/pty"): ({}, {"rows": 24, "cols": 80}),
+    ("post", "/v1/sandboxes/{sandbox_id}/pty/{pid}/input"): ({}, b"rm -rf /home/user\n"),
+    ("post", "/v1/sandboxes/{sandbox_id}/pty/{pid}/resize"): ({}, {"rows": 30, "cols": 90}),
+    ("get", "/v1/sandboxes/{sandbox_id}/files/watch"): ({"path": "/home/user"}, None),
+    **{
+        (method, path): ({}, b"intruder" if method in ("post", "put", "patch") else None)
+        for method in ("get", "post", "put", "patch", "delete")
+        for path in ("/v1/sandboxes/{sandbox_id}/ports/{port}", "/v1/sandboxes/{sandbox_id}/ports/{port}/{path}")
+    },
     ("get", "/v1/files/{file_id}"): ({}, None),
     ("delete", "/v1/files/{file_id}"): ({}, None),
     ("get", "/v1/files/{file_id}/content"): ({}, None),
@@ -114,7 +123,7 @@ def object_routes(http: httpx.Client) -> set[tuple[str, str]]:
 def owners_objects(live_server) -> dict:
     """One object of each kind in the owner's workspace, by path parameter name."""
     owner = live_server.create_tenant("sweep-owner", ALL)
-    ids: dict = {"model_id": "no-such-model", "version": "0", "pid": "1", "_owner": owner}
+    ids: dict = {"model_id": "no-such-model", "version": "0", "pid": "1", "port": "8000", "path": "x", "_owner": owner}
     with live_server.admin() as admin:
         opted_in = admin.patch(f"/workspaces/{owner.workspace_id}", json={"request_log_retention_days": 1})
         assert opted_in.status_code == 200, opted_in.text
@@ -234,6 +243,23 @@ def test_another_workspace_gets_404_on_every_object_route(live_server, owners_ob
     assert not leaks, "\n".join(leaks)
     without_sandboxes = {route for route in routes if "{sandbox_id}" not in route[1]}
     assert tried >= (len(routes) if "sandbox_id" in owners_objects else len(without_sandboxes))
+
+
+def test_another_workspace_cannot_open_a_terminal_over_websocket(live_server, owners_objects):
+    """WebSocket routes are not in the OpenAPI document: the terminal's is tried here."""
+    if "sandbox_id" not in owners_objects:
+        pytest.skip("no sandboxes on this host")
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    stranger = live_server.create_tenant("sweep-ws-stranger", ALL)
+    url = live_server.url.replace("http://", "ws://") + f"/v1/sandboxes/{owners_objects['sandbox_id']}/pty/ws"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers=stranger.headers, open_timeout=30)
+    assert refused.value.response.status_code == 404
+    with pytest.raises(InvalidStatus) as anonymous:
+        connect(url, open_timeout=30)
+    assert anonymous.value.response.status_code == 401
 
 
 def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):

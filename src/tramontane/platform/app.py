@@ -95,7 +95,7 @@ def platform_features(
     if control_plane is not None:
         listed.append(features.deployments(control_plane, tenancy))
     if sandboxes is not None:
-        listed.append(features.sandboxes(sandboxes))
+        listed.append(features.sandboxes(sandboxes, metrics))
     if replica_token is None:
         listed.append(features.console())
     return listed

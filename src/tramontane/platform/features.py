@@ -34,6 +34,7 @@ from ..inference.registry import ModelRegistry
 from ..responses.api import create_router as create_responses_router
 from ..responses.service import Responses
 from ..sandbox import SandboxError, SandboxManager, create_router
+from ..sandbox.metrics import SandboxCollector
 from ..server import chat, completions, embeddings, health, lora_admin, models, ocr, tokenize
 from ..server.sleep import sleep_router
 from ..tenancy import Tenancy, request_logs_router
@@ -161,12 +162,24 @@ def deployments(plane: ControlPlane, tenancy: Tenancy) -> Feature:
     )
 
 
-def sandboxes(manager: SandboxManager) -> Feature:
+def sandboxes(manager: SandboxManager, metrics: Metrics) -> Feature:
+    """The sandbox API, and each sandbox's CPU, memory and disk use on `/metrics`."""
+    collector = SandboxCollector(manager)
+    metrics.registry.register(collector)
+
+    async def start() -> None:
+        await manager.start()
+        collector.start()
+
+    async def stop() -> None:
+        await collector.stop()
+        await manager.shutdown()
+
     return Feature(
         "sandboxes",
         routes=(Route(create_router(manager, owner=sandbox_owner)),),
-        start=manager.start,
-        stop=manager.shutdown,
+        start=start,
+        stop=stop,
         unavailable=(SandboxError,),
     )
 

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.requests import HTTPConnection
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
@@ -29,6 +30,7 @@ from fastapi.routing import APIRoute
 from ..errors import APIError, TramontaneError, as_api_error
 from .errors import NotFound, TooLarge
 from .manager import SandboxManager
+from .metrics import measure
 from .sandbox import SandboxState
 from .schemas import (
     CodeBody,
@@ -128,12 +130,12 @@ _MANAGER = "tramontane.sandbox.manager"
 _OWNER = "tramontane.sandbox.owner"
 
 
-def sandbox_manager(request: Request) -> SandboxManager:
+def sandbox_manager(request: HTTPConnection) -> SandboxManager:
     """The manager the mounting app bound with `create_router`."""
     return request.scope[_MANAGER]  # type: ignore[no-any-return]
 
 
-def sandbox_owner(request: Request) -> str | None:
+def sandbox_owner(request: HTTPConnection) -> str | None:
     """The caller's tenant: sandboxes are created under it, and any other tenant's
     sandbox answers 404, as if absent. None: the API is unscoped."""
     return request.scope.get(_OWNER)
@@ -160,13 +162,16 @@ def create_router(
     workspace id)."""
 
     # A default, not an annotation: `owner` is local, and annotations are strings here.
-    async def bind(request: Request, who: str | None = Depends(owner)) -> None:
+    async def bind(request: HTTPConnection, who: str | None = Depends(owner)) -> None:
         request.scope[_MANAGER] = manager
         request.scope[_OWNER] = who
 
     # Dependencies given at inclusion run before each route's own.
+    from .api_io import io_router  # its routes use this module's dependencies
+
     bound = APIRouter()
-    bound.include_router(router, dependencies=[Depends(bind), *dependencies])
+    for routes in (router, io_router):
+        bound.include_router(routes, dependencies=[Depends(bind), *dependencies])
     return bound
 
 
@@ -217,7 +222,7 @@ async def resume(sandbox_id: str, who: Owner, manager: Manager) -> SandboxModel:
 
 @router.get("/{sandbox_id}/metrics", response_model=MetricsModel)
 async def metrics(sandbox_id: str, who: Owner, manager: Manager) -> MetricsModel:
-    return MetricsModel.of(manager.get(sandbox_id, who).usage())
+    return MetricsModel.of(await measure(manager.get(sandbox_id, who)))
 
 
 # -- commands

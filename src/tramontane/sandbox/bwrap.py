@@ -21,6 +21,7 @@ HOME = "/home/user"
 HOSTNAME = "sandbox"
 PYTHON = "/usr/bin/python3"
 GUEST_ROOT = "/opt/tramontane"  # the guest package lands in GUEST_ROOT/guest
+OPTIONAL_PARTS = ("terminal.py", "tunnel.py", "watcher.py")  # the agent imports them on first use
 EGRESS_SOCKET = "/run/tramontane/egress.sock"  # the host's egress proxy, where a sandbox has one
 PROXY_URL = "http://127.0.0.1:3128"  # the guest's forwarder to EGRESS_SOCKET
 
@@ -61,7 +62,7 @@ def sandbox_files() -> dict[str, bytes]:
     """Files bwrap writes into the sandbox read-only: identity files and the guest code."""
     files = {"/etc/passwd": _passwd(), "/etc/group": _group(), "/etc/hosts": _hosts()}
     guest = Path(__file__).with_name("guest")
-    for name in ("__init__.py", "agent.py", "fileops.py", "forwarder.py", "interpreter.py"):
+    for name in ("__init__.py", "agent.py", "fileops.py", "forwarder.py", "interpreter.py", *OPTIONAL_PARTS):
         files[f"{GUEST_ROOT}/guest/{name}"] = (guest / name).read_bytes()
     return files
 

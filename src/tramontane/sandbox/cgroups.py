@@ -20,6 +20,7 @@ from .policy import Limits, MiB
 
 CFS_PERIOD_US = 100_000
 V1_CONTROLLERS = ("memory", "pids", "cpu", "freezer")
+V1_OPTIONAL = ("cpuacct",)  # CPU time used, for metrics; often mounted with cpu
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 GROUP_NAME = "tramontane-sandboxes"
 
@@ -30,6 +31,7 @@ class Usage:
     pids: int
     oom_kills: int
     memory_limit_bytes: int  # what the cgroup enforces (for a microVM: the VM and QEMU)
+    cpu_usage_us: int = 0  # CPU time used by all its processes since it was made
 
 
 def _limit(path: Path) -> int:
@@ -138,7 +140,13 @@ class CgroupV1:
             pids=int((self.dirs["pids"] / "pids.current").read_text()),
             oom_kills=_read_int_field(memory / "memory.oom_control", "oom_kill"),
             memory_limit_bytes=_limit(memory / "memory.limit_in_bytes"),
+            cpu_usage_us=self._cpu_usage_us(),
         )
+
+    def _cpu_usage_us(self) -> int:
+        # cpuacct is mounted with cpu on most hosts; where it is not, CPU use is unknown (0).
+        usage = self.dirs.get("cpuacct", self.dirs["cpu"]) / "cpuacct.usage"
+        return int(usage.read_text()) // 1000 if usage.exists() else 0
 
     def remove(self) -> None:
         for d in self.dirs.values():
@@ -194,6 +202,7 @@ class CgroupV2:
             pids=int((self.path / "pids.current").read_text()),
             oom_kills=_read_int_field(self.path / "memory.events", "oom_kill"),
             memory_limit_bytes=_limit(self.path / "memory.max"),
+            cpu_usage_us=_read_int_field(self.path / "cpu.stat", "usage_usec"),
         )
 
     def remove(self) -> None:
@@ -268,6 +277,12 @@ class CgroupTree:
             base = (point / relative / GROUP_NAME).resolve()
             base.mkdir(exist_ok=True)
             bases[controller] = base
+        for controller in V1_OPTIONAL:
+            mount = next((m for m in mounts if m[2] == "cgroup" and controller in m[3]), None)
+            if mount is not None and mount[1] not in {m[1] for m in mounts if set(V1_CONTROLLERS) & m[3]}:
+                base = (mount[1] / os.path.relpath(own.get(controller, "/"), mount[0]) / GROUP_NAME).resolve()
+                base.mkdir(exist_ok=True)
+                bases[controller] = base
         return cls(1, bases)
 
     def create(self, name: str, limits: Limits) -> Cgroup:

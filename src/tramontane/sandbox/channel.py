@@ -34,6 +34,7 @@ from .errors import (
     LimitReached,
     NotFound,
     OutOfSpace,
+    PortRefused,
     SandboxDied,
     SandboxError,
     TooLarge,
@@ -50,8 +51,10 @@ MAX_BUFFERED_OUTPUT = 8 * 1024 * 1024  # per stream, unread by its consumer
 OP_TIMEOUT_S = 60.0
 MAC_HEX = 32
 TERMINAL_EVENTS = frozenset({"ok", "error", "exit", "result"})
-KNOWN_EVENTS = TERMINAL_EVENTS | {"start", "stdout", "stderr", "chunk"}
-DROPPABLE_EVENTS = frozenset({"stdout", "stderr"})
+# "data": bytes from a sandbox's port (flow-controlled, never dropped); "fs": a file
+# watch's events (dropped, as inotify itself does, when nobody keeps up).
+KNOWN_EVENTS = TERMINAL_EVENTS | {"start", "stdout", "stderr", "chunk", "data", "fs"}
+DROPPABLE_EVENTS = frozenset({"stdout", "stderr", "fs"})
 # A request's last event is small and always delivered (charged, even past the
 # budget), so a request that was let in always ends; there is one per request.
 SMALL_EVENT_BYTES = 64 * 1024
@@ -70,8 +73,14 @@ _ERROR_KINDS: dict[str, type[SandboxError]] = {
     "memory_exhausted": LimitReached,
     "nofile_exhausted": LimitReached,
     "output_limit": LimitReached,
+    "refused": PortRefused,
 }
-_CODES = {"invalid": "invalid_argument", "exists": "already_exists", "permission": "permission_denied"}
+_CODES = {
+    "invalid": "invalid_argument",
+    "exists": "already_exists",
+    "permission": "permission_denied",
+    "refused": "port_not_listening",
+}
 
 
 def agent_error(event: dict[str, Any]) -> SandboxError:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import httpx
 
+from .client_io import FilesystemEvent, Pty, WatchHandle, watch_dir
 from .execution import Execution, ExecutionError, Logs, Result
 from .files import EntryInfo
 from .process import CommandResult, ProcessInfo
@@ -244,6 +245,12 @@ class Filesystem:
     def remove(self, path: str) -> None:
         self._sandbox._call("DELETE", "files", params={"path": path})
 
+    def watch_dir(
+        self, path: str, on_event: Callable[[FilesystemEvent], Any] | None = None, recursive: bool = False
+    ) -> WatchHandle:
+        """Watches directory `path` (NotFoundException if it does not exist)."""
+        return watch_dir(self._sandbox, path, on_event, recursive)
+
 
 def _timestamp(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
@@ -275,6 +282,7 @@ class Sandbox:
         self._http = http
         self.commands = Commands(self)
         self.files = Filesystem(self)
+        self.pty = Pty(self)
 
     @staticmethod
     def _client(api_url: str | None, api_key: str | None, request_timeout: float) -> httpx.Client:
@@ -349,6 +357,11 @@ class Sandbox:
 
     def set_timeout(self, timeout: float) -> None:
         self._call("POST", "timeout", json={"timeout": timeout})
+
+    def get_host(self, port: int) -> str:
+        """The URL at which the platform serves `port` of this sandbox (the same
+        API key is needed there)."""
+        return str(self._http.base_url).rstrip("/") + self._path(f"ports/{port}")
 
     def get_metrics(self) -> dict[str, Any]:
         return dict(self._call("GET", "metrics"))

@@ -78,3 +78,15 @@ class AgentTimeout(Unavailable):
     """The sandbox's agent did not answer an operation within its deadline."""
 
     default_code = "agent_timeout"
+
+
+class UpstreamFailed(SandboxError, domain.UpstreamFailed):
+    """A server inside the sandbox, reached through an exposed port, failed (502)."""
+
+    default_code = "upstream_failed"
+
+
+class PortRefused(UpstreamFailed):
+    """Nothing listens on the sandbox's port asked for."""
+
+    default_code = "port_not_listening"

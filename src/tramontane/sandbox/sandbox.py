@@ -17,8 +17,12 @@ from .execution import DEFAULT_TIMEOUT_S as CODE_TIMEOUT_S
 from .execution import CodeInterpreter, Execution
 from .files import Files
 from .launcher import Runtime
+from .metrics import Meter
 from .policy import SandboxSpec
+from .ports import Ports
 from .process import Commands
+from .terminal import Terminals
+from .watch import Watches
 
 
 class SandboxState(enum.StrEnum):
@@ -59,6 +63,10 @@ class ManagedSandbox:
         self.commands = Commands(self)
         self.files = Files(self, max_file_bytes)
         self.interpreter = CodeInterpreter(self)
+        self.pty = Terminals(self)
+        self.ports = Ports(self)
+        self.watches = Watches(self)
+        self.meter = Meter()
         self._stopping: asyncio.Task[None] | None = None
 
     # -- state

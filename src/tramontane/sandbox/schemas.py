@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .cgroups import Usage
 from .files import EntryInfo
+from .metrics import SandboxMetrics
 from .policy import MAX_ALLOW_OUT, Limits, NetworkPolicy, SandboxSpec, parse_egress_rule
 from .process import ProcessInfo
 from .sandbox import SandboxInfo
@@ -107,19 +107,20 @@ class TimeoutBody(_Body):
 
 
 class MetricsModel(BaseModel):
+    timestamp: datetime
+    cpu_count: float = Field(description="The sandbox's CPU limit, in CPUs.")
+    cpu_used_pct: float = Field(description="Of its CPU limit, since the previous request (or its start).")
+    cpu_usage_seconds: float
     memory_bytes: int
     memory_limit_bytes: int
     pids: int
     oom_kills: int
+    disk_used_bytes: int | None = Field(description="/home/user and /tmp; null while paused, before any sample.")
+    disk_total_bytes: int | None
 
     @classmethod
-    def of(cls, usage: Usage) -> MetricsModel:
-        return cls(
-            memory_bytes=usage.memory_bytes,
-            memory_limit_bytes=usage.memory_limit_bytes,
-            pids=usage.pids,
-            oom_kills=usage.oom_kills,
-        )
+    def of(cls, metrics: SandboxMetrics) -> MetricsModel:
+        return cls(**{**metrics.__dict__, "timestamp": _utc(metrics.timestamp)})
 
 
 class CommandBody(_Body):
@@ -194,3 +195,18 @@ class CodeBody(_Body):
     code: str
     timeout: float | None = 300
     stream: bool = Field(False, description="NDJSON events stdout/stderr, then result.")
+
+
+class TerminalBody(_Body):
+    rows: int = Field(24, ge=1, le=1000)
+    cols: int = Field(80, ge=1, le=1000)
+    cwd: str | None = None
+    envs: dict[str, str] = Field(default_factory=dict)
+    timeout: float | None = Field(
+        None, description="Seconds the shell may live; null: until killed or the sandbox ends."
+    )
+
+
+class TerminalSizeBody(_Body):
+    rows: int = Field(ge=1, le=1000)
+    cols: int = Field(ge=1, le=1000)

@@ -7,13 +7,14 @@ from typing import Annotated
 
 import anyio
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from .capabilities import Capability
 from .principal import Principal
 from .service import Tenancy
 
 
-def get_tenancy(request: Request) -> Tenancy:
+def get_tenancy(request: HTTPConnection) -> Tenancy:
     return request.app.state.tenancy
 
 
@@ -25,16 +26,16 @@ async def _tenancy(request: Request) -> Tenancy:
 TenancyDep = Annotated[Tenancy, Depends(_tenancy)]
 
 
-def require(capability: Capability) -> Callable[[Request], AsyncIterator[Principal]]:
+def require(capability: Capability) -> Callable[[HTTPConnection], AsyncIterator[Principal]]:
     """A dependency yielding the caller's Principal once its key is valid (401
     otherwise), holds `capability` (403) and is within its limits (429).
 
     It holds the request's concurrency slot and energy meter until the response
     has been sent, streaming included (FastAPI ends yield dependencies after the
     response), so pass the principal to `Tenancy.record_usage` once the token
-    counts are known."""
+    counts are known. On a WebSocket route, that is until the socket closes."""
 
-    async def dependency(request: Request) -> AsyncIterator[Principal]:
+    async def dependency(request: HTTPConnection) -> AsyncIterator[Principal]:
         admitted = await enter_request(request, capability)
         try:
             yield admitted
@@ -45,8 +46,8 @@ def require(capability: Capability) -> Callable[[Request], AsyncIterator[Princip
     return dependency
 
 
-async def enter_request(request: Request, capability: Capability) -> Principal:
+async def enter_request(request: HTTPConnection, capability: Capability) -> Principal:
     """`Tenancy.enter` for the key `request` carries, audited under its method and
     path. Pair with `Tenancy.leave` once the response has been sent."""
-    where = f"{request.method} {request.scope['path']}"
+    where = f"{request.scope.get('method', 'WEBSOCKET')} {request.scope['path']}"
     return await get_tenancy(request).enter(request.headers.get("authorization"), capability, where=where)

@@ -57,6 +57,11 @@ GUEST_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERPRETER_BOOT = f"import sys; sys.path.insert(0, {GUEST_ROOT!r}); from guest.interpreter import main; main()"
 FORWARDER_BOOT = f"import sys; sys.path.insert(0, {GUEST_ROOT!r}); from guest.forwarder import main; main(sys.argv[1])"
 PROXY_PORT = 3128  # where HTTP_PROXY points in sandboxes with an egress allow-list
+EXTENSION_OPS = {
+    **dict.fromkeys(("pty_open", "pty_input", "pty_resize"), "terminal"),
+    **dict.fromkeys(("port_open", "port_send", "port_ack", "port_close"), "tunnel"),
+    **dict.fromkeys(("watch", "unwatch"), "watcher"),
+}
 
 
 class Child:
@@ -103,6 +108,7 @@ class Agent:
         self.repl_rid = None  # request being executed
         self.repl_interrupted_at = None
         self.repl_garbled = False  # the cell wrote past MAX_REPLY_BYTES on the reply pipe
+        self.parts = {}  # name -> optional part, see extension()
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(wake_w)
@@ -131,7 +137,7 @@ class Agent:
     def run(self):
         while True:
             timeout = self.next_timeout()
-            for key, _ in self.sel.select(timeout):
+            for key, mask in self.sel.select(timeout):
                 if key.data == "stdin":
                     if not self.read_requests():
                         return
@@ -146,9 +152,22 @@ class Agent:
                 elif key.data == "repl":
                     if self.repl_io is not None and key.fd == self.repl_io[1]:
                         self.read_repl_response()
+                elif hasattr(key.data, "on_ready"):  # a tunnel or a watch
+                    key.data.on_ready(key.fd, mask)
                 elif key.fd in key.data.streams:
                     self.pump(key.data, key.fd)
             self.enforce_deadlines()
+
+    def extension(self, op):
+        """The handler of a request served by one of the agent's optional parts
+        (terminals, port tunnels, file watches), imported on first use so that
+        sandboxes that never use them do not pay for the imports at start."""
+        part = EXTENSION_OPS.get(op)
+        if part is None:
+            return None
+        if part not in self.parts:
+            self.parts[part] = load_part(part, self)
+        return self.parts[part].ops()[op]
 
     def read_requests(self):
         try:
@@ -166,7 +185,8 @@ class Agent:
             request = json.loads(line)
             rid = request.get("id")
             try:
-                handler = OPS.get(request["op"]) or getattr(self, "op_" + request["op"])
+                op = request["op"]
+                handler = OPS.get(op) or self.extension(op) or getattr(self, "op_" + op)
                 result = handler(request)
                 if result is not None:
                     self.send({"id": rid, "ev": "ok", **result})
@@ -198,7 +218,6 @@ class Agent:
         if pid == 0:
             try:
                 os.setsid()
-                os.setpriority(os.PRIO_PROCESS, 0, CHILD_NICE)
                 # Parked above the targets first, so no dup2 below clobbers a source.
                 sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in extra_fds]
                 os.dup2(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), 0)
@@ -206,9 +225,7 @@ class Agent:
                 os.dup2(err_w, 2)
                 for target, fd in enumerate(sources, start=3):
                     os.dup2(fd, target)
-                LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # this child's /proc files are its own again
-                with open("/proc/self/oom_score_adj", "wb") as f:
-                    f.write(CHILD_OOM_SCORE_ADJ)
+                self.prepare_child()
                 os.chdir(cwd)
                 os.execve(argv[0], argv, env)
             except OSError as exc:
@@ -228,6 +245,14 @@ class Agent:
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
         return pid, out_r, err_r
+
+    @staticmethod
+    def prepare_child():
+        """What every process the agent starts gets, in the child before exec."""
+        os.setpriority(os.PRIO_PROCESS, 0, CHILD_NICE)
+        LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # this child's /proc files are its own again
+        with open("/proc/self/oom_score_adj", "wb") as f:
+            f.write(CHILD_OOM_SCORE_ADJ)
 
     def fork_failure(self, exc):
         if exc.errno == errno.EAGAIN:
@@ -316,6 +341,14 @@ class Agent:
         os.close(out_r)
         os.close(err_r)
 
+    def op_disk(self, request):
+        """Bytes used and available on the sandbox's writable filesystems."""
+        disks = {}
+        for path in (HOME, "/tmp"):
+            st = os.statvfs(path)
+            disks[path] = {"total": st.f_blocks * st.f_frsize, "used": (st.f_blocks - st.f_bfree) * st.f_frsize}
+        return {"disks": disks}
+
     def op_configure(self, request):
         self.env.update(request.get("env") or {})
         return {}
@@ -327,6 +360,10 @@ class Agent:
                 data = os.read(fd, CHUNK)
             except BlockingIOError:
                 return
+            except OSError as exc:  # a terminal's master reads EIO once no process holds its slave
+                if exc.errno != errno.EIO:
+                    raise
+                data = b""
             if not data:
                 self.close_stream(child, fd)
                 return
@@ -482,6 +519,20 @@ class Agent:
             message = f"the interpreter exited with code {exit_code}; its state is lost"
             error = {"name": "InterpreterDied", "value": message, "traceback": ""}
             self.send({"id": rid, "ev": "result", "results": [], "error": error, "execution_count": None})
+
+
+def load_part(name, agent):
+    if name == "terminal":
+        from .terminal import Terminals
+
+        return Terminals(agent, Child)
+    if name == "tunnel":
+        from .tunnel import Tunnels
+
+        return Tunnels(agent)
+    from .watcher import Watches
+
+    return Watches(agent)
 
 
 def main(rlimits, egress_socket=None):

@@ -32,7 +32,9 @@ KERNEL_METAPACKAGE = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")
 # Load order matters: each after what it depends on.
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_console", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
-GUEST_FILES = ("__init__.py", "agent.py", "fileops.py", "interpreter.py", "vmboot.py")
+GUEST_FILES = (
+    "__init__.py", "agent.py", "fileops.py", "interpreter.py", "vmboot.py", "terminal.py", "tunnel.py", "watcher.py",
+)  # fmt: skip
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 
 

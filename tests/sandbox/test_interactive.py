@@ -1,0 +1,305 @@
+"""Terminals, exposed ports, file watching and metrics of tier-1 sandboxes, through
+the REST API, a WebSocket and the SDK, as a user's client sees them."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from tramontane.sandbox import Sandbox
+from tramontane.sandbox.client import NotFoundException
+from tramontane.sandbox.client_io import PtySize
+
+from conftest import LiveSandboxes
+
+ECHO_SERVER = r"""
+import http.server, json, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"path": self.path, "headers": dict(self.headers)}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(201); self.send_header("Content-Length", str(len(data))); self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+
+def ws_url(live: LiveSandboxes, sandbox_id: str, query: str = "") -> str:
+    return live.url.replace("http://", "ws://") + f"/v1/sandboxes/{sandbox_id}/pty/ws{query}"
+
+
+def read_until(ws: ClientConnection, needle: bytes, timeout: float = 15) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        frame = ws.recv(timeout=max(0.01, deadline - time.monotonic()))
+        if isinstance(frame, bytes):
+            seen += frame
+    return seen
+
+
+def serve(sbx: Sandbox, port: int) -> None:
+    """Starts the echo server on `port` inside the sandbox and waits until it listens."""
+    sbx.files.write("echo_server.py", ECHO_SERVER)
+    sbx.commands.run(f"python3 echo_server.py {port}", background=True)
+    probe = f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 1)'"
+    for _ in range(100):
+        try:
+            sbx.commands.run(probe)
+            return
+        except Exception:
+            time.sleep(0.05)
+    raise AssertionError("the server in the sandbox did not start")
+
+
+# -- terminals
+
+
+def test_terminal_over_websocket_runs_a_shell_resizes_and_exits(live: LiveSandboxes, sbx: Sandbox) -> None:
+    with connect(ws_url(live, sbx.sandbox_id, "?rows=30&cols=100"), open_timeout=15) as ws:
+        start = json.loads(ws.recv(timeout=15))
+        assert start["type"] == "start" and start["pid"] > 1
+        ws.send(b"stty size; tty; echo $((6*7))\n")
+        seen = read_until(ws, b"42")
+        assert b"30 100" in seen and b"/dev/pts/" in seen
+        ws.send(json.dumps({"type": "resize", "rows": 40, "cols": 120}))
+        ws.send(json.dumps({"type": "input", "data": "stty size\n"}))
+        read_until(ws, b"40 120")
+        ws.send(json.dumps({"type": "bogus"}))
+        error = json.loads(ws.recv(timeout=15))
+        while not isinstance(error, dict) or error.get("type") != "error":  # output may come first
+            frame = ws.recv(timeout=15)
+            error = json.loads(frame) if isinstance(frame, str) else None
+        assert error["error"]["code"] == "invalid_argument"
+        ws.send(b"exit 3\n")
+        while True:
+            frame = ws.recv(timeout=15)
+            if isinstance(frame, str):
+                assert json.loads(frame) == {"type": "exit", "exit_code": 3}
+                break
+    assert sbx.commands.list() == []  # the shell is gone
+
+
+def test_closing_the_websocket_kills_the_shell(live: LiveSandboxes, sbx: Sandbox) -> None:
+    with connect(ws_url(live, sbx.sandbox_id), open_timeout=15) as ws:
+        pid = json.loads(ws.recv(timeout=15))["pid"]
+        ws.send(b"sleep 1000\n")
+        assert any(p.pid == pid for p in sbx.commands.list())
+    deadline = time.monotonic() + 10
+    while any(p.pid == pid for p in sbx.commands.list()):
+        assert time.monotonic() < deadline, "the shell outlived its socket"
+        time.sleep(0.05)
+
+
+def test_terminal_websocket_of_another_workspace_is_refused(live: LiveSandboxes) -> None:
+    sbx = live.create(timeout=60, api_key=None)
+    try:
+        with pytest.raises(Exception) as refused:
+            with connect(ws_url(live, "nosuchsandbox"), open_timeout=15):
+                pass
+        assert "404" in str(refused.value)
+    finally:
+        sbx.kill()
+
+
+def test_terminal_through_the_sdk(sbx: Sandbox) -> None:
+    handle = sbx.pty.create(PtySize(rows=10, cols=50))
+    output = iter(handle)
+    handle.send_stdin(b"stty size\n")
+    seen = b""
+    while b"10 50" not in seen:
+        seen += next(output)
+    handle.resize(PtySize(rows=12, cols=60))
+    handle.send_stdin("stty size; exit 5\n")
+    seen = b"".join(output)
+    assert b"12 60" in seen and handle.exit_code == 5
+
+
+def test_terminal_cannot_inject_input_elsewhere(live: LiveSandboxes, sbx: Sandbox) -> None:
+    """TIOCSTI (pushing keystrokes into a terminal) is refused by seccomp, even on
+    the sandbox's own terminal; and the sandbox sees only its own ptys."""
+    sbx.files.write(
+        "probe.py",
+        "import fcntl, termios\n"
+        "try:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x'); print('IN' + 'JECTED')\n"
+        "except OSError as e:\n    print('refused', e.errno)\n",
+    )
+    with connect(ws_url(live, sbx.sandbox_id), open_timeout=15) as ws:
+        json.loads(ws.recv(timeout=15))
+        ws.send(b"python3 probe.py; ls /dev/pts; echo DO''NE\n")
+        seen = read_until(ws, b"DONE\r\n")
+    assert b"INJECTED" not in seen and b"refused 1" in seen
+    listed = seen.split(b"DONE")[0].split(b"refused 1")[-1].split()
+    assert sorted(listed) == [b"0", b"ptmx"]
+
+
+# -- exposed ports
+
+
+def test_port_is_served_through_the_router(live: LiveSandboxes, sbx: Sandbox) -> None:
+    serve(sbx, 8000)
+    url = sbx.get_host(8000)
+    with httpx.Client(timeout=30) as http:
+        got = http.get(f"{url}/some/page?x=1", headers={"Authorization": "Bearer tmt_secret", "Cookie": "a=b"})
+        assert got.status_code == 200, got.text
+        echoed = got.json()
+        assert echoed["path"] == "/some/page?x=1"
+        headers = {k.lower(): v for k, v in echoed["headers"].items()}
+        assert "authorization" not in headers and "cookie" not in headers  # the platform's credentials stay out
+        assert headers["x-forwarded-prefix"] == f"/v1/sandboxes/{sbx.sandbox_id}/ports/8000"
+        body = bytes(range(256)) * 8192  # 2 MiB both ways, through the flow control
+        posted = http.post(f"{url}/upload", content=body)
+        assert posted.status_code == 201 and posted.content == body
+        assert http.get(url).status_code == 200
+
+
+def test_port_not_listening_is_a_clear_502(sbx: Sandbox) -> None:
+    got = httpx.get(sbx.get_host(8001) + "/", timeout=30)
+    assert got.status_code == 502
+    assert got.json()["error"]["code"] == "port_not_listening"
+    assert "8001" in got.json()["error"]["message"]
+    assert httpx.get(sbx.get_host(0) + "/", timeout=30).status_code == 422
+    assert httpx.get(sbx.get_host(70000) + "/", timeout=30).status_code == 422
+
+
+def test_port_of_another_workspace_is_not_found(live: LiveSandboxes) -> None:
+    owner = Sandbox.create(api_url=live.url, timeout=60)
+    owner._http.headers["x-tenant"] = "alice"
+    tenant_box = httpx.Client(base_url=live.url, headers={"x-tenant": "alice"}, timeout=30)
+    try:
+        created = tenant_box.post("/v1/sandboxes", json={"timeout": 60}).json()["sandbox_id"]
+        got = httpx.get(f"{live.url}/v1/sandboxes/{created}/ports/8000/", headers={"x-tenant": "mallory"}, timeout=30)
+        assert got.status_code == 404
+        tenant_box.delete(f"/v1/sandboxes/{created}")
+    finally:
+        owner.kill()
+        tenant_box.close()
+
+
+@pytest.fixture
+def host_server() -> Iterator[int]:
+    """A TCP server on the host's loopback that answers anything with HTTP 200."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nHOST")
+            conn.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(2)
+    listener.close()
+
+
+def test_port_proxy_reaches_neither_host_ports_nor_other_sandboxes(
+    live: LiveSandboxes, sbx: Sandbox, host_server: int
+) -> None:
+    assert httpx.get(f"http://127.0.0.1:{host_server}/").text == "HOST"  # it does listen
+    got = httpx.get(sbx.get_host(host_server) + "/", timeout=30)
+    assert got.status_code == 502 and "HOST" not in got.text
+    other = live.create(timeout=60)
+    try:
+        serve(other, 8002)
+        assert httpx.get(other.get_host(8002) + "/", timeout=30).status_code == 200
+        assert httpx.get(sbx.get_host(8002) + "/", timeout=30).status_code == 502
+    finally:
+        other.kill()
+
+
+# -- file watching
+
+
+def collect(handle: object, wanted: int, timeout: float = 10) -> list:
+    events: list = []
+    deadline = time.monotonic() + timeout
+    while len(events) < wanted and time.monotonic() < deadline:
+        events += handle.get_new_events()  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    return events
+
+
+def test_watch_dir_streams_create_write_rename_remove(sbx: Sandbox) -> None:
+    sbx.files.make_dir("watched")
+    handle = sbx.files.watch_dir("watched", recursive=True)
+    try:
+        sbx.files.write("watched/a.txt", "one")
+        sbx.commands.run("mv watched/a.txt watched/b.txt && mkdir watched/sub && rm watched/b.txt")
+        sbx.files.write("watched/sub/deep.txt", "two")
+        events = collect(handle, 6)
+    finally:
+        handle.stop()
+    seen = [(e.type, e.name) for e in events]
+    for expected in [("create", "a.txt"), ("write", "a.txt"), ("rename", "a.txt"), ("create", "b.txt"),
+                     ("create", "sub"), ("remove", "b.txt"), ("create", "sub/deep.txt")]:  # fmt: skip
+        assert expected in seen, (expected, seen)
+
+
+def test_watch_of_a_missing_path_is_404_and_of_a_file_400(sbx: Sandbox) -> None:
+    with pytest.raises(NotFoundException):
+        sbx.files.watch_dir("no/such/dir")
+    sbx.files.write("plain.txt", "x")
+    got = sbx._http.get(sbx._path("files/watch"), params={"path": "plain.txt"})
+    assert got.status_code == 400 and "not a directory" in got.json()["error"]["message"]
+
+
+# -- metrics
+
+
+def test_metrics_report_cpu_memory_and_disk(sbx: Sandbox) -> None:
+    before = sbx.get_metrics()
+    sbx.commands.run("python3 -c 'x = 0\nfor i in range(3_000_000): x += i'")
+    sbx.commands.run("head -c 5000000 /dev/urandom > big.bin")
+    after = sbx.get_metrics()
+    assert after["cpu_usage_seconds"] > before["cpu_usage_seconds"] + 0.05
+    assert 0 < after["cpu_used_pct"] <= 100
+    assert after["disk_used_bytes"] >= before["disk_used_bytes"] + 4_000_000
+    assert after["disk_total_bytes"] > after["disk_used_bytes"]
+    assert 0 < after["memory_bytes"] <= after["memory_limit_bytes"]
+
+
+# -- tier 2: the same surfaces in a microVM
+
+
+@pytest.mark.kvm
+def test_terminal_port_watch_and_metrics_in_a_microvm(live_vm: LiveSandboxes) -> None:
+    vm = live_vm.create(template="microvm", timeout=300)
+    try:
+        with connect(ws_url(live_vm, vm.sandbox_id, "?rows=20&cols=70"), open_timeout=60) as ws:
+            assert json.loads(ws.recv(timeout=60))["type"] == "start"
+            ws.send(b"stty size; id -u; exit\n")
+            assert b"20 70" in read_until(ws, b"1000", timeout=60)
+        serve(vm, 8000)
+        got = httpx.get(vm.get_host(8000) + "/vm?q=1", timeout=60)
+        assert got.status_code == 200 and got.json()["path"] == "/vm?q=1"
+        assert httpx.get(vm.get_host(8001) + "/", timeout=60).status_code == 502
+        handle = vm.files.watch_dir(".")
+        try:
+            vm.files.write("seen.txt", "x")
+            events = collect(handle, 2, timeout=30)
+        finally:
+            handle.stop()
+        assert ("create", "seen.txt") in [(e.type, e.name) for e in events]
+        metrics = vm.get_metrics()
+        assert metrics["cpu_usage_seconds"] > 0 and metrics["disk_total_bytes"] > 0
+    finally:
+        vm.kill()
