@@ -92,6 +92,7 @@ def _fake_v2(tmp_path: Path) -> CgroupV2:
     (tmp_path / "memory.current").write_text("1234\n")
     (tmp_path / "pids.current").write_text("3\n")
     (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n")
+    (tmp_path / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n")
     return CgroupV2(tmp_path)
 
 
@@ -106,7 +107,7 @@ def test_cgroup_v2_files(tmp_path: Path) -> None:
     group.kill()
     assert (tmp_path / "cgroup.kill").read_text() == "1"
     usage = group.usage()
-    assert (usage.memory_bytes, usage.pids, usage.oom_kills) == (1234, 3, 1)
+    assert (usage.memory_bytes, usage.pids, usage.oom_kills, usage.cpu_usage_us) == (1234, 3, 1, 2_500_000)
 
 
 def test_proc_parsing() -> None:

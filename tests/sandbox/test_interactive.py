@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -17,7 +18,8 @@ from tramontane.sandbox import Sandbox
 from tramontane.sandbox.client import NotFoundException
 from tramontane.sandbox.client_io import PtySize
 
-from conftest import LiveSandboxes
+if TYPE_CHECKING:  # a plain import would be ambiguous when tests/server runs in the same session
+    from conftest import LiveSandboxes
 
 ECHO_SERVER = r"""
 import http.server, json, sys
