@@ -15,10 +15,14 @@
 #   chromium            the web console's browser tests (driven by Playwright, headless)
 #   postgresql          the tenancy tests start a throwaway server (initdb, pg_ctl);
 #                       production may point TRAMONTANE_DATABASE_URL at one
+#   podman crun         image deployments' containers (crun: the OCI runtime; podman
+#                       brings conmon, netavark and the storage drivers)
+#   git                 git deployments' clones
 # Safe to run again; does nothing where everything is installed. Needs root (or sudo).
 set -eu
 
-PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib qemu-system-x86 busybox-static cpio postgresql chromium tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra"
+PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib qemu-system-x86 busybox-static cpio postgresql chromium
+tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra podman crun git"
 
 missing=""
 for package in $PACKAGES; do
@@ -29,6 +33,25 @@ done
 if ! command -v npm >/dev/null 2>&1; then
     missing="$missing npm"
 fi
+
+# crun refuses a hybrid cgroup host (v1 controllers plus a cgroup2 mount) whose
+# cgroup2 hierarchy still holds a controller, e.g. hugetlb when no v1 hierarchy
+# mounts it: binding each such controller to a v1 hierarchy of its own empties
+# cgroup2. Pure cgroup2 hosts (systemd's default) need nothing.
+free_hybrid_cgroup2() {
+    unified=/sys/fs/cgroup/unified
+    [ -r "$unified/cgroup.controllers" ] && [ -d /sys/fs/cgroup/memory ] || return 0
+    for controller in $(cat "$unified/cgroup.controllers"); do
+        [ -d "/sys/fs/cgroup/$controller" ] && continue
+        mkdir -p "/sys/fs/cgroup/$controller" &&
+            mount -t cgroup -o "$controller" cgroup "/sys/fs/cgroup/$controller" ||
+            echo "install-system-deps: cannot mount the $controller cgroup; containers may not start" >&2
+    done
+}
+if [ "$(id -u)" -eq 0 ]; then
+    free_hybrid_cgroup2
+fi
+
 [ -z "$missing" ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

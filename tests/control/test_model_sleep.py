@@ -55,10 +55,10 @@ async def test_model_replica_sleeps_and_wakes_answering_the_same(env: Env) -> No
 
     await _wait_for(lambda: replica.state is ReplicaState.SLEEPING and replica.slept_at is not None)
     # Its sleep and wake routes answer the control plane's token only.
-    replica.handle.resume()
+    await replica.handle.resume()
     async with httpx.AsyncClient() as direct:
         refused = await direct.post(f"{replica.url}/control/wake", headers={"authorization": "Bearer nope"})
-    replica.handle.pause()
+    await replica.handle.pause()
     assert refused.status_code == 401
 
     # Woken: the same process, its KV cache back, the same greedy answer.

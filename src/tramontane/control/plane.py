@@ -27,6 +27,7 @@ from .backends import Backend, LocalBackend
 from .clock import SYSTEM_CLOCK, Clock, wait_for
 from .deployment import Deployment
 from .errors import DeploymentNotFound, NoCapacity
+from .images import Images
 from .models import ReplicaRow
 from .replica import Replica
 from .repository import Repository
@@ -48,9 +49,12 @@ class ControlPlane:
         home: Path | None = None,
         reconcile_interval_s: float = 1.0,
         clock: Clock = SYSTEM_CLOCK,
+        images: Images | None = None,
     ):
         self.repository = Repository(store)
         self.backend: Backend = backend or LocalBackend()
+        # Image deployments' images: checked, pulled or built before they are stored.
+        self.images = images or Images(getattr(self.backend, "podman", None))
         self.capacity = capacity or NodeCapacity.detect()
         self.home = home or tramontane_home()
         self.log_dir = self.home / "control" / "logs"
@@ -96,6 +100,7 @@ class ControlPlane:
     # -- deployments -----------------------------------------------------------
 
     async def create(self, workspace_id: str, spec: DeploymentSpec) -> Deployment:
+        spec = await self.images.prepare(workspace_id, spec)
         desired = spec.scaling.min_replicas
         row = self.repository.insert_deployment(workspace_id, spec, desired)
         deployment = Deployment(row.id, workspace_id, spec, desired, last_request=self.clock.now())

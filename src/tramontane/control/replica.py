@@ -98,7 +98,7 @@ class Replica:
             log.warning("replica %s would not sleep: %s", self.id, exc)
             self._enter(ReplicaState.RUNNING)
             return False
-        self.handle.pause()
+        await self.handle.pause()
         self.held_memory_mb = await asyncio.to_thread(self.handle.memory_mb)
         self.slept_at = self._clock.now()
         self._on_change(self)
@@ -108,7 +108,7 @@ class Replica:
         """Thaws a SLEEPING replica and checks it answers: RUNNING then. When it
         does not, it is killed and left to its supervisor, which restarts it."""
         assert self.state is ReplicaState.SLEEPING and isinstance(self.handle, Pausable)
-        self.handle.resume()
+        await self.handle.resume()
         try:
             if self.spec.kind is Kind.MODEL:
                 await self._backend.control(self.handle, "wake", self.token)

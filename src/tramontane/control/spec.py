@@ -28,6 +28,7 @@ _BUILTIN_RESOURCES = frozenset(
 class Kind(StrEnum):
     COMMAND = "command"
     MODEL = "model"
+    IMAGE = "image"
 
 
 class _Strict(BaseModel):
@@ -108,6 +109,24 @@ class Routes(_Strict):
         return value.rstrip("/")
 
 
+class GitSource(_Strict):
+    """A repository built into the deployment's image when it is created (gitsource.py)."""
+
+    # A local path, or a URL the operator allows (TRAMONTANE_GIT_ALLOWED).
+    repository: str = Field(min_length=1)
+    branch: str | None = None
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{4,40}$")
+    # A Containerfile in the repository; default: Containerfile or Dockerfile at its
+    # root, else a Python project's generated one.
+    containerfile: str | None = None
+
+    @model_validator(mode="after")
+    def _one_ref(self) -> GitSource:
+        if self.branch and self.commit:
+            raise ValueError("give a branch or a commit, not both")
+        return self
+
+
 class DeploymentSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     kind: Kind = Kind.COMMAND
@@ -116,6 +135,13 @@ class DeploymentSpec(_Strict):
     command: str | None = None
     # kind=model: a model path for `tramontane up --model`.
     model: str | None = None
+    # kind=image: an OCI image on this host (`tramontane build`), run with its own
+    # command, or `command` through the image's /bin/sh. Set from `git` once built.
+    image: str | None = None
+    git: GitSource | None = None
+    # The port the image listens on, published to the replica's port; default: the
+    # replica's port itself, given to the container as $PORT.
+    container_port: int | None = Field(default=None, ge=1, le=65535)
     resources: Resources = Field(default_factory=Resources)
     scaling: Scaling = Field(default_factory=Scaling)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
@@ -124,6 +150,13 @@ class DeploymentSpec(_Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> DeploymentSpec:
+        if self.kind is Kind.IMAGE:
+            if not self.image and self.git is None:
+                raise ValueError("an image deployment needs `image` or `git`")
+            if self.resources.gpus:
+                raise ValueError("image deployments cannot reserve GPUs")
+        elif self.image or self.git or self.container_port:
+            raise ValueError("`image`, `git` and `container_port` belong to image deployments (kind: image)")
         if self.kind is Kind.COMMAND and not self.command:
             raise ValueError("a command deployment needs `command`")
         if self.kind is Kind.MODEL:

@@ -50,11 +50,11 @@ class Pausable(Protocol):
     """A handle whose process can be frozen in place: what light sleep needs. A
     backend whose handles are not Pausable gets deep sleep only."""
 
-    def pause(self) -> None:
+    async def pause(self) -> None:
         """Freezes the replica's processes: they keep their memory, use no CPU."""
         ...
 
-    def resume(self) -> None: ...
+    async def resume(self) -> None: ...
 
     def memory_mb(self) -> int:
         """Resident memory of the replica's processes, in MiB."""

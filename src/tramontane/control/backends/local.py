@@ -14,8 +14,10 @@ import signal
 import socket
 from pathlib import Path
 
+from ..containers import NAME_PREFIX, Podman
 from ..spec import DeploymentSpec, Kind, expand_port
 from .base import open_log
+from .container import ContainerReplica, launch_container
 from .http import HttpReplicaCalls
 from .standby import Standby, can_start_warm
 
@@ -89,10 +91,10 @@ class LocalReplica:
     async def wait(self) -> int:
         return await self._process.wait()
 
-    def pause(self) -> None:
+    async def pause(self) -> None:
         _kill_group(self._process.pid, signal.SIGSTOP)
 
-    def resume(self) -> None:
+    async def resume(self) -> None:
         _kill_group(self._process.pid, signal.SIGCONT)
 
     def memory_mb(self) -> int:
@@ -120,15 +122,19 @@ def inherited_env() -> dict[str, str]:
 class LocalBackend(HttpReplicaCalls):
     """Runs replicas on this machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, podman: Podman | None = None) -> None:
         self.standby = Standby(inherited_env)
+        # Image deployments' containers.
+        self.podman = podman or Podman()
 
     async def launch(
         self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
-    ) -> LocalReplica:
+    ) -> LocalReplica | ContainerReplica:
         port = free_port()
         own_env = {**spec.env, **platform_env, "PORT": str(port), "TRAMONTANE_REPLICA_ID": replica_id}
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        if spec.kind is Kind.IMAGE:
+            return await launch_container(self.podman, replica_id, spec, port, own_env, log_path, process_start_time)
         if spec.kind is Kind.MODEL and can_start_warm(spec.env):
             process = await self.standby.take(spec.tramontane_args(port), own_env, log_path)
             if process is not None:
@@ -155,5 +161,21 @@ class LocalBackend(HttpReplicaCalls):
         current = process_start_time(pid)
         if current is None or pid_start is None or current != pid_start:
             return False
+        container = _container_of(pid)
         _kill_group(pid, signal.SIGKILL)
+        if container is not None:
+            # The container outlives its `podman run` process (conmon holds it).
+            self.podman.remove_now(container)
         return True
+
+
+def _container_of(pid: int) -> str | None:
+    """The replica container that `pid`, a `podman run` process, started, if it is one."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == b"--name" and value.startswith(NAME_PREFIX.encode()):
+            return value.decode()
+    return None

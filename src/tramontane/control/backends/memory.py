@@ -47,10 +47,10 @@ class MemoryReplica:
         self.stopped = True
         self.exit(-15)
 
-    def pause(self) -> None:
+    async def pause(self) -> None:
         self.paused = True
 
-    def resume(self) -> None:
+    async def resume(self) -> None:
         self.paused = False
 
     def memory_mb(self) -> int:

@@ -1,0 +1,106 @@
+"""Replicas of image deployments as containers on this machine (Podman + crun).
+
+The handle watches the foreground `podman run` process: it exits with the
+container's status, so a crash is seen at once, as for a command replica. Light
+sleep freezes the container's cgroup (`podman pause`); deep sleep stops and
+removes it, and waking from deep sleep runs the image again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from ..containers import REPLICA_LABEL, Podman, RunRequest, container_name, podman_env
+from ..spec import DeploymentSpec
+from .base import open_log
+
+
+class ContainerReplica:
+    def __init__(
+        self, podman: Podman, name: str, process: asyncio.subprocess.Process, port: int, pid_start: int | None
+    ):
+        self._podman = podman
+        self.name = name
+        self._process = process
+        self._port = port
+        self._pid_start = pid_start
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        """The `podman run` process's: a restarted control plane finds the container by it."""
+        return self._process.pid
+
+    @property
+    def pid_start(self) -> int | None:
+        return self._pid_start
+
+    @property
+    def node(self) -> str:
+        return "local"
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    async def pause(self) -> None:
+        await self._podman.pause(self.name)
+
+    async def resume(self) -> None:
+        await self._podman.unpause(self.name)
+
+    def memory_mb(self) -> int:
+        return self._podman.memory_mb(self.name)
+
+    async def stop(self, grace_s: float) -> None:
+        if self._process.returncode is None:
+            await self._podman.stop(self.name, grace_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s + 5):
+                    await self._process.wait()
+        if self._process.returncode is None:
+            # podman itself is stuck: kill it, then the container it left.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            await self._process.wait()
+            await asyncio.to_thread(self._podman.remove_now, self.name)
+
+
+async def launch_container(
+    podman: Podman,
+    replica_id: str,
+    spec: DeploymentSpec,
+    port: int,
+    env: dict[str, str],
+    log_path: Path,
+    pid_start_of: Callable[[int], int | None],
+) -> ContainerReplica:
+    """Starts the replica's container, its port published on 127.0.0.1:`port`; the
+    image gets `env` (the spec's and the platform's, PORT included)."""
+    assert spec.image is not None, "an image deployment is built before it is launched"
+    container_port = spec.container_port or port
+    request = RunRequest(
+        name=container_name(replica_id),
+        image=spec.image,
+        host_port=port,
+        container_port=container_port,
+        cpu=spec.resources.cpu,
+        memory_mb=spec.resources.memory_mb,
+        env={**env, "PORT": str(container_port)},
+        command=["/bin/sh", "-c", spec.command] if spec.command else None,
+        labels={REPLICA_LABEL: replica_id},
+    )
+    with open_log(log_path) as log:
+        process = await podman.run(request, podman_env(), log)
+    return ContainerReplica(podman, request.name, process, port, pid_start_of(process.pid))
+
