@@ -9,6 +9,7 @@ import pytest
 
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME as CHAT_MODEL
 from tramontane.engine.defaults import DEFAULT_EMBEDDING_MODEL_NAME as EMBEDDING_MODEL
+from tramontane.finetune.moderation import MODERATION_MODEL
 
 TEXTS = ["The cat sits on the mat.", "A feline rests on a rug.", "Quarterly revenue grew by 4%."]
 
@@ -49,7 +50,7 @@ def test_chat_model_cannot_embed_and_vice_versa(oai):
 
 def test_openai_models(oai):
     ids = [m.id for m in oai.models.list()]
-    assert ids == [CHAT_MODEL, EMBEDDING_MODEL]
+    assert ids == [CHAT_MODEL, EMBEDDING_MODEL, MODERATION_MODEL]
     card = oai.models.retrieve(CHAT_MODEL)
     assert card.object == "model" and card.owned_by and card.created > 0
 

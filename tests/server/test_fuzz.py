@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from tramontane.engine.defaults import DEFAULT_CHAT_MODEL_NAME, DEFAULT_EMBEDDING_MODEL_NAME
+from tramontane.finetune.moderation import MODERATION_MODEL
 
 EXAMPLES_PER_OPERATION = 30
 
@@ -26,6 +27,9 @@ def _aim_at_real_models(case) -> None:
         return
     if case.path == "/v1/ocr":
         case.body["model"] = "mistral-ocr-latest"
+        return
+    if case.path.endswith(("/moderations", "/classifications")):
+        case.body["model"] = MODERATION_MODEL
         return
     embedding = case.path == "/v1/embeddings"
     case.body["model"] = DEFAULT_EMBEDDING_MODEL_NAME if embedding else DEFAULT_CHAT_MODEL_NAME

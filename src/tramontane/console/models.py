@@ -20,6 +20,8 @@ def _runtime(request: Request, model_id: str, workspace_id: str) -> dict[str, An
     (the API's cards say what a model can do, not how it is served)."""
     entry = request.app.state.models.entry(model_id, workspace_id)
     engine = getattr(entry, "engine", None)
+    if hasattr(entry, "loader"):  # a classifier: a head over an embedding model
+        return {"kind": "classifier", "state": "running", "dimensions": None}
     if engine is None:  # an embedding model
         model = getattr(entry, "model", None)
         return {"kind": "embedding", "state": "running", "dimensions": getattr(model, "dim", None)}

@@ -21,6 +21,7 @@ from ..engine.defaults import (
 )
 from ..engine.embedding import EmbeddingModel
 from ..errors import Invalid, NotFound, Unavailable
+from .classifiers import ClassifierEntry
 from .fim import FIMFormat
 from .protocol import FineTunedModelCard, ModelCapabilities, ModelCard
 from .structured import GrammarCompiler
@@ -144,7 +145,7 @@ class EmbeddingEntry:
 
 class ModelRegistry:
     def __init__(self) -> None:
-        self._models: dict[str, ChatModel | EmbeddingEntry] = {}
+        self._models: dict[str, ChatModel | EmbeddingEntry | ClassifierEntry] = {}
         self._started = False
 
     def load(
@@ -174,7 +175,7 @@ class ModelRegistry:
         self.add(entry)
         return entry.name
 
-    def add(self, entry: ChatModel | EmbeddingEntry) -> None:
+    def add(self, entry: ChatModel | EmbeddingEntry | ClassifierEntry) -> None:
         if entry.name in self._models:
             raise ValueError(f"two models are named {entry.name!r}; name one with NAME=PATH")
         self._models[entry.name] = entry
@@ -214,7 +215,7 @@ class ModelRegistry:
         internal caller, who sees every model); another workspace's answers 404."""
         entry = self._get(name, workspace_id)
         if not isinstance(entry, ChatModel):
-            raise Invalid(f"The model '{name}' is an embedding model and cannot generate text",
+            raise Invalid(f"The model '{name}' is not a chat model and cannot generate text",
                           code="model_not_supported", param="model")
         return entry
 
@@ -224,6 +225,21 @@ class ModelRegistry:
             raise Invalid(f"The model '{name}' is not an embedding model", code="model_not_supported", param="model")
         return entry
 
+    def classifier(self, name: str, workspace_id: str | None = None) -> ClassifierEntry:
+        """The classifier `name` as the caller of `workspace_id` sees it."""
+        entry = self._get(name, workspace_id)
+        if not isinstance(entry, ClassifierEntry):
+            raise Invalid(f"The model '{name}' is not a classifier", code="model_not_supported", param="model")
+        return entry
+
+    def remove_classifier(self, model_id: str) -> None:
+        if not isinstance(self._get(model_id), ClassifierEntry):
+            raise ValueError(f"{model_id!r} is not a classifier")
+        del self._models[model_id]
+
+    def has_embedding(self) -> bool:
+        return any(isinstance(entry, EmbeddingEntry) for entry in self._models.values())
+
     def default_embedding(self) -> EmbeddingEntry:
         """The first embedding model loaded: what document libraries embed with."""
         for entry in self._models.values():
@@ -231,7 +247,7 @@ class ModelRegistry:
                 return entry
         raise Unavailable("No embedding model is loaded", code="no_embedding_model")
 
-    def entry(self, name: str, workspace_id: str | None = None) -> ChatModel | EmbeddingEntry:
+    def entry(self, name: str, workspace_id: str | None = None) -> ChatModel | EmbeddingEntry | ClassifierEntry:
         """The model `name` as the caller of `workspace_id` sees it; 404 for another's."""
         return self._get(name, workspace_id)
 
@@ -270,17 +286,17 @@ class ModelRegistry:
         for _, engine in self.engines():
             await engine.shutdown()
 
-    def _get(self, name: str, workspace_id: str | None = None) -> ChatModel | EmbeddingEntry:
+    def _get(self, name: str, workspace_id: str | None = None) -> ChatModel | EmbeddingEntry | ClassifierEntry:
         entry = self._models.get(name)
         if entry is None or not _visible(entry, workspace_id):
             raise NotFound(f"The model '{name}' does not exist", code="model_not_found", param="model")
         return entry
 
 
-def _owner(entry: ChatModel | EmbeddingEntry) -> str | None:
-    return entry.workspace_id if isinstance(entry, ChatModel) else None
+def _owner(entry: ChatModel | EmbeddingEntry | ClassifierEntry) -> str | None:
+    return entry.workspace_id if isinstance(entry, ChatModel | ClassifierEntry) else None
 
 
-def _visible(entry: ChatModel | EmbeddingEntry, workspace_id: str | None) -> bool:
+def _visible(entry: ChatModel | EmbeddingEntry | ClassifierEntry, workspace_id: str | None) -> bool:
     owner = _owner(entry)
     return owner is None or workspace_id is None or owner == workspace_id

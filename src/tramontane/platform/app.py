@@ -83,6 +83,7 @@ def platform_features(
     if replica_token is None:
         reader = DocumentReader()
         listed.append(features.admin(tenancy))
+        listed.append(features.moderation(registry, tenancy.home))
         listed.append(features.document_ai(reader))
         listed.append(
             features.agents(tenancy, registry, agent_backend, metrics, sandboxes, agent_sandbox_idle_timeout_s, reader)

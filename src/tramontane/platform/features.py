@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -27,6 +28,7 @@ from ..control.plane import ControlPlane
 from ..control.router import create_router_app
 from ..finetune import api as finetune_api
 from ..finetune.batch_executor import batch_executor
+from ..finetune.moderation import MODERATION_MODEL, moderation_classifier
 from ..finetune.service import FineTuning
 from ..inference.metrics import Metrics
 from ..inference.protocol import ErrorResponse
@@ -35,7 +37,7 @@ from ..responses.api import create_router as create_responses_router
 from ..responses.service import Responses
 from ..sandbox import SandboxError, SandboxManager, create_router
 from ..sandbox.metrics import SandboxCollector
-from ..server import chat, completions, embeddings, health, lora_admin, models, ocr, tokenize
+from ..server import chat, classifiers, completions, embeddings, health, lora_admin, models, ocr, tokenize
 from ..server.sleep import sleep_router
 from ..tenancy import Tenancy, request_logs_router
 from ..tenancy.admin_api import router as admin_router
@@ -80,7 +82,7 @@ def inference_api(registry: ModelRegistry, metrics: Metrics) -> Feature:
     of every wake from zero) must not pay for the routes behind it. Each router is
     included in the app itself: FastAPI matches a request again at every level of
     nested routers, and one level less halves that work on every inference request."""
-    modules = (chat, completions, embeddings, models, tokenize, lora_admin)
+    modules = (chat, completions, embeddings, models, tokenize, lora_admin, classifiers)
     inference = tuple(Route(module.router, ERRORS) for module in modules)
     return Feature(
         "inference",
@@ -129,6 +131,14 @@ def agents(
     )
     routes = tuple(Route(router, ERRORS) for router in agents_api.routers)
     return Feature("agents", routes=routes, state={"agents": service})
+
+
+def moderation(registry: ModelRegistry, home: Path) -> Feature:
+    """The default moderation model, over the first embedding model: its head is
+    trained on first use and cached under `home` (finetune/moderation)."""
+    if registry.has_embedding() and MODERATION_MODEL not in registry.names():
+        registry.add(moderation_classifier(registry.default_embedding(), home / "models" / "moderation"))
+    return Feature("moderation")
 
 
 def document_ai(reader: DocumentReader) -> Feature:
