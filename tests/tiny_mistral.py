@@ -39,8 +39,9 @@ def hf_model(kind: str = "mistral", tokenizer: str = "v3", seed: int = 0, **conf
     common = dict(
         vocab_size=VOCAB[tokenizer], hidden_size=_HIDDEN, intermediate_size=_FFN, num_hidden_layers=_LAYERS,
         num_attention_heads=_HEADS, num_key_value_heads=_KV_HEADS, max_position_embeddings=512,
-        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, rope_theta=1_000_000.0, **config,
+        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, rope_theta=1_000_000.0,
     )
+    common.update(config)
     if kind == "mixtral":
         cfg = transformers.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **common)
         return transformers.MixtralForCausalLM(cfg).eval()

@@ -81,6 +81,27 @@ def test_one_stream_gets_the_per_stream_service_of_a_32_stream_flood():
     assert mine.num_output_tokens >= per_stream_a > 10
 
 
+def test_a_new_prompt_waits_for_at_most_one_step_of_a_flood():
+    """B's time to first token under A's flood is the step in progress plus its own
+    prefill, never a queue behind A's decodes (docs/fair-sharing.md has the arithmetic)."""
+    scheduler = make_scheduler()
+    flood = [submit(scheduler, A) for _ in range(32)]
+    for _ in range(10):
+        step(scheduler)
+    assert all(s.num_output_tokens > 0 for s in flood)
+    for last_step_was_prefill in (False, True):
+        scheduler._last_was_prefill = last_step_was_prefill
+        mine = submit(scheduler, B, prompt=30, max_tokens=2)
+        steps = 0
+        while mine.num_output_tokens == 0:
+            step(scheduler)
+            steps += 1
+        # After a prefill step the decodes go first, once; else B's prompt goes at once.
+        assert steps == (2 if last_step_was_prefill else 1)
+        while mine.status != SeqStatus.FINISHED:
+            step(scheduler)
+
+
 def test_a_late_workspace_takes_back_its_share_of_full_slots():
     scheduler = make_scheduler(max_num_seqs=8)
     flood = [submit(scheduler, A) for _ in range(20)]

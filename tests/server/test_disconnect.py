@@ -134,10 +134,12 @@ def test_conversation_start_aborts_and_keeps_the_answer_so_far(live_server, stre
     with httpx.Client(base_url=live_server.url, headers=live_server.tenant.headers, timeout=30) as client:
         found = [c for c in client.get("/v1/conversations").json() if c.get("name") == f"left-{stream}"]
     assert len(found) == 1
-    # The stored conversation holds the question and the answer as far as it got.
+    # The stored conversation holds the question and the answer as far as it got,
+    # marked as cut short: an entry never completed.
     entries = _history(live_server, found[0]["id"])
     assert [e["type"] for e in entries] == ["message.input", "message.output"]
-    assert entries[1]["content"]
+    assert entries[1]["content"] and entries[1]["completed_at"] is None
+    assert entries[0]["completed_at"] is not None
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
@@ -146,7 +148,9 @@ def test_conversation_append_aborts(live_server, stream):
     live_server.wait_idle()
     body = {"inputs": COUNT, "stream": stream, **LONG_RUN}
     assert _post_and_leave(live_server, f"/v1/conversations/{conversation_id}", body) < 2.0
-    assert _history(live_server, conversation_id)[-1]["type"] == "message.output"
+    history = _history(live_server, conversation_id)
+    assert history[-1]["type"] == "message.output" and history[-1]["completed_at"] is None
+    assert history[1]["completed_at"] is not None  # the first, whole answer
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])

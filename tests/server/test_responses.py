@@ -200,6 +200,35 @@ def test_background_response_is_cancelled(oai: openai.OpenAI, live_server):
     assert current.status in ("completed", "incomplete") and current.usage.output_tokens > 0
 
 
+def test_a_background_response_holds_its_workspaces_concurrency_slot(live_server, openai_with_key):
+    """A workspace limited to two requests at a time cannot run three by asking for
+    one in the background (every request, a retrieve or cancel too, takes a slot)."""
+    tenant = live_server.create_tenant("two-at-a-time")
+    with live_server.admin() as admin:
+        limits = {"limits": {"max_concurrent_requests": 2}}
+        admin.patch(f"/workspaces/{tenant.workspace_id}", json=limits).raise_for_status()
+    client = openai_with_key(tenant.key)
+    gate = live_server.tenancy.gate
+    hi = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    live_server.wait_idle()
+    started = client.responses.create(
+        model=CHAT_MODEL, input="Write a very long story.", background=True, max_output_tokens=4000
+    )
+    assert gate.running(tenant.workspace_id) == 1  # the request answered; its slot stays taken
+    with client.chat.completions.create(**hi, stream=True) as stream:
+        next(iter(stream))
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(**hi)
+    deadline = time.monotonic() + 10  # the server frees the stream's slot once it sees it closed
+    while gate.running(tenant.workspace_id) != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)  # and its lease, in a worker thread just after
+    assert client.responses.cancel(started.id).status == "cancelled"
+    assert gate.running(tenant.workspace_id) == 0
+    assert client.chat.completions.create(**hi).usage.completion_tokens > 0
+
+
 def test_bad_requests_are_clear_4xx(http: httpx.Client, oai: openai.OpenAI):
     image = [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]
     orphan = [{"type": "function_call_output", "call_id": "nope", "output": "x"}]

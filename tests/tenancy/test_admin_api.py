@@ -109,3 +109,29 @@ def test_out_of_range_numbers_are_422_not_500(client: TestClient, tenancy: Tenan
     assert client.post("/v1/admin/workspaces", json=too_wide, headers=admin).status_code == 422
     key = {"name": "k", "capabilities": ["inference"], "expires_in_s": 10**16}
     assert client.post(f"/v1/admin/workspaces/{created.json()['id']}/keys", json=key, headers=admin).status_code == 422
+
+
+def test_scheduling_weight_is_set_by_platform_admins_and_reaches_the_engine(
+    client: TestClient, tenancy: Tenancy
+) -> None:
+    admin = _bearer(tenancy.bootstrap_admin_key() or "")
+    acme = make_tenant(tenancy, "acme", capabilities=frozenset({Capability.ADMIN, Capability.INFERENCE}))
+    path = f"/v1/admin/workspaces/{acme.workspace_id}"
+    assert client.get(path, headers=admin).json()["scheduling_weight"] is None
+    principal = tenancy.authenticate(f"Bearer {acme.key}")
+    assert tenancy.scheduling_weight(principal) == 1.0
+
+    # An organisation's own admin may not take engine time from other organisations.
+    refused = client.patch(path, json={"scheduling_weight": 8}, headers=_bearer(acme.key))
+    assert refused.status_code == 403 and refused.json()["error"]["param"] == "scheduling_weight"
+    for bad in (0, -1, 1001, "heavy"):
+        assert client.patch(path, json={"scheduling_weight": bad}, headers=admin).status_code in (400, 422)
+
+    assert client.patch(path, json={"scheduling_weight": 4}, headers=admin).json()["scheduling_weight"] == 4
+    principal = tenancy.authenticate(f"Bearer {acme.key}")
+    assert principal.scheduling_weight == 4 and tenancy.scheduling_weight(principal) == 4.0
+    # Null gives the workspace back to the operator's default.
+    assert client.patch(path, json={"scheduling_weight": None}, headers=admin).json()["scheduling_weight"] is None
+    assert tenancy.scheduling_weight(tenancy.authenticate(f"Bearer {acme.key}")) == 1.0
+    actions = [e["action"] for e in client.get("/v1/admin/audit", headers=admin).json()["data"]]
+    assert actions.count("workspace.scheduling_weight") == 2

@@ -32,6 +32,11 @@ def test_cli_key_lifecycle_usage_and_erasure(tmp_path: Path, monkeypatch: pytest
     tenancy.record_usage(
         principal, model="m", prompt_tokens=2, completion_tokens=3, latency_s=0.1, energy=EnergyReading(0.5, "estimate")
     )
+    run("workspaces", "set-weight", workspace, "3")
+    assert tenancy.scheduling_weight(tenancy.authenticate(f"Bearer {key}")) == 3.0
+    run("workspaces", "set-weight", workspace, "--default")
+    assert tenancy.authenticate(f"Bearer {key}").scheduling_weight is None
+    assert runner.invoke(app, ["workspaces", "set-weight", workspace]).exit_code == 2
     listed = run("keys", "list", "--workspace", workspace)
     assert principal.key_prefix in listed and key not in listed and "active" in listed
     assert "5" in run("usage", "--workspace", workspace, "--group-by", "model")

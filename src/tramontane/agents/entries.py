@@ -24,10 +24,14 @@ def message_input(role: str, content: str | list[dict[str, Any]]) -> dict[str, A
 
 
 def message_output(
-    entry_id: str, content: str | list[dict[str, Any]], model: str, agent_id: str | None
+    entry_id: str, content: str | list[dict[str, Any]], model: str, agent_id: str | None, *, completed: bool = True
 ) -> dict[str, Any]:
+    """`completed=False`: an answer cut short (its client left), kept as far as it
+    got with `completed_at` null, so that nobody reads it as the model's whole answer."""
     entry = _entry("message.output", "msg", role="assistant", content=content, model=model, agent_id=agent_id)
     entry["id"] = entry_id  # the id its stream deltas already carried
+    if not completed:
+        entry["completed_at"] = None
     return entry
 
 

@@ -192,7 +192,9 @@ class Run:
             with anyio.CancelScope(shield=True):
                 await turn.close()
                 if content and not calls:
-                    partial = entries.message_output(message_id, "".join(content), speaker.model, speaker.agent_id)
+                    partial = entries.message_output(
+                        message_id, "".join(content), speaker.model, speaker.agent_id, completed=False
+                    )
                     await self._add(Stored(partial))
             raise
         finally:

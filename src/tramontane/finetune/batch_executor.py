@@ -70,7 +70,8 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
             log.warning("batch job %s is not metered: it names no key", job.id)
 
         # Batch work has its own class: it yields the engine to interactive requests.
-        tenant = Tenant(job.workspace_id, job.api_key_id or "", tenancy.admission.weight(job.workspace_id))
+        weight = tenancy.scheduling_weight(principal) if principal else tenancy.admission.weight(job.workspace_id)
+        tenant = Tenant(job.workspace_id, job.api_key_id or "", weight)
         share = Share(tenant, Priority.BATCH)
 
         async def run_shared(request: BatchRequest) -> ChatCompletionResponse | EmbeddingResponse:

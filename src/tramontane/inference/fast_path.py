@@ -149,7 +149,7 @@ class InferenceRoute(APIRoute):
             tenancy = get_tenancy(request)
             meter = request.state.meter = RequestMeter(tenancy, principal, request)
             # The engine shares its steps between workspaces (and their keys) by weight.
-            weight = tenancy.admission.weight(principal.workspace_id)
+            weight = tenancy.scheduling_weight(principal)
             current_share.set(Share(Tenant(principal.workspace_id, principal.key_id, weight)))
             try:
                 response = await handle(request)

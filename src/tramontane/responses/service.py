@@ -20,7 +20,7 @@ from ..errors import Invalid
 from ..inference.fast_path import InferenceCall
 from ..inference.streaming import EventStreamResponse, until_disconnected
 from ..store import Store
-from ..tenancy import Principal, Tenancy
+from ..tenancy import HeldSlot, Principal, Tenancy
 from .events import sse
 from .items import normalize_input
 from .run import ResponseRun
@@ -73,11 +73,14 @@ class Responses:
 
     async def _start_background(self, principal: Principal, run: ResponseRun) -> ResponseObject:
         await to_thread(self.store.save, principal.workspace_id, run.response, run.input_items)
-        task = asyncio.create_task(self._run_background(principal, run))
+        # It goes on holding the request's concurrency slot: a workspace cannot get
+        # round its limits by asking for its work in the background.
+        slot = self._tenancy.detach_slot(principal)
+        task = asyncio.create_task(self._run_background(principal, run, slot))
         self._background[run.response.id] = (principal.workspace_id, run, task)
         return run.response.model_copy()
 
-    async def _run_background(self, principal: Principal, run: ResponseRun) -> None:
+    async def _run_background(self, principal: Principal, run: ResponseRun, slot: HeldSlot) -> None:
         span = self._tenancy.meter.begin()
         started = time.perf_counter()
         try:
@@ -90,6 +93,7 @@ class Responses:
         finally:
             self._background.pop(run.response.id, None)
             with anyio.CancelScope(shield=True):
+                await self._tenancy.release_slot(slot)
                 tokens = run.gen.prompt_tokens + run.gen.completion_tokens if run.gen.started else 0
                 energy = self._tenancy.meter.finish(span, tokens)
                 await to_thread(self.store.save, principal.workspace_id, run.response, run.input_items)

@@ -91,6 +91,9 @@ class Workspace(LimitColumns, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Request and response bodies are stored only when set: kept this many days.
     request_log_retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Its share of the engines against other workspaces (engine/scheduler.py); NULL:
+    # the operator's `--workspace-weight` for it, else 1.
+    scheduling_weight: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class ApiKey(WorkspaceOwned, LimitColumns, Base):

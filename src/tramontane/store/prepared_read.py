@@ -15,6 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, Select
+from sqlalchemy.exc import InvalidRequestError
+
+
+def _result_processor(column_type: Any, dialect: Any) -> Callable[[Any], Any] | None:
+    try:
+        return column_type.dialect_impl(dialect).result_processor(dialect, None)
+    except (TypeError, InvalidRequestError):
+        # Numeric types choose by the driver's type code, known only after a query
+        # runs; every driver hands a float column over as a Python float already.
+        return None
 
 
 class PreparedRead:
@@ -33,7 +43,7 @@ class PreparedRead:
             if processor is not None:
                 self._bind_processors[name] = processor
         columns = list(statement.selected_columns)
-        self._result_processors = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
+        self._result_processors = [_result_processor(c.type, dialect) for c in columns]
         self._row = namedtuple("Row", [c.key for c in columns])  # type: ignore[misc]
 
     def first(self, **values: Any) -> Any:

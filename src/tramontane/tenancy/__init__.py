@@ -21,7 +21,7 @@ from .ownership import get_owned, owned
 from .principal import Limits, Principal
 from .request_logs import RequestLogEntry, RequestLogWriter
 from .request_logs_api import router as request_logs_router
-from .service import Tenancy
+from .service import HeldSlot, Tenancy
 from .usage import Usage
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Capability",
     "EnergyMeter",
     "EnergyReading",
+    "HeldSlot",
     "Limits",
     "Principal",
     "RequestLogEntry",

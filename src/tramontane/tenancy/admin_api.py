@@ -117,6 +117,9 @@ def create_workspace(body: WorkspaceIn, principal: Admin, tenancy: TenancyDep) -
             body.limits.to_limits(),
             body.request_log_retention_days,
         )
+        if body.scheduling_weight is not None:
+            _check_may_weigh(principal)
+            directory.set_scheduling_weight(session, workspace, body.scheduling_weight, Actor(principal.key_prefix))
         return WorkspaceOut.of(workspace)
 
 
@@ -136,7 +139,20 @@ def update_workspace(workspace_id: str, body: WorkspacePatch, principal: Admin, 
             directory.update_workspace(session, workspace, actor, name=body.name, limits=limits)
         if "request_log_retention_days" in body.model_fields_set:
             directory.set_request_log_retention(session, workspace, body.request_log_retention_days, actor)
+        if "scheduling_weight" in body.model_fields_set:
+            _check_may_weigh(principal)
+            directory.set_scheduling_weight(session, workspace, body.scheduling_weight, actor)
         return WorkspaceOut.of(workspace)
+
+
+def _check_may_weigh(principal: Principal) -> None:
+    """A workspace's weight takes engine time from every other organisation's."""
+    if not principal.platform_admin:
+        raise Forbidden(
+            "Only an admin key of the platform organisation may set a scheduling weight",
+            code="platform_admin_required",
+            param="scheduling_weight",
+        )
 
 
 @router.delete("/workspaces/{workspace_id}")

@@ -20,6 +20,8 @@ Limit = Field(default=None, ge=0, le=2**31 - 1)
 TokenLimit = Field(default=None, ge=0, le=2**63 - 1)
 # Null: request and response bodies are not stored.
 RetentionDays = Field(default=None, ge=MIN_RETENTION_DAYS, le=MAX_RETENTION_DAYS)
+# A workspace's share of the engines against others (engine/scheduler.py).
+Weight = Field(default=None, gt=0, le=1000)
 # A century: beyond some point datetime arithmetic overflows, and no key needs more.
 MAX_EXPIRES_IN_S = 100 * 366 * 24 * 3600
 
@@ -64,6 +66,8 @@ class WorkspaceIn(BaseModel):
     organisation_id: str | None = None
     limits: LimitsBody = LimitsBody()
     request_log_retention_days: int | None = RetentionDays
+    # Platform admins only: it takes engine time from other organisations' workspaces.
+    scheduling_weight: float | None = Weight
 
 
 class WorkspacePatch(BaseModel):
@@ -73,6 +77,9 @@ class WorkspacePatch(BaseModel):
     limits: LimitsBody | None = None
     # Present: days to keep request and response bodies, or null to stop storing them.
     request_log_retention_days: int | None = RetentionDays
+    # Present: the workspace's scheduling weight (platform admins only), or null for
+    # the operator's default.
+    scheduling_weight: float | None = Weight
 
 
 class WorkspaceOut(BaseModel):
@@ -83,6 +90,8 @@ class WorkspaceOut(BaseModel):
     created_at: datetime
     limits: LimitsBody
     request_log_retention_days: int | None
+    # Null: the operator's default (`tramontane up --workspace-weight`, else 1).
+    scheduling_weight: float | None
 
     @classmethod
     def of(cls, row: Workspace) -> WorkspaceOut:
@@ -93,6 +102,7 @@ class WorkspaceOut(BaseModel):
             created_at=row.created_at,
             limits=LimitsBody.of(row),
             request_log_retention_days=row.request_log_retention_days,
+            scheduling_weight=row.scheduling_weight,
         )
 
 

@@ -34,6 +34,7 @@ _LOOKUP = (
         Workspace.organisation_id,
         *(getattr(Workspace, name).label(f"workspace_{name}") for name in LIMIT_FIELDS),
         Workspace.request_log_retention_days,
+        Workspace.scheduling_weight,
         Organisation.is_platform,
     )
     .join(Workspace, Workspace.id == ApiKey.workspace_id)
@@ -151,4 +152,5 @@ def _principal(row: Any) -> Principal:
         key_limits=Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS}),
         workspace_limits=Limits(**{name: getattr(row, f"workspace_{name}") for name in LIMIT_FIELDS}),
         request_log_retention_days=row.request_log_retention_days,
+        scheduling_weight=row.scheduling_weight,
     )

@@ -163,6 +163,27 @@ def workspaces_set_limits(
         directory.update_workspace(session, row, CLI, limits=changes)
 
 
+@workspaces_app.command("set-weight")
+def workspaces_set_weight(
+    workspace: str,
+    weight: Annotated[
+        float | None, typer.Argument(help="Its share of the engines against other workspaces (> 0).")
+    ] = None,
+    default: Annotated[bool, typer.Option("--default", help="Back to `tramontane up --workspace-weight`, else 1.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Sets a workspace's scheduling weight; running servers apply it to new requests."""
+    if (weight is None) == (not default):
+        console.print("[red]Give a weight or --default.[/red]")
+        raise typer.Exit(2)
+    with _open(database_url) as tenancy, tenancy.store.write_session() as session:
+        row = session.get(Workspace, workspace)
+        if row is None:
+            raise NotFound(f"No workspace with id '{workspace}'")
+        directory.set_scheduling_weight(session, row, weight, CLI)
+    console.print(f"{workspace}: scheduling weight {weight if weight is not None else 'default'}")
+
+
 @workspaces_app.command("delete")
 def workspaces_delete(
     workspace: str,

@@ -142,6 +142,24 @@ def update_workspace(
     return workspace
 
 
+def set_scheduling_weight(session: Session, workspace: Workspace, weight: float | None, actor: Actor) -> Workspace:
+    """Sets the workspace's share of the engines (None: the operator's default).
+    Servers read it with the key on each request, so it applies to new requests."""
+    if weight is not None and not weight > 0:
+        raise Invalid("A scheduling weight must be positive", param="scheduling_weight")
+    workspace.scheduling_weight = weight
+    audit.record(
+        session,
+        "workspace.scheduling_weight",
+        actor,
+        organisation_id=workspace.organisation_id,
+        workspace_id=workspace.id,
+        target=workspace.id,
+        details={"scheduling_weight": weight},
+    )
+    return workspace
+
+
 def set_request_log_retention(session: Session, workspace: Workspace, days: int | None, actor: Actor) -> Workspace:
     """Stores the workspace's request and response bodies for `days` days from now
     on, or stops storing them (None). A shorter period applies to the logs already

@@ -63,6 +63,8 @@ class Principal:
     workspace_limits: Limits = NO_LIMITS
     # Days the workspace keeps request and response bodies; None: not stored.
     request_log_retention_days: int | None = None
+    # The workspace's scheduling weight as stored; None: the operator's default.
+    scheduling_weight: float | None = None
     # Set by the `require` dependency for the duration of one request.
     ticket: Ticket | None = None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +22,15 @@ from .pepper import load_pepper
 from .principal import Principal, Ticket
 from .request_logs import RequestLogWriter
 from .usage import Usage, UsageWriter
+
+
+@dataclass
+class HeldSlot:
+    """A concurrency slot taken over from the request that was admitted with it."""
+
+    workspace_id: str
+    gated: bool
+    lease_id: str | None
 
 
 class Tenancy:
@@ -56,6 +65,13 @@ class Tenancy:
     @property
     def admission(self) -> AdmissionLimits:
         return self.gate.limits
+
+    def scheduling_weight(self, principal: Principal) -> float:
+        """`principal`'s workspace's share of the engines: the weight stored on the
+        workspace (the admin API's), else the operator's `--workspace-weight`, else 1."""
+        if principal.scheduling_weight is not None:
+            return principal.scheduling_weight
+        return self.admission.weight(principal.workspace_id)
 
     def install(self, app: FastAPI) -> None:
         """Makes `require(...)` work in `app` and renders tenancy errors there."""
@@ -130,6 +146,25 @@ class Tenancy:
             await anyio.to_thread.run_sync(self.finish, principal)
         else:
             self.finish(principal)
+
+    def detach_slot(self, principal: Principal) -> HeldSlot:
+        """Hands the request's concurrency slot (its place in this process's gate and
+        its lease, where a limit applies) to work that outlives the request, such as
+        a background response: `leave` no longer frees it, `release_slot` does."""
+        ticket = principal.ticket
+        if ticket is None:
+            return HeldSlot(principal.workspace_id, gated=False, lease_id=None)
+        slot = HeldSlot(principal.workspace_id, gated=ticket.gated, lease_id=ticket.lease_id)
+        ticket.gated, ticket.lease_id = False, None
+        return slot
+
+    async def release_slot(self, slot: HeldSlot) -> None:
+        if slot.gated:
+            slot.gated = False
+            self.gate.leave(slot.workspace_id)
+        if slot.lease_id is not None:
+            lease_id, slot.lease_id = slot.lease_id, None
+            await anyio.to_thread.run_sync(self.limiter.release, lease_id)
 
     def admit(self, principal: Principal, *, weight_tokens: int = 1) -> Principal:
         """Applies the limits (429 when over) and starts metering; returns the
