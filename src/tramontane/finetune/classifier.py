@@ -107,28 +107,30 @@ def fit_head(
     max_seq_len: int,
     settings: FitSettings = FitSettings(),
     on_step: Callable[[int, float], bool] | None = None,
+    weights: list[float] | None = None,
 ) -> ClassifierHead:
     """A head fitted by full-batch Adam on `vectors` (one per example): binary
     cross-entropy for multi-label targets, cross-entropy for the others; examples
-    without a label for a target do not count for it. `on_step(step, loss)` returning
-    False stops the fit (a cancelled job)."""
+    without a label for a target do not count for it; `weights` scale each target's
+    loss. `on_step(step, loss)` returning False stops the fit (a cancelled job)."""
     torch.manual_seed(settings.seed)
     x = torch.as_tensor(vectors, dtype=torch.float32)
     width = sum(len(t.labels) for t in targets)
     weight = torch.zeros(x.shape[1], width, requires_grad=True)
     bias = torch.zeros(width, requires_grad=True)
     losses = [_target_loss(target, examples) for target in targets]
+    scales = weights or [1.0] * len(targets)
     optimizer = torch.optim.AdamW([weight, bias], lr=settings.learning_rate, weight_decay=settings.weight_decay)
     for step in range(1, settings.steps + 1):
         optimizer.zero_grad()
         logits = x @ weight + bias
         start, total = 0, torch.zeros(())
-        for target, loss in zip(targets, losses):
-            total = total + loss(logits[:, start : start + len(target.labels)])
+        for target, loss, scale in zip(targets, losses, scales):
+            total = total + scale * loss(logits[:, start : start + len(target.labels)])
             start += len(target.labels)
         total.backward()
         optimizer.step()
-        if on_step is not None and not on_step(step, float(total)):
+        if on_step is not None and not on_step(step, float(total.detach())):
             break
     return ClassifierHead(targets, embedding_model, max_seq_len, weight.detach().clone(), bias.detach().clone())
 

@@ -20,6 +20,7 @@ from ..store import Store
 from ..store.types import new_id, utcnow
 from ..tenancy import get_owned, owned
 from ..tenancy.directory import workspace_dir
+from . import classifier_jobs
 from .dataset import DatasetError, Example, encode, parse_chat_jsonl
 from .files import FileStore
 from .models import FineTuningJobRow
@@ -40,18 +41,21 @@ CHECKPOINTS_PER_JOB = 5
 
 @dataclass(frozen=True)
 class ReadyModel:
-    """A succeeded job's adapter, ready to serve as `model_id` to `workspace_id` only."""
+    """A succeeded job's adapter (or classifier head), ready to serve as `model_id`
+    to `workspace_id` only."""
 
     model_id: str
     base_model: str
     adapter_path: Path
     job_id: str
     workspace_id: str
+    job_type: str = "completion"
 
 
 def ready_model(home: Path, job: FineTuningJobRow) -> ReadyModel:
     name = job.fine_tuned_model or model_id(job)
-    return ReadyModel(name, job.model, job_dir(home, job) / "adapter", job.id, job.workspace_id)
+    folder = "classifier" if job.job_type == "classifier" else "adapter"
+    return ReadyModel(name, job.model, job_dir(home, job) / folder, job.id, job.workspace_id, job.job_type)
 
 
 def unix(moment: datetime | None) -> int | None:
@@ -80,6 +84,8 @@ class FineTuningJobs:
         self.store = store
         self.files = files
         self.base_models = dict(base_models)
+        # The embedding models classifier jobs train on, by name: their checkpoints.
+        self.embedding_models: dict[str, str] = {}
         self._tokenizers: dict[str, Tokenizer] = {}
         self._lock = threading.Lock()
         self.on_queued: Callable[[], None] = lambda: None  # wakes the worker
@@ -109,9 +115,22 @@ class FineTuningJobs:
 
     def create(self, workspace_id: str, request: CreateJobRequest, api: str = "mistral") -> FineTuningJobRow:
         """A new job (validated at once); `api` is the shape it is shown in from now on."""
-        if request.model not in self.base_models:
+        classifier = request.job_type == "classifier"
+        if classifier and request.model not in self.embedding_models:
+            served = ", ".join(sorted(self.embedding_models)) or "none is served"
+            raise NotFound(
+                f"Classifier jobs train a head on an embedding model ({served}), not on '{request.model}'",
+                code="model_not_found",
+                param="model",
+            )
+        if not classifier and request.model not in self.base_models:
             raise NotFound(f"The model '{request.model}' cannot be fine-tuned here", code="model_not_found", param="model"
             )
+        if request.classifier_targets and not classifier:
+            raise Invalid("classifier_targets is for job_type 'classifier'", param="classifier_targets")
+        hyperparameters = request.hyperparameters.model_dump()
+        if classifier and "learning_rate" not in request.hyperparameters.model_fields_set:
+            hyperparameters["learning_rate"] = classifier_jobs.DEFAULT_LEARNING_RATE
         file_ids = [f.file_id for f in request.training_files] + list(request.validation_files or [])
         for file_id in file_ids:
             if self.files.get(workspace_id, file_id).purpose != "fine-tune":
@@ -125,11 +144,13 @@ class FineTuningJobs:
             auto_start=request.auto_start,
             training_files=[f.model_dump() for f in request.training_files],
             validation_files=list(request.validation_files or []),
-            hyperparameters=request.hyperparameters.model_dump(),
+            hyperparameters=hyperparameters,
             suffix=request.suffix,
             events=[],
             checkpoints=[],
             api=api,
+            job_type="classifier" if classifier else "completion",
+            classifier_targets=[t.model_dump() for t in request.classifier_targets or []] or None,
         )
         transition(job, VALIDATING)
         self._validate(job)
@@ -144,6 +165,9 @@ class FineTuningJobs:
     def _validate(self, job: FineTuningJobRow) -> None:
         """Reads every file as the trainer will; the job ends FAILED_VALIDATION with
         the bad lines listed in its event, or VALIDATED with its hyperparameters resolved."""
+        if job.job_type == "classifier":
+            self._validate_classifier(job)
+            return
         params = dict(job.hyperparameters)
         seq_len = params["seq_len"] or DEFAULT_SEQ_LEN
         errors: list[str] = []
@@ -171,6 +195,37 @@ class FineTuningJobs:
             "warmup_fraction": DEFAULT_WARMUP_FRACTION
             if params["warmup_fraction"] is None
             else params["warmup_fraction"],
+        }
+        transition(job, VALIDATED)
+
+    def _validate_classifier(self, job: FineTuningJobRow) -> None:
+        """Labelled files (line-numbered errors), and the targets they fit; a full-batch
+        fit, so `training_steps` are epochs too."""
+        examples, errors = [], []
+        for file_id in [f["file_id"] for f in job.training_files] + job.validation_files:
+            try:
+                found = classifier_jobs.read_examples(self.files, job.workspace_id, file_id)
+            except DatasetError as exc:
+                errors.extend(exc.errors)
+                continue
+            if file_id not in job.validation_files:
+                examples += found
+        if not errors:
+            try:
+                job.classifier_targets = classifier_jobs.resolve_targets(job, examples)
+            except DatasetError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            transition(job, FAILED_VALIDATION, errors=errors)
+            return
+        params = dict(job.hyperparameters)
+        steps = params["training_steps"] or classifier_jobs.DEFAULT_STEPS
+        job.hyperparameters = {
+            **params,
+            "training_steps": steps,
+            "epochs": float(steps),
+            "weight_decay": 1e-4 if params["weight_decay"] is None else params["weight_decay"],
+            "warmup_fraction": 0.0,
         }
         transition(job, VALIDATED)
 

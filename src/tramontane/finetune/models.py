@@ -51,6 +51,10 @@ class FineTuningJobRow(WorkspaceOwned, Base):
     modified_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # The API whose shapes the job was created in, and is shown in: "mistral" or "openai".
     api: Mapped[str] = mapped_column(String(16), default="mistral", server_default="mistral")
+    # "completion" (a LoRA adapter of a chat model) or "classifier" (a head over an embedding model).
+    job_type: Mapped[str] = mapped_column(String(16), default="completion", server_default="completion")
+    # A classifier job's targets: [{"name", "labels", "weight", "loss_function"}].
+    classifier_targets: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
 
 
 class BatchJobRow(WorkspaceOwned, Base):

@@ -26,6 +26,16 @@ class Hyperparameters(BaseModel):
     warmup_fraction: float | None = Field(None, ge=0, le=1)
 
 
+class ClassifierTargetIn(BaseModel):
+    """Mistral's classifier target: its labels as in the data; `single_class` picks
+    one label per text (softmax), `multi_class` any number (a sigmoid each)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    labels: list[str] = Field(min_length=1, max_length=256)
+    weight: float = Field(1.0, gt=0)
+    loss_function: Literal["single_class", "multi_class"] | None = None
+
+
 class CreateJobRequest(BaseModel):
     model: str
     training_files: list[TrainingFile] = Field(min_length=1)
@@ -34,7 +44,8 @@ class CreateJobRequest(BaseModel):
     # Mistral's limit; it becomes part of the model id.
     suffix: str | None = Field(None, max_length=18, pattern=r"^[A-Za-z0-9_-]+$")
     auto_start: bool = True
-    job_type: Literal["completion"] | None = None
+    job_type: Literal["completion", "classifier"] | None = None
+    classifier_targets: list[ClassifierTargetIn] | None = Field(None, min_length=1, max_length=16)
 
 
 class CreateBatchRequest(BaseModel):

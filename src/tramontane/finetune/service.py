@@ -48,6 +48,9 @@ class FineTuning:
         self.worker = TrainingWorker(store, self.jobs, home, self._announce_from_worker)
         self.jobs.on_queued = self.worker.wake
         self._on_model_ready = on_model_ready
+        # on_classifier_ready(model_id, embedding_model, head_path, job=, workspace_id=):
+        # a classifier job's head to serve; set by the platform, which owns the registry.
+        self.on_classifier_ready: ModelReadyHook | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -62,10 +65,11 @@ class FineTuning:
         await anyio.to_thread.run_sync(self.worker.stop)  # waits for the current training step
 
     async def _announce(self, model: ReadyModel) -> None:
-        if self._on_model_ready is None:
+        hook = self.on_classifier_ready if model.job_type == "classifier" else self._on_model_ready
+        if hook is None:
             return
         try:
-            result = self._on_model_ready(
+            result = hook(
                 model.model_id,
                 model.base_model,
                 str(model.adapter_path),

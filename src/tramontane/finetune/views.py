@@ -51,7 +51,7 @@ def job_view(job: FineTuningJobRow, detailed: bool = True) -> dict[str, Any]:
     view = {
         "id": job.id,
         "object": "job",
-        "job_type": "completion",
+        "job_type": job.job_type,
         "auto_start": job.auto_start,
         "model": job.model,
         "status": job.status,
@@ -66,6 +66,8 @@ def job_view(job: FineTuningJobRow, detailed: bool = True) -> dict[str, Any]:
         "trained_tokens": job.trained_tokens,
         "metadata": None,
     }
+    if job.job_type == "classifier":
+        view["classifier_targets"] = job.classifier_targets or []
     if detailed:
         view["events"] = list(reversed(job.events))  # newest first, as Mistral lists them
         view["checkpoints"] = list(reversed(job.checkpoints))

@@ -20,8 +20,10 @@ import torch
 from sqlalchemy import and_, or_, select
 
 from ..engine import Checkpoint, load_checkpoint
+from ..engine.embedding import EmbeddingModel
 from ..store import Store
 from ..store.types import utcnow
+from .classifier_jobs import run_classifier_job
 from .dataset import DatasetError
 from .jobs import (
     CANCELLATION_REQUESTED,
@@ -62,6 +64,7 @@ class TrainingWorker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._base: Checkpoint | None = None  # the last base model loaded, reused by the next job
+        self._embedding: tuple[str, EmbeddingModel] | None = None  # the same, for classifier jobs
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="fine-tuning-worker", daemon=True)
@@ -123,6 +126,9 @@ class TrainingWorker:
             job = session.get(FineTuningJobRow, job_id)
             assert job is not None
             session.expunge(job)
+        if job.job_type == "classifier":
+            self._run_classifier(job)
+            return
         trainer = self._trainer(job)
         resumed = trainer.resume()
         if resumed:
@@ -143,6 +149,31 @@ class TrainingWorker:
         elif self._stopping.is_set():
             # Back in the queue: the next server to start (or another one sharing the store) resumes it.
             self._finish(job_id, QUEUED, reason="the server stopped", step_number=trainer.step)
+
+    def _run_classifier(self, job: FineTuningJobRow) -> None:
+        """A classifier job: short (one embedding pass and a fit of a linear head), so
+        it starts over rather than resuming after an interruption."""
+        path = self.jobs.embedding_models[job.model]
+        if self._embedding is None or self._embedding[0] != job.model:
+            self._embedding = (job.model, EmbeddingModel.from_path(path))
+        out = job_dir(self.home, job) / "classifier"
+        shutil.rmtree(out, ignore_errors=True)
+
+        def on_checkpoint(step: int, loss: float) -> None:
+            metrics = {"train_loss": loss, "valid_loss": None, "valid_mean_token_accuracy": None}
+            self._update(job.id, checkpoint={"step_number": step, "metrics": metrics})
+
+        tokens = run_classifier_job(
+            job, self.jobs.files, self._embedding[1], out, lambda: self._should_stop(job.id), on_checkpoint
+        )
+        if tokens is not None:
+            job.fine_tuned_model = model_id(job)
+            self._finish(job.id, SUCCESS, fine_tuned_model=job.fine_tuned_model, trained_tokens=tokens)
+            self.on_model_ready(ready_model(self.home, job))
+        elif self._status(job.id) == CANCELLATION_REQUESTED:
+            self._finish(job.id, CANCELLED)
+        elif self._stopping.is_set():
+            self._finish(job.id, QUEUED, reason="the server stopped")
 
     def _trainer(self, job: FineTuningJobRow) -> Trainer:
         params = job.hyperparameters

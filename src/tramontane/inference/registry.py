@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from ..engine import AsyncEngine, EngineConfig
@@ -21,7 +22,7 @@ from ..engine.defaults import (
 )
 from ..engine.embedding import EmbeddingModel
 from ..errors import Invalid, NotFound, Unavailable
-from .classifiers import ClassifierEntry
+from .classifiers import ClassifierEntry, saved_head
 from .fim import FIMFormat
 from .protocol import FineTunedModelCard, ModelCapabilities, ModelCard
 from .structured import GrammarCompiler
@@ -129,6 +130,7 @@ class ChatModel:
 class EmbeddingEntry:
     name: str
     model: EmbeddingModel
+    path: str = ""  # the folder it was loaded from (what classifier jobs train on)
     created: int = field(default_factory=lambda: int(time.time()))
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one forward pass at a time
 
@@ -157,7 +159,7 @@ class ModelRegistry:
         """Loads a model (blocking) and returns the name it is served under."""
         if spec.resolved_kind == "embedding":
             model = EmbeddingModel.from_path(spec.path)
-            entry: ChatModel | EmbeddingEntry = EmbeddingEntry(spec.name or model.name, model)
+            entry: ChatModel | EmbeddingEntry = EmbeddingEntry(spec.name or model.name, model, spec.path)
         else:
             # Each engine owns its config (it records the KV-cache size it chose).
             config = dataclasses.replace(engine_config) if engine_config else None
@@ -232,6 +234,27 @@ class ModelRegistry:
             raise Invalid(f"The model '{name}' is not a classifier", code="model_not_supported", param="model")
         return entry
 
+    def add_classifier(
+        self, model_id: str, embedding_model: str, path: str, *, job: str | None = None, workspace_id: str | None = None
+    ) -> ClassifierEntry:
+        """Serves the classifier head saved in `path` (a classifier job's) as
+        `model_id`, over `embedding_model`, to `workspace_id` only (None: all)."""
+        if model_id in self._models:
+            raise ValueError(f"a model named {model_id!r} is already served")
+        base = self.embedding(embedding_model)
+        entry = ClassifierEntry(
+            model_id,
+            base.name,
+            base.model.max_seq_len,
+            saved_head(Path(path)),
+            description=f"Classifier fine-tuned over {base.name}, served by Tramontane",
+            root=base.name,
+            workspace_id=workspace_id,
+            job=job,
+        )
+        self.add(entry)
+        return entry
+
     def remove_classifier(self, model_id: str) -> None:
         if not isinstance(self._get(model_id), ClassifierEntry):
             raise ValueError(f"{model_id!r} is not a classifier")
@@ -260,6 +283,10 @@ class ModelRegistry:
     def names(self) -> list[str]:
         """The models every workspace sees (an unauthenticated probe lists these)."""
         return [name for name, entry in self._models.items() if _owner(entry) is None]
+
+    def embedding_checkpoints(self) -> dict[str, str]:
+        """The embedding models loaded from a folder, by name: what classifier jobs train on."""
+        return {e.name: e.path for e in self._models.values() if isinstance(e, EmbeddingEntry) and e.path}
 
     def checkpoints(self) -> dict[str, str]:
         """The base chat models loaded from a checkpoint, by name: the paths fine-tuning trains on."""

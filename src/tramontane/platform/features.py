@@ -156,6 +156,8 @@ def responses(tenancy: Tenancy) -> Feature:
 def fine_tuning(service: FineTuning, registry: ModelRegistry, metrics: Metrics, tenancy: Tenancy) -> Feature:
     """Files, fine-tuning jobs and the Batch API, whose lines run through the inference path."""
     service.batches.execute = batch_executor(registry, metrics, tenancy)
+    service.jobs.embedding_models = registry.embedding_checkpoints()
+    service.on_classifier_ready = registry.add_classifier
     routes = tuple(Route(router) for router in finetune_api.routers)
     return Feature("fine-tuning", routes=routes, state={"finetune": service}, start=service.start, stop=service.stop)
 

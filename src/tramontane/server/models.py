@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..errors import Invalid
+from ..inference.classifiers import ClassifierEntry
 from ..inference.fast_path import InferenceKey, InferenceRoute
 from ..inference.protocol import FineTunedModelCard, ModelCard, ModelDeleted, ModelList
 from .deps import Models
@@ -29,5 +30,8 @@ async def delete_model(model_id: str, models: Models, principal: InferenceKey) -
         raise Invalid(f"The model '{model_id}' is a base model and cannot be deleted", code="model_not_deletable",
             param="model_id",
         )
-    await models.remove_adapter(model_id)
+    if isinstance(models.entry(model_id), ClassifierEntry):
+        models.remove_classifier(model_id)
+    else:
+        await models.remove_adapter(model_id)
     return ModelDeleted(id=model_id, deleted=True)
