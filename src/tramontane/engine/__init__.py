@@ -12,6 +12,7 @@ from .errors import (
     ModelLoadError,
 )
 from .llm_engine import EngineStats, LLMEngine
+from .multimodal import ImageInput
 from .outputs import CompletionOutput, RequestOutput, TokenLogprob
 from .sampling_params import SamplingParams, TokenConstraint
 from .sequence import Priority, Tenant
@@ -26,6 +27,7 @@ __all__ = [
     "EngineError",
     "EngineOverloadedError",
     "EngineStats",
+    "ImageInput",
     "IncrementalDecoder",
     "InvalidRequestError",
     "LLMEngine",

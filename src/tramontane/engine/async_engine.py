@@ -11,13 +11,14 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import EngineConfig
 from .errors import EngineDeadError, EngineError
 from .llm_engine import EngineStats, LLMEngine
+from .multimodal import ImageInput
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 from .sequence import ANONYMOUS, Priority, Tenant
@@ -97,19 +98,21 @@ class AsyncEngine:
         *,
         tenant: Tenant = ANONYMOUS,
         priority: Priority = Priority.INTERACTIVE,
+        images: Sequence[ImageInput] = (),
     ) -> AsyncIterator[RequestOutput]:
         """The request's outputs as they come. `tenant` and `priority`: its share of
-        the engine (scheduler.py). Closing the iterator early aborts the request."""
+        the engine (scheduler.py); `images`: those of the prompt (LLMEngine.add_request).
+        Closing the iterator early aborts the request."""
         if self.dead is not None:
             raise EngineDeadError(f"the engine stopped: {self.dead}")
         if self._stopping:
             raise EngineDeadError("the engine is shutting down")
         if request_id in self._streams:
             raise EngineError(f"request id {request_id!r} is already in use")
-        self.engine.check_request(prompt_token_ids, params, priority)  # fail fast, before queueing
+        self.engine.check_request(prompt_token_ids, params, priority, images)  # fail fast, before queueing
         stream = _Stream(asyncio.get_running_loop())
         self._streams[request_id] = stream
-        self._commands.put(("add", request_id, list(prompt_token_ids), params, tenant, priority))
+        self._commands.put(("add", request_id, list(prompt_token_ids), params, tenant, priority, tuple(images)))
         self._wakeup.set()
         finished = False
         try:
@@ -173,7 +176,9 @@ class AsyncEngine:
                 if request_id not in self._streams:
                     continue  # its caller left before the engine saw it
                 try:
-                    self.engine.add_request(request_id, command[2], command[3], tenant=command[4], priority=command[5])
+                    self.engine.add_request(
+                        request_id, command[2], command[3], tenant=command[4], priority=command[5], images=command[6]
+                    )
                 except EngineError as exc:
                     if (stream := self._streams.get(request_id)) is not None:
                         stream.put(exc)

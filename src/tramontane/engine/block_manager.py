@@ -24,11 +24,14 @@ class Block:
         self.hash: int | None = None
 
 
-def chain_hash(tokens: list[int], prev_hash: int | None) -> int:
+def chain_hash(tokens: list[int], prev_hash: int | None, extra_keys: tuple[int, ...] = ()) -> int:
+    """`extra_keys`: what else the block's KV depends on (the hashes of its images)."""
     h = xxhash.xxh64()
     if prev_hash is not None:
         h.update(prev_hash.to_bytes(8, "little"))
     h.update(np.asarray(tokens, dtype=np.int64).tobytes())
+    if extra_keys:
+        h.update(np.asarray(extra_keys, dtype=np.uint64).tobytes())
     return h.intdigest()
 
 
@@ -85,7 +88,7 @@ class BlockManager:
         if self.enable_prefix_caching:
             # At least one token must be computed to produce logits, hence len - 1.
             for i in range((len(tokens) - 1) // bs):
-                prev = chain_hash(tokens[i * bs : (i + 1) * bs], prev)
+                prev = chain_hash(tokens[i * bs : (i + 1) * bs], prev, seq.cache_keys(i * bs, (i + 1) * bs))
                 block_id = self.hash_to_block.get(prev)
                 if block_id is None:
                     break
@@ -124,7 +127,7 @@ class BlockManager:
         while (len(seq.block_hashes) + 1) * bs <= seq.num_computed_tokens:
             i = len(seq.block_hashes)
             prev = seq.block_hashes[-1] if seq.block_hashes else seq.prefix_cache_seed
-            h = chain_hash(tokens[i * bs : (i + 1) * bs], prev)
+            h = chain_hash(tokens[i * bs : (i + 1) * bs], prev, seq.cache_keys(i * bs, (i + 1) * bs))
             seq.block_hashes.append(h)
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:

@@ -17,16 +17,19 @@ import torch
 from safetensors import safe_open
 
 from tramontane.engine import mistral_format
-from tramontane.engine.config import ModelConfig
+from tramontane.engine.config import ModelConfig, VisionConfig
 from tramontane.engine.errors import ModelLoadError
 from tramontane.engine.gguf_file import GGUFFile, load_gguf
 from tramontane.engine.tokenizer import Tokenizer
+from tramontane.engine.vision import expected_vision_shapes
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 
 _SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen3", "qwen3_moe")
+# Vision-language checkpoints: a Pixtral encoder in front of one of the text models above.
+_VISION_MODEL_TYPES = ("llava", "mistral3")
 _MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")
 SUPPORTED_FORMATS = "GGUF files, HF folders (config.json) and Mistral folders (params.json + consolidated.safetensors)"
 _LAYER_TENSOR = re.compile(r"model\.layers\.(\d+)\.(.+)")
@@ -50,6 +53,15 @@ _QWEN_EXPERT_NAME = re.compile(r"mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_pr
 _QWEN_EXPERT_W = {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}
 _GLOBAL_NAMES = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
 _IGNORED = re.compile(r".*\.rotary_emb\.inv_freq")  # a buffer some old checkpoints saved
+# Llava/Mistral3 prefixes (transformers 5's first, then 4's) -> ours.
+_VISION_RENAMES = (
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+)
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.")
 
 
 @dataclass
@@ -100,24 +112,49 @@ def _load_hf_dir(path: str, on_progress: ProgressCallback | None, device: str = 
     generation = _read_json(os.path.join(path, "generation_config.json")) or {}
     config_eos = _id_list(raw.get("eos_token_id")) + _id_list(generation.get("eos_token_id"))
     config = _model_config(raw)
-    tokenizer = Tokenizer.from_hf_dir(path, extra_eos_token_ids=config_eos)
+    tokenizer = _hf_dir_tokenizer(path, config, config_eos)
     bos = config.bos_token_id if config.bos_token_id is not None else tokenizer.bos_token_id
     config = dataclasses.replace(config, bos_token_id=bos, eos_token_ids=sorted(tokenizer.eos_token_ids))
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in _read_safetensors(_safetensors_files(path), path, on_progress, device):
+        name = _renamed(name) if config.vision is not None else name
         tensors.update(_hf_tensors(name, tensor, config))
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
+    if config.vision is not None and tokenizer.mistral is None:
+        config = dataclasses.replace(config, vision=None)
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(_VISION_PREFIXES)}
     check_tensors(tensors, config, path)
     return Checkpoint(config, tensors, tokenizer, os.path.basename(os.path.normpath(path)))
+
+
+def _hf_dir_tokenizer(path: str, config: ModelConfig, config_eos: list[int]) -> Tokenizer:
+    """The folder's tokenizer. A vision model's image tokens are laid out by
+    mistral-common's image encoder, so its tekken.json (which Mistral's HF
+    repositories ship beside tokenizer.json) is the one read when present."""
+    tekken = os.path.join(path, "tekken.json")
+    if config.vision is not None and os.path.isfile(tekken):
+        tokenizer = Tokenizer.from_mistral_file(tekken)
+        mistral_format.check_image_tokenizer(tokenizer, config.vision, path)
+        return tokenizer
+    if config.vision is not None:
+        log.warning("%s: no tekken.json beside the vision model; it serves text only", path)
+    return Tokenizer.from_hf_dir(path, extra_eos_token_ids=config_eos)
+
+
+def _renamed(name: str) -> str:
+    for old, new in _VISION_RENAMES:
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
 
 
 def _load_mistral_dir(path: str, on_progress: ProgressCallback | None, device: str = "cpu") -> Checkpoint:
     params = _read_json(os.path.join(path, mistral_format.PARAMS_FILE)) or {}
     config = mistral_format.mistral_config(params)
-    if params.get("vision_encoder"):
-        log.warning("%s: the vision encoder is not loaded; the model serves text only", path)
     tokenizer = Tokenizer.from_mistral_file(mistral_format.tokenizer_file(path))
+    if config.vision is not None:
+        mistral_format.check_image_tokenizer(tokenizer, config.vision, path)
     if tokenizer.vocab_size != config.vocab_size:
         raise ModelLoadError(
             f"{path}: the tokenizer has {tokenizer.vocab_size} tokens, params.json says vocab_size {config.vocab_size}"
@@ -141,6 +178,8 @@ def check_tensors(
     that is not (by its name in the files), at start-up rather than as a shape error
     deep in the first request."""
     shapes = _expected_shapes(config)
+    if config.vision is not None:
+        shapes |= expected_vision_shapes(config.vision)
     for name in sorted(shapes, key=_natural_order):
         if name not in tensors:
             raise ModelLoadError(f"{path}: tensor {file_name(name)!r} is missing")
@@ -211,8 +250,14 @@ def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 def _model_config(raw: dict[str, Any]) -> ModelConfig:
     """The architecture from config.json; eos ids are filled in with the tokenizer's."""
     model_type = raw.get("model_type")
+    if model_type in _VISION_MODEL_TYPES:
+        text = _model_config(raw.get("text_config") or {})
+        # The outer config's tying, where it has one, is the one transformers applies.
+        tied = bool(raw.get("tie_word_embeddings", text.tie_word_embeddings))
+        return dataclasses.replace(text, vision=_vision_config(raw, text.hidden_size), tie_word_embeddings=tied)
     if model_type not in _SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"unsupported model_type {model_type!r}; supported: {', '.join(_SUPPORTED_MODEL_TYPES)}")
+        supported = ", ".join(_SUPPORTED_MODEL_TYPES + _VISION_MODEL_TYPES)
+        raise ModelLoadError(f"unsupported model_type {model_type!r}; supported: {supported}")
     if raw.get("attention_bias") or raw.get("mlp_bias"):
         raise ModelLoadError("checkpoints with attention or MLP biases are not supported")
     moe = model_type in _MOE_MODEL_TYPES
@@ -247,6 +292,41 @@ def _model_config(raw: dict[str, Any]) -> ModelConfig:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"config.json is missing or has a bad value: {e!r}") from e
+
+
+def _vision_config(raw: dict[str, Any], text_hidden: int) -> VisionConfig:
+    """A Llava (Pixtral) or Mistral3 config.json's vision tower and projector."""
+    vision = raw.get("vision_config") or {}
+    if vision.get("model_type", "pixtral") != "pixtral":
+        raise ModelLoadError(f"vision encoder {vision.get('model_type')!r} is not supported; supported: pixtral")
+    layer = raw.get("vision_feature_layer", -1)
+    if not isinstance(layer, int) or raw.get("vision_feature_select_strategy", "full") != "full":
+        raise ModelLoadError("only one vision feature layer, with every patch selected, is supported")
+    mistral3 = raw.get("model_type") == "mistral3"
+    try:
+        hidden, heads = int(vision["hidden_size"]), int(vision["num_attention_heads"])
+        theta, _ = _rope(vision)
+        return VisionConfig(
+            hidden_size=hidden,
+            intermediate_size=int(vision["intermediate_size"]),
+            num_hidden_layers=int(vision["num_hidden_layers"]),
+            num_attention_heads=heads,
+            head_dim=int(vision.get("head_dim") or hidden // heads),
+            patch_size=int(vision["patch_size"]),
+            text_hidden_size=text_hidden,
+            rope_theta=theta,
+            num_channels=int(vision.get("num_channels", 3)),
+            hidden_act=str(vision.get("hidden_act", "gelu")),
+            spatial_merge_size=int(raw.get("spatial_merge_size", 2)) if mistral3 else 1,
+            pre_projector_norm=mistral3,
+            norm_eps=float((raw.get("text_config") or {}).get("rms_norm_eps", 1e-5)) if mistral3 else 1e-5,
+            projector_bias=bool(raw.get("multimodal_projector_bias", not mistral3)),
+            projector_act=str(raw.get("projector_hidden_act", "gelu")),
+            feature_layer=layer,
+            image_token_id=int(raw.get("image_token_id", raw.get("image_token_index", 10))),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"config.json's vision_config is missing or has a bad value: {e!r}") from e
 
 
 def _safetensors_files(path: str) -> list[str]:
@@ -288,7 +368,7 @@ def _read_safetensors(
 def _hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
     """The tensors `name` stands for in our naming; newer transformers' fused
     Mixtral experts (mlp.experts.gate_up_proj / down_proj) are split per expert."""
-    if name in _GLOBAL_NAMES:
+    if name in _GLOBAL_NAMES or (config.vision is not None and name.startswith(_VISION_PREFIXES)):
         yield name, tensor
         return
     if _IGNORED.fullmatch(name):

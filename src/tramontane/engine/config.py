@@ -6,6 +6,37 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class VisionConfig:
+    """Hyperparameters of a Pixtral vision encoder and its projector (engine/vision.py)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    head_dim: int
+    patch_size: int
+    text_hidden_size: int
+    rope_theta: float = 10000.0
+    num_channels: int = 3
+    hidden_act: str = "silu"
+    norm_eps: float = 1e-5
+    # Mistral Small 3.x: each s x s square of patches becomes one token, after an RMSNorm.
+    spatial_merge_size: int = 1
+    pre_projector_norm: bool = False
+    projector_bias: bool = True
+    projector_act: str = "gelu"
+    # Which encoder output feeds the projector (HF's vision_feature_layer); -1 is the last.
+    feature_layer: int = -1
+    image_token_id: int = 10
+
+    @property
+    def layers_used(self) -> int:
+        """Encoder layers whose output reaches the projector (the others never run)."""
+        layer = self.feature_layer
+        return layer if layer >= 0 else self.num_hidden_layers + 1 + layer
+
+
+@dataclass
 class ModelConfig:
     """Hyperparameters of a Llama/Mistral/Mixtral/Qwen3-family decoder, in HF terms."""
 
@@ -33,6 +64,8 @@ class ModelConfig:
     qk_norm: bool = False
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+    # Pixtral / Mistral Small 3.x: the vision encoder whose embeddings fill the [IMG] tokens.
+    vision: VisionConfig | None = None
 
     @property
     def is_moe(self) -> bool:

@@ -7,10 +7,13 @@ from a single background thread.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from functools import partial
 
@@ -20,6 +23,7 @@ from .config import EngineConfig
 from .errors import EngineError, EngineOverloadedError, InvalidRequestError
 from .gpu.runner import GPUModelRunner, uses_gpu_path
 from .model import CausalLM
+from .multimodal import ImageInput, PromptImages
 from .outputs import CompletionOutput, RequestOutput
 from .prepared import load_prepared, prepared_path, save_prepared
 from .runner import ModelRunner
@@ -28,6 +32,8 @@ from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import ANONYMOUS, Priority, SeqStatus, Sequence, Tenant
 from .tokenizer import IncrementalDecoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,6 +78,9 @@ class LLMEngine:
         checkpoint loaded without weights; see ModelRunner for `on_prepared`."""
         self.config = config = config or EngineConfig()
         self.name = checkpoint.name
+        if checkpoint.config.vision is not None and uses_gpu_path(config):
+            log.warning("%s: the GPU path has no vision encoder yet; the model serves text only", checkpoint.name)
+            checkpoint = dataclasses.replace(checkpoint, config=dataclasses.replace(checkpoint.config, vision=None))
         self.model_config = checkpoint.config
         self.tokenizer = checkpoint.tokenizer
         if uses_gpu_path(config):
@@ -142,12 +151,31 @@ class LLMEngine:
 
     # -- admission -----------------------------------------------------------------
 
+    @property
+    def accepts_images(self) -> bool:
+        return self.model_config.vision is not None
+
+    def prompt_images(self, prompt_token_ids: list[int], images: Seq[ImageInput]) -> PromptImages | None:
+        """The prompt's images matched to its [IMG] tokens (None without images);
+        InvalidRequestError for images sent to a text-only model or a layout that does not match."""
+        if not images:
+            return None
+        if self.model_config.vision is None:
+            raise InvalidRequestError(f"The model '{self.name}' does not accept images: it is a text-only model",
+                                      param="messages")
+        return PromptImages(prompt_token_ids, images, self.model_config.vision)
+
     def check_request(
-        self, prompt_token_ids: list[int], params: SamplingParams, priority: Priority = Priority.INTERACTIVE
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: Priority = Priority.INTERACTIVE,
+        images: Seq[ImageInput] = (),
     ) -> int:
         """Validate a request without changing any state; returns its max_tokens.
         Safe to call from another thread: it reads only sizes."""
         params.validate()
+        self.prompt_images(prompt_token_ids, images)
         if self.asleep:
             raise EngineOverloadedError("the model is asleep; its replica is being woken")
         if params.lora is not None:
@@ -187,13 +215,16 @@ class LLMEngine:
         *,
         tenant: Tenant = ANONYMOUS,
         priority: Priority = Priority.INTERACTIVE,
+        images: Seq[ImageInput] = (),
     ) -> None:
         """Queues a request. `tenant` and `priority` decide its share of the engine
         (scheduler.py). With the queue full, the newest request of a lower class than
-        this one that has not started is shed for it; with none, this one is refused."""
+        this one that has not started is shed for it; with none, this one is refused.
+        `images`: the pixels of the images whose [IMG] tokens the prompt holds, in order."""
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         max_tokens = self.check_request(prompt_token_ids, params, priority)
+        prompt_images = self.prompt_images(prompt_token_ids, images)
         while len(self.scheduler.waiting) + params.n > self.config.max_waiting_requests:
             victim = self._shed_candidate(priority)
             if victim is None:
@@ -203,7 +234,8 @@ class LLMEngine:
         arrival = next(self._arrivals)
         seqs = [
             Sequence(request_id, i, prompt_token_ids, params, max_tokens,
-                     IncrementalDecoder(self.tokenizer, prompt_token_ids), arrival, lora, tenant, priority)
+                     IncrementalDecoder(self.tokenizer, prompt_token_ids), arrival, lora, tenant, priority,
+                     prompt_images)
             for i in range(params.n)
         ]
         self.requests[request_id] = _Request(request_id, list(prompt_token_ids), seqs, time.monotonic())

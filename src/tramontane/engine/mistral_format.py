@@ -17,12 +17,15 @@ import glob
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tramontane.engine.config import ModelConfig
+from tramontane.engine.config import ModelConfig, VisionConfig
 from tramontane.engine.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from tramontane.engine.tokenizer import Tokenizer
 
 PARAMS_FILE = "params.json"
 # Tokenizer files in the order of preference when a folder ships several.
@@ -49,8 +52,29 @@ _LAYER_NAMES = {
 }
 _MOE_GATE = "feed_forward.gate.weight"
 _MOE_EXPERT = re.compile(r"feed_forward\.experts\.(\d+)\.(w[123])\.weight")
-# Sections of multimodal checkpoints the text model does not use.
-_VISION_PREFIXES = ("vision_encoder.", "vision_language_adapter.", "patch_merger.", "pre_mm_projector_norm.")
+# The vision encoder's and projector's tensors: Mistral's name -> ours (engine/vision.py).
+_VISION_GLOBALS = {
+    "vision_encoder.patch_conv.weight": "vision_tower.patch_conv.weight",
+    "vision_encoder.ln_pre.weight": "vision_tower.ln_pre.weight",
+    "vision_language_adapter.w_in.weight": "multi_modal_projector.linear_1.weight",
+    "vision_language_adapter.w_in.bias": "multi_modal_projector.linear_1.bias",
+    "vision_language_adapter.w_out.weight": "multi_modal_projector.linear_2.weight",
+    "vision_language_adapter.w_out.bias": "multi_modal_projector.linear_2.bias",
+    "pre_mm_projector_norm.weight": "multi_modal_projector.norm.weight",
+    "patch_merger.merging_layer.weight": "multi_modal_projector.patch_merger.merging_layer.weight",
+}
+_VISION_LAYER = re.compile(r"vision_encoder\.transformer\.layers\.(\d+)\.(.+)")
+_VISION_LAYER_NAMES = {
+    "attention_norm.weight": "attention_norm.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "attention.wq.weight": "attention.q_proj.weight",
+    "attention.wk.weight": "attention.k_proj.weight",
+    "attention.wv.weight": "attention.v_proj.weight",
+    "attention.wo.weight": "attention.o_proj.weight",
+    "feed_forward.w1.weight": "feed_forward.gate_proj.weight",
+    "feed_forward.w3.weight": "feed_forward.up_proj.weight",
+    "feed_forward.w2.weight": "feed_forward.down_proj.weight",
+}
 
 
 def is_mistral_dir(path: str) -> bool:
@@ -82,6 +106,7 @@ def mistral_config(params: dict[str, Any]) -> ModelConfig:
     """A ModelConfig from params.json; token ids are filled in from the tokenizer."""
     if params.get("yarn") or params.get("rope_scaling"):
         raise ModelLoadError("params.json asks for YaRN/scaled rotary embeddings, which are not supported yet")
+    vision = params.get("vision_encoder")
     try:
         hidden, heads = int(params["dim"]), int(params["n_heads"])
         moe = params.get("moe") or {}
@@ -108,9 +133,48 @@ def mistral_config(params: dict[str, Any]) -> ModelConfig:
             tie_word_embeddings=bool(params.get("tied_embeddings", False)),
             num_local_experts=int(moe.get("num_experts", 0)),
             num_experts_per_tok=int(moe.get("num_experts_per_tok", 2)),
+            vision=_vision_config(vision, hidden) if vision else None,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"params.json is missing or has a bad value: {e!r}") from e
+
+
+def _vision_config(vision: dict[str, Any], text_hidden: int) -> VisionConfig:
+    """params.json's `vision_encoder` section (mistral-inference's VisionEncoderArgs)."""
+    projector = vision.get("mm_projector_id") or ""
+    if projector not in ("", "patch_merge"):
+        raise ModelLoadError(f"vision projector {projector!r} is not supported; supported: patch_merge")
+    hidden, heads = int(vision["hidden_size"]), int(vision["num_attention_heads"])
+    return VisionConfig(
+        hidden_size=hidden,
+        intermediate_size=int(vision["intermediate_size"]),
+        num_hidden_layers=int(vision["num_hidden_layers"]),
+        num_attention_heads=heads,
+        head_dim=hidden // heads,
+        patch_size=int(vision["patch_size"]),
+        text_hidden_size=text_hidden,
+        rope_theta=float(vision.get("rope_theta", 10000.0)),
+        num_channels=int(vision.get("num_channels", 3)),
+        spatial_merge_size=int(vision.get("spatial_merge_size", 1)) if projector == "patch_merge" else 1,
+        pre_projector_norm=bool(vision.get("add_pre_mm_projector_layer_norm", False)),
+        projector_bias=bool(vision.get("adapter_bias", True)),
+        image_token_id=int(vision.get("image_token_id", 10)),
+    )
+
+
+def check_image_tokenizer(tokenizer: Tokenizer, vision: VisionConfig, path: str) -> None:
+    """The tokenizer lays out images as the encoder reads them: same [IMG] token, patch
+    size and merge size (mistral-common's image config against the model's)."""
+    image = tokenizer.mistral.image_layout if tokenizer.mistral is not None else None
+    if image is None:
+        raise ModelLoadError(f"{path}: the model has a vision encoder but its tokenizer has no image config")
+    ours = (vision.image_token_id, vision.patch_size, vision.spatial_merge_size)
+    theirs = (image.token_id, image.patch_size, image.spatial_merge_size)
+    if ours != theirs:
+        raise ModelLoadError(
+            f"{path}: the tokenizer lays out images as ([IMG] id, patch size, merge size) {theirs}, "
+            f"the vision encoder reads {ours}"
+        )
 
 
 def hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
@@ -118,7 +182,8 @@ def hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterator
     if name in _GLOBALS:
         yield _GLOBALS[name], tensor
         return
-    if name.startswith(_VISION_PREFIXES):
+    if config.vision is not None and (name in _VISION_GLOBALS or name.startswith("vision_encoder.")):
+        yield _vision_tensor(name, tensor, config.vision)
         return
     match = _LAYER.fullmatch(name)
     if match is None:
@@ -139,6 +204,19 @@ def hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterator
         raise ModelLoadError(f"unexpected tensor {name!r} in the Mistral checkpoint")
 
 
+def _vision_tensor(name: str, tensor: torch.Tensor, vision: VisionConfig) -> tuple[str, torch.Tensor]:
+    if name in _VISION_GLOBALS:
+        return _VISION_GLOBALS[name], tensor
+    match = _VISION_LAYER.fullmatch(name)
+    if match is None or match[2] not in _VISION_LAYER_NAMES:
+        raise ModelLoadError(f"unexpected tensor {name!r} in the Mistral checkpoint")
+    ours = f"vision_tower.transformer.layers.{match[1]}.{_VISION_LAYER_NAMES[match[2]]}"
+    if match[2] in ("attention.wq.weight", "attention.wk.weight"):
+        # The 2D rotary embedding pairs dimensions as the text model's does.
+        tensor = _pairs_to_halves(tensor, vision.num_attention_heads, name)
+    return ours, tensor
+
+
 def _pairs_to_halves(weight: torch.Tensor, n_heads: int, name: str) -> torch.Tensor:
     """Rows of a Q/K projection from the rotate-pairs layout to rotate-halves:
     each head's row 2i + j moves to j * head_dim / 2 + i."""
@@ -156,9 +234,12 @@ def halves_to_pairs(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def native_name(hf_name: str) -> str:
     """Mistral's name for one of our HF-named tensors (for error messages)."""
-    for native, hf in _GLOBALS.items():
+    for native, hf in (_GLOBALS | _VISION_GLOBALS).items():
         if hf_name == hf:
             return native
+    if vision := re.fullmatch(r"vision_tower\.transformer\.layers\.(\d+)\.(.+)", hf_name):
+        local = {ours: native for native, ours in _VISION_LAYER_NAMES.items()}.get(vision[2], vision[2])
+        return f"vision_encoder.transformer.layers.{vision[1]}.{local}"
     match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_name)
     if match is None:
         return hf_name

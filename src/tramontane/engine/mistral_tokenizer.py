@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import tokenizers
 from mistral_common.exceptions import MistralCommonException
+from mistral_common.protocol.instruct.chunk import ImageChunk, TextChunk
+from mistral_common.protocol.instruct.messages import UserMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy, TokenizerVersion
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
@@ -38,6 +42,21 @@ TOOL_CALL_TOKENS = ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]")
 
 # sentencepiece's piece types, which are also llama.cpp's token types.
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How mistral-common's image encoder turns an image into tokens: rows of [IMG]
+    tokens, one per (patch_size * spatial_merge_size)-pixel square, each row ended by
+    [IMG_BREAK] and the last by [IMG_END]; the longest side is first brought within
+    max_image_size pixels."""
+
+    token_id: int
+    break_id: int
+    end_id: int
+    patch_size: int
+    spatial_merge_size: int
+    max_image_size: int
 
 
 class MistralChatEncoder:
@@ -69,16 +88,47 @@ class MistralChatEncoder:
     def mistral_tokenizer(self) -> MistralTokenizer:
         return self._mistral
 
+    @property
+    def image_layout(self) -> ImageLayout | None:
+        """How images become tokens; None for a tokenizer without an image encoder."""
+        encoder = getattr(self._mistral.instruct_tokenizer, "image_encoder", None)
+        if encoder is None:
+            return None
+        config, ids = encoder.image_config, encoder.special_ids
+        return ImageLayout(
+            ids.img, ids.img_break, ids.img_end, config.image_patch_size, config.spatial_merge_size,
+            config.max_image_size,
+        )
+
     def encode_chat(self, messages: list[dict[str, Any]], tools: list[dict] | None, prefix: str = "") -> list[int]:
         """The prompt for `messages`; with `prefix`, an assistant message the model continues."""
+        return self.encode_chat_with_images(messages, tools, prefix)[0]
+
+    def encode_chat_with_images(
+        self, messages: list[dict[str, Any]], tools: list[dict] | None, prefix: str = ""
+    ) -> tuple[list[int], list[np.ndarray]]:
+        """The prompt and, in prompt order, each image's pixels as the encoder reads them
+        ([C, H, W], resized and normalised by mistral-common). User messages may hold
+        a list of parts: {"type": "text", "text": ...} and {"type": "image", "image": PIL image}."""
         messages = list(messages)
         if prefix:
             messages.append({"role": "assistant", "content": prefix})
         try:
+            # mistral-common reads images from URLs or files itself; ours arrive decoded
+            # (and checked), so those messages are built here and swapped in.
+            with_images = {i: _user_message(m) for i, m in enumerate(messages) if isinstance(m.get("content"), list)}
+            openai = [{"role": "user", "content": ""} if i in with_images else m for i, m in enumerate(messages)]
             request = ChatCompletionRequest.from_openai(
-                messages, tools=tools or None, continue_final_message=bool(prefix)
+                openai, tools=tools or None, continue_final_message=bool(prefix)
             )
-            return self._mistral.encode_chat_completion(request).tokens
+            if len(request.messages) != len(messages):
+                raise InvalidRequestError("images are only read in plain user messages", param="messages")
+            for i, message in with_images.items():
+                request.messages[i] = message
+            encoded = self._mistral.encode_chat_completion(request)
+            return encoded.tokens, list(encoded.images)
+        except InvalidRequestError:
+            raise
         except (MistralCommonException, ValueError, AssertionError, TypeError, KeyError) as e:
             # Pydantic's ValidationError is a ValueError; mistral-common asserts some rules.
             raise InvalidRequestError(f"these messages cannot be encoded for this model: {e}", param="messages") from e
@@ -86,6 +136,20 @@ class MistralChatEncoder:
     def render(self, messages: list[dict[str, Any]], tools: list[dict] | None) -> str:
         """The prompt as text, special tokens written out (for display and probes)."""
         return self._mistral.decode(self.encode_chat(messages, tools), special_token_policy=SpecialTokenPolicy.KEEP)
+
+
+def _user_message(message: dict[str, Any]) -> UserMessage:
+    if message.get("role") != "user":
+        raise InvalidRequestError("images and other content parts are only read in user messages", param="messages")
+    chunks: list[TextChunk | ImageChunk] = []
+    for part in message["content"]:
+        if part["type"] == "text":
+            chunks.append(TextChunk(text=part["text"]))
+        elif part["type"] == "image":
+            chunks.append(ImageChunk(image=part["image"]))
+        else:
+            raise InvalidRequestError(f"content parts of type {part['type']!r} are not read", param="messages")
+    return UserMessage(content=chunks)
 
 
 def tekken_backend(tekken: Tekkenizer, path: str) -> tokenizers.Tokenizer:

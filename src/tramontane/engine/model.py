@@ -20,6 +20,7 @@ from .attention import AttentionMetadata, decode_attention, kernels_fit, paged_a
 from .config import ModelConfig
 from .layers import Linear, RMSNorm, RotaryEmbedding, apply_rope
 from .lora import LoRABatch, LoRAStack
+from .vision import VisionModel
 
 # Rows from which the bf16 head is slower than the tied f32 embedding (see CausalLM.project):
 # measured 6.5 vs 12 ms at 1 row, 26 vs 28 ms at 4, 109 vs 46 ms at 16 (49152x576, AVX2).
@@ -233,6 +234,9 @@ class CausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, RMSNorm):
                 module.weight.data = module.weight.data.to(dtype)
+        # Built after that cast: the vision model stays in float32 whatever the text
+        # model's precision (it runs once per image, not once per token).
+        self.vision = VisionModel(cfg.vision, tensors) if cfg.vision is not None else None
 
     def attention_layers(self) -> list[Attention]:
         return [layer.self_attn for layer in self.layers]
@@ -245,8 +249,13 @@ class CausalLM(nn.Module):
         meta: AttentionMetadata,
         logits_index: torch.Tensor,  # flat indices of the tokens whose logits are wanted
         lora: LoRABatch | None = None,  # each row's adapter slot, None when no row has one
+        # Images' embeddings and the flat [B * L] indices of the [IMG] tokens they replace.
+        image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
+        if image_embeds is not None:
+            index, embeds = image_embeds
+            x.view(-1, x.shape[-1]).index_copy_(0, index, embeds.to(x.dtype))
         cos, sin = self.rotary(positions)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         if meta.attn_bias is not None:

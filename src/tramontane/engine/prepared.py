@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from . import cpu_kernels, layers, model
+from . import cpu_kernels, layers, model, vision
 from .checkpoint import Checkpoint
-from .config import EngineConfig, ModelConfig
+from .config import EngineConfig, ModelConfig, VisionConfig
 from .model import CausalLM
 from .tokenizer import Tokenizer
 
@@ -54,7 +54,13 @@ _ALLOWED = [
     layers.Linear,
     layers.RMSNorm,
     layers.RotaryEmbedding,
+    vision.VisionModel,
+    vision.VisionEncoder,
+    vision.VisionBlock,
+    vision.PatchMerger,
     ModelConfig,
+    VisionConfig,
+    torch.nn.Linear,
     torch.nn.ModuleList,
     torch.nn.Embedding,
     collections.OrderedDict,
@@ -94,7 +100,7 @@ class _AllowListPickle:
     Unpickler = _AllowListUnpickler
     load = staticmethod(pickle.load)
 _SOURCE_DIGEST = hashlib.sha256(
-    "".join(inspect.getsource(m) for m in (model, layers, cpu_kernels)).encode()
+    "".join(inspect.getsource(m) for m in (model, layers, cpu_kernels, vision)).encode()
 ).hexdigest()
 
 

@@ -145,7 +145,30 @@ class ModelRunner:
         lora = LoRABatch.build(
             [(s.lora_slot, s.lora.rank) if s.lora_slot is not None else None for s in batch.seqs], self.device
         )
+        images = self._image_embeds(batch, max_len)
         logits = self.model(
-            input_ids.to(self.device), pos.to(self.device), meta, logits_index.to(self.device), lora
+            input_ids.to(self.device), pos.to(self.device), meta, logits_index.to(self.device), lora, images
         )
         return logits.cpu(), sampling_rows
+
+    def _image_embeds(self, batch: ScheduledBatch, max_len: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The embeddings of the [IMG] tokens this step computes, and their flat indices
+        in the [B * max_len] batch; the vision model runs on a prompt's images the first
+        time a step reaches one of their tokens."""
+        indices: list[torch.Tensor] = []
+        embeds: list[torch.Tensor] = []
+        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            if seq.images is None or self.model.vision is None:
+                continue
+            offsets, rows = seq.images.in_chunk(seq.num_computed_tokens, seq.num_computed_tokens + n)
+            if len(rows):
+                indices.append(offsets + row * max_len)
+                embeds.append(seq.images.embeddings(self.encode_image)[rows])
+        if not indices:
+            return None
+        return torch.cat(indices).to(self.device), torch.cat(embeds).to(self.device)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """One image's [IMG] token embeddings [tokens, hidden]."""
+        assert self.model.vision is not None
+        return self.model.vision(pixels.to(self.device)).to(self.dtype)

@@ -15,6 +15,7 @@ from .sampling_params import SamplingParams, TokenConstraint
 
 if TYPE_CHECKING:
     from .lora import LoRAAdapter
+    from .multimodal import PromptImages
     from .tokenizer import IncrementalDecoder
 
 
@@ -65,6 +66,7 @@ class Sequence:
         lora: LoRAAdapter | None = None,
         tenant: Tenant = ANONYMOUS,
         priority: Priority = Priority.INTERACTIVE,
+        images: PromptImages | None = None,
     ):
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
@@ -79,6 +81,7 @@ class Sequence:
         self.priority = priority
         self.status = SeqStatus.WAITING
         self.lora = lora
+        self.images = images  # the prompt's images, shared with the request's other sequences
         self.lora_slot: int | None = None  # while admitted: the slot holding its adapter
         # KV cache
         self.block_table: list[int] = []
@@ -122,6 +125,11 @@ class Sequence:
     def prefix_cache_seed(self) -> int | None:
         """Starts the prefix hash chain: KV computed under one adapter never serves another."""
         return self.lora.id if self.lora is not None else None
+
+    def cache_keys(self, start: int, end: int) -> tuple[int, ...]:
+        """What besides its tokens identifies the KV of positions [start, end): the
+        content hashes of the images there."""
+        return self.images.cache_keys(start, end) if self.images is not None else ()
 
     @property
     def finished(self) -> bool:

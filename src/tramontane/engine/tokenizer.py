@@ -19,7 +19,7 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers,
 from tokenizers.models import BPE
 
 from tramontane.engine.chat_template import CHATML_TEMPLATE, render_chat_template
-from tramontane.engine.errors import ModelLoadError
+from tramontane.engine.errors import InvalidRequestError, ModelLoadError
 
 if TYPE_CHECKING:
     from tramontane.engine.mistral_tokenizer import MistralChatEncoder
@@ -294,6 +294,18 @@ class Tokenizer:
             return self.mistral.encode_chat(messages, tools if self.mistral.supports_tools else None, prefix)
         text = self.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt)
         return self.encode(text + prefix)
+
+    def encode_chat_with_images(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, prefix: str = ""
+    ) -> tuple[list[int], list[Any]]:
+        """encode_chat for messages whose user turns hold image parts
+        ({"type": "image", "image": PIL image}): the prompt, with each image laid out
+        by mistral-common's image encoder, and the images' pixels ([C, H, W] arrays)."""
+        if self.mistral is None or self.mistral.image_layout is None:
+            raise InvalidRequestError("this model's tokenizer has no image encoder", param="messages")
+        return self.mistral.encode_chat_with_images(
+            messages, tools if self.mistral.supports_tools else None, prefix
+        )
 
     @property
     def tool_call_format(self) -> str:
