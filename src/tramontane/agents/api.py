@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, UploadFile
 from starlette.responses import Response
 
 from ..errors import of_status
-from ..inference.chat import prepare
+from ..inference.chat import prepare_async
 from ..inference.chat import respond as respond_chat
 from ..inference.fast_path import Call, InferenceKey, InferenceRoute, Metered
 from ..inference.protocol import ChatCompletionResponse
@@ -31,8 +31,8 @@ from .runner import Run, Speaker, input_entries
 from .schemas import (
     Agent,
     AgentAlias,
-    AgentsCompletionRequest,
     AgentCreate,
+    AgentsCompletionRequest,
     AgentUpdate,
     Conversation,
     ConversationAppend,
@@ -215,7 +215,7 @@ def delete_alias(
 async def agents_completion(body: AgentsCompletionRequest, call: Call) -> Response | ChatCompletionResponse:
     principal = call.principal
     agent = await to_thread(AgentsService.of(call.request).agents.get, principal, body.agent_id)
-    gen, output = prepare(call.models, call.metrics, chat_request(agent, body), principal.workspace_id)
+    gen, output = await prepare_async(call.models, call.metrics, chat_request(agent, body), principal.workspace_id)
     return await respond_chat(call.request, call.meter, gen, output, body.stream, include_usage=False)
 
 

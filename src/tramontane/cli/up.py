@@ -19,9 +19,10 @@ from ..control.plane import ControlPlane
 from ..control.replica import REPLICA_TOKEN_ENV
 from ..engine import EngineConfig, ModelLoadError
 from ..finetune.service import FineTuning
-from ..sandbox import ManagerConfig, SandboxManager
 from ..inference import ModelRegistry, ModelSpec, default_model_specs
+from ..inference.images import ImageLimits, ImageLoader
 from ..platform.app import MAX_BODY_BYTES, create_app
+from ..sandbox import ManagerConfig, SandboxManager
 from ..tenancy import AdmissionLimits, Tenancy
 
 console = Console(stderr=True)
@@ -116,6 +117,13 @@ def up(
             help="A workspace's share of the engines relative to others (default 1); repeatable.",
         ),
     ] = None,
+    fetch_remote_images: Annotated[
+        bool,
+        typer.Option(
+            help="Fetch http(s) image URLs in chat requests. Off, they are refused with a 400 and images "
+            "come as data: URLs or Files API ids (the platform makes no outbound request).",
+        ),
+    ] = False,
     shutdown_grace_s: Annotated[
         float,
         typer.Option(
@@ -149,7 +157,7 @@ def up(
                 prepared_weights_dir=str(tenancy.home / "prepared"),
                 max_queue_wait_s=max_queue_wait_s,
             )
-            registry = load_models(specs, config)
+            registry = load_models(specs, config, ImageLimits(allow_remote=fetch_remote_images))
         except (ModelLoadError, ValueError) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from exc
@@ -264,8 +272,10 @@ def print_admin_key(tenancy: Tenancy, key: str, url: str, custom_database: bool)
     console.rule()
 
 
-def load_models(specs: list[ModelSpec], engine_config: EngineConfig | None = None) -> ModelRegistry:
-    registry = ModelRegistry()
+def load_models(
+    specs: list[ModelSpec], engine_config: EngineConfig | None = None, image_limits: ImageLimits | None = None
+) -> ModelRegistry:
+    registry = ModelRegistry(ImageLoader(image_limits or ImageLimits()))
     columns = (
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn()
     )

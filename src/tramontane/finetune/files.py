@@ -82,6 +82,12 @@ class FileStore:
     def read(self, row: FileRow) -> bytes:
         return self.path(row).read_bytes()
 
+    def read_image(self, workspace_id: str | None, file_id: str) -> bytes:
+        """An image a chat request names by file id: a file of the caller's workspace only."""
+        if workspace_id is None:
+            raise Invalid("Files API ids are read for a workspace's own requests only", param="messages")
+        return self.read(self.get(workspace_id, file_id))
+
     def list(
         self, workspace_id: str, *, purpose: str | None, page: int, page_size: int, search: str | None = None
     ) -> tuple[list[FileRow], int]:

@@ -4,6 +4,7 @@ and the agents' conversation loop alike."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,12 +13,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..engine import Tokenizer, TokenLogprob
+from ..engine import ImageInput, Tokenizer, TokenLogprob
 from ..errors import Invalid
 from .generation import Generation, usage
+from .images import IMAGE_PARTS, ImageLoader, has_images
 from .logprobs import chat_logprobs
 from .metering import RequestMeter
 from .metrics import Metrics
+from .mistral_tool_calls import MistralToolCallParser, parse_mistral_tool_calls
 from .protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -34,7 +37,6 @@ from .protocol import (
 from .registry import ChatModel, ModelRegistry
 from .sampling import finish_reason, sampling_params
 from .streaming import DONE, EventStreamResponse, sse, sse_error, until_disconnected
-from .mistral_tool_calls import MistralToolCallParser, parse_mistral_tool_calls
 from .tool_calls import ContentDelta, ToolCallStreamParser, parse_tool_calls, prepare_messages
 
 # Mistral's `safe_prompt`: this text goes before the system prompt.
@@ -63,7 +65,7 @@ def prepare(
     model = models.chat(body.model, workspace_id)
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
     tool_choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, NamedToolChoice) else body.tool_choice
-    prompt, prefix = _render_prompt(model, body, tools)
+    prompt, prefix, images = _render_prompt(models.images, model, body, tools, workspace_id)
     factory = model.grammar.constraint_factory(
         body.response_format.model_dump(by_alias=True) if body.response_format else None,
         tools or None,
@@ -78,8 +80,18 @@ def prepare(
         constraint_factory=factory,
         lora=model.lora,
     )
-    gen = Generation(model.engine, model.name, prompt, params, metrics, "chatcmpl")
+    gen = Generation(model.engine, model.name, prompt, params, metrics, "chatcmpl", images)
     return gen, ChatOutput(model.engine.tokenizer, bool(tools), prefix, bool(body.logprobs))
+
+
+async def prepare_async(
+    models: ModelRegistry, metrics: Metrics, body: ChatCompletionRequest, workspace_id: str | None
+) -> tuple[Generation, ChatOutput]:
+    """`prepare`, with a request's images read, decoded and resized in a worker
+    thread: the event loop goes on serving meanwhile (a remote image may take seconds)."""
+    if has_images([m.model_dump(include={"content"}) for m in body.messages]):
+        return await asyncio.to_thread(prepare, models, metrics, body, workspace_id)
+    return prepare(models, metrics, body, workspace_id)
 
 
 async def complete(
@@ -130,17 +142,39 @@ def _choice(index: int, text: str, logprobs: list[TokenLogprob], reason: str | N
     )
 
 
-def prompt_token_ids(model: ChatModel, body: ChatCompletionRequest, add_generation_prompt: bool = True) -> list[int]:
-    """The prompt `body` gives `model`, as a chat completion would send it (/v1/tokenize's way)."""
+def prompt_token_ids(
+    model: ChatModel,
+    body: ChatCompletionRequest,
+    add_generation_prompt: bool = True,
+    images: ImageLoader | None = None,
+    workspace_id: str | None = None,
+) -> list[int]:
+    """The prompt `body` gives `model`, as a chat completion would send it (/v1/tokenize's
+    way); `images` reads the request's images, for a model that reads them."""
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if body.tool_choice != "none" else []
-    return _render_prompt(model, body, tools, add_generation_prompt)[0]
+    return _render_prompt(images, model, body, tools, workspace_id, add_generation_prompt)[0]
 
 
 def _render_prompt(
-    model: ChatModel, body: ChatCompletionRequest, tools: list[dict], add_generation_prompt: bool = True
-) -> tuple[list[int], str]:
-    """Prompt token ids, and the assistant prefix the model continues (Mistral's `prefix`)."""
-    messages = [_template_message(m.model_dump(exclude_none=True), model.name) for m in body.messages]
+    images: ImageLoader | None,
+    model: ChatModel,
+    body: ChatCompletionRequest,
+    tools: list[dict],
+    workspace_id: str | None,
+    add_generation_prompt: bool = True,
+) -> tuple[list[int], str, list[ImageInput]]:
+    """Prompt token ids, the assistant prefix the model continues (Mistral's `prefix`),
+    and the prompt's images, in the order of their [IMG] tokens."""
+    reads_images = model.engine.model_config.vision is not None and images is not None
+    messages = []
+    seen = 0
+    for m in body.messages:
+        message = _template_message(m.model_dump(exclude_none=True), model.name, reads_images)
+        if isinstance(message["content"], list):
+            assert images is not None
+            message["content"] = images.load_parts(message["content"], workspace_id, seen)
+            seen += sum(part["type"] == "image" for part in message["content"])
+        messages.append(message)
     prefix = ""
     if body.messages[-1].role == "assistant" and body.messages[-1].prefix:
         prefix = messages.pop()["content"]
@@ -152,7 +186,10 @@ def _render_prompt(
     tokenizer = model.engine.tokenizer
     messages = prepare_messages(messages, tools, model.tools_in_template)
     template_tools = tools if model.tools_in_template and tools else None
-    return tokenizer.encode_chat(messages, template_tools, prefix, add_generation_prompt), prefix
+    if seen:
+        prompt, pixels = tokenizer.encode_chat_with_images(messages, template_tools, prefix)
+        return prompt, prefix, [ImageInput.from_array(p) for p in pixels]
+    return tokenizer.encode_chat(messages, template_tools, prefix, add_generation_prompt), prefix, []
 
 
 def _writes_mistral_calls(tokenizer: Tokenizer) -> bool:
@@ -164,19 +201,25 @@ def tool_call_parser(tokenizer: Tokenizer) -> ToolCallStreamParser | MistralTool
     return MistralToolCallParser() if _writes_mistral_calls(tokenizer) else ToolCallStreamParser()
 
 
-def _template_message(message: dict[str, Any], model: str) -> dict[str, Any]:
-    """A request message as chat templates expect it: string content, JSON-string arguments."""
+def _template_message(message: dict[str, Any], model: str, reads_images: bool = False) -> dict[str, Any]:
+    """A request message as chat templates expect it: string content, JSON-string
+    arguments; for a model that reads images, a user message with images keeps its
+    list of text and image parts."""
     message.pop("prefix", None)
     if message["role"] == "developer":
         message["role"] = "system"
-    message["content"] = _text(message.get("content"), model)
+    content = message.get("content")
+    if reads_images and isinstance(content, list) and any(p["type"] in IMAGE_PARTS for p in content):
+        if message["role"] != "user":
+            raise Invalid("Images are only read in user messages", param="messages")
+        if unknown := [p["type"] for p in content if p["type"] not in (*IMAGE_PARTS, "text")]:
+            raise Invalid(f"Content parts of type '{unknown[0]}' are not supported", param="messages")
+        return message
+    message["content"] = _text(content, model)
     for call in message.get("tool_calls", []):
         if not isinstance(call["function"]["arguments"], str):
             call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
     return message
-
-
-_IMAGE_PARTS = ("image_url", "image", "input_image")
 
 
 def _text(content: str | list[dict[str, Any]] | None, model: str) -> str:
@@ -184,8 +227,7 @@ def _text(content: str | list[dict[str, Any]] | None, model: str) -> str:
         return content or ""
     texts = []
     for part in content:
-        if part["type"] in _IMAGE_PARTS:
-            # Every model served today reads text only (vision encoders are not loaded).
+        if part["type"] in IMAGE_PARTS:
             raise Invalid(f"The model '{model}' does not accept images: it is a text-only model", param="messages")
         if part["type"] != "text":
             raise Invalid(f"Content parts of type '{part['type']}' are not supported", param="messages")

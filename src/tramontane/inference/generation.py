@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from ..engine import AsyncEngine, Priority, RequestOutput, SamplingParams, Tenant, TokenLogprob
+from ..engine import AsyncEngine, ImageInput, Priority, RequestOutput, SamplingParams, Tenant, TokenLogprob
 from ..errors import as_api_error
 from .metrics import Metrics
 from .protocol import PromptTokensDetails, Usage
@@ -49,6 +49,7 @@ class Generation:
         params: SamplingParams,
         metrics: Metrics,
         id_prefix: str,
+        images: Sequence[ImageInput] = (),
     ):
         self.id = f"{id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -59,7 +60,7 @@ class Generation:
         self._timer = metrics.timer(model, time.perf_counter())
         share = current_share.get()
         self._stream = engine.generate(
-            self.id, prompt_token_ids, params, tenant=share.tenant, priority=share.priority
+            self.id, prompt_token_ids, params, tenant=share.tenant, priority=share.priority, images=images
         )
         self._first: RequestOutput | None = None
 

@@ -24,6 +24,7 @@ from ..engine.embedding import EmbeddingModel
 from ..errors import Invalid, NotFound, Unavailable
 from .classifiers import ClassifierEntry, saved_head
 from .fim import FIMFormat
+from .images import ImageLoader
 from .protocol import FineTunedModelCard, ModelCapabilities, ModelCard
 from .structured import GrammarCompiler
 from .tool_calls import template_handles_tools
@@ -98,7 +99,10 @@ class ChatModel:
 
     def card(self) -> ModelCard:
         capabilities = ModelCapabilities(
-            completion_chat=True, completion_fim=self.fim is not None, function_calling=True
+            completion_chat=True,
+            completion_fim=self.fim is not None,
+            function_calling=True,
+            vision=self.engine.model_config.vision is not None,
         )
         architecture = self.engine.model_config.architecture
         if self.adapter is not None:
@@ -146,9 +150,11 @@ class EmbeddingEntry:
 
 
 class ModelRegistry:
-    def __init__(self) -> None:
+    def __init__(self, images: ImageLoader | None = None) -> None:
         self._models: dict[str, ChatModel | EmbeddingEntry | ClassifierEntry] = {}
         self._started = False
+        # How chat requests' images are read (the limits, remote fetching, the Files API).
+        self.images = images or ImageLoader()
 
     def load(
         self,

@@ -158,6 +158,7 @@ def fine_tuning(service: FineTuning, registry: ModelRegistry, metrics: Metrics, 
     service.batches.execute = batch_executor(registry, metrics, tenancy)
     service.jobs.embedding_models = registry.embedding_checkpoints()
     service.on_classifier_ready = registry.add_classifier
+    registry.images.read_file = service.files.read_image
     routes = tuple(Route(router) for router in finetune_api.routers)
     return Feature("fine-tuning", routes=routes, state={"finetune": service}, start=service.start, stop=service.stop)
 

@@ -61,7 +61,9 @@ async def tokenize(body: TokenizeRequest, call: Call) -> TokenizeResponse:
     else:
         chat: dict[str, Any] = {"model": body.model, "messages": body.messages, "tools": body.tools}
         request = ChatCompletionRequest.model_validate(chat)
-        tokens = prompt_token_ids(model, request, body.add_generation_prompt)
+        tokens = prompt_token_ids(
+            model, request, body.add_generation_prompt, call.models.images, call.principal.workspace_id
+        )
         if body.add_special_tokens and tokenizer.bos_token_id is not None and tokens[:1] != [tokenizer.bos_token_id]:
             tokens.insert(0, tokenizer.bos_token_id)
     call.meter.track(model.name)
