@@ -5,6 +5,7 @@ GET /anything       -> {"pid", "path"}
 GET /sleep?s=F      -> waits F seconds, then answers
 GET /crash?after=F  -> waits F seconds, then the process dies mid-request
 GET /stream         -> five lines, flushed one by one
+GET /headers        -> {"pid", "headers"}: the request's headers, names lowercased
 POST /v1/...        -> {"pid", "model"} from the JSON body
 """
 
@@ -44,6 +45,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if url.path == "/headers":
+            self._send({"headers": {k.lower(): v for k, v in self.headers.items()}})
             return
         self._send({"path": self.path})
 

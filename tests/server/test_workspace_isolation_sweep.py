@@ -99,6 +99,9 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("post", "/v1/deployments/{name}/scale"): ({}, {"replicas": 0}),
     ("get", "/v1/deployments/{name}/logs"): ({}, None),
     ("get", "/v1/deployments/{name}/metrics"): ({}, None),
+    ("get", "/v1/deployments/{name}/domains"): ({}, None),
+    ("post", "/v1/deployments/{name}/domains"): ({}, {"domain": "stolen.example.test"}),
+    ("delete", "/v1/deployments/{name}/domains/{domain}"): ({}, None),
     ("get", "/v1/request_logs/{request_id}"): ({}, None),
     ("get", "/v1/responses/{response_id}"): ({}, None),
     ("delete", "/v1/responses/{response_id}"): ({}, None),
@@ -196,6 +199,9 @@ def owners_objects(live_server) -> dict:
         created = http.post("/v1/deployments", json=deployment)
         assert created.status_code in (200, 201), created.text
         ids["name"] = "owned-web"
+        domain = http.post("/v1/deployments/owned-web/domains", json={"domain": "owned.example.test"})
+        assert domain.status_code == 201, domain.text
+        ids["domain"] = "owned.example.test"
         if shutil.which("bwrap") is not None:
             sandbox = http.post("/v1/sandboxes", json={"timeout": 120})
             assert sandbox.status_code == 201, sandbox.text
@@ -262,6 +268,20 @@ def test_another_workspace_cannot_open_a_terminal_over_websocket(live_server, ow
     assert anonymous.value.response.status_code == 401
 
 
+def test_another_workspace_cannot_reach_a_deployment_by_its_domain(live_server, owners_objects):
+    """Custom domains route by Host header in front of every route: only the
+    owning workspace's keys reach the deployment through one."""
+    stranger = live_server.create_tenant("sweep-domain-stranger", ALL)
+    host = {"host": owners_objects["domain"]}
+    with httpx.Client(base_url=live_server.url, timeout=60) as http:
+        refused = http.get("/", headers={**stranger.headers, **host})
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "deployment_not_found"
+        assert http.get("/v1/models", headers={**stranger.headers, **host}).status_code == 404
+        owner = owners_objects["_owner"]
+        served = http.get("/", headers={**owner.headers, **host})
+        assert served.status_code == 200 and "Directory listing" in served.text
+
+
 def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):
     owner = owners_objects["_owner"]
     with httpx.Client(base_url=live_server.url, headers=owner.headers, timeout=60) as http:
@@ -274,6 +294,8 @@ def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):
         library = owners_objects["library_id"]
         assert http.get(f"/v1/libraries/{library}/documents/{owners_objects['document_id']}").status_code == 200
         assert http.get(f"/v1/deployments/{owners_objects['name']}").status_code == 200
+        domains = http.get(f"/v1/deployments/{owners_objects['name']}/domains").json()["data"]
+        assert [d["domain"] for d in domains] == [owners_objects["domain"]]
         assert http.get(f"/v1/files/{owners_objects['file_id']}/content").content.startswith(b'{"messages"')
         assert http.get(f"/v1/fine_tuning/jobs/{owners_objects['job_id']}").json()["status"] != "CANCELLED"
         batch = http.get(f"/v1/batches/{owners_objects['batch_id']}")

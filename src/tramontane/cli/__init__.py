@@ -3,6 +3,7 @@
 import typer
 
 from ..control import cli as control_cli
+from ..control import domains_cli
 from ..control.build_cli import build
 from ..finetune import cli as finetune_cli
 from ..tenancy import cli as tenancy_cli
@@ -19,6 +20,7 @@ app.command("bench")(bench.bench)
 app.command("build")(build)
 app.add_typer(tenancy_cli.app, name="tenancy")
 app.add_typer(control_cli.app)  # deploy, ps, logs, scale, delete
+app.add_typer(domains_cli.app, name="domains")
 app.add_typer(finetune_cli.app, name="finetune")
 
 __all__ = ["app"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import tempfile
 from enum import StrEnum
 from pathlib import Path
@@ -124,6 +125,17 @@ def up(
             "come as data: URLs or Files API ids (the platform makes no outbound request).",
         ),
     ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TRAMONTANE_TLS_CERT",
+            help="Serve HTTPS with this certificate chain (PEM; a wildcard or one naming the deployments' "
+            "custom domains too). Needs --tls-key.",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="TRAMONTANE_TLS_KEY", help="The certificate's private key (PEM).")
+    ] = None,
     shutdown_grace_s: Annotated[
         float,
         typer.Option(
@@ -134,6 +146,7 @@ def up(
     ] = 30.0,
 ) -> None:
     """Serve the OpenAI- and Mistral-compatible API, and its admin API."""
+    tls = tls_options(tls_cert, tls_key)
     admission = AdmissionLimits(
         max_concurrent=max_concurrent_per_workspace,
         max_queued=max_queued_per_workspace,
@@ -161,7 +174,8 @@ def up(
         except (ModelLoadError, ValueError) as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from exc
-        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        scheme = "https" if tls else "http"
+        url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
         console.print(f"Serving {', '.join(registry.names())} on [bold]{url}[/] (OpenAI base_url: {url}/v1)")
         if plane is None:  # a replica: its logs are readable with a deploy key, so no admin key here
             app = create_app(registry, tenancy, replica_token=replica_token)
@@ -184,9 +198,27 @@ def up(
         # SIGTERM: uvicorn stops accepting connections, lets requests in flight run for
         # the grace period, cancels the rest (which aborts their generations), then
         # runs the app's shutdown: replicas, warm-pool sandboxes, engines.
-        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=shutdown_grace_s)
+        uvicorn.run(
+            app, host=host, port=port, log_level="info", timeout_graceful_shutdown=shutdown_grace_s, **tls
+        )
     finally:
         tenancy.close()
+
+
+def tls_options(cert: Path | None, key: Path | None) -> dict[str, str]:
+    """uvicorn's TLS settings, after checking that the pair loads: a wrong file
+    fails here, in a second, with its reason, not after the models have loaded."""
+    if cert is None and key is None:
+        return {}
+    if cert is None or key is None:
+        console.print("[red]error:[/] --tls-cert and --tls-key go together")
+        raise typer.Exit(2)
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        console.print(f"[red]error:[/] cannot use {cert} and {key} for TLS: {exc}")
+        raise typer.Exit(1) from exc
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
 def open_control_plane(tenancy: Tenancy, backend: ReplicaBackend, ray_address: str | None) -> ControlPlane:

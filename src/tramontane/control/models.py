@@ -43,3 +43,14 @@ class ReplicaRow(WorkspaceOwned, Base):
     log_path: Mapped[str | None] = mapped_column(String(500), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DomainRow(WorkspaceOwned, Base):
+    """A custom domain: requests whose Host is `hostname` go to the deployment.
+    A hostname belongs to one deployment of one workspace at most."""
+
+    __tablename__ = "deployment_domains"
+
+    hostname: Mapped[str] = mapped_column(String(253), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(String(32), ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

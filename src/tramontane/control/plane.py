@@ -26,6 +26,7 @@ from .autoscaler import decide
 from .backends import Backend, LocalBackend
 from .clock import SYSTEM_CLOCK, Clock, wait_for
 from .deployment import Deployment
+from .domains import DomainTable
 from .errors import DeploymentNotFound, NoCapacity
 from .images import Images
 from .models import ReplicaRow
@@ -55,6 +56,8 @@ class ControlPlane:
         self.backend: Backend = backend or LocalBackend()
         # Image deployments' images: checked, pulled or built before they are stored.
         self.images = images or Images(getattr(self.backend, "podman", None))
+        # Custom domains, routed by Host header (domains.py).
+        self.domains = DomainTable(store)
         self.capacity = capacity or NodeCapacity.detect()
         self.home = home or tramontane_home()
         self.log_dir = self.home / "control" / "logs"
@@ -71,6 +74,7 @@ class ControlPlane:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        self.domains.load()
         for row in self.repository.take_replicas():
             if row.pid is not None and self.backend.reap(row.pid, row.pid_start):
                 log.info("killed replica %s left by a previous control plane", row.id)
@@ -176,6 +180,13 @@ class ControlPlane:
         if chosen is None:
             return None
         return chosen, path[len(chosen.spec.routes.path_prefix or "") :] or "/"
+
+    def route_by_domain(self, workspace_id: str, hostname: str, path: str) -> tuple[Deployment, str] | None:
+        """The deployment `hostname` is registered on, when it is the caller's; the path is kept."""
+        deployment = self._deployments.get(self.domains.lookup(hostname) or "")
+        if deployment is None or deployment.workspace_id != workspace_id:
+            return None
+        return deployment, path
 
     def route_by_model(self, workspace_id: str, model: str, path: str) -> tuple[Deployment, str] | None:
         """The deployment serving `model` (the JSON body's field); the path is kept."""
@@ -366,6 +377,7 @@ class ControlPlane:
         await asyncio.gather(*(self._retire(r) for r in list(deployment.replicas.values())))
         self._deployments.pop(deployment.id, None)
         self.repository.delete_deployment(deployment.id)
+        self.domains.forget(deployment.id)
         shutil.rmtree(self.log_dir / deployment.id, ignore_errors=True)
 
     def _platform_env(self, spec: DeploymentSpec) -> dict[str, str]:

@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import APIError, NotFound, TramontaneError, as_api_error
 from ..tenancy import Capability, Tenancy
+from .domains import DOMAIN_SCOPE_KEY
 from .errors import ReplicaUnavailable
 from .plane import ControlPlane
 from .spec import Kind
@@ -48,6 +49,8 @@ _DROP_REQUEST = frozenset(
         b"proxy-authorization",
     }
 )
+# Set by the router itself for custom domains, never taken from the client.
+_FORWARDED = frozenset({b"x-forwarded-host", b"x-forwarded-proto"})
 _DROP_RESPONSE = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
 # Characters a path may carry unencoded (RFC 3986 pchar and "/").
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
@@ -115,19 +118,28 @@ class DeploymentsRouter:
         path: str = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         body = await _read_body(receive)
-        found = self.plane.route_by_prefix(workspace_id, path)
+        domain: str | None = scope.get(DOMAIN_SCOPE_KEY)
         model = None
-        if found is None:
+        if domain is not None:
+            # A custom domain's requests all go to its deployment, paths unchanged.
+            found = self.plane.route_by_domain(workspace_id, domain, path)
+        else:
+            found = self.plane.route_by_prefix(workspace_id, path)
+        if found is None and domain is None:
             content_type = next((v for k, v in headers if k == b"content-type"), b"")
             model = _model_of(body, content_type)
             found = self.plane.route_by_model(workspace_id, model, path) if model else None
         if found is None:
-            where = f"model '{model}'" if model else f"path '{path}'"
+            where = f"domain '{domain}'" if domain else f"model '{model}'" if model else f"path '{path}'"
             missing = NotFound(f"No deployment serves {where}", code="deployment_not_found")
             await as_api_error(missing).response()(scope, receive, send)
             return
         deployment, forward_path = found
         forwarded = [(k, v) for k, v in headers if k not in _DROP_REQUEST]
+        if domain is not None:
+            # The app behind a custom domain learns the name and scheme it was called by.
+            forwarded = [(k, v) for k, v in forwarded if k not in _FORWARDED]
+            forwarded += [(b"x-forwarded-host", domain.encode()), (b"x-forwarded-proto", scope["scheme"].encode())]
         # A model replica is our own server and checks the key itself; a user's
         # command never sees the caller's key.
         if deployment.spec.kind is Kind.MODEL and authorization is not None:

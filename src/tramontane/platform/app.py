@@ -114,6 +114,8 @@ def assemble(listed: Sequence[Feature], tenancy: Tenancy, metrics: Metrics, *, m
             app.include_router(route.router, responses=route.responses)
         for path, mounted in feature.mounts:
             app.mount(path, mounted)
+        for middleware in feature.middleware:
+            app.add_middleware(middleware.cls, *middleware.args, **middleware.kwargs)
     install_error_handlers(app)
     # Added last, so outermost: the request id and metrics cover every response.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)

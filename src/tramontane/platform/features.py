@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
 from ..agents import api as agents_api
@@ -23,6 +24,8 @@ from ..agents.service import AgentsService
 from ..console import router as console_router
 from ..docai import DocumentReader
 from ..control.api import router as deployments_router
+from ..control.domains import DomainRouting
+from ..control.domains_api import router as domains_router
 from ..control.install import SERVE_PREFIX
 from ..control.plane import ControlPlane
 from ..control.router import create_router_app
@@ -69,6 +72,9 @@ class Feature:
     routes: tuple[Route, ...] = ()
     mounts: tuple[tuple[str, ASGIApp], ...] = ()
     state: dict[str, Any] = field(default_factory=dict)
+    # ASGI middleware around the whole app (inside the request context and body
+    # limit), e.g. routing by Host header.
+    middleware: tuple[Middleware, ...] = ()
     start: Callable[[], Awaitable[None]] = _nothing
     stop: Callable[[], Awaitable[None]] = _nothing
     # Errors of `start` that leave the feature unavailable and the rest serving
@@ -164,11 +170,14 @@ def fine_tuning(service: FineTuning, registry: ModelRegistry, metrics: Metrics, 
 
 
 def deployments(plane: ControlPlane, tenancy: Tenancy) -> Feature:
-    """`/v1/deployments`, and the deployments' router mounted at `/serve`."""
+    """`/v1/deployments`, and the deployments' router mounted at `/serve` and in
+    front of the app for requests to the deployments' custom domains."""
+    proxy = create_router_app(plane, tenancy)
     return Feature(
         "deployments",
-        routes=(Route(deployments_router),),
-        mounts=((SERVE_PREFIX, create_router_app(plane, tenancy)),),
+        routes=(Route(deployments_router), Route(domains_router, ERRORS)),
+        mounts=((SERVE_PREFIX, proxy),),
+        middleware=(Middleware(DomainRouting, domains=plane.domains, router=proxy),),
         state={"control_plane": plane},
         start=plane.start,
         stop=plane.stop,
