@@ -27,6 +27,8 @@ class Echo(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         body = json.dumps({"path": self.path, "headers": dict(self.headers)}).encode()
         self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Set-Cookie", "session=planted; Path=/"); self.send_header("Link", "</a>; rel=a")
+        self.send_header("Link", "</b>; rel=b")
         self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
     def do_POST(self):
         data = self.rfile.read(int(self.headers["Content-Length"]))
@@ -79,10 +81,11 @@ def test_terminal_over_websocket_runs_a_shell_resizes_and_exits(live: LiveSandbo
         ws.send(json.dumps({"type": "input", "data": "stty size\n"}))
         read_until(ws, b"40 120")
         ws.send(json.dumps({"type": "bogus"}))
-        error = json.loads(ws.recv(timeout=15))
-        while not isinstance(error, dict) or error.get("type") != "error":  # output may come first
+        frame = ws.recv(timeout=15)
+        while not isinstance(frame, str):  # the terminal's output may come first
             frame = ws.recv(timeout=15)
-            error = json.loads(frame) if isinstance(frame, str) else None
+        error = json.loads(frame)
+        assert error["type"] == "error"
         assert error["error"]["code"] == "invalid_argument"
         ws.send(b"exit 3\n")
         while True:
@@ -160,6 +163,10 @@ def test_port_is_served_through_the_router(live: LiveSandboxes, sbx: Sandbox) ->
         headers = {k.lower(): v for k, v in echoed["headers"].items()}
         assert "authorization" not in headers and "cookie" not in headers  # the platform's credentials stay out
         assert headers["x-forwarded-prefix"] == f"/v1/sandboxes/{sbx.sandbox_id}/ports/8000"
+        # The tenant's page is an origin of its own in a browser, and sets no cookie on the platform's.
+        assert got.headers["content-security-policy"].startswith("sandbox ")
+        assert "set-cookie" not in got.headers and got.headers.get_list("link") == ["</a>; rel=a", "</b>; rel=b"]
+        assert int(got.headers["content-length"]) == len(got.content)
         body = bytes(range(256)) * 8192  # 2 MiB both ways, through the flow control
         posted = http.post(f"{url}/upload", content=body)
         assert posted.status_code == 201 and posted.content == body

@@ -94,7 +94,7 @@ async def terminal_socket(
             await output
         await events.aclose()  # kills the shell if it still runs
     if websocket.application_state is not WebSocketState.DISCONNECTED:
-        with suppress(RuntimeError):
+        with suppress(RuntimeError, WebSocketDisconnect):  # the client may be gone already
             await websocket.close()
 
 
@@ -108,8 +108,9 @@ async def _terminal_output(websocket: WebSocket, events: AsyncIterator[Any]) -> 
                 await websocket.close()
                 return
     except TramontaneError as exc:
-        await websocket.send_text(json.dumps({"type": "error", **as_api_error(exc).body()}))
-        await websocket.close(code=1011)
+        with suppress(RuntimeError, WebSocketDisconnect):
+            await websocket.send_text(json.dumps({"type": "error", **as_api_error(exc).body()}))
+            await websocket.close(code=1011)
     except (WebSocketDisconnect, RuntimeError):
         return  # the client left
 
@@ -129,7 +130,8 @@ async def _terminal_input(websocket: WebSocket, sandbox: ManagedSandbox, pid: in
             await _terminal_message(sandbox, pid, message)
         except TramontaneError as exc:
             # A bad frame is answered and the terminal goes on.
-            await websocket.send_text(json.dumps({"type": "error", **as_api_error(exc).body()}))
+            with suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.send_text(json.dumps({"type": "error", **as_api_error(exc).body()}))
     if receiving is not None:
         receiving.cancel()
 
@@ -163,7 +165,9 @@ async def _proxy(sandbox_id: str, port: int, path: str, request: Request, who: O
     target = "/" + path + (f"?{request.url.query}" if request.url.query else "")
     headers = forwarded_headers(request.headers.items(), port, prefix)
     response = await sandbox.ports.request(port, request.method, target, headers, request.stream())
-    return StreamingResponse(response.body, status_code=response.status, headers=dict(response.headers))
+    proxied = StreamingResponse(response.body, status_code=response.status)
+    proxied.raw_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+    return proxied
 
 
 async def port_root(sandbox_id: str, port: Port, request: Request, who: Owner, manager: Manager) -> Response:

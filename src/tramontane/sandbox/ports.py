@@ -36,8 +36,17 @@ DROPPED_REQUEST_HEADERS = frozenset({
 })  # fmt: skip
 DROPPED_RESPONSE_HEADERS = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "content-length",
+    "transfer-encoding", "upgrade", "set-cookie", "x-content-type-options",
 })  # fmt: skip
+
+
+# Added to every proxied response: what a sandbox serves is the tenant's content on
+# the platform's origin, so a browser must treat it as an origin of its own (no
+# access to the platform's cookies or storage) and not guess its type.
+RESPONSE_HEADERS = [
+    ("Content-Security-Policy", "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"),
+    ("X-Content-Type-Options", "nosniff"),
+]
 
 
 def check_port(port: int) -> int:
@@ -194,4 +203,4 @@ class Ports:
 
         kept = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers
                 if k.decode("latin-1").lower() not in DROPPED_RESPONSE_HEADERS]  # fmt: skip
-        return ProxiedResponse(response.status, kept, body_stream())
+        return ProxiedResponse(response.status, kept + RESPONSE_HEADERS, body_stream())
