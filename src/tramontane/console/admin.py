@@ -67,6 +67,8 @@ async def _workspace_page(user: User, workspace_id: str, **extra: Any) -> Respon
 async def workspace_page(workspace_id: str, user: CurrentUser) -> Response:
     _admin(user)
     created, user.session.reveal = user.session.reveal, None
+    if created is not None:
+        user.save_session()
     if created is not None and created["workspace_id"] != workspace_id:
         created = None  # taken by another page: dropped rather than shown out of place
     return await _workspace_page(user, workspace_id, created_key=created)
@@ -90,6 +92,7 @@ async def create_key(workspace_id: str, user: CurrentUser, request: Request) -> 
             raise
         return await _workspace_page(user, workspace_id, key_error=exc.message)
     user.session.reveal = created
+    user.save_session()
     raise Redirect(f"/admin/workspaces/{quote(workspace_id)}")
 
 

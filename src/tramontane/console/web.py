@@ -146,7 +146,9 @@ def render_string(template: str, **context: Any) -> str:
 def console_state(request: Request) -> ConsoleState:
     state = getattr(request.app.state, "console", None)
     if state is None:
-        state = request.app.state.console = ConsoleState(SessionStore(), api_client(request.app))
+        state = request.app.state.console = ConsoleState(
+            SessionStore(get_tenancy(request).store), api_client(request.app)
+        )
     return state
 
 
@@ -186,10 +188,17 @@ class User:
 
     def flash(self, message: str, level: str = "info") -> None:
         self.session.flash.append((level, message))
+        self.save_session()
 
     def take_flash(self) -> list[tuple[str, str]]:
         messages, self.session.flash = self.session.flash, []
+        if messages:
+            self.save_session()
         return messages
+
+    def save_session(self) -> None:
+        """Stores the session's flash messages and reveal (sessions live in the database)."""
+        console_state(self.request).sessions.save(self.session)
 
     async def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One call to the platform's API as the session's key; the caller reads the status."""
