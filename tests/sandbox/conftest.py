@@ -26,6 +26,7 @@ from starlette.requests import HTTPConnection
 from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
 from tramontane.sandbox.cgroups import CgroupTree
 from tramontane.sandbox.errors import SandboxError
+from tramontane.sandbox.host_routing import PortHostRouting
 from tramontane.sandbox.microvm import MicroVMHost
 
 T = TypeVar("T")
@@ -91,6 +92,8 @@ def _serve(manager: SandboxManager) -> Iterator[LiveSandboxes]:
 
     app = FastAPI(lifespan=lifespan)
     app.include_router(create_router(manager, owner=_tenant_header))
+    if manager.config.ports_domain:
+        app.add_middleware(PortHostRouting, domain=manager.config.ports_domain)
     sock = socket.socket()
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited: no delayed-ACK stalls
     sock.bind(("127.0.0.1", 0))
@@ -121,6 +124,7 @@ def live() -> Iterator[LiveSandboxes]:
         reap_interval_s=0.1,
         max_file_bytes=4 * 1024 * 1024,
         egress_private_networks=("127.0.0.0/8",),  # the egress tests' pages listen on the host's loopback
+        ports_domain="sandboxes.test",
     )
     with _serve(SandboxManager(config)) as served:
         yield served

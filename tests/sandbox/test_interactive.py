@@ -173,6 +173,21 @@ def test_port_is_served_through_the_router(live: LiveSandboxes, sbx: Sandbox) ->
         assert http.get(url).status_code == 200
 
 
+def test_port_by_host_name(live: LiveSandboxes, sbx: Sandbox) -> None:
+    """{port}-{id}.{domain}: the server sees itself at the root, and every path on
+    that name is the sandbox's (the platform's API does not answer there)."""
+    serve(sbx, 8003)
+    host = f"8003-{sbx.sandbox_id}.sandboxes.test"
+    with httpx.Client(base_url=live.url, timeout=30) as http:
+        got = http.get("/v1/sandboxes?x=1", headers={"Host": host})
+        assert got.status_code == 200 and got.json()["path"] == "/v1/sandboxes?x=1"
+        assert "x-forwarded-prefix" not in {k.lower() for k in got.json()["headers"]}
+        assert http.get("/", headers={"Host": host.upper()}).status_code == 200
+        assert http.get("/", headers={"Host": host, "x-tenant": "mallory"}).status_code == 404
+        assert http.get("/", headers={"Host": f"8004-{sbx.sandbox_id}.sandboxes.test"}).status_code == 502
+        assert http.get("/", headers={"Host": "8003-0123456789abcdef0123.sandboxes.test"}).status_code == 404
+
+
 def test_port_not_listening_is_a_clear_502(sbx: Sandbox) -> None:
     got = httpx.get(sbx.get_host(8001) + "/", timeout=30)
     assert got.status_code == 502
@@ -254,7 +269,7 @@ def test_watch_dir_streams_create_write_rename_remove(sbx: Sandbox) -> None:
         sbx.files.write("watched/a.txt", "one")
         sbx.commands.run("mv watched/a.txt watched/b.txt && mkdir watched/sub && rm watched/b.txt")
         sbx.files.write("watched/sub/deep.txt", "two")
-        events = collect(handle, 6)
+        events = collect(handle, 8)
     finally:
         handle.stop()
     seen = [(e.type, e.name) for e in events]

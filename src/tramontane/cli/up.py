@@ -90,6 +90,14 @@ def up(
             "slow, needs no KVM) or auto (KVM where it can boot the guest, else tcg with a warning).",
         ),
     ] = MicroVMAccelerator.AUTO,
+    sandbox_domain: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TRAMONTANE_SANDBOX_DOMAIN",
+            help="Also serve sandbox ports at {port}-{sandbox id}.DOMAIN: point a wildcard DNS name (and, with "
+            "--tls-cert, a wildcard certificate) at this server.",
+        ),
+    ] = None,
     max_concurrent_per_workspace: Annotated[
         int,
         typer.Option(
@@ -184,7 +192,11 @@ def up(
             if admin_key is not None:
                 print_admin_key(tenancy, admin_key, url, database_url is not None)
             sandboxes = SandboxManager(
-                ManagerConfig(max_file_bytes=MAX_BODY_BYTES, microvm_accelerator=microvm_accelerator.value)
+                ManagerConfig(
+                    max_file_bytes=MAX_BODY_BYTES,
+                    microvm_accelerator=microvm_accelerator.value,
+                    ports_domain=sandbox_domain,
+                )
             )
             # Fine-tuned models are served as LoRA adapters on their base model's engine.
             finetune = FineTuning(

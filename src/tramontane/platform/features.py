@@ -39,6 +39,7 @@ from ..inference.registry import ModelRegistry
 from ..responses.api import create_router as create_responses_router
 from ..responses.service import Responses
 from ..sandbox import SandboxError, SandboxManager, create_router
+from ..sandbox.host_routing import PortHostRouting
 from ..sandbox.metrics import SandboxCollector
 from ..server import chat, classifiers, completions, embeddings, health, lora_admin, models, ocr, tokenize
 from ..server.sleep import sleep_router
@@ -197,9 +198,11 @@ def sandboxes(manager: SandboxManager, metrics: Metrics) -> Feature:
         await collector.stop()
         await manager.shutdown()
 
+    domain = manager.config.ports_domain
     return Feature(
         "sandboxes",
         routes=(Route(create_router(manager, owner=sandbox_owner)),),
+        middleware=(Middleware(PortHostRouting, domain=domain),) if domain else (),
         start=start,
         stop=stop,
         unavailable=(SandboxError,),

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocketState
 from ..errors import TramontaneError, as_api_error
 from .api import Manager, Owner, _as_dicts, _read_body, _SandboxRoute, _stream
 from .errors import InvalidArgument
+from .host_routing import HOST_ROUTED
 from .ports import forwarded_headers
 from .sandbox import ManagedSandbox
 from .schemas import TerminalBody, TerminalSizeBody
@@ -161,7 +162,8 @@ async def _terminal_message(sandbox: ManagedSandbox, pid: int, message: dict[str
 
 async def _proxy(sandbox_id: str, port: int, path: str, request: Request, who: Owner, manager: Manager) -> Response:
     sandbox = manager.get(sandbox_id, who)
-    prefix = f"/v1/sandboxes/{sandbox_id}/ports/{port}"
+    # Reached as {port}-{id}.{domain}, the server is at the root of its own name.
+    prefix = "" if request.scope.get(HOST_ROUTED) else f"/v1/sandboxes/{sandbox_id}/ports/{port}"
     target = "/" + path + (f"?{request.url.query}" if request.url.query else "")
     headers = forwarded_headers(request.headers.items(), port, prefix)
     response = await sandbox.ports.request(port, request.method, target, headers, request.stream())

@@ -81,6 +81,9 @@ class ManagerConfig:
     uid_lease_dir: str = LEASE_DIR
     cgroup_v2_parent: str = "/"
     max_file_bytes: int = MAX_FILE_BYTES
+    # Serves sandbox ports at {port}-{sandbox id}.{ports_domain} too (a wildcard DNS
+    # name pointing at the platform), besides /v1/sandboxes/{id}/ports/{port}.
+    ports_domain: str | None = None
     reap_interval_s: float = 0.25
     # Bytes of a sandbox's output the server may hold at once (unread output, a
     # file being read, a result); None: max_file_bytes plus 16 MiB. And for all

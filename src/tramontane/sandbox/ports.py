@@ -158,7 +158,8 @@ def forwarded_headers(headers: Iterable[tuple[str, str]], port: int, prefix: str
     kept = [(k, v) for k, v in headers if k.lower() not in DROPPED_REQUEST_HEADERS and not _forwarded(k)]
     chunked = any(k.lower() == "transfer-encoding" and "chunked" in v.lower() for k, v in headers)
     framing = [("Transfer-Encoding", "chunked")] if chunked else []
-    return [("Host", f"localhost:{port}"), *kept, *framing, ("X-Forwarded-Prefix", prefix)]
+    forwarded = [("X-Forwarded-Prefix", prefix)] if prefix else []
+    return [("Host", f"localhost:{port}"), *kept, *framing, *forwarded]
 
 
 class Ports:

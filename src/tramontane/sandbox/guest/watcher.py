@@ -102,10 +102,23 @@ class Watch:
                 self.emit(kind, relative, bool(flags & IN_ISDIR))
                 break
         if self.recursive and flags & IN_ISDIR and flags & (IN_CREATE | IN_MOVED_TO):
-            try:
-                self.add(relative)
-            except Failure:
-                pass  # gone again already
+            self.follow(relative)
+
+    def follow(self, relative):
+        """Watches a directory that appeared under the root, and reports what it
+        already holds: entries made before its watch was in place would be missed."""
+        if len(self.dirs) >= MAX_DIRS:
+            return
+        try:
+            self.add(relative)
+            entries = list(os.scandir(os.path.join(self.root, relative)))
+        except (Failure, OSError):
+            return  # gone again already
+        for entry in entries:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            self.emit("create", os.path.join(relative, entry.name), is_dir)
+            if is_dir:
+                self.follow(os.path.join(relative, entry.name))
 
     def emit(self, kind, name, is_dir=False):
         self.watches.agent.send({"id": self.rid, "ev": "fs", "type": kind, "name": name, "is_dir": is_dir})
