@@ -9,15 +9,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from container_images import build_busybox, container_exists, inspect, podman_usable, remove_image
 from control_helpers import Env
 
 from tramontane.control.backends import LocalBackend
+from tramontane.control.backends.memory import MemoryBackend
 from tramontane.control.containers import container_name
 from tramontane.control.states import ReplicaState
 
-pytestmark = pytest.mark.skipif(not podman_usable(), reason="needs podman and busybox-static")
+needs_podman = pytest.mark.skipif(not podman_usable(), reason="needs podman and busybox-static")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,7 @@ def _replicas(env: Env, name: str):
     return list(env.plane.get(env.workspace_id, name).replicas.values())
 
 
+@needs_podman
 async def test_image_runs_with_its_port_env_and_cgroup_limits(env: Env, image: str) -> None:
     created = await env.client.post("/v1/deployments", json=image_spec("web", image))
     assert created.status_code == 201, created.text
@@ -81,6 +84,7 @@ async def test_image_runs_with_its_port_env_and_cgroup_limits(env: Env, image: s
     assert not container_exists(name)
 
 
+@needs_podman
 async def test_container_port_is_published_to_the_replica_port(env: Env, image: str) -> None:
     body = image_spec("fixed", image, container_port=8080)
     assert (await env.client.post("/v1/deployments", json=body)).status_code == 201
@@ -90,6 +94,7 @@ async def test_container_port_is_published_to_the_replica_port(env: Env, image: 
     assert replica.handle is not None and replica.handle.port != 8080
 
 
+@needs_podman
 async def test_light_sleep_pauses_and_deep_sleep_removes_the_container(env: Env, image: str) -> None:
     scaling = {"min_replicas": 0, "scale_to_zero_after_s": 0.3, "light_sleep_s": 600}
     assert (await env.client.post("/v1/deployments", json=image_spec("nap", image, scaling=scaling))).status_code == 201
@@ -98,8 +103,12 @@ async def test_light_sleep_pauses_and_deep_sleep_removes_the_container(env: Env,
     name = container_name(replica.id)
 
     await _wait_for(lambda: replica.state is ReplicaState.SLEEPING and replica.slept_at is not None, what="sleep")
-    assert inspect(name, "{{.State.Status}}") == "paused"
     assert replica.held_memory_mb > 0
+    # Frozen: it answers nothing until woken.
+    assert replica.handle is not None
+    async with httpx.AsyncClient(timeout=0.5) as direct:
+        with pytest.raises(httpx.TimeoutException):
+            await direct.get(f"http://127.0.0.1:{replica.handle.port}/")
 
     woken = await env.client.get("/serve/nap/")
     assert woken.status_code == 200
@@ -115,6 +124,7 @@ async def test_light_sleep_pauses_and_deep_sleep_removes_the_container(env: Env,
     assert [r.id for r in _replicas(env, "nap")] != [replica.id]
 
 
+@needs_podman
 async def test_missing_image_is_refused_at_create(env: Env) -> None:
     missing = await env.client.post("/v1/deployments", json=image_spec("ghost", "localhost/no-such-image:1"))
     assert missing.status_code == 400, missing.text
@@ -127,6 +137,7 @@ async def test_missing_image_is_refused_at_create(env: Env) -> None:
     assert (await env.client.get("/v1/deployments")).json()["data"] == []
 
 
+@needs_podman
 async def test_image_spec_is_validated(env: Env, image: str) -> None:
     no_image = await env.client.post("/v1/deployments", json={"name": "bare", "kind": "image"})
     assert no_image.status_code == 422
@@ -134,6 +145,7 @@ async def test_image_spec_is_validated(env: Env, image: str) -> None:
     assert stray.status_code == 422
 
 
+@needs_podman
 async def test_container_exiting_at_once_backs_off(env: Env, image: str) -> None:
     body = image_spec("crash", image, command="echo about to fail; exit 3")
     assert (await env.client.post("/v1/deployments", json=body)).status_code == 201
@@ -149,6 +161,7 @@ async def test_container_exiting_at_once_backs_off(env: Env, image: str) -> None
     assert logs.count("about to fail") >= 3
 
 
+@needs_podman
 async def test_command_missing_from_the_image_is_in_the_log(env: Env, image: str) -> None:
     # An image whose entrypoint does not exist: podman says why, in the replica's log.
     body = image_spec("nocmd", image, command="exec /no/such/server")
@@ -158,6 +171,7 @@ async def test_command_missing_from_the_image_is_in_the_log(env: Env, image: str
     await _wait_for(lambda: "/no/such/server" in env.plane.logs(env.workspace_id, "nocmd"), what="the log line")
 
 
+@needs_podman
 async def test_reap_removes_a_container_left_by_a_dead_control_plane(env: Env, image: str, tmp_path: Path) -> None:
     assert (await env.client.post("/v1/deployments", json=image_spec("left", image))).status_code == 201
     [replica] = _replicas(env, "left")
@@ -167,3 +181,9 @@ async def test_reap_removes_a_container_left_by_a_dead_control_plane(env: Env, i
     # What a restarted control plane does with the replica rows it finds.
     assert LocalBackend().reap(replica.handle.pid, replica.handle.pid_start)
     assert not container_exists(name)
+
+
+@pytest.mark.parametrize("backend", [MemoryBackend()], ids=["no-containers"])
+async def test_a_backend_without_containers_refuses_image_deployments(env: Env) -> None:
+    refused = await env.client.post("/v1/deployments", json=image_spec("img", "localhost/any:1"))
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_kind"

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import Forbidden
+from ..errors import Forbidden, Invalid
 from .containers import ImageError, Podman
 from .spec import DeploymentSpec, Kind
 
@@ -69,11 +69,19 @@ def built_repository(workspace_id: str, name: str) -> str:
 
 
 class Images:
-    """Prepares image deployments' specs; owns nothing but a Podman wrapper."""
+    """Prepares image deployments' specs; owns nothing but a Podman wrapper.
+    `enabled` is False where the backend cannot run containers (Ray's actors)."""
 
-    def __init__(self, podman: Podman | None = None, config: ImagesConfig | None = None):
+    def __init__(self, podman: Podman | None = None, config: ImagesConfig | None = None, *, enabled: bool = True):
         self.podman = podman or Podman()
         self.config = config or ImagesConfig.from_env()
+        self.enabled = enabled
+
+    @classmethod
+    def for_backend(cls, backend: object) -> Images:
+        """Images for the backend's own Podman, when it runs containers."""
+        podman = getattr(backend, "podman", None)
+        return cls(podman, enabled=isinstance(podman, Podman))
 
     async def prepare(self, workspace_id: str, spec: DeploymentSpec) -> DeploymentSpec:
         """The spec to store: a git source built (its image set to the build's
@@ -81,6 +89,12 @@ class Images:
         registry. Raises ImageError (400) or Forbidden (403) otherwise."""
         if spec.kind is not Kind.IMAGE:
             return spec
+        if not self.enabled:
+            raise Invalid(
+                "Image deployments run on the local backend; this server's replicas run on Ray",
+                code="unsupported_kind",
+                param="kind",
+            )
         if spec.git is not None:
             from .gitsource import build_from_git  # only image deployments need git
 

@@ -55,7 +55,7 @@ class ControlPlane:
         self.repository = Repository(store)
         self.backend: Backend = backend or LocalBackend()
         # Image deployments' images: checked, pulled or built before they are stored.
-        self.images = images or Images(getattr(self.backend, "podman", None))
+        self.images = images or Images.for_backend(self.backend)
         # Custom domains, routed by Host header (domains.py).
         self.domains = DomainTable(store)
         self.capacity = capacity or NodeCapacity.detect()

@@ -14,7 +14,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from ..containers import REPLICA_LABEL, Podman, RunRequest, container_name, podman_env
+from ..containers import REPLICA_LABEL, Freezer, Podman, RunRequest, container_name, podman_env
 from ..spec import DeploymentSpec
 from .base import open_log
 
@@ -28,6 +28,10 @@ class ContainerReplica:
         self._process = process
         self._port = port
         self._pid_start = pid_start
+        # Found at the first pause; None after that: podman pauses it instead.
+        self._freezer: Freezer | None = None
+        self._looked_for_freezer = False
+        self._frozen = False
 
     @property
     def host(self) -> str:
@@ -54,15 +58,30 @@ class ContainerReplica:
         return await self._process.wait()
 
     async def pause(self) -> None:
-        await self._podman.pause(self.name)
+        if not self._looked_for_freezer:
+            self._freezer = await asyncio.to_thread(self._podman.freezer, self.name)
+            self._looked_for_freezer = True
+        if self._freezer is None:
+            await self._podman.pause(self.name)
+        else:
+            self._freezer.set(True)
+        self._frozen = True
 
     async def resume(self) -> None:
-        await self._podman.unpause(self.name)
+        if self._freezer is None:
+            await self._podman.unpause(self.name)
+        else:
+            self._freezer.set(False)
+        self._frozen = False
 
     def memory_mb(self) -> int:
         return self._podman.memory_mb(self.name)
 
     async def stop(self, grace_s: float) -> None:
+        if self._frozen and self._freezer is not None:
+            # Thawed first: a frozen process acts on no signal, SIGKILL included.
+            with contextlib.suppress(OSError):
+                self._freezer.set(False)
         if self._process.returncode is None:
             await self._podman.stop(self.name, grace_s)
             with contextlib.suppress(TimeoutError):
