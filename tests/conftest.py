@@ -16,6 +16,9 @@ from tramontane.engine.gguf_file import GGUFFile
 from tramontane.engine.lora import target_shapes
 from tramontane.engine.tokenizer import Tokenizer
 
+# The throwaway PostgreSQL server, for every folder of tests.
+pytest_plugins = ["postgres_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def default_gguf_path() -> str:

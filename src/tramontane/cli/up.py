@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import socket
 import ssl
 import tempfile
 from enum import StrEnum
@@ -16,7 +19,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..control.backends.ray import RayBackend
+from ..control.leadership import DEFAULT_TTL_S, Lease
 from ..control.plane import ControlPlane
+from ..control.seat import ControlSeat
 from ..control.replica import REPLICA_TOKEN_ENV
 from ..engine import EngineConfig, ModelLoadError
 from ..finetune.service import FineTuning
@@ -144,6 +149,23 @@ def up(
     tls_key: Annotated[
         Path | None, typer.Option(envvar="TRAMONTANE_TLS_KEY", help="The certificate's private key (PEM).")
     ] = None,
+    advertise_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TRAMONTANE_ADVERTISE_URL",
+            help="Where the other gateways sharing the database reach this one, to relay deployment "
+            "requests while it leads the control plane. Default: http://HOST:PORT (this host's name "
+            "when HOST is a wildcard address).",
+        ),
+    ] = None,
+    control_lease_s: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Lease of the control plane's leader: when it dies, another gateway takes over within "
+            "about this long.",
+        ),
+    ] = DEFAULT_TTL_S,
     shutdown_grace_s: Annotated[
         float,
         typer.Option(
@@ -168,7 +190,9 @@ def up(
     replica_token = os.environ.get(REPLICA_TOKEN_ENV)
     try:
         # Also before the models: an unreachable Ray cluster fails fast too.
-        plane = None if replica_token is not None else open_control_plane(tenancy, backend, ray_address)
+        address = advertise_url or advertised_url(host, port, https=bool(tls))
+        lease = Lease(tenancy.store, address, ttl_s=control_lease_s)
+        plane = None if replica_token is not None else open_control_plane(tenancy, backend, ray_address, lease)
         try:
             specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
             config = EngineConfig(
@@ -206,7 +230,11 @@ def up(
                 on_model_ready=registry.add_adapter,
                 max_file_bytes=MAX_BODY_BYTES,
             )
-            app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane, finetune=finetune)
+            # Gateways sharing a PostgreSQL database hand the replicas over when one stops.
+            seat = ControlSeat(plane, lease, hands_over=not tenancy.store.is_sqlite)
+            app = create_app(
+                registry, tenancy, sandboxes=sandboxes, control_plane=plane, control_seat=seat, finetune=finetune
+            )
         # SIGTERM: uvicorn stops accepting connections, lets requests in flight run for
         # the grace period, cancels the rest (which aborts their generations), then
         # runs the app's shutdown: replicas, warm-pool sandboxes, engines.
@@ -233,9 +261,25 @@ def tls_options(cert: Path | None, key: Path | None) -> dict[str, str]:
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
-def open_control_plane(tenancy: Tenancy, backend: ReplicaBackend, ray_address: str | None) -> ControlPlane:
+def advertised_url(host: str, port: int, *, https: bool = False) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"{'https' if https else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def open_control_plane(
+    tenancy: Tenancy, backend: ReplicaBackend, ray_address: str | None, lease: Lease
+) -> ControlPlane:
+    """The control plane this gateway runs while it holds `lease`: its writes are
+    fenced by the lease's token, and its replicas' control tokens derive from the
+    key pepper the gateways share, so that the next leader can adopt them."""
+    shared = {
+        "home": tenancy.home,
+        "fence": lambda session: lease.fence(session, lease.token),
+        "replica_secret": hmac.new(tenancy.pepper, b"replica control tokens", hashlib.sha256).digest(),
+    }
     if backend is ReplicaBackend.LOCAL:
-        return ControlPlane(tenancy.store, home=tenancy.home)
+        return ControlPlane(tenancy.store, **shared)
     try:
         ray_backend = RayBackend(ray_address)
     except (RuntimeError, ConnectionError) as exc:
@@ -243,7 +287,7 @@ def open_control_plane(tenancy: Tenancy, backend: ReplicaBackend, ray_address: s
         raise typer.Exit(1) from exc
     capacity = ray_backend.capacity()
     console.print(f"Deployments run on the Ray cluster: {capacity.cpu:g} CPUs, {capacity.gpus} GPUs")
-    return ControlPlane(tenancy.store, backend=ray_backend, capacity=capacity, home=tenancy.home)
+    return ControlPlane(tenancy.store, backend=ray_backend, capacity=capacity, **shared)
 
 
 def parse_weights(specs: list[str]) -> dict[str, float]:

@@ -6,18 +6,27 @@ Runs on the server's event loop. `start()` restores the deployments in the store
 ones), and a reconcile loop re-decides every deployment's replica count each
 `reconcile_interval_s`.
 
-One control plane per database: `start()` treats every replica row as left by a
-crashed predecessor and kills it (when it is still the same local process)."""
+One control plane per database at a time: when several gateways share it, the
+one holding the control lease runs it (leadership.py) and its writes are fenced
+by the lease's token. `start()` adopts every replica a predecessor (a crashed
+process, or a leader that lost its lease) left running and healthy, and kills
+the rest (when still the same local process); `abdicate()` lets go of them
+without stopping them, for the next leader to adopt."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
+import secrets
 import shutil
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from ..errors import Invalid, Unavailable
 from ..store import HOME_ENV, URL_ENV, Store, tramontane_home
@@ -29,6 +38,7 @@ from .deployment import Deployment
 from .domains import DomainTable
 from .errors import DeploymentNotFound, NoCapacity
 from .images import Images
+from .leadership import Fenced
 from .models import ReplicaRow
 from .replica import Replica
 from .repository import Repository
@@ -51,8 +61,13 @@ class ControlPlane:
         reconcile_interval_s: float = 1.0,
         clock: Clock = SYSTEM_CLOCK,
         images: Images | None = None,
+        fence: Callable[[Session], None] | None = None,
+        replica_secret: bytes | None = None,
     ):
-        self.repository = Repository(store)
+        self.repository = Repository(store, fence)
+        # Model replicas' sleep/wake tokens derive from it, so that a successor
+        # sharing it can put to sleep and wake the replicas it adopts.
+        self.replica_secret = replica_secret or secrets.token_bytes(32)
         self.backend: Backend = backend or LocalBackend()
         # Image deployments' images: checked, pulled or built before they are stored.
         self.images = images or Images.for_backend(self.backend)
@@ -70,14 +85,13 @@ class ControlPlane:
         self._lock = asyncio.Lock()
         self.upstream = UpstreamPool()
         self._loop_task: asyncio.Task[None] | None = None
+        self._abdicated = False
 
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        self._abdicated = False
         self.domains.load()
-        for row in self.repository.take_replicas():
-            if row.pid is not None and self.backend.reap(row.pid, row.pid_start):
-                log.info("killed replica %s left by a previous control plane", row.id)
         for row in self.repository.deployments():
             spec = DeploymentSpec.model_validate(row.spec)
             desired = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, row.desired_replicas))
@@ -85,9 +99,45 @@ class ControlPlane:
                 row.id, row.workspace_id, spec, desired, last_request=self.clock.now()
             )
         async with self._lock:
+            for row in self.repository.replicas():
+                if not self._adopt(row):
+                    self.repository.delete_replica(row.id)
+                    if row.pid is not None and self.backend.reap(row.pid, row.pid_start):
+                        log.info("killed replica %s left by a previous control plane", row.id)
             for deployment in list(self._deployments.values()):
                 await self._converge_or_shrink(deployment)
         self._loop_task = asyncio.create_task(self._reconcile_loop(), name="control-plane reconcile")
+
+    def _adopt(self, row: ReplicaRow) -> bool:
+        """Takes over a replica that was serving when its control plane went away;
+        False when it cannot (not running, or out of the backend's reach)."""
+        deployment = self._deployments.get(row.deployment_id)
+        if deployment is None or row.state != ReplicaState.RUNNING.value:
+            return False
+        handle = self.backend.adopt(row.id, row.port, row.pid, row.pid_start)
+        if handle is None:
+            return False
+        replica = self._new_replica(deployment, row.id)
+        replica.restarts = row.restarts
+        deployment.replicas[row.id] = replica
+        replica.adopt(handle)
+        log.info("adopted replica %s of %s", row.id, deployment.name)
+        return True
+
+    async def abdicate(self) -> None:
+        """Stops acting, leaving every replica running for the next leader to adopt:
+        this gateway lost the control lease. Requests waiting for a replica here
+        are refused (503); the deployments stay in the store."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.wait({self._loop_task})
+            self._loop_task = None
+        for deployment in self._deployments.values():
+            await asyncio.gather(*(r.detach() for r in deployment.replicas.values()))
+            deployment.replicas.clear()
+            deployment.signal_ready()
+        self._deployments.clear()
+        self._abdicated = True
 
     async def stop(self) -> None:
         """Stops every replica; deployments stay in the store for the next start."""
@@ -223,7 +273,7 @@ class ControlPlane:
 
     async def _wait_for_replica(self, deployment: Deployment) -> Replica:
         deadline = self.clock.now() + deployment.spec.scaling.wake_timeout_s
-        while not deployment.deleted:
+        while not deployment.deleted and not self._abdicated:
             signal = deployment.ready_signal
             if replica := deployment.pick():
                 return replica
@@ -238,6 +288,8 @@ class ControlPlane:
             await wait_for(self.clock, signal.wait(), min(remaining, 1.0))
         if deployment.deleted:
             raise DeploymentNotFound(deployment.name)
+        if self._abdicated:
+            raise Fenced()
         raise Unavailable(
             f"Deployment '{deployment.name}' has no ready replica yet", code="not_ready", retry_after_s=5
         )
@@ -247,7 +299,13 @@ class ControlPlane:
     async def _reconcile_loop(self) -> None:
         while True:
             await self.clock.sleep(self.reconcile_interval_s)
-            await self.reconcile()
+            try:
+                await self.reconcile()
+            except Fenced:
+                # Another gateway leads now; this one's seat abdicates when it
+                # next fails to renew the lease. Until then, nothing more is done.
+                log.warning("the control plane was fenced off: another gateway leads")
+                return
 
     async def reconcile(self) -> None:
         """One pass over every deployment: scale, converge the replicas on the
@@ -326,7 +384,14 @@ class ControlPlane:
     async def _launch(self, deployment: Deployment) -> None:
         await self._make_room(deployment)
         replica_id = new_id("rep")
-        replica = Replica(
+        replica = self._new_replica(deployment, replica_id)
+        deployment.replicas[replica_id] = replica
+        self._on_replica_change(replica)
+        replica.start()
+
+    def _new_replica(self, deployment: Deployment, replica_id: str) -> Replica:
+        token = hmac.new(self.replica_secret, replica_id.encode(), hashlib.sha256).hexdigest()
+        return Replica(
             replica_id,
             deployment.id,
             deployment.spec,
@@ -335,10 +400,8 @@ class ControlPlane:
             self._platform_env(deployment.spec),
             self._on_replica_change,
             self.clock,
+            token=token,
         )
-        deployment.replicas[replica_id] = replica
-        self._on_replica_change(replica)
-        replica.start()
 
     async def _evict(self, replica_id: str) -> None:
         for other in self._deployments.values():

@@ -46,6 +46,7 @@ class Replica:
         platform_env: dict[str, str],
         on_change: StateListener,
         clock: Clock = SYSTEM_CLOCK,
+        token: str | None = None,
     ):
         self.id = replica_id
         self.deployment_id = deployment_id
@@ -60,7 +61,7 @@ class Replica:
         # Measured when it falls asleep: what its frozen processes keep resident.
         self.held_memory_mb = 0
         self.slept_at: float | None = None
-        self.token = secrets.token_urlsafe(32)
+        self.token = token or secrets.token_urlsafe(32)
         self.platform_env = {**platform_env, REPLICA_TOKEN_ENV: self.token} if spec.kind is Kind.MODEL else platform_env
         self._backend = backend
         self._on_change = on_change
@@ -84,6 +85,19 @@ class Replica:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"replica {self.id}")
+
+    def adopt(self, handle: ReplicaHandle) -> None:
+        """Supervises a process that another control plane launched (and left
+        running when it died): health-checked like a fresh start, then watched
+        and restarted like any other."""
+        self._task = asyncio.create_task(self._supervise(handle), name=f"replica {self.id}")
+
+    async def detach(self) -> None:
+        """Stops supervising without touching the process: for a control plane
+        that lost its lease, whose successor adopts the replica."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
 
     async def sleep(self) -> bool:
         """Light sleep for an idle RUNNING replica: a model frees its KV cache, then
@@ -158,22 +172,16 @@ class Replica:
         if self.handle is not None:
             await self.handle.stop(_STOP_GRACE_S)
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, adopted: ReplicaHandle | None = None) -> None:
         # Ends only by cancellation (stop), so a replica is never silently lost.
         failures_in_a_row = 0
         while True:
             self._enter(ReplicaState.STARTING)
-            try:
-                # Shielded: a stop landing mid-launch must still find (and kill) the
-                # process that the launch goes on to start.
-                self._launching = asyncio.create_task(
-                    self._backend.launch(self.id, self.spec, self.log_path, self.platform_env)
-                )
-                self.handle = await asyncio.shield(self._launching)
-            except OSError as exc:
-                log.warning("replica %s failed to launch: %s", self.id, exc)
-                self.handle = None
+            if adopted is not None:
+                self.handle, adopted = adopted, None
             else:
+                self.handle = await self._launch()
+            if self.handle is not None:
                 self._on_change(self)
                 if await self._wait_healthy():
                     self._enter(ReplicaState.RUNNING)
@@ -187,6 +195,18 @@ class Replica:
             self.restarts += 1
             failures_in_a_row += 1
             await self._clock.sleep(min(_BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1), _BACKOFF_MAX_S))
+
+    async def _launch(self) -> ReplicaHandle | None:
+        try:
+            # Shielded: a stop landing mid-launch must still find (and kill) the
+            # process that the launch goes on to start.
+            self._launching = asyncio.create_task(
+                self._backend.launch(self.id, self.spec, self.log_path, self.platform_env)
+            )
+            return await asyncio.shield(self._launching)
+        except OSError as exc:
+            log.warning("replica %s failed to launch: %s", self.id, exc)
+            return None
 
     async def _wait_healthy(self) -> bool:
         assert self.handle is not None

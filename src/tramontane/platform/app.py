@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from .. import __version__
 from ..agents.backend import ChatBackend
 from ..control.plane import ControlPlane
+from ..control.seat import ControlSeat
 from ..docai import DocumentReader
 from ..finetune.service import FineTuning
 from ..inference.metrics import Metrics
@@ -35,6 +36,7 @@ def create_app(
     *,
     sandboxes: SandboxManager | None = None,
     control_plane: ControlPlane | None = None,
+    control_seat: ControlSeat | None = None,
     agent_backend: ChatBackend | None = None,
     agent_sandbox_idle_timeout_s: float = 600.0,
     finetune: FineTuning | None = None,
@@ -43,7 +45,8 @@ def create_app(
 ) -> FastAPI:
     """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, the
     agents, conversations and libraries APIs, and, when given, the sandbox API, the
-    deployments API + router and the files, fine-tuning and batch APIs. Its lifespan
+    deployments API + router (run while this gateway leads, with `control_seat`) and
+    the files, fine-tuning and batch APIs. Its lifespan
     starts and stops the features' services (the caller owns `tenancy`).
     Conversations call their models through `agent_backend` (default: the registry's
     engines); their code runs in `sandboxes`, reclaimed after
@@ -57,6 +60,7 @@ def create_app(
         metrics,
         sandboxes=sandboxes,
         control_plane=control_plane,
+        control_seat=control_seat,
         agent_backend=agent_backend,
         agent_sandbox_idle_timeout_s=agent_sandbox_idle_timeout_s,
         finetune=finetune,
@@ -72,6 +76,7 @@ def platform_features(
     *,
     sandboxes: SandboxManager | None = None,
     control_plane: ControlPlane | None = None,
+    control_seat: ControlSeat | None = None,
     agent_backend: ChatBackend | None = None,
     agent_sandbox_idle_timeout_s: float = 600.0,
     finetune: FineTuning | None = None,
@@ -94,7 +99,7 @@ def platform_features(
     if finetune is not None:
         listed.append(features.fine_tuning(finetune, registry, metrics, tenancy))
     if control_plane is not None:
-        listed.append(features.deployments(control_plane, tenancy))
+        listed.append(features.deployments(control_plane, tenancy, control_seat))
     if sandboxes is not None:
         listed.append(features.sandboxes(sandboxes, metrics))
     if replica_token is None:

@@ -27,8 +27,10 @@ from ..control.api import router as deployments_router
 from ..control.domains import DomainRouting
 from ..control.domains_api import router as domains_router
 from ..control.install import SERVE_PREFIX
+from ..control.forwarding import FollowerForwarding, forwarding_client
 from ..control.plane import ControlPlane
 from ..control.router import create_router_app
+from ..control.seat import ControlSeat
 from ..finetune import api as finetune_api
 from ..finetune.batch_executor import batch_executor
 from ..finetune.moderation import MODERATION_MODEL, moderation_classifier
@@ -170,18 +172,34 @@ def fine_tuning(service: FineTuning, registry: ModelRegistry, metrics: Metrics, 
     return Feature("fine-tuning", routes=routes, state={"finetune": service}, start=service.start, stop=service.stop)
 
 
-def deployments(plane: ControlPlane, tenancy: Tenancy) -> Feature:
+def deployments(plane: ControlPlane, tenancy: Tenancy, seat: ControlSeat | None = None) -> Feature:
     """`/v1/deployments`, and the deployments' router mounted at `/serve` and in
-    front of the app for requests to the deployments' custom domains."""
+    front of the app for requests to the deployments' custom domains. With a
+    `seat` (gateways sharing a database), the plane runs while this gateway
+    leads, and a follower relays all three to the leader."""
     proxy = create_router_app(plane, tenancy)
+    routes = (Route(deployments_router), Route(domains_router, ERRORS))
+    mounts = ((SERVE_PREFIX, proxy),)
+    domain_routing = Middleware(DomainRouting, domains=plane.domains, router=proxy)
+    if seat is None:
+        return Feature(
+            "deployments", routes=routes, mounts=mounts, middleware=(domain_routing,),
+            state={"control_plane": plane}, start=plane.start, stop=plane.stop,
+        )
+    client = forwarding_client()
+
+    async def stop() -> None:
+        await seat.stop()
+        await client.aclose()
+
+    # Listed after the domain routing, so around it: a follower relays a custom
+    # domain's requests before they would reach its own (idle) router.
+    forwarding = Middleware(
+        FollowerForwarding, seat=seat, prefixes=(deployments_router.prefix, SERVE_PREFIX), client=client
+    )
     return Feature(
-        "deployments",
-        routes=(Route(deployments_router), Route(domains_router, ERRORS)),
-        mounts=((SERVE_PREFIX, proxy),),
-        middleware=(Middleware(DomainRouting, domains=plane.domains, router=proxy),),
-        state={"control_plane": plane},
-        start=plane.start,
-        stop=plane.stop,
+        "deployments", routes=routes, mounts=mounts, middleware=(domain_routing, forwarding),
+        state={"control_plane": plane, "control_seat": seat}, start=seat.start, stop=stop,
     )
 
 

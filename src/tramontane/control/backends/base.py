@@ -78,6 +78,12 @@ class Backend(Protocol):
         raises OSError when the replica does not do it."""
         ...
 
+    def adopt(self, replica_id: str, port: int | None, pid: int | None, pid_start: int | None) -> ReplicaHandle | None:
+        """A handle on a replica another control plane launched and left running
+        (it died, or lost its lease), when this backend can still reach and stop
+        it; None when it cannot (the plane then reaps it and launches afresh)."""
+        ...
+
     def reap(self, pid: int, pid_start: int | None) -> bool:
         """Kills a replica left behind by a previous control plane, if it is still
         that process; True when something was killed."""

@@ -113,6 +113,63 @@ class LocalReplica:
         await self._process.wait()
 
 
+class AdoptedReplica:
+    """A replica process this control plane did not start (a previous leader on
+    this host did, and died or lost its lease): not its child, so its exit is
+    watched through a pidfd and its status is unknown."""
+
+    def __init__(self, pid: int, pid_start: int, port: int):
+        self._pid = pid
+        self._pid_start = pid_start
+        self._port = port
+        self._pidfd = os.pidfd_open(pid)
+        self._exited = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        if not self._exited.done():
+            self._exited.set_result(-1)
+
+    host = LocalReplica.host
+    node = LocalReplica.node
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def pid_start(self) -> int | None:
+        return self._pid_start
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def pause(self) -> None:
+        _kill_group(self._pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        _kill_group(self._pid, signal.SIGCONT)
+
+    def memory_mb(self) -> int:
+        return group_resident_mb(self._pid)
+
+    async def stop(self, grace_s: float) -> None:
+        if not self._exited.done():
+            _kill_group(self._pid, signal.SIGTERM)
+            _kill_group(self._pid, signal.SIGCONT)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self.wait()
+        _kill_group(self._pid, signal.SIGKILL)
+        await self.wait()
+
+
 def inherited_env() -> dict[str, str]:
     # The server's own TRAMONTANE_* settings (database URL, keys) stay out of
     # user code; the plane passes what a model replica needs in platform_env.
@@ -156,6 +213,16 @@ class LocalBackend(HttpReplicaCalls):
     async def close(self) -> None:
         await self.standby.close()
         await self.close_calls()
+
+    def adopt(self, replica_id: str, port: int | None, pid: int | None, pid_start: int | None) -> AdoptedReplica | None:
+        """The replica's process, when it still runs on this machine as the same
+        process (pid and start time) and its port is known."""
+        if pid is None or pid_start is None or port is None or process_start_time(pid) != pid_start:
+            return None
+        try:
+            return AdoptedReplica(pid, pid_start, port)
+        except OSError:  # it exited meanwhile
+            return None
 
     def reap(self, pid: int, pid_start: int | None) -> bool:
         current = process_start_time(pid)

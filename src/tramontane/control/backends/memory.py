@@ -64,6 +64,7 @@ class MemoryBackend:
     def __init__(self) -> None:
         self.replicas: dict[str, MemoryReplica] = {}
         self.launched: list[str] = []
+        self.adopted: list[str] = []
         self.calls: list[tuple[str, str]] = []  # (replica id, control action)
         self.fail_launches = 0
         self.healthy_on_launch = True
@@ -88,6 +89,15 @@ class MemoryBackend:
         self.calls.append((handle.replica_id, action))
         if action in handle.refuses or handle.exited:
             raise OSError(f"replica {handle.replica_id} would not {action}")
+
+    def adopt(self, replica_id: str, port: int | None, pid: int | None, pid_start: int | None) -> MemoryReplica | None:
+        """The replica, when it is still running: planes sharing this backend
+        stand for gateways sharing one cluster."""
+        replica = self.replicas.get(replica_id)
+        if replica is None or replica.exited:
+            return None
+        self.adopted.append(replica_id)
+        return replica
 
     def reap(self, pid: int, pid_start: int | None) -> bool:
         return False

@@ -163,6 +163,11 @@ class RayBackend(HttpReplicaCalls):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         return RayReplica(self._ray, actor, started, log_path)
 
+    def adopt(self, replica_id: str, port: int | None, pid: int | None, pid_start: int | None) -> None:
+        # A dead leader's actors died with its Ray driver: nothing to adopt, its
+        # successor launches the replicas afresh.
+        return None
+
     def reap(self, pid: int, pid_start: int | None) -> bool:
         # A previous control plane's actors died with its Ray driver (see above).
         return False

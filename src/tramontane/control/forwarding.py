@@ -1,0 +1,170 @@
+"""A following gateway's deployments API and router: requests under the control
+plane's paths are relayed to the leading gateway, which alone holds the
+deployments' replicas and their load.
+
+While there is no leader (a takeover: the old one died and its lease has not yet
+run out), a request waits up to `wait_s` for the next one, then gets a 503
+`no_leader` with `Retry-After`. A request that could not reach the leader (its
+connection was refused: the request never arrived) is sent again to the next
+leader within the same wait; one that failed after reaching it gets a 503 too,
+never a made-up answer. A forwarded request is never forwarded again: a gateway
+that receives one and no longer leads answers 503, so a stale view of the lease
+cannot make requests loop between gateways."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import Unavailable, as_api_error
+from .domains import host_of
+from .seat import ControlSeat
+
+log = logging.getLogger(__name__)
+
+FORWARDED_HEADER = b"x-tramontane-forwarded"
+_HOP_BY_HOP = frozenset(
+    {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"content-length",
+     b"proxy-authorization", b"expect"}
+)
+
+
+class FollowerForwarding:
+    def __init__(
+        self,
+        app: ASGIApp,
+        seat: ControlSeat,
+        prefixes: tuple[str, ...],
+        *,
+        client: httpx.AsyncClient,
+        wait_s: float = 5.0,
+    ):
+        self.app = app
+        self.seat = seat
+        self.prefixes = prefixes
+        self.client = client
+        self.wait_s = wait_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.seat.leading or not self._under_control(scope):
+            await self.app(scope, receive, send)
+            return
+        if any(name == FORWARDED_HEADER for name, _ in scope["headers"]):
+            await self._refuse(send, "This gateway no longer leads the control plane", "not_leader")
+            return
+        body = await _read_body(receive)
+        deadline = time.monotonic() + self.wait_s
+        tried: set[str] = set()
+        while True:
+            leader = await self._leader(deadline, tried)
+            if leader is None and self.seat.leading:  # this gateway took over meanwhile
+                await self.app(scope, _replay(body), send)
+                return
+            if leader is None:
+                await self._refuse(send, "No gateway leads the control plane yet (a takeover is under way)",
+                                   "no_leader")
+                return
+            try:
+                response = await self.client.send(self._request(scope, leader, body), stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                tried.add(leader)  # it never got the request: the next leader may
+                continue
+            except httpx.HTTPError as exc:
+                log.warning("forwarding to the leading gateway failed: %s", exc)
+                await self._refuse(send, "The leading gateway did not answer", "leader_unreachable")
+                return
+            await self._relay(response, send)
+            return
+
+    def _under_control(self, scope: Scope) -> bool:
+        """Under the control plane's paths, or to a deployment's custom domain."""
+        path = scope["path"]
+        if any(path == p or path.startswith(p + "/") for p in self.prefixes):
+            return True
+        host = host_of(scope)
+        return host is not None and self.seat.plane.domains.lookup(host) is not None
+
+    async def _leader(self, deadline: float, tried: set[str]) -> str | None:
+        """The leading gateway's address, waiting (until `deadline`) while there is
+        none, or only one this request could not reach."""
+        while True:
+            leader = self.seat.leader
+            if leader is not None and leader.address not in tried and not self.seat.leading:
+                return leader.address
+            if self.seat.leading:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            changed = self.seat.changed
+            try:
+                async with asyncio.timeout(min(remaining, self.seat.poll_s)):
+                    await changed.wait()
+            except TimeoutError:
+                pass
+
+    def _request(self, scope: Scope, address: str, body: bytes) -> httpx.Request:
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        headers.append((FORWARDED_HEADER, b"1"))
+        query = scope.get("query_string", b"")
+        url = address.rstrip("/") + scope["raw_path"].decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        return self.client.build_request(scope["method"], url, headers=headers, content=body)
+
+    async def _relay(self, response: httpx.Response, send: Send) -> None:
+        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        try:
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.HTTPError as exc:
+            # The status is sent: ending the body early is all that is left to do.
+            log.warning("the leading gateway's response broke off: %s", exc)
+        finally:
+            await response.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _refuse(self, send: Send, message: str, code: str) -> None:
+        response = as_api_error(Unavailable(message, code=code, retry_after_s=1)).response()
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body, "more_body": False})
+
+
+
+def forwarding_client(timeout_s: float = 600.0) -> httpx.AsyncClient:
+    """The followers' connections to the leader: no pool limit, since every request
+    in flight holds one; a short connect timeout, since a dead leader must be
+    noticed fast."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, connect=2.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+    )
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
