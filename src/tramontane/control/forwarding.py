@@ -9,7 +9,13 @@ connection was refused: the request never arrived) is sent again to the next
 leader within the same wait; one that failed after reaching it gets a 503 too,
 never a made-up answer. A forwarded request is never forwarded again: a gateway
 that receives one and no longer leads answers 503, so a stale view of the lease
-cannot make requests loop between gateways."""
+cannot make requests loop between gateways.
+
+A response of known length up to 1 MiB is read whole from the leader before it
+is passed on: if the leader dies mid-way, an idempotent request (GET, PUT,
+DELETE, ...) goes to the next leader, another gets a 503 `leader_lost` with
+Retry-After. A stream is relayed as it comes; a leader lost mid-stream drops the
+client's connection, so a cut stream never looks complete."""
 
 from __future__ import annotations
 
@@ -31,6 +37,14 @@ _HOP_BY_HOP = frozenset(
     {b"host", b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"content-length",
      b"proxy-authorization", b"expect"}
 )
+# Requests sent again to the next leader when the one handling them died: the
+# methods HTTP defines as idempotent.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_BUFFER_LIMIT = 1 << 20
+
+
+class LeaderLost(Exception):
+    """The leader died while its response was being relayed."""
 
 
 class FollowerForwarding:
@@ -68,16 +82,26 @@ class FollowerForwarding:
                 await self._refuse(send, "No gateway leads the control plane yet (a takeover is under way)",
                                    "no_leader")
                 return
+            retry = scope["method"] in _IDEMPOTENT
             try:
                 response = await self.client.send(self._request(scope, leader, body), stream=True)
+                whole = await _whole_body(response)
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 tried.add(leader)  # it never got the request: the next leader may
                 continue
             except httpx.HTTPError as exc:
                 log.warning("forwarding to the leading gateway failed: %s", exc)
-                await self._refuse(send, "The leading gateway did not answer", "leader_unreachable")
+                if retry:
+                    tried.add(leader)
+                    continue
+                await self._refuse(send, "The leading gateway was lost while handling the request", "leader_lost")
                 return
-            await self._relay(response, send)
+            if whole is not None:
+                await send({"type": "http.response.start", "status": response.status_code,
+                            "headers": _response_headers(response)})
+                await send({"type": "http.response.body", "body": whole, "more_body": False})
+            else:
+                await self._relay(response, send)
             return
 
     def _under_control(self, scope: Scope) -> bool:
@@ -115,14 +139,15 @@ class FollowerForwarding:
         return self.client.build_request(scope["method"], url, headers=headers, content=body)
 
     async def _relay(self, response: httpx.Response, send: Send) -> None:
-        headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP]
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": _response_headers(response)})
         try:
             async for chunk in response.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.HTTPError as exc:
-            # The status is sent: ending the body early is all that is left to do.
-            log.warning("the leading gateway's response broke off: %s", exc)
+            # The status is sent: the connection is dropped, so that the client
+            # sees a broken response, never a short one that looks whole.
+            raise LeaderLost(f"the leading gateway's response broke off: {exc}") from exc
         finally:
             await response.aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -133,6 +158,24 @@ class FollowerForwarding:
                     "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body, "more_body": False})
 
+
+
+async def _whole_body(response: httpx.Response) -> bytes | None:
+    """A response of known, small length read whole before anything is sent on,
+    so that a leader lost mid-way is retried or refused cleanly; None for a
+    stream (server-sent events, large bodies), relayed as it comes."""
+    length = response.headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) > _BUFFER_LIMIT:
+        return None
+    try:
+        return await response.aread()
+    finally:
+        await response.aclose()
+
+
+def _response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    # Content-Length is kept: the body is relayed byte for byte (still encoded).
+    return [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP or k.lower() == b"content-length"]
 
 
 def forwarding_client(timeout_s: float = 600.0) -> httpx.AsyncClient:
