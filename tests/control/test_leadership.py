@@ -29,7 +29,7 @@ from tramontane.tenancy import Capability, Tenancy
 TTL_S = 1.0
 SPEC = DeploymentSpec.model_validate(
     {"name": "web", "command": "serve", "resources": {"cpu": 0.5, "memory_mb": 64},
-     "scaling": {"min_replicas": 2, "max_replicas": 4, "downscale_delay_s": 0}}
+     "scaling": {"min_replicas": 2, "max_replicas": 4, "downscale_delay_s": 600}}
 )
 
 
