@@ -216,9 +216,12 @@ class LocalBackend(HttpReplicaCalls):
 
     def adopt(self, replica_id: str, port: int | None, pid: int | None, pid_start: int | None) -> AdoptedReplica | None:
         """The replica's process, when it still runs on this machine as the same
-        process (pid and start time) and its port is known."""
+        process (pid and start time) and its port is known; not an image's
+        container, which `reap` removes."""
         if pid is None or pid_start is None or port is None or process_start_time(pid) != pid_start:
             return None
+        if _container_of(pid) is not None:
+            return None  # a container outlives its process: reaped and started afresh
         try:
             return AdoptedReplica(pid, pid_start, port)
         except OSError:  # it exited meanwhile
