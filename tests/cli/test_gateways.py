@@ -106,6 +106,8 @@ def test_gateways_share_keys_deployments_and_fail_over(gateways, home: Path):
         pids.add(answer.json()["pid"])
     assert len(pids) == 1
     replica_pid = pids.pop()
+    before_kill = httpx.get(f"{urls[1]}/v1/deployments/echo", headers=key).json()["replicas"]
+    assert [r["state"] for r in before_kill] == ["RUNNING"]
 
     # The leader (the first gateway: it took the free lease) dies under load.
     leader, followers = gateways[0][0], urls[1:]
@@ -155,7 +157,9 @@ def test_gateways_share_keys_deployments_and_fail_over(gateways, home: Path):
     # The same replica all along: adopted, not started again, never two of them.
     assert served_by == {replica_pid}
     replicas = httpx.get(f"{followers[0]}/v1/deployments/echo", headers=key).json()["replicas"]
-    assert [(r["state"], r["pid"]) for r in replicas] == [("running", replica_pid)]
+    assert [(r["id"], r["state"], r["pid"]) for r in replicas] == [
+        (before_kill[0]["id"], "RUNNING", before_kill[0]["pid"])
+    ]
     assert httpx.delete(f"{followers[1]}/v1/deployments/echo", headers=key, timeout=60).status_code == 200
     _wait(lambda: not _alive(replica_pid), 30, "the replica to stop")
 
