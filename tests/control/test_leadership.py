@@ -26,7 +26,7 @@ from tramontane.control.states import ReplicaState
 from tramontane.store import Store, open_store
 from tramontane.tenancy import Capability, Tenancy
 
-TTL_S = 1.0
+TTL_S = 2.0  # short, for quick takeovers; long enough for a busy test machine
 SPEC = DeploymentSpec.model_validate(
     {"name": "web", "command": "serve", "resources": {"cpu": 0.5, "memory_mb": 64},
      "scaling": {"min_replicas": 2, "max_replicas": 4, "downscale_delay_s": 600}}

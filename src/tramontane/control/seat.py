@@ -4,8 +4,8 @@ while it holds the control lease, and follows otherwise.
 Every `poll_s` a follower tries to take the lease, and so learns who holds it;
 the leader renews it every `ttl_s / 3`. Lease calls run in a worker thread,
 bounded by `call_timeout_s`, so a database that stops answering cannot hang the
-event loop. A leader that could not renew within `ttl_s - margin_s` of its last
-successful renewal's start abdicates: it stops acting and leaves its replicas
+event loop. A leader that could not renew by its deadline, `ttl_s - margin_s`
+after its last successful renewal's start, abdicates there and then: it stops acting and leaves its replicas
 running for the next leader to adopt. It does so before the lease runs out in
 the database, so two leaders never act at once (and the fencing token refuses
 the writes of one that was paused past that point, see leadership.py).
@@ -82,9 +82,17 @@ class ControlSeat:
 
     async def _run(self) -> None:
         while True:
-            interval = self.lease.ttl_s / 3 if self.leading else self.poll_s
+            if self.leading:  # wakes by the deadline at the latest, to step down in time
+                interval = min(self.lease.ttl_s / 3, max(0.0, self._deadline() - self._monotonic()))
+            else:
+                interval = self.poll_s
             await asyncio.sleep(interval)
             await self._step()
+
+    def _deadline(self) -> float:
+        """When this leader must have stepped down unless it renews: `margin_s`
+        before its lease can run out in the database."""
+        return self._renewed_at + self.lease.ttl_s - self.margin_s
 
     async def _step(self) -> None:
         if self.leading:
@@ -94,12 +102,13 @@ class ControlSeat:
 
     async def _renew(self) -> None:
         started = self._monotonic()
+        if started >= self._deadline():
+            await self._abdicate("could not renew it in time")
+            return
         try:
-            held = await self._call(self.lease.renew)
+            held = await self._call(self.lease.renew, min(self.call_timeout_s, self._deadline() - started))
         except Exception as exc:  # the database is unreachable, or too slow
             log.warning("cannot renew the control lease: %s", exc)
-            if self._monotonic() - self._renewed_at >= self.lease.ttl_s - self.margin_s:
-                await self._abdicate("could not renew it in time")
             return
         if held:
             self._renewed_at = started
@@ -148,6 +157,6 @@ class ControlSeat:
             self.changed.set()
             self.changed = asyncio.Event()
 
-    async def _call(self, function: Callable[[], object]) -> object:
-        async with asyncio.timeout(self.call_timeout_s):
+    async def _call(self, function: Callable[[], object], timeout_s: float | None = None) -> object:
+        async with asyncio.timeout(timeout_s or self.call_timeout_s):
             return await asyncio.to_thread(function)
