@@ -82,6 +82,10 @@ def test_create_scale_and_follow_a_command_deployment(page, platform: Platform, 
     with httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {tenant.key}"}, timeout=30) as serve:
         for _ in range(5):
             assert serve.get("/serve/web/").status_code == 200  # http.server's directory listing
+    # The log stream (server-sent events) appends the lines the replicas write now: http.server's access log.
+    wait_until(page, "() => document.getElementById('log-text').textContent.includes('\"GET / HTTP/1.1\" 200')",
+               timeout=30)
+    assert page.inner_text("#log-state") == "following"
     wait_until(page, "() => (Chart.getChart(document.getElementById('traffic-chart'))?.data.datasets[0].data ?? [])"
                ".some(rate => rate > 0)", timeout=40)
     wait_until(page, "() => (Chart.getChart(document.getElementById('latency-chart'))?.data.datasets[0].data ?? [])"

@@ -158,7 +158,7 @@ def owner_objects(platform: Platform) -> dict:
 OBJECT_ROUTES = {
     ("GET", "/deployments/{name}"): None,
     ("GET", "/deployments/{name}/status"): None,
-    ("GET", "/deployments/{name}/logs"): None,
+    ("GET", "/deployments/{name}/logs/stream"): None,
     ("GET", "/deployments/{name}/metrics"): None,
     ("POST", "/deployments/{name}/scale"): {"replicas": "2"},
     ("POST", "/deployments/{name}/delete"): {},

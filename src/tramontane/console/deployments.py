@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import anyio
 import yaml
 from fastapi import APIRouter, Form
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from ..control.states import ReplicaState
 from ..tenancy import Capability
@@ -18,6 +20,8 @@ from .web import ApiFailure, ConsoleRoute, CurrentUser, PageError, Redirect, Use
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
 LOG_TAIL = 300
+# How long one log stream lasts before the browser reconnects (and is checked again).
+FOLLOW_FOR_S = 60.0
 MAX_YAML_BYTES = 64 * 1024
 
 
@@ -126,14 +130,39 @@ def load_charts(history: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.get("/deployments/{name}/logs")
+@router.get("/deployments/{name}/logs/stream")
 async def deployment_logs(name: str, user: CurrentUser) -> Response:
+    """The API's log stream (`?follow=true`), passed through as the signed-in key:
+    the last lines as a `tail` event, then new lines as replicas write them. It ends
+    after FOLLOW_FOR_S; the browser's EventSource then reconnects, which checks the
+    session and its key again (a revoked key stops the logs within that time)."""
     user.require(Capability.DEPLOY)
-    # Plain text, not JSON.
-    response = await user.call("GET", f"/v1/deployments/{quote(name, safe='')}/logs", params={"tail": LOG_TAIL})
-    if response.status_code >= 400:
-        raise api_failure(response)
-    return user.render("deployment_logs.html", logs=response.text)
+    upstream = await user.api.send(
+        user.api.build_request(
+            "GET",
+            f"/v1/deployments/{quote(name, safe='')}/logs",
+            params={"tail": LOG_TAIL, "follow": "true"},
+            headers={"Authorization": f"Bearer {user.session.key}", "Accept": "text/event-stream"},
+        ),
+        stream=True,
+    )
+    if upstream.status_code >= 400:
+        await upstream.aread()
+        await upstream.aclose()
+        raise api_failure(upstream)
+
+    async def events() -> AsyncIterator[bytes]:
+        yield b"retry: 1000\n\n"  # reconnect after a second, not the browser's default three
+        try:
+            with anyio.move_on_after(FOLLOW_FOR_S):
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+        finally:
+            await upstream.aclose()
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
 
 
 @router.post("/deployments/{name}/scale")

@@ -3,10 +3,11 @@ caller's workspace's deployments (API keys with the deploy capability)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from ..tenancy import Capability, Principal, require
@@ -59,9 +60,29 @@ async def scale_deployment(name: str, request: ScaleRequest, principal: Deploy, 
 
 @router.get("/{name}/logs", response_class=PlainTextResponse)
 async def deployment_logs(
-    name: str, principal: Deploy, plane: Plane, tail: Annotated[int, Query(ge=1, le=10_000)] = 200
-) -> str:
-    return plane.logs(principal.workspace_id, name, tail)
+    name: str,
+    principal: Deploy,
+    plane: Plane,
+    tail: Annotated[int, Query(ge=1, le=10_000)] = 200,
+    follow: bool = False,
+) -> Response:
+    """The last `tail` lines as text; with `follow=true`, a server-sent event stream:
+    those lines as one `tail` event, then each batch of new ones as one event (a
+    `data:` line per log line), until the deployment is deleted or the client goes."""
+    if not follow:
+        return PlainTextResponse(plane.logs(principal.workspace_id, name, tail))
+    batches = plane.follow_logs(principal.workspace_id, name, tail)
+
+    async def events() -> AsyncIterator[str]:
+        first = True
+        async for lines in batches:
+            if lines:
+                kind = "event: tail\n" if first else ""
+                yield kind + "".join(f"data: {line}\n" for line in lines) + "\n"
+            first = False
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 @router.get("/{name}/metrics")

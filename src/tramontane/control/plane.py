@@ -22,7 +22,6 @@ import hmac
 import logging
 import secrets
 import shutil
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from ..store.types import new_id
 from .autoscaler import decide
 from .backends import Backend, LocalBackend
 from .clock import SYSTEM_CLOCK, Clock, wait_for
+from . import logs as replica_logs
 from .deployment import Deployment
 from .domains import DomainTable
 from .errors import DeploymentNotFound, NoCapacity
@@ -204,13 +204,15 @@ class ControlPlane:
         """The last `tail` lines of the deployment's replica logs, oldest file first,
         each line prefixed with its replica id."""
         deployment = self.get(workspace_id, name)
-        folder = self.log_dir / deployment.id
-        files = sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime) if folder.exists() else []
-        lines: list[str] = []
-        for path in files:
-            with path.open(errors="replace") as handle:
-                lines.extend(f"[{path.stem}] {line.rstrip()}" for line in deque(handle, maxlen=tail))
-        return "\n".join(lines[-tail:])
+        return "\n".join(replica_logs.tail(self.log_dir / deployment.id, tail)[0])
+
+    def follow_logs(self, workspace_id: str, name: str, tail: int = 200) -> AsyncIterator[list[str]]:
+        """The last `tail` lines, then the new ones as replicas write them, until the
+        deployment is deleted. A missing deployment raises here, before any line."""
+        deployment = self.get(workspace_id, name)
+        return replica_logs.follow(
+            self.log_dir / deployment.id, tail, lambda: deployment.id in self._deployments, self.clock
+        )
 
     # -- the data plane's side -------------------------------------------------
 

@@ -265,9 +265,38 @@
     });
   }
 
+  // -- a deployment's logs, followed over server-sent events:
+  // <pre id="log-text" data-stream="URL">. The first event of each connection
+  // ("tail") replaces the text, later ones append; on a reconnect the tail is sent
+  // again, so nothing is shown twice. Lines are set as text, never as HTML.
+  const MAX_LOG_LINES = 2000;
+
+  function followLogs() {
+    const box = document.getElementById("log-text");
+    if (!box || !box.dataset.stream) return;
+    const state = document.getElementById("log-state");
+    const source = new EventSource(box.dataset.stream);
+    const stickToEnd = () => box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    const show = (text, replace) => {
+      const follow = stickToEnd();
+      const lines = (replace || box.dataset.fresh === "true" ? text : box.textContent + "\n" + text).split("\n");
+      box.textContent = lines.slice(-MAX_LOG_LINES).join("\n");
+      box.dataset.fresh = "false";
+      if (follow) box.scrollTop = box.scrollHeight;
+    };
+    box.dataset.fresh = "true";  // the server-rendered placeholder goes with the first line
+    source.addEventListener("tail", (event) => show(event.data, true));
+    source.onmessage = (event) => show(event.data, false);
+    source.onopen = () => { if (state) state.textContent = "following"; };
+    source.onerror = () => {
+      if (state) state.textContent = source.readyState === EventSource.CLOSED ? "stopped (reload to follow again)" : "reconnecting…";
+    };
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     drawCharts(document);
     playground();
+    followLogs();
   });
   document.addEventListener("htmx:afterSettle", (event) => {
     drawCharts(event.target);
