@@ -101,7 +101,8 @@ async def test_reserved_domains_and_restart_and_delete(env: Env, monkeypatch: py
     monkeypatch.setenv("TRAMONTANE_RESERVED_DOMAINS", "api.bank.example")
     await env.restart_plane()
     assert (await env.client.post("/v1/deployments", json=spec("web"))).status_code == 201
-    for platform_name in ("api.bank.example", "eu.api.bank.example"):
+    env.plane.domains.reserve("sandbox.bank.example.")  # what `up --sandbox-domain` does
+    for platform_name in ("api.bank.example", "eu.api.bank.example", "8000-0123abcd.sandbox.bank.example"):
         refused = await env.client.post("/v1/deployments/web/domains", json={"domain": platform_name})
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "domain_reserved"
     assert (await env.client.post("/v1/deployments/web/domains", json={"domain": "web.bank.example"})).status_code == 201
@@ -226,14 +227,18 @@ def test_up_checks_the_tls_pair_before_serving(tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv("TRAMONTANE_DATABASE_URL", raising=False)
     served: list[dict] = []
     monkeypatch.setattr(up, "load_models", lambda *args, **kwargs: ModelRegistry())
-    monkeypatch.setattr(up.uvicorn, "run", lambda app, **options: served.append(options))
+    apps: list = []
+    monkeypatch.setattr(up.uvicorn, "run", lambda app, **options: (served.append(options), apps.append(app)))
     cert, key = self_signed(tmp_path, "api.example.test")
     runner = CliRunner()
 
-    ok = runner.invoke(cli_app, ["up", "--tls-cert", str(cert), "--tls-key", str(key)])
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    ok = runner.invoke(cli_app, ["up", *tls, "--sandbox-domain", "sbx.example.test"])
     assert ok.exit_code == 0, ok.output
     assert "https://127.0.0.1:8000" in ok.output
     assert served[-1]["ssl_certfile"] == str(cert) and served[-1]["ssl_keyfile"] == str(key)
+    # The sandboxes' port names cannot be claimed by a deployment.
+    assert "sbx.example.test" in apps[-1].state.control_plane.domains.reserved
 
     alone = runner.invoke(cli_app, ["up", "--tls-cert", str(cert)])
     assert alone.exit_code == 2 and "go together" in alone.output

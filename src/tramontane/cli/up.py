@@ -215,6 +215,9 @@ def up(
             admin_key = tenancy.bootstrap_admin_key()
             if admin_key is not None:
                 print_admin_key(tenancy, admin_key, url, database_url is not None)
+            if sandbox_domain:
+                # The sandboxes' port names are the platform's: no deployment may claim them.
+                plane.domains.reserve(sandbox_domain)
             sandboxes = SandboxManager(
                 ManagerConfig(
                     max_file_bytes=MAX_BODY_BYTES,

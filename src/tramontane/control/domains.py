@@ -70,6 +70,11 @@ class DomainTable:
         self.reserved = ("localhost", *reserved)
         self._index: dict[str, str] = {}
 
+    def reserve(self, *names: str) -> None:
+        """Keeps `names` and their subdomains for the platform (e.g. the name the
+        sandboxes' ports are served under)."""
+        self.reserved = (*self.reserved, *(n.strip(".").lower() for n in names if n.strip(".")))
+
     def load(self) -> None:
         with self.store.session() as session:
             self._index = {row.hostname: row.deployment_id for row in session.scalars(select(DomainRow))}
