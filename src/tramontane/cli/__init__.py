@@ -6,6 +6,7 @@ from ..control import cli as control_cli
 from ..control import domains_cli
 from ..control.build_cli import build
 from ..finetune import cli as finetune_cli
+from ..sandbox.templates import cli as templates_cli
 from ..tenancy import cli as tenancy_cli
 from . import bench, chat, up
 
@@ -22,5 +23,8 @@ app.add_typer(tenancy_cli.app, name="tenancy")
 app.add_typer(control_cli.app)  # deploy, ps, logs, scale, delete
 app.add_typer(domains_cli.app, name="domains")
 app.add_typer(finetune_cli.app, name="finetune")
+sandbox_app = typer.Typer(help="Sandboxes: their templates.", no_args_is_help=True)
+sandbox_app.add_typer(templates_cli.app, name="template")
+app.add_typer(sandbox_app, name="sandbox")
 
 __all__ = ["app"]

@@ -166,11 +166,13 @@ def create_router(
         request.scope[_MANAGER] = manager
         request.scope[_OWNER] = who
 
-    # Dependencies given at inclusion run before each route's own.
-    from .api_io import io_router  # its routes use this module's dependencies
+    # Their routes use this module's dependencies.
+    from .api_io import io_router
+    from .templates.api import router as templates_router
 
+    # Dependencies given at inclusion run before each route's own.
     bound = APIRouter()
-    for routes in (router, io_router):
+    for routes in (router, io_router, templates_router):
         bound.include_router(routes, dependencies=[Depends(bind), *dependencies])
     return bound
 

@@ -5,12 +5,16 @@ public files of /etc, generated passwd/group/hosts, a fresh /proc of its own PID
 namespace, a minimal /dev, and three size-capped tmpfs mounts (/home/user, /tmp,
 /dev/shm). No /sys, no /root, no /home of the host, no /etc/shadow, nothing of the
 platform's own files. The root itself is a tmpfs remounted read-only.
+
+A sandbox started from a template sees that template's tree in place of the
+host's /usr and public /etc (its /usr and whole /etc), bound read-only like the host's (bwrap binds are
+nosuid,nodev), shared by every sandbox of the template: nothing is copied.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .policy import Limits, MiB
@@ -96,9 +100,11 @@ class LaunchFds:
     info: int
     block: int
     files: dict[str, int]  # path in the sandbox -> fd holding its content
+    root: dict[str, int] = field(default_factory=dict)  # a template's directories (`open_template_root`)
+    rootfs: Path | None = None  # the template's tree; None: the host's /usr
 
     def all(self) -> tuple[int, ...]:
-        return (self.seccomp, self.info, self.block, *self.files.values())
+        return (self.seccomp, self.info, self.block, *self.files.values(), *self.root.values())
 
 
 def open_file_fds(files: dict[str, bytes]) -> dict[str, int]:
@@ -111,7 +117,7 @@ def open_file_fds(files: dict[str, bytes]) -> dict[str, int]:
     return fds
 
 
-def _root_filesystem() -> list[str]:
+def _host_root_filesystem() -> list[str]:
     host_root = Path("/")
     argv = ["--ro-bind", "/usr", "/usr"]
     for name in USR_ROOTS:
@@ -125,6 +131,34 @@ def _root_filesystem() -> list[str]:
         if (host_root / "etc" / name).exists():
             argv += ["--ro-bind", str(host_root / "etc" / name), f"/etc/{name}"]
     return argv
+
+
+def open_template_root(rootfs: Path) -> dict[str, int]:
+    """Descriptors of a template's /usr, /etc and top-level directories, by path
+    in the sandbox: bwrap, running as the sandbox's host uid,
+    could not walk to the (root-only) template store itself."""
+    fds: dict[str, int] = {}
+    try:
+        for name in ("usr", "etc", *USR_ROOTS):
+            path = rootfs / name
+            if path.exists() and not path.is_symlink():
+                fds[f"/{name}"] = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
+def _template_root_filesystem(rootfs: Path, fds: dict[str, int]) -> list[str]:
+    argv = ["--ro-bind-fd", str(fds["/usr"]), "/usr"]
+    for name in USR_ROOTS:
+        if (rootfs / name).is_symlink():
+            argv += ["--symlink", os.readlink(rootfs / name), f"/{name}"]
+        elif f"/{name}" in fds:
+            argv += ["--ro-bind-fd", str(fds[f"/{name}"]), f"/{name}"]
+    # The template's whole /etc: it was built for the sandbox, unlike the host's.
+    return argv + ["--ro-bind-fd", str(fds["/etc"]), "/etc"]
 
 
 def build_argv(
@@ -149,7 +183,7 @@ def build_argv(
         # take over through /proc/1/mem.
         "--as-pid-1",
         "--cap-drop", "ALL",
-        *_root_filesystem(),
+        *(_host_root_filesystem() if fds.rootfs is None else _template_root_filesystem(fds.rootfs, fds.root)),
     ]  # fmt: skip
     for path, fd in fds.files.items():
         argv += ["--perms", "0444", "--ro-bind-data", str(fd), path]

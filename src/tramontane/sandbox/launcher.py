@@ -20,6 +20,7 @@ import resource
 import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from . import bwrap, seccomp
 from .cgroups import Cgroup, CgroupTree
@@ -67,12 +68,19 @@ def _read_to_end(fd: int) -> bytes:
 
 
 def _spawn(
-    bwrap_path: str, group: Cgroup, limits: Limits, host_uid: int, env: dict[str, str], egress_socket: str | None
+    bwrap_path: str,
+    group: Cgroup,
+    limits: Limits,
+    host_uid: int,
+    env: dict[str, str],
+    egress_socket: str | None,
+    rootfs: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Starts bwrap, moves it and the sandbox's PID 1 into `group`, then lets it go on."""
+    root = {} if rootfs is None else bwrap.open_template_root(rootfs)
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
     block_r, block_w = os.pipe2(os.O_CLOEXEC)
-    fds = bwrap.LaunchFds(seccomp.filter_fd(), info_w, block_r, bwrap.open_file_fds(_sandbox_files()))
+    fds = bwrap.LaunchFds(seccomp.filter_fd(), info_w, block_r, bwrap.open_file_fds(_sandbox_files()), root, rootfs)
     try:
         process = subprocess.Popen(
             bwrap.build_argv(bwrap_path, limits, fds, agent_command(limits, egress_socket is not None), egress_socket),
@@ -117,6 +125,7 @@ class Runtime:
     host_uid: int
     egress: EgressProxy | None = None  # the sandbox's way out, if its policy allows any
     committed_mb: int = 0  # host memory admission counted for it (its cgroup's memory limit)
+    rootfs: Path | None = None  # the template tree it runs on; None: the host's /usr
     stderr_tail: bytearray = field(default_factory=bytearray)
     _stderr_task: asyncio.Task[None] | None = None
 
@@ -153,9 +162,11 @@ async def launch(
     env: dict[str, str],
     budget: OutputBudget,
     egress_rules: tuple[EgressRule, ...] = (),
+    rootfs: Path | None = None,
 ) -> Runtime:
-    """Starts a sandbox; with `egress_rules`, also its egress proxy and the
-    environment that points HTTP clients at it."""
+    """Starts a sandbox, on the host's /usr or a template's tree (`rootfs`); with
+    `egress_rules`, also its egress proxy and the environment that points HTTP
+    clients at it."""
     proxy = None
     if egress_rules:
         proxy = EgressProxy(name, egress_socket_path(name), egress_rules)
@@ -164,7 +175,7 @@ async def launch(
     group = tree.create(name, limits)
     try:
         socket_path = None if proxy is None else str(proxy.path)
-        process = await asyncio.to_thread(_spawn, bwrap_path, group, limits, host_uid, env, socket_path)
+        process = await asyncio.to_thread(_spawn, bwrap_path, group, limits, host_uid, env, socket_path, rootfs)
     except BaseException:
         await asyncio.to_thread(group.kill)
         group.remove()
@@ -173,6 +184,7 @@ async def launch(
         raise
     runtime = await attach(process, group, host_uid, budget)
     runtime.egress = proxy
+    runtime.rootfs = rootfs
     return runtime
 
 

@@ -37,6 +37,7 @@ from .launcher import Runtime, launch
 from .microvm import MicroVMHost, launch_vm
 from .policy import EgressRule, Limits, SandboxSpec, validate_timeout
 from .sandbox import ManagedSandbox, SandboxState
+from .templates import Template, TemplateStore
 from .uid_lease import LEASE_DIR, RANGE_SIZE, UidRange, claim_uid_range
 
 logger = logging.getLogger("tramontane.sandbox")
@@ -69,6 +70,8 @@ class ManagerConfig:
     max_limits: Limits = field(default_factory=_default_max_limits)
     max_timeout_s: float = 24 * 3600.0
     templates: frozenset[str] = frozenset({TIER1_TEMPLATE, MICROVM_TEMPLATE})
+    # Built templates (see `templates`); None: $TRAMONTANE_HOME/templates.
+    templates_dir: str | None = None
     # Non-public networks (e.g. "10.20.0.0/16") a sandbox's egress allow-list may
     # name by exact IP:port. None by default: a tenant must not reach the host's
     # loopback services, the metadata address or the operator's private network
@@ -142,6 +145,7 @@ class SandboxManager:
         self._memory_capacity_mb = 0
         self._reserved_mb = 0  # create()'s launches in flight, counted against host memory
         self._pool_launching_mb = 0  # the pool's: they yield to create()'s (see _add_to_pool)
+        self.templates = TemplateStore(Path(self.config.templates_dir) if self.config.templates_dir else None)
 
     # -- lifecycle
 
@@ -157,6 +161,7 @@ class SandboxManager:
         self._bwrap = found
         self._tree = CgroupTree.detect(self.config.cgroup_v2_parent)
         self._tree.reap_stale()
+        self.templates.clean()
         self._memory_capacity_mb = int((self.config.host_memory_mb or host_memory_mb()) * self.config.memory_overcommit)
         self._uids = claim_uid_range(self.config.uid_lease_dir, self.config.host_uid_base)
         if MICROVM_TEMPLATE in self.config.templates:
@@ -201,8 +206,11 @@ class SandboxManager:
         if self._tree is None:
             raise Unavailable("the sandbox manager is not started", code="not_started")
         spec = spec or SandboxSpec(limits=self.config.default_limits)
+        template = None if spec.template in self.config.templates else self.templates.resolve(spec.template, spec.owner)
         spec.validate(
-            templates=self.config.templates, max_limits=self.config.max_limits, max_timeout_s=self.config.max_timeout_s
+            templates=self.config.templates | {spec.template},
+            max_limits=self.config.max_limits,
+            max_timeout_s=self.config.max_timeout_s,
         )
         if spec.template == MICROVM_TEMPLATE and spec.network.allow_out:
             raise Unprocessable("egress allow-list is tier-1 only", param="network.allow_out", code="egress_tier1_only")
@@ -235,7 +243,7 @@ class SandboxManager:
         else:
             self._creating += 1
             try:
-                sandbox_id, runtime = await self._launch_to_completion(spec)
+                sandbox_id, runtime = await self._launch_to_completion(spec, template)
             finally:
                 self._creating -= 1
         warnings = [self._microvm.warning] if spec.template == MICROVM_TEMPLATE and self._microvm.warning else []
@@ -243,7 +251,21 @@ class SandboxManager:
         self._sandboxes[sandbox_id] = sandbox
         runtime.channel.closed.add_done_callback(lambda _: self._background(self._remove(sandbox, "exited")))
         self._refill()
+        if template is not None and template.start:
+            await self._start_command(sandbox, template.start)
         return sandbox
+
+    async def _start_command(self, sandbox: ManagedSandbox, command: str) -> None:
+        """Starts a template's start command in the background; a sandbox whose
+        start command cannot even be started is removed."""
+        try:
+            await sandbox.commands.start(command, timeout=None)
+        except BaseException:
+            await self._remove(sandbox, "start command failed")
+            raise
+
+    def template_in_use(self, template: Template) -> bool:
+        return any(s.runtime.rootfs == template.rootfs for s in self._sandboxes.values())
 
     def _memory_mb(self, template: str, limits: Limits) -> int:
         return self._host_limits(template, limits).memory_mb
@@ -278,7 +300,7 @@ class SandboxManager:
 
     def _claim(self, spec: SandboxSpec) -> tuple[str, Runtime] | None:
         # Pooled sandboxes have no egress proxy, whose socket is mounted at start.
-        if spec.network.allow_out:
+        if spec.network.allow_out or spec.template not in self._pools:
             return None
         if _pool_key(spec.template, spec.limits) != _pool_key(spec.template, self.config.default_limits):
             return None
@@ -300,10 +322,13 @@ class SandboxManager:
                     code="egress_private_not_allowed",
                 )
 
-    async def _launch_to_completion(self, spec: SandboxSpec) -> tuple[str, Runtime]:
+    async def _launch_to_completion(self, spec: SandboxSpec, template: Template | None = None) -> tuple[str, Runtime]:
         """A launch the caller's cancellation (a client hanging up) cannot cut in
         half: it runs on, and what it started is released."""
-        launching = asyncio.ensure_future(self._launch(spec.template, spec.limits, spec.env, spec.network.rules()))
+        env = spec.env if template is None else {**template.env, **spec.env}
+        launching = asyncio.ensure_future(
+            self._launch(spec.template, spec.limits, env, spec.network.rules(), custom=template)
+        )
         try:
             return await asyncio.shield(launching)
         except asyncio.CancelledError:
@@ -328,6 +353,7 @@ class SandboxManager:
         env: dict[str, str],
         egress_rules: tuple[EgressRule, ...] = (),
         for_pool: bool = False,
+        custom: Template | None = None,
     ) -> tuple[str, Runtime]:
         if not self._free_uids:
             raise Unavailable("no free sandbox slot", code="capacity")
@@ -338,7 +364,9 @@ class SandboxManager:
         committed = self._memory_mb(template, limits)
         self._reserve(committed, for_pool)
         try:
-            runtime = await self._start_runtime(template, limits, env, egress_rules, sandbox_id, slot, budget)
+            runtime = await self._start_runtime(
+                template, limits, env, egress_rules, sandbox_id, slot, budget, None if custom is None else custom.rootfs
+            )
         except BaseException:
             self._free_uids.append(slot)
             raise
@@ -356,6 +384,7 @@ class SandboxManager:
         sandbox_id: str,
         slot: int,
         budget: OutputBudget,
+        rootfs: Path | None = None,
     ) -> Runtime:
         assert self._tree is not None
         if template == MICROVM_TEMPLATE:
@@ -380,6 +409,7 @@ class SandboxManager:
             env={**bwrap.base_env(), **env},
             budget=budget,
             egress_rules=egress_rules,
+            rootfs=rootfs,
         )
 
     def _reserve(self, mb: int, for_pool: bool) -> None:
