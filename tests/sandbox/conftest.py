@@ -15,6 +15,7 @@ import time
 from collections.abc import Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -28,6 +29,8 @@ from tramontane.sandbox.cgroups import CgroupTree
 from tramontane.sandbox.errors import SandboxError
 from tramontane.sandbox.host_routing import PortHostRouting
 from tramontane.sandbox.microvm import MicroVMHost
+from tramontane.sandbox.templates import Template
+from tramontane.sandbox.templates import load as load_template
 
 T = TypeVar("T")
 
@@ -113,8 +116,24 @@ def _serve(manager: SandboxManager) -> Iterator[LiveSandboxes]:
         thread.join(60)
 
 
+# Built templates outlive the test session: a build costs a minute or two, and the
+# content hash makes a stale one impossible to pick up.
+TEST_TEMPLATES = Path(os.environ.get("TRAMONTANE_TEST_TEMPLATES", "/var/tmp/tramontane-test-templates"))
+SMALL_TEMPLATE_SPEC = Path(__file__).with_name("templates") / "small.toml"
+
+
 @pytest.fixture(scope="session")
-def live() -> Iterator[LiveSandboxes]:
+def small_template(live: LiveSandboxes) -> Template:
+    """A small real template (minbase, python3, jq, a wheel, files), built once;
+    skipped where it cannot be built (no mmdebstrap, no Debian mirror)."""
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    template, _cached = live.call(live.manager.templates.build(load_template(SMALL_TEMPLATE_SPEC)), timeout=1500)
+    return template
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSandboxes]:
     if UNAVAILABLE is not None:
         pytest.skip(UNAVAILABLE)
     config = ManagerConfig(
@@ -125,6 +144,8 @@ def live() -> Iterator[LiveSandboxes]:
         max_file_bytes=4 * 1024 * 1024,
         egress_private_networks=("127.0.0.0/8",),  # the egress tests' pages listen on the host's loopback
         ports_domain="sandboxes.test",
+        templates_dir=str(TEST_TEMPLATES),
+        state_dir=str(tmp_path_factory.mktemp("sandbox-state")),
     )
     with _serve(SandboxManager(config)) as served:
         yield served

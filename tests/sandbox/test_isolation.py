@@ -31,6 +31,24 @@ from tramontane.sandbox import Sandbox
 from tramontane.sandbox.client import InvalidArgumentException, LimitReachedException
 
 
+@pytest.fixture(params=["base", "resumed", pytest.param("template", marks=pytest.mark.slow)])
+def sbx(request, live) -> Iterator[Sandbox]:
+    """A fresh sandbox on the host's /usr, one paused to disk and resumed, and
+    one from a custom template: neither may open a way out the base lacks."""
+    template = request.getfixturevalue("small_template").id if request.param == "template" else "base"
+    sandbox = live.create(template=template, timeout=120)
+    if request.param == "resumed":
+        sandbox.files.write("before-pause.txt", "kept")
+        sandbox.pause()
+        sandbox.resume()
+        assert sandbox.files.read("before-pause.txt") == "kept"
+    try:
+        yield sandbox
+    finally:
+        sandbox.kill()
+        sandbox.close()
+
+
 def host_uid_of(live, sandbox: Sandbox) -> int:
     return live.manager.get(sandbox.sandbox_id).runtime.host_uid
 

@@ -95,7 +95,11 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     assert admin_key is not None
     registry = load_models(default_model_specs())
     # The whole platform, as `tramontane up` assembles it.
-    sandboxes = SandboxManager(ManagerConfig(pool_size=1, microvm_pool_size=0, max_sandboxes=8))
+    sandboxes = SandboxManager(
+        ManagerConfig(
+            pool_size=1, microvm_pool_size=0, max_sandboxes=8, state_dir=str(home), templates_dir=str(home / "templates")
+        )
+    )
     plane = ControlPlane(tenancy.store, home=home)
     finetune = FineTuning(tenancy.store, home, registry.checkpoints(), on_model_ready=registry.add_adapter)
     app = create_app(registry, tenancy, sandboxes=sandboxes, control_plane=plane, finetune=finetune)

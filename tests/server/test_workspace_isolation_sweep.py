@@ -13,9 +13,11 @@ the same way: tests/console/test_security.py.
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -81,6 +83,8 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
         for method in ("get", "post", "put", "patch", "delete")
         for path in ("/v1/sandboxes/{sandbox_id}/ports/{port}", "/v1/sandboxes/{sandbox_id}/ports/{port}/{path}")
     },
+    ("get", "/v1/templates/{template}"): ({}, None),
+    ("delete", "/v1/templates/{template}"): ({}, None),
     ("get", "/v1/files/{file_id}"): ({}, None),
     ("delete", "/v1/files/{file_id}"): ({}, None),
     ("get", "/v1/files/{file_id}/content"): ({}, None),
@@ -210,7 +214,18 @@ def owners_objects(live_server) -> dict:
                 f"/v1/sandboxes/{ids['sandbox_id']}/files", params={"path": "/home/user/secret.txt"}, content=b"mine"
             )
             assert written.status_code < 300, written.text
+    ids["template"] = plant_template(live_server.tenancy.home / "templates", owner.workspace_id)
     return ids
+
+
+def plant_template(store: Path, workspace_id: str) -> str:
+    """A template of the owner's, as its build leaves it on disk (a real build
+    takes minutes; tests/sandbox/test_templates.py builds one)."""
+    template_id = "0" * 31 + "1"
+    (store / template_id / "rootfs").mkdir(parents=True)
+    meta = {"name": "owned", "owner": workspace_id, "env": {}, "start": None, "apt": [], "pip": [], "size_bytes": 0}
+    (store / template_id / "template.json").write_text(json.dumps({**meta, "created_at": time.time()}))
+    return template_id
 
 
 def fill(template: str, ids: dict) -> str:

@@ -223,6 +223,7 @@ def up(
                     max_file_bytes=MAX_BODY_BYTES,
                     microvm_accelerator=microvm_accelerator.value,
                     ports_domain=sandbox_domain,
+                    state_dir=str(tenancy.home),  # snapshots under each workspace's folder, erased with it
                 )
             )
             # Fine-tuned models are served as LoRA adapters on their base model's engine.

@@ -31,12 +31,14 @@ from typing import Any
 from . import bwrap
 from .cgroups import CgroupTree
 from .channel import ByteBudget, OutputBudget
-from .errors import NotFound, SandboxError, Unavailable, Unprocessable
+from .errors import Conflict, NotFound, SandboxError, Unavailable, Unprocessable
 from .files import MAX_FILE_BYTES
 from .launcher import Runtime, launch
 from .microvm import MicroVMHost, launch_vm
 from .policy import EgressRule, Limits, SandboxSpec, validate_timeout
+from ..store import tramontane_home
 from .sandbox import ManagedSandbox, SandboxState
+from .snapshots import Snapshot, SnapshotStore, sandbox_root
 from .templates import Template, TemplateStore
 from .uid_lease import LEASE_DIR, RANGE_SIZE, UidRange, claim_uid_range
 
@@ -72,6 +74,11 @@ class ManagerConfig:
     templates: frozenset[str] = frozenset({TIER1_TEMPLATE, MICROVM_TEMPLATE})
     # Built templates (see `templates`); None: $TRAMONTANE_HOME/templates.
     templates_dir: str | None = None
+    # Where paused tier-1 sandboxes' snapshots are kept (see `snapshots`):
+    # <state_dir>/workspaces/<id>/sandbox-snapshots; None: $TRAMONTANE_HOME.
+    # And how many bytes of them one workspace may keep.
+    state_dir: str | None = None
+    snapshot_bytes_per_workspace: int = 10 * 1024**3
     # Non-public networks (e.g. "10.20.0.0/16") a sandbox's egress allow-list may
     # name by exact IP:port. None by default: a tenant must not reach the host's
     # loopback services, the metadata address or the operator's private network
@@ -146,6 +153,10 @@ class SandboxManager:
         self._reserved_mb = 0  # create()'s launches in flight, counted against host memory
         self._pool_launching_mb = 0  # the pool's: they yield to create()'s (see _add_to_pool)
         self.templates = TemplateStore(Path(self.config.templates_dir) if self.config.templates_dir else None)
+        state = Path(self.config.state_dir) if self.config.state_dir else tramontane_home()
+        self.snapshots = SnapshotStore(state, self.config.snapshot_bytes_per_workspace)
+        self._snapshots: dict[str, Snapshot] = {}  # paused sandboxes whose state is on disk
+        self._transitions: dict[str, asyncio.Lock] = {}  # one pause or resume at a time per sandbox
 
     # -- lifecycle
 
@@ -170,8 +181,20 @@ class SandboxManager:
             except Unavailable as exc:
                 self._microvm_missing = f"tier-2 (microvm) sandboxes are unavailable on this host: {exc.message}"
                 logger.info("%s", self._microvm_missing)
+        await asyncio.to_thread(self._load_snapshots)
         self._reaper = asyncio.create_task(self._reap_loop())
         self._refill()
+
+    def _load_snapshots(self) -> None:
+        """Paused sandboxes of an earlier run come back paused, ready to resume."""
+        for snapshot in self.snapshots.scan():
+            if snapshot.sandbox_id in self._sandboxes:
+                continue
+            sandbox = ManagedSandbox(snapshot.sandbox_id, snapshot.spec, None, self.config.max_file_bytes)
+            sandbox.state = SandboxState.PAUSED
+            sandbox.started_at = snapshot.started_at
+            self._sandboxes[sandbox.id] = sandbox
+            self._snapshots[sandbox.id] = snapshot
 
     async def shutdown(self) -> None:
         self._closing = True
@@ -183,8 +206,9 @@ class SandboxManager:
         pooled = [entry for pool in self._pools.values() for entry in pool]
         for pool in self._pools.values():
             pool.clear()
+        # Sandboxes paused to disk stay there, for the next run to resume.
         await asyncio.gather(
-            *(self._remove(s, "shutdown") for s in list(self._sandboxes.values())),
+            *(self._remove(s, "shutdown") for s in list(self._sandboxes.values()) if s.runtime is not None),
             *(self._release(runtime) for _, runtime in pooled),
             return_exceptions=True,
         )
@@ -249,7 +273,7 @@ class SandboxManager:
         warnings = [self._microvm.warning] if spec.template == MICROVM_TEMPLATE and self._microvm.warning else []
         sandbox = ManagedSandbox(sandbox_id, spec, runtime, self.config.max_file_bytes, warnings)
         self._sandboxes[sandbox_id] = sandbox
-        runtime.channel.closed.add_done_callback(lambda _: self._background(self._remove(sandbox, "exited")))
+        self._watch(sandbox, runtime)
         self._refill()
         if template is not None and template.start:
             await self._start_command(sandbox, template.start)
@@ -264,15 +288,26 @@ class SandboxManager:
             await self._remove(sandbox, "start command failed")
             raise
 
+    def _watch(self, sandbox: ManagedSandbox, runtime: Runtime) -> None:
+        """Removes the sandbox when `runtime`, while it is the sandbox's, ends on its own."""
+
+        def ended(_: object) -> None:
+            if sandbox.runtime is runtime:
+                self._background(self._remove(sandbox, "exited"))
+
+        runtime.channel.closed.add_done_callback(ended)
+
     def template_in_use(self, template: Template) -> bool:
-        return any(s.runtime.rootfs == template.rootfs for s in self._sandboxes.values())
+        """Whether a sandbox runs from the template, or a paused one will resume from it."""
+        running = any(s.runtime is not None and s.runtime.rootfs == template.rootfs for s in self._sandboxes.values())
+        return running or any(snap.template_id == template.id for snap in self._snapshots.values())
 
     def _memory_mb(self, template: str, limits: Limits) -> int:
         return self._host_limits(template, limits).memory_mb
 
     def committed_mb(self) -> int:
         """The memory limits of every sandbox, pooled and starting ones included."""
-        running = sum(s.runtime.committed_mb for s in self._sandboxes.values())
+        running = sum(s.runtime.committed_mb for s in self._sandboxes.values() if s.runtime is not None)
         pooled = sum(runtime.committed_mb for pool in self._pools.values() for _, runtime in pool)
         return running + pooled + self._reserved_mb
 
@@ -514,14 +549,89 @@ class SandboxManager:
         return sandbox
 
     async def pause(self, sandbox_id: str, owner: str | None = None) -> ManagedSandbox:
+        """Tier 1: writes the sandbox to a snapshot on disk and stops it (see
+        `snapshots`). Tier 2: freezes the VM in memory."""
         sandbox = self.get(sandbox_id, owner)
-        await sandbox.pause()
+        async with self._transitions.setdefault(sandbox.id, asyncio.Lock()):
+            if sandbox.spec.template == MICROVM_TEMPLATE:
+                await sandbox.pause()
+            else:
+                await self._pause_to_disk(sandbox)
         return sandbox
 
     async def resume(self, sandbox_id: str, owner: str | None = None) -> ManagedSandbox:
         sandbox = self.get(sandbox_id, owner)
-        await sandbox.resume()
+        async with self._transitions.setdefault(sandbox.id, asyncio.Lock()):
+            if sandbox.runtime is not None:
+                await sandbox.resume()
+            else:
+                await self._resume_from_disk(sandbox)
         return sandbox
+
+    async def _pause_to_disk(self, sandbox: ManagedSandbox) -> None:
+        sandbox.require_running()
+        runtime = sandbox.runtime
+        assert runtime is not None
+        processes = [{"cmd": p.cmd, "cwd": p.cwd} for p in await sandbox.commands.list()]
+        await sandbox.pause()  # frozen: its files hold still while they are read
+        try:
+            snapshot = await asyncio.to_thread(
+                self.snapshots.save,
+                sandbox_root(runtime.process.pid),
+                runtime.host_uid,
+                sandbox.id,
+                sandbox.spec,
+                None if runtime.rootfs is None else runtime.rootfs.parent.name,
+                max(1.0, sandbox.deadline - time.monotonic()),
+                sandbox.started_at,
+                processes,
+            )
+        except BaseException:
+            await sandbox.resume()
+            raise
+        self._snapshots[sandbox.id] = snapshot
+        sandbox.runtime = None  # first: this runtime's end is not the sandbox's
+        await self._release(runtime)
+
+    async def _resume_from_disk(self, sandbox: ManagedSandbox) -> None:
+        snapshot = self._snapshots.get(sandbox.id)
+        if sandbox.state is not SandboxState.PAUSED or snapshot is None:
+            raise Conflict(f"sandbox {sandbox.id} is not paused", code="sandbox_not_paused")
+        await asyncio.to_thread(self.snapshots.verify, snapshot)
+        spec = sandbox.spec
+        template = None
+        if snapshot.template_id is not None:
+            try:
+                template = self.templates.resolve(snapshot.template_id, spec.owner)
+            except NotFound:
+                raise Conflict(
+                    f"the template sandbox {sandbox.id} ran from was deleted", code="template_not_found"
+                ) from None
+        self._admit(self._memory_mb(spec.template, spec.limits))
+        self._creating += 1
+        try:
+            _, runtime = await self._launch_to_completion(spec, template)
+        finally:
+            self._creating -= 1
+        try:
+            await asyncio.to_thread(
+                self.snapshots.restore, snapshot, sandbox_root(runtime.process.pid), runtime.host_uid
+            )
+        except BaseException:
+            await self._release(runtime)
+            raise
+        sandbox.runtime = runtime
+        sandbox.state = SandboxState.RUNNING
+        sandbox.set_timeout(snapshot.remaining_s)
+        sandbox.touch()
+        self._watch(sandbox, runtime)
+        del self._snapshots[sandbox.id]
+        await asyncio.to_thread(self.snapshots.delete, snapshot)
+        for process in snapshot.processes:
+            try:
+                await sandbox.commands.start(process["cmd"], cwd=process["cwd"])
+            except SandboxError as exc:
+                logger.warning("sandbox %s: %r did not start again: %s", sandbox.id, process["cmd"], exc.message)
 
     # -- reclaiming
 
@@ -538,7 +648,10 @@ class SandboxManager:
         if self._sandboxes.get(sandbox.id) is sandbox:
             del self._sandboxes[sandbox.id]
             logger.info("sandbox %s stopped: %s", sandbox.id, reason)
-        if await sandbox.stop(reason):
+        snapshot = self._snapshots.pop(sandbox.id, None)
+        if snapshot is not None:
+            await asyncio.to_thread(self.snapshots.delete, snapshot)
+        if await sandbox.stop(reason) and sandbox.runtime is not None:
             self._free_uid(sandbox.runtime)
             if reason == "exited":
                 tail = sandbox.runtime.stderr_tail.decode(errors="replace").strip()

@@ -48,7 +48,12 @@ class SandboxInfo:
 
 class ManagedSandbox:
     def __init__(
-        self, sandbox_id: str, spec: SandboxSpec, runtime: Runtime, max_file_bytes: int, warnings: list[str] | None = None
+        self,
+        sandbox_id: str,
+        spec: SandboxSpec,
+        runtime: Runtime | None,  # None: paused, its state in a snapshot on disk
+        max_file_bytes: int,
+        warnings: list[str] | None = None,
     ):
         self.id = sandbox_id
         self.warnings = list(warnings or [])
@@ -99,6 +104,8 @@ class ManagedSandbox:
 
     def expired(self, now: float) -> str | None:
         """Why the sandbox should be reclaimed now, if it should."""
+        if self.runtime is None:
+            return None  # a snapshot on disk: its timeout counts again from resume
         if now >= self.deadline:
             return "timeout"
         idle = self.spec.idle_timeout_s
@@ -139,7 +146,7 @@ class ManagedSandbox:
         if self._stopping is None:
             self.state = SandboxState.KILLED
             self.killed_reason = reason
-            self._stopping = asyncio.ensure_future(self.runtime.stop())
+            self._stopping = asyncio.ensure_future(self.runtime.stop() if self.runtime else asyncio.sleep(0))
         await asyncio.shield(self._stopping)
         return initiated
 
@@ -163,6 +170,8 @@ class ManagedSandbox:
 
     def usage(self) -> Usage:
         self.require_running_or_paused()
+        if self.runtime is None:
+            return Usage(memory_bytes=0, pids=0, oom_kills=0, memory_limit_bytes=0)  # nothing runs
         return self.runtime.cgroup.usage()
 
     def require_running_or_paused(self) -> None:

@@ -216,9 +216,13 @@ def privileged_entries(rootfs: Path) -> list[str]:
 
 def scrub_host_files(rootfs: Path) -> None:
     """mmdebstrap copies the build host's name and resolver into the tree: a
-    sandbox must learn nothing of the host. And bwrap mounts the sandbox's own
+    sandbox must learn nothing of the host. Sandboxes never log in, so the
+    shadow files go. And bwrap mounts the sandbox's own
     passwd, group and hosts over files that must exist in the read-only tree."""
     etc = rootfs / "etc"
+    # No logins happen in a sandbox: the password databases have nothing to do there.
+    for name in ("shadow", "shadow-", "gshadow", "gshadow-", "passwd-", "group-"):
+        (etc / name).unlink(missing_ok=True)
     for name, content in (("hostname", "sandbox\n"), ("resolv.conf", ""), ("passwd", None), ("group", None), ("hosts", "")):
         path = etc / name
         if path.is_symlink():
