@@ -12,8 +12,8 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -114,6 +114,15 @@ def _serve(manager: SandboxManager) -> Iterator[LiveSandboxes]:
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+@pytest.fixture
+def serve_sandboxes() -> Callable[[SandboxManager], AbstractContextManager[LiveSandboxes]]:
+    """Serves a manager of the test's own for the `with` block (a fixture, not an
+    import: another test folder's conftest may be the `conftest` module)."""
+    if UNAVAILABLE is not None:
+        pytest.skip(UNAVAILABLE)
+    return _serve
 
 
 # Built templates outlive the test session: a build costs a minute or two, and the

@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from conftest import LiveSandboxes, _serve
 
 from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, SandboxState
 from tramontane.sandbox.client import SandboxException
 from tramontane.sandbox.snapshots import ARCHIVE, MANIFEST
+
+if TYPE_CHECKING:
+    from conftest import LiveSandboxes
 
 WORKSPACE = "ws_00112233445566aa"  # the shape tenancy gives workspace ids
 
@@ -74,13 +77,13 @@ def test_pause_writes_the_sandbox_to_disk_and_resume_brings_it_back(live: LiveSa
         assert not directory.exists()  # a resumed snapshot is consumed
 
 
-def test_paused_sandboxes_survive_a_server_restart(tmp_path: Path) -> None:
-    with _serve(SandboxManager(_config(tmp_path))) as first:
+def test_paused_sandboxes_survive_a_server_restart(tmp_path: Path, serve_sandboxes) -> None:
+    with serve_sandboxes(SandboxManager(_config(tmp_path))) as first:
         sbx = first.create(timeout=120)
         _fill(sbx)
         sbx.pause()
         sandbox_id = sbx.sandbox_id
-    with _serve(SandboxManager(_config(tmp_path))) as second:
+    with serve_sandboxes(SandboxManager(_config(tmp_path))) as second:
         again = Sandbox.connect(sandbox_id, api_url=second.url)
         assert again.get_info().state is SandboxState.PAUSED
         again.resume()
@@ -111,10 +114,10 @@ def test_a_damaged_snapshot_is_refused_and_kept(live: LiveSandboxes) -> None:
     assert not directory.exists()  # deleting the sandbox deletes its snapshot
 
 
-def test_snapshots_count_against_the_workspace_storage_limit(tmp_path: Path) -> None:
+def test_snapshots_count_against_the_workspace_storage_limit(tmp_path: Path, serve_sandboxes) -> None:
     config = _config(tmp_path, snapshot_bytes_per_workspace=3 * 1024 * 1024)
     headers = {"x-tenant": WORKSPACE}
-    with _serve(SandboxManager(config)) as served, httpx.Client(base_url=served.url, headers=headers) as http:
+    with serve_sandboxes(SandboxManager(config)) as served, httpx.Client(base_url=served.url, headers=headers) as http:
         small = http.post("/v1/sandboxes", json={"timeout": 120}).json()["sandbox_id"]
         big = http.post("/v1/sandboxes", json={"timeout": 120}).json()["sandbox_id"]
         http.post(f"/v1/sandboxes/{small}/commands", json={"cmd": "head -c 2000000 /dev/urandom > a", "stream": False})

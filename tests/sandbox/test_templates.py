@@ -11,9 +11,10 @@ import struct
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import httpx
 import pytest
-from conftest import SMALL_TEMPLATE_SPEC, LiveSandboxes
 
 from tramontane.sandbox import Sandbox
 from tramontane.sandbox.errors import InvalidArgument, Unprocessable
@@ -27,6 +28,11 @@ from tramontane.sandbox.templates import (
     load,
 )
 from tramontane.sandbox.templates.build import privileged_entries, resolve_inside, strip_privileges, write_files
+
+if TYPE_CHECKING:
+    from conftest import LiveSandboxes
+
+SMALL_TEMPLATE_SPEC = Path(__file__).with_name("templates") / "small.toml"  # what the small_template fixture builds
 
 # -- specs (no build)
 
