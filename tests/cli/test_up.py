@@ -58,7 +58,7 @@ def test_first_start_writes_the_admin_key_to_an_owner_only_file(monkeypatch: pyt
     """Output that is not a terminal (here CliRunner's; a service's log in production)
     never shows the key: it goes to a file only its owner reads, whose path is printed."""
     served = []
-    monkeypatch.setattr(up, "load_models", lambda specs, config: ModelRegistry())
+    monkeypatch.setattr(up, "load_models", lambda specs, config, image_limits: ModelRegistry())
     monkeypatch.setattr(up.uvicorn, "run", lambda app, **options: served.append(app))
     runner = CliRunner()
     first = runner.invoke(app, ["up"])
@@ -92,7 +92,7 @@ def test_on_a_terminal_the_admin_key_is_shown_once(monkeypatch: pytest.MonkeyPat
 
     controller, terminal = pty.openpty()
     monkeypatch.setattr(up, "console", Console(file=os.fdopen(terminal, "w"), width=200))
-    monkeypatch.setattr(up, "load_models", lambda specs, config: ModelRegistry())
+    monkeypatch.setattr(up, "load_models", lambda specs, config, image_limits: ModelRegistry())
     monkeypatch.setattr(up.uvicorn, "run", lambda app, **options: None)
     assert CliRunner().invoke(app, ["up"]).exit_code == 0
     up.console.file.flush()
@@ -146,7 +146,7 @@ def test_up_serves_until_interrupted():
         )
         client = {"Authorization": f"Bearer {created.json()['key']}"}
         ids = [m["id"] for m in httpx.get(f"{url}/v1/models", headers=client).json()["data"]]
-        assert ids == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+        assert ids == ["smollm2-135m-instruct", "all-minilm-l6-v2", "tramontane-moderation"]
         body = {"model": ids[0], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         assert httpx.post(f"{url}/v1/chat/completions", json=body, headers=client, timeout=60).status_code == 200
     finally:

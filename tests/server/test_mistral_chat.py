@@ -79,11 +79,13 @@ def _supports_tools(reference: MistralTokenizer) -> bool:
 
 def _prompt(ours: Tokenizer, body: dict) -> list[int]:
     model = SimpleNamespace(
-        name="m", engine=SimpleNamespace(tokenizer=ours), tools_in_template=ours.tool_call_format != "hermes"
+        name="m",
+        engine=SimpleNamespace(tokenizer=ours, model_config=SimpleNamespace(vision=None)),
+        tools_in_template=ours.tool_call_format != "hermes",
     )
     request = ChatCompletionRequest.model_validate({"model": "m", **body})
     tools = [t.model_dump(exclude_none=True) for t in request.tools or []]
-    return _render_prompt(model, request, tools)[0]
+    return _render_prompt(None, model, request, tools, None)[0]
 
 
 def _reference(reference: MistralTokenizer, messages: list, tools: list | None = None) -> list[int]:
