@@ -51,6 +51,40 @@ def test_sign_in_and_chat_streams_token_by_token(page, platform: Platform, scree
     no_script_errors(page)
 
 
+def test_an_image_reaches_the_api_and_a_text_only_models_refusal_is_shown(page, platform: Platform, screenshots):
+    """The default model reads no images: the playground sends the picked image in
+    the chat request, and the API's 400 about it is shown, the conversation intact."""
+    import io
+
+    from PIL import Image
+
+    tenant = platform.create_tenant("browser-image", ("inference",))
+    sign_in(page, tenant.key)
+    picture = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(picture, format="PNG")
+    page.set_input_files("#pg-image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": picture.getvalue()}])
+    requests = []
+    page.on("request", lambda r: requests.append(r.post_data or "") if r.url.endswith("/playground/chat") else None)
+    page.fill("#pg-input", "What colour is this square?")
+    page.click("#pg-send")
+    wait_until(page, "() => document.getElementById('pg-error').textContent.includes('text-only model')")
+    assert "does not accept images" in page.inner_text("#pg-error")
+    sent = json.loads(requests[-1])["messages"][-1]["content"]
+    assert sent[1]["type"] == "image_url" and sent[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    shot(page, screenshots, "playground-image-refused")
+    # Without the image, the same question is answered: the refused turn was not kept.
+    page.set_input_files("#pg-image", files=[])
+    page.fill("#pg-max-tokens", "4")
+    page.fill("#pg-input", "Hello")
+    page.click("#pg-send")
+    wait_until(page, "() => !document.querySelector('.message.assistant .content.streaming') && "
+               "document.getElementById('pg-error').textContent === ''", timeout=120)
+    assert "image_url" not in (requests[-1] or "")
+    answers = page.locator(".message.assistant .content").all_inner_texts()
+    assert answers[-1].strip(), answers
+    no_script_errors(page)
+
+
 def test_models_page(page, platform: Platform, screenshots):
     tenant = platform.create_tenant("browser-models", ("inference",))
     sign_in(page, tenant.key)
@@ -155,6 +189,16 @@ def test_a_bad_training_file_gets_line_numbered_errors(page, platform: Platform,
     page.click("#create-job button[type=submit]")
     page.wait_for_url("**/fine-tuning/jobs/*")
     assert page.inner_text("#job-status") in ("QUEUED", "RUNNING", "VALIDATED", "SUCCESS")
+    # The page polls the job until it ends: a finished run shows its whole loss curve.
+    wait_until(page, "() => document.getElementById('job-status').textContent === 'SUCCESS'", timeout=300)
+    wait_until(page, "() => !!Chart.getChart(document.getElementById('loss-chart'))")
+    curve = page.evaluate("""() => {
+        const chart = Chart.getChart(document.getElementById('loss-chart'));
+        return {steps: chart.data.labels, loss: chart.data.datasets[0].data, label: chart.data.datasets[0].label};
+    }""")
+    assert curve["steps"] == [1, 2] and curve["label"] == "train loss"
+    assert all(isinstance(value, float) and 0 < value < 100 for value in curve["loss"]), curve
+    assert page.locator("#job-live a", has_text="Use in the playground").count() == 1
     shot(page, screenshots, "fine-tuning-job")
     no_script_errors(page)
 
