@@ -6,6 +6,8 @@ GET /sleep?s=F      -> waits F seconds, then answers
 GET /crash?after=F  -> waits F seconds, then the process dies mid-request
 GET /stream         -> five lines, flushed one by one
 GET /headers        -> {"pid", "headers"}: the request's headers, names lowercased
+GET /env?name=X     -> {"pid", "value"}: environment variable X
+GET /version        -> {"pid", "version"}: $APP_VERSION
 POST /v1/...        -> {"pid", "model"} from the JSON body
 """
 
@@ -29,6 +31,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         url = urlparse(self.path)
+        if url.path == "/env":
+            self._send({"value": os.environ.get(parse_qs(url.query)["name"][0])})
+            return
+        if url.path == "/version":
+            self._send({"version": os.environ.get("APP_VERSION")})
+            return
         query = {k: float(v[0]) for k, v in parse_qs(url.query).items()}
         if url.path == "/sleep":
             time.sleep(query.get("s", 0.0))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from control_helpers import REPLICA_COMMAND, new_plane
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
+from tramontane.cli import app as cli_root
 from tramontane.control.cli import app as cli
 from tramontane.control.install import install
 from tramontane.store import open_store
@@ -97,3 +100,53 @@ def test_deploy_ps_scale_logs_delete(server: tuple[str, str], tmp_path: Path) ->
     assert runner.invoke(cli, ["delete", "web", *options]).exit_code == 0
     missing = runner.invoke(cli, ["delete", "web", *options])
     assert missing.exit_code == 1 and "No deployment named 'web'" in missing.output
+
+
+def test_secrets_redeploy_rollback_events_and_follow(server: tuple[str, str], tmp_path: Path) -> None:
+    url, key = server
+    runner = CliRunner()
+    options = ["--url", url, "--api-key", key]
+    stored = runner.invoke(cli_root, ["secrets", "create", "greeting", *options], input="bonjour")
+    assert stored.exit_code == 0, stored.output
+    listed = runner.invoke(cli_root, ["secrets", "list", *options]).output
+    assert "greeting" in listed and "bonjour" not in listed
+
+    spec_file = tmp_path / "hello.yaml"
+    body = {
+        "name": "hello",
+        "command": REPLICA_COMMAND,
+        "env": {"APP_VERSION": "1", "GREETING": {"secret": "greeting"}},
+        "health_check": {"interval_s": 0.2},
+    }
+    spec_file.write_text(yaml.safe_dump(body))
+    assert runner.invoke(cli, ["deploy", str(spec_file), *options]).exit_code == 0
+    spec_file.write_text(yaml.safe_dump({**body, "env": {**body["env"], "APP_VERSION": "2"}}))
+    redeployed = runner.invoke(cli, ["deploy", str(spec_file), *options])
+    assert redeployed.exit_code == 0 and "Rolling out revision 2" in redeployed.output, redeployed.output
+
+    def revisions() -> str:
+        return runner.invoke(cli, ["revisions", "hello", *options]).output
+
+    deadline = time.monotonic() + 60
+    while "superseded" not in revisions():
+        assert time.monotonic() < deadline, revisions()
+        time.sleep(0.2)
+    rolled = runner.invoke(cli, ["rollback", "hello", "1", *options])
+    assert rolled.exit_code == 0 and "Rolling out revision 3" in rolled.output, rolled.output
+    events = runner.invoke(cli, ["events", "hello", *options]).output
+    assert "revision_created" in events and "rolled_out" in events
+
+    # `logs -f` streams until the server goes away; read its first lines from a subprocess.
+    follow = subprocess.Popen(
+        [sys.executable, "-c", "from tramontane.cli import app; app()", "logs", "-f", "hello", *options],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = follow.stdout.readline()
+        assert first.startswith("[rep_") and "listening on" in first, first
+    finally:
+        follow.kill()
+        follow.wait(timeout=10)
+    assert runner.invoke(cli, ["delete", "hello", *options]).exit_code == 0
+    assert runner.invoke(cli_root, ["secrets", "delete", "greeting", *options]).exit_code == 0

@@ -106,6 +106,13 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("get", "/v1/deployments/{name}/domains"): ({}, None),
     ("post", "/v1/deployments/{name}/domains"): ({}, {"domain": "stolen.example.test"}),
     ("delete", "/v1/deployments/{name}/domains/{domain}"): ({}, None),
+    ("put", "/v1/deployments/{name}"): ({}, {"name": "owned-web", "command": "sleep 1"}),
+    ("patch", "/v1/deployments/{name}"): ({}, {"command": "sleep 1"}),
+    ("get", "/v1/deployments/{name}/revisions"): ({}, None),
+    ("post", "/v1/deployments/{name}/rollback"): ({}, {"revision": 1}),
+    ("get", "/v1/deployments/{name}/events"): ({}, None),
+    ("put", "/v1/secrets/{secret_name}"): ({}, {"value": "taken over"}),
+    ("delete", "/v1/secrets/{secret_name}"): ({}, None),
     ("get", "/v1/request_logs/{request_id}"): ({}, None),
     ("get", "/v1/responses/{response_id}"): ({}, None),
     ("delete", "/v1/responses/{response_id}"): ({}, None),
@@ -206,6 +213,9 @@ def owners_objects(live_server) -> dict:
         domain = http.post("/v1/deployments/owned-web/domains", json={"domain": "owned.example.test"})
         assert domain.status_code == 201, domain.text
         ids["domain"] = "owned.example.test"
+        secret = http.post("/v1/secrets", json={"name": "owned-secret", "value": "the owner's"})
+        assert secret.status_code == 201, secret.text
+        ids["secret_name"] = "owned-secret"
         if shutil.which("bwrap") is not None:
             sandbox = http.post("/v1/sandboxes", json={"timeout": 120})
             assert sandbox.status_code == 201, sandbox.text
@@ -311,6 +321,10 @@ def test_the_owners_objects_survived_the_attempts(live_server, owners_objects):
         assert http.get(f"/v1/deployments/{owners_objects['name']}").status_code == 200
         domains = http.get(f"/v1/deployments/{owners_objects['name']}/domains").json()["data"]
         assert [d["domain"] for d in domains] == [owners_objects["domain"]]
+        deployment = http.get(f"/v1/deployments/{owners_objects['name']}")
+        assert deployment.status_code == 200 and deployment.json()["revision"] == 1
+        assert [r["number"] for r in http.get(f"/v1/deployments/{owners_objects['name']}/revisions").json()["data"]] == [1]
+        assert [s["name"] for s in http.get("/v1/secrets").json()["data"]] == [owners_objects["secret_name"]]
         assert http.get(f"/v1/files/{owners_objects['file_id']}/content").content.startswith(b'{"messages"')
         assert http.get(f"/v1/fine_tuning/jobs/{owners_objects['job_id']}").json()["status"] != "CANCELLED"
         batch = http.get(f"/v1/batches/{owners_objects['batch_id']}")

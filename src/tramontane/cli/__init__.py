@@ -20,8 +20,9 @@ app.command("chat")(chat.chat)
 app.command("bench")(bench.bench)
 app.command("build")(build)
 app.add_typer(tenancy_cli.app, name="tenancy")
-app.add_typer(control_cli.app)  # deploy, ps, logs, scale, delete
+app.add_typer(control_cli.app)  # deploy, ps, logs, events, revisions, rollback, scale, delete
 app.add_typer(domains_cli.app, name="domains")
+app.add_typer(control_cli.secrets_app, name="secrets")
 app.add_typer(finetune_cli.app, name="finetune")
 sandbox_app = typer.Typer(help="Sandboxes: their templates.", no_args_is_help=True)
 sandbox_app.add_typer(templates_cli.app, name="template")

@@ -12,6 +12,7 @@ from .history import LoadHistory
 from .replica import Replica
 from .spec import DeploymentSpec
 from .states import LIVE, ReplicaState
+from .traffic import RateMeter, RequestStats
 
 
 @dataclass
@@ -28,7 +29,16 @@ class Deployment:
     scale_memory: ScaleMemory = field(default_factory=ScaleMemory)
     # Requests, latency and replicas over the last hour, for charts.
     history: LoadHistory = field(default_factory=LoadHistory)
+    # Arrivals per second, for the autoscaler; requests by status, for /metrics.
+    arrivals: RateMeter = field(default_factory=RateMeter)
+    request_stats: RequestStats = field(default_factory=RequestStats)
     deleted: bool = False
+    # The revision being served, and the one being rolled out (with its task).
+    revision: int = 1
+    rolling_out: int | None = None
+    rollout_task: asyncio.Task[None] | None = None
+    # Why the last rollout failed, until one succeeds.
+    rollback_reason: str | None = None
     # Set, then replaced, whenever a replica becomes ready: a broadcast to waiters.
     ready_signal: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -37,10 +47,11 @@ class Deployment:
         return self.spec.name
 
     def live(self) -> list[Replica]:
-        return [r for r in self.replicas.values() if r.state in LIVE]
+        """Replicas that count towards the wanted number (not those draining away)."""
+        return [r for r in self.replicas.values() if r.state in LIVE and not r.draining]
 
     def sleeping(self) -> list[Replica]:
-        return [r for r in self.replicas.values() if r.state is ReplicaState.SLEEPING]
+        return [r for r in self.replicas.values() if r.state is ReplicaState.SLEEPING and not r.draining]
 
     def in_flight(self) -> int:
         return sum(r.in_flight for r in self.replicas.values())
@@ -51,10 +62,16 @@ class Deployment:
     def pick(self) -> Replica | None:
         """The ready replica with the fewest outstanding requests (ties at random,
         so that equal replicas share the load)."""
-        ready = [r for r in self.replicas.values() if r.ready]
+        ready = [r for r in self.replicas.values() if r.ready and not r.draining]
         if not ready:
             return None
         return min(ready, key=lambda r: (r.in_flight, random.random()))
+
+    @property
+    def status(self) -> str:
+        if self.rolling_out is not None:
+            return "rolling_out"
+        return "rolled_back" if self.rollback_reason else "active"
 
     def signal_ready(self) -> None:
         self.ready_signal.set()

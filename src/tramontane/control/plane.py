@@ -27,10 +27,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from ..errors import Invalid, Unavailable
+from ..errors import Conflict, Invalid, NotFound, TramontaneError, Unavailable
 from ..store import HOME_ENV, URL_ENV, Store, tramontane_home
 from ..store.types import new_id
-from .autoscaler import decide
+from .autoscaler import Load, decide
 from .backends import Backend, LocalBackend
 from .clock import SYSTEM_CLOCK, Clock, wait_for
 from . import logs as replica_logs
@@ -39,15 +39,23 @@ from .domains import DomainTable
 from .errors import DeploymentNotFound, NoCapacity
 from .images import Images
 from .leadership import Fenced
-from .models import ReplicaRow
+from .models import EventRow, ReplicaRow, RevisionRow
 from .replica import Replica
 from .repository import Repository
 from .scheduler import NodeCapacity, Occupant, place
+from .secrets import Keyring, SecretStore
 from .spec import DeploymentSpec, Kind
 from .states import LIVE, ReplicaState
 from .upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
+
+# A rollout waits this long past the new revision's health-check grace period
+# before it gives up on replicas that neither pass nor fail.
+_ROLLOUT_SLACK_S = 5.0
+# Replaced replicas get this long to finish their requests before they stop.
+_DRAIN_TIMEOUT_S = 30.0
+_POLL_S = 0.05
 
 
 class ControlPlane:
@@ -63,6 +71,7 @@ class ControlPlane:
         images: Images | None = None,
         fence: Callable[[Session], None] | None = None,
         replica_secret: bytes | None = None,
+        secret_store: SecretStore | None = None,
     ):
         self.repository = Repository(store, fence)
         # Model replicas' sleep/wake tokens derive from it, so that a successor
@@ -77,6 +86,7 @@ class ControlPlane:
         self.home = home or tramontane_home()
         self.log_dir = self.home / "control" / "logs"
         self.store_url = store.url
+        self.secrets = secret_store or SecretStore(store, Keyring(self.home))
         self.reconcile_interval_s = reconcile_interval_s
         self.clock = clock
         self._deployments: dict[str, Deployment] = {}
@@ -95,9 +105,9 @@ class ControlPlane:
         for row in self.repository.deployments():
             spec = DeploymentSpec.model_validate(row.spec)
             desired = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, row.desired_replicas))
-            self._deployments[row.id] = Deployment(
-                row.id, row.workspace_id, spec, desired, last_request=self.clock.now()
-            )
+            deployment = Deployment(row.id, row.workspace_id, spec, desired, last_request=self.clock.now())
+            self._deployments[row.id] = deployment
+            self._restore_revisions(deployment)
         async with self._lock:
             for row in self.repository.replicas():
                 if not self._adopt(row):
@@ -114,10 +124,12 @@ class ControlPlane:
         deployment = self._deployments.get(row.deployment_id)
         if deployment is None or row.state != ReplicaState.RUNNING.value:
             return False
+        if row.revision != deployment.revision:
+            return False  # of a rollout that did not finish, or draining from one that did
         handle = self.backend.adopt(row.id, row.port, row.pid, row.pid_start)
         if handle is None:
             return False
-        replica = self._new_replica(deployment, row.id)
+        replica = self._new_replica(deployment, row.id, deployment.spec, deployment.revision)
         replica.restarts = row.restarts
         deployment.replicas[row.id] = replica
         replica.adopt(handle)
@@ -132,6 +144,8 @@ class ControlPlane:
             self._loop_task.cancel()
             await asyncio.wait({self._loop_task})
             self._loop_task = None
+        # The next leader rolls back a rollout cut short here (and stops its replicas).
+        await self._cancel_rollouts()
         for deployment in self._deployments.values():
             await asyncio.gather(*(r.detach() for r in deployment.replicas.values()))
             deployment.replicas.clear()
@@ -144,6 +158,8 @@ class ControlPlane:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.wait({self._loop_task})
+        # A rollout cut short here is rolled back by the next start.
+        await self._cancel_rollouts()
         async with self._lock:
             replicas = [r for d in self._deployments.values() for r in d.replicas.values()]
             await asyncio.gather(*(r.stop() for r in replicas))
@@ -151,14 +167,25 @@ class ControlPlane:
         await self.backend.close()
         await self.upstream.aclose()
 
+    async def _cancel_rollouts(self) -> None:
+        rollouts = {d.rollout_task for d in self._deployments.values() if d.rollout_task is not None}
+        for task in rollouts:
+            task.cancel()
+        if rollouts:
+            await asyncio.wait(rollouts)
+
     # -- deployments -----------------------------------------------------------
 
     async def create(self, workspace_id: str, spec: DeploymentSpec) -> Deployment:
+        # A secret the spec names but the workspace lacks refuses it now (422),
+        # not later as replicas that cannot start.
+        self.secrets.resolve(workspace_id, set(spec.secret_env().values()))
         spec = await self.images.prepare(workspace_id, spec)
         desired = spec.scaling.min_replicas
         row = self.repository.insert_deployment(workspace_id, spec, desired)
         deployment = Deployment(row.id, workspace_id, spec, desired, last_request=self.clock.now())
         self._deployments[row.id] = deployment
+        self._event(deployment, "revision_created", "revision 1 created")
         async with self._lock:
             try:
                 await self._converge(deployment)
@@ -193,12 +220,159 @@ class ControlPlane:
                 param="replicas",
             )
         async with self._lock:
+            previous = deployment.desired
             self._set_desired(deployment, replicas)
+            if replicas != previous:
+                self._event(deployment, "scaled", f"scaled from {previous} to {replicas} replicas by hand")
             # Counts as activity, so the autoscaler leaves the new count alone for a while.
             deployment.last_request = self.clock.now()
-            deployment.scale_memory.lower_since = None
-            await self._converge(deployment)
+            deployment.scale_memory.reset(self.clock.now(), replicas)
+            if deployment.rolling_out is None:
+                await self._converge(deployment)
         return deployment
+
+    # -- revisions -------------------------------------------------------------
+
+    async def update(self, workspace_id: str, name: str, spec: DeploymentSpec, *, reason: str | None = None) -> Deployment:
+        """Stores `spec` as a new revision and rolls it out in the background: new
+        replicas start, and once all pass their health checks they take the
+        traffic while the old ones drain and stop. A revision whose replicas fail
+        is rolled back: the old replicas go on serving, and the deployment says why."""
+        deployment = self.get(workspace_id, name)
+        if spec.name != deployment.name:
+            raise Invalid("A deployment cannot be renamed; create a new one", code="invalid_name", param="name")
+        if deployment.rolling_out is not None:
+            raise Conflict(
+                f"Revision {deployment.rolling_out} of '{name}' is still rolling out", code="rollout_in_progress"
+            )
+        self.secrets.resolve(workspace_id, set(spec.secret_env().values()))
+        spec = await self.images.prepare(workspace_id, spec)
+        number = self.repository.add_revision(workspace_id, deployment.id, spec, reason)
+        self._event(deployment, "revision_created", f"revision {number} created" + (f" ({reason})" if reason else ""), number)
+        deployment.rolling_out = number
+        deployment.rollout_task = asyncio.create_task(
+            self._roll_out(deployment, number, spec), name=f"roll out {name} revision {number}"
+        )
+        return deployment
+
+    async def rollback(self, workspace_id: str, name: str, number: int | None = None) -> Deployment:
+        """Rolls out again the spec of revision `number` (default: the one served
+        before the current one), as a new revision."""
+        deployment = self.get(workspace_id, name)
+        rows = self.repository.revisions(deployment.id)
+        if number is None:
+            earlier = [r for r in rows if r.status == "superseded" and r.number < deployment.revision]
+            if not earlier:
+                raise Invalid(f"'{name}' has no earlier revision to roll back to", code="no_earlier_revision")
+            number = earlier[-1].number
+        target = next((r for r in rows if r.number == number), None)
+        if target is None:
+            raise NotFound(f"'{name}' has no revision {number}", code="revision_not_found")
+        if number == deployment.revision:
+            raise Invalid(f"'{name}' is serving revision {number} already", code="revision_active", param="revision")
+        spec = DeploymentSpec.model_validate(target.spec)
+        return await self.update(workspace_id, name, spec, reason=f"rollback to revision {number}")
+
+    def revisions(self, workspace_id: str, name: str) -> list[RevisionRow]:
+        return self.repository.revisions(self.get(workspace_id, name).id)
+
+    def events(self, workspace_id: str, name: str, limit: int = 100) -> list[EventRow]:
+        return self.repository.events(self.get(workspace_id, name).id, limit)
+
+    def _restore_revisions(self, deployment: Deployment) -> None:
+        """On start: the active revision's number; a rollout a previous control
+        plane left unfinished is rolled back (its replicas were killed with the
+        rest), and says so."""
+        rows = self.repository.revisions(deployment.id)
+        if not rows:  # a deployment from before revisions were kept
+            self.repository.add_revision(deployment.workspace_id, deployment.id, deployment.spec, None)
+            self.repository.activate_revision(deployment.id, 1, deployment.spec)
+            return
+        active = [r.number for r in rows if r.status == "active"]
+        deployment.revision = active[-1] if active else rows[0].number
+        for row in rows:
+            if row.status == "rolling_out":
+                reason = "the control plane restarted during the rollout"
+                self.repository.fail_revision(deployment.id, row.number, reason)
+                deployment.rollback_reason = f"revision {row.number}: {reason}"
+                self._event(
+                    deployment,
+                    "rolled_back",
+                    f"revision {row.number} rolled back: {reason}; serving revision {deployment.revision}",
+                    row.number,
+                )
+
+    async def _roll_out(self, deployment: Deployment, number: int, spec: DeploymentSpec) -> None:
+        new: list[Replica] = []
+        try:
+            reason = await self._start_revision(deployment, number, spec, new)
+        except TramontaneError as exc:
+            reason = exc.message
+        except asyncio.CancelledError:
+            # Stopping or deleting: the new replicas go with the rest.
+            deployment.rolling_out = deployment.rollout_task = None
+            raise
+        try:
+            if reason is None:
+                await self._promote(deployment, number, spec)
+            else:
+                await self._abandon(deployment, number, new, reason)
+        finally:
+            deployment.rolling_out = deployment.rollout_task = None
+
+    async def _start_revision(
+        self, deployment: Deployment, number: int, spec: DeploymentSpec, new: list[Replica]
+    ) -> str | None:
+        """Starts as many replicas of the new revision as are live now (one at
+        least, so that every revision proves itself); None once all pass their
+        health checks, else why not."""
+        self._event(deployment, "rollout_started", f"rolling out revision {number}", number)
+        count = max(len(deployment.live()), 1, spec.scaling.min_replicas)
+        count = min(count, spec.scaling.max_replicas)
+        async with self._lock:
+            for _ in range(count):
+                new.append(await self._launch(deployment, spec, number))
+        deadline = self.clock.now() + spec.health_check.grace_period_s + _ROLLOUT_SLACK_S
+        while not all(r.ready for r in new):
+            if deployment.deleted:
+                return "the deployment was deleted"
+            if failed := next((r for r in new if r.restarts > 0), None):
+                return f"replica {failed.id} {failed.failure or 'failed'}"
+            if self.clock.now() >= deadline:
+                return f"its replicas were not healthy within {spec.health_check.grace_period_s:g} s"
+            await self.clock.sleep(_POLL_S)
+        return None
+
+    async def _promote(self, deployment: Deployment, number: int, spec: DeploymentSpec) -> None:
+        """The new revision takes the traffic; the old replicas drain, then stop."""
+        async with self._lock:
+            old = [r for r in deployment.replicas.values() if r.revision != number]
+            for replica in old:
+                replica.draining = True
+            deployment.spec, deployment.revision, deployment.rollback_reason = spec, number, None
+            self.repository.activate_revision(deployment.id, number, spec)
+            self._set_desired(deployment, len(deployment.live()))
+            deployment.scale_memory.reset(self.clock.now(), deployment.desired)
+            self._event(deployment, "rolled_out", f"revision {number} is serving", number)
+        deadline = self.clock.now() + _DRAIN_TIMEOUT_S
+        while any(r.in_flight for r in old) and self.clock.now() < deadline:
+            await self.clock.sleep(_POLL_S)
+        async with self._lock:
+            await asyncio.gather(*(self._retire(r) for r in old))
+
+    async def _abandon(self, deployment: Deployment, number: int, new: list[Replica], reason: str) -> None:
+        async with self._lock:
+            await asyncio.gather(*(self._retire(r) for r in new))
+            if deployment.deleted:
+                return
+            self.repository.fail_revision(deployment.id, number, reason)
+            deployment.rollback_reason = f"revision {number}: {reason}"
+            self._event(
+                deployment,
+                "rolled_back",
+                f"revision {number} rolled back: {reason}; serving revision {deployment.revision}",
+                number,
+            )
 
     def logs(self, workspace_id: str, name: str, tail: int = 200) -> str:
         """The last `tail` lines of the deployment's replica logs, oldest file first,
@@ -252,6 +426,7 @@ class ControlPlane:
         """A ready replica with a request slot held on it until the block ends;
         waits (bounded) while the deployment wakes or its replicas start."""
         arrived = deployment.last_request = self.clock.now()
+        deployment.arrivals.record(arrived)
         replica = deployment.pick()
         if replica is None:
             if deployment.queued >= deployment.spec.scaling.max_queued_requests:
@@ -313,26 +488,42 @@ class ControlPlane:
         """One pass over every deployment: scale, converge the replicas on the
         wanted count, and let light sleep that lasted long enough become deep."""
         async with self._lock:
+            now = self.clock.now()
             for deployment in list(self._deployments.values()):
                 deployment.history.record_replicas(len(deployment.live()))
+                if deployment.rolling_out is not None:
+                    continue  # the rollout owns its replicas until it ends
+                if deployment.spec.scaling.target_cpu_percent is not None:
+                    await asyncio.to_thread(self._sample_cpu, deployment, now)
                 self._autoscale(deployment)
                 await self._converge_or_shrink(deployment)
                 await self._deep_sleep_expired(deployment)
 
+    @staticmethod
+    def _sample_cpu(deployment: Deployment, now: float) -> None:
+        for replica in deployment.live():
+            replica.sample_cpu(now)
+
     def _autoscale(self, deployment: Deployment) -> None:
         now = self.clock.now()
-        load = deployment.load()
-        idle_for = 0.0 if load else now - deployment.last_request
+        cpu = [r.cpu_percent for r in deployment.live() if r.ready and r.cpu_percent is not None]
+        load = Load(deployment.load(), deployment.arrivals.rate(now), sum(cpu) / len(cpu) if cpu else None)
+        idle_for = 0.0 if load.in_flight else now - deployment.last_request
         wanted = decide(deployment.spec.scaling, deployment.desired, load, idle_for, now, deployment.scale_memory)
         if wanted != deployment.desired:
-            log.info("scaling %s from %d to %d replicas (load %d)", deployment.name, deployment.desired, wanted, load)
+            why = f"{load.in_flight} in flight, {load.requests_per_s:.1f} requests/s"
+            if load.cpu_percent is not None:
+                why += f", CPU {load.cpu_percent:.0f}%"
+            self._event(deployment, "scaled", f"scaled from {deployment.desired} to {wanted} replicas ({why})")
             self._set_desired(deployment, wanted)
 
     async def _converge_or_shrink(self, deployment: Deployment) -> None:
         try:
             await self._converge(deployment)
-        except NoCapacity as exc:
-            log.warning("cannot scale %s up: %s", deployment.name, exc.message)
+        except Fenced:
+            raise  # another gateway leads: nothing more to record
+        except TramontaneError as exc:  # no room, or a secret it names was deleted
+            self._event(deployment, "scale_failed", f"cannot scale up: {exc.message}")
             self._set_desired(deployment, len(deployment.live()))
 
     async def _converge(self, deployment: Deployment) -> None:
@@ -346,7 +537,7 @@ class ControlPlane:
             if sleeping:
                 await self._wake(max(sleeping, key=lambda r: r.last_used))
             else:
-                await self._launch(deployment)
+                await self._launch(deployment, deployment.spec, deployment.revision)
         excess = len(live) - deployment.desired
         if excess > 0:
             # Not-yet-ready replicas first, then the least recently used.
@@ -381,37 +572,47 @@ class ControlPlane:
         await self._make_room(deployment, waking=replica.id)
         # A replica that fails to wake is UNHEALTHY, still live: its supervisor
         # restarts it, and waiters get it when that is done.
-        await replica.wake()
+        if await replica.wake():
+            self._event(deployment, "woke", f"replica {replica.id} woke from light sleep")
 
-    async def _launch(self, deployment: Deployment) -> None:
+    async def _launch(self, deployment: Deployment, spec: DeploymentSpec, revision: int) -> Replica:
         await self._make_room(deployment)
         replica_id = new_id("rep")
-        replica = self._new_replica(deployment, replica_id)
+        replica = self._new_replica(deployment, replica_id, spec, revision)
         deployment.replicas[replica_id] = replica
         self._on_replica_change(replica)
         replica.start()
+        return replica
 
-    def _new_replica(self, deployment: Deployment, replica_id: str) -> Replica:
+    def _new_replica(self, deployment: Deployment, replica_id: str, spec: DeploymentSpec, revision: int) -> Replica:
         token = hmac.new(self.replica_secret, replica_id.encode(), hashlib.sha256).hexdigest()
+        # The secrets are read now, so a changed value reaches the replicas started after it.
+        secret_env = self._secret_env(deployment.workspace_id, spec)
         return Replica(
             replica_id,
             deployment.id,
-            deployment.spec,
+            spec,
             self.backend,
             self.log_dir / deployment.id / f"{replica_id}.log",
-            self._platform_env(deployment.spec),
+            {**secret_env, **self._platform_env(spec)},
             self._on_replica_change,
             self.clock,
             token=token,
+            revision=revision,
         )
+
+    def _secret_env(self, workspace_id: str, spec: DeploymentSpec) -> dict[str, str]:
+        references = spec.secret_env()
+        values = self.secrets.resolve(workspace_id, set(references.values()))
+        return {variable: values[name] for variable, name in references.items()}
 
     async def _evict(self, replica_id: str) -> None:
         for other in self._deployments.values():
             if (victim := other.replicas.get(replica_id)) is not None:
                 if victim.state is ReplicaState.SLEEPING:
-                    log.info("evicting sleeping replica %s of %s to make room", replica_id, other.name)
+                    self._event(other, "evicted", f"sleeping replica {replica_id} evicted to make room")
                 else:
-                    log.info("evicting idle replica %s of %s to make room", replica_id, other.name)
+                    self._event(other, "evicted", f"idle replica {replica_id} evicted to make room")
                     self._set_desired(other, max(other.desired - 1, 0))
                 await self._retire(victim)
                 return
@@ -420,6 +621,8 @@ class ControlPlane:
         """Light sleep when the deployment keeps sleeping replicas and the replica
         can sleep; a stop otherwise (or when it would not fall asleep)."""
         if replica.ready and replica.can_sleep and replica.spec.scaling.light_sleep_s > 0 and await replica.sleep():
+            if deployment := self._deployments.get(replica.deployment_id):
+                self._event(deployment, "slept", f"replica {replica.id} fell into light sleep")
             return
         await self._retire(replica)
 
@@ -427,7 +630,7 @@ class ControlPlane:
         now = self.clock.now()
         for replica in deployment.sleeping():
             if replica.slept_at is not None and now - replica.slept_at >= deployment.spec.scaling.light_sleep_s:
-                log.info("replica %s of %s goes from light to deep sleep", replica.id, deployment.name)
+                self._event(deployment, "slept", f"replica {replica.id} went from light to deep sleep")
                 await self._retire(replica)
 
     async def _retire(self, replica: Replica) -> None:
@@ -439,6 +642,8 @@ class ControlPlane:
     async def _remove(self, deployment: Deployment) -> None:
         deployment.deleted = True
         deployment.signal_ready()
+        if deployment.rollout_task is not None:
+            deployment.rollout_task.cancel()
         await asyncio.gather(*(self._retire(r) for r in list(deployment.replicas.values())))
         self._deployments.pop(deployment.id, None)
         self.repository.delete_deployment(deployment.id)
@@ -457,6 +662,21 @@ class ControlPlane:
         deployment.desired = desired
         self.repository.set_desired(deployment.id, desired)
 
+    def _event(self, deployment: Deployment, kind: str, message: str, revision: int | None = None) -> None:
+        """Logs and stores an event of the deployment, for its event list."""
+        log.info("deployment %s: %s", deployment.name, message)
+        if deployment.deleted:
+            return
+        self.repository.add_event(
+            EventRow(
+                workspace_id=deployment.workspace_id,
+                deployment_id=deployment.id,
+                kind=kind,
+                message=message,
+                revision=revision if revision is not None else deployment.revision,
+            )
+        )
+
     def _on_replica_change(self, replica: Replica) -> None:
         deployment = self._deployments.get(replica.deployment_id)
         if deployment is None:
@@ -466,6 +686,14 @@ class ControlPlane:
             return
         if replica.state is ReplicaState.RUNNING:
             deployment.signal_ready()
+        if replica.state is ReplicaState.UNHEALTHY:
+            self._event(
+                deployment,
+                "crashed",
+                f"replica {replica.id} {replica.failure or 'failed'}; restart {replica.restarts + 1} "
+                f"in {replica.backoff_s:g} s",
+                replica.revision,
+            )
         handle = replica.handle
         self.repository.save_replica(
             ReplicaRow(
@@ -478,5 +706,6 @@ class ControlPlane:
                 pid_start=handle.pid_start if handle else None,
                 restarts=replica.restarts,
                 log_path=str(replica.log_path),
+                revision=replica.revision,
             )
         )

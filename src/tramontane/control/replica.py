@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from .backends.base import Backend, Pausable, ReplicaHandle
+from .backends.base import Backend, Measurable, Pausable, ReplicaHandle
 from .clock import SYSTEM_CLOCK, Clock, within
 from .spec import DeploymentSpec, Kind
 from .states import ReplicaState, check_transition
@@ -47,8 +47,20 @@ class Replica:
         on_change: StateListener,
         clock: Clock = SYSTEM_CLOCK,
         token: str | None = None,
+        *,
+        revision: int = 1,
     ):
         self.id = replica_id
+        self.revision = revision
+        # Taken out of the router's choice (a rollout replaced it): it finishes
+        # what it has, then stops.
+        self.draining = False
+        # Why it last failed, and how long it waits before starting again.
+        self.failure: str | None = None
+        self.backoff_s = 0.0
+        # CPU use in percent of its reserved CPUs, from the last two samples.
+        self.cpu_percent: float | None = None
+        self._cpu_sample: tuple[float, float] | None = None
         self.deployment_id = deployment_id
         self.spec = spec
         self.log_path = log_path
@@ -130,6 +142,8 @@ class Replica:
                 raise OSError("it failed its health check")
         except OSError as exc:
             log.warning("replica %s did not wake: %s", self.id, exc)
+            self.failure = f"did not wake: {exc}"
+            self.backoff_s = _BACKOFF_FIRST_S
             self._enter(ReplicaState.UNHEALTHY)
             await self._kill()
             return False
@@ -168,6 +182,17 @@ class Replica:
             self._ready.clear()
         self._on_change(self)
 
+    def sample_cpu(self, now: float) -> None:
+        """Updates `cpu_percent` from the CPU time its processes used since the
+        last sample (backends whose handles cannot tell leave it None)."""
+        if self.state is not ReplicaState.RUNNING or not isinstance(self.handle, Measurable):
+            return
+        used = self.handle.cpu_seconds()
+        if self._cpu_sample is not None and now > self._cpu_sample[0]:
+            then, used_then = self._cpu_sample
+            self.cpu_percent = 100.0 * (used - used_then) / (now - then) / self.spec.resources.cpu
+        self._cpu_sample = (now, used)
+
     async def _kill(self) -> None:
         if self.handle is not None:
             await self.handle.stop(_STOP_GRACE_S)
@@ -186,15 +211,17 @@ class Replica:
                 if await self._wait_healthy():
                     self._enter(ReplicaState.RUNNING)
                     failures_in_a_row = 0
-                    await self._watch()
+                    self.failure = await self._watch()
+            failures_in_a_row += 1
             # A replica that failed to wake is UNHEALTHY already.
             if self.state is not ReplicaState.UNHEALTHY:
+                self.backoff_s = min(_BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1), _BACKOFF_MAX_S)
                 self._enter(ReplicaState.UNHEALTHY)
             self.held_memory_mb, self.slept_at = 0, None
+            self.cpu_percent, self._cpu_sample = None, None
             await self._kill()
             self.restarts += 1
-            failures_in_a_row += 1
-            await self._clock.sleep(min(_BACKOFF_FIRST_S * 2 ** (failures_in_a_row - 1), _BACKOFF_MAX_S))
+            await self._clock.sleep(self.backoff_s)
 
     async def _launch(self) -> ReplicaHandle | None:
         try:
@@ -206,24 +233,30 @@ class Replica:
             return await asyncio.shield(self._launching)
         except OSError as exc:
             log.warning("replica %s failed to launch: %s", self.id, exc)
+            self.failure = f"failed to launch: {exc}"
             return None
 
     async def _wait_healthy(self) -> bool:
         assert self.handle is not None
         exited = asyncio.create_task(self.handle.wait())
-        deadline = self._clock.now() + self.spec.health_check.grace_period_s
+        grace = self.spec.health_check.grace_period_s
+        deadline = self._clock.now() + grace
         try:
             while self._clock.now() < deadline and not exited.done():
                 if await self._backend.probe(self.handle, self.spec.health_check):
                     return True
                 await self._clock.sleep(_STARTUP_PROBE_S)
-            log.warning("replica %s did not become healthy", self.id)
+            if exited.done():
+                self.failure = f"exited with status {exited.result()} while starting"
+            else:
+                self.failure = f"did not pass its health check within {grace:g} s"
+            log.warning("replica %s %s", self.id, self.failure)
             return False
         finally:
             exited.cancel()
 
-    async def _watch(self) -> None:
-        """Returns when the process exits (asleep or not) or fails
+    async def _watch(self) -> str:
+        """Returns, saying why, when the process exits (asleep or not) or fails
         `failures_before_restart` checks in a row."""
         assert self.handle is not None
         check = self.spec.health_check
@@ -233,12 +266,13 @@ class Replica:
             while failures < check.failures_before_restart:
                 if await within(self._clock, exited, check.interval_s):
                     log.warning("replica %s exited with status %s", self.id, exited.result())
-                    return
+                    return f"exited with status {exited.result()}"
                 if self.state is ReplicaState.SLEEPING:
                     continue  # frozen: it answers nothing until woken, but its exit still counts
                 healthy = await self._backend.probe(self.handle, check)
                 # It may have fallen asleep while being probed.
                 failures = 0 if healthy or self.state is ReplicaState.SLEEPING else failures + 1
             log.warning("replica %s failed %d health checks", self.id, failures)
+            return f"failed {failures} health checks in a row"
         finally:
             exited.cancel()

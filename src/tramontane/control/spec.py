@@ -13,6 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+# A workspace secret's name: letters, digits, `_`, `-` and `.`, as env-style names are common.
+SECRET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
 # `tramontane up` started through the interpreter running the control plane, so a
 # model deployment needs no console script on PATH.
@@ -61,10 +63,16 @@ class Scaling(_Strict):
     max_replicas: int = Field(default=1, ge=1)
     # In-flight requests one replica should carry; the autoscaler aims for it.
     target_concurrency: float = Field(default=4.0, gt=0)
+    # Also scale on requests per second per replica (averaged over the last 10 s)
+    # and on CPU use, in percent of the CPUs a replica reserves, when set; the
+    # signal asking for the most replicas wins.
+    target_requests_per_s: float | None = Field(default=None, gt=0)
+    target_cpu_percent: float | None = Field(default=None, gt=0, le=1000)
     # Idle seconds before scaling to zero (only when min_replicas is 0).
     scale_to_zero_after_s: float = Field(default=300.0, gt=0)
-    # Load must stay lower this long before replicas are removed, so a short lull
-    # does not throw away warm replicas that the next burst needs.
+    # The stabilisation window: replicas are removed only down to the highest count
+    # wanted during this long, so a short lull does not throw away warm replicas
+    # that the next burst needs, and the count does not flap.
     downscale_delay_s: float = Field(default=30.0, ge=0)
     # Requests allowed to wait for a replica (waking from zero, or all busy
     # starting); more are refused with 503 and Retry-After.
@@ -127,6 +135,14 @@ class GitSource(_Strict):
         return self
 
 
+class SecretRef(_Strict):
+    """An environment variable's value taken from a workspace secret, by name:
+    `env: {DATABASE_URL: {secret: db-url}}`. The value reaches the replica's
+    environment only; the spec keeps the name."""
+
+    secret: str = Field(pattern=SECRET_NAME_PATTERN)
+
+
 class DeploymentSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     kind: Kind = Kind.COMMAND
@@ -145,7 +161,7 @@ class DeploymentSpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     scaling: Scaling = Field(default_factory=Scaling)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str | SecretRef] = Field(default_factory=dict)
     routes: Routes = Field(default_factory=Routes)
 
     @model_validator(mode="after")
@@ -170,6 +186,15 @@ class DeploymentSpec(_Strict):
         if "PORT" in self.env:
             raise ValueError("PORT is chosen by the control plane; remove it from env")
         return self
+
+    def plain_env(self) -> dict[str, str]:
+        """The environment variables given as values (secrets are resolved by the
+        plane and reach the replica through its platform environment)."""
+        return {k: v for k, v in self.env.items() if isinstance(v, str)}
+
+    def secret_env(self) -> dict[str, str]:
+        """Environment variable -> the name of the secret that gives its value."""
+        return {k: v.secret for k, v in self.env.items() if isinstance(v, SecretRef)}
 
     def argv(self) -> list[str]:
         """The replica's command line; $PORT comes from its environment."""

@@ -31,6 +31,7 @@ from ..control.forwarding import FollowerForwarding, forwarding_client
 from ..control.plane import ControlPlane
 from ..control.router import create_router_app
 from ..control.seat import ControlSeat
+from ..control.secrets_api import router as secrets_router
 from ..finetune import api as finetune_api
 from ..finetune.batch_executor import batch_executor
 from ..finetune.moderation import MODERATION_MODEL, moderation_classifier
@@ -173,12 +174,12 @@ def fine_tuning(service: FineTuning, registry: ModelRegistry, metrics: Metrics, 
 
 
 def deployments(plane: ControlPlane, tenancy: Tenancy, seat: ControlSeat | None = None) -> Feature:
-    """`/v1/deployments`, and the deployments' router mounted at `/serve` and in
-    front of the app for requests to the deployments' custom domains. With a
-    `seat` (gateways sharing a database), the plane runs while this gateway
-    leads, and a follower relays all three to the leader."""
+    """`/v1/deployments`, `/v1/secrets`, and the deployments' router mounted at
+    `/serve` and in front of the app for requests to the deployments' custom
+    domains. With a `seat` (gateways sharing a database), the plane runs while
+    this gateway leads, and a follower relays them all to the leader."""
     proxy = create_router_app(plane, tenancy)
-    routes = (Route(deployments_router), Route(domains_router, ERRORS))
+    routes = (Route(deployments_router), Route(domains_router, ERRORS), Route(secrets_router))
     mounts = ((SERVE_PREFIX, proxy),)
     domain_routing = Middleware(DomainRouting, domains=plane.domains, router=proxy)
     if seat is None:
@@ -193,9 +194,13 @@ def deployments(plane: ControlPlane, tenancy: Tenancy, seat: ControlSeat | None 
         await client.aclose()
 
     # Listed after the domain routing, so around it: a follower relays a custom
-    # domain's requests before they would reach its own (idle) router.
+    # domain's requests before they would reach its own (idle) router. Secrets go
+    # to the leader too: only its plane knows which deployments use one.
     forwarding = Middleware(
-        FollowerForwarding, seat=seat, prefixes=(deployments_router.prefix, SERVE_PREFIX), client=client
+        FollowerForwarding,
+        seat=seat,
+        prefixes=(deployments_router.prefix, secrets_router.prefix, SERVE_PREFIX),
+        client=client,
     )
     return Feature(
         "deployments", routes=routes, mounts=mounts, middleware=(domain_routing, forwarding),

@@ -61,6 +61,16 @@ class Pausable(Protocol):
         ...
 
 
+@runtime_checkable
+class Measurable(Protocol):
+    """A handle that can tell the CPU time its processes used: what scaling on CPU
+    needs. Replicas of other backends are scaled on requests only."""
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU seconds used by the replica's processes so far."""
+        ...
+
+
 class Backend(Protocol):
     async def launch(
         self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]

@@ -62,6 +62,23 @@ def group_resident_mb(pgid: int) -> int:
     return -(-total // (1024 * 1024))
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """User plus system CPU time of every process in group `pgid`, in seconds
+    (with what its waited-for children used)."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:  # field 5, pgrp
+                # Fields 14-17: utime, stime, cutime, cstime.
+                ticks += sum(int(f) for f in fields[11:15])
+        except (OSError, IndexError, ValueError):
+            continue  # it exited meanwhile
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class LocalReplica:
     def __init__(self, process: asyncio.subprocess.Process, port: int):
         self._process = process
@@ -99,6 +116,9 @@ class LocalReplica:
 
     def memory_mb(self) -> int:
         return group_resident_mb(self._process.pid)
+
+    def cpu_seconds(self) -> float:
+        return group_cpu_seconds(self._process.pid)
 
     async def stop(self, grace_s: float) -> None:
         if self._process.returncode is None:
@@ -188,7 +208,7 @@ class LocalBackend(HttpReplicaCalls):
         self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
     ) -> LocalReplica | ContainerReplica:
         port = free_port()
-        own_env = {**spec.env, **platform_env, "PORT": str(port), "TRAMONTANE_REPLICA_ID": replica_id}
+        own_env = {**spec.plain_env(), **platform_env, "PORT": str(port), "TRAMONTANE_REPLICA_ID": replica_id}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if spec.kind is Kind.IMAGE:
             return await launch_container(self.podman, replica_id, spec, port, own_env, log_path, process_start_time)

@@ -21,6 +21,7 @@ class MemoryReplica:
     healthy: bool = True
     paused: bool = False
     memory: int = 100  # resident MiB while paused
+    cpu: float = 0.0  # CPU seconds used so far; a test moves it on
     refuses: set[str] = field(default_factory=set)  # control actions it fails
     stopped: bool = False
     host: str = "memory"
@@ -55,6 +56,9 @@ class MemoryReplica:
 
     def memory_mb(self) -> int:
         return self.memory
+
+    def cpu_seconds(self) -> float:
+        return self.cpu
 
 
 class MemoryBackend:

@@ -71,7 +71,7 @@ class ReplicaProcess:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("TRAMONTANE_")}
         env = {
             **inherited,
-            **spec.env,
+            **spec.plain_env(),
             **platform_env,
             "HOST": host,
             "PORT": str(port),
