@@ -125,8 +125,11 @@ class Replica:
             self._enter(ReplicaState.RUNNING)
             return False
         await self.handle.pause()
+        # Asleep since it froze, not since its memory was read (in a worker thread:
+        # late, on a busy host); set last, it also says the measurement is done.
+        frozen_at = self._clock.now()
         self.held_memory_mb = await asyncio.to_thread(self.handle.memory_mb)
-        self.slept_at = self._clock.now()
+        self.slept_at = frozen_at
         self._on_change(self)
         return True
 
