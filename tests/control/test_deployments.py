@@ -64,6 +64,9 @@ async def test_create_route_stream_and_logs(env: Env) -> None:
 async def test_scales_up_under_load_and_back_down(env: Env) -> None:
     body = spec("busy", scaling={"min_replicas": 1, "max_replicas": 3, "target_concurrency": 1})
     assert (await env.client.post("/v1/deployments", json=body)).status_code == 201
+    # The first replica takes the load alone: started together on a busy machine,
+    # the others could otherwise be ready first and take some of it.
+    await _wait_for(lambda: _running(env, "busy") == 1, what="the first replica")
 
     # The load outlasts the new replicas' start (a second or two on a busy machine):
     # once it ends, downscale_delay_s 0 would take them away again at once.

@@ -185,13 +185,13 @@ class ControlPlane:
         row = self.repository.insert_deployment(workspace_id, spec, desired)
         deployment = Deployment(row.id, workspace_id, spec, desired, last_request=self.clock.now())
         self._deployments[row.id] = deployment
-        self._event(deployment, "revision_created", "revision 1 created")
         async with self._lock:
             try:
                 await self._converge(deployment)
             except NoCapacity:
                 await self._remove(deployment)
                 raise
+        self._event(deployment, "revision_created", "revision 1 created")
         return deployment
 
     def list(self, workspace_id: str) -> list[Deployment]:
