@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import socket
 import subprocess
 import sys
@@ -117,6 +119,7 @@ def test_secrets_redeploy_rollback_events_and_follow(server: tuple[str, str], tm
         "command": REPLICA_COMMAND,
         "env": {"APP_VERSION": "1", "GREETING": {"secret": "greeting"}},
         "health_check": {"interval_s": 0.2},
+        "scaling": {"max_replicas": 2, "downscale_delay_s": 600},
     }
     spec_file.write_text(yaml.safe_dump(body))
     assert runner.invoke(cli, ["deploy", str(spec_file), *options]).exit_code == 0
@@ -140,13 +143,37 @@ def test_secrets_redeploy_rollback_events_and_follow(server: tuple[str, str], tm
     follow = subprocess.Popen(
         [sys.executable, "-c", "from tramontane.cli import app; app()", "logs", "-f", "hello", *options],
         stdout=subprocess.PIPE,
-        text=True,
     )
     try:
-        first = follow.stdout.readline()
+        first = _read_line(follow, 30)
         assert first.startswith("[rep_") and "listening on" in first, first
+        # A replica started after the stream began: its first line arrives too.
+        assert runner.invoke(cli, ["scale", "hello", "2", *options]).exit_code == 0
+        deadline = time.monotonic() + 30
+        while not ((line := _read_line(follow, deadline - time.monotonic())) and "listening on" in line):
+            pass
+        assert line.split("]")[0] != first.split("]")[0], (first, line)
     finally:
         follow.kill()
         follow.wait(timeout=10)
     assert runner.invoke(cli, ["delete", "hello", *options]).exit_code == 0
     assert runner.invoke(cli_root, ["secrets", "delete", "greeting", *options]).exit_code == 0
+
+
+_pending: dict[int, bytes] = {}
+
+
+def _read_line(process: subprocess.Popen, timeout_s: float) -> str:
+    """The process's next output line, waiting `timeout_s` at most (read from the
+    pipe itself: a buffered reader could hold lines that select cannot see)."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + max(timeout_s, 0)
+    while b"\n" not in _pending.get(fd, b""):
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        assert ready, "no line in time"
+        chunk = os.read(fd, 65536)
+        assert chunk, "the process ended"
+        _pending[fd] = _pending.get(fd, b"") + chunk
+    line, _pending[fd] = _pending[fd].split(b"\n", 1)
+    return line.decode()

@@ -194,6 +194,10 @@ class ControlPlane:
         self._event(deployment, "revision_created", "revision 1 created")
         return deployment
 
+    def all(self) -> list[Deployment]:
+        """Every workspace's deployments: for the operator's views (metrics)."""
+        return list(self._deployments.values())
+
     def list(self, workspace_id: str) -> list[Deployment]:
         return [d for d in self._deployments.values() if d.workspace_id == workspace_id]
 

@@ -145,11 +145,16 @@ class Replica:
                 raise OSError("it failed its health check")
         except OSError as exc:
             log.warning("replica %s did not wake: %s", self.id, exc)
+            if self.state is not ReplicaState.SLEEPING:
+                return False  # its supervisor saw it die meanwhile, and restarts it
             self.failure = f"did not wake: {exc}"
             self.backoff_s = _BACKOFF_FIRST_S
             self._enter(ReplicaState.UNHEALTHY)
             await self._kill()
             return False
+        if self.state is not ReplicaState.SLEEPING:
+            # It died while being woken (its supervisor restarts it): not awake.
+            return self.ready
         self.held_memory_mb = 0
         self.slept_at = None
         self.last_used = self._clock.now()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -147,6 +148,10 @@ class DeploymentsRouter:
         query = scope.get("query_string", b"")
         # ASGI gives the path decoded; it goes on encoded again.
         target = quote(forward_path, safe=_PATH_SAFE).encode() + (b"?" + query if query else b"")
+        arrived = time.monotonic()
+        # What the client got, for the deployment's request metrics; 499 (nginx's
+        # "client closed request") when it went away before an answer.
+        status = 499
         try:
             async with self.plane.acquire(deployment) as replica:
                 assert replica.handle is not None
@@ -160,12 +165,17 @@ class DeploymentsRouter:
                     raise ReplicaUnavailable(
                         f"Replica {replica.id} of deployment '{deployment.name}' failed: {type(exc).__name__}"
                     ) from exc
+                status = response.status
                 try:
                     await self._relay(response, receive, send)
                 finally:
                     response.release()
         except (APIError, TramontaneError) as exc:
-            await as_api_error(exc).response()(scope, receive, send)
+            error = as_api_error(exc)
+            status = error.status
+            await error.response()(scope, receive, send)
+        finally:
+            deployment.request_stats.observe(status, time.monotonic() - arrived)
 
     async def _relay(self, response: UpstreamResponse, receive: Receive, send: Send) -> None:
         """Sends the upstream response on as it arrives. A client that goes away

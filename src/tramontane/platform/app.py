@@ -99,7 +99,7 @@ def platform_features(
     if finetune is not None:
         listed.append(features.fine_tuning(finetune, registry, metrics, tenancy))
     if control_plane is not None:
-        listed.append(features.deployments(control_plane, tenancy, control_seat))
+        listed.append(features.deployments(control_plane, tenancy, metrics, control_seat))
     if sandboxes is not None:
         listed.append(features.sandboxes(sandboxes, metrics))
     if replica_token is None:

@@ -28,6 +28,7 @@ from ..control.domains import DomainRouting
 from ..control.domains_api import router as domains_router
 from ..control.install import SERVE_PREFIX
 from ..control.forwarding import FollowerForwarding, forwarding_client
+from ..control.metrics import DeploymentCollector
 from ..control.plane import ControlPlane
 from ..control.router import create_router_app
 from ..control.seat import ControlSeat
@@ -173,11 +174,13 @@ def fine_tuning(service: FineTuning, registry: ModelRegistry, metrics: Metrics, 
     return Feature("fine-tuning", routes=routes, state={"finetune": service}, start=service.start, stop=service.stop)
 
 
-def deployments(plane: ControlPlane, tenancy: Tenancy, seat: ControlSeat | None = None) -> Feature:
+def deployments(plane: ControlPlane, tenancy: Tenancy, metrics: Metrics, seat: ControlSeat | None = None) -> Feature:
     """`/v1/deployments`, `/v1/secrets`, and the deployments' router mounted at
     `/serve` and in front of the app for requests to the deployments' custom
-    domains. With a `seat` (gateways sharing a database), the plane runs while
-    this gateway leads, and a follower relays them all to the leader."""
+    domains; each deployment's traffic and replicas on `/metrics`. With a `seat`
+    (gateways sharing a database), the plane runs while this gateway leads, and a
+    follower relays them all to the leader."""
+    metrics.registry.register(DeploymentCollector(plane))
     proxy = create_router_app(plane, tenancy)
     routes = (Route(deployments_router), Route(domains_router, ERRORS), Route(secrets_router))
     mounts = ((SERVE_PREFIX, proxy),)
