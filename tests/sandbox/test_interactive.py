@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tramontane.sandbox import Sandbox
@@ -36,6 +37,37 @@ class Echo(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
     def log_message(self, *args): pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+# A WebSocket echo server on the standard library alone (the sandbox has the host's /usr).
+WS_ECHO_SERVER = r"""
+import base64, hashlib, socketserver, struct, sys
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        lines = []
+        while (line := self.rfile.readline()) not in (b"\r\n", b""):
+            lines.append(line.decode())
+        headers = {l.split(":")[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+        accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"]
+                 + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.wfile.write(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+        self.wfile.write(b"\x81" + bytes([len(lines[0])]) + lines[0].encode())  # the request line, as text
+        while True:
+            head = self.rfile.read(2)
+            if len(head) < 2 or head[0] & 0x0F == 8:
+                return
+            size = head[1] & 0x7F
+            if size == 126:
+                size = struct.unpack(">H", self.rfile.read(2))[0]
+            mask = self.rfile.read(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(size)))
+            if data == b"bye":  # a close of the server's own, with its code and reason
+                self.wfile.write(b"\x88\x06" + struct.pack(">H", 4001) + b"done")
+                return
+            length = bytes([size]) if size < 126 else b"\x7e" + struct.pack(">H", size)
+            self.wfile.write(bytes([0x80 | (head[0] & 0x0F)]) + length + data)
+socketserver.ThreadingTCPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
 """
 
 
@@ -188,6 +220,44 @@ def test_port_by_host_name(live: LiveSandboxes, sbx: Sandbox) -> None:
         assert http.get("/", headers={"Host": "8003-0123456789abcdef0123.sandboxes.test"}).status_code == 404
 
 
+def serve_websocket(sbx: Sandbox, port: int, path: str, timeout: float = 20) -> ClientConnection:
+    """Starts the WebSocket echo server on `port` in the sandbox; a socket to it."""
+    sbx.files.write("ws_echo.py", WS_ECHO_SERVER)
+    sbx.commands.run(f"python3 ws_echo.py {port}", background=True)
+    url = sbx.get_host(port).replace("http://", "ws://") + path
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return connect(url, open_timeout=timeout)
+        except InvalidStatus as exc:  # 502 until it listens
+            assert time.monotonic() < deadline, f"the WebSocket server did not start: {exc.response.body!r}"
+            time.sleep(0.1)
+
+
+def test_websocket_through_a_port(live: LiveSandboxes, sbx: Sandbox) -> None:
+    with serve_websocket(sbx, 8005, "/socket?room=1") as ws:
+        # The server's first frame came with its handshake's answer, and is not lost.
+        assert ws.recv(timeout=15) == "GET /socket?room=1 HTTP/1.1\r\n"
+        ws.send("hello")
+        assert ws.recv(timeout=15) == "hello"
+        ws.send(bytes(range(200)) * 5)
+        assert ws.recv(timeout=15) == bytes(range(200)) * 5
+        ws.send("bye")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=15)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+    # By host name, the server sees itself at the root.
+    platform = httpx.URL(live.url)
+    reach = socket.create_connection((platform.host, platform.port), timeout=15)
+    by_name = f"ws://8005-{sbx.sandbox_id}.sandboxes.test/root?x=2"
+    with connect(by_name, sock=reach, open_timeout=15) as ws:
+        assert ws.recv(timeout=15) == "GET /root?x=2 HTTP/1.1\r\n"
+    refused = sbx.get_host(8006).replace("http://", "ws://") + "/"
+    with pytest.raises(InvalidStatus) as answer:
+        connect(refused, open_timeout=15)
+    assert answer.value.response.status_code == 502
+
+
 def test_port_not_listening_is_a_clear_502(sbx: Sandbox) -> None:
     got = httpx.get(sbx.get_host(8001) + "/", timeout=30)
     assert got.status_code == 502
@@ -241,6 +311,9 @@ def test_port_proxy_reaches_neither_host_ports_nor_other_sandboxes(
     assert httpx.get(f"http://127.0.0.1:{host_server}/").text == "HOST"  # it does listen
     got = httpx.get(sbx.get_host(host_server) + "/", timeout=30)
     assert got.status_code == 502 and "HOST" not in got.text
+    with pytest.raises(InvalidStatus) as upgrade:  # nor through a WebSocket
+        connect(sbx.get_host(host_server).replace("http://", "ws://") + "/", open_timeout=15)
+    assert upgrade.value.response.status_code == 502
     other = live.create(timeout=60)
     try:
         serve(other, 8002)
@@ -305,7 +378,7 @@ def test_metrics_report_cpu_memory_and_disk(sbx: Sandbox) -> None:
 
 
 @pytest.mark.kvm
-def test_terminal_port_watch_and_metrics_in_a_microvm(live_vm: LiveSandboxes) -> None:
+def test_terminal_port_watch_and_metrics_in_a_microvm(live_vm: LiveSandboxes, host_server: int) -> None:
     vm = live_vm.create(template="microvm", timeout=300)
     try:
         with connect(ws_url(live_vm, vm.sandbox_id, "?rows=20&cols=70"), open_timeout=60) as ws:
@@ -316,6 +389,11 @@ def test_terminal_port_watch_and_metrics_in_a_microvm(live_vm: LiveSandboxes) ->
         got = httpx.get(vm.get_host(8000) + "/vm?q=1", timeout=60)
         assert got.status_code == 200 and got.json()["path"] == "/vm?q=1"
         assert httpx.get(vm.get_host(8001) + "/", timeout=60).status_code == 502
+        assert httpx.get(vm.get_host(host_server) + "/", timeout=60).status_code == 502  # not the host's port
+        with serve_websocket(vm, 8005, "/in-vm", timeout=60) as ws:
+            assert ws.recv(timeout=60) == "GET /in-vm HTTP/1.1\r\n"
+            ws.send(b"\x00binary")
+            assert ws.recv(timeout=60) == b"\x00binary"
         handle = vm.files.watch_dir(".")
         try:
             vm.files.write("seen.txt", "x")

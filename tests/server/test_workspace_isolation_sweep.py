@@ -276,21 +276,22 @@ def test_another_workspace_gets_404_on_every_object_route(live_server, owners_ob
     assert tried >= (len(routes) if "sandbox_id" in owners_objects else len(without_sandboxes))
 
 
-def test_another_workspace_cannot_open_a_terminal_over_websocket(live_server, owners_objects):
-    """WebSocket routes are not in the OpenAPI document: the terminal's is tried here."""
+def test_another_workspace_cannot_open_a_sandbox_websocket(live_server, owners_objects):
+    """WebSocket routes are not in the OpenAPI document: the terminal's and a port's are tried here."""
     if "sandbox_id" not in owners_objects:
         pytest.skip("no sandboxes on this host")
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
     stranger = live_server.create_tenant("sweep-ws-stranger", ALL)
-    url = live_server.url.replace("http://", "ws://") + f"/v1/sandboxes/{owners_objects['sandbox_id']}/pty/ws"
-    with pytest.raises(InvalidStatus) as refused:
-        connect(url, additional_headers=stranger.headers, open_timeout=30)
-    assert refused.value.response.status_code == 404
-    with pytest.raises(InvalidStatus) as anonymous:
-        connect(url, open_timeout=30)
-    assert anonymous.value.response.status_code == 401
+    base = live_server.url.replace("http://", "ws://") + f"/v1/sandboxes/{owners_objects['sandbox_id']}"
+    for url in (f"{base}/pty/ws", f"{base}/ports/8000/socket"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(url, additional_headers=stranger.headers, open_timeout=30)
+        assert refused.value.response.status_code == 404, url
+        with pytest.raises(InvalidStatus) as anonymous:
+            connect(url, open_timeout=30)
+        assert anonymous.value.response.status_code == 401, url
 
 
 def test_another_workspace_cannot_reach_a_deployment_by_its_domain(live_server, owners_objects):

@@ -22,6 +22,7 @@ from .api import Manager, Owner, _as_dicts, _read_body, _SandboxRoute, _stream
 from .errors import InvalidArgument
 from .host_routing import HOST_ROUTED
 from .ports import forwarded_headers
+from .ports_ws import proxy_websocket
 from .sandbox import ManagedSandbox
 from .schemas import TerminalBody, TerminalSizeBody
 from .terminal import MAX_INPUT_BYTES
@@ -193,6 +194,26 @@ for _method in PROXIED_METHODS:
         io_router.add_api_route(
             _path, _endpoint, methods=[_method], response_model=None, name=_name, operation_id=_name
         )
+
+
+async def port_socket(
+    websocket: WebSocket, sandbox_id: str, port: Port, who: Owner, manager: Manager, path: str = ""
+) -> None:
+    """A WebSocket to `/{path}` of the server listening on `port` in the sandbox,
+    accepted once that server accepted it (else the HTTP error, e.g. 502)."""
+    query = websocket.url.query
+    target = "/" + path + (f"?{query}" if query else "")
+    offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    try:
+        sandbox = manager.get(sandbox_id, who)
+        await proxy_websocket(websocket, sandbox, port, target, offered)
+    except TramontaneError as exc:
+        if websocket.application_state is WebSocketState.CONNECTING:
+            await websocket.send_denial_response(as_api_error(exc).response())
+
+
+io_router.add_api_websocket_route("/{sandbox_id}/ports/{port}", port_socket)
+io_router.add_api_websocket_route("/{sandbox_id}/ports/{port}/{path:path}", port_socket)
 
 
 # -- file watching
