@@ -16,7 +16,6 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from tramontane.control.backends.memory import MemoryBackend
-from tramontane.control.leadership import Fenced, Lease
 from tramontane.control.models import DeploymentRow
 from tramontane.control.plane import ControlPlane
 from tramontane.control.scheduler import NodeCapacity
@@ -24,6 +23,7 @@ from tramontane.control.seat import ControlSeat
 from tramontane.control.spec import DeploymentSpec
 from tramontane.control.states import ReplicaState
 from tramontane.store import Store, open_store
+from tramontane.store.leases import Fenced, Lease
 from tramontane.tenancy import Capability, Tenancy
 
 TTL_S = 2.0  # short, for quick takeovers; long enough for a busy test machine

@@ -19,7 +19,6 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..control.backends.ray import RayBackend
-from ..control.leadership import DEFAULT_TTL_S, Lease
 from ..control.plane import ControlPlane
 from ..control.seat import ControlSeat
 from ..control.replica import REPLICA_TOKEN_ENV
@@ -29,6 +28,7 @@ from ..inference import ModelRegistry, ModelSpec, default_model_specs
 from ..inference.images import ImageLimits, ImageLoader
 from ..platform.app import MAX_BODY_BYTES, create_app
 from ..sandbox import ManagerConfig, SandboxManager
+from ..store.leases import DEFAULT_TTL_S, Lease
 from ..tenancy import AdmissionLimits, Tenancy
 
 console = Console(stderr=True)

@@ -7,8 +7,8 @@ ones), and a reconcile loop re-decides every deployment's replica count each
 `reconcile_interval_s`.
 
 One control plane per database at a time: when several gateways share it, the
-one holding the control lease runs it (leadership.py) and its writes are fenced
-by the lease's token. `start()` adopts every replica a predecessor (a crashed
+one holding the control lease runs it (seat.py, store/leases.py) and its writes
+are fenced by the lease's token. `start()` adopts every replica a predecessor (a crashed
 process, or a leader that lost its lease) left running and healthy, and kills
 the rest (when still the same local process); `abdicate()` lets go of them
 without stopping them, for the next leader to adopt."""
@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import Conflict, Invalid, NotFound, TramontaneError, Unavailable
 from ..store import HOME_ENV, URL_ENV, Store, tramontane_home
+from ..store.leases import Fenced
 from ..store.types import new_id
 from .autoscaler import Load, decide
 from .backends import Backend, LocalBackend
@@ -38,7 +39,6 @@ from .deployment import Deployment
 from .domains import DomainTable
 from .errors import DeploymentNotFound, NoCapacity
 from .images import Images
-from .leadership import Fenced
 from .models import EventRow, ReplicaRow, RevisionRow
 from .replica import Replica
 from .repository import Repository

@@ -1,7 +1,7 @@
 """Reading and writing the control plane's rows. Synchronous and short: SQLite
 commits take about a millisecond, so the event loop calls these directly.
 
-With a `fence` (a leading gateway's, see leadership.py), every write first
+With a `fence` (a leading gateway's, see store/leases.py), every write first
 checks in its own transaction that the gateway still holds the lease."""
 
 from __future__ import annotations

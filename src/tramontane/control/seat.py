@@ -8,7 +8,7 @@ event loop. A leader that could not renew by its deadline, `ttl_s - margin_s`
 after its last successful renewal's start, abdicates there and then: it stops acting and leaves its replicas
 running for the next leader to adopt. It does so before the lease runs out in
 the database, so two leaders never act at once (and the fencing token refuses
-the writes of one that was paused past that point, see leadership.py).
+the writes of one that was paused past that point, see store/leases.py).
 
 On a clean stop a leader that `hands_over` (gateways sharing a PostgreSQL
 database) abdicates and releases the lease at once, so that another gateway
@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .leadership import Leader, Lease
+from ..store.leases import Leader, Lease
 from .plane import ControlPlane
 
 log = logging.getLogger(__name__)

@@ -4,11 +4,20 @@ Jobs run as asyncio tasks in the server's event loop, their requests a few at a
 time so the engine batches them with live traffic. A job interrupted by a
 server stop runs again from the start at the next start (its output is written
 only when it completes).
+
+With several gateways on one database, a job runs on one of them at a time: the
+one holding its lease (a row named `batch:<id>`, store/leases.py), renewed every
+`SCAN_S` and running out `LEASE_S` after the last renewal. Each gateway scans for
+jobs nobody holds every `SCAN_S`, so the job of a gateway that died runs again
+elsewhere once its lease runs out; every write of a job's runner is fenced by
+the lease's token, so a runner that lost it records nothing. A cancellation
+made through any gateway reaches the runner at its next scan.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -22,6 +31,7 @@ from sqlalchemy import func, select
 
 from ..errors import APIError, Conflict, Invalid, TramontaneError, as_api_error
 from ..store import Store
+from ..store.leases import Fenced, Lease, new_holder_id
 from ..store.types import new_id, utcnow
 from ..tenancy import get_owned, owned
 from .files import FileStore
@@ -34,7 +44,12 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, SUCCESS, FAILED = "QUEUED", "RUNNING", "SUCCESS", "FAILED"
 CANCELLATION_REQUESTED, CANCELLED = "CANCELLATION_REQUESTED", "CANCELLED"
 TERMINAL = frozenset({SUCCESS, FAILED, CANCELLED})
+# A job in one of these needs a runner: to run it, or to record a cancellation
+# that the gateway running it did not live to record.
+_UNFINISHED = (QUEUED, RUNNING, CANCELLATION_REQUESTED)
 CONCURRENT_REQUESTS = 8
+LEASE_S = 30.0
+SCAN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,11 @@ class BatchJobs:
         self.files = files
         self.execute: Executor | None = None  # set when the server installs the API
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._leases: dict[str, Lease] = {}
+        self._lost: set[str] = set()  # jobs whose lease another gateway took
         self._stopping = False
+        self._holder = new_holder_id()
+        self._scanner: asyncio.Task[None] | None = None
 
     # -- API operations --------------------------------------------------------------
 
@@ -169,7 +188,9 @@ class BatchJobs:
             job = self._owned(session, workspace_id, job_id)
             if job.status in TERMINAL:
                 raise Conflict(f"Batch job '{job_id}' is already {job.status}", code="invalid_status")
-            job.status = CANCELLATION_REQUESTED if job.id in self._tasks else CANCELLED
+            # A job running here or on another gateway stops at its runner's next look.
+            running = job.id in self._tasks or job.status == RUNNING
+            job.status = CANCELLATION_REQUESTED if running else CANCELLED
             return job
 
     def delete(self, workspace_id: str, job_id: str) -> dict[str, Any]:
@@ -182,19 +203,68 @@ class BatchJobs:
 
     # -- running ------------------------------------------------------------------------
 
+    async def start(self) -> None:
+        await self.run_pending()
+        self._scanner = asyncio.create_task(self._scan(), name="batch jobs scan")
+
     async def run_pending(self) -> None:
-        """Starts a task for every job waiting to run (new, or interrupted by a stop)."""
+        """Starts a task for every job waiting to run (new, interrupted by a stop, or
+        left by a gateway that died) whose lease this gateway could take."""
 
-        def pending() -> list[str]:
+        def claim() -> list[tuple[str, Lease]]:
             with self.store.session() as session:
-                return list(session.scalars(select(BatchJobRow.id).where(BatchJobRow.status.in_((QUEUED, RUNNING)))))
+                pending = list(
+                    session.scalars(select(BatchJobRow.id).where(BatchJobRow.status.in_(_UNFINISHED)))
+                )
+            claimed = []
+            for job_id in pending:
+                if job_id in self._tasks:
+                    continue
+                lease = Lease(self.store, "", name=f"batch:{job_id}", holder=self._holder, ttl_s=LEASE_S)
+                if lease.try_acquire() is not None:
+                    claimed.append((job_id, lease))
+            return claimed
 
-        for job_id in await anyio.to_thread.run_sync(pending):
-            if job_id not in self._tasks:
-                self._tasks[job_id] = asyncio.create_task(self._run(job_id))
+        for job_id, lease in await anyio.to_thread.run_sync(claim):
+            if self._stopping:
+                await anyio.to_thread.run_sync(lease.release)
+                continue
+            self._leases[job_id] = lease
+            self._tasks[job_id] = asyncio.create_task(self._run(job_id))
+
+    async def _scan(self) -> None:
+        while True:
+            await asyncio.sleep(SCAN_S)
+            try:
+                await self._keep_running()
+                await self.run_pending()
+            except Exception:  # the database is away: try again at the next scan
+                log.exception("cannot scan the batch jobs")
+
+    async def _keep_running(self) -> None:
+        """Renews the leases of the jobs running here, stopping those another
+        gateway took or that were cancelled through another gateway."""
+
+        def look() -> tuple[list[str], list[str]]:
+            lost = [job_id for job_id, lease in list(self._leases.items()) if not lease.renew()]
+            with self.store.session() as session:
+                cancelled = list(session.scalars(select(BatchJobRow.id).where(
+                    BatchJobRow.id.in_(list(self._tasks)), BatchJobRow.status == CANCELLATION_REQUESTED
+                )))
+            return lost, cancelled
+
+        lost, cancelled = await anyio.to_thread.run_sync(look)
+        for job_id in lost:
+            log.warning("batch job %s: another gateway took its lease", job_id)
+            self._lost.add(job_id)
+        for job_id in {*lost, *cancelled}:
+            if (task := self._tasks.get(job_id)) is not None:
+                task.cancel()
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._scanner is not None:
+            self._scanner.cancel()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -203,21 +273,51 @@ class BatchJobs:
         try:
             await self._execute_job(job_id)
         except asyncio.CancelledError:
-            if not self._stopping:
-                await anyio.to_thread.run_sync(self._set, job_id, {"status": CANCELLED, "completed_at": utcnow()})
+            if not self._stopping and job_id not in self._lost:
+                await self._record(job_id, {"status": CANCELLED, "completed_at": utcnow()})
             raise
         except Exception as exc:
+            if _fenced(exc):
+                log.warning("batch job %s: another gateway runs it now", job_id)
+                return
             log.exception("batch job %s failed", job_id)
-            await anyio.to_thread.run_sync(
-                self._set,
-                job_id,
-                {"status": FAILED, "completed_at": utcnow(), "errors": [{"message": str(exc), "count": 1}]},
+            await self._record(
+                job_id, {"status": FAILED, "completed_at": utcnow(), "errors": [{"message": str(exc), "count": 1}]}
             )
         finally:
             self._tasks.pop(job_id, None)
+            self._lost.discard(job_id)
+            if (lease := self._leases.pop(job_id, None)) is not None:
+                # Released at once after a stop: another gateway resumes the job at its
+                # next scan. Otherwise the job is finished and its lease row goes.
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(lease.release if self._stopping else lease.drop)
+
+    async def _record(self, job_id: str, values: dict[str, Any]) -> None:
+        """A final status, unless another gateway runs the job now."""
+        with contextlib.suppress(Fenced):
+            await anyio.to_thread.run_sync(self._set, job_id, values)
+
+    def _begin(self, job_id: str) -> BatchJobRow | None:
+        """Marks the job RUNNING, unless, between the scan that found it and the
+        lease, it finished or was cancelled (through any gateway): then None."""
+        with self.store.write_session() as session:
+            if (lease := self._leases.get(job_id)) is not None:
+                lease.fence(session, lease.token)
+            job = session.get(BatchJobRow, job_id, with_for_update=True)
+            if job is None or job.status in TERMINAL:
+                return None
+            if job.status == CANCELLATION_REQUESTED:
+                job.status, job.completed_at = CANCELLED, utcnow()
+                return None
+            job.status = RUNNING
+            job.started_at = job.started_at or utcnow()
+            return job
 
     def _set(self, job_id: str, values: dict[str, Any]) -> BatchJobRow:
         with self.store.write_session() as session:
+            if (lease := self._leases.get(job_id)) is not None:
+                lease.fence(session, lease.token)
             job = session.get(BatchJobRow, job_id)
             assert job is not None
             for name, value in values.items():
@@ -226,7 +326,9 @@ class BatchJobs:
 
     async def _execute_job(self, job_id: str) -> None:
         assert self.execute is not None, "install the API before running batch jobs"
-        job = await anyio.to_thread.run_sync(self._set, job_id, {"status": RUNNING, "started_at": utcnow()})
+        job = await anyio.to_thread.run_sync(self._begin, job_id)
+        if job is None:
+            return
         requests = await anyio.to_thread.run_sync(self._read_requests, job)
         await anyio.to_thread.run_sync(self._set, job_id, {"total_requests": len(requests)})
         execute = await self.execute(job)
@@ -307,3 +409,10 @@ class BatchJobs:
                 by_message[failure["error"]["message"]] = by_message.get(failure["error"]["message"], 0) + 1
             values["errors"] = [{"message": message, "count": count} for message, count in by_message.items()]
         self._set(job.id, values)
+
+
+def _fenced(exc: BaseException) -> bool:
+    """Whether `exc` is, or (from a task group) holds, a fenced write."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(Fenced) is not None
+    return isinstance(exc, Fenced)

@@ -18,6 +18,9 @@ from .worker import TrainingWorker
 
 log = logging.getLogger(__name__)
 
+# How often a gateway looks for models that other gateways' jobs finished.
+FOLLOW_S = 5.0
+
 MAX_FILE_BYTES = 8 * 1024 * 1024
 
 # on_model_ready(model_id, base_model, adapter_path, job=..., workspace_id=...), plain or async:
@@ -52,19 +55,40 @@ class FineTuning:
         # a classifier job's head to serve; set by the platform, which owns the registry.
         self.on_classifier_ready: ModelReadyHook | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._announced: set[str] = set()  # job ids whose model is served here
+        self._following: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for model in await anyio.to_thread.run_sync(self.worker.ready_models):
             await self._announce(model)
         self.worker.start()
-        await self.batches.run_pending()
+        await self.batches.start()
+        self._following = asyncio.create_task(self._follow_ready_models(), name="fine-tuned models")
 
     async def stop(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
         await self.batches.stop()
         await anyio.to_thread.run_sync(self.worker.stop)  # waits for the current training step
 
+    async def _follow_ready_models(self) -> None:
+        """Serves the models that jobs run by other gateways sharing the database
+        finish (each gateway announces those it trains itself at once)."""
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                ready = await anyio.to_thread.run_sync(self.worker.ready_models, self._announced)
+            except Exception:
+                log.exception("cannot list the fine-tuned models")
+                continue
+            for model in ready:
+                await self._announce(model)
+
     async def _announce(self, model: ReadyModel) -> None:
+        if model.job_id in self._announced:
+            return
+        self._announced.add(model.job_id)
         hook = self.on_classifier_ready if model.job_type == "classifier" else self._on_model_ready
         if hook is None:
             return

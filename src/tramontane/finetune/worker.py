@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from pathlib import Path
 
@@ -80,10 +80,15 @@ class TrainingWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    def ready_models(self) -> list[ReadyModel]:
-        """The adapters of every job that succeeded, to serve again after a restart."""
+    def ready_models(self, known: Collection[str] = ()) -> list[ReadyModel]:
+        """The adapters of every job that succeeded (but the `known` job ids), to
+        serve again after a restart, or as other gateways' jobs finish."""
         with self.store.session() as session:
-            done = session.scalars(select(FineTuningJobRow).where(FineTuningJobRow.status == SUCCESS)).all()
+            done_ids = session.scalars(select(FineTuningJobRow.id).where(FineTuningJobRow.status == SUCCESS)).all()
+            new = [job_id for job_id in done_ids if job_id not in known]
+            if not new:
+                return []
+            done = session.scalars(select(FineTuningJobRow).where(FineTuningJobRow.id.in_(new))).all()
             return [ready_model(self.home, job) for job in done]
 
     def _loop(self) -> None:
@@ -106,12 +111,22 @@ class TrainingWorker:
         abandoned = FineTuningJobRow.modified_at < stale
         with self.store.write_session() as session:
             # A cancellation its dead server never acted on.
-            orphans = select(FineTuningJobRow).where(FineTuningJobRow.status == CANCELLATION_REQUESTED, abandoned)
+            # SKIP LOCKED (PostgreSQL): workers of several gateways never claim one job
+            # twice, nor wait for each other; SQLite's write lock serialises them anyway.
+            orphans = (
+                select(FineTuningJobRow)
+                .where(FineTuningJobRow.status == CANCELLATION_REQUESTED, abandoned)
+                .with_for_update(skip_locked=True)
+            )
             for job in session.scalars(orphans):
                 transition(job, CANCELLED)
             runnable = or_(FineTuningJobRow.status == QUEUED, and_(FineTuningJobRow.status == RUNNING, abandoned))
             job = session.scalars(
-                select(FineTuningJobRow).where(runnable).order_by(FineTuningJobRow.created_at)
+                select(FineTuningJobRow)
+                .where(runnable)
+                .order_by(FineTuningJobRow.created_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
             ).first()
             if job is None:
                 return None

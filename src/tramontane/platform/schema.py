@@ -7,13 +7,12 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 
 from ..agents import models as agents_models
-from ..control import leadership as control_leadership
 from ..control import models as control_models
 from ..finetune import models as finetune_models
 from ..responses import models as responses_models
 from ..store.models import Base
 
-FEATURE_MODELS = (control_models, control_leadership, finetune_models, agents_models, responses_models)
+FEATURE_MODELS = (control_models, finetune_models, agents_models, responses_models)
 
 
 def metadata() -> MetaData:

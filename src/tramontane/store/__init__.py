@@ -7,6 +7,7 @@ SQLite (a file under `~/.tramontane`) is the embedded default; set
 between several server processes.
 """
 
+from . import leases  # noqa: F401  (its table, on Base)
 from .database import HOME_ENV, URL_ENV, Store, database_url, open_store, tramontane_home
 from .migrate import current_revision, upgrade
 from .models import (

@@ -1,5 +1,6 @@
-"""Which of the gateways sharing a database runs the control plane: a lease row
-with a fencing token, in that database.
+"""Leases with fencing tokens, as rows of the database: which of the gateways
+sharing it runs the control plane (the row named "control"), or runs a batch
+job (a row per job).
 
 Every gateway (`tramontane up`) contends for the one row named "control". A
 gateway takes it when the row is free or its lease has run out, which bumps its
@@ -10,9 +11,10 @@ time (measured on its own monotonic clock from the start of its last successful
 renewal), which happens before the database lets anyone else take the row.
 
 That alone does not stop a leader that was paused or cut off and comes back
-believing it still leads. The token does: every write the control plane makes
-runs `Lease.fence` in its own transaction, which reads the row under a share
-lock and refuses the write unless the token is still the writer's. A takeover
+believing it still leads. The token does: every write the control plane (or a
+batch job's runner) makes runs `Lease.fence` in its own transaction, which reads
+the row under a share lock and refuses the write unless the token is still the
+writer's. A takeover
 updates that row, so it waits for such a write to commit, and every write after
 it sees the new token (`Fenced`). On SQLite every write transaction holds the
 database's write lock, which serialises them the same way.
@@ -27,14 +29,14 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, literal_column, select, update
+from sqlalchemy import Float, Integer, String, delete, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ..errors import Unavailable
-from ..store import Store
-from ..store.models import Base
+from .database import Store
+from .models import Base
 
 CONTROL = "control"
 DEFAULT_TTL_S = 3.0
@@ -57,12 +59,10 @@ class LeaseRow(Base):
 
 
 class Fenced(Unavailable):
-    """A write by a control plane whose lease another gateway has since taken."""
+    """A write by a lease's former holder, after another took the lease."""
 
-    def __init__(self) -> None:
-        super().__init__(
-            "This gateway no longer leads the control plane; retry", code="not_leader", retry_after_s=1
-        )
+    def __init__(self, message: str = "This gateway no longer leads the control plane; retry") -> None:
+        super().__init__(message, code="not_leader", retry_after_s=1)
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,19 @@ class Lease:
             connection.execute(statement)
         self.token = None
 
+    def drop(self) -> None:
+        """Deletes the row of a lease this gateway holds and needs no more (a
+        finished job's). Only for leases whose subject is done: a row created
+        again would start its tokens over."""
+        if self.token is None:
+            return
+        statement = delete(LeaseRow).where(
+            LeaseRow.name == self.name, LeaseRow.holder == self.holder, LeaseRow.token == self.token
+        )
+        with self.store.write() as connection:
+            connection.execute(statement)
+        self.token = None
+
     def leader(self) -> Leader | None:
         """The gateway holding an unexpired lease, if any."""
         now = _db_now(self.store)
@@ -158,7 +171,7 @@ class Lease:
             row = connection.execute(statement).first()
         return Leader(row.holder, row.token, row.address) if row is not None else None
 
-    def fence(self, session: Session, token: int) -> None:
+    def fence(self, session: Session, token: int | None) -> None:
         """Raises `Fenced` unless `token` is still the lease's, holding the row
         (share lock) until `session`'s transaction ends."""
         statement = select(LeaseRow.token).where(LeaseRow.name == self.name).with_for_update(read=True)
