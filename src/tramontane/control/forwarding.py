@@ -76,7 +76,7 @@ class FollowerForwarding:
         while True:
             leader = await self._leader(deadline, tried)
             if leader is None and self.seat.leading:  # this gateway took over meanwhile
-                await self.app(scope, _replay(body), send)
+                await self.app(scope, _replay(body, receive), send)
                 return
             if leader is None:
                 await self._refuse(send, "No gateway leads the control plane yet (a takeover is under way)",
@@ -188,17 +188,20 @@ def forwarding_client(timeout_s: float = 600.0) -> httpx.AsyncClient:
     )
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The request's body, already read, then the client's own messages: the app
+    must still learn when the client goes away, and only then (a router relaying
+    a response stops at a disconnect, which would cut the response short)."""
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
 
 
 async def _read_body(receive: Receive) -> bytes:
