@@ -55,13 +55,16 @@ class Echo(socketserver.StreamRequestHandler):
         self.wfile.write(b"\x81" + bytes([len(lines[0])]) + lines[0].encode())  # the request line, as text
         while True:
             head = self.rfile.read(2)
-            if len(head) < 2 or head[0] & 0x0F == 8:
+            if len(head) < 2:
                 return
             size = head[1] & 0x7F
             if size == 126:
                 size = struct.unpack(">H", self.rfile.read(2))[0]
             mask = self.rfile.read(4)
             data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(size)))
+            if head[0] & 0x0F == 8:  # the client's close: its code is noted down
+                open("closed.txt", "w").write(str(struct.unpack(">H", data[:2])[0]) if data else "none")
+                return
             if data == b"bye":  # a close of the server's own, with its code and reason
                 self.wfile.write(b"\x88\x06" + struct.pack(">H", 4001) + b"done")
                 return
@@ -252,6 +255,12 @@ def test_websocket_through_a_port(live: LiveSandboxes, sbx: Sandbox) -> None:
     by_name = f"ws://8005-{sbx.sandbox_id}.sandboxes.test/root?x=2"
     with connect(by_name, sock=reach, open_timeout=15) as ws:
         assert ws.recv(timeout=15) == "GET /root?x=2 HTTP/1.1\r\n"
+        ws.close(code=4002)  # the client's close reaches the server with its code
+    deadline = time.monotonic() + 15
+    while not sbx.files.exists("closed.txt"):
+        assert time.monotonic() < deadline, "the server inside never saw the client's close"
+        time.sleep(0.05)
+    assert sbx.files.read("closed.txt") == "4002"
     refused = sbx.get_host(8006).replace("http://", "ws://") + "/"
     with pytest.raises(InvalidStatus) as answer:
         connect(refused, open_timeout=15)
