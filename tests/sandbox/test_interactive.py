@@ -267,6 +267,16 @@ def test_websocket_through_a_port(live: LiveSandboxes, sbx: Sandbox) -> None:
     assert answer.value.response.status_code == 502
 
 
+def test_websocket_through_a_port_closes_when_the_sandbox_goes(live: LiveSandboxes) -> None:
+    doomed = live.create(timeout=60)
+    with serve_websocket(doomed, 8007, "/") as ws:
+        ws.recv(timeout=15)
+        doomed.kill()
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=15)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+
+
 def test_port_not_listening_is_a_clear_502(sbx: Sandbox) -> None:
     got = httpx.get(sbx.get_host(8001) + "/", timeout=30)
     assert got.status_code == 502
