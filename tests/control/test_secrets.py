@@ -110,6 +110,25 @@ def test_key_file_is_private_and_rotation_reencrypts(env: Env, monkeypatch: pyte
     assert fresh.resolve(env.workspace_id, {"api-token"}) == {"api-token": VALUE}
 
 
+async def test_a_running_server_follows_a_rotation_and_a_bad_key_is_a_503(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    assert (await env.client.post("/v1/secrets", json={"name": "tok", "value": VALUE})).status_code == 201
+    # `tramontane secrets rotate --drop-old`, run beside the server: the server's
+    # keyring no longer holds the key that encrypts the values, until it rereads the file.
+    assert SecretStore(env.store, Keyring(env.home)).rotate(CLI, drop_old=True) == 1
+    assert env.plane.secrets.resolve(env.workspace_id, {"tok"}) == {"tok": VALUE}
+    body = spec("after-rotation", env={"TOKEN": {"secret": "tok"}})
+    assert (await env.client.post("/v1/deployments", json=body)).status_code == 201
+    assert (await env.client.get("/serve/after-rotation/env", params={"name": "TOKEN"})).json()["value"] == VALUE
+
+    (env.home / KEY_FILE).write_text("not a key\n")
+    refused = await env.client.post("/v1/secrets", json={"name": "other", "value": "x"})
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "secrets_key_error", refused.text
+    assert "not a key" not in refused.text
+
+
 def test_key_from_the_environment(env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     monkeypatch.setenv(KEY_ENV, old)

@@ -8,6 +8,9 @@ newest first), which servers sharing one database must set alike; otherwise
 from the file `secrets.key` in the Tramontane home, created 0600 with one key on
 first use, which suits a single host. Rotation puts a new key first and
 re-encrypts every stored value with it; `drop_old` then forgets the others.
+A running server rereads the key file when it changes, so `tramontane secrets
+rotate` needs no restart (an environment keyring does: the environment is read
+once, at start).
 
 Rows are workspace-owned, so erasing a workspace deletes its secrets with it.
 Names and the fact of a change are audited; values never leave this module
@@ -26,7 +29,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..errors import Conflict, NotFound, Unprocessable
+from ..errors import Conflict, NotFound, Unavailable, Unprocessable
 from ..store import Store
 from ..tenancy import audit
 from ..tenancy.audit import Actor
@@ -38,9 +41,13 @@ KEY_FILE = "secrets.key"
 MAX_VALUE_BYTES = 64 * 1024
 
 
-class SecretsKeyError(RuntimeError):
+class SecretsKeyError(Unavailable):
     """The keyring cannot be read or does not decrypt a stored value: an
-    operator's problem (wrong or lost key), not a client's."""
+    operator's problem (wrong or lost key), not a client's (503). The message
+    names no key."""
+
+    def __init__(self, message: str):
+        super().__init__(f"Secrets are unavailable: {message}", code="secrets_key_error")
 
 
 @dataclass(frozen=True)
@@ -57,16 +64,27 @@ class Keyring:
         self.home = home
         # Read on first use, so a server that never stores a secret writes no key file.
         self._loaded: list[str] | None = None
+        # The key file's identity when read: another process rotating rewrites it.
+        self._file_stamp: tuple[int, int] | None = None
 
     @property
     def _keys(self) -> list[str]:
-        if self._loaded is None:
+        if self._loaded is None or (not self.from_env and self._stamp() != self._file_stamp):
             self._loaded = self._load()
         return self._loaded
 
     @_keys.setter
     def _keys(self, keys: list[str]) -> None:
         self._loaded = keys
+        self._file_stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        """The key file's inode and change time: a rewrite (always by rename) changes both."""
+        try:
+            found = self.path.stat()
+        except OSError:
+            return None
+        return found.st_ino, found.st_mtime_ns
 
     @property
     def from_env(self) -> bool:
@@ -102,7 +120,11 @@ class Keyring:
         else:
             if not self.path.exists():
                 _create_key_file(self.path)
-            keys = [line.strip() for line in self.path.read_text().splitlines() if line.strip()]
+            self._file_stamp = self._stamp()
+            try:
+                keys = [line.strip() for line in self.path.read_text().splitlines() if line.strip()]
+            except OSError as exc:
+                raise SecretsKeyError(f"cannot read the key file {self.path}: {exc.strerror}") from None
         if not keys:
             raise SecretsKeyError("no secrets key configured")
         return keys
