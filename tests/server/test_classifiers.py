@@ -96,3 +96,21 @@ def test_precision_and_recall_on_the_held_out_set(mistral: Mistral) -> None:
     fn = sum(len(t - p) for p, t in zip(predicted, truth))
     precision, recall = tp / (tp + fp), tp / (tp + fn)
     assert len(rows) == 74 and precision >= 0.9 and recall >= 0.8, (precision, recall)
+
+
+def test_a_chat_model_moderates_by_constrained_verdicts(mistral: Mistral, http: httpx.Client) -> None:
+    """Any served chat model is a zero-shot moderation model: each category's score is
+    its probability of "yes" to that category's question, under a yes/no grammar."""
+    response = mistral.classifiers.moderate(model=DEFAULT_CHAT_MODEL_NAME, inputs=[THREAT, BENIGN])
+    assert response.model == DEFAULT_CHAT_MODEL_NAME and len(response.results) == 2
+    scores = [result.category_scores for result in response.results]
+    for result, row in zip(response.results, scores):
+        assert set(row) == set(CATEGORIES) and all(0.0 <= value <= 1.0 for value in row.values())
+        assert result.categories == {category: value >= 0.5 for category, value in row.items()}
+    # Graded, not a bare verdict: the model's probability, read under the grammar's mask.
+    assert any(0.0 < value < 1.0 for row in scores for value in row.values()), scores
+    turn = {"role": "user", "content": THREAT}
+    chat = mistral.classifiers.moderate_chat(model=DEFAULT_CHAT_MODEL_NAME, inputs=[turn])
+    assert chat.results[0].category_scores == pytest.approx(scores[0], abs=0.02)  # the same prompts
+    too_many = http.post("/v1/moderations", json={"model": DEFAULT_CHAT_MODEL_NAME, "input": ["x"] * 33})
+    assert too_many.status_code == 413 and "32" in too_many.json()["error"]["message"]

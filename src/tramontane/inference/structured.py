@@ -136,6 +136,12 @@ class GrammarCompiler:
             return None
         return self._factory(self._json_grammar(schema, _is_strict(response_format)), "response_format")
 
+    def choice_factory(self, options: tuple[str, ...]) -> Callable[[], GrammarConstraint]:
+        """A factory of constraints that let the output be exactly one of `options`
+        (a verdict: "yes" or "no"), nothing before or after it."""
+        lark = "start: " + " | ".join(json.dumps(option) for option in options)
+        return self._factory(llguidance.LLMatcher.grammar_from_lark(lark), "choice")
+
     def _json_grammar(self, schema: dict, strict: bool) -> str:
         try:
             defaults = {**_JSON_STYLE, "lenient": not strict}
