@@ -11,7 +11,8 @@ from console_helpers import Platform, has_bwrap, no_script_errors, seed_usage, s
 
 pytestmark = pytest.mark.slow
 
-
+# Long enough for the page's 3-second poll to see the run between checkpoints.
+LIVE_RUN_STEPS = 20
 
 
 
@@ -62,7 +63,8 @@ def test_an_image_reaches_the_api_and_a_text_only_models_refusal_is_shown(page, 
     sign_in(page, tenant.key)
     picture = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(picture, format="PNG")
-    page.set_input_files("#pg-image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": picture.getvalue()}])
+    red = {"name": "red.png", "mimeType": "image/png", "buffer": picture.getvalue()}
+    page.set_input_files("#pg-image", files=[red])
     requests = []
     page.on("request", lambda r: requests.append(r.post_data or "") if r.url.endswith("/playground/chat") else None)
     page.fill("#pg-input", "What colour is this square?")
@@ -166,7 +168,7 @@ def test_run_a_command_and_upload_a_file_in_a_sandbox(page, platform: Platform, 
     no_script_errors(page)
 
 
-def test_a_bad_training_file_gets_line_numbered_errors(page, platform: Platform, screenshots, tmp_path):
+def test_a_bad_training_file_is_refused_and_a_run_is_followed_live(page, platform: Platform, screenshots, tmp_path):
     tenant = platform.create_tenant("browser-finetune", ("fine-tune", "inference"))
     sign_in(page, tenant.key)
     page.goto("/fine-tuning")
@@ -185,19 +187,31 @@ def test_a_bad_training_file_gets_line_numbered_errors(page, platform: Platform,
     page.set_input_files("#upload-training input[type=file]", str(fixed))
     page.click("#upload-training button[type=submit]")
     page.wait_for_selector("#training-files >> text=fixed.jsonl")
-    page.fill("#create-job input[name=training_steps]", "2")
+    page.fill("#create-job input[name=training_steps]", str(LIVE_RUN_STEPS))
     page.click("#create-job button[type=submit]")
     page.wait_for_url("**/fine-tuning/jobs/*")
     assert page.inner_text("#job-status") in ("QUEUED", "RUNNING", "VALIDATED", "SUCCESS")
-    # The page polls the job until it ends: a finished run shows its whole loss curve.
+    # The page polls the job until it ends: note what each refresh of it shows.
+    page.evaluate("""() => {
+        // The points each refresh brought (the chart is redrawn from them once it has settled).
+        const points = () => JSON.parse(document.getElementById('loss-chart')?.dataset.chart ?? '{"labels": []}');
+        const seen = () => ({status: document.getElementById('job-status').textContent, points: points().labels.length});
+        window.__refreshes = [seen()];
+        document.body.addEventListener('htmx:afterSettle', () => window.__refreshes.push(seen()));
+    }""")
     wait_until(page, "() => document.getElementById('job-status').textContent === 'SUCCESS'", timeout=300)
     wait_until(page, "() => !!Chart.getChart(document.getElementById('loss-chart'))")
     curve = page.evaluate("""() => {
         const chart = Chart.getChart(document.getElementById('loss-chart'));
         return {steps: chart.data.labels, loss: chart.data.datasets[0].data, label: chart.data.datasets[0].label};
     }""")
-    assert curve["steps"] == [1, 2] and curve["label"] == "train loss"
+    # One point per checkpoint (five per job), the curve drawn while the run went on.
+    assert curve["steps"] == [4, 8, 12, 16, 20] and curve["label"] == "train loss"
     assert all(isinstance(value, float) and 0 < value < 100 for value in curve["loss"]), curve
+    refreshes = page.evaluate("window.__refreshes")
+    assert any(r["status"] == "RUNNING" and 0 < r["points"] < 5 for r in refreshes), json.dumps(refreshes)
+    points = [r["points"] for r in refreshes]
+    assert points == sorted(points), refreshes
     assert page.locator("#job-live a", has_text="Use in the playground").count() == 1
     shot(page, screenshots, "fine-tuning-job")
     no_script_errors(page)
