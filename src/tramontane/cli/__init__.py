@@ -5,6 +5,7 @@ import typer
 from ..control import cli as control_cli
 from ..control import domains_cli
 from ..control.build_cli import build
+from ..evaluations import cli as evaluations_cli
 from ..finetune import cli as finetune_cli
 from ..sandbox.templates import cli as templates_cli
 from ..tenancy import cli as tenancy_cli
@@ -27,5 +28,6 @@ app.add_typer(finetune_cli.app, name="finetune")
 sandbox_app = typer.Typer(help="Sandboxes: their templates.", no_args_is_help=True)
 sandbox_app.add_typer(templates_cli.app, name="template")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(evaluations_cli.app, name="eval")
 
 __all__ = ["app"]

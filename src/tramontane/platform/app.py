@@ -98,6 +98,9 @@ def platform_features(
         listed.append(features.replica_control(registry, replica_token))
     if finetune is not None:
         listed.append(features.fine_tuning(finetune, registry, metrics, tenancy))
+        if replica_token is None:
+            agents = next(f for f in listed if f.name == "agents").state["agents"]
+            listed.append(features.evaluations(tenancy, finetune, registry, metrics, agents))
     if control_plane is not None:
         listed.append(features.deployments(control_plane, tenancy, metrics, control_seat))
     if sandboxes is not None:

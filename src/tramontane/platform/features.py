@@ -33,6 +33,8 @@ from ..control.plane import ControlPlane
 from ..control.router import create_router_app
 from ..control.seat import ControlSeat
 from ..control.secrets_api import router as secrets_router
+from ..evaluations import api as evaluations_api
+from ..evaluations.service import Evaluations
 from ..finetune import api as finetune_api
 from ..finetune.batch_executor import batch_executor
 from ..finetune.moderation import MODERATION_MODEL, moderation_classifier
@@ -156,6 +158,21 @@ def document_ai(reader: DocumentReader) -> Feature:
     """`/v1/ocr`: PDFs and images to pages of Markdown (uploaded files through the
     fine-tuning feature's file store, when the platform has one)."""
     return Feature("document-ai", routes=(Route(ocr.router, ERRORS),), state={"document_reader": reader})
+
+
+def evaluations(
+    tenancy: Tenancy, finetune: FineTuning, registry: ModelRegistry, metrics: Metrics, agents: AgentsService | None
+) -> Feature:
+    """Evaluation and red-team jobs over the Files API's datasets, calling the
+    registry's models and the workspace's agents (with their real tools)."""
+    service = Evaluations(tenancy, finetune.files, registry, metrics, agents)
+    return Feature(
+        "evaluations",
+        routes=(Route(evaluations_api.router, ERRORS),),
+        state={"evaluations": service},
+        start=service.start,
+        stop=service.stop,
+    )
 
 
 def responses(tenancy: Tenancy) -> Feature:

@@ -9,11 +9,19 @@ from sqlalchemy import MetaData
 from ..agents import models as agents_models
 from ..console import sessions as console_sessions
 from ..control import models as control_models
+from ..evaluations import models as evaluations_models
 from ..finetune import models as finetune_models
 from ..responses import models as responses_models
 from ..store.models import Base
 
-FEATURE_MODELS = (control_models, finetune_models, agents_models, responses_models, console_sessions)
+FEATURE_MODELS = (
+    control_models,
+    finetune_models,
+    agents_models,
+    responses_models,
+    console_sessions,
+    evaluations_models,
+)
 
 
 def metadata() -> MetaData:
