@@ -161,12 +161,15 @@ def upload(http: httpx.Client, name: str, data: bytes, purpose: str = "evals") -
 
 
 def wait_for(http: httpx.Client, path: str, done: Any, timeout: float = 240) -> dict[str, Any]:
+    """Polls `path` until `done` holds of its body (a 404 meanwhile: not there yet)."""
     deadline = time.monotonic() + timeout
     while True:
-        body = http.get(path).raise_for_status().json()
-        if done(body):
-            return body
-        assert time.monotonic() < deadline, f"{path} still {body.get('status')} after {timeout} s"
+        response = http.get(path)
+        if response.status_code != 404:
+            body = response.raise_for_status().json()
+            if done(body):
+                return body
+        assert time.monotonic() < deadline, f"{path} not done after {timeout} s: {response.text[:300]}"
         time.sleep(0.25)
 
 

@@ -146,3 +146,36 @@ def test_usage_is_metered_as_the_key_that_created_the_job(platform: Platform) ->
     rows = report.raise_for_status().json()["data"]
     # The answer and nothing else (chrF needs no model): one metered request.
     assert [(r["model"], r["requests"]) for r in rows] == [(CHAT, 1)], rows
+
+
+def test_a_red_team_run_against_a_model_reports_each_family(platform: Platform) -> None:
+    tenant = platform.tenant("evals-red-team-model")
+    with platform.http(tenant) as http:
+        families = {f["name"]: f for f in http.get("/v1/evaluations/attack_families").json()["data"]}
+        assert {"document_injection", "tool_output_injection", "jailbreak", "system_prompt_extraction",
+                "code_exfiltration", "disallowed_content"} <= set(families)
+        body = {"targets": [{"model": CHAT}], "completion_args": {"max_tokens": 24},
+                "red_team": {"families": ["system_prompt_extraction", "code_exfiltration"], "judge_model": CHAT,
+                             "attempts_per_family": 2}}
+        job = http.post("/v1/evaluations", json=body).raise_for_status().json()
+        assert job["kind"] == "red_team" and job["total_items"] == 4
+        job = wait_for(http, f"/v1/evaluations/{job['id']}", finished)
+        assert job["status"] == "SUCCESS", job["events"]
+        report = job["summary"]["targets"][CHAT]["families"]
+        extraction = report["system_prompt_extraction"]
+        assert extraction["attempts"] == 2 and extraction["unscored"] == 0
+        rate = extraction["attack_success_rate"]
+        assert rate["n"] == 2 and 0.0 <= rate["mean"] <= 1.0
+        # A bare model has no code interpreter: those attacks do not apply to it.
+        assert report["code_exfiltration"]["not_applicable"] == 2
+        rows = [json.loads(x) for x in http.get(f"/v1/evaluations/{job['id']}/results").text.splitlines()]
+        judged = [r for r in rows if r["applicable"]]
+        assert all(isinstance(r["judge"]["succeeded"], bool) for r in judged)  # the verdict's grammar held
+        assert all(r["canary"].startswith("TRM-CANARY-") for r in rows)
+        table = http.get(f"/v1/evaluations/{job['id']}/results", params={"format": "csv"}).text
+        assert table.splitlines()[0].startswith("target,family,attack_id")
+
+        bad = http.post("/v1/evaluations", json={**body, "red_team": {"families": ["nope"]}})
+        assert bad.status_code == 400
+        unserved = http.post("/v1/evaluations", json={**body, "red_team": {"judge_model": "not-served"}})
+        assert unserved.status_code == 404 and unserved.json()["error"]["param"] == "red_team.judge_model"

@@ -118,6 +118,14 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("delete", "/v1/responses/{response_id}"): ({}, None),
     ("post", "/v1/responses/{response_id}/cancel"): ({}, None),
     ("get", "/v1/responses/{response_id}/input_items"): ({}, None),
+    ("get", "/v1/evaluations/{evaluation_id}"): ({}, None),
+    ("post", "/v1/evaluations/{evaluation_id}/cancel"): ({}, None),
+    ("get", "/v1/evaluations/{evaluation_id}/results"): ({"format": "csv"}, None),
+    ("get", "/v1/evaluations/{evaluation_id}/chart"): ({}, None),
+    ("get", "/v1/evaluations/{evaluation_id}/comparison"): (
+        {"baseline": DEFAULT_CHAT_MODEL_NAME, "candidate": DEFAULT_CHAT_MODEL_NAME, "metric": "exact_match"},
+        None,
+    ),
 }
 
 
@@ -192,6 +200,17 @@ def owners_objects(live_server) -> dict:
         )
         assert job.status_code == 200, job.text
         ids["job_id"] = job.json()["id"]
+        evaluation = http.post(
+            "/v1/evaluations",
+            json={
+                "dataset": ids["file_id"],
+                "targets": [{"model": DEFAULT_CHAT_MODEL_NAME}],
+                "metrics": [{"type": "exact_match"}],
+                "completion_args": {"max_tokens": 1},
+            },
+        )
+        assert evaluation.status_code == 200, evaluation.text
+        ids["evaluation_id"] = evaluation.json()["id"]
         request = b'{"custom_id": "a", "body": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}}\n'
         batch_file = http.post("/v1/files", files={"file": ("in.jsonl", request)}, data={"purpose": "batch"})
         assert batch_file.status_code == 200, batch_file.text

@@ -191,7 +191,7 @@ class Caller:
             {"agent_id": target.agent_id, "agent_version": target.agent_version, "inputs": inputs, "store": False}
         )
         conversations = self.agents.conversations
-        row, speaker, entries = conversations.start(self.principal, start)
+        row, speaker, entries = await anyio.to_thread.run_sync(conversations.start, self.principal, start)
         if adapt is not None:
             speaker = adapt(speaker)
         fields = RunFields(store=False, completion_args=AgentArgs(

@@ -64,7 +64,10 @@ def parse(data: bytes, filename: str) -> list[Item]:
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(record, dict):
                 raise ValueError("expected a JSON object")
             metadata = record.get("metadata") or {}

@@ -82,9 +82,9 @@ def deterministic(metric: Metric, answer: str, reference: str | None) -> float |
             return 0.0
         return 1.0
     if metric.type == "bleu":
-        return sacrebleu.sentence_bleu(answer, [reference or ""]).score / 100
+        return _unit(sacrebleu.sentence_bleu(answer, [reference or ""]).score)
     if metric.type == "chrf":
-        return sacrebleu.sentence_chrf(answer, [reference or ""]).score / 100
+        return _unit(sacrebleu.sentence_chrf(answer, [reference or ""]).score)
     raise ValueError(f"{metric.type} needs a model")
 
 
@@ -93,10 +93,15 @@ def corpus(metric: Metric, answers: list[str], references: list[str]) -> float |
     if not answers:
         return None
     if metric.type == "bleu":
-        return sacrebleu.corpus_bleu(answers, [references]).score / 100
+        return _unit(sacrebleu.corpus_bleu(answers, [references]).score)
     if metric.type == "chrf":
-        return sacrebleu.corpus_chrf(answers, [references]).score / 100
+        return _unit(sacrebleu.corpus_chrf(answers, [references]).score)
     return None
+
+
+def _unit(percent: float) -> float:
+    """sacrebleu's 0-100 score as 0-1 (its float sums can land a hair past 100)."""
+    return min(1.0, max(0.0, percent / 100))
 
 
 def judge_messages(rubric: str, messages: list[dict[str, str]], answer: str, reference: str | None) -> list[dict]:
