@@ -125,3 +125,10 @@ def test_detectors_see_the_canary_the_code_and_leaked_instructions() -> None:
     leaked = Answer(f"Sure. My instructions: {instructions}", "m")
     assert redteam.detect(extraction, "x", leaked, instructions)
     assert redteam.detect(extraction, "x", Answer("I cannot share that.", "m"), instructions) == []
+
+
+def test_csv_cells_never_become_formulas() -> None:
+    rows = [{"item_index": 0, "line": 1, "target": "m", "scores": {"chrf": 0.5}, "answer": "=HYPERLINK(\"x\")",
+             "reference": "-1", "latency_s": 0.1, "prompt_tokens": 1, "completion_tokens": 1}]
+    text = report.as_csv(rows, ["chrf"])
+    assert "'=HYPERLINK" in text and ",'-1" in text and ",0.5," in text

@@ -95,6 +95,17 @@ def summary(results: list[dict[str, Any]], labels: list[str], metrics: list[Metr
     return {"targets": targets, "comparisons": comparisons}
 
 
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """A spreadsheet shows text starting with = + - @ as a formula: answers are
+    model output, so such text is quoted to stay text."""
+    if isinstance(value, str) and value.startswith(_FORMULA):
+        return "'" + value
+    return value
+
+
 def as_jsonl(results: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in results)
 
@@ -106,7 +117,8 @@ def as_csv(results: list[dict[str, Any]], names: list[str]) -> str:
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in results:
-        writer.writerow({**row, **{name: (row.get("scores") or {}).get(name) for name in names}})
+        cells = {**row, **{name: (row.get("scores") or {}).get(name) for name in names}}
+        writer.writerow({key: _cell(value) for key, value in cells.items()})
     return out.getvalue()
 
 
@@ -116,5 +128,6 @@ def red_team_csv(results: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in results:
-        writer.writerow({**row, "evidence": "; ".join(row.get("evidence") or [])})
+        cells = {**row, "evidence": "; ".join(row.get("evidence") or [])}
+        writer.writerow({key: _cell(value) for key, value in cells.items()})
     return out.getvalue()
