@@ -48,7 +48,7 @@ filter_list:
     filter:
       # The answer's last capitalised word: "The capital of France is Paris." -> Paris
       - function: regex
-        regex_pattern: "(?s).*\\b([A-Z][a-z]+)"
+        regex_pattern: '(?s).*\\b([A-Z][a-z]+)'
       - function: take_first
 metric_list:
   - metric: exact_match

@@ -85,22 +85,23 @@ def platform_features(
     """The features of the platform, in the order their routes are matched and
     their services start (see `create_app` for the arguments)."""
     listed = [features.inference_api(registry, metrics)]
+    agents: features.Feature | None = None
     if replica_token is None:
         reader = DocumentReader()
         listed.append(features.admin(tenancy))
         listed.append(features.moderation(registry, tenancy.home))
         listed.append(features.document_ai(reader))
-        listed.append(
-            features.agents(tenancy, registry, agent_backend, metrics, sandboxes, agent_sandbox_idle_timeout_s, reader)
+        agents = features.agents(
+            tenancy, registry, agent_backend, metrics, sandboxes, agent_sandbox_idle_timeout_s, reader
         )
+        listed.append(agents)
         listed.append(features.responses(tenancy))
     else:
         listed.append(features.replica_control(registry, replica_token))
     if finetune is not None:
         listed.append(features.fine_tuning(finetune, registry, metrics, tenancy))
-        if replica_token is None:
-            agents = next(f for f in listed if f.name == "agents").state["agents"]
-            listed.append(features.evaluations(tenancy, finetune, registry, metrics, agents))
+        if agents is not None:  # evaluations need the Files API; their targets include agents
+            listed.append(features.evaluations(tenancy, finetune, registry, metrics, agents.state["agents"]))
     if control_plane is not None:
         listed.append(features.deployments(control_plane, tenancy, metrics, control_seat))
     if sandboxes is not None:
