@@ -20,6 +20,7 @@ from ..store.types import utcnow
 from ..tenancy import Principal, get_owned, not_found, owned
 from ..tenancy.directory import workspace_dir
 from .documents import DEFAULT_CHUNK_SIZE, MAX_DOCUMENT_BYTES, extension_of, passages
+from .documents import Passage as Chunk
 from .models import ChunkRow, DocumentRow, LibraryRow
 from .vector_index import VectorIndex
 
@@ -107,10 +108,29 @@ class Libraries:
             raise TooLarge(f"Documents are limited to {MAX_DOCUMENT_BYTES} bytes", code="request_too_large")
         read = await self._reader.read(data, name, content_type)
         require_text(read, name)
-        text = read.text
         chunks = passages(read, library.chunk_size)
         entry = self._registry.embedding(library.embedding_model)
         vectors, tokens = await self._embed(entry, [c.text for c in chunks]) if chunks else (np.zeros((0, entry.model.dim)), 0)
+        # The write runs in a worker thread, index included: SQLite's write lock is
+        # held until the index is written, and a writer on the event loop waiting
+        # for that lock would stall the loop the thread needs to hand it back.
+        return await anyio.to_thread.run_sync(
+            self._add_document, principal, library, entry, name, content_type, data, read.text, chunks, vectors, tokens
+        )
+
+    def _add_document(
+        self,
+        principal: Principal,
+        library: LibraryRow,
+        entry: EmbeddingEntry,
+        name: str,
+        content_type: str | None,
+        data: bytes,
+        text: str,
+        chunks: list[Chunk],
+        vectors: np.ndarray,
+        tokens: int,
+    ) -> DocumentRow:
         with self._store.write_session() as session:
             document = DocumentRow(
                 workspace_id=principal.workspace_id,
@@ -140,7 +160,7 @@ class Libraries:
             session.add_all(rows)
             session.flush()
             # Indexed inside the transaction: if indexing fails, the document is not kept.
-            await anyio.to_thread.run_sync(self._index(library, entry).add, [r.id for r in rows], vectors)
+            self._index(library, entry).add([r.id for r in rows], vectors)
         return document
 
     def documents(self, principal: Principal, library_id: str) -> list[DocumentRow]:
