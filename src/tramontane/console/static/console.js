@@ -174,7 +174,15 @@
       try { body = settings(); image = await readImage(); } catch (e) { showError(e.message); return; }
       const content = image ? [{ type: "text", text: text }, { type: "image_url", image_url: { url: image } }] : text;
       history.push({ role: "user", content: content });
-      bubble("user", text + (image ? "  [image]" : ""));
+      const asked = bubble("user", text);
+      if (image) {
+        // The picture as sent (a data: URL, which the CSP's img-src allows), small.
+        const thumbnail = document.createElement("img");
+        thumbnail.className = "thumbnail";
+        thumbnail.alt = "the attached image";
+        thumbnail.src = image;
+        asked.after(thumbnail);
+      }
       body.messages = messages();
       input.value = "";
       send.disabled = true;
@@ -247,6 +255,8 @@
         const assistant = { role: "assistant", content: reply };
         if (toolCalls.length) assistant.tool_calls = toolCalls;
         history.push(assistant);
+        // The image is in the conversation now: the next question is not sent with a second copy.
+        if (image) document.getElementById("pg-image").value = "";
         if (usage) {
           stat("prompt_tokens", String(usage.prompt_tokens));
           stat("completion_tokens", String(usage.completion_tokens));
