@@ -1,5 +1,9 @@
 """Document libraries: documents are chunked, embedded with the server's embedding
-model and indexed per library; `search` finds the passages nearest a query."""
+model and indexed per library; `search` finds the passages nearest a query.
+
+The index is a sqlite-vec file per library under the home (vector_index.py, the
+embedded default) or, when the store is PostgreSQL, rows of the database that
+every gateway sharing it searches (shared_index.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 import anyio.to_thread
 import numpy as np
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 
 from ..docai import DocumentReader
 from ..docai.extract import require_text
@@ -21,7 +26,8 @@ from ..tenancy import Principal, get_owned, not_found, owned
 from ..tenancy.directory import workspace_dir
 from .documents import DEFAULT_CHUNK_SIZE, MAX_DOCUMENT_BYTES, extension_of, passages
 from .documents import Passage as Chunk
-from .models import ChunkRow, DocumentRow, LibraryRow
+from .models import ChunkRow, ChunkVectorRow, DocumentRow, LibraryRow
+from .shared_index import SharedIndex, changed, unit_rows
 from .vector_index import VectorIndex
 
 
@@ -39,11 +45,22 @@ class Passage:
 
 
 class Libraries:
-    def __init__(self, store: Store, registry: ModelRegistry, home: Path, reader: DocumentReader):
+    def __init__(
+        self,
+        store: Store,
+        registry: ModelRegistry,
+        home: Path,
+        reader: DocumentReader,
+        *,
+        shared: SharedIndex | None = None,
+    ):
+        """`shared`: the index in the database; by default, whenever the store is
+        PostgreSQL (which several gateways may share)."""
         self._store = store
         self._registry = registry
         self._home = home
         self._reader = reader
+        self._shared = shared if shared is not None or store.is_sqlite else SharedIndex(store)
 
     def _index(self, library: LibraryRow, entry: EmbeddingEntry) -> VectorIndex:
         path = workspace_dir(self._home, library.workspace_id) / "libraries" / f"{library.id}.sqlite"
@@ -93,6 +110,8 @@ class Libraries:
             session.delete(library)  # documents cascade; chunks cascade from documents
         path = workspace_dir(self._home, library.workspace_id) / "libraries" / f"{library.id}.sqlite"
         path.unlink(missing_ok=True)
+        if self._shared is not None:
+            self._shared.forget(library.id)  # its rows went with its chunks
         return library
 
     # -- documents
@@ -160,7 +179,11 @@ class Libraries:
             session.add_all(rows)
             session.flush()
             # Indexed inside the transaction: if indexing fails, the document is not kept.
-            self._index(library, entry).add([r.id for r in rows], vectors)
+            if self._shared is not None:
+                session.add_all(unit_rows([r.id for r in rows], vectors, library.id))
+                changed(session, library.id)
+            else:
+                self._index(library, entry).add([r.id for r in rows], vectors)
         return document
 
     def documents(self, principal: Principal, library_id: str) -> list[DocumentRow]:
@@ -185,10 +208,40 @@ class Libraries:
             ids = list(session.scalars(select(ChunkRow.id).where(ChunkRow.document_id == document.id)))
             session.execute(delete(ChunkRow).where(ChunkRow.document_id == document.id))
             session.delete(document)
-        entry = self._registry.embedding(library.embedding_model)
-        await anyio.to_thread.run_sync(self._index(library, entry).remove, ids)
+            if self._shared is not None:  # its vectors go with its chunks
+                changed(session, library.id)
+        if self._shared is None:  # in the database, the vectors went with their chunks
+            entry = self._registry.embedding(library.embedding_model)
+            await anyio.to_thread.run_sync(self._index(library, entry).remove, ids)
 
     # -- search
+
+    def _search_one(self, library: LibraryRow, entry: EmbeddingEntry, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        if self._shared is None:
+            return self._index(library, entry).search(vector, k)
+        self._adopt_file(library, entry)
+        return self._shared.search(library.id, vector, entry.model.dim, k)
+
+    def _adopt_file(self, library: LibraryRow, entry: EmbeddingEntry) -> None:
+        """Moves a library indexed in a file (before the store was PostgreSQL) into
+        the shared index, once, on its first search."""
+        index = self._index(library, entry)
+        if not index.path.exists():
+            return
+        try:
+            with self._store.write_session() as session:
+                chunks = set(session.scalars(select(ChunkRow.id).where(ChunkRow.library_id == library.id)))
+                there = set(
+                    session.scalars(select(ChunkVectorRow.chunk_id).where(ChunkVectorRow.library_id == library.id))
+                )
+                items = [(i, v) for i, v in index.items() if i in chunks and i not in there]
+                if items:
+                    ids, vectors = zip(*items, strict=True)
+                    session.add_all(unit_rows(list(ids), np.stack(vectors), library.id))
+                    changed(session, library.id)
+        except IntegrityError:
+            pass  # another gateway moved it at the same time
+        index.drop()
 
     async def search(self, workspace_id: str, library_ids: list[str], query: str, k: int) -> list[Passage]:
         """The `k` passages nearest `query` across the workspace's `library_ids`
@@ -203,7 +256,7 @@ class Libraries:
         for library in libraries:
             entry = self._registry.embedding(library.embedding_model)
             vectors, _ = await self._embed(entry, [query])
-            hits = await anyio.to_thread.run_sync(self._index(library, entry).search, vectors[0], k)
+            hits = await anyio.to_thread.run_sync(self._search_one, library, entry, vectors[0], k)
             found += [(distance, chunk_id) for chunk_id, distance in hits]
         found = sorted(found)[:k]
         if not found:

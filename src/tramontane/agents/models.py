@@ -2,7 +2,8 @@
 
 Every row belongs to a workspace (ON DELETE CASCADE through `WorkspaceOwned`), so
 erasing a workspace erases its agents, conversations and documents; the vector
-index of a library is a file in the workspace's directory, erased with it.
+index of a library is a file in the workspace's directory, erased with it, or
+(with PostgreSQL, shared by every gateway) rows of `library_vectors`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..store.models import AutoId, Base, WorkspaceOwned
@@ -95,6 +96,9 @@ class LibraryRow(WorkspaceOwned, Base):
     embedding_model: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Bumped with every change to its vectors in the shared index, in the same
+    # transaction: a gateway's copy is up to date while the number it read matches.
+    vectors_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class DocumentRow(WorkspaceOwned, Base):
@@ -126,3 +130,16 @@ class ChunkRow(WorkspaceOwned, Base):
     chunk_index: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)
     page: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 1-based, in paged documents (PDF)
+
+
+class ChunkVectorRow(Base):
+    """A chunk's embedding in the shared index (shared_index.py): float32,
+    little-endian, unit length. Goes with its chunk (ON DELETE CASCADE)."""
+
+    __tablename__ = "library_vectors"
+
+    chunk_id: Mapped[int] = mapped_column(
+        AutoId, ForeignKey("document_chunks.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    library_id: Mapped[str] = mapped_column(String(32), index=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)

@@ -57,5 +57,13 @@ class VectorIndex:
             )
             return [(int(rowid), float(distance)) for rowid, distance in rows]
 
+    def items(self) -> list[tuple[int, np.ndarray]]:
+        """Every (id, vector) indexed: to move a library into the shared index."""
+        if not self.path.exists():
+            return []
+        with self._connect() as connection:
+            rows = connection.execute("SELECT rowid, embedding FROM chunks")
+            return [(int(rowid), np.frombuffer(blob, dtype="<f4")) for rowid, blob in rows]
+
     def drop(self) -> None:
         self.path.unlink(missing_ok=True)
