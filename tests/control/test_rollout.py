@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from control_helpers import Env, spec
+from control_helpers import REPLICA_COMMAND, Env, spec
 
 from tramontane.control.states import ReplicaState
 
@@ -48,17 +48,25 @@ async def test_rolling_redeploy_under_load_fails_no_request(env: Env) -> None:
     versions: Counter[str] = Counter()
     stop = asyncio.Event()
 
-    async def client() -> None:
+    seen: list[list[str]] = [[] for _ in range(4)]
+
+    async def client(index: int) -> None:
         while not stop.is_set():
             answer = await env.client.get("/serve/web/version")
             outcomes[str(answer.status_code)] += 1
             if answer.status_code == 200:
                 versions[answer.json()["version"]] += 1
+                seen[index].append(answer.json()["version"])
 
-    load = [asyncio.create_task(client()) for _ in range(4)]
+    load = [asyncio.create_task(client(i)) for i in range(4)]
     try:
         await asyncio.sleep(0.3)
-        patched = await env.client.patch("/v1/deployments/web", json={"env": {"APP_VERSION": "2"}})
+        # The second replica of revision 2 starts a second after the first: revision 2
+        # is half ready for that long, and must not get traffic before it is all ready.
+        first = env.home / "first-started"
+        staggered = f"mkdir {first} 2>/dev/null || sleep 1; exec {REPLICA_COMMAND}"
+        change = {"env": {"APP_VERSION": "2"}, "command": staggered}
+        patched = await env.client.patch("/v1/deployments/web", json=change)
         assert patched.status_code == 200, patched.text
         assert patched.json()["rolling_out"] == 2
         shown = await _settled(env, "web")
@@ -69,6 +77,9 @@ async def test_rolling_redeploy_under_load_fails_no_request(env: Env) -> None:
 
     assert set(outcomes) == {"200"}, outcomes
     assert versions["1"] > 0 and versions["2"] > 0, versions
+    # Traffic switches once: after a client got revision 2, it never gets 1 again.
+    for answers in seen:
+        assert answers == sorted(answers), answers
     assert shown["status"] == "active" and shown["revision"] == 2 and shown["status_reason"] is None
     replicas = env.plane.get(env.workspace_id, "web").replicas.values()
     assert [r.revision for r in replicas] == [2, 2]
@@ -78,6 +89,8 @@ async def test_rolling_redeploy_under_load_fails_no_request(env: Env) -> None:
     assert revisions[1]["spec"]["env"] == {"APP_VERSION": "2"}
     kinds = await _events(env, "web")
     assert kinds[-3:] == ["revision_created", "rollout_started", "rolled_out"]
+
+    assert [r.restarts for r in replicas] == [0, 0]
 
     # Back to revision 1's spec, as revision 3.
     rolled = await env.client.post("/v1/deployments/web/rollback", json={})

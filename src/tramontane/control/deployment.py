@@ -60,9 +60,11 @@ class Deployment:
         return self.in_flight() + self.queued
 
     def pick(self) -> Replica | None:
-        """The ready replica with the fewest outstanding requests (ties at random,
-        so that equal replicas share the load)."""
-        ready = [r for r in self.replicas.values() if r.ready and not r.draining]
+        """The ready replica of the served revision with the fewest outstanding
+        requests (ties at random, so that equal replicas share the load). A
+        revision being rolled out gets traffic only once all its replicas pass
+        their checks and it is promoted: never some of it, then none."""
+        ready = [r for r in self.replicas.values() if r.ready and not r.draining and r.revision == self.revision]
         if not ready:
             return None
         return min(ready, key=lambda r: (r.in_flight, random.random()))

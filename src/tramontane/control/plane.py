@@ -358,6 +358,8 @@ class ControlPlane:
             self._set_desired(deployment, len(deployment.live()))
             deployment.scale_memory.reset(self.clock.now(), deployment.desired)
             self._event(deployment, "rolled_out", f"revision {number} is serving", number)
+        # Requests waiting for a replica (the old ones were asleep) take the new ones.
+        deployment.signal_ready()
         deadline = self.clock.now() + _DRAIN_TIMEOUT_S
         while any(r.in_flight for r in old) and self.clock.now() < deadline:
             await self.clock.sleep(_POLL_S)
