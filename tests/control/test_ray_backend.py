@@ -165,13 +165,18 @@ async def test_replicas_spread_by_resources_and_restart_after_actor_death(env: E
 
 async def test_custom_resources_pin_a_replica_to_a_node(env: Env, nodes: dict[str, str]) -> None:
     resources = {"cpu": 0.1, "memory_mb": 64, "custom": {"node_b": 1}}
-    pinned = spec("pinned", command=_COMMAND, resources=resources, health_check=_HEALTH)
+    # A workspace secret reaches a replica on another node too.
+    assert (await env.client.post("/v1/secrets", json={"name": "tok", "value": "on-node-b"})).status_code == 201
+    pinned = spec(
+        "pinned", command=_COMMAND, resources=resources, health_check=_HEALTH, env={"TOKEN": {"secret": "tok"}}
+    )
     assert (await env.client.post("/v1/deployments", json=pinned)).status_code == 201
     deployment = env.plane.get(env.workspace_id, "pinned")
     await until(all_ready(deployment, 1))
     (replica,) = deployment.replicas.values()
     assert replica.handle is not None and replica.handle.node == nodes["node_b"]
     assert (await env.client.get("/serve/pinned/hello")).json()["path"] == "/hello"
+    assert (await env.client.get("/serve/pinned/env", params={"name": "TOKEN"})).json()["value"] == "on-node-b"
 
     # No node offers it: refused at once, not left waiting for a node that never comes.
     nowhere = spec("nowhere", resources={"cpu": 0.1, "custom": {"node_c": 1}})
