@@ -13,18 +13,49 @@ from pypdf import PdfWriter
 
 def text_pdf(pages: list[list[str]]) -> bytes:
     """A PDF whose pages carry `pages`' lines in Helvetica, as a text layer."""
-    objects: list[bytes] = []
-    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
-    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    for i, lines in enumerate(pages):
+    streams = []
+    for lines in pages:
         ops = ["BT", "/F1 14 Tf", "16 TL", "72 720 Td"]
         for line in lines:
-            escaped = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-            ops += [f"({escaped}) Tj", "T*"]
+            ops += [f"({_escaped(line)}) Tj", "T*"]
         ops.append("ET")
-        stream = "\n".join(ops).encode("latin-1")
+        streams.append("\n".join(ops))
+    return _pdf(streams)
+
+
+def table_pdf(heading: str, rows: list[list[str]], after: str) -> bytes:
+    """A one-page PDF: a heading line, `rows` in a ruled grid (drawn with lines, as
+    word processors write tables), and a line of text below it."""
+    left, top, width, height = 72, 680, 150, 24
+    ops = ["BT", "/F1 14 Tf", f"72 720 Td ({_escaped(heading)}) Tj", "ET", "0.5 w"]
+    columns = max(len(row) for row in rows)
+    for r in range(len(rows) + 1):  # horizontal rules
+        y = top - r * height
+        ops.append(f"{left} {y} m {left + columns * width} {y} l S")
+    for c in range(columns + 1):  # vertical rules
+        x = left + c * width
+        ops.append(f"{x} {top} m {x} {top - len(rows) * height} l S")
+    for r, row in enumerate(rows):
+        for c, cell in enumerate(row):
+            x, y = left + c * width + 6, top - (r + 1) * height + 8
+            ops.append(f"BT /F1 11 Tf {x} {y} Td ({_escaped(cell)}) Tj ET")
+    ops.append(f"BT /F1 14 Tf 72 {top - len(rows) * height - 40} Td ({_escaped(after)}) Tj ET")
+    return _pdf(["\n".join(ops)])
+
+
+def _escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def _pdf(streams: list[str]) -> bytes:
+    """A PDF of one page per content stream, in Letter size, with Helvetica as /F1."""
+    objects: list[bytes] = []
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(streams)))
+    objects.append(b"<< /Type /Catalog /Pages 2 0 R >>")
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(streams)} >>".encode())
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    for i, text in enumerate(streams):
+        stream = text.encode("latin-1")
         objects.append(
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
             f"/Contents {5 + 2 * i} 0 R >>".encode()

@@ -3,8 +3,11 @@ and images, Word and HTML as Markdown, and the refusals of what cannot be read."
 
 from __future__ import annotations
 
+import io
+
 import pytest
-from document_samples import HTML_PAGE, encrypted_pdf, png, scanned_pdf, text_image, text_pdf, word_file
+from document_samples import HTML_PAGE, encrypted_pdf, png, scanned_pdf, table_pdf, text_image, text_pdf, word_file
+from pypdf import PdfReader, PdfWriter
 
 from tramontane.docai import Tesseract, read_document
 from tramontane.docai.extract import MAX_IMAGE_PIXELS, require_text
@@ -39,6 +42,31 @@ def test_scanned_pdf_and_image_are_read_by_tesseract() -> None:
     assert {"hospital", "discharge", "summary", "patient", "walked", "home"} <= words(document.text)
     image = read_document(png(text_image(["Bonjour le monde", "Facture payee"])), None, "image/png", tesseract)
     assert image.kind == "image" and {"bonjour", "monde", "facture"} <= words(image.text)
+
+
+def test_a_ruled_pdf_table_is_a_markdown_table_in_reading_order() -> None:
+    rows = [["Item", "Qty", "Price"], ["Pens | blue", "12", "3.50"], ["Paper", "5", "22.00"]]
+    pdf = table_pdf("Order 5521", rows, "Delivery on Monday.")
+    (page,) = read_document(pdf, "order.pdf", None, tesseract).pages
+    assert page.markdown.split("\n\n") == [
+        "Order 5521",
+        "| Item | Qty | Price |\n| --- | --- | --- |\n| Pens \\| blue | 12 | 3.50 |\n| Paper | 5 | 22.00 |",
+        "Delivery on Monday.",
+    ]
+    (table,) = page.tables
+    assert table.id == "tbl-0" and table.rows == rows
+    # Text without drawn lines keeps PDFium's lines: no table is guessed from alignment.
+    plain = read_document(text_pdf([["Item   Qty   Price", "Pens   12    3.50"]]), "p.pdf", None, tesseract)
+    assert plain.pages[0].tables == [] and plain.pages[0].markdown == "Item Qty Price\nPens 12 3.50"
+    # Tables are numbered through the pages read.
+    both = PdfWriter()
+    for heading in ("First", "Second"):
+        both.append(PdfReader(io.BytesIO(table_pdf(heading, rows, "End."))))
+    merged = io.BytesIO()
+    both.write(merged)
+    document = read_document(merged.getvalue(), "two.pdf", None, tesseract)
+    assert [[t.id for t in p.tables] for p in document.pages] == [["tbl-0"], ["tbl-1"]]
+    assert read_document(merged.getvalue(), "two.pdf", None, tesseract, pages=[1]).pages[0].tables[0].id == "tbl-0"
 
 
 def test_word_file_keeps_headings_lists_and_tables() -> None:

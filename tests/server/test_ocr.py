@@ -8,7 +8,7 @@ import base64
 from collections.abc import Callable
 
 import pytest
-from document_samples import encrypted_pdf, png, scanned_pdf, text_image, text_pdf
+from document_samples import encrypted_pdf, png, scanned_pdf, table_pdf, text_image, text_pdf
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
 
@@ -51,6 +51,29 @@ def test_pdf_pages_by_data_url(client: Mistral) -> None:
         document={"type": "document_url", "document_url": data_url(mixed, "application/pdf")},
     )
     assert "toulouse" in scanned.pages[0].markdown.lower() and "annex" in scanned.pages[0].markdown.lower()
+
+
+RESULTS = [["Region", "Q1", "Q2"], ["North", "120", "135"], ["South", "98", "101"]]
+
+
+def test_a_pdf_table_inline_or_apart_in_the_asked_format(client: Mistral) -> None:
+    """A ruled table in a PDF's text layer is a Markdown table where it stood; with
+    `table_format`, it is in `tables` and the Markdown links to it, as Mistral's OCR answers."""
+    pdf = table_pdf("Quarterly results", RESULTS, "Figures are in thousands of euros.")
+    document = {"type": "document_url", "document_url": data_url(pdf, "application/pdf")}
+    inline = client.ocr.process(model="mistral-ocr-latest", document=document).pages[0]
+    assert inline.markdown == (
+        "Quarterly results\n\n| Region | Q1 | Q2 |\n| --- | --- | --- |\n| North | 120 | 135 |\n"
+        "| South | 98 | 101 |\n\nFigures are in thousands of euros."
+    )
+    assert not inline.tables
+    apart = client.ocr.process(model="mistral-ocr-latest", document=document, table_format="html").pages[0]
+    assert apart.markdown == "Quarterly results\n\n[tbl-0.html](tbl-0.html)\n\nFigures are in thousands of euros."
+    (table,) = apart.tables
+    assert table.id == "tbl-0.html" and table.format_ == "html"
+    assert table.content.startswith("<table><tr><th>Region</th><th>Q1</th>") and "<td>135</td>" in table.content
+    as_markdown = client.ocr.process(model="mistral-ocr-latest", document=document, table_format="markdown").pages[0]
+    assert as_markdown.tables[0].content == inline.markdown.split("\n\n")[1]
 
 
 @needs_tesseract

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import Invalid, TooLarge
 from .markup import docx_markdown, html_markdown
+from .tables import PageTable, RuledTables, TextLine
 
 # Pages are reported, and scanned pages rendered for OCR, at Mistral's 200 dpi.
 DPI = 200
@@ -58,6 +59,7 @@ class Page:
     dpi: int = DPI
     images: list[PageImage] = field(default_factory=list)
     ocr: bool = False  # read by Tesseract (no text layer)
+    tables: list[PageTable] = field(default_factory=list)  # also in `markdown`, where they stand
 
 
 @dataclass
@@ -204,6 +206,7 @@ def _open_pdf(data: bytes) -> pdfium.PdfDocument:
 
 def _read_pdf(data: bytes, reader: TextReader, pages: Iterable[int] | None, with_images: bool) -> Document:
     pdf = _open_pdf(data)
+    ruled = RuledTables(data)
     try:
         count = len(pdf)
         wanted = sorted(set(pages)) if pages is not None else list(range(count))
@@ -211,17 +214,27 @@ def _read_pdf(data: bytes, reader: TextReader, pages: Iterable[int] | None, with
         if len(wanted) > MAX_PAGES:
             raise TooLarge(f"At most {MAX_PAGES} pages are read per request", code="too_many_pages", param="pages")
         read: list[Page] = []
-        image_count = 0
+        image_count = table_count = 0
         for index in wanted:
-            page = _read_pdf_page(pdf[index], index, reader, with_images, image_count)
+            page = _read_pdf_page(pdf[index], index, reader, with_images, image_count, ruled, table_count)
             image_count += len(page.images)
+            table_count += len(page.tables)
             read.append(page)
         return Document("pdf", read, count)
     finally:
+        ruled.close()
         pdf.close()
 
 
-def _read_pdf_page(page: pdfium.PdfPage, index: int, reader: TextReader, with_images: bool, first_image: int) -> Page:
+def _read_pdf_page(
+    page: pdfium.PdfPage,
+    index: int,
+    reader: TextReader,
+    with_images: bool,
+    first_image: int,
+    ruled: RuledTables,
+    first_table: int,
+) -> Page:
     scale = DPI / POINTS_PER_INCH
     width_pt, height_pt = page.get_size()
     width, height = round(width_pt * scale), round(height_pt * scale)
@@ -231,12 +244,41 @@ def _read_pdf_page(page: pdfium.PdfPage, index: int, reader: TextReader, with_im
     if len(text) >= MIN_TEXT_LAYER_CHARS:
         images = _page_images(page, scale, height_pt, first_image, with_images)
         figures = "".join(f"\n\n![{image.id}]({image.id})" for image in images)
-        return Page(index, _paragraphs(text) + figures, width, height, images=images)
+        blocks = ruled.page_blocks(index, first_table) if _draws_lines(page) else None
+        if blocks is None:
+            return Page(index, _paragraphs(text) + figures, width, height, images=images)
+        markdown, tables = _with_tables(blocks)
+        return Page(index, markdown + figures, width, height, images=images, tables=tables)
     bitmap = page.render(scale=scale, grayscale=True)
     try:
         return Page(index, reader.read(bitmap.to_pil()).strip(), width, height, ocr=True)
     finally:
         bitmap.close()
+
+
+def _draws_lines(page: pdfium.PdfPage) -> bool:
+    """Whether the page has path objects (lines, rectangles): a ruled table needs them."""
+    return next(iter(page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_PATH,))), None) is not None
+
+
+def _with_tables(blocks: list[TextLine | PageTable]) -> tuple[str, list[PageTable]]:
+    """The page's Markdown: its runs of text lines and its tables (Markdown tables),
+    a blank line between each; and the tables."""
+    chunks: list[str] = []
+    lines: list[str] = []
+    tables: list[PageTable] = []
+    for block in blocks:
+        if isinstance(block, TextLine):
+            lines.append(block.text)
+            continue
+        if lines:
+            chunks.append("\n".join(lines))
+            lines = []
+        chunks.append(block.markdown())
+        tables.append(block)
+    if lines:
+        chunks.append("\n".join(lines))
+    return "\n\n".join(chunks), tables
 
 
 def _paragraphs(text: str) -> str:

@@ -15,9 +15,18 @@ from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter
 
-from ..docai import Document, DocumentReader
+from ..docai import Document, DocumentReader, Page
 from ..docai.extract import require_text
-from ..docai.schemas import FileChunk, ImageURLChunk, OCRImage, OCRPage, OCRPageDimensions, OCRRequest, OCRResponse
+from ..docai.schemas import (
+    FileChunk,
+    ImageURLChunk,
+    OCRImage,
+    OCRPage,
+    OCRPageDimensions,
+    OCRRequest,
+    OCRResponse,
+    OCRTable,
+)
 from ..errors import Invalid, NotFound
 from ..inference.fast_path import Call, InferenceRoute
 
@@ -94,10 +103,12 @@ def _pages(document: Document, body: OCRRequest) -> list[OCRPage]:
         images = [image for image in page.images if _big_enough(image, body.image_min_size)]
         if budget is not None:
             images, budget = images[:budget], max(0, budget - len(images))
+        markdown, tables = _tables(page, body.table_format)
         pages.append(
             OCRPage(
                 index=page.index,
-                markdown=page.markdown,
+                markdown=markdown,
+                tables=tables,
                 images=[
                     OCRImage(
                         id=image.id,
@@ -115,6 +126,22 @@ def _pages(document: Document, body: OCRRequest) -> list[OCRPage]:
             )
         )
     return pages
+
+
+def _tables(page: Page, table_format: str | None) -> tuple[str, list[OCRTable]]:
+    """The page's Markdown and tables: tables inline (Markdown tables) when no
+    `table_format` is asked; else each table in `tables`, in that format, and a link
+    to it where it stood (as Mistral's OCR answers)."""
+    if table_format is None or not page.tables:
+        return page.markdown, []
+    markdown, tables = page.markdown, []
+    extension = "md" if table_format == "markdown" else "html"
+    for table in page.tables:
+        name = f"{table.id}.{extension}"
+        markdown = markdown.replace(table.markdown(), f"[{name}]({name})", 1)
+        content = table.markdown() if table_format == "markdown" else table.html()
+        tables.append(OCRTable(id=name, content=content, format=table_format))
+    return markdown, tables
 
 
 def _big_enough(image, min_size: int | None) -> bool:
