@@ -55,3 +55,22 @@ def test_tail_over_several_files_keeps_the_last_lines(tmp_path: Path) -> None:
     lines, offsets = logs.tail(tmp_path, 10)
     assert lines == ["[a] a1", "[a] a2"] and offsets == {tmp_path / "a.log": 6}
     assert logs.tail(tmp_path / "missing", 10) == ([], {})
+
+
+async def test_a_quiet_follow_sends_an_empty_batch_every_keepalive(tmp_path: Path) -> None:
+    """Nothing written for a minute: the follower still gets a sign of life every
+    15 s (the API turns it into an SSE comment), not silence a proxy would cut."""
+    (tmp_path / "r1.log").write_text("old\n")
+    clock = ManualClock()
+    looks = [0]
+
+    def alive() -> bool:
+        looks[0] += 1
+        return looks[0] <= 120  # a minute of half-second looks
+
+    async def sleep(seconds: float) -> None:
+        clock._now += seconds
+
+    clock.sleep = sleep  # type: ignore[method-assign]
+    batches = [b async for b in logs.follow(tmp_path, 10, alive, clock, poll_s=0.5, keepalive_s=15)]
+    assert batches == [["[r1] old"], [], [], [], []]

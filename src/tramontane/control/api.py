@@ -146,7 +146,8 @@ async def deployment_logs(
 ) -> Response:
     """The last `tail` lines as text; with `follow=true`, a server-sent event stream:
     those lines as one `tail` event, then each batch of new ones as one event (a
-    `data:` line per log line), until the deployment is deleted or the client goes."""
+    `data:` line per log line), until the deployment is deleted or the client goes.
+    A quiet stream carries a comment line every 15 s, which SSE clients ignore."""
     if not follow:
         return PlainTextResponse(plane.logs(principal.workspace_id, name, tail))
     batches = plane.follow_logs(principal.workspace_id, name, tail)
@@ -157,6 +158,8 @@ async def deployment_logs(
             if lines:
                 kind = "event: tail\n" if first else ""
                 yield kind + "".join(f"data: {line}\n" for line in lines) + "\n"
+            elif not first:
+                yield ": keepalive\n\n"
             first = False
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -14,6 +14,9 @@ from pathlib import Path
 from .clock import Clock
 
 FOLLOW_POLL_S = 0.5
+# A quiet follower still hears from the server this often (an empty batch), so that
+# proxies with an idle timeout keep the stream open and the client knows it is alive.
+KEEPALIVE_S = 15.0
 MAX_READ_BYTES = 1 << 20  # per file and look: a replica writing faster is read over several looks
 
 
@@ -57,15 +60,23 @@ def _new_lines(path: Path, offsets: dict[Path, int]) -> list[str]:
 
 
 async def follow(
-    folder: Path, count: int, alive: Callable[[], bool], clock: Clock, poll_s: float = FOLLOW_POLL_S
+    folder: Path,
+    count: int,
+    alive: Callable[[], bool],
+    clock: Clock,
+    poll_s: float = FOLLOW_POLL_S,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[list[str]]:
-    """The last `count` lines, then each batch of new ones, until `alive()` is false
-    (the deployment was deleted) or the consumer stops."""
+    """The last `count` lines, then each batch of new ones (an empty one after
+    `keepalive_s` without any), until `alive()` is false (the deployment was
+    deleted) or the consumer stops."""
     lines, offsets = tail(folder, count)
     yield lines
+    last = clock.now()
     while alive():
         await clock.sleep(poll_s)
         fresh = [line for path in _files(folder) for line in _new_lines(path, offsets)]
-        if fresh:
+        if fresh or clock.now() - last >= keepalive_s:
+            last = clock.now()
             yield fresh
 
