@@ -97,7 +97,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     # The whole platform, as `tramontane up` assembles it.
     sandboxes = SandboxManager(
         ManagerConfig(
-            pool_size=1, microvm_pool_size=0, max_sandboxes=8, state_dir=str(home), templates_dir=str(home / "templates")
+            pool_size=1, microvm_pool_size=0, max_sandboxes=8, state_dir=str(home), templates_dir=str(home / "templates"),
+            ports_domain="sandboxes.test",
         )
     )
     plane = ControlPlane(tenancy.store, home=home)

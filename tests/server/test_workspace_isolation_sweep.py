@@ -78,6 +78,7 @@ REQUESTS: dict[tuple[str, str], tuple[dict, object]] = {
     ("post", "/v1/sandboxes/{sandbox_id}/pty/{pid}/input"): ({}, b"rm -rf /home/user\n"),
     ("post", "/v1/sandboxes/{sandbox_id}/pty/{pid}/resize"): ({}, {"rows": 30, "cols": 90}),
     ("get", "/v1/sandboxes/{sandbox_id}/files/watch"): ({"path": "/home/user"}, None),
+    ("post", "/v1/sandboxes/{sandbox_id}/port-links/{port}"): ({}, {"expires_in": 60}),
     **{
         (method, path): ({}, b"intruder" if method in ("post", "put", "patch") else None)
         for method in ("get", "post", "put", "patch", "delete")
@@ -311,6 +312,32 @@ def test_another_workspace_cannot_open_a_sandbox_websocket(live_server, owners_o
         with pytest.raises(InvalidStatus) as anonymous:
             connect(url, open_timeout=30)
         assert anonymous.value.response.status_code == 401, url
+
+
+def test_another_workspaces_port_link_never_opens_the_owners_sandbox(live_server, owners_objects):
+    """A link signed for a stranger's own sandbox, pointed at the owner's (in the
+    query, as the cookie, over HTTP and WebSocket): refused, never proxied."""
+    if "sandbox_id" not in owners_objects:
+        pytest.skip("no sandboxes on this host")
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    stranger = live_server.create_tenant("sweep-link-stranger", ALL)
+    with httpx.Client(base_url=live_server.url, timeout=60) as http:
+        theirs = http.post("/v1/sandboxes", json={"timeout": 60}, headers=stranger.headers).json()["sandbox_id"]
+        try:
+            link = http.post(f"/v1/sandboxes/{theirs}/port-links/8000", headers=stranger.headers)
+            assert link.status_code == 201, link.text
+            token = link.json()["path_url"].split("?token=")[1]
+            target = f"/v1/sandboxes/{owners_objects['sandbox_id']}/ports/8000/"
+            assert http.get(target, params={"token": token}).status_code == 401
+            assert http.get(target, headers={"Cookie": f"tramontane_port_link={token}"}).status_code == 401
+            ws_url = live_server.url.replace("http://", "ws://") + target + f"?token={token}"
+            with pytest.raises(InvalidStatus) as refused:
+                connect(ws_url, open_timeout=30)
+            assert refused.value.response.status_code == 401
+        finally:
+            http.delete(f"/v1/sandboxes/{theirs}", headers=stranger.headers)
 
 
 def test_another_workspace_cannot_reach_a_deployment_by_its_domain(live_server, owners_objects):

@@ -47,10 +47,13 @@ from ..responses.service import Responses
 from ..sandbox import SandboxError, SandboxManager, create_router
 from ..sandbox.host_routing import PortHostRouting
 from ..sandbox.metrics import SandboxCollector
+from ..sandbox.port_links import LinkSigner, PortLinkCredentials, RedactLinkTokens, load_secret
 from ..server import chat, classifiers, completions, embeddings, health, lora_admin, models, ocr, tokenize
 from ..server.sleep import sleep_router
 from ..tenancy import Tenancy, request_logs_router
 from ..tenancy.admin_api import router as admin_router
+from ..store import tramontane_home
+from .sandbox_links import links_router
 from .sandbox_owner import sandbox_owner
 
 log = logging.getLogger(__name__)
@@ -233,19 +236,29 @@ def sandboxes(manager: SandboxManager, metrics: Metrics) -> Feature:
     collector = SandboxCollector(manager)
     metrics.registry.register(collector)
 
+    redact = RedactLinkTokens()
+
     async def start() -> None:
+        logging.getLogger("uvicorn.access").addFilter(redact)
         await manager.start()
         collector.start()
 
     async def stop() -> None:
         await collector.stop()
         await manager.shutdown()
+        logging.getLogger("uvicorn.access").removeFilter(redact)
 
     domain = manager.config.ports_domain
+    state_dir = manager.config.state_dir
+    signer = LinkSigner(load_secret(Path(state_dir) if state_dir else tramontane_home()))
+    # Listed inner first: host routing rewrites a port's name to its path before
+    # the link credentials are taken off the request.
+    middleware = (Middleware(PortLinkCredentials), *((Middleware(PortHostRouting, domain=domain),) if domain else ()))
     return Feature(
         "sandboxes",
-        routes=(Route(create_router(manager, owner=sandbox_owner)),),
-        middleware=(Middleware(PortHostRouting, domain=domain),) if domain else (),
+        routes=(Route(create_router(manager, owner=sandbox_owner)), Route(links_router(manager, signer))),
+        state={"port_link_signer": signer},
+        middleware=middleware,
         start=start,
         stop=stop,
         unavailable=(SandboxError,),

@@ -1,16 +1,64 @@
-"""Who owns a sandbox: the caller's workspace, from a key with the sandbox capability."""
+"""Who owns a sandbox: the caller's workspace, from a key with the sandbox
+capability, or, on an exposed port's routes, from a link signed under such a key
+(`sandbox.port_links`), which a browser can follow without the key."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import AsyncIterator
 
-from fastapi import Depends
+import anyio
+from starlette.requests import HTTPConnection
 
-from ..tenancy import Capability, Principal, require
+from ..errors import Unauthorized
+from ..sandbox.port_links import PORT_LINK, LinkSigner, PortLink
+from ..tenancy import Capability, Principal
+from ..tenancy.auth import Rejection
+from ..tenancy.dependencies import enter_request, get_tenancy
 
-_sandbox_key = require(Capability.SANDBOX)
+
+async def sandbox_owner(request: HTTPConnection) -> AsyncIterator[str]:
+    """Sandboxes belong to the caller's workspace; others' answer 404. A request
+    with an Authorization header is judged by it alone; one without, to a port,
+    by its link. Either way it counts against the workspace's limits until the
+    response (or socket) ends."""
+    link: PortLink | None = request.scope.get(PORT_LINK)
+    if link is not None and "authorization" not in request.headers:
+        principal = await _enter_by_link(request, link)
+    else:
+        principal = await enter_request(request, Capability.SANDBOX)
+    try:
+        yield principal.workspace_id
+    finally:
+        with anyio.CancelScope(shield=True):  # a client gone mid-stream still frees its slot
+            await get_tenancy(request).leave(principal)
 
 
-async def sandbox_owner(principal: Annotated[Principal, Depends(_sandbox_key)]) -> str:
-    """Sandboxes belong to the caller's workspace; others' answer 404."""
-    return principal.workspace_id
+def link_signer(request: HTTPConnection) -> LinkSigner:
+    return request.app.state.port_link_signer  # type: ignore[no-any-return]
+
+
+async def _enter_by_link(request: HTTPConnection, link: PortLink) -> Principal:
+    """The key a link was signed under, admitted as if the request carried it: the
+    token must be this sandbox port's, unexpired, and the key still valid."""
+    tenancy = get_tenancy(request)
+    where = f"{request.scope.get('method', 'WEBSOCKET')} {request.scope['path']}"
+    params = request.path_params
+    if params.get("sandbox_id") != link.sandbox_id or str(params.get("port")) != str(link.port):
+        raise Unauthorized("This link does not open this URL", code="invalid_link_token")
+    signer = link_signer(request)
+    failure: Unauthorized | None = None
+    for token in link.tokens:
+        try:
+            claim = signer.verify(token, link.sandbox_id, link.port)
+        except Unauthorized as exc:
+            failure = failure or exc
+            continue
+        principal = await tenancy.enter_key(claim.key_id, Capability.SANDBOX, where=where)
+        link.accept(token, claim, signer.now())
+        return principal
+    assert failure is not None
+    # Audited like any failed authentication, under no key: the token's key id is
+    # unproven until its signature is.
+    rejection = Rejection(f"link:{failure.code}", None, failure.message, failure.code or "invalid_link_token")
+    await anyio.to_thread.run_sync(tenancy.authenticator.reject, rejection, where)
+    raise AssertionError("reject always raises")

@@ -363,6 +363,12 @@ class Sandbox:
         API key is needed there)."""
         return str(self._http.base_url).rstrip("/") + self._path(f"ports/{port}")
 
+    def create_port_link(self, port: int, expires_in: int = 3600) -> dict[str, Any]:
+        """A URL opening `port` in a browser without the API key, for `expires_in`
+        seconds (at most a day) or until this key is revoked: {"url", "path_url",
+        "expires_at"}. Whoever holds it reaches the port as this key would."""
+        return dict(self._call("POST", f"port-links/{port}", json={"expires_in": expires_in}))
+
     def get_metrics(self) -> dict[str, Any]:
         return dict(self._call("GET", "metrics"))
 

@@ -99,6 +99,19 @@ class Authenticator:
             return Rejection("expired", key_id, "This API key has expired", "api_key_expired", row)
         return _principal(row)
 
+    def verify_key_id(self, key_id: str) -> Principal | Rejection:
+        """`verify` for a key the caller proved it holds some other way (a link
+        the platform signed under that key): the key must still exist, be neither
+        revoked nor expired, as on every request."""
+        row = self._lookup.first(key_id=key_id)
+        if row is None:
+            return Rejection("unknown_key", key_id, "The API key behind this link no longer exists", "invalid_api_key")
+        if row.revoked_at is not None:
+            return Rejection("revoked", key_id, "The API key behind this link has been revoked", "api_key_revoked", row)
+        if row.expires_at is not None and row.expires_at <= utcnow():
+            return Rejection("expired", key_id, "The API key behind this link has expired", "api_key_expired", row)
+        return _principal(row)
+
     def key_principal(self, key_id: str) -> Principal | None:
         """The principal of key `key_id` whatever its state (None once erased), for
         work the key started earlier and that runs without it: batch jobs."""

@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from ..store import Store, open_store, tramontane_home
-from . import directory, erasure, keys, usage
+from . import audit, directory, erasure, keys, usage
 from .audit import CLI, Actor
 from .auth import Authenticator, Rejection
 from .capabilities import Capability
@@ -102,6 +102,16 @@ class Tenancy:
     def authenticate(self, authorization: str | None, *, where: str | None = None) -> Principal:
         return self.authenticator.authenticate(authorization, where=where)
 
+    def record_action(
+        self, principal: Principal, action: str, *, target: str, details: dict[str, object] | None = None
+    ) -> None:
+        """Audits `action` taken with `principal`'s key, under the key's public id."""
+        with self.store.write_session() as session:
+            audit.record(
+                session, action, Actor(principal.key_prefix), organisation_id=principal.organisation_id,
+                workspace_id=principal.workspace_id, target=target, details=details,
+            )  # fmt: skip
+
     def key_principal(self, key_id: str) -> Principal | None:
         """Key `key_id`'s principal, revoked or expired alike (None once erased): for
         work the key started that runs on without it, such as a batch job."""
@@ -117,7 +127,15 @@ class Tenancy:
         worker thread and back. Whatever writes (the audit of a refusal, limit
         counters) runs in a worker thread, so a busy database never stalls the loop.
         Pair with `leave`."""
-        verdict = self.authenticator.verify(authorization)
+        return await self._enter(self.authenticator.verify(authorization), capability, where)
+
+    async def enter_key(self, key_id: str, capability: Capability, *, where: str) -> Principal:
+        """`enter` for key `key_id` without its secret, for a credential the
+        platform signed under that key (a sandbox port link): the key's state,
+        capability and limits are checked as for a request carrying it."""
+        return await self._enter(self.authenticator.verify_key_id(key_id), capability, where)
+
+    async def _enter(self, verdict: Principal | Rejection, capability: Capability, where: str) -> Principal:
         if isinstance(verdict, Rejection):
             await anyio.to_thread.run_sync(self.authenticator.reject, verdict, where)
             raise AssertionError("reject always raises")
