@@ -195,13 +195,24 @@ def test_a_link_of_one_workspace_never_opens_another_workspaces_sandbox(live_ser
         signer = LinkSigner((live_server.tenancy.home / SECRET_FILE).read_bytes().strip())
         forged = signer.sign(theirs.sandbox_id, 8000, owner.key_id, signer.now() + 60)
         refused = httpx.get(f"{live_server.url}/v1/sandboxes/{theirs.sandbox_id}/ports/8000/", params={"token": forged})
-        assert refused.status_code == 404
+        assert refused.status_code == 404 and "set-cookie" not in refused.headers
         with pytest.raises(InvalidStatus) as socket_refused:
             connect(live_server.url.replace("http://", "ws://") + f"/v1/sandboxes/{theirs.sandbox_id}/ports/8000/"
                     f"?token={forged}", open_timeout=30)  # fmt: skip
         assert socket_refused.value.response.status_code == 404
     finally:
         theirs.kill()
+
+
+def test_a_link_stops_with_its_sandbox(live_server, owner) -> None:
+    short_lived = Sandbox.create(api_url=live_server.url, api_key=owner.key, timeout=120)
+    serve(short_lived, 8000)
+    link = short_lived.create_port_link(8000)
+    with httpx.Client(timeout=30) as browser:
+        assert browser.get(link["path_url"]).status_code == 200
+        short_lived.kill()
+        gone = browser.get(f"{live_server.url}/v1/sandboxes/{short_lived.sandbox_id}/ports/8000/")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "sandbox_not_found"
 
 
 def test_revoking_the_key_kills_its_links(live_server, owner, sbx) -> None:

@@ -54,7 +54,7 @@ from ..tenancy import Tenancy, request_logs_router
 from ..tenancy.admin_api import router as admin_router
 from ..store import tramontane_home
 from .sandbox_links import links_router
-from .sandbox_owner import sandbox_owner
+from .sandbox_owner import PortLinks, sandbox_owner
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def sandboxes(manager: SandboxManager, metrics: Metrics) -> Feature:
     return Feature(
         "sandboxes",
         routes=(Route(create_router(manager, owner=sandbox_owner)), Route(links_router(manager, signer))),
-        state={"port_link_signer": signer},
+        state={"port_links": PortLinks(signer, manager)},
         middleware=middleware,
         start=start,
         stop=stop,

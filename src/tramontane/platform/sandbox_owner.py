@@ -5,11 +5,13 @@ capability, or, on an exposed port's routes, from a link signed under such a key
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import anyio
 from starlette.requests import HTTPConnection
 
 from ..errors import Unauthorized
+from ..sandbox import SandboxManager
 from ..sandbox.port_links import PORT_LINK, LinkSigner, PortLink
 from ..tenancy import Capability, Principal
 from ..tenancy.auth import Rejection
@@ -33,8 +35,17 @@ async def sandbox_owner(request: HTTPConnection) -> AsyncIterator[str]:
             await get_tenancy(request).leave(principal)
 
 
-def link_signer(request: HTTPConnection) -> LinkSigner:
-    return request.app.state.port_link_signer  # type: ignore[no-any-return]
+@dataclass(frozen=True)
+class PortLinks:
+    """What judges a port link: the signer of its token, and the sandboxes (the
+    linked one must still exist and be the key's workspace's)."""
+
+    signer: LinkSigner
+    sandboxes: SandboxManager
+
+
+def port_links(request: HTTPConnection) -> PortLinks:
+    return request.app.state.port_links  # type: ignore[no-any-return]
 
 
 async def _enter_by_link(request: HTTPConnection, link: PortLink) -> Principal:
@@ -45,16 +56,22 @@ async def _enter_by_link(request: HTTPConnection, link: PortLink) -> Principal:
     params = request.path_params
     if params.get("sandbox_id") != link.sandbox_id or str(params.get("port")) != str(link.port):
         raise Unauthorized("This link does not open this URL", code="invalid_link_token")
-    signer = link_signer(request)
+    links = port_links(request)
     failure: Unauthorized | None = None
     for token in link.tokens:
         try:
-            claim = signer.verify(token, link.sandbox_id, link.port)
+            claim = links.signer.verify(token, link.sandbox_id, link.port)
         except Unauthorized as exc:
             failure = failure or exc
             continue
         principal = await tenancy.enter_key(claim.key_id, Capability.SANDBOX, where=where)
-        link.accept(token, claim, signer.now())
+        try:
+            links.sandboxes.get(link.sandbox_id, principal.workspace_id)  # gone, or not the key's: 404
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await tenancy.leave(principal)
+            raise
+        link.accept(token, claim, links.signer.now())
         return principal
     assert failure is not None
     # Audited like any failed authentication, under no key: the token's key id is
