@@ -4,29 +4,39 @@ before the job is accepted) to their background runs and results.
 Jobs run as asyncio tasks in the server's event loop, a few items at a time, so
 the engine batches them with live traffic (at batch priority). Each finished
 item is appended to the job's results file at once; a job interrupted by a stop
-goes back to the queue and resumes after the items it finished. A server that
-dies leaves its job RUNNING without heartbeat: any server sharing the store
-takes it over after STALE_AFTER_S."""
+goes back to the queue and resumes after the items it finished.
+
+With several gateways on one database, a job runs on the one holding its lease
+(a row named `evaluation:<id>`, store/leases.py), renewed every HEARTBEAT_S and
+running out LEASE_S after the last renewal: the job of a gateway that died is
+resumed by another once its lease runs out, a stop releases it at once, and
+every write of a runner is fenced by the lease's token, so a runner that lost
+its lease records nothing more. A cancellation made through any gateway reaches
+the runner at its next renewal."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
-from datetime import timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import numpy as np
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from ..agents.service import AgentsService
 from ..errors import APIError, Conflict, Invalid, Limited, TramontaneError, as_api_error
 from ..finetune.files import FileStore
 from ..inference.metrics import Metrics
 from ..inference.registry import ModelRegistry
+from ..store.leases import Fenced, Lease, new_holder_id
 from ..store.types import new_id, utcnow
 from ..tenancy import Principal, Tenancy, get_owned, owned
 from ..tenancy.directory import workspace_dir
@@ -42,9 +52,12 @@ TERMINAL = frozenset({SUCCESS, FAILED, CANCELLED})
 DATASET_PURPOSES = ("evals", "fine-tune", "batch", "user_data")
 CONCURRENT_ITEMS = 4
 MAX_ACTIVE_JOBS = 4  # per workspace: queued or running
+# A job in one of these needs a runner: to run it, or to record the cancellation
+# that the gateway running it did not live to record.
+UNFINISHED = (QUEUED, RUNNING, CANCELLATION_REQUESTED)
 POLL_S = 2.0
-HEARTBEAT_S = 20.0
-STALE_AFTER_S = 120.0
+HEARTBEAT_S = 5.0
+LEASE_S = 30.0
 RESULTS = "results.jsonl"
 
 log = logging.getLogger(__name__)
@@ -77,6 +90,9 @@ class Evaluations:
         self.metrics = metrics
         self.agents = agents
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._leases: dict[str, Lease] = {}
+        self._lost: set[str] = set()  # jobs whose lease another gateway took
+        self._holder = new_holder_id()
         self._poller: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -242,68 +258,127 @@ class Evaluations:
         self._poller = asyncio.create_task(self._poll())
 
     async def stop(self) -> None:
+        """Sends the jobs running here back to the queue, their leases released for
+        another gateway (or the next start) to resume them at once."""
         self._stopping = True
-        tasks = [*self._tasks.values(), *([self._poller] if self._poller else [])]
+        self._wake.set()
+        if self._poller is not None:
+            await self._poller  # not cancelled: a claim in flight would be lost
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _poll(self) -> None:
         """Claims jobs while there are some: new ones, those a stop sent back to the
-        queue, and those of a server that died."""
-        while True:
-            for job_id in await anyio.to_thread.run_sync(self._claim_all):
+        queue, and those of a gateway that died."""
+        while not self._stopping:
+            try:
+                claimed = await anyio.to_thread.run_sync(self._claim_all)
+            except Exception:  # the database is away: try again at the next poll
+                log.exception("cannot claim evaluations")
+                claimed = []
+            for job_id, lease in claimed:
+                if self._stopping:  # claimed as the server stops: back to the queue
+                    await anyio.to_thread.run_sync(self._give_back, job_id, lease)
+                    continue
+                self._leases[job_id] = lease
                 self._tasks[job_id] = asyncio.create_task(self._run(job_id))
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_S)
-            except TimeoutError:
-                pass
 
-    def _claim_all(self) -> list[str]:
-        stale = utcnow() - timedelta(seconds=STALE_AFTER_S)
-        abandoned = EvaluationJobRow.modified_at < stale
+    def _give_back(self, job_id: str, lease: Lease) -> None:
+        self._leases[job_id] = lease
+        try:
+            self._finish(job_id, QUEUED, {"reason": "the server stopped"})
+            lease.release()
+        except Fenced:
+            pass
+        finally:
+            self._leases.pop(job_id, None)
+
+    def _claim_all(self) -> list[tuple[str, Lease]]:
+        with self.store.session() as session:
+            pending = session.scalars(
+                select(EvaluationJobRow.id)
+                .where(EvaluationJobRow.status.in_(UNFINISHED))
+                .order_by(EvaluationJobRow.created_at)
+            ).all()
         claimed = []
-        with self.store.write_session() as session:
-            for job in session.scalars(select(EvaluationJobRow).where(
-                EvaluationJobRow.status == CANCELLATION_REQUESTED, abandoned
-            )):
-                transition(job, CANCELLED)
-            runnable = or_(
-                EvaluationJobRow.status == QUEUED,
-                and_(EvaluationJobRow.status == RUNNING, abandoned),
-            )
-            for job in session.scalars(select(EvaluationJobRow).where(runnable).order_by(EvaluationJobRow.created_at)):
-                if job.id in self._tasks:
-                    continue
-                if job.status == QUEUED:
-                    transition(job, RUNNING)
-                else:
-                    _event(job, "taken-over", reason="its server stopped answering")
-                job.started_at = job.started_at or utcnow()
-                claimed.append(job.id)
+        for job_id in pending:
+            if job_id in self._tasks or self._stopping:
+                continue
+            lease = Lease(self.store, "", name=f"evaluation:{job_id}", holder=self._holder, ttl_s=LEASE_S)
+            if lease.try_acquire() is None:
+                continue  # another gateway runs it
+            if self._begin(job_id, lease):
+                claimed.append((job_id, lease))
+            else:
+                lease.drop()
         return claimed
+
+    def _begin(self, job_id: str, lease: Lease) -> bool:
+        """Marks the job RUNNING under `lease`, unless it ended meanwhile, or its
+        cancellation was left unrecorded by a gateway that died (recorded now)."""
+        with self.store.write_session() as session:
+            lease.fence(session, lease.token)
+            job = session.get(EvaluationJobRow, job_id, with_for_update=True)
+            if job is None or job.status in TERMINAL:
+                return False
+            if job.status == CANCELLATION_REQUESTED:
+                job.completed_at = utcnow()
+                transition(job, CANCELLED)
+                return False
+            if job.status == QUEUED:
+                transition(job, RUNNING)
+            else:
+                _event(job, "taken-over", reason="the gateway running it stopped answering")
+            job.started_at = job.started_at or utcnow()
+            return True
+
+    @contextmanager
+    def _write(self, job_id: str) -> Iterator[Session]:
+        """A write session of the job's runner, refused (`Fenced`) once another
+        gateway holds the job's lease."""
+        with self.store.write_session() as session:
+            if (lease := self._leases.get(job_id)) is not None:
+                lease.fence(session, lease.token)
+            yield session
 
     async def _run(self, job_id: str) -> None:
         try:
             await self._execute(job_id)
         except asyncio.CancelledError:
-            if self._stopping:
-                await anyio.to_thread.run_sync(self._finish, job_id, QUEUED, {"reason": "the server stopped"})
-            else:
-                await anyio.to_thread.run_sync(self._finish, job_id, CANCELLED, {})
+            if job_id not in self._lost:
+                status, data = (QUEUED, {"reason": "the server stopped"}) if self._stopping else (CANCELLED, {})
+                await self._record(job_id, status, data)
             raise
         except Exception as exc:
+            if _fenced(exc):
+                log.warning("evaluation %s: another gateway runs it now", job_id)
+                return
             log.exception("evaluation %s failed", job_id)
             error = as_api_error(exc).message if isinstance(exc, TramontaneError | APIError) else str(exc)
-            await anyio.to_thread.run_sync(self._finish, job_id, FAILED, {"error": error})
+            await self._record(job_id, FAILED, {"error": error})
         finally:
             self._tasks.pop(job_id, None)
+            self._lost.discard(job_id)
+            if (lease := self._leases.pop(job_id, None)) is not None:
+                # Released at once after a stop, for another gateway (or the next
+                # start) to resume the job; a finished job's lease row goes.
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(lease.release if self._stopping else lease.drop)
+
+    async def _record(self, job_id: str, status: str, data: dict[str, Any]) -> None:
+        """A final status (or back to the queue), unless another gateway runs the job now."""
+        with contextlib.suppress(Fenced):
+            await anyio.to_thread.run_sync(self._finish, job_id, status, data)
 
     def _finish(self, job_id: str, status: str, data: dict[str, Any], summary: dict[str, Any] | None = None) -> None:
-        with self.store.write_session() as session:
+        with self._write(job_id) as session:
             job = session.get(EvaluationJobRow, job_id)
-            if job is None:  # erased with its workspace
+            if job is None or job.status in TERMINAL:  # erased with its workspace, or ended
                 return
             if status == QUEUED and job.status != RUNNING:
                 return  # cancelled meanwhile
@@ -350,14 +425,15 @@ class Evaluations:
                 line = {"target_index": target_index, "target": labels[target_index], "item_index": item_index,
                         **line}
             async with writing:
-                await anyio.to_thread.run_sync(_append, path, line)
                 counts["completed"] += 1
                 counts["failed"] += 1 if line.get("error") else 0
-                status = await anyio.to_thread.run_sync(self._progress, job_id, counts["completed"], counts["failed"])
-                if status in (CANCELLATION_REQUESTED, None):  # cancelled elsewhere, or erased with its workspace
+                status = await anyio.to_thread.run_sync(
+                    self._save_item, job_id, path, line, counts["completed"], counts["failed"]
+                )
+                if status != RUNNING:  # cancelled elsewhere, or erased with its workspace
                     this_run.cancel()
 
-        heartbeat = asyncio.create_task(self._heartbeat(job_id))
+        heartbeat = asyncio.create_task(self._heartbeat(job_id, this_run))
         try:
             async with asyncio.TaskGroup() as group:
                 for target_index, item_index, run in work(caller):
@@ -400,34 +476,55 @@ class Evaluations:
 
         return eval_work
 
-    def _progress(self, job_id: str, completed: int, failed: int) -> str | None:
-        """Records the counts and refreshes the heartbeat; returns the job's status
-        (a cancellation made through another server shows here)."""
-        with self.store.write_session() as session:
+    def _save_item(self, job_id: str, path: Path, line: dict[str, Any], completed: int, failed: int) -> str | None:
+        """Appends an item's result and records the counts, under the job's lease (a
+        runner that lost it adds nothing to the results); returns the job's status
+        (a cancellation made through another gateway shows here)."""
+        with self._write(job_id) as session:
             job = session.get(EvaluationJobRow, job_id)
             if job is None:
                 return None
+            _append(path, line)
             job.completed_items, job.failed_items = completed, failed
             job.modified_at = utcnow()
             return job.status
 
     def _note(self, job_id: str, name: str, data: dict[str, Any]) -> None:
-        with self.store.write_session() as session:
+        with self._write(job_id) as session:
             job = session.get(EvaluationJobRow, job_id)
             if job is not None:
                 _event(job, name, **data)
 
-    async def _heartbeat(self, job_id: str) -> None:
-        """Keeps the job's claim fresh while long items (an agent's run) go on."""
+    async def _heartbeat(self, job_id: str, run: asyncio.Task[Any]) -> None:
+        """Renews the job's lease while long items (an agent's run) go on, and stops
+        the run when another gateway took the lease or the job was cancelled there."""
+        lease = self._leases[job_id]
         while True:
             await asyncio.sleep(HEARTBEAT_S)
-            await anyio.to_thread.run_sync(self._progress_touch, job_id)
+            try:
+                held, status = await anyio.to_thread.run_sync(self._renew, lease, job_id)
+            except Exception:  # the database is away: the lease may still hold at the next try
+                log.exception("evaluation %s: cannot renew its lease", job_id)
+                continue
+            if not held:
+                log.warning("evaluation %s: another gateway took its lease", job_id)
+                self._lost.add(job_id)
+            if not held or status != RUNNING:
+                run.cancel()
+                return
 
-    def _progress_touch(self, job_id: str) -> None:
-        with self.store.write_session() as session:
-            job = session.get(EvaluationJobRow, job_id)
-            if job is not None:
-                job.modified_at = utcnow()
+    def _renew(self, lease: Lease, job_id: str) -> tuple[bool, str | None]:
+        if not lease.renew():
+            return False, None
+        with self.store.session() as session:
+            return True, session.scalar(select(EvaluationJobRow.status).where(EvaluationJobRow.id == job_id))
+
+
+def _fenced(exc: BaseException) -> bool:
+    """Whether `exc` is, or (from a task group) holds, a fenced write."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(Fenced) is not None
+    return isinstance(exc, Fenced)
 
 
 def _bind(function: Any, *args: Any) -> Any:
