@@ -29,8 +29,10 @@ def test_lm_eval_runs_a_local_task_against_the_server(platform: Platform, tmp_pa
     example = load_example()
     tenant = platform.tenant("evals-lm-eval")
     results = example.evaluate(platform.url, tenant.key, DEFAULT_CHAT_MODEL_NAME, tmp_path / "task")
-    scores = results["results"]["tramontane_capitals"]
-    assert 0.0 <= scores["exact_match,strip"] <= 1.0
     samples = results["samples"]["tramontane_capitals"]
     assert len(samples) == len(example.QUESTIONS)
     assert all(isinstance(s["resps"][0][0], str) and s["resps"][0][0] for s in samples)  # the server answered
+    # The task's filter kept a capitalised word of each answer, and the small model
+    # knows most capitals (7 of 8 with greedy decoding on CPU).
+    assert all(s["filtered_resps"][0][:1].isupper() for s in samples), [s["filtered_resps"] for s in samples]
+    assert results["results"]["tramontane_capitals"]["exact_match,strip"] >= 0.5
