@@ -39,6 +39,9 @@ class AttentionMetadata:
     token_lens: torch.Tensor  # [num_real_tokens]
     # Set by the model for a decode step that our CPU kernels run (kernels_fit).
     decode: cpu_kernels.DecodeStep | None = None
+    # Where some layers slide and others see the whole context (Gemma 3): the sliding
+    # layers' metadata; this one is then the full layers'.
+    local: AttentionMetadata | None = None
 
 
 def build_metadata(

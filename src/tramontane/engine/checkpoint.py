@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 
-_SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen3", "qwen3_moe")
+_SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen3", "qwen3_moe", "gemma3_text")
 # Vision-language checkpoints: a Pixtral encoder in front of one of the text models above.
 _VISION_MODEL_TYPES = ("llava", "mistral3")
 _MOE_MODEL_TYPES = ("mixtral", "qwen3_moe")
@@ -46,6 +46,8 @@ _LAYER_NAMES = {
     "block_sparse_moe.gate.weight",
     "self_attn.q_norm.weight",
     "self_attn.k_norm.weight",
+    "pre_feedforward_layernorm.weight",
+    "post_feedforward_layernorm.weight",
 }
 _EXPERT_NAME = re.compile(r"block_sparse_moe\.experts\.\d+\.w[123]\.weight")
 # Qwen3-MoE's per-expert names in transformers 4 (gate, up and down projections).
@@ -207,6 +209,8 @@ def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[p + "self_attn.o_proj.weight"] = (h, q)
         if config.qk_norm:
             shapes |= {p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)}
+        if config.sandwich_norms:
+            shapes |= {p + "pre_feedforward_layernorm.weight": (h,), p + "post_feedforward_layernorm.weight": (h,)}
         if not config.is_moe:
             shapes |= {p + f"mlp.{n}.weight": s for n, s in dense.items()}
             continue
@@ -263,6 +267,8 @@ def _model_config(raw: dict[str, Any]) -> ModelConfig:
     moe = model_type in _MOE_MODEL_TYPES
     if model_type == "qwen3_moe" and (raw.get("mlp_only_layers") or int(raw.get("decoder_sparse_step", 1)) != 1):
         raise ModelLoadError("Qwen3-MoE checkpoints with dense layers among the sparse ones are not supported")
+    if model_type == "gemma3_text":
+        return _gemma3_config(raw)
     try:
         hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
         theta, scaling = _rope(raw)
@@ -288,6 +294,59 @@ def _model_config(raw: dict[str, Any]) -> ModelConfig:
             num_experts_per_tok=int(raw.get("num_experts_per_tok", 2)),
             norm_topk_prob=bool(raw.get("norm_topk_prob", True)),
             qk_norm=model_type.startswith("qwen3"),
+            bos_token_id=raw.get("bos_token_id"),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"config.json is missing or has a bad value: {e!r}") from e
+
+
+def _gemma3_config(raw: dict[str, Any]) -> ModelConfig:
+    """Gemma 3's text model: the Llama shape with per-head Q/K norms, norms around
+    attention and the MLP, GELU, scaled embeddings and queries, and sliding layers
+    (each with an unscaled rotary base of its own) among full ones."""
+    if raw.get("final_logit_softcapping") or raw.get("attn_logit_softcapping"):
+        raise ModelLoadError("Gemma checkpoints with logit soft-capping are not supported")
+    if raw.get("use_bidirectional_attention"):
+        raise ModelLoadError("Gemma checkpoints with bidirectional attention are not supported")
+    try:
+        layers, hidden = int(raw["num_hidden_layers"]), int(raw["hidden_size"])
+        params = raw.get("rope_parameters") or {}
+        if "full_attention" in params:  # transformers 5: one rotary per layer type
+            theta, scaling = _rope({"rope_parameters": params["full_attention"]})
+            local_theta = float((params.get("sliding_attention") or {}).get("rope_theta", 10000.0))
+        else:
+            theta, scaling = _rope(raw)
+            local_theta = float(raw.get("rope_local_base_freq", 10000.0))
+        pattern = int(raw.get("sliding_window_pattern") or raw.get("_sliding_window_pattern") or 6)
+        types = raw.get("layer_types") or [
+            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)
+        ]
+        if len(types) != layers or not set(types) <= {"full_attention", "sliding_attention"}:
+            raise ValueError(f"layer_types {types!r}")
+        heads = int(raw["num_attention_heads"])
+        head_dim = int(raw.get("head_dim") or hidden // heads)
+        return ModelConfig(
+            architecture="gemma3_text",
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(raw["intermediate_size"]),
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=head_dim,
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=int(raw.get("max_position_embeddings", 131072)),
+            sliding_window=int(raw["sliding_window"]) if raw.get("sliding_window") else None,
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)),
+            qk_norm=True,
+            layer_types=list(types),
+            rope_local_theta=local_theta,
+            attention_scale=float(raw.get("query_pre_attn_scalar") or head_dim) ** -0.5,
+            embedding_scale=hidden**0.5,
+            hidden_act=str(raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"),
+            sandwich_norms=True,
             bos_token_id=raw.get("bos_token_id"),
         )
     except (KeyError, TypeError, ValueError) as e:
@@ -368,6 +427,9 @@ def _read_safetensors(
 def _hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
     """The tensors `name` stands for in our naming; newer transformers' fused
     Mixtral experts (mlp.experts.gate_up_proj / down_proj) are split per expert."""
+    if config.architecture == "gemma3_text" and name.endswith("norm.weight"):
+        # Gemma's RMSNorm scales by (1 + weight): stored here as the plain scale.
+        tensor = tensor.float() + 1.0
     if name in _GLOBAL_NAMES or (config.vision is not None and name.startswith(_VISION_PREFIXES)):
         yield name, tensor
         return

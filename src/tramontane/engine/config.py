@@ -40,7 +40,7 @@ class VisionConfig:
 class ModelConfig:
     """Hyperparameters of a Llama/Mistral/Mixtral/Qwen3-family decoder, in HF terms."""
 
-    architecture: str  # "llama" | "mistral" | "mixtral" | "qwen3" | "qwen3_moe"
+    architecture: str  # "llama" | "mistral" | "mixtral" | "qwen3" | "qwen3_moe" | "gemma3_text"
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -60,8 +60,20 @@ class ModelConfig:
     num_experts_per_tok: int = 2
     # Mixtral renormalises the chosen experts' router probabilities; Qwen3-MoE says whether.
     norm_topk_prob: bool = True
-    # Qwen3: an RMSNorm over each head of Q and of K before the rotary embedding.
+    # Qwen3, Gemma 3: an RMSNorm over each head of Q and of K before the rotary embedding.
     qk_norm: bool = False
+    # Gemma 3: which layers attend through the sliding window ("sliding_attention") and
+    # which see the whole context ("full_attention"); None: sliding_window applies to all.
+    layer_types: list[str] | None = None
+    # Gemma 3: the sliding layers' rotary base (unscaled); rope_theta and rope_scaling are the full layers'.
+    rope_local_theta: float | None = None
+    # Gemma 3: queries scaled by query_pre_attn_scalar ** -0.5 instead of head_dim ** -0.5.
+    attention_scale: float | None = None
+    # Gemma 3: token embeddings multiplied by sqrt(hidden_size).
+    embedding_scale: float = 1.0
+    hidden_act: str = "silu"
+    # Gemma 3: RMSNorms on the outputs of attention and of the MLP too.
+    sandwich_norms: bool = False
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     # Pixtral / Mistral Small 3.x: the vision encoder whose embeddings fill the [IMG] tokens.
@@ -70,6 +82,17 @@ class ModelConfig:
     @property
     def is_moe(self) -> bool:
         return self.num_local_experts > 0
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether `layer` attends through the sliding window."""
+        if self.sliding_window is None:
+            return False
+        return self.layer_types is None or self.layer_types[layer] == "sliding_attention"
+
+    @property
+    def mixes_windows(self) -> bool:
+        """Some layers slide and some see the whole context (Gemma 3)."""
+        return len({self.is_sliding(i) for i in range(self.num_hidden_layers)}) > 1
 
 
 @dataclass

@@ -33,7 +33,7 @@ class Attention(nn.Module):
         self.n_heads = cfg.num_attention_heads
         self.n_kv_heads = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
-        self.scale = cfg.head_dim**-0.5
+        self.scale = cfg.attention_scale or cfg.head_dim**-0.5
         # One matmul for Q, K and V: a third of the kernel launches on the hot path.
         self.qkv_proj = Linear(torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]]), quant)
         self.o_proj = Linear(w["o_proj"], quant)
@@ -78,11 +78,17 @@ class Attention(nn.Module):
         return y
 
 
-class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+_ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu}
 
-    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, quant: str):
+
+class MLP(nn.Module):
+    """A gated MLP: down(act(gate(x)) * up(x)), SwiGLU with act = silu."""
+
+    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, quant: str, act: str = "silu"):
         super().__init__()
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"unsupported activation {act!r}")
+        self.act = act
         self.hidden = gate.shape[0]
         self.gate_up_proj = Linear(torch.cat([gate, up]), quant)
         self.down_proj = Linear(down, quant)
@@ -94,7 +100,7 @@ class MLP(nn.Module):
         if lora is not None and self.gate_up_lora is not None:
             self.gate_up_lora.apply(gate_up, x, lora)
         gate, up = gate_up.split(self.hidden, dim=-1)
-        h = F.silu(gate) * up
+        h = _ACTIVATIONS[self.act](gate) * up
         y = self.down_proj(h)
         if lora is not None and self.down_lora is not None:
             self.down_lora.apply(y, h, lora)
@@ -156,7 +162,17 @@ class DecoderLayer(nn.Module):
             moe = {k[len(prefix) :].removesuffix(".weight"): v for k, v in w.items() if k.startswith(prefix)}
             self.mlp: nn.Module = SparseMoE(cfg, moe, quant)
         else:
-            self.mlp = MLP(w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"], quant)
+            self.mlp = MLP(
+                w["mlp.gate_proj.weight"], w["mlp.up_proj.weight"], w["mlp.down_proj.weight"], quant, cfg.hidden_act
+            )
+        # Gemma 3: post_attention_layernorm normalises attention's output, and the MLP has
+        # a norm on each side; elsewhere post_attention_layernorm is the MLP's input norm.
+        self.sandwich = cfg.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.pre_feedforward_layernorm.weight.copy_(w["pre_feedforward_layernorm.weight"])
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.post_feedforward_layernorm.weight.copy_(w["post_feedforward_layernorm.weight"])
 
     def attach_lora(self, stacks: dict[str, LoRAStack]) -> None:
         """Give the projections their multi-LoRA slot weights (keyed by fused name)."""
@@ -171,6 +187,9 @@ class DecoderLayer(nn.Module):
             attn = self.self_attn
             cpu_kernels.dense_layer_decode(spec, x.view(x.shape[0], -1), meta.decode, attn.k_cache, attn.v_cache)
             return x
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, meta, lora))
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x), lora))
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, lora)
         h = self.post_attention_layernorm(x)
         return x + (self.mlp(h, lora) if isinstance(self.mlp, MLP) else self.mlp(h))
@@ -185,7 +204,10 @@ class DecoderLayer(nn.Module):
         return _FUSED_SPECS[self]
 
     def _build_fused_decode_spec(self) -> tuple | None:
-        if not isinstance(self.mlp, MLP) or self.self_attn.q_norm is not None:
+        # The kernel runs a plain pre-norm SwiGLU layer: no Q/K norms, sandwich norms or GELU.
+        if not isinstance(self.mlp, MLP) or self.self_attn.q_norm is not None or self.sandwich:
+            return None
+        if self.mlp.act != "silu":
             return None
         linears = [self.self_attn.qkv_proj, self.self_attn.o_proj, self.mlp.gate_up_proj, self.mlp.down_proj]
         if any(linear.kernel not in ("q4_1", "q8_0") for linear in linears):
@@ -213,6 +235,13 @@ class CausalLM(nn.Module):
         embed = tensors["model.embed_tokens.weight"]
         self.embed_tokens = nn.Embedding.from_pretrained(embed.to(dtype), freeze=True)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        # Gemma 3: the sliding layers turn at a base of their own, unscaled.
+        self.local_rotary = (
+            RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_local_theta, None)
+            if cfg.rope_local_theta is not None
+            else None
+        )
+        self.sliding = [cfg.is_sliding(i) for i in range(cfg.num_hidden_layers)]
         self.layers = nn.ModuleList()
         for i in range(cfg.num_hidden_layers):
             prefix = f"model.layers.{i}."
@@ -253,26 +282,39 @@ class CausalLM(nn.Module):
         image_embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
+        if self.config.embedding_scale != 1.0:
+            x = x * torch.tensor(self.config.embedding_scale, dtype=x.dtype)
         if image_embeds is not None:
             index, embeds = image_embeds
             x.view(-1, x.shape[-1]).index_copy_(0, index, embeds.to(x.dtype))
-        cos, sin = self.rotary(positions)
+        full = self._layer_inputs(x, positions, meta, self.rotary)
+        local = full
+        if self.local_rotary is not None or meta.local is not None:
+            local = self._layer_inputs(x, positions, meta.local or meta, self.local_rotary or self.rotary)
+        for layer, sliding in zip(self.layers, self.sliding, strict=True):
+            cos, sin, layer_meta = local if sliding else full
+            x = layer(x, cos, sin, layer_meta, lora)
+        # Only the last token of each sequence needs the (large) vocabulary projection.
+        x = x.reshape(-1, x.shape[-1]).index_select(0, logits_index)
+        return self.project(self.norm(x)).float()
+
+    def _layer_inputs(
+        self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, rotary: RotaryEmbedding
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """The rotary tables and attention metadata of the layers that share `rotary` and `meta`."""
+        cos, sin = rotary(positions)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         if meta.attn_bias is not None:
             meta = dataclasses.replace(meta, attn_bias=meta.attn_bias.to(x.dtype))
         attn = self.layers[0].self_attn
-        if input_ids.shape[1] == 1 and kernels_fit(x, attn.k_cache):
-            rows = input_ids.shape[0]
+        if positions.shape[1] == 1 and kernels_fit(x, attn.k_cache):
+            rows = positions.shape[0]
             step = cpu_kernels.DecodeStep(
                 attn.n_heads, cos.view(rows, -1), sin.view(rows, -1), meta.slot_mapping, meta.key_slots,
                 meta.context_lens, meta.sliding_window, attn.scale,
             )
             meta = dataclasses.replace(meta, decode=step)
-        for layer in self.layers:
-            x = layer(x, cos, sin, meta, lora)
-        # Only the last token of each sequence needs the (large) vocabulary projection.
-        x = x.reshape(-1, x.shape[-1]).index_select(0, logits_index)
-        return self.project(self.norm(x)).float()
+        return cos, sin, meta
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The vocabulary projection of `x` [rows, hidden]. A bf16 head halves what one

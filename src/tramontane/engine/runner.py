@@ -132,13 +132,12 @@ class ModelRunner:
         for row, (toks, p) in enumerate(zip(token_rows, positions, strict=True)):
             input_ids[row, : len(toks)] = torch.tensor(toks)
             pos[row, : len(p)] = torch.tensor(p)
-        meta = build_metadata(
-            positions,
-            [s.block_table for s in batch.seqs],
-            self.config.block_size,
-            self.model_config.sliding_window,
-            self.device,
-        )
+        cfg = self.model_config
+        tables = [s.block_table for s in batch.seqs]
+        window = cfg.sliding_window if cfg.is_sliding(0) and not cfg.mixes_windows else None
+        meta = build_metadata(positions, tables, self.config.block_size, window, self.device)
+        if cfg.mixes_windows:
+            meta.local = build_metadata(positions, tables, self.config.block_size, cfg.sliding_window, self.device)
         logits_index = torch.tensor(
             [row * max_len + len(positions[row]) - 1 for row in sampling_rows], dtype=torch.long
         )
