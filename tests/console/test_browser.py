@@ -4,6 +4,7 @@ journeys a user takes, each leaving a screenshot under tests/console/screenshots
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -195,7 +196,8 @@ def test_a_bad_training_file_is_refused_and_a_run_is_followed_live(page, platfor
     page.evaluate("""() => {
         // The points each refresh brought (the chart is redrawn from them once it has settled).
         const points = () => JSON.parse(document.getElementById('loss-chart')?.dataset.chart ?? '{"labels": []}');
-        const seen = () => ({status: document.getElementById('job-status').textContent, points: points().labels.length});
+        const seen = () => ({status: document.getElementById('job-status').textContent,
+                             points: points().labels.length});
         window.__refreshes = [seen()];
         document.body.addEventListener('htmx:afterSettle', () => window.__refreshes.push(seen()));
     }""")
@@ -214,6 +216,55 @@ def test_a_bad_training_file_is_refused_and_a_run_is_followed_live(page, platfor
     assert points == sorted(points), refreshes
     assert page.locator("#job-live a", has_text="Use in the playground").count() == 1
     shot(page, screenshots, "fine-tuning-job")
+    no_script_errors(page)
+
+
+def test_a_classifier_is_trained_from_the_console(page, platform: Platform, screenshots, tmp_path):
+    """Labelled texts are checked as such, a classifier job over the embedding model
+    runs to its loss curve, and the model it made classifies through the API."""
+    tenant = platform.create_tenant("browser-classifier", ("fine-tune", "inference"))
+    sign_in(page, tenant.key)
+    page.goto("/fine-tuning")
+    page.select_option("#upload-training select[name=kind]", "classifier")
+    bad = tmp_path / "tickets-draft.jsonl"
+    bad.write_text(json.dumps({"text": "Refund my last invoice", "labels": {"department": "billing"}}) + "\n"
+                   + json.dumps({"text": "The app crashes"}) + "\n")
+    page.set_input_files("#upload-training input[type=file]", str(bad))
+    page.click("#upload-training button[type=submit]")
+    assert "tickets-draft.jsonl: line 2: 'labels' must be" in page.inner_text("#validation-errors")
+    billing = ["Refund my last invoice", "I was charged twice this month", "Send me a copy of the bill",
+               "Why is my invoice higher than usual", "Cancel my subscription payment", "Update my credit card"]
+    technical = ["The app crashes on start", "I cannot log in since the update", "The page shows an error 500",
+                 "Sync stopped working on my phone", "The export button does nothing", "Video playback freezes"]
+    good = tmp_path / "tickets.jsonl"
+    good.write_text("".join(json.dumps({"text": text, "labels": {"department": label}}) + "\n"
+                            for texts, label in ((billing, "billing"), (technical, "technical")) for text in texts))
+    page.select_option("#upload-training select[name=kind]", "classifier")
+    page.set_input_files("#upload-training input[type=file]", str(good))
+    page.click("#upload-training button[type=submit]")
+    page.wait_for_selector("#training-files >> text=tickets.jsonl")
+    page.select_option("#create-job select[name=job_type]", "classifier")
+    page.select_option("#create-job select[name=model]", "all-minilm-l6-v2")
+    page.fill("#create-job input[name=training_steps]", "40")
+    page.fill("#create-job input[name=suffix]", "tickets")
+    page.click("#create-job button[type=submit]")
+    page.wait_for_url("**/fine-tuning/jobs/*")
+    wait_until(page, "() => document.getElementById('job-status').textContent === 'SUCCESS'", timeout=120)
+    wait_until(page, "() => (Chart.getChart(document.getElementById('loss-chart'))?.data.labels.length ?? 0) >= 2")
+    losses = page.evaluate("Chart.getChart(document.getElementById('loss-chart')).data.datasets[0].data")
+    assert losses[-1] < losses[0], losses  # the head learned
+    live = page.inner_text("#job-live")
+    assert "Classifier" in live and "/v1/classifications" in live
+    assert page.locator("#job-live a", has_text="Use in the playground").count() == 0
+    # The finished job takes no cancel any more, and its events read as UTC times.
+    assert page.locator("#job-live button", has_text="Cancel").count() == 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page.locator("#job-live tbody td").first.inner_text())
+    shot(page, screenshots, "fine-tuning-classifier")
+    model = page.locator("#job-live code", has_text="ft:").first.inner_text()
+    with httpx.Client(base_url=platform.url, headers={"Authorization": f"Bearer {tenant.key}"}, timeout=60) as api:
+        response = api.post("/v1/classifications", json={"model": model, "input": ["I was billed twice, refund me"]})
+    scores = response.raise_for_status().json()["results"][0]["department"]["scores"]
+    assert max(scores, key=scores.get) == "billing", scores
     no_script_errors(page)
 
 

@@ -1,5 +1,6 @@
 """Fine-tuning: upload a JSONL training file (checked line by line first), start a
-job, follow its status and loss curve live, then try the model in the playground."""
+job (a chat model's LoRA adapter, or a classifier head over an embedding model),
+follow its status and loss curve live, then try the model in the playground."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.responses import Response
 
+from ..finetune.classifier import parse_classifier_jsonl
 from ..finetune.dataset import DatasetError, parse_chat_jsonl
 from ..finetune.jobs import TERMINAL, VALIDATED
 from ..tenancy import Capability
@@ -17,6 +19,8 @@ from .web import ApiFailure, ConsoleRoute, CurrentUser, PageError, Redirect, Use
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
 MAX_ERRORS_SHOWN = 50
+# What each kind of training file holds, and the job type it trains.
+PARSERS = {"completion": parse_chat_jsonl, "classifier": parse_classifier_jsonl}
 
 
 async def _page(
@@ -24,13 +28,16 @@ async def _page(
 ) -> Response:
     files = (await user.json("GET", "/v1/files", params={"purpose": "fine-tune"}))["data"]
     jobs = (await user.json("GET", "/v1/fine_tuning/jobs"))["data"]
-    models = []
+    models: list[str] = []
+    embedding_models: list[str] = []
     if user.principal.can(Capability.INFERENCE):  # which models there are is the inference API's to say
-        served = (await user.json("GET", "/v1/models"))["data"]
-        models = [m["id"] for m in served if m.get("type") == "base" and m["capabilities"].get("completion_chat")]
+        served = [m for m in (await user.json("GET", "/v1/models"))["data"] if m.get("type") == "base"]
+        models = [m["id"] for m in served if m["capabilities"].get("completion_chat")]
+        # An embedding model's card claims no capability: neither chat nor classification.
+        embedding_models = [m["id"] for m in served if not any(m["capabilities"].values())]
     return user.render(
         "finetuning.html", status=status, title="Fine-tuning", files=files, jobs=jobs, models=models,
-        errors=errors, message=message, max_errors=MAX_ERRORS_SHOWN,
+        embedding_models=embedding_models, errors=errors, message=message, max_errors=MAX_ERRORS_SHOWN,
     )
 
 
@@ -41,14 +48,20 @@ async def finetuning_page(user: CurrentUser) -> Response:
 
 
 @router.post("/fine-tuning/files")
-async def upload_training_file(user: CurrentUser, file: Annotated[UploadFile, File()]) -> Response:
-    """Checks every line before uploading: a file with errors is refused whole, each
-    bad line named, so nothing half-valid lands in the workspace."""
+async def upload_training_file(
+    user: CurrentUser, file: Annotated[UploadFile, File()], kind: Annotated[str, Form(max_length=16)] = "completion"
+) -> Response:
+    """Checks every line before uploading (as chat examples, or as labelled texts for
+    a classifier): a file with errors is refused whole, each bad line named, so
+    nothing half-valid lands in the workspace."""
     user.require(Capability.FINE_TUNE)
+    parse = PARSERS.get(kind)
+    if parse is None:
+        raise PageError(400, f"Unknown kind of training data '{kind}'")
     data = await file.read()
     name = file.filename or "training.jsonl"
     try:
-        examples = parse_chat_jsonl(data, name)
+        examples = parse(data, name)
     except DatasetError as exc:
         return await _page(user, errors=exc.errors, status=400)
     if not examples:
@@ -77,8 +90,11 @@ async def create_job(
     suffix: Annotated[str, Form(max_length=64)] = "",
     training_steps: Annotated[str, Form(max_length=12)] = "",
     learning_rate: Annotated[str, Form(max_length=32)] = "",
+    job_type: Annotated[str, Form(max_length=16)] = "completion",
 ) -> Response:
     user.require(Capability.FINE_TUNE)
+    if job_type not in PARSERS:
+        raise PageError(400, f"Unknown job type '{job_type}'")
     hyperparameters = {
         k: v
         for k, v in {
@@ -87,7 +103,12 @@ async def create_job(
         }.items()
         if v is not None
     }
-    body = {"model": model, "training_files": [{"file_id": training_file}], "hyperparameters": hyperparameters}
+    body = {
+        "model": model,
+        "job_type": job_type,
+        "training_files": [{"file_id": training_file}],
+        "hyperparameters": hyperparameters,
+    }
     if suffix.strip():
         body["suffix"] = suffix.strip()
     try:

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,6 +58,26 @@ templates = Environment(
     autoescape=select_autoescape(default=True, default_for_string=True),
     auto_reload=False,
 )
+
+
+def when(value: int | float | str | None) -> str:
+    """A time as people read it, in UTC: the API gives Unix seconds for some objects
+    (Mistral's shapes) and ISO 8601 for others."""
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, int | float):
+        moment = datetime.fromtimestamp(value, timezone.utc)
+    else:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+templates.filters["when"] = when
 
 # (path, label, capability needed to see it; None: every key)
 NAVIGATION: tuple[tuple[str, str, Capability | None], ...] = (
