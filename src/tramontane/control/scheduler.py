@@ -54,12 +54,16 @@ def _amounts(r: Resources | NodeCapacity) -> dict[str, float]:
     return {"cpu": r.cpu, "memory_mb": r.memory_mb, "gpus": r.gpus, "gpu_memory_mb": r.gpu_memory_mb, **r.custom}
 
 
+def _held(occupant: Occupant) -> dict[str, float]:
+    if occupant.held_memory_mb is not None:
+        return {"memory_mb": occupant.held_memory_mb}
+    return _amounts(occupant.resources)
+
+
 def _free(capacity: NodeCapacity, occupants: list[Occupant]) -> dict[str, float]:
     free = _amounts(capacity)
     for occupant in occupants:
-        resources = occupant.resources
-        held = _amounts(resources) if occupant.held_memory_mb is None else {"memory_mb": occupant.held_memory_mb}
-        for name, used in held.items():
+        for name, used in _held(occupant).items():
             free[name] = free.get(name, 0.0) - used
     return free
 
@@ -76,16 +80,19 @@ def place(capacity: NodeCapacity, occupants: list[Occupant], need: Resources, de
         raise NoCapacity(
             f"a replica needs {_describe(_amounts(need))} but the node only has {_describe(_free(capacity, []))}"
         )
-    remaining = list(occupants)
+    free = _free(capacity, occupants)
+    if _fits(free, need):
+        return []
     candidates = sorted(
         (o for o in occupants if o.evictable and o.deployment_id != deployment_id), key=lambda o: o.last_used
     )
+    # Each eviction gives back what its replica holds: one pass, not a recount per candidate.
     evicted: list[str] = []
-    for victim in [None, *candidates]:
-        if victim is not None:
-            remaining.remove(victim)
-            evicted.append(victim.replica_id)
-        if _fits(_free(capacity, remaining), need):
+    for victim in candidates:
+        for name, held in _held(victim).items():
+            free[name] = free.get(name, 0.0) + held
+        evicted.append(victim.replica_id)
+        if _fits(free, need):
             return evicted
     raise NoCapacity(
         f"no room for a replica needing {_describe(_amounts(need))}: free on the node is "
