@@ -6,6 +6,7 @@ running replica, every request answered or refused with Retry-After."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -79,7 +80,7 @@ def test_gateways_share_keys_deployments_and_fail_over(gateways, home: Path):
 
     # A key made on one gateway works on all; revoked on another, it fails on all at once.
     made = httpx.post(f"{urls[1]}/v1/admin/workspaces/{workspace}/keys", headers=admin,
-                      json={"name": "app", "capabilities": ["inference", "deploy"]}).json()
+                      json={"name": "app", "capabilities": ["inference", "deploy", "fine-tune"]}).json()
     key = {"Authorization": f"Bearer {made['key']}"}
     assert all(httpx.get(f"{url}/v1/models", headers=key).status_code == 200 for url in urls)
     doomed = httpx.post(f"{urls[0]}/v1/admin/workspaces/{workspace}/keys", headers=admin,
@@ -88,6 +89,21 @@ def test_gateways_share_keys_deployments_and_fail_over(gateways, home: Path):
     for url in urls:
         refused = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {doomed['key']}"})
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "api_key_revoked"
+
+    # A batch job submitted through one gateway runs once, on one of them, and its
+    # results are read through another.
+    lines = "".join(json.dumps({"custom_id": str(n), "body": {"input": f"line {n}"}}) + "\n" for n in range(5))
+    upload = httpx.post(f"{urls[0]}/v1/files", headers=key, data={"purpose": "batch"},
+                        files={"file": ("lines.jsonl", lines.encode())}, timeout=30)
+    assert upload.status_code == 200, upload.text
+    job = httpx.post(f"{urls[1]}/v1/batch/jobs", headers=key, timeout=30, json={
+        "input_files": [upload.json()["id"]], "endpoint": "/v1/embeddings", "model": "all-minilm-l6-v2"}).json()
+    _wait(lambda: httpx.get(f"{urls[2]}/v1/batch/jobs/{job['id']}", headers=key).json()["status"] == "SUCCESS",
+          60, "the batch job")
+    done = httpx.get(f"{urls[0]}/v1/batch/jobs/{job['id']}", headers=key).json()
+    assert (done["total_requests"], done["succeeded_requests"]) == (5, 5)
+    results = httpx.get(f"{urls[2]}/v1/files/{done['output_file']}/content", headers=key, timeout=30)
+    assert sorted(json.loads(line)["custom_id"] for line in results.text.splitlines()) == [str(n) for n in range(5)]
 
     # A deployment created through a follower is the leader's; every gateway sees and serves it.
     spec = {
