@@ -148,6 +148,39 @@ async def test_rollback_and_update_refuse_bad_requests(env: Env) -> None:
     assert [r["number"] for r in (await env.client.get("/v1/deployments/only/revisions")).json()["data"]] == [1]
 
 
+async def test_a_change_being_prepared_refuses_another(env: Env, monkeypatch) -> None:
+    """An image build can take minutes: a second change meanwhile is refused, not
+    rolled out beside the first; a deployment deleted meanwhile gets no revision."""
+    assert (await env.client.post("/v1/deployments", json=spec("built"))).status_code == 201
+    building = asyncio.Event()
+    release = asyncio.Event()
+    prepare = env.plane.images.prepare
+
+    async def slow_prepare(workspace_id: str, new_spec: Any) -> Any:
+        building.set()
+        await release.wait()
+        return await prepare(workspace_id, new_spec)
+
+    monkeypatch.setattr(env.plane.images, "prepare", slow_prepare)
+    first = asyncio.create_task(env.client.patch("/v1/deployments/built", json={"env": {"APP_VERSION": "2"}}))
+    await asyncio.wait_for(building.wait(), 10)
+    # Bounded: without the guard, this one would wait on the same build.
+    second = await asyncio.wait_for(env.client.patch("/v1/deployments/built", json={"env": {"APP_VERSION": "3"}}), 5)
+    assert second.status_code == 409 and second.json()["error"]["code"] == "rollout_in_progress", second.text
+    release.set()
+    assert (await asyncio.wait_for(first, 10)).status_code == 200
+    shown = await _settled(env, "built")
+    assert shown["revision"] == 2 and shown["spec"]["env"] == {"APP_VERSION": "2"}
+
+    building.clear()
+    release.clear()
+    late = asyncio.create_task(env.client.patch("/v1/deployments/built", json={"env": {"APP_VERSION": "4"}}))
+    await asyncio.wait_for(building.wait(), 10)
+    assert (await env.client.delete("/v1/deployments/built")).status_code == 200
+    release.set()
+    assert (await asyncio.wait_for(late, 10)).status_code == 404
+
+
 async def test_restart_mid_rollout_rolls_back_and_leaves_no_replica(env: Env) -> None:
     assert (await env.client.post("/v1/deployments", json=spec("svc", env={"APP_VERSION": "1"}))).status_code == 201
     slow = {"command": "sleep 60", "health_check": {"grace_period_s": 30}}

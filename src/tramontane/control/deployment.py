@@ -37,6 +37,8 @@ class Deployment:
     revision: int = 1
     rolling_out: int | None = None
     rollout_task: asyncio.Task[None] | None = None
+    # A change whose image is being checked, pulled or built, before it is a revision.
+    preparing: bool = False
     # Why the last rollout failed, until one succeeds.
     rollback_reason: str | None = None
     # Set, then replaced, whenever a replica becomes ready: a broadcast to waiters.

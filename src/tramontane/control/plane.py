@@ -249,10 +249,20 @@ class ControlPlane:
             raise Conflict(
                 f"Revision {deployment.rolling_out} of '{name}' is still rolling out", code="rollout_in_progress"
             )
+        if deployment.preparing:
+            # Its image is being built or pulled: a second change now would race it.
+            raise Conflict(f"A change of '{name}' is being prepared", code="rollout_in_progress")
         self.secrets.resolve(workspace_id, set(spec.secret_env().values()))
-        spec = await self.images.prepare(workspace_id, spec)
+        deployment.preparing = True
+        try:
+            spec = await self.images.prepare(workspace_id, spec)
+        finally:
+            deployment.preparing = False
+        if deployment.deleted or self._abdicated:
+            raise DeploymentNotFound(name)  # deleted (or handed over) while its image was built
         number = self.repository.add_revision(workspace_id, deployment.id, spec, reason)
-        self._event(deployment, "revision_created", f"revision {number} created" + (f" ({reason})" if reason else ""), number)
+        created = f"revision {number} created" + (f" ({reason})" if reason else "")
+        self._event(deployment, "revision_created", created, number)
         deployment.rolling_out = number
         deployment.rollout_task = asyncio.create_task(
             self._roll_out(deployment, number, spec), name=f"roll out {name} revision {number}"
