@@ -51,7 +51,7 @@ def _stop(proc, reader) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_rollout_rolls_back_on_restart_leaving_no_orphan(home: Path) -> None:
+def test_sigkill_mid_rollout_rolls_back_on_restart_leaving_no_orphan(home: Path) -> None:  # noqa: F811
     first = launch_up(*MODEL)
     proc, _, reader, url = first
     try:
@@ -59,7 +59,9 @@ def test_sigkill_mid_rollout_rolls_back_on_restart_leaving_no_orphan(home: Path)
         admin = {"Authorization": f"Bearer {(home / 'admin-key').read_text().strip()}"}
         workspace = httpx.get(f"{url}/v1/admin/workspaces", headers=admin).json()["data"][0]["id"]
         made = httpx.post(
-            f"{url}/v1/admin/workspaces/{workspace}/keys", headers=admin, json={"name": "d", "capabilities": ["deploy", "inference"]}
+            f"{url}/v1/admin/workspaces/{workspace}/keys",
+            headers=admin,
+            json={"name": "d", "capabilities": ["deploy", "inference"]},
         ).json()
         key = {"Authorization": f"Bearer {made['key']}"}
         client = httpx.Client(base_url=url, headers=key, timeout=30)

@@ -82,7 +82,7 @@ async def ramp(tmp_path: Path) -> AsyncIterator[Ramp]:
 
 
 def changes(counts: list[int]) -> int:
-    return sum(a != b for a, b in zip(counts, counts[1:]))
+    return sum(a != b for a, b in zip(counts, counts[1:], strict=False))
 
 
 async def test_requests_per_second_ramp_up_and_down(ramp: Ramp) -> None:

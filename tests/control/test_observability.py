@@ -47,7 +47,8 @@ async def test_request_metrics_by_deployment_and_status(env: Env) -> None:
     ours = rf'deployment="counted",status="{{}}",workspace="{env.workspace_id}"'
     assert re.search(r"tramontane_deployment_requests_total\{" + ours.format(200) + r"\} 3\.0", text), text
     assert re.search(r'tramontane_deployment_requests_total\{[^}]*status="502"[^}]*\} 1\.0', text), text
-    assert re.search(r'tramontane_deployment_request_duration_seconds_count\{[^}]*deployment="counted"[^}]*\} 4\.0', text)
+    count = r'tramontane_deployment_request_duration_seconds_count\{[^}]*deployment="counted"[^}]*\} 4\.0'
+    assert re.search(count, text)
     assert re.search(r'tramontane_deployment_request_duration_seconds_bucket\{[^}]*le="\+Inf"[^}]*\} 4\.0', text)
     assert re.search(r'tramontane_deployment_revision\{[^}]*deployment="counted"[^}]*\} 1\.0', text)
 

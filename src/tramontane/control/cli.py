@@ -91,7 +91,9 @@ def ps(url: Url = DEFAULT_URL, api_key: Key = None) -> None:
         states = ", ".join(_replica_cell(r) for r in d["replicas"]) or "-"
         routes = d["spec"]["routes"]
         shown = " ".join(filter(None, [routes.get("path_prefix"), *routes.get("models", [])]))
-        table.add_row(d["name"], d["kind"], _revision_cell(d), str(d["desired_replicas"]), states, str(d["in_flight"]), shown)
+        table.add_row(
+            d["name"], d["kind"], _revision_cell(d), str(d["desired_replicas"]), states, str(d["in_flight"]), shown
+        )
     console.print(table)
 
 
@@ -236,7 +238,8 @@ def delete_secret(name: str, url: Url = DEFAULT_URL, api_key: Key = None) -> Non
 @secrets_app.command("rotate")
 def rotate_secrets(
     database_url: Annotated[
-        str | None, typer.Option("--database-url", envvar="TRAMONTANE_DATABASE_URL", help="Defaults to the SQLite file.")
+        str | None,
+        typer.Option("--database-url", envvar="TRAMONTANE_DATABASE_URL", help="Defaults to the SQLite file."),
     ] = None,
     drop_old: Annotated[bool, typer.Option("--drop-old", help="Then forget the older keys of the key file.")] = False,
 ) -> None:

@@ -8,9 +8,9 @@ from ..tenancy import Tenancy
 from .api import router
 from .domains import DomainRouting
 from .domains_api import router as domains_router
-from .secrets_api import router as secrets_router
 from .plane import ControlPlane
 from .router import create_router_app
+from .secrets_api import router as secrets_router
 
 SERVE_PREFIX = "/serve"
 

@@ -36,7 +36,9 @@ class DeploymentCollector(Collector):
         desired = GaugeMetricFamily(
             "tramontane_deployment_desired_replicas", "The replica count a deployment aims for", labels=labels
         )
-        revision = GaugeMetricFamily("tramontane_deployment_revision", "The revision a deployment serves", labels=labels)
+        revision = GaugeMetricFamily(
+            "tramontane_deployment_revision", "The revision a deployment serves", labels=labels
+        )
         for deployment in self.plane.all():
             names = [deployment.workspace_id, deployment.name]
             stats = deployment.request_stats

@@ -31,10 +31,10 @@ from ..errors import Conflict, Invalid, NotFound, TramontaneError, Unavailable
 from ..store import HOME_ENV, URL_ENV, Store, tramontane_home
 from ..store.leases import Fenced
 from ..store.types import new_id
+from . import logs as replica_logs
 from .autoscaler import Load, decide
 from .backends import Backend, LocalBackend
 from .clock import SYSTEM_CLOCK, Clock, wait_for
-from . import logs as replica_logs
 from .deployment import Deployment
 from .domains import DomainTable
 from .errors import DeploymentNotFound, NoCapacity
@@ -237,7 +237,9 @@ class ControlPlane:
 
     # -- revisions -------------------------------------------------------------
 
-    async def update(self, workspace_id: str, name: str, spec: DeploymentSpec, *, reason: str | None = None) -> Deployment:
+    async def update(
+        self, workspace_id: str, name: str, spec: DeploymentSpec, *, reason: str | None = None
+    ) -> Deployment:
         """Stores `spec` as a new revision and rolls it out in the background: new
         replicas start, and once all pass their health checks they take the
         traffic while the old ones drain and stop. A revision whose replicas fail

@@ -46,7 +46,8 @@ def _secrets(plane: ControlPlane) -> SecretStore:
 
 @router.post("", status_code=201)
 async def create_secret(body: SecretCreate, principal: Deploy, plane: Plane) -> SecretOut:
-    return SecretOut.of(_secrets(plane).create(principal.workspace_id, body.name, body.value, Actor(principal.key_prefix)))
+    created = _secrets(plane).create(principal.workspace_id, body.name, body.value, Actor(principal.key_prefix))
+    return SecretOut.of(created)
 
 
 @router.get("")
@@ -57,7 +58,8 @@ async def list_secrets(principal: Deploy, plane: Plane) -> SecretList:
 @router.put("/{secret_name}")
 async def update_secret(secret_name: str, body: SecretUpdate, principal: Deploy, plane: Plane) -> SecretOut:
     """A new value, given to replicas started from now on (redeploy to renew the running ones)."""
-    return SecretOut.of(_secrets(plane).update(principal.workspace_id, secret_name, body.value, Actor(principal.key_prefix)))
+    updated = _secrets(plane).update(principal.workspace_id, secret_name, body.value, Actor(principal.key_prefix))
+    return SecretOut.of(updated)
 
 
 @router.delete("/{secret_name}")
