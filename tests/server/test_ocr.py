@@ -76,6 +76,29 @@ def test_a_pdf_table_inline_or_apart_in_the_asked_format(client: Mistral) -> Non
     assert as_markdown.tables[0].content == inline.markdown.split("\n\n")[1]
 
 
+def test_running_headers_and_footers_split_off_when_asked(client: Mistral) -> None:
+    pages = [
+        ["ACME Logistics - Annual report 2026", f"Section {n}: {topic}", f"Page {n} of 3"]
+        for n, topic in ((1, "revenue grew"), (2, "costs fell"), (3, "outlook"))
+    ]
+    document = {"type": "document_url", "document_url": data_url(text_pdf(pages), "application/pdf")}
+    split = client.ocr.process(model="mistral-ocr-latest", document=document, extract_header=True, extract_footer=True)
+    assert [(p.header, p.markdown, p.footer) for p in split.pages] == [
+        ("ACME Logistics - Annual report 2026", "Section 1: revenue grew", "Page 1 of 3"),
+        ("ACME Logistics - Annual report 2026", "Section 2: costs fell", "Page 2 of 3"),
+        ("ACME Logistics - Annual report 2026", "Section 3: outlook", "Page 3 of 3"),
+    ]
+    only_footer = client.ocr.process(model="mistral-ocr-latest", document=document, extract_footer=True).pages[0]
+    assert only_footer.header is None and only_footer.footer == "Page 1 of 3"
+    assert only_footer.markdown.startswith("ACME Logistics")
+    kept = client.ocr.process(model="mistral-ocr-latest", document=document).pages[0]
+    assert kept.header is None and "Page 1 of 3" in kept.markdown
+    # A line on one page only is no running header: nothing is taken from a single page.
+    single = {"type": "document_url", "document_url": data_url(text_pdf(pages[:1]), "application/pdf")}
+    alone = client.ocr.process(model="mistral-ocr-latest", document=single, extract_header=True).pages[0]
+    assert alone.header is None and alone.markdown.startswith("ACME Logistics")
+
+
 @needs_tesseract
 def test_image_and_uploaded_file(client: Mistral) -> None:
     image = png(text_image(["Order confirmed", "Livraison demain"]))

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import replace
 from urllib.parse import unquote_to_bytes
 
 from fastapi import APIRouter
 
 from ..docai import Document, DocumentReader, Page
 from ..docai.extract import require_text
+from ..docai.running import RunningLines
 from ..docai.schemas import (
     FileChunk,
     ImageURLChunk,
@@ -99,16 +101,23 @@ def _data_url(url: str) -> tuple[bytes, str | None]:
 
 def _pages(document: Document, body: OCRRequest) -> list[OCRPage]:
     pages, budget = [], body.image_limit
+    running = RunningLines.of(document.pages) if body.extract_header or body.extract_footer else None
     for page in document.pages:
         images = [image for image in page.images if _big_enough(image, body.image_min_size)]
         if budget is not None:
             images, budget = images[:budget], max(0, budget - len(images))
+        header = footer = None
+        if running is not None:
+            header, markdown, footer = running.split(page, bool(body.extract_header), bool(body.extract_footer))
+            page = replace(page, markdown=markdown)
         markdown, tables = _tables(page, body.table_format)
         pages.append(
             OCRPage(
                 index=page.index,
                 markdown=markdown,
                 tables=tables,
+                header=header,
+                footer=footer,
                 images=[
                     OCRImage(
                         id=image.id,
