@@ -3,14 +3,16 @@ statistics, the attack families' data files and the red-team detectors."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from tramontane.errors import Invalid
-from tramontane.evaluations import dataset, redteam, report, stats
+from tramontane.evaluations import chart, dataset, redteam, report, stats
 from tramontane.evaluations import metrics as scoring
 from tramontane.evaluations.calls import Answer
+from tramontane.evaluations.models import EvaluationJobRow
 from tramontane.evaluations.schemas import CreateEvaluation, Metric
 
 
@@ -86,6 +88,20 @@ def test_bootstrap_interval_holds_the_mean_and_narrows_with_more_data() -> None:
     assert (large.ci_high - large.ci_low) < (small.ci_high - small.ci_low)
     assert stats.bootstrap_mean([0.7] * 4).ci_low == pytest.approx(0.7)
     assert math.isnan(stats.bootstrap_mean([]).mean)
+
+
+def test_a_summary_without_values_is_valid_json() -> None:
+    """A metric no item scored (every answer failed, or no reference) has no mean:
+    null in the summary, which an API answer and the chart can carry."""
+    failed = [{"target_index": t, "item_index": 0, "error": "engine overloaded"} for t in (0, 1)]
+    metrics = [Metric(type="chrf")]
+    summary = report.summary(failed, ["a", "b"], metrics)
+    json.dumps(summary, allow_nan=False)
+    assert summary["targets"]["a"]["metrics"]["chrf"] == {"mean": None, "ci_low": None, "ci_high": None, "n": 0,
+                                                           "corpus": None}
+    assert summary["comparisons"][0]["n"] == 0 and summary["comparisons"][0]["difference"]["mean"] is None
+    job = EvaluationJobRow(id="eval_x", name="empty", kind="evaluation", status="SUCCESS", summary=summary)
+    assert "<svg" in chart.svg(job)
 
 
 def test_paired_comparison() -> None:

@@ -26,7 +26,8 @@ def _series(job: EvaluationJobRow) -> tuple[list[str], list[str], dict[tuple[str
         for group, estimate in entries.items():
             if group not in groups:
                 groups.append(group)
-            if estimate and not math.isnan(estimate.get("mean", math.nan)):
+            mean = estimate.get("mean") if estimate else None
+            if mean is not None and not math.isnan(mean):  # a metric with no value: no bar
                 values[(group, target)] = estimate
     return groups, targets, values
 

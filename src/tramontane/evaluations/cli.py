@@ -64,13 +64,18 @@ def _show(job: dict[str, Any]) -> None:
         table = Table("target", "metric", "mean", "95% interval", "n")
         for target, data in summary["targets"].items():
             for metric, value in data["metrics"].items():
+                if value["mean"] is None:  # no item had a score for it
+                    table.add_row(target, metric, "-", "-", "0")
+                    continue
                 table.add_row(target, metric, f"{value['mean']:.3f}", f"[{value['ci_low']:.3f}, {value['ci_high']:.3f}]",
                               str(value["n"]))
         console.print(table)
         for comparison in summary["comparisons"]:
             mark = "significant" if comparison["significant"] else "not significant"
+            difference = comparison["difference"]["mean"]
+            shown = "no common item" if difference is None else f"{difference:+.3f}"
             console.print(f"{comparison['candidate']} vs {comparison['baseline']} on {comparison['metric']}: "
-                          f"{comparison['difference']['mean']:+.3f}, p={comparison['p_value']:.4f} ({mark})")
+                          f"{shown}, p={comparison['p_value']:.4f} ({mark})")
     else:
         table = Table("target", "family", "attempts", "successes", "success rate")
         for target, data in summary["targets"].items():

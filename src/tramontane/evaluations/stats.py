@@ -23,8 +23,8 @@ class Estimate:
     ci_high: float
     n: int
 
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def as_dict(self) -> dict[str, float | int | None]:
+        return _json_safe(asdict(self))
 
 
 def bootstrap_mean(values: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED) -> Estimate:
@@ -71,9 +71,15 @@ class Paired:
     significant: bool
 
     def as_dict(self) -> dict[str, object]:
-        out = asdict(self)
+        out = _json_safe(asdict(self))
         out["difference"] = self.difference.as_dict()
         return out
+
+
+def _json_safe(values: dict[str, object]) -> dict[str, object]:
+    """NaN (the mean of no values) as None: JSON has no NaN, and an API answer
+    holding one could not be encoded."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
 def paired(baseline: str, candidate: str, metric: str, pairs: Sequence[tuple[float, float]]) -> Paired:
