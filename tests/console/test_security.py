@@ -9,7 +9,7 @@ import httpx
 import pytest
 from console_helpers import ALL, Platform, has_bwrap
 
-PAGES = ("/playground", "/models", "/usage", "/deployments", "/sandboxes", "/fine-tuning", "/agents")
+PAGES = ("/playground", "/models", "/usage", "/deployments", "/sandboxes", "/fine-tuning", "/evaluations", "/agents")
 
 
 def test_pages_need_a_session(platform: Platform):
@@ -141,6 +141,12 @@ def owner_objects(platform: Platform) -> dict:
             json={"model": model, "training_files": [{"file_id": file["id"]}], "auto_start": False},
         ).json()
         assert api.post("/v1/deployments", json={"name": "owned-web", "command": "sleep 1000"}).status_code == 201
+        dataset = b'{"input": "Hi", "reference": "Hello"}\n'
+        dataset_id = api.post("/v1/files", files={"file": ("d.jsonl", dataset)}, data={"purpose": "evals"}).json()["id"]
+        evaluation = api.post("/v1/evaluations", json={
+            "dataset": dataset_id, "targets": [{"model": model}], "metrics": [{"type": "chrf"}],
+            "completion_args": {"max_tokens": 2},
+        }).json()
         sandbox_id = "sbx-none"  # without bubblewrap, a made-up id (404 either way)
         if has_bwrap:
             sandbox = api.post("/v1/sandboxes", json={"timeout": 300})
@@ -150,7 +156,7 @@ def owner_objects(platform: Platform) -> dict:
     return {
         "owner": owner, "name": "owned-web", "conversation_id": conversation["conversation_id"],
         "library_id": library["id"], "job_id": job["id"], "workspace_id": owner.workspace_id,
-        "sandbox_id": sandbox_id, "key_id": owner.key_id,
+        "sandbox_id": sandbox_id, "key_id": owner.key_id, "evaluation_id": evaluation["id"], "format": "csv",
     }
 
 
@@ -171,6 +177,10 @@ OBJECT_ROUTES = {
     ("GET", "/fine-tuning/jobs/{job_id}/live"): None,
     ("POST", "/fine-tuning/jobs/{job_id}/cancel"): {},
     ("POST", "/fine-tuning/jobs/{job_id}/start"): {},
+    ("GET", "/evaluations/{evaluation_id}"): None,
+    ("POST", "/evaluations/{evaluation_id}/cancel"): {},
+    ("GET", "/evaluations/{evaluation_id}/chart.svg"): None,
+    ("GET", "/evaluations/{evaluation_id}/results.{format}"): None,
     ("GET", "/conversations/{conversation_id}"): None,
     ("POST", "/conversations/{conversation_id}"): {"inputs": "taken over"},
     ("GET", "/libraries/{library_id}"): None,

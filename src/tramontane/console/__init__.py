@@ -4,12 +4,14 @@ key, so a console user can do exactly what their key can. See docs/console.md.""
 
 from fastapi import APIRouter
 
-from . import admin, agents, assets, auth, deployments, finetuning, models, playground, sandboxes, usage
+from . import admin, agents, assets, auth, deployments, evaluations, finetuning, models, playground, sandboxes, usage
 
 # Each module's router, in the navigation's order.
 ROUTERS = tuple(
     module.router
-    for module in (assets, auth, playground, models, usage, deployments, sandboxes, finetuning, agents, admin)
+    for module in (
+        assets, auth, playground, models, usage, deployments, sandboxes, finetuning, evaluations, agents, admin
+    )
 )
 
 router = APIRouter(include_in_schema=False)

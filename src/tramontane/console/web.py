@@ -87,6 +87,7 @@ NAVIGATION: tuple[tuple[str, str, Capability | None], ...] = (
     ("/deployments", "Deployments", Capability.DEPLOY),
     ("/sandboxes", "Sandboxes", Capability.SANDBOX),
     ("/fine-tuning", "Fine-tuning", Capability.FINE_TUNE),
+    ("/evaluations", "Evaluations", Capability.INFERENCE),
     ("/agents", "Agents", Capability.INFERENCE),
     ("/admin", "Admin", Capability.ADMIN),
 )
