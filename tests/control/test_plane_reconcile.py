@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from tramontane.control.backends.memory import MemoryBackend
 from tramontane.control.clock import ManualClock, settle
@@ -186,3 +187,24 @@ async def test_a_request_finds_no_replica_within_the_wake_timeout(env: Plane) ->
     await env.clock.advance(5)
     with pytest.raises(Unavailable, match="has no ready replica yet"):
         await task
+
+
+async def test_a_failed_pass_does_not_end_the_loop(env: Plane) -> None:
+    """The database busy for a moment fails one pass; the loop goes on and the
+    next pass scales as it should."""
+    deployment = await env.plane.create(env.workspace, spec("web"))
+    set_desired = env.plane.repository.set_desired
+    failures = [1]
+
+    def flaky(deployment_id: str, desired: int) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise OperationalError("UPDATE deployments", {}, Exception("database is locked"))
+        set_desired(deployment_id, desired)
+
+    await env.hold(deployment, 3)
+    env.plane.repository.set_desired = flaky  # type: ignore[method-assign]
+    await env.clock.advance(1)  # this pass fails to record the new count
+    assert failures == [0]
+    await env.clock.advance(1)
+    assert env.shape(deployment) == (3, 3, 0)

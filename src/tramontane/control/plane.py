@@ -501,6 +501,11 @@ class ControlPlane:
                 # next fails to renew the lease. Until then, nothing more is done.
                 log.warning("the control plane was fenced off: another gateway leads")
                 return
+            except Exception:
+                # A pass that failed (the database busy or gone a moment, a backend
+                # error) must not end the loop: every deployment would stop scaling,
+                # restarting and sleeping for good. The next pass tries again.
+                log.exception("a reconcile pass failed; the next one retries")
 
     async def reconcile(self) -> None:
         """One pass over every deployment: scale, converge the replicas on the
