@@ -6,6 +6,7 @@ first use from the packaged labelled set), and its quality on the held-out set."
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -114,3 +115,19 @@ def test_a_chat_model_moderates_by_constrained_verdicts(mistral: Mistral, http: 
     assert chat.results[0].category_scores == pytest.approx(scores[0], abs=0.02)  # the same prompts
     too_many = http.post("/v1/moderations", json={"model": DEFAULT_CHAT_MODEL_NAME, "input": ["x"] * 33})
     assert too_many.status_code == 413 and "32" in too_many.json()["error"]["message"]
+
+
+def test_a_chat_models_verdicts_are_metered_as_its_tokens(live_server, mistral_with_key) -> None:
+    """Nine one-token verdicts per text, under the chat model's name, in one request."""
+    tenant = live_server.create_tenant("moderation-metering")
+    mistral_with_key(tenant.key).classifiers.moderate(model=DEFAULT_CHAT_MODEL_NAME, inputs=[BENIGN])
+    rows: list[dict] = []
+    deadline = time.monotonic() + 15
+    with live_server.admin() as admin:
+        while not rows and time.monotonic() < deadline:  # usage rows are written in the background
+            query = {"workspace_id": tenant.workspace_id, "group_by": ["model"]}
+            rows = admin.get("/usage", params=query).raise_for_status().json()["data"]
+            time.sleep(0.2)
+    (row,) = rows
+    assert row["model"] == DEFAULT_CHAT_MODEL_NAME and row["requests"] == 1, row
+    assert row["completion_tokens"] == len(CATEGORIES) and row["prompt_tokens"] > 9 * 20, row
