@@ -179,3 +179,22 @@ def test_a_red_team_run_against_a_model_reports_each_family(platform: Platform) 
         assert bad.status_code == 400
         unserved = http.post("/v1/evaluations", json={**body, "red_team": {"judge_model": "not-served"}})
         assert unserved.status_code == 404 and unserved.json()["error"]["param"] == "red_team.judge_model"
+
+
+def test_a_workspace_runs_a_bounded_number_of_evaluations(platform: Platform) -> None:
+    tenant = platform.tenant("evals-limited")
+    with platform.http(tenant) as http:
+        dataset = upload(http, "long.jsonl", jsonl(*[{"input": f"Item {i}.", "reference": "x"} for i in range(200)]))
+        body = {"dataset": dataset, "targets": [{"model": CHAT}], "metrics": [{"type": "exact_match"}],
+                "completion_args": {"max_tokens": 1}}
+        jobs = [http.post("/v1/evaluations", json=body).raise_for_status().json()["id"] for _ in range(4)]
+        refused = http.post("/v1/evaluations", json=body)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_evaluations"
+        assert "retry-after" in refused.headers
+        for job_id in jobs:
+            http.post(f"/v1/evaluations/{job_id}/cancel").raise_for_status()
+        for job_id in jobs:
+            assert wait_for(http, f"/v1/evaluations/{job_id}", finished)["status"] == "CANCELLED"
+        # Once its jobs have ended, the workspace can start another.
+        assert http.post("/v1/evaluations", json={**body, "dataset": upload(http, "one.jsonl", jsonl(
+            {"input": "Hi", "reference": "x"}))}).status_code == 200

@@ -83,7 +83,7 @@ class RedTeam(_Body):
 
     families: list[str] | None = None
     judge_model: str | None = None
-    # A system prompt for model targets, with a planted secret (system-prompt extraction).
+    # The first attacks of each family only (all when left out).
     attempts_per_family: int | None = Field(default=None, ge=1, le=100)
 
 
