@@ -60,7 +60,8 @@ class Gateway:
 
 @pytest.fixture
 async def gateways(postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[Gateway]]:
-    monkeypatch.setattr(batch, "LEASE_S", 1.5)
+    # Leases keep their default length (30 s), so that a busy machine never makes a
+    # job change hands by accident; the takeover tests shorten them.
     monkeypatch.setattr(batch, "SCAN_S", 0.2)
     made = [Gateway(name, postgres_url, tmp_path) for name in ("a", "b")]
     yield made
@@ -116,7 +117,10 @@ async def test_each_job_runs_once_whichever_gateways_scan(gateways: list[Gateway
         assert session.query(LeaseRow).filter(LeaseRow.name.like("batch:%")).count() == 0
 
 
-async def test_a_stalled_gateways_job_is_taken_over_and_its_writes_fenced(gateways: list[Gateway]) -> None:
+async def test_a_stalled_gateways_job_is_taken_over_and_its_writes_fenced(
+    gateways: list[Gateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch, "LEASE_S", 1.5)
     a, b = gateways
     a.gate.clear()
     await a.jobs.start()
@@ -153,7 +157,10 @@ async def test_a_cancellation_through_one_gateway_stops_the_job_on_another(gatew
     assert a.ran == [] and b.ran == []
 
 
-async def test_a_cancellation_left_by_a_dead_gateway_is_recorded(gateways: list[Gateway]) -> None:
+async def test_a_cancellation_left_by_a_dead_gateway_is_recorded(
+    gateways: list[Gateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch, "LEASE_S", 1.5)
     a, b = gateways
     a.gate.clear()
     await a.jobs.start()
