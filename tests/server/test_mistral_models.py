@@ -106,8 +106,45 @@ def test_streamed_tool_call_with_the_mistral_sdk(served):
             )
         )
     calls = [c for e in events for c in (e.data.choices[0].delta.tool_calls or [])]
-    assert calls and calls[0].function.name == "get_weather"
     assert events[-1].data.choices[0].finish_reason == "tool_calls"
+    # One delta, the whole call (what Mistral's clients read), before the last chunk.
+    (call,) = calls
+    assert call.function.name == "get_weather" and len(call.id) == 9
+    assert not events[-1].data.choices[0].delta.tool_calls
+    assert json.loads(call.function.arguments) == json.loads(_forced_call(url, key).function.arguments)
+
+
+def test_streamed_tool_call_with_the_openai_sdk_helper(served):
+    url, key, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key)
+    with client.chat.completions.stream(
+        model="tiny-mistral",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=60,
+        temperature=0,
+    ) as stream:
+        done = [e for e in stream if e.type == "tool_calls.function.arguments.done"]
+        final = stream.get_final_completion()
+    (call,) = final.choices[0].message.tool_calls
+    assert [(e.name, e.arguments) for e in done] == [("get_weather", call.function.arguments)]
+    assert call.function.arguments == _forced_call(url, key).function.arguments
+
+
+def _forced_call(url: str, key: str):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key)
+    reply = client.chat.completions.create(
+        model="tiny-mistral",
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=60,
+        temperature=0,
+    )
+    return reply.choices[0].message.tool_calls[0]
 
 
 def _tokenizer_file(folder: str) -> str:

@@ -198,7 +198,9 @@ def _writes_mistral_calls(tokenizer: Tokenizer) -> bool:
 
 def tool_call_parser(tokenizer: Tokenizer) -> ToolCallStreamParser | MistralToolCallParser:
     """The parser of the tool calls `tokenizer`'s model writes (the Responses API's too)."""
-    return MistralToolCallParser() if _writes_mistral_calls(tokenizer) else ToolCallStreamParser()
+    if _writes_mistral_calls(tokenizer):
+        return MistralToolCallParser(stream_calls=True)
+    return ToolCallStreamParser()
 
 
 def _template_message(message: dict[str, Any], model: str, reads_images: bool = False) -> dict[str, Any]:
