@@ -248,6 +248,11 @@ def _rope(raw: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     params = dict(raw.get("rope_parameters") or raw.get("rope_scaling") or {})
     theta = float(params.pop("rope_theta", raw.get("rope_theta", 10000.0)))
     kind = params.pop("rope_type", params.pop("type", "default"))
+    if kind == "yarn":  # transformers' defaults: the original context is the configured one
+        original = params.get("original_max_position_embeddings") or raw["max_position_embeddings"]
+        params["original_max_position_embeddings"] = int(original)
+        if params.get("factor") is None:
+            params["factor"] = raw["max_position_embeddings"] / params["original_max_position_embeddings"]
     return theta, (None if kind == "default" else {"rope_type": kind, **params})
 
 

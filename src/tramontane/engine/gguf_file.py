@@ -194,9 +194,8 @@ def _rope_scaling(gguf: GGUFFile, arch: str, theta: float, head_dim: int) -> dic
         return {"rope_type": "linear", "factor": float(factor)}
     if kind == "yarn":
         scaling: dict[str, Any] = {"rope_type": "yarn", "factor": float(factor)}
-        original = _meta(md, f"{arch}.rope.scaling.original_context_length")
-        if original:
-            scaling["original_max_position_embeddings"] = int(original)
+        original = _meta(md, f"{arch}.rope.scaling.original_context_length") or _meta(md, f"{arch}.context_length")
+        scaling["original_max_position_embeddings"] = int(original or 4096)
         return scaling
     if kind not in (None, "none"):
         raise ModelLoadError(f"unsupported rope scaling {kind!r} in {gguf.path}")

@@ -27,7 +27,7 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Tensor:
-    """Inverse frequencies, with Llama-3 or linear context scaling applied."""
+    """Inverse frequencies, with linear, Llama-3 or YaRN context scaling applied."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     if not scaling:
         return inv_freq.float()
@@ -46,9 +46,42 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> torch.Te
         out = torch.where(wavelen > old_ctx / low, inv_freq / factor, blended)
         out = torch.where(wavelen < old_ctx / high, inv_freq, out)
         return out.float()
+    if kind == "yarn":
+        return _yarn_inv_freq(inv_freq, head_dim, theta, factor, scaling).float()
     if kind in (None, "default"):
         return inv_freq.float()
     raise ValueError(f"unsupported rope scaling type {kind!r}")
+
+
+def _yarn_inv_freq(inv_freq: torch.Tensor, head_dim: int, theta: float, factor: float, scaling: dict) -> torch.Tensor:
+    """YaRN (arXiv:2309.00071): frequencies that turn fewer than `beta_slow` times over
+    the original context are slowed by `factor` (interpolated), those that turn more
+    than `beta_fast` times are kept (extrapolated), with a linear ramp between."""
+    original = float(scaling["original_max_position_embeddings"])
+
+    def dim_of(rotations: float) -> float:  # the frequency index that turns `rotations` times over `original`
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = dim_of(float(scaling.get("beta_fast") or 32)), dim_of(float(scaling.get("beta_slow") or 1))
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / max(high - low, 0.001)).clamp(0, 1)
+    return inv_freq / factor * ramp + inv_freq * (1 - ramp)
+
+
+def rope_attention_factor(scaling: dict | None) -> float:
+    """The factor YaRN applies to cos and sin (so to attention logits, squared); 1 otherwise."""
+    if not scaling or (scaling.get("rope_type") or scaling.get("type")) != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor, mscale, mscale_all_dim = (float(scaling.get(k) or 0) for k in ("factor", "mscale", "mscale_all_dim"))
+
+    def mscale_of(scale: float) -> float:
+        return 1.0 if factor <= 1 else 0.1 * scale * math.log(factor) + 1.0
+
+    return mscale_of(mscale) / mscale_of(mscale_all_dim) if mscale and mscale_all_dim else mscale_of(1.0)
 
 
 class RotaryEmbedding(nn.Module):
@@ -64,9 +97,10 @@ class RotaryEmbedding(nn.Module):
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)
-        self.register_buffer("cos", emb.cos(), persistent=False)
+        scale = rope_attention_factor(scaling)
+        self.register_buffer("cos", emb.cos() * scale, persistent=False)
         sign = torch.cat([-torch.ones(head_dim // 2), torch.ones(head_dim // 2)])
-        self.register_buffer("sin", emb.sin() * sign, persistent=False)
+        self.register_buffer("sin", emb.sin() * sign * scale, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # [B, L] -> [B, L, 1, D] so they broadcast over heads.

@@ -102,10 +102,31 @@ def tokenizer_file(path: str) -> str:
     return os.path.join(path, max(candidates)[1])
 
 
+def _yarn(yarn: dict[str, Any]) -> dict[str, Any]:
+    """params.json's `yarn` section in transformers' terms: Mistral's `beta` and `alpha`
+    are the fast and slow rotation bounds; its models apply no attention factor
+    (mscale = mscale_all_dim = 1, as transformers' Ministral 3 configuration has it)."""
+    unknown = set(yarn) - {"factor", "original_max_position_embeddings", "beta", "alpha", "apply_scale"}
+    if unknown:
+        raise ModelLoadError(f"params.json's yarn section has keys this engine does not know: {sorted(unknown)}")
+    if yarn.get("apply_scale"):  # an attention scale whose exact form no reference here pins down
+        raise ModelLoadError("params.json's yarn apply_scale is not supported yet")
+    return {
+        "rope_type": "yarn",
+        "factor": float(yarn["factor"]),
+        "original_max_position_embeddings": int(yarn["original_max_position_embeddings"]),
+        "beta_fast": float(yarn.get("beta", 32)),
+        "beta_slow": float(yarn.get("alpha", 1)),
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    }
+
+
 def mistral_config(params: dict[str, Any]) -> ModelConfig:
     """A ModelConfig from params.json; token ids are filled in from the tokenizer."""
-    if params.get("yarn") or params.get("rope_scaling"):
-        raise ModelLoadError("params.json asks for YaRN/scaled rotary embeddings, which are not supported yet")
+    if params.get("rope_scaling") or params.get("llama_4_scaling"):
+        kind = "rope_scaling" if params.get("rope_scaling") else "llama_4_scaling"
+        raise ModelLoadError(f"params.json's {kind} is not supported yet")
     vision = params.get("vision_encoder")
     try:
         hidden, heads = int(params["dim"]), int(params["n_heads"])
@@ -126,6 +147,7 @@ def mistral_config(params: dict[str, Any]) -> ModelConfig:
             head_dim=int(params.get("head_dim") or hidden // heads),
             rms_norm_eps=float(params.get("norm_eps", 1e-5)),
             rope_theta=float(params.get("rope_theta") or 10000.0),
+            rope_scaling=_yarn(params["yarn"]) if params.get("yarn") else None,
             # Mistral's code has no position limit of its own; the engine caps the
             # context at what its KV cache holds in any case.
             max_position_embeddings=int(params.get("max_position_embeddings") or params.get("max_seq_len") or 32768),
