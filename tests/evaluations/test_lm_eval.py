@@ -25,6 +25,7 @@ def load_example():
     return module
 
 
+@pytest.mark.slow  # lm-eval's import and eight generations: about 30-50 s on a shared machine
 def test_lm_eval_runs_a_local_task_against_the_server(platform: Platform, tmp_path: Path) -> None:
     example = load_example()
     tenant = platform.tenant("evals-lm-eval")

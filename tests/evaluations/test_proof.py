@@ -79,6 +79,7 @@ def test_a_fine_tuned_model_beats_its_base_significantly(platform: Platform) -> 
         assert unknown.status_code == 400
 
 
+@pytest.mark.slow  # sixteen agent runs with real sandboxes: about 30 s
 @needs_sandboxes
 def test_a_red_team_run_finds_the_injection_planted_in_an_agents_library(platform: Platform) -> None:
     tenant = platform.tenant("evals-proof-red-team")
