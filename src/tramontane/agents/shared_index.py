@@ -13,10 +13,11 @@ deleted. So a document uploaded or deleted through any gateway is found, or no
 longer found, by the next search on every gateway.
 
 The size bound: a gateway holds 4 x dim bytes per chunk of the libraries it
-searched (1.5 KiB at 384 dimensions: 150 MB for 100,000 chunks), least recently
-searched libraries evicted past `budget_bytes`; the library being searched is
-always kept. A library first searched on a gateway is read whole from the
-database (about 2 s per 100,000 chunks). Past a few million chunks per library,
+searched (1.5 KiB at 384 dimensions: 150 MB for 100,000 chunks, and up to a
+quarter more as room to append), least recently searched libraries evicted past
+`budget_bytes`; the library being searched is always kept. A library first
+searched on a gateway is read whole from the database (2 to 9 s per 100,000
+chunks on this project's shared machine). Past a few million chunks per library,
 an approximate index (pgvector's HNSW) is the tool; this path stays exact.
 Calls block: run them in a worker thread."""
 
@@ -54,13 +55,46 @@ def changed(session: Session, library_id: str) -> None:
 
 @dataclass
 class _Matrix:
-    ids: np.ndarray  # int64, ascending
-    vectors: np.ndarray  # float32 (len(ids), dim), unit rows
+    """A library's rows: the first `size` of buffers with room to grow, so that
+    new rows are appended in place, not by copying the whole matrix. A search
+    reads views of the first `size` rows, which later appends never touch."""
+
+    id_buffer: np.ndarray  # int64, ascending
+    buffer: np.ndarray  # float32 (capacity, dim), unit rows
+    size: int
     version: int = -1  # the library's vectors_version it reflects
+
+    @classmethod
+    def empty(cls, dim: int) -> _Matrix:
+        return cls(np.zeros(0, np.int64), np.zeros((0, dim), np.float32), 0)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.id_buffer[: self.size]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.buffer[: self.size]
 
     @property
     def nbytes(self) -> int:
-        return self.ids.nbytes + self.vectors.nbytes
+        return self.id_buffer.nbytes + self.buffer.nbytes
+
+    def appended(self, ids: np.ndarray, vectors: np.ndarray) -> _Matrix:
+        size = self.size + len(ids)
+        id_buffer, buffer = self.id_buffer, self.buffer
+        if size > len(buffer):  # a quarter more room than needed, so appends stay cheap
+            capacity = size + size // 4
+            id_buffer = np.resize(self.ids, capacity)
+            buffer = np.empty((capacity, self.buffer.shape[1]), np.float32)
+            buffer[: self.size] = self.vectors
+        id_buffer[self.size : size] = ids
+        buffer[self.size : size] = vectors
+        return _Matrix(id_buffer, buffer, size, self.version)
+
+    def kept(self, present: np.ndarray) -> _Matrix:
+        keep = np.isin(self.ids, present)
+        return _Matrix(self.ids[keep], np.ascontiguousarray(self.vectors[keep]), int(keep.sum()), self.version)
 
 
 class SharedIndex:
@@ -95,7 +129,7 @@ class SharedIndex:
     def _fresh(self, library_id: str, dim: int) -> _Matrix:
         """The library's matrix as the database has it now, from what this gateway
         already holds plus the rows added since; kept, and others evicted past the budget."""
-        held = self._matrices.pop(library_id, None) or _Matrix(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+        held = self._matrices.pop(library_id, None) or _Matrix.empty(dim)
         where = ChunkVectorRow.library_id == library_id
         with self.store.session() as session:
             version = session.scalar(select(LibraryRow.vectors_version).where(LibraryRow.id == library_id))
@@ -112,14 +146,11 @@ class SharedIndex:
                     .where(where, ChunkVectorRow.chunk_id > held_newest)
                     .order_by(ChunkVectorRow.chunk_id)
                 ).all()
-                ids = np.concatenate([held.ids, np.fromiter((r[0] for r in rows), np.int64, len(rows))])
                 added = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-                vectors = np.concatenate([held.vectors, added.astype(np.float32)])
-                if len(ids) != count:  # some were deleted: keep the rows still there
+                held = held.appended(np.fromiter((r[0] for r in rows), np.int64, len(rows)), added)
+                if held.size != count:  # some were deleted: keep the rows still there
                     present = np.fromiter(session.scalars(select(ChunkVectorRow.chunk_id).where(where)), np.int64)
-                    keep = np.isin(ids, present)
-                    ids, vectors = ids[keep], vectors[keep]
-                held = _Matrix(ids, np.ascontiguousarray(vectors), held.version)
+                    held = held.kept(present)
         self._matrices[library_id] = held
         total = sum(m.nbytes for m in self._matrices.values())
         while total > self.budget_bytes and len(self._matrices) > 1:
