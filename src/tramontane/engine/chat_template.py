@@ -87,6 +87,7 @@ def render_chat_template(
 ) -> str:
     """Render `source`; any failure, the template's own `raise_exception` included,
     is the request's fault (bad roles, bad content types) and so an InvalidRequestError."""
+    messages = [_with_object_arguments(m) for m in messages]
     try:
         return _compile(source).render(
             {**variables, "messages": messages, "tools": tools, "add_generation_prompt": add_generation_prompt}
@@ -95,3 +96,28 @@ def render_chat_template(
         raise InvalidRequestError(f"chat template error: {e}", param="messages") from e
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         raise InvalidRequestError(f"chat template could not render these messages: {e}", param="messages") from e
+
+
+def _with_object_arguments(message: dict[str, Any]) -> dict[str, Any]:
+    """`message` with its tool calls' JSON-string arguments as objects, as transformers
+    documents them for templates: most write them with `tojson` (Qwen 2.5, Llama 3.1,
+    Mistral's HF templates), which would encode a string a second time, and Qwen3's
+    writes an object in its own trained spacing. Arguments that are no JSON object stay
+    as they are."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    return {**message, "tool_calls": [_object_arguments(call) for call in calls]}
+
+
+def _object_arguments(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except json.JSONDecodeError:
+        return call
+    if not isinstance(arguments, dict):
+        return call
+    return {**call, "function": {**function, "arguments": arguments}}
