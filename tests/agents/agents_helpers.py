@@ -18,6 +18,7 @@ from tramontane.agents.backend import ChatBackend, ModelTurn
 from tramontane.sandbox import SandboxManager
 from tramontane.inference import ModelRegistry
 from tramontane.inference.protocol import ChatCompletionRequest
+from tramontane.inference.tool_calls import ToolCallStreamParser
 from tramontane.tenancy import Tenancy
 
 SCRIPTED = "scripted"
@@ -42,6 +43,9 @@ class ScriptedTurn:
 
     async def close(self) -> None:
         pass
+
+    def tool_call_parser(self) -> ToolCallStreamParser:
+        return ToolCallStreamParser()  # the scripted model writes <tool_call> blocks
 
 
 @dataclass

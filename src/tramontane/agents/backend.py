@@ -3,7 +3,8 @@
 `EngineBackend` goes through the inference layer's chat path (`prepare`: prompt
 rendering, tools in the prompt, sampling settings, grammar), so an agent's
 model sees exactly what a /v1/chat/completions client would send it. The loop
-parses `<tool_call>` blocks out of the text itself, with the same parser.
+parses the calls out of the text itself, with the parser of the format the
+model writes them in (`<tool_call>` blocks, or Mistral's `[TOOL_CALLS]`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from ..inference.chat import prepare
+from ..inference.chat import ChatOutput, ToolCallParser, prepare, tool_call_parser
 from ..inference.generation import Generation
 from ..inference.metrics import Metrics
 from ..inference.protocol import ChatCompletionRequest
@@ -39,6 +40,10 @@ class ModelTurn(Protocol):
 
     async def close(self) -> None: ...
 
+    def tool_call_parser(self) -> ToolCallParser:
+        """A parser of the calls in the text, in the format this model writes them."""
+        ...
+
 
 class ChatBackend(Protocol):
     def check(self, model: str) -> None:
@@ -48,8 +53,9 @@ class ChatBackend(Protocol):
 
 
 class EngineTurn:
-    def __init__(self, generation: Generation):
+    def __init__(self, generation: Generation, output: ChatOutput):
         self._gen = generation
+        self._output = output
 
     @property
     def started(self) -> bool:
@@ -77,6 +83,9 @@ class EngineTurn:
     async def close(self) -> None:
         await self._gen.close()
 
+    def tool_call_parser(self) -> ToolCallParser:
+        return tool_call_parser(self._output.tokenizer)
+
 
 class EngineBackend:
     """The models of the platform's registry."""
@@ -89,5 +98,5 @@ class EngineBackend:
         self._registry.chat(model)
 
     def turn(self, request: ChatCompletionRequest) -> ModelTurn:
-        generation, _ = prepare(self._registry, self._metrics, request, None)
-        return EngineTurn(generation)
+        generation, output = prepare(self._registry, self._metrics, request, None)
+        return EngineTurn(generation, output)

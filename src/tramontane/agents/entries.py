@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..inference.images import IMAGE_PARTS
 from ..store.types import new_id, utcnow
 
 
@@ -96,6 +97,19 @@ def text_of(content: str | list[dict[str, Any]]) -> str:
     return "".join(chunk.get("text") or "" for chunk in content if chunk.get("type", "text") == "text")
 
 
+def _input_content(role: str, content: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """A user input's content for the chat path: its text, or, where it holds images,
+    its text and image parts in order (the chat path reads them for a vision model,
+    and refuses them, naming the model, for a text-only one)."""
+    if role != "user" or isinstance(content, str) or not any(c.get("type") in IMAGE_PARTS for c in content):
+        return text_of(content)
+    return [
+        {"type": "text", "text": c.get("text") or ""} if c.get("type", "text") == "text" else c
+        for c in content
+        if c.get("type", "text") == "text" or c.get("type") in IMAGE_PARTS
+    ]
+
+
 def to_messages(entries: list[Stored]) -> list[dict[str, Any]]:
     """Chat messages for the model. Calls join the assistant message they follow;
     a server tool's execution is a call plus its result, like a client's function."""
@@ -114,7 +128,7 @@ def to_messages(entries: list[Stored]) -> list[dict[str, Any]]:
     for entry in entries:
         body = entry.body
         if entry.type == "message.input":
-            messages.append({"role": body["role"], "content": text_of(body["content"])})
+            messages.append({"role": body["role"], "content": _input_content(body["role"], body["content"])})
         elif entry.type == "message.output":
             messages.append({"role": "assistant", "content": text_of(body["content"])})
         elif entry.type == "function.call":

@@ -18,7 +18,7 @@ import anyio
 
 from ..errors import Invalid, as_api_error
 from ..inference.protocol import ChatCompletionRequest
-from ..inference.tool_calls import ContentDelta, ToolCallStreamParser
+from ..inference.tool_calls import ContentDelta
 from ..store.types import new_id
 from . import entries
 from .backend import ChatBackend, ModelTurn
@@ -172,7 +172,7 @@ class Run:
         turn = self._ctx.backend.turn(self._request())
         self.turns.append(turn)
         await turn.start()
-        parser = ToolCallStreamParser()
+        parser = turn.tool_call_parser()
         message_id = new_id("msg")
         content: list[str] = []
         output_index = len(self.outputs)

@@ -196,7 +196,10 @@ def _writes_mistral_calls(tokenizer: Tokenizer) -> bool:
     return tokenizer.tool_call_format.startswith("mistral")
 
 
-def tool_call_parser(tokenizer: Tokenizer) -> ToolCallStreamParser | MistralToolCallParser:
+ToolCallParser = ToolCallStreamParser | MistralToolCallParser
+
+
+def tool_call_parser(tokenizer: Tokenizer) -> ToolCallParser:
     """The parser of the tool calls `tokenizer`'s model writes (the Responses API's too)."""
     if _writes_mistral_calls(tokenizer):
         return MistralToolCallParser(stream_calls=True)
@@ -282,7 +285,7 @@ async def _stream(gen: Generation, output: ChatOutput, include_usage: bool) -> A
     yield DONE
 
 
-def _deltas(parser: ToolCallStreamParser | MistralToolCallParser | None, text: str, finished: bool) -> list[Delta]:
+def _deltas(parser: ToolCallParser | None, text: str, finished: bool) -> list[Delta]:
     """Chunk deltas for new text, in order; a tool-call index appears once per delta."""
     if parser is None:
         return [Delta(content=text)] if text else []
