@@ -270,9 +270,11 @@ class BatchJobs:
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _run(self, job_id: str) -> None:
+        interrupted = False  # by this gateway's stop: the job is to resume elsewhere
         try:
             await self._execute_job(job_id)
         except asyncio.CancelledError:
+            interrupted = self._stopping
             if not self._stopping and job_id not in self._lost:
                 await self._record(job_id, {"status": CANCELLED, "completed_at": utcnow()})
             raise
@@ -291,7 +293,7 @@ class BatchJobs:
                 # Released at once after a stop: another gateway resumes the job at its
                 # next scan. Otherwise the job is finished and its lease row goes.
                 with contextlib.suppress(Exception):
-                    await anyio.to_thread.run_sync(lease.release if self._stopping else lease.drop)
+                    await anyio.to_thread.run_sync(lease.release if interrupted else lease.drop)
 
     async def _record(self, job_id: str, values: dict[str, Any]) -> None:
         """A final status, unless another gateway runs the job now."""
