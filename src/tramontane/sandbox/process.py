@@ -72,6 +72,42 @@ class _Collector:
             self.budget.give(sum(self.sizes.values()))
 
 
+async def process_events(
+    sandbox: ChannelUser, op: str, *, background: bool = False, **params: Any
+) -> AsyncGenerator[CommandEvent, None]:
+    """Starts a process through the agent's `op` ("exec" for a command, "pty_open"
+    for a terminal's shell) and yields its events, ending with "exit". Leaving the
+    iteration early kills the process, unless `background`."""
+    async with sandbox.use() as channel:
+        rid, events = channel.open(op, **params)
+        pid: int | None = None
+        finished = False
+        try:
+            await channel.drain()
+            # The agent answers at once ("start", or why not); the process's own
+            # timeout bounds the rest.
+            event = await channel.next_event(events, op)
+            while True:
+                kind = event.get("ev")
+                if kind == "error":
+                    ok_or_raise(event)
+                if kind == "start":
+                    pid = int(event["pid"])
+                    yield CommandEvent("start", pid=pid)
+                elif kind in ("stdout", "stderr"):
+                    yield CommandEvent(kind, pid=pid, data=str(event.get("data", "")))
+                elif kind == "exit":
+                    finished = True
+                    error = _optional_str(event.get("error"))
+                    yield CommandEvent("exit", pid=pid, exit_code=int(event["exit_code"]), error=error)
+                    return
+                event = await events.get()
+        finally:
+            channel.forget(rid, events)
+            if not finished and pid is not None and not background:
+                channel.notify("kill", pid=pid, signal=int(signals.SIGKILL))
+
+
 class Commands:
     def __init__(self, sandbox: ChannelUser):
         self._sandbox = sandbox
@@ -96,35 +132,10 @@ class Commands:
             raise InvalidArgument("timeout must be positive (or null for none)", param="timeout")
         envs = envs or {}
         validate_env(envs)
-        async with self._sandbox.use() as channel:
-            rid, events = channel.open("exec", cmd=cmd, cwd=cwd, env=envs, timeout=timeout)
-            pid: int | None = None
-            finished = False
-            try:
-                await channel.drain()
-                # The agent answers at once ("start", or why not); the command's own
-                # timeout bounds the rest.
-                event = await channel.next_event(events, "exec")
-                while True:
-                    kind = event.get("ev")
-                    if kind == "error":
-                        ok_or_raise(event)
-                    if kind == "start":
-                        pid = int(event["pid"])
-                        yield CommandEvent("start", pid=pid)
-                    elif kind in ("stdout", "stderr"):
-                        yield CommandEvent(kind, pid=pid, data=str(event.get("data", "")))
-                    elif kind == "exit":
-                        finished = True
-                        yield CommandEvent(
-                            "exit", pid=pid, exit_code=int(event["exit_code"]), error=_optional_str(event.get("error"))
-                        )
-                        return
-                    event = await events.get()
-            finally:
-                channel.forget(rid, events)
-                if not finished and pid is not None and not background:
-                    channel.notify("kill", pid=pid, signal=int(signals.SIGKILL))
+        events = process_events(self._sandbox, "exec", background=background, cmd=cmd, cwd=cwd, env=envs, timeout=timeout)
+        async with aclosing(events):
+            async for event in events:
+                yield event
 
     async def run(
         self,

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import signal as signals
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
-from .channel import ok_or_raise
 from .errors import AgentTimeout, InvalidArgument
 from .policy import validate_env
-from .process import ChannelUser, CommandEvent
+from .process import ChannelUser, CommandEvent, process_events
 
 MAX_SIZE = 1000
 MAX_INPUT_BYTES = 64 * 1024  # per request; the agent writes what the terminal takes
@@ -48,31 +47,10 @@ class Terminals:
             raise InvalidArgument("timeout must be positive (or null for none)", param="timeout")
         envs = envs or {}
         validate_env(envs)
-        async with self._sandbox.use() as channel:
-            rid, events = channel.open("pty_open", rows=rows, cols=cols, cwd=cwd, env=envs, timeout=timeout)
-            pid: int | None = None
-            finished = False
-            try:
-                await channel.drain()
-                event = await channel.next_event(events, "pty_open")
-                while True:
-                    kind = event.get("ev")
-                    if kind == "error":
-                        ok_or_raise(event)
-                    if kind == "start":
-                        pid = int(event["pid"])
-                        yield CommandEvent("start", pid=pid)
-                    elif kind == "stdout":
-                        yield CommandEvent("stdout", pid=pid, data=str(event.get("data", "")))
-                    elif kind == "exit":
-                        finished = True
-                        yield CommandEvent("exit", pid=pid, exit_code=int(event["exit_code"]), error=event.get("error"))
-                        return
-                    event = await events.get()
-            finally:
-                channel.forget(rid, events)
-                if not finished and pid is not None:
-                    channel.notify("kill", pid=pid, signal=int(signals.SIGKILL))
+        events = process_events(self._sandbox, "pty_open", rows=rows, cols=cols, cwd=cwd, env=envs, timeout=timeout)
+        async with aclosing(events):
+            async for event in events:
+                yield event
 
     async def send_input(self, pid: int, data: str | bytes) -> None:
         """Types `data` into the terminal of shell `pid`, waiting while it is full."""
