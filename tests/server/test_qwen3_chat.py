@@ -1,9 +1,10 @@
 """Qwen3's chat format with the template Qwen ships in its checkpoints
 (tests/data/qwen3_chat_template.jinja: the `chat_template` of Qwen/Qwen3-0.6B's
 tokenizer_config.json, Apache-2.0), served from a HF folder and driven by the
-OpenAI SDK: the prompts we build equal transformers' `apply_chat_template` of the
-same conversations (tools, parallel calls, tool results, earlier turns' thinking),
-and calls in Qwen3's `<tool_call>` blocks come back as tool_calls."""
+OpenAI and Mistral SDKs: the prompts we build equal transformers' `apply_chat_template`
+of the same conversations (tools, parallel calls, tool results, earlier turns'
+thinking), and calls in Qwen3's `<tool_call>` blocks come back as tool_calls,
+streamed or not."""
 
 import json
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import openai
 import pytest
 import torch
 from live_app import serve_in_thread
+from mistralai.client import Mistral
 
 from tramontane.cli.up import load_models
 from tramontane.engine import EngineConfig, load_checkpoint
@@ -139,6 +141,11 @@ def test_calls_in_qwens_format_come_back_as_tool_calls(served):
     with client.chat.completions.stream(**request) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
+    # Mistral's SDK reads each tool_calls delta as a whole call, with its name: so it comes.
+    with Mistral(api_key=key, server_url=url) as mistral:
+        events = list(mistral.chat.stream(**{**request, "tool_choice": "any"}))
+    (streamed,) = [c for e in events for c in (e.data.choices[0].delta.tool_calls or [])]
+    assert (streamed.function.name, streamed.function.arguments) == ("get_weather", call.function.arguments)
     # The call and its result go back to the model in Qwen3's own format.
     follow_up = [
         *request["messages"],

@@ -121,6 +121,34 @@ def test_stream_matches_full_parse(text):
         assert (got_content, [{k: c[k] for k in ("name", "arguments")} for c in got_calls]) == expected
 
 
+@pytest.mark.parametrize("text", TEXTS)
+def test_whole_calls_stream_each_call_in_one_delta(text):
+    """What a chat completion stream sends: one delta per call, with its id, name and
+    all its arguments (Mistral's clients read each delta as a whole call)."""
+    content, calls = parse_tool_calls(text)
+    rng = random.Random(text)
+    parser = ToolCallStreamParser(whole_calls=True)
+    events, pos = [], 0
+    while pos < len(text):
+        size = rng.randint(1, 6)
+        events += parser.feed(text[pos : pos + size])
+        pos += size
+    events += parser.finish()
+    deltas = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert all(d.id is not None and d.name for d in deltas)
+    assert [(d.index, d.name, d.arguments) for d in deltas] == [(i, c.name, c.arguments) for i, c in enumerate(calls)]
+    assert ("".join(e.text for e in events if isinstance(e, ContentDelta)) or None) == content
+
+
+def test_whole_calls_come_as_each_block_closes():
+    parser = ToolCallStreamParser(whole_calls=True)
+    assert parser.feed('Hi <tool_call>\n{"name": "f", "arguments": {"a": "lo') == [ContentDelta("Hi")]
+    (call,) = parser.feed('ng"}}\n</tool_call>\n<tool_call>\n{"name": "g"')
+    assert (call.index, call.name, call.arguments) == (0, "f", '{"a": "long"}')
+    (second,) = parser.feed(', "arguments": {}}\n</tool_call>') + parser.finish()
+    assert (second.index, second.name, second.arguments) == (1, "g", "{}")
+
+
 def test_stream_is_incremental():
     parser = ToolCallStreamParser()
     assert parser.feed("Hello <tool") == [ContentDelta("Hello")]

@@ -199,11 +199,15 @@ def _writes_mistral_calls(tokenizer: Tokenizer) -> bool:
 ToolCallParser = ToolCallStreamParser | MistralToolCallParser
 
 
-def tool_call_parser(tokenizer: Tokenizer) -> ToolCallParser:
-    """The parser of the tool calls `tokenizer`'s model writes (the Responses API's too)."""
+def tool_call_parser(tokenizer: Tokenizer, whole_calls: bool = False) -> ToolCallParser:
+    """The parser of the tool calls `tokenizer`'s model writes (the Responses API's too).
+    `whole_calls`: each call in one delta, never argument fragments. Chat completion
+    streams want that: Mistral's clients (the mistralai SDK among them) refuse a
+    tool_calls delta without a function name, and OpenAI's take a whole call as well.
+    Mistral-format calls always come whole (mistral_tool_calls.py)."""
     if _writes_mistral_calls(tokenizer):
         return MistralToolCallParser(stream_calls=True)
-    return ToolCallStreamParser()
+    return ToolCallStreamParser(whole_calls=whole_calls)
 
 
 def _template_message(message: dict[str, Any], model: str, reads_images: bool = False) -> dict[str, Any]:
@@ -252,7 +256,7 @@ def _chunk(gen: Generation, choices: list[ChatChunkChoice], usage: Usage | None 
 
 async def _stream(gen: Generation, output: ChatOutput, include_usage: bool) -> AsyncIterator[bytes]:
     n = len(gen.choices)
-    parsers = [tool_call_parser(output.tokenizer) if output.tools else None for _ in range(n)]
+    parsers = [tool_call_parser(output.tokenizer, whole_calls=True) if output.tools else None for _ in range(n)]
     # The role goes in each choice's first chunk and never again.
     yield _chunk(
         gen, [ChatChunkChoice(index=i, delta=Delta(role="assistant", content=""), finish_reason=None) for i in range(n)]

@@ -314,14 +314,18 @@ class ToolCallStreamParser:
     """Splits streamed model text into content deltas and OpenAI-style tool-call deltas.
 
     Each list returned by `feed`/`finish` holds at most one entry per tool-call
-    index, so it can become one chunk's `delta.tool_calls`.
+    index, so it can become one chunk's `delta.tool_calls`. With `whole_calls`, a
+    call is emitted in one delta once its block closes (or the text ends), as
+    Mistral's clients need (see mistral_tool_calls.py); otherwise its arguments
+    stream in fragments, OpenAI's way.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, whole_calls: bool = False) -> None:
         self._buf = ""  # text not yet settled: a possible partial tag, or the open block
         self._block: _Block | None = None
         self._num_calls = 0
         self._content = _ContentTrimmer()
+        self._whole = whole_calls
 
     @property
     def num_calls(self) -> int:
@@ -353,8 +357,9 @@ class ToolCallStreamParser:
                 self._block = _Block()
             end = self._buf.find(TOOL_CALL_CLOSE)
             if end < 0 and not final:
-                visible = len(self._buf) - _partial_suffix(self._buf, TOOL_CALL_CLOSE)
-                self._block.update(self._buf[:visible], self._num_calls, out)
+                if not self._whole:
+                    visible = len(self._buf) - _partial_suffix(self._buf, TOOL_CALL_CLOSE)
+                    self._block.update(self._buf[:visible], self._num_calls, out)
                 return
             closed = end >= 0
             body = self._buf[:end] if closed else self._buf
