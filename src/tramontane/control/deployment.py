@@ -37,6 +37,9 @@ class Deployment:
     revision: int = 1
     rolling_out: int | None = None
     rollout_task: asyncio.Task[None] | None = None
+    # How many replicas the rollout brings the new revision to; a manual scale
+    # during the rollout changes it, and the new revision keeps it.
+    rollout_target: int | None = None
     # A change whose image is being checked, pulled or built, before it is a revision.
     preparing: bool = False
     # Why the last rollout failed, until one succeeds.
@@ -62,11 +65,12 @@ class Deployment:
         return self.in_flight() + self.queued
 
     def pick(self) -> Replica | None:
-        """The ready replica of the served revision with the fewest outstanding
-        requests (ties at random, so that equal replicas share the load). A
-        revision being rolled out gets traffic only once all its replicas pass
-        their checks and it is promoted: never some of it, then none."""
-        ready = [r for r in self.replicas.values() if r.ready and not r.draining and r.revision == self.revision]
+        """The ready replica with the fewest outstanding requests (ties at random,
+        so that equal replicas share the load). During a rollout, the new
+        revision's replicas take traffic as each passes its health check, while
+        the old ones they replace drain."""
+        revisions = {self.revision, self.rolling_out}
+        ready = [r for r in self.replicas.values() if r.ready and not r.draining and r.revision in revisions]
         if not ready:
             return None
         return min(ready, key=lambda r: (r.in_flight, random.random()))

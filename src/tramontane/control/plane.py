@@ -58,6 +58,11 @@ _DRAIN_TIMEOUT_S = 30.0
 _POLL_S = 0.05
 
 
+def _within(spec: DeploymentSpec, replicas: int) -> int:
+    """`replicas` within the spec's bounds (one at least, for a rollout to prove the revision)."""
+    return max(1, spec.scaling.min_replicas, min(replicas, spec.scaling.max_replicas))
+
+
 class ControlPlane:
     def __init__(
         self,
@@ -226,6 +231,8 @@ class ControlPlane:
         async with self._lock:
             previous = deployment.desired
             self._set_desired(deployment, replicas)
+            if deployment.rolling_out is not None:
+                deployment.rollout_target = replicas  # the new revision starts with it
             if replicas != previous:
                 self._event(deployment, "scaled", f"scaled from {previous} to {replicas} replicas by hand")
             # Counts as activity, so the autoscaler leaves the new count alone for a while.
@@ -319,68 +326,125 @@ class ControlPlane:
                 )
 
     async def _roll_out(self, deployment: Deployment, number: int, spec: DeploymentSpec) -> None:
+        self._event(deployment, "rollout_started", f"rolling out revision {number}", number)
+        # As many replicas as are live now (one at least, so that every revision proves itself).
+        target = max(len(deployment.live()), 1, spec.scaling.min_replicas)
+        deployment.rollout_target = min(target, spec.scaling.max_replicas)
         new: list[Replica] = []
+        drains: list[asyncio.Task[None]] = []
         try:
-            reason = await self._start_revision(deployment, number, spec, new)
-        except TramontaneError as exc:
-            reason = exc.message
-        except asyncio.CancelledError:
-            # Stopping or deleting: the new replicas go with the rest.
-            deployment.rolling_out = deployment.rollout_task = None
-            raise
-        try:
+            try:
+                reason = await self._replace(deployment, number, spec, new, drains)
+            except TramontaneError as exc:
+                reason = exc.message
             if reason is None:
                 await self._promote(deployment, number, spec)
             else:
-                await self._abandon(deployment, number, new, reason)
+                await self._abandon(deployment, number, new, drains, reason)
+            await asyncio.gather(*drains)
+        except asyncio.CancelledError:
+            # Stopping or deleting: the replicas go with the rest.
+            for drain in drains:
+                drain.cancel()
+            raise
         finally:
-            deployment.rolling_out = deployment.rollout_task = None
+            deployment.rolling_out = deployment.rollout_task = deployment.rollout_target = None
 
-    async def _start_revision(
-        self, deployment: Deployment, number: int, spec: DeploymentSpec, new: list[Replica]
+    async def _replace(
+        self,
+        deployment: Deployment,
+        number: int,
+        spec: DeploymentSpec,
+        new: list[Replica],
+        drains: list[asyncio.Task[None]],
     ) -> str | None:
-        """Starts as many replicas of the new revision as are live now (one at
-        least, so that every revision proves itself); None once all pass their
-        health checks, else why not."""
-        self._event(deployment, "rollout_started", f"rolling out revision {number}", number)
-        count = max(len(deployment.live()), 1, spec.scaling.min_replicas)
-        count = min(count, spec.scaling.max_replicas)
-        async with self._lock:
-            for _ in range(count):
-                new.append(await self._launch(deployment, spec, number))
-        deadline = self.clock.now() + spec.health_check.grace_period_s + _ROLLOUT_SLACK_S
-        while not all(r.ready for r in new):
+        """Replaces the old replicas step by step within the rollout's budgets: at
+        most `max_surge` replicas above the target, at most `max_unavailable`
+        ready ones below it. None once the new revision runs the target count,
+        all ready; else why not. The deadline restarts with each step forward."""
+        patience = spec.health_check.grace_period_s + _ROLLOUT_SLACK_S
+        deadline = self.clock.now() + patience
+        progress = (-1, -1)
+        while True:
             if deployment.deleted:
                 return "the deployment was deleted"
             if failed := next((r for r in new if r.restarts > 0), None):
                 return f"replica {failed.id} {failed.failure or 'failed'}"
-            if self.clock.now() >= deadline:
+            async with self._lock:
+                done = await self._step(deployment, number, spec, new, drains)
+            if done:
+                return None
+            if (now := (sum(r.ready for r in new), len(new))) != progress:
+                progress, deadline = now, self.clock.now() + patience
+            elif self.clock.now() >= deadline:
                 return f"its replicas were not healthy within {spec.health_check.grace_period_s:g} s"
             await self.clock.sleep(_POLL_S)
-        return None
 
-    async def _promote(self, deployment: Deployment, number: int, spec: DeploymentSpec) -> None:
-        """The new revision takes the traffic; the old replicas drain, then stop."""
-        async with self._lock:
-            old = [r for r in deployment.replicas.values() if r.revision != number]
-            for replica in old:
-                replica.draining = True
-            deployment.spec, deployment.revision, deployment.rollback_reason = spec, number, None
-            self.repository.activate_revision(deployment.id, number, spec)
-            self._set_desired(deployment, len(deployment.live()))
-            deployment.scale_memory.reset(self.clock.now(), deployment.desired)
-            self._event(deployment, "rolled_out", f"revision {number} is serving", number)
-        # Requests waiting for a replica (the old ones were asleep) take the new ones.
-        deployment.signal_ready()
+    async def _step(
+        self,
+        deployment: Deployment,
+        number: int,
+        spec: DeploymentSpec,
+        new: list[Replica],
+        drains: list[asyncio.Task[None]],
+    ) -> bool:
+        """One move of a rollout: retire what the budgets let go, launch what they
+        let start. True once only the new revision's target count is left, all ready."""
+        target = _within(spec, deployment.rollout_target or 1)
+        surge, unavailable = spec.rollout.budgets(target)
+        # A scale down during the rollout: surplus new replicas go first, not-ready ones first.
+        for replica in sorted(new, key=lambda r: r.ready)[: max(len(new) - target, 0)]:
+            new.remove(replica)
+            await self._retire(replica)
+        # Old replicas that are not ready (starting, restarting) cost nothing to retire.
+        old = sorted((r for r in deployment.live() if r.revision != number), key=lambda r: (r.ready, r.last_used))
+        ready = sum(r.ready for r in new) + sum(r.ready for r in old)
+        while old and ready - old[0].ready >= target - unavailable:
+            victim = old.pop(0)
+            ready -= victim.ready
+            drains.append(asyncio.create_task(self._drain(victim), name=f"drain {victim.id}"))
+        while len(new) < target and len(old) + len(new) < target + surge:
+            new.append(await self._launch(deployment, spec, number))
+        return not old and len(new) == target and all(r.ready for r in new)
+
+    async def _drain(self, replica: Replica) -> None:
+        """Takes a replaced replica out of the router's choice, lets its requests
+        finish (bounded), then stops it."""
+        replica.draining = True
         deadline = self.clock.now() + _DRAIN_TIMEOUT_S
-        while any(r.in_flight for r in old) and self.clock.now() < deadline:
+        while replica.in_flight and self.clock.now() < deadline:
             await self.clock.sleep(_POLL_S)
         async with self._lock:
-            await asyncio.gather(*(self._retire(r) for r in old))
+            await self._retire(replica)
 
-    async def _abandon(self, deployment: Deployment, number: int, new: list[Replica], reason: str) -> None:
+    async def _promote(self, deployment: Deployment, number: int, spec: DeploymentSpec) -> None:
+        """The new revision is the deployment's; its count is the rollout's target
+        (a manual scale meanwhile included). Sleeping old replicas stop."""
         async with self._lock:
-            await asyncio.gather(*(self._retire(r) for r in new))
+            asleep = [r for r in deployment.replicas.values() if r.revision != number and not r.draining]
+            deployment.spec, deployment.revision, deployment.rollback_reason = spec, number, None
+            self.repository.activate_revision(deployment.id, number, spec)
+            self._set_desired(deployment, _within(spec, deployment.rollout_target or len(deployment.live())))
+            deployment.scale_memory.reset(self.clock.now(), deployment.desired)
+            self._event(deployment, "rolled_out", f"revision {number} is serving", number)
+            await asyncio.gather(*(self._retire(r) for r in asleep))
+        # Requests waiting for a replica take the new ones.
+        deployment.signal_ready()
+
+    async def _abandon(
+        self,
+        deployment: Deployment,
+        number: int,
+        new: list[Replica],
+        drains: list[asyncio.Task[None]],
+        reason: str,
+    ) -> None:
+        """The old revision takes back the target count: its replacements start
+        while the new replicas that are ready go on serving, then those drain."""
+        async with self._lock:
+            failing = [r for r in new if not r.ready]
+            await asyncio.gather(*(self._retire(r) for r in failing))
+            serving = [r for r in new if r.ready]
             if deployment.deleted:
                 return
             self.repository.fail_revision(deployment.id, number, reason)
@@ -391,6 +455,20 @@ class ControlPlane:
                 f"revision {number} rolled back: {reason}; serving revision {deployment.revision}",
                 number,
             )
+            # Back to the count wanted before (or set by hand since): replicas
+            # retired for the new ones, or within `max_unavailable`, come back.
+            old = [r for r in deployment.live() if r.revision != number]
+            restored: list[Replica] = []
+            try:
+                for _ in range(max(deployment.desired - len(old), 0)):
+                    restored.append(await self._launch(deployment, deployment.spec, deployment.revision))
+            except TramontaneError as exc:
+                self._event(deployment, "scale_failed", f"cannot restore revision {deployment.revision}: {exc.message}")
+            self._set_desired(deployment, len(old) + len(restored))
+        deadline = self.clock.now() + deployment.spec.health_check.grace_period_s + _ROLLOUT_SLACK_S
+        while not all(r.ready for r in restored) and self.clock.now() < deadline and not deployment.deleted:
+            await self.clock.sleep(_POLL_S)
+        drains.extend(asyncio.create_task(self._drain(r), name=f"drain {r.id}") for r in serving)
 
     def logs(self, workspace_id: str, name: str, tail: int = 200) -> str:
         """The last `tail` lines of the deployment's replica logs, oldest file first,

@@ -4,6 +4,7 @@ and which requests reach it. Written as YAML or JSON by users, stored as JSON.""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -100,6 +101,46 @@ class HealthCheck(_Strict):
     failures_before_restart: int = Field(default=3, ge=1)
 
 
+# A count of replicas, or a percentage of the wanted count ("25%").
+ReplicaBudget = int | str
+
+
+class Rollout(_Strict):
+    """How a new revision replaces the old replicas, as Kubernetes' rolling update:
+    at most `max_surge` replicas above the wanted count run at any time, and at most
+    `max_unavailable` below it are not ready. Each new replica that passes its
+    health check retires an old one, so a rollout never needs room for two full
+    revisions side by side."""
+
+    max_surge: ReplicaBudget = 1
+    max_unavailable: ReplicaBudget = 0
+
+    @field_validator("max_surge", "max_unavailable")
+    @classmethod
+    def _budget(cls, value: ReplicaBudget) -> ReplicaBudget:
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("must be 0 or more")
+            return value
+        if not value.endswith("%") or not value[:-1].isdigit() or int(value[:-1]) > 100:
+            raise ValueError("must be a replica count or a percentage from 0% to 100%")
+        return value
+
+    def budgets(self, replicas: int) -> tuple[int, int]:
+        """(surge, unavailable) for `replicas` wanted: a surge percentage rounds up and
+        an unavailable one down (so that both err on the side of serving). Both 0
+        would leave a rollout no move: it surges by one then."""
+        surge = _resolve(self.max_surge, replicas, math.ceil)
+        unavailable = _resolve(self.max_unavailable, replicas, math.floor)
+        return (1 if surge == unavailable == 0 else surge), unavailable
+
+
+def _resolve(budget: ReplicaBudget, replicas: int, rounding: Any) -> int:
+    if isinstance(budget, int):
+        return budget
+    return int(rounding(replicas * int(budget[:-1]) / 100))
+
+
 class Routes(_Strict):
     """Which requests reach the deployment: a JSON body whose `model` is one of
     `models`, or a path under `path_prefix`."""
@@ -161,6 +202,7 @@ class DeploymentSpec(_Strict):
     resources: Resources = Field(default_factory=Resources)
     scaling: Scaling = Field(default_factory=Scaling)
     health_check: HealthCheck = Field(default_factory=HealthCheck)
+    rollout: Rollout = Field(default_factory=Rollout)
     env: dict[str, str | SecretRef] = Field(default_factory=dict)
     routes: Routes = Field(default_factory=Routes)
 
