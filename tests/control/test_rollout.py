@@ -12,7 +12,7 @@ from typing import Any
 
 from control_helpers import REPLICA_COMMAND, Env, spec
 
-from tramontane.control.states import ReplicaState
+from tramontane.control.states import LIVE, ReplicaState
 
 
 async def _settled(env: Env, name: str, timeout_s: float = 20.0) -> dict[str, Any]:
@@ -58,7 +58,17 @@ async def test_rolling_redeploy_under_load_fails_no_request(env: Env) -> None:
                 versions[answer.json()["version"]] += 1
                 seen[index].append(answer.json()["version"])
 
-    load = [asyncio.create_task(client(i)) for i in range(4)]
+    deployment = env.plane.get(env.workspace_id, "web")
+    most_up = 0
+
+    async def watch() -> None:  # the default surge: never more than 2 + 1 replicas up
+        nonlocal most_up
+        while not stop.is_set():
+            up = [r for r in deployment.replicas.values() if r.state in LIVE and not r.draining]
+            most_up = max(most_up, len(up))
+            await asyncio.sleep(0.01)
+
+    load = [asyncio.create_task(client(i)) for i in range(4)] + [asyncio.create_task(watch())]
     try:
         await asyncio.sleep(0.3)
         # The second replica of revision 2 starts a second after the first: for that
@@ -76,6 +86,7 @@ async def test_rolling_redeploy_under_load_fails_no_request(env: Env) -> None:
         await asyncio.gather(*load)
 
     assert set(outcomes) == {"200"}, outcomes
+    assert most_up == 3
     assert versions["1"] > 0 and versions["2"] > 0, versions
     # Every client ends on revision 2.
     for answers in seen:
