@@ -101,14 +101,16 @@ def served(folder, tmp_path_factory) -> Iterator[tuple[str, str]]:
     tenancy.close()
 
 
-def reference_ids(folder: Path, messages: list[dict], tools: list[dict] | None) -> list[int]:
+def reference_ids(folder: Path, messages: list[dict], tools: list[dict] | None, **template_vars) -> list[int]:
     """transformers' rendering, with the calls' arguments as objects (as its docs ask)."""
     hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
     messages = json.loads(json.dumps(messages))
     for message in messages:
         for call in message.get("tool_calls", []):
             call["function"]["arguments"] = json.loads(call["function"]["arguments"])
-    text = hf.apply_chat_template(messages, tools=tools, chat_template=TEMPLATE, add_generation_prompt=True, tokenize=False)
+    text = hf.apply_chat_template(
+        messages, tools=tools, chat_template=TEMPLATE, add_generation_prompt=True, tokenize=False, **template_vars
+    )
     return hf.encode(text, add_special_tokens=False)
 
 
@@ -154,3 +156,29 @@ def test_calls_in_qwens_format_come_back_as_tool_calls(served):
     ]
     again = client.chat.completions.create(**{**request, "messages": follow_up, "tool_choice": "none", "max_tokens": 4})
     assert again.choices[0].finish_reason in ("length", "stop")
+
+
+def test_chat_template_kwargs_turn_qwens_thinking_off(folder, served):
+    """vLLM's chat_template_kwargs reach the template: Qwen3's enable_thinking=false
+    closes an empty <think> block in the prompt."""
+    url, key = served
+    messages = [{"role": "user", "content": "Hello!"}]
+    want = reference_ids(folder, messages, None, enable_thinking=False)
+    assert want != reference_ids(folder, messages, None)
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "qwen3", "messages": messages, "chat_template_kwargs": {"enable_thinking": False}}
+    assert httpx.post(f"{url}/v1/tokenize", json=body, headers=headers, timeout=30).json()["tokens"] == want
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    reply = client.chat.completions.create(
+        model="qwen3", messages=messages, max_tokens=1, extra_body={"chat_template_kwargs": {"enable_thinking": False}}
+    )
+    assert reply.usage.prompt_tokens == len(want)
+    # The variables the server sets are not the client's to set.
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        client.chat.completions.create(
+            model="qwen3", messages=messages, extra_body={"chat_template_kwargs": {"add_generation_prompt": False}}
+        )
+    assert "add_generation_prompt" in raised.value.response.text
+    bad = {**body, "chat_template_kwargs": {"messages": []}}
+    refused = httpx.post(f"{url}/v1/tokenize", json=bad, headers=headers, timeout=30)
+    assert refused.status_code == 422 and "messages" in refused.text, refused.text

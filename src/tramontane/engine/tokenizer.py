@@ -285,14 +285,17 @@ class Tokenizer:
         tools: list[dict[str, Any]] | None,
         prefix: str = "",
         add_generation_prompt: bool = True,
+        template_vars: dict[str, Any] | None = None,
     ) -> list[int]:
         """Prompt token ids for `messages`, ending where the assistant answers; `prefix`
         is the start of that answer, which the model continues. (mistral-common's
-        prompts always end where the assistant answers: add_generation_prompt is the
-        templates' notion.)"""
+        prompts always end where the assistant answers: add_generation_prompt and
+        `template_vars`, variables for the template, are the templates' notions.)"""
         if self.mistral is not None:
             return self.mistral.encode_chat(messages, tools if self.mistral.supports_tools else None, prefix)
-        text = self.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+        text = self.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, **(template_vars or {})
+        )
         return self.encode(text + prefix)
 
     def encode_chat_with_images(

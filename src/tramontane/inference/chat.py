@@ -189,7 +189,8 @@ def _render_prompt(
     if seen:
         prompt, pixels = tokenizer.encode_chat_with_images(messages, template_tools, prefix)
         return prompt, prefix, [ImageInput.from_array(p) for p in pixels]
-    return tokenizer.encode_chat(messages, template_tools, prefix, add_generation_prompt), prefix, []
+    prompt = tokenizer.encode_chat(messages, template_tools, prefix, add_generation_prompt, body.chat_template_kwargs)
+    return prompt, prefix, []
 
 
 def _writes_mistral_calls(tokenizer: Tokenizer) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 # -- shared ------------------------------------------------------------------
 
@@ -150,6 +150,24 @@ class SamplingFields(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
+# What the server gives a chat template itself (transformers' names).
+_RESERVED_TEMPLATE_VARIABLES = frozenset(
+    {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token", "raise_exception", "strftime_now"}
+)
+
+
+def _check_template_kwargs(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    for key in value or {}:
+        if not key.isidentifier() or key in _RESERVED_TEMPLATE_VARIABLES:
+            raise ValueError(f"chat_template_kwargs may not set {key!r}")
+    return value
+
+
+# vLLM's extension: variables for the model's chat template, e.g. Qwen3's
+# {"enable_thinking": false}; not the ones the server itself sets.
+TemplateKwargs = Annotated[dict[str, Any] | None, AfterValidator(_check_template_kwargs)]
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = None
@@ -161,6 +179,7 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     safe_prompt: bool = False
+    chat_template_kwargs: TemplateKwargs = None
 
 
 class TopLogprob(BaseModel):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from ..errors import Invalid
 from ..inference.chat import prompt_token_ids
 from ..inference.fast_path import Call, InferenceRoute
-from ..inference.protocol import ChatCompletionRequest, Message, Tool
+from ..inference.protocol import ChatCompletionRequest, Message, TemplateKwargs, Tool
 
 router = APIRouter(route_class=InferenceRoute)
 
@@ -31,6 +31,7 @@ class TokenizeRequest(BaseModel):
     tools: list[Tool] | None = None
     add_special_tokens: bool | None = None  # default: True for a prompt, False for messages
     add_generation_prompt: bool = True
+    chat_template_kwargs: TemplateKwargs = None
     return_token_strs: bool = False
 
 
@@ -59,7 +60,10 @@ async def tokenize(body: TokenizeRequest, call: Call) -> TokenizeResponse:
     if body.prompt is not None:
         tokens = tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens is not False)
     else:
-        chat: dict[str, Any] = {"model": body.model, "messages": body.messages, "tools": body.tools}
+        chat: dict[str, Any] = {
+            "model": body.model, "messages": body.messages, "tools": body.tools,
+            "chat_template_kwargs": body.chat_template_kwargs,
+        }
         request = ChatCompletionRequest.model_validate(chat)
         tokens = prompt_token_ids(
             model, request, body.add_generation_prompt, call.models.images, call.principal.workspace_id
