@@ -79,7 +79,7 @@ def test_what_is_no_complete_call_comes_back_as_content():
     assert content_and_calls(stream(cut, 5)) == (cut, []) and parse_mistral_tool_calls(cut) == (cut, [])
     # A complete call, then one cut short: the first is a call, the rest content.
     content, calls = content_and_calls(stream('[TOOL_CALLS]f[ARGS]{"a": 1}[TOOL_CALLS]g[ARGS]{"b": ', 3))
-    assert [(c.name, c.arguments) for c in calls] == [("f", '{"a": 1}')] and content == 'g[ARGS]{"b":'
+    assert [(c.name, c.arguments) for c in calls] == [("f", '{"a": 1}')] and content == '[TOOL_CALLS]g[ARGS]{"b":'
     # Double-encoded v2-v7 arguments are decoded, as the non-streaming parse does.
     _, calls = content_and_calls(stream('[TOOL_CALLS][{"name": "f", "arguments": "{\\"a\\": 1}"}]', 4))
     assert calls[0].arguments == '{"a": 1}'

@@ -98,13 +98,15 @@ class _CallStream:
         self.rest = ""
         self._done = 0  # offset up to which the text is settled
         self._stopped = False  # met text that is no call: the rest is content
+        self._marker: int | None = None  # where the last [TOOL_CALLS] not yet followed by a call began
 
     def read(self, text: str, final: bool) -> list[Event]:
         out: list[Event] = []
         while not self._stopped and self._done < len(text) and self._step(text, final, out):
             pass
         if final and self._done < len(text):
-            self.rest = text[self._done :].strip()
+            # What is no call keeps the marker it came after: the model's text, as it wrote it.
+            self.rest = text[self._done if self._marker is None else self._marker :].strip()
             self._done = len(text)
         return out
 
@@ -112,7 +114,7 @@ class _CallStream:
         """Settles what it can from offset `_done`; False when it needs more text."""
         pos = _skip_ws(text, self._done)
         if text.startswith(TOOL_CALLS, pos):
-            self._done = pos + len(TOOL_CALLS)
+            self._marker, self._done = pos, pos + len(TOOL_CALLS)
             return True
         if pos >= len(text) or TOOL_CALLS.startswith(text[pos:]):
             return False  # more to come, perhaps the next [TOOL_CALLS]
@@ -126,7 +128,7 @@ class _CallStream:
             return False
         out.append(ToolCallDelta(self.num_calls, call.arguments, call.id, call.name))
         self.num_calls += 1
-        self._done = end
+        self._done, self._marker = end, None
         return True
 
 
