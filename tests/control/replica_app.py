@@ -7,6 +7,7 @@ GET /crash?after=F  -> waits F seconds, then the process dies mid-request
 GET /stream         -> five lines, flushed one by one
 GET /headers        -> {"pid", "headers"}: the request's headers, names lowercased
 GET /env?name=X     -> {"pid", "value"}: environment variable X
+GET /file?path=X    -> {"pid", "value", "mode", "dir_mode"}: secret file X of $TRAMONTANE_SECRETS_DIR
 GET /version        -> {"pid", "version"}: $APP_VERSION
 POST /v1/...        -> {"pid", "model"} from the JSON body
 """
@@ -33,6 +34,14 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         if url.path == "/env":
             self._send({"value": os.environ.get(parse_qs(url.query)["name"][0])})
+            return
+        if url.path == "/file":
+            directory = os.environ["TRAMONTANE_SECRETS_DIR"]
+            path = os.path.join(directory, parse_qs(url.query)["path"][0])
+            with open(path) as file:
+                value = file.read()
+            mode, dir_mode = os.stat(path).st_mode & 0o777, os.stat(directory).st_mode & 0o777
+            self._send({"value": value, "mode": mode, "dir_mode": dir_mode, "dir": directory})
             return
         if url.path == "/version":
             self._send({"version": os.environ.get("APP_VERSION")})

@@ -187,3 +187,29 @@ async def test_reap_removes_a_container_left_by_a_dead_control_plane(env: Env, i
 async def test_a_backend_without_containers_refuses_image_deployments(env: Env) -> None:
     refused = await env.client.post("/v1/deployments", json=image_spec("img", "localhost/any:1"))
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_kind"
+
+
+@needs_podman
+async def test_secret_files_are_mounted_read_only_and_removed_with_the_container(env: Env, image: str) -> None:
+    value = "container-secret-Value-7c1e"
+    assert (await env.client.post("/v1/secrets", json={"name": "db", "value": value})).status_code == 201
+    # The secrets are copied into a web root the test can read: what the container sees.
+    command = (
+        "trap 'exit 0' TERM; mkdir -p /tmp/www && cat /run/secrets/db/password /etc/app/token > /tmp/www/seen; "
+        "(echo x > /run/secrets/db/password && echo writable || echo read-only) >> /tmp/www/seen; "
+        "echo $TRAMONTANE_SECRETS_DIR >> /tmp/www/seen; httpd -f -p $PORT -h /tmp/www & wait"
+    )
+    files = {"db/password": {"secret": "db"}, "/etc/app/token": {"secret": "db"}}
+    body = image_spec("vault", image, command=command, files=files)
+    assert (await env.client.post("/v1/deployments", json=body)).status_code == 201
+    seen = await env.client.get("/serve/vault/seen")
+    assert seen.status_code == 200, seen.text
+    assert seen.text.split("\n") == [value + value + "read-only", "/run/secrets", ""]
+    [replica] = _replicas(env, "vault")
+    mounts = inspect(container_name(replica.id), "{{range .Mounts}}{{.Source}} {{.RW}};{{end}}")
+    sources = [m.split()[0] for m in mounts.split(";") if m]
+    assert len(sources) == 2 and all(m.endswith(" false") for m in mounts.split(";") if m)
+    assert all(Path(source).exists() for source in sources)
+    assert value not in (await env.client.get("/v1/deployments/vault/logs")).text
+    assert (await env.client.delete("/v1/deployments/vault")).status_code == 200
+    await _wait_for(lambda: not any(Path(source).exists() for source in sources), what="the files' removal")

@@ -165,10 +165,15 @@ async def test_replicas_spread_by_resources_and_restart_after_actor_death(env: E
 
 async def test_custom_resources_pin_a_replica_to_a_node(env: Env, nodes: dict[str, str]) -> None:
     resources = {"cpu": 0.1, "memory_mb": 64, "custom": {"node_b": 1}}
-    # A workspace secret reaches a replica on another node too.
+    # A workspace secret reaches a replica on another node too, as a variable and as a file.
     assert (await env.client.post("/v1/secrets", json={"name": "tok", "value": "on-node-b"})).status_code == 201
     pinned = spec(
-        "pinned", command=_COMMAND, resources=resources, health_check=_HEALTH, env={"TOKEN": {"secret": "tok"}}
+        "pinned",
+        command=_COMMAND,
+        resources=resources,
+        health_check=_HEALTH,
+        env={"TOKEN": {"secret": "tok"}},
+        files={"tok": {"secret": "tok"}},
     )
     assert (await env.client.post("/v1/deployments", json=pinned)).status_code == 201
     deployment = env.plane.get(env.workspace_id, "pinned")
@@ -177,11 +182,17 @@ async def test_custom_resources_pin_a_replica_to_a_node(env: Env, nodes: dict[st
     assert replica.handle is not None and replica.handle.node == nodes["node_b"]
     assert (await env.client.get("/serve/pinned/hello")).json()["path"] == "/hello"
     assert (await env.client.get("/serve/pinned/env", params={"name": "TOKEN"})).json()["value"] == "on-node-b"
+    read = (await env.client.get("/serve/pinned/file", params={"path": "tok"})).json()
+    assert read["value"] == "on-node-b" and read["mode"] == 0o400 and read["dir_mode"] == 0o700
 
     # No node offers it: refused at once, not left waiting for a node that never comes.
     nowhere = spec("nowhere", resources={"cpu": 0.1, "custom": {"node_c": 1}})
     refused = await env.client.post("/v1/deployments", json=nowhere)
     assert refused.status_code == 503 and "node_c=1" in refused.json()["error"]["message"]
+
+    # The node's copy of the file goes with the replica (both nodes are this machine here).
+    assert (await env.client.delete("/v1/deployments/pinned")).status_code == 200
+    await until(lambda: not Path(read["dir"]).exists(), timeout_s=20)
 
 
 async def test_a_replica_ray_cannot_place_is_retried_and_its_actor_killed(env: Env) -> None:

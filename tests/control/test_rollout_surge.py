@@ -80,7 +80,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     workspace, _ = Tenancy(store, home=tmp_path).create_tenant("t", frozenset({Capability.DEPLOY}))
     clock, backend = ManualClock(), MemoryBackend()
-    plane = ControlPlane(store, backend=backend, capacity=NodeCapacity(cpu=16, memory_mb=65536), home=tmp_path, clock=clock)
+    capacity = NodeCapacity(cpu=16, memory_mb=65536)
+    plane = ControlPlane(store, backend=backend, capacity=capacity, home=tmp_path, clock=clock)
     await plane.start()
     try:
         yield Rig(plane, clock, backend, workspace)

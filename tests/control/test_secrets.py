@@ -3,8 +3,12 @@ environment, refused when missing, rotated, and erased with the workspace."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +16,10 @@ from control_helpers import Env, spec
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
+from tramontane.control.backends import LocalBackend, secret_files
 from tramontane.control.models import SecretRow
 from tramontane.control.secrets import KEY_ENV, KEY_FILE, Keyring, SecretStore
+from tramontane.control.spec import DeploymentSpec
 from tramontane.errors import Unprocessable
 from tramontane.store import AuditEvent
 from tramontane.tenancy.audit import CLI
@@ -148,3 +154,68 @@ async def test_erasing_the_workspace_erases_its_secrets(env: Env) -> None:
     env.tenancy.erase_workspace(env.workspace_id, CLI)
     with env.store.session() as session:
         assert session.scalars(select(SecretRow)).all() == []
+
+
+async def test_a_secret_as_a_file_is_private_to_its_replica_and_goes_with_it(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert (await env.client.post("/v1/secrets", json={"name": "db", "value": VALUE})).status_code == 201
+    body = spec("files", files={"db/password": {"secret": "db"}})
+    deployed = await env.client.post("/v1/deployments", json=body)
+    assert deployed.status_code == 201, deployed.text
+    read = (await env.client.get("/serve/files/file", params={"path": "db/password"})).json()
+    assert read["value"] == VALUE and read["mode"] == 0o400 and read["dir_mode"] == 0o700
+    directory = Path(read["dir"])
+    assert (directory / "db" / "password").stat().st_uid == os.getuid()
+    # Not in the environment, the API, the replica's logs or the server's.
+    assert (await env.client.get("/serve/files/env", params={"name": "db"})).json()["value"] is None
+    shown = await env.client.get("/v1/deployments/files")
+    assert shown.json()["spec"]["files"] == {"db/password": {"secret": "db"}} and VALUE not in shown.text
+    assert VALUE not in (await env.client.get("/v1/deployments/files/logs")).text
+    assert VALUE not in caplog.text
+    in_use = await env.client.delete("/v1/secrets/db")
+    assert in_use.status_code == 409 and "files" in in_use.json()["error"]["message"]
+
+    # A replica that crashes is started again with a directory of its own; the old one goes.
+    deployment = env.plane.get(env.workspace_id, "files")
+    (replica,) = deployment.replicas.values()
+    os.kill(replica.handle.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while directory.exists() or not replica.ready:
+        assert time.monotonic() < deadline, "the crashed replica's files stayed, or it did not restart"
+        await asyncio.sleep(0.05)
+    again = (await env.client.get("/serve/files/file", params={"path": "db/password"})).json()
+    assert again["value"] == VALUE and Path(again["dir"]).exists()
+
+    assert (await env.client.delete("/v1/deployments/files")).status_code == 200
+    assert not Path(again["dir"]).exists()
+
+
+async def test_secret_file_paths_and_references_are_checked(env: Env) -> None:
+    assert (await env.client.post("/v1/secrets", json={"name": "db", "value": VALUE})).status_code == 201
+    for path in ("/run/secrets/db", "../db", "a/./b", "a//b", "a,b", "", "a/"):
+        refused = await env.client.post("/v1/deployments", json=spec("bad", files={path: {"secret": "db"}}))
+        assert refused.status_code == 422, (path, refused.text)
+    nested = {"a": {"secret": "db"}, "a/b": {"secret": "db"}}
+    assert (await env.client.post("/v1/deployments", json=spec("bad", files=nested))).status_code == 422
+    missing = await env.client.post("/v1/deployments", json=spec("bad", files={"x": {"secret": "nope"}}))
+    assert missing.status_code == 422 and missing.json()["error"]["code"] == "secret_not_found"
+    assert (await env.client.get("/v1/deployments")).json()["data"] == []
+
+
+async def test_reaping_a_dead_planes_replica_removes_its_secret_files(tmp_path: Path) -> None:
+    """A control plane SIGKILLed leaves its replicas and their files: the next one,
+    reaping the replicas, removes the files too."""
+    backend = LocalBackend()
+    orphan = DeploymentSpec.model_validate(spec("orphan", files={"key": {"secret": "key"}}))
+    handle = await backend.launch("rep_orphan", orphan, tmp_path / "orphan.log", {}, {"key": VALUE})
+    try:
+        [directory] = secret_files.directories_of("rep_orphan")
+        assert (directory / "key").read_text() == VALUE
+        assert backend.reap(handle.pid, handle.pid_start)
+        assert not directory.exists()
+    finally:
+        await handle.stop(1.0)
+        await backend.close()
+    assert secret_files.directories_of("rep_orphan") == []

@@ -100,6 +100,8 @@ class RunRequest:
     # None: the image's own entrypoint and command.
     command: list[str] | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # Host files bind-mounted read-only into the container: (host path, container path).
+    read_only_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Podman:
@@ -135,6 +137,8 @@ class Podman:
         )
         for key, value in sorted(request.labels.items()):
             argv += ["--label", f"{key}={value}"]
+        for host_path, container_path in request.read_only_files:
+            argv += ["--mount", f"type=bind,src={host_path},dst={container_path},ro=true"]
         # Names only: podman takes each value from its own environment, so that
         # values (secrets) never appear on a command line that `ps` shows. Podman's
         # own variables (PATH, HOME...) go inline: it needs its values of those.

@@ -184,7 +184,7 @@ class ControlPlane:
     async def create(self, workspace_id: str, spec: DeploymentSpec) -> Deployment:
         # A secret the spec names but the workspace lacks refuses it now (422),
         # not later as replicas that cannot start.
-        self.secrets.resolve(workspace_id, set(spec.secret_env().values()))
+        self.secrets.resolve(workspace_id, spec.secret_names())
         spec = await self.images.prepare(workspace_id, spec)
         desired = spec.scaling.min_replicas
         row = self.repository.insert_deployment(workspace_id, spec, desired)
@@ -261,7 +261,7 @@ class ControlPlane:
         if deployment.preparing:
             # Its image is being built or pulled: a second change now would race it.
             raise Conflict(f"A change of '{name}' is being prepared", code="rollout_in_progress")
-        self.secrets.resolve(workspace_id, set(spec.secret_env().values()))
+        self.secrets.resolve(workspace_id, spec.secret_names())
         deployment.preparing = True
         try:
             spec = await self.images.prepare(workspace_id, spec)
@@ -700,12 +700,18 @@ class ControlPlane:
             self.clock,
             token=token,
             revision=revision,
+            files=self._secret_files(deployment.workspace_id, spec),
         )
 
     def _secret_env(self, workspace_id: str, spec: DeploymentSpec) -> dict[str, str]:
         references = spec.secret_env()
         values = self.secrets.resolve(workspace_id, set(references.values()))
         return {variable: values[name] for variable, name in references.items()}
+
+    def _secret_files(self, workspace_id: str, spec: DeploymentSpec) -> dict[str, str]:
+        references = spec.secret_files()
+        values = self.secrets.resolve(workspace_id, set(references.values()))
+        return {path: values[name] for path, name in references.items()}
 
     async def _evict(self, replica_id: str) -> None:
         for other in self._deployments.values():

@@ -49,6 +49,7 @@ class Replica:
         token: str | None = None,
         *,
         revision: int = 1,
+        files: dict[str, str] | None = None,
     ):
         self.id = replica_id
         self.revision = revision
@@ -75,6 +76,8 @@ class Replica:
         self.slept_at: float | None = None
         self.token = token or secrets.token_urlsafe(32)
         self.platform_env = {**platform_env, REPLICA_TOKEN_ENV: self.token} if spec.kind is Kind.MODEL else platform_env
+        # Secret files (spec path -> content), written by the backend where the replica runs.
+        self.files = files or {}
         self._backend = backend
         self._on_change = on_change
         self._ready = asyncio.Event()
@@ -236,7 +239,7 @@ class Replica:
             # Shielded: a stop landing mid-launch must still find (and kill) the
             # process that the launch goes on to start.
             self._launching = asyncio.create_task(
-                self._backend.launch(self.id, self.spec, self.log_path, self.platform_env)
+                self._backend.launch(self.id, self.spec, self.log_path, self.platform_env, self.files)
             )
             return await asyncio.shield(self._launching)
         except OSError as exc:

@@ -65,7 +65,7 @@ async def update_secret(secret_name: str, body: SecretUpdate, principal: Deploy,
 @router.delete("/{secret_name}")
 async def delete_secret(secret_name: str, principal: Deploy, plane: Plane) -> SecretDeleted:
     name = secret_name
-    users = [d.name for d in plane.list(principal.workspace_id) if name in d.spec.secret_env().values()]
+    users = [d.name for d in plane.list(principal.workspace_id) if name in d.spec.secret_names()]
     if users:
         raise Conflict(
             f"Secret '{name}' is used by deployment(s) {', '.join(sorted(users))}; change them first",

@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -204,10 +204,35 @@ class DeploymentSpec(_Strict):
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     rollout: Rollout = Field(default_factory=Rollout)
     env: dict[str, str | SecretRef] = Field(default_factory=dict)
+    # Workspace secrets as read-only files: path -> {secret: NAME}. A relative path
+    # is under the replica's own secrets directory ($TRAMONTANE_SECRETS_DIR, which
+    # is /run/secrets in a container); an image deployment may give an absolute
+    # path in its container instead.
+    files: dict[str, SecretRef] = Field(default_factory=dict)
     routes: Routes = Field(default_factory=Routes)
+
+    @field_validator("files")
+    @classmethod
+    def _file_paths(cls, value: dict[str, SecretRef]) -> dict[str, SecretRef]:
+        for path in value:
+            segments = path.removeprefix("/").split("/")
+            if len(path) > 255 or "\0" in path:
+                raise ValueError(f"{path!r} is not a file path")
+            if any(segment in {"", ".", ".."} for segment in segments):
+                raise ValueError(f"{path!r}: a file path must be plain, without '.', '..' or empty parts")
+            if "," in path or ":" in path:  # the container engine's mount syntax
+                raise ValueError(f"{path!r}: a file path cannot hold ',' or ':'")
+        inner = {PurePosixPath(p) for p in value}
+        if clash := next((p for p in inner if any(q in inner for q in p.parents if q != PurePosixPath("/"))), None):
+            raise ValueError(f"{clash} is under another file of `files`")
+        return value
 
     @model_validator(mode="after")
     def _kind_fields(self) -> DeploymentSpec:
+        if self.kind is not Kind.IMAGE and any(path.startswith("/") for path in self.files):
+            raise ValueError(
+                "absolute `files` paths are for image deployments; give a path relative to $TRAMONTANE_SECRETS_DIR"
+            )
         if self.kind is Kind.IMAGE:
             if not self.image and self.git is None:
                 raise ValueError("an image deployment needs `image` or `git`")
@@ -237,6 +262,14 @@ class DeploymentSpec(_Strict):
     def secret_env(self) -> dict[str, str]:
         """Environment variable -> the name of the secret that gives its value."""
         return {k: v.secret for k, v in self.env.items() if isinstance(v, SecretRef)}
+
+    def secret_files(self) -> dict[str, str]:
+        """File path -> the name of the secret that is its content."""
+        return {path: ref.secret for path, ref in self.files.items()}
+
+    def secret_names(self) -> set[str]:
+        """Every secret the spec names, in env or in files."""
+        return set(self.secret_env().values()) | set(self.secret_files().values())
 
     def argv(self) -> list[str]:
         """The replica's command line; $PORT comes from its environment."""

@@ -73,10 +73,17 @@ class Measurable(Protocol):
 
 class Backend(Protocol):
     async def launch(
-        self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
+        self,
+        replica_id: str,
+        spec: DeploymentSpec,
+        log_path: Path,
+        platform_env: dict[str, str],
+        files: dict[str, str] | None = None,
     ) -> ReplicaHandle:
         """Starts one replica of `spec`, its output appended to `log_path`;
-        `platform_env` is set on top of the spec's env."""
+        `platform_env` is set on top of the spec's env. `files` (spec path ->
+        content: secrets) are written privately where the replica runs, for it
+        alone, and removed when it stops (secret_files.py)."""
         ...
 
     async def probe(self, handle: ReplicaHandle, check: HealthCheck) -> bool:

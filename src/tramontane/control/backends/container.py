@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..containers import REPLICA_LABEL, Freezer, Podman, RunRequest, container_name, podman_env
 from ..spec import DeploymentSpec
+from . import secret_files
 from .base import open_log
 
 
@@ -103,9 +104,12 @@ async def launch_container(
     env: dict[str, str],
     log_path: Path,
     pid_start_of: Callable[[int], int | None],
+    files: Path | None = None,
 ) -> ContainerReplica:
     """Starts the replica's container, its port published on 127.0.0.1:`port`; the
-    image gets `env` (the spec's and the platform's, PORT included)."""
+    image gets `env` (the spec's and the platform's, PORT included) and the secret
+    files written in `files`, each mounted read-only at its path (a relative one
+    under /run/secrets)."""
     assert spec.image is not None, "an image deployment is built before it is launched"
     container_port = spec.container_port or port
     request = RunRequest(
@@ -118,8 +122,21 @@ async def launch_container(
         env={**env, "PORT": str(container_port)},
         command=["/bin/sh", "-c", spec.command] if spec.command else None,
         labels={REPLICA_LABEL: replica_id},
+        read_only_files=_secret_mounts(spec, files),
     )
+    if files is not None:
+        request.env[secret_files.SECRETS_DIR_ENV] = secret_files.CONTAINER_DIR
     with open_log(log_path) as log:
         process = await podman.run(request, podman_env(), log)
     return ContainerReplica(podman, request.name, process, port, pid_start_of(process.pid))
 
+
+
+def _secret_mounts(spec: DeploymentSpec, files: Path | None) -> list[tuple[str, str]]:
+    if files is None:
+        return []
+    mounts = []
+    for path in spec.files:
+        inside = path if path.startswith("/") else f"{secret_files.CONTAINER_DIR}/{path}"
+        mounts.append((str(files / secret_files.relative(path)), inside))
+    return mounts

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..containers import NAME_PREFIX, Podman
 from ..spec import DeploymentSpec, Kind, expand_port
+from . import secret_files
 from .base import open_log
 from .container import ContainerReplica, launch_container
 from .http import HttpReplicaCalls
@@ -203,16 +204,41 @@ class LocalBackend(HttpReplicaCalls):
         self.standby = Standby(inherited_env)
         # Image deployments' containers.
         self.podman = podman or Podman()
+        # Tasks removing replicas' secret files once their processes end.
+        self._file_watchers: set[asyncio.Task[None]] = set()
 
     async def launch(
-        self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
+        self,
+        replica_id: str,
+        spec: DeploymentSpec,
+        log_path: Path,
+        platform_env: dict[str, str],
+        files: dict[str, str] | None = None,
+    ) -> LocalReplica | ContainerReplica:
+        if not files:
+            return await self._launch(replica_id, spec, log_path, platform_env, None)
+        directory = await asyncio.to_thread(secret_files.write, replica_id, files)
+        try:
+            handle = await self._launch(replica_id, spec, log_path, platform_env, directory)
+        except BaseException:
+            secret_files.remove_dir(directory)
+            raise
+        self._remove_files_after(handle, [directory])
+        return handle
+
+    async def _launch(
+        self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str], files: Path | None
     ) -> LocalReplica | ContainerReplica:
         port = free_port()
         own_env = {**spec.plain_env(), **platform_env, "PORT": str(port), "TRAMONTANE_REPLICA_ID": replica_id}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if spec.kind is Kind.IMAGE:
-            return await launch_container(self.podman, replica_id, spec, port, own_env, log_path, process_start_time)
-        if spec.kind is Kind.MODEL and can_start_warm(spec.env):
+            return await launch_container(
+                self.podman, replica_id, spec, port, own_env, log_path, process_start_time, files
+            )
+        if files is not None:
+            own_env[secret_files.SECRETS_DIR_ENV] = str(files)
+        elif spec.kind is Kind.MODEL and can_start_warm(spec.env):
             process = await self.standby.take(spec.tramontane_args(port), own_env, log_path)
             if process is not None:
                 return LocalReplica(process, port)
@@ -230,6 +256,19 @@ class LocalBackend(HttpReplicaCalls):
             )
         return LocalReplica(process, port)
 
+    def _remove_files_after(
+        self, handle: LocalReplica | ContainerReplica | AdoptedReplica, directories: list[Path]
+    ) -> None:
+        async def watch() -> None:
+            with contextlib.suppress(Exception):
+                await handle.wait()
+            for directory in directories:
+                await asyncio.to_thread(secret_files.remove_dir, directory)
+
+        task = asyncio.create_task(watch(), name=f"remove {directories[0].name}")
+        self._file_watchers.add(task)
+        task.add_done_callback(self._file_watchers.discard)
+
     async def close(self) -> None:
         await self.standby.close()
         await self.close_calls()
@@ -243,16 +282,22 @@ class LocalBackend(HttpReplicaCalls):
         if _container_of(pid) is not None:
             return None  # a container outlives its process: reaped and started afresh
         try:
-            return AdoptedReplica(pid, pid_start, port)
+            adopted = AdoptedReplica(pid, pid_start, port)
         except OSError:  # it exited meanwhile
             return None
+        if directories := secret_files.directories_of(replica_id):
+            self._remove_files_after(adopted, directories)
+        return adopted
 
     def reap(self, pid: int, pid_start: int | None) -> bool:
         current = process_start_time(pid)
         if current is None or pid_start is None or current != pid_start:
             return False
         container = _container_of(pid)
+        replica_id = secret_files.replica_of(pid)
         _kill_group(pid, signal.SIGKILL)
+        if replica_id is not None:
+            secret_files.remove(replica_id)
         if container is not None:
             # The container outlives its `podman run` process (conmon holds it).
             self.podman.remove_now(container)

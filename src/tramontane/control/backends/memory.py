@@ -69,6 +69,7 @@ class MemoryBackend:
         self.replicas: dict[str, MemoryReplica] = {}
         self.launched: list[str] = []
         self.adopted: list[str] = []
+        self.files: dict[str, dict[str, str]] = {}  # the secret files each launch was given
         self.calls: list[tuple[str, str]] = []  # (replica id, control action)
         self.fail_launches = 0
         self.healthy_on_launch = True
@@ -76,9 +77,15 @@ class MemoryBackend:
         self._ports = itertools.count(20000)
 
     async def launch(
-        self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
+        self,
+        replica_id: str,
+        spec: DeploymentSpec,
+        log_path: Path,
+        platform_env: dict[str, str],
+        files: dict[str, str] | None = None,
     ) -> MemoryReplica:
         self.launched.append(replica_id)
+        self.files[replica_id] = dict(files or {})
         if self.fail_launches > 0:
             self.fail_launches -= 1
             raise OSError(f"replica {replica_id} could not be launched")

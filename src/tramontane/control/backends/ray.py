@@ -146,7 +146,12 @@ class RayBackend(HttpReplicaCalls):
         )
 
     async def launch(
-        self, replica_id: str, spec: DeploymentSpec, log_path: Path, platform_env: dict[str, str]
+        self,
+        replica_id: str,
+        spec: DeploymentSpec,
+        log_path: Path,
+        platform_env: dict[str, str],
+        files: dict[str, str] | None = None,
     ) -> RayReplica:
         # max_restarts=0: the control plane, not Ray, restarts a replica whose actor died.
         actor = self._actor_class.options(max_restarts=0, **actor_resources(spec.resources)).remote()
@@ -154,7 +159,7 @@ class RayBackend(HttpReplicaCalls):
             # Until Ray finds a node with room, the actor waits unplaced; give up
             # after the grace period, like a replica that never becomes healthy.
             async with asyncio.timeout(spec.health_check.grace_period_s):
-                started = await actor.start.remote(replica_id, spec, platform_env)
+                started = await actor.start.remote(replica_id, spec, platform_env, files or {})
         except (TimeoutError, self._ray.exceptions.RayError) as exc:
             self._ray.kill(actor, no_restart=True)
             if isinstance(exc, TimeoutError):

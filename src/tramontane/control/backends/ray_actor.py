@@ -17,8 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from ..spec import DeploymentSpec, Kind
+from . import secret_files
 
 # Output not yet pulled by the control plane beyond this is dropped, oldest first,
 # so that a replica printing faster than the log is pulled cannot fill the node's memory.
@@ -52,8 +54,12 @@ class ReplicaProcess:
         self._output_closed = False
         self._output_changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        # The replica's secret files on this node, until its process ends.
+        self._files: Path | None = None
 
-    async def start(self, replica_id: str, spec: DeploymentSpec, platform_env: dict[str, str]) -> dict[str, object]:
+    async def start(
+        self, replica_id: str, spec: DeploymentSpec, platform_env: dict[str, str], files: dict[str, str] | None = None
+    ) -> dict[str, object]:
         """Starts the replica on a free port of this node's address; returns where
         it listens and which node and process it is."""
         import ray
@@ -77,6 +83,10 @@ class ReplicaProcess:
             "PORT": str(port),
             "TRAMONTANE_REPLICA_ID": replica_id,
         }
+        if files:
+            # On this node, as the replica: the control plane's machine may be another.
+            self._files = await asyncio.to_thread(secret_files.write, replica_id, files)
+            env[secret_files.SECRETS_DIR_ENV] = str(self._files)
         self._process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -135,7 +145,14 @@ class ReplicaProcess:
 
     async def wait(self) -> int:
         assert self._process is not None
-        return await self._process.wait()
+        status = await self._process.wait()
+        self._remove_files()
+        return status
+
+    def _remove_files(self) -> None:
+        if self._files is not None:
+            secret_files.remove_dir(self._files)
+            self._files = None
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM to the replica's group, SIGKILL after `grace_s`; also after a
@@ -149,6 +166,7 @@ class ReplicaProcess:
                     await self._process.wait()
         _kill_group(self._process.pid, signal.SIGKILL)
         await self._process.wait()
+        self._remove_files()
         # The group is gone: retire the watchdog before its pgid could be reused.
         if self._watchdog is not None:
             self._watchdog.kill()
