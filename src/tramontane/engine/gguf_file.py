@@ -46,7 +46,11 @@ _SCALAR_FORMATS: dict[GGUFValueType, str] = {
 }
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 # llama.cpp writes Mistral and Mixtral checkpoints as "llama" too.
-_SUPPORTED_ARCHS = ("llama", "mistral", "qwen3", "qwen3moe")
+_SUPPORTED_ARCHS = ("llama", "mistral", "qwen3", "qwen3moe", "gemma3")
+# What llama.cpp assumes for a gemma3 file that does not say: every sixth layer
+# global, a 10k rotary base on the sliding ones.
+_GEMMA3_PATTERN = 6
+_GEMMA3_LOCAL_THETA = 10000.0
 
 
 class _Truncated(Exception):
@@ -238,9 +242,46 @@ def _model_config(gguf: GGUFFile) -> ModelConfig:
     if "token_embd.weight" not in gguf.tensors:
         raise ModelLoadError(f"{gguf.path} has no token_embd.weight tensor")
     try:
-        return _architecture_config(gguf, arch)
+        config = _architecture_config(gguf, arch)
+        return _gemma3_config(gguf, config) if arch == "gemma3" else config
     except (TypeError, ValueError, ZeroDivisionError) as e:
         raise ModelLoadError(f"{gguf.path} has a malformed {arch}.* metadata value: {e}") from e
+
+
+def _gemma3_config(gguf: GGUFFile, config: ModelConfig) -> ModelConfig:
+    """Gemma 3's own settings on top of the common ones, read as llama.cpp reads them.
+
+    The layer kinds come from `attention.sliding_window_pattern` (a period, or one
+    flag per layer, true for sliding) and the sliding layers' rotary base from
+    `rope.freq_base_swa`; files without them get llama.cpp's defaults. The query
+    scale is `attention.scale` where written, else llama.cpp's rule: 1/sqrt(head_dim),
+    except the 62-layer (27B) model's 1/sqrt(hidden/heads), its query_pre_attn_scalar.
+    """
+    md, layers = gguf.metadata, config.num_hidden_layers
+    if _meta(md, "gemma3.final_logit_softcapping") or _meta(md, "gemma3.attn_logit_softcapping"):
+        raise ModelLoadError("Gemma checkpoints with logit soft-capping are not supported")
+    pattern = _meta(md, "gemma3.attention.sliding_window_pattern", _GEMMA3_PATTERN)
+    if isinstance(pattern, list):
+        if len(pattern) != layers:
+            raise ValueError(f"sliding_window_pattern has {len(pattern)} flags for {layers} layers")
+        sliding = [bool(flag) for flag in pattern]
+    else:
+        sliding = [(i + 1) % int(pattern) != 0 for i in range(layers)]
+    scale = _meta(md, "gemma3.attention.scale")
+    if scale is None:
+        scale = (config.hidden_size / config.num_attention_heads if layers == 62 else config.head_dim) ** -0.5
+    return dataclasses.replace(
+        config,
+        architecture="gemma3_text",
+        rms_norm_eps=float(_meta(md, "gemma3.attention.layer_norm_rms_epsilon", 1e-6)),
+        layer_types=["sliding_attention" if s else "full_attention" for s in sliding],
+        rope_local_theta=float(_meta(md, "gemma3.rope.freq_base_swa", _GEMMA3_LOCAL_THETA)),
+        attention_scale=float(scale),
+        embedding_scale=config.hidden_size**0.5,
+        hidden_act="gelu_pytorch_tanh",
+        qk_norm=True,
+        sandwich_norms=True,
+    )
 
 
 def _architecture_config(gguf: GGUFFile, arch: str) -> ModelConfig:
@@ -296,6 +337,13 @@ _LAYER_NAMES = {
     "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
 }
+# Gemma's norms around attention and the MLP. Its norm weights are stored with
+# Gemma's +1 already added by the converter: the plain scale our layers use.
+_GEMMA_LAYER_NAMES = _LAYER_NAMES | {
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
 # Mixtral's expert weights: w1 = gate, w2 = down, w3 = up.
 _EXPERT_NAMES = {"ffn_gate": "w1", "ffn_down": "w2", "ffn_up": "w3"}
 _SKIPPED = {"rope_freqs.weight"}  # folded into ModelConfig.rope_scaling
@@ -319,20 +367,21 @@ def _hf_tensors(name: str, tensor: torch.Tensor, config: ModelConfig) -> Iterato
     if suffix != "weight" or parts[0] != "blk" or len(parts) not in (3, 4) or not parts[1].isdigit():
         raise ModelLoadError(f"unexpected tensor {name!r} in GGUF file")
     prefix, kind = f"model.layers.{parts[1]}", parts[2]
+    layer_names = _GEMMA_LAYER_NAMES if config.sandwich_norms else _LAYER_NAMES
     if len(parts) == 4 and kind in _EXPERT_NAMES and parts[3].isdigit():  # older per-expert layout
         yield f"{prefix}.block_sparse_moe.experts.{parts[3]}.{_EXPERT_NAMES[kind]}.weight", tensor
     elif len(parts) == 3 and kind.endswith("_exps") and kind[: -len("_exps")] in _EXPERT_NAMES:
         w = _EXPERT_NAMES[kind[: -len("_exps")]]
         for e in range(tensor.shape[0]):
             yield f"{prefix}.block_sparse_moe.experts.{e}.{w}.weight", tensor[e]
-    elif len(parts) == 3 and kind in _LAYER_NAMES:
+    elif len(parts) == 3 and kind in layer_names:
         # llama.cpp reorders q/k rows for its pairwise rope in Llama-family files only.
         permuted = config.architecture in ("llama", "mistral", "mixtral")
         if kind == "attn_q" and permuted:
             tensor = _unpermute_rope_rows(tensor, config.num_attention_heads)
         elif kind == "attn_k" and permuted:
             tensor = _unpermute_rope_rows(tensor, config.num_key_value_heads)
-        yield f"{prefix}.{_LAYER_NAMES[kind]}.weight", tensor
+        yield f"{prefix}.{layer_names[kind]}.weight", tensor
     else:
         raise ModelLoadError(f"unexpected tensor {name!r} in GGUF file")
 
