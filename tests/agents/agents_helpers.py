@@ -59,10 +59,10 @@ class ScriptedBackend:
             assert self.engine is not None
             self.engine.check(model)
 
-    def turn(self, request: ChatCompletionRequest) -> ModelTurn:
+    def turn(self, request: ChatCompletionRequest, workspace_id: str) -> ModelTurn:
         if request.model != SCRIPTED:
             assert self.engine is not None
-            return self.engine.turn(request)
+            return self.engine.turn(request, workspace_id)
         self.requests.append(request)
         assert self.script, "the scripted model was called more often than the test planned"
         return ScriptedTurn(self.script.pop(0))

@@ -22,6 +22,7 @@ from tiny_pixtral import hf_vision_model, write_native_vision
 
 from tramontane.cli.up import load_models
 from tramontane.engine import EngineConfig
+from tramontane.finetune.service import FineTuning
 from tramontane.inference import ModelSpec
 from tramontane.platform.app import create_app
 from tramontane.tenancy import Tenancy
@@ -60,11 +61,12 @@ def client(tmp_path_factory) -> Iterator[Mistral]:
     tenancy = Tenancy.open(f"sqlite:///{home / 'db.sqlite'}", home=home)
     admin_key = tenancy.bootstrap_admin_key()
     assert admin_key is not None
-    with serve_in_thread(create_app(registry, tenancy)) as url:
+    finetune = FineTuning(tenancy.store, home, {})  # the Files API, for images named by file id
+    with serve_in_thread(create_app(registry, tenancy, finetune=finetune)) as url:
         headers = {"Authorization": f"Bearer {admin_key}"}
         with httpx.Client(base_url=f"{url}/v1/admin", headers=headers, timeout=30) as admin:
             workspace = admin.post("/workspaces", json={"name": "agents"}).raise_for_status().json()["id"]
-            body = {"name": "sdk", "capabilities": ["inference"]}
+            body = {"name": "sdk", "capabilities": ["inference", "fine-tune"]}  # fine-tune: the Files API's
             key = admin.post(f"/workspaces/{workspace}/keys", json=body).raise_for_status().json()["key"]
         with Mistral(api_key=key, server_url=url) as client:
             yield client
@@ -108,3 +110,33 @@ def test_an_image_to_a_text_only_model_is_a_400_naming_it(client: Mistral) -> No
     with pytest.raises(SDKError) as raised:
         client.beta.conversations.start(model="tiny-mistral", inputs=inputs)
     assert raised.value.status_code == 400 and "tiny-mistral" in raised.value.body
+
+
+def test_an_uploaded_image_file_is_an_image_input(client: Mistral) -> None:
+    """An image uploaded to the Files API is named by its id, in either of the
+    Mistral shapes: the same prompt as the image sent inline."""
+    png = base64.b64decode(png_data_url(64, 32).split(",", 1)[1])
+    uploaded = client.files.upload(file={"file_name": "picture.png", "content": png}, purpose="ocr")
+
+    def prompt_tokens(image) -> int:
+        content = [{"type": "text", "text": "What is in this picture?"}, {"type": "image_url", "image_url": image}]
+        inputs = [{"type": "message.input", "role": "user", "content": content}]
+        args = {"max_tokens": 1, "temperature": 0}
+        return client.beta.conversations.start(model="tiny-pixtral", inputs=inputs, completion_args=args).usage.prompt_tokens
+
+    inline = prompt_tokens(png_data_url(64, 32))
+    assert prompt_tokens(uploaded.id) == inline
+    assert prompt_tokens({"url": uploaded.id}) == inline
+    with pytest.raises(SDKError) as raised:  # a file of no workspace of the caller's
+        prompt_tokens("file-doesnotexist0")
+    assert raised.value.status_code == 404
+    # The id is kept in the conversation and read again each turn: once deleted, the next turn is a 404.
+    content = [{"type": "text", "text": "Describe it"}, {"type": "image_url", "image_url": uploaded.id}]
+    started = client.beta.conversations.start(
+        model="tiny-pixtral", inputs=[{"type": "message.input", "role": "user", "content": content}],
+        completion_args={"max_tokens": 1, "temperature": 0},
+    )
+    client.files.delete(file_id=uploaded.id)
+    with pytest.raises(SDKError) as raised:
+        client.beta.conversations.append(conversation_id=started.conversation_id, inputs="And now?")
+    assert raised.value.status_code == 404

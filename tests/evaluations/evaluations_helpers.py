@@ -75,10 +75,10 @@ class StandInBackend:
             assert self.engine is not None
             self.engine.check(model)
 
-    def turn(self, request: ChatCompletionRequest) -> ModelTurn:
+    def turn(self, request: ChatCompletionRequest, workspace_id: str) -> ModelTurn:
         if request.model not in (GULLIBLE, CAREFUL):
             assert self.engine is not None
-            return self.engine.turn(request)
+            return self.engine.turn(request, workspace_id)
         last = request.messages[-1]
         text = _content(last)
         self.seen.append(text)

@@ -49,7 +49,10 @@ class ChatBackend(Protocol):
     def check(self, model: str) -> None:
         """Raises NotFound or Invalid if `model` cannot chat."""
 
-    def turn(self, request: ChatCompletionRequest) -> ModelTurn: ...
+    def turn(self, request: ChatCompletionRequest, workspace_id: str) -> ModelTurn:
+        """The model's turn for `workspace_id`'s conversation: the Files API ids its
+        images name are read from that workspace's files only."""
+        ...
 
 
 class EngineTurn:
@@ -97,6 +100,6 @@ class EngineBackend:
     def check(self, model: str) -> None:
         self._registry.chat(model)
 
-    def turn(self, request: ChatCompletionRequest) -> ModelTurn:
-        generation, output = prepare(self._registry, self._metrics, request, None)
+    def turn(self, request: ChatCompletionRequest, workspace_id: str) -> ModelTurn:
+        generation, output = prepare(self._registry, self._metrics, request, workspace_id)
         return EngineTurn(generation, output)

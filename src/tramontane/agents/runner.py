@@ -169,7 +169,7 @@ class Run:
 
     async def _model_step(self, calls: list[dict[str, str]]) -> AsyncIterator[dict[str, Any]]:
         speaker = self._speaker
-        turn = self._ctx.backend.turn(self._request())
+        turn = self._ctx.backend.turn(self._request(), self._ctx.workspace_id)
         self.turns.append(turn)
         await turn.start()
         parser = turn.tool_call_parser()
