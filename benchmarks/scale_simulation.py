@@ -17,7 +17,7 @@ Reported:
   refusals (NoCapacity) and evictions.
 
     python benchmarks/scale_simulation.py [--nodes 1000] [--deployments 10000] [--ticks 60]
-        [--seed 0] [--load-scale 1.0]
+        [--seed 0] [--load-scale 1.0] [--min-idle-s 30]
 
 The load is synthetic: each deployment has a base concurrency (log-normal, many
 near zero, a few large), a daily-style swing and noise; 30% of them idle for
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from tramontane.control.autoscaler import Load, ScaleMemory, decide
 from tramontane.control.clock import ManualClock
 from tramontane.control.errors import NoCapacity
-from tramontane.control.scheduler import NodeCapacity, Occupant, place
+from tramontane.control.scheduler import DEFAULT_MIN_IDLE_S, NodeCapacity, Occupant, place
 from tramontane.control.spec import Resources, Scaling
 
 TICK_S = 5.0
@@ -120,6 +120,8 @@ async def simulate() -> None:
     parser.add_argument("--ticks", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--load-scale", type=float, default=1.0, help="every deployment's load, times this")
+    parser.add_argument("--min-idle-s", type=float, default=DEFAULT_MIN_IDLE_S,
+                        help="a running replica's minimum idle time before it may be evicted (the plane's setting)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     clock = ManualClock(start=0.0)
@@ -177,7 +179,8 @@ async def simulate() -> None:
         for sim in additions:
             before = time.perf_counter()
             try:
-                victims = place(totals, list(occupants.values()), sim.resources, sim.name)
+                victims = place(totals, list(occupants.values()), sim.resources, sim.name, now=now,
+                                min_idle_s=args.min_idle_s)
             except NoCapacity:
                 place_ms.append((len(occupants), (time.perf_counter() - before) * 1000))
                 refused += 1
@@ -214,7 +217,8 @@ async def simulate() -> None:
 
     calls = [ms for _, ms in place_ms]
     print(f"\nload x{args.load_scale:g}; {args.nodes} nodes ({totals.cpu:.0f} CPUs, {totals.memory_mb // 1024} GiB, {totals.gpus} GPUs), "
-          f"{args.deployments} deployments, {args.ticks} ticks of {TICK_S:.0f} s")
+          f"{args.deployments} deployments, {args.ticks} ticks of {TICK_S:.0f} s, "
+          f"minimum idle before eviction {args.min_idle_s:g} s")
     print(f"autoscaler pass over every deployment: p50 {statistics.median(tick_ms):.1f} ms, "
           f"max {max(tick_ms):.1f} ms (n={len(tick_ms)} ticks)")
     if calls:

@@ -30,25 +30,25 @@ def test_place_evicts_least_recently_used_idle_replicas_of_others() -> None:
         Occupant("old", "b", one, evictable=True, last_used=10.0),
         Occupant("busy", "c", one, evictable=False, last_used=1.0),
     ]
-    assert place(node, occupants[:2], one, "x") == []
-    assert place(node, occupants, one, "x") == ["old"]
-    assert place(node, occupants, Resources(cpu=2, memory_mb=1000), "x") == ["old", "recent"]
+    assert place(node, occupants[:2], one, "x", now=100.0) == []
+    assert place(node, occupants, one, "x", now=100.0) == ["old"]
+    assert place(node, occupants, Resources(cpu=2, memory_mb=1000), "x", now=100.0) == ["old", "recent"]
     # Never its own replicas, never busy ones, and nothing bigger than the node.
-    assert place(node, occupants, one, "b") == ["recent"]
+    assert place(node, occupants, one, "b", now=100.0) == ["recent"]
     with pytest.raises(NoCapacity, match="no idle replica"):
-        place(node, occupants, Resources(cpu=3, memory_mb=1000), "x")
+        place(node, occupants, Resources(cpu=3, memory_mb=1000), "x", now=100.0)
     with pytest.raises(NoCapacity, match="node only has cpu=3"):
-        place(node, [], Resources(cpu=1, memory_mb=1000, gpus=1), "x")
+        place(node, [], Resources(cpu=1, memory_mb=1000, gpus=1), "x", now=100.0)
 
 
 def test_place_counts_custom_resources() -> None:
     node = NodeCapacity(cpu=4, memory_mb=4000, custom={"a100": 1})
     a100 = Resources(cpu=1, memory_mb=1000, custom={"a100": 1})
     holder = Occupant("holder", "a", a100, evictable=True, last_used=1.0)
-    assert place(node, [], a100, "x") == []
-    assert place(node, [holder], a100, "x") == ["holder"]
+    assert place(node, [], a100, "x", now=100.0) == []
+    assert place(node, [holder], a100, "x", now=100.0) == ["holder"]
     with pytest.raises(NoCapacity, match="needs cpu=1, memory_mb=1000, gpus=0, gpu_memory_mb=0, h100=1"):
-        place(node, [], Resources(cpu=1, memory_mb=1000, custom={"h100": 1}), "x")
+        place(node, [], Resources(cpu=1, memory_mb=1000, custom={"h100": 1}), "x", now=100.0)
 
 
 async def test_new_deployment_evicts_idle_one_and_refuses_what_cannot_fit(env: Env) -> None:
@@ -58,7 +58,13 @@ async def test_new_deployment_evicts_idle_one_and_refuses_what_cannot_fit(env: E
     await env.client.post("/v1/deployments", json=spec("second", resources=wide, scaling=scale_to_zero))
 
     assert (await env.client.get("/serve/first/")).status_code == 200
-    # The node is full: waking `second` evicts idle `first`.
+    # The node is full and `first` was used just now: it is kept, `second` waits.
+    kept = await env.client.get("/serve/second/")
+    assert kept.status_code == 503 and kept.headers["retry-after"] == "5"
+    assert "idle for less than 30 s are kept" in kept.json()["error"]["message"]
+    # Without a minimum idle age (its own tests are on the fake clock), waking
+    # `second` evicts idle `first` at once.
+    env.plane.min_idle_before_eviction_s = 0
     assert (await env.client.get("/serve/second/")).status_code == 200
     first = env.plane.get(env.workspace_id, "first")
     assert first.live() == [] and first.desired == 0

@@ -157,16 +157,51 @@ async def test_waking_reuses_the_sleeping_process(env: Plane) -> None:
     assert len(env.backend.launched) == 1
 
 
-async def test_an_idle_replica_of_another_deployment_makes_room(env: Plane) -> None:
-    other = await env.plane.create(env.workspace, spec("other", light_sleep_s=0))
+async def test_an_idle_replica_of_another_deployment_makes_room_once_idle_long_enough(env: Plane) -> None:
+    # A long stabilisation window: the autoscaler keeps all three, only eviction frees a CPU.
+    other = await env.plane.create(env.workspace, spec("other", light_sleep_s=0, downscale_delay_s=600))
     await env.hold(other, 3)
     await env.clock.advance(1)
     assert env.shape(other) == (3, 3, 0)  # the node's three CPUs taken
     await env.release()
+    assert env.plane.min_idle_before_eviction_s == 30
+
+    # Idle for less than the minimum: kept, and the new deployment is refused as
+    # when nothing is idle (nothing stored, nothing evicted, a 503 with Retry-After).
+    await env.clock.advance(29)
+    with pytest.raises(NoCapacity, match=r"3 idle for less than 30 s are kept") as refused:
+        await env.plane.create(env.workspace, spec("pinned", min_replicas=1))
+    assert refused.value.retry_after_s == 5
+    assert env.plane.list(env.workspace) == [other]
+    assert env.shape(other) == (3, 3, 0)
+    assert not [e for e in env.plane.events(env.workspace, "other") if e.kind == "evicted"]
+
+    # Idle past the minimum: one of them makes room.
+    await env.clock.advance(1)
     pinned = await env.plane.create(env.workspace, spec("pinned", min_replicas=1))
     await settle()
     assert env.shape(pinned) == (1, 1, 0)
     assert env.shape(other) == (2, 2, 0)  # evicted one, and wants one fewer
+    assert len([e for e in env.plane.events(env.workspace, "other") if e.kind == "evicted"]) == 1
+
+
+async def test_a_request_waking_from_zero_does_not_take_a_replica_just_used(env: Plane) -> None:
+    other = await env.plane.create(env.workspace, spec("other", light_sleep_s=0, downscale_delay_s=600))
+    await env.hold(other, 3)
+    await env.clock.advance(1)
+    await env.release()
+    sleeper = await env.plane.create(env.workspace, spec("sleeper", wake_timeout_s=5))
+    await env.clock.advance(10)
+
+    with pytest.raises(Unavailable):
+        await env.hold(sleeper, 1)
+    assert env.shape(other) == (3, 3, 0)
+    assert env.shape(sleeper)[1] == 0
+
+    await env.clock.advance(30)
+    await env.hold(sleeper, 1)
+    assert env.shape(sleeper) == (1, 1, 0)
+    assert env.shape(other) == (2, 2, 0)
 
 
 async def test_a_replica_that_cannot_fit_is_refused(env: Plane) -> None:

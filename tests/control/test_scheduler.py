@@ -11,6 +11,8 @@ from tramontane.control.spec import Resources
 NODE = NodeCapacity(cpu=4, memory_mb=4000, gpus=1, gpu_memory_mb=80_000, custom={"h100": 1})
 SMALL = Resources(cpu=1, memory_mb=1000)
 GPU = Resources(cpu=1, memory_mb=1000, gpus=1, gpu_memory_mb=40_000)
+# Long after every occupant's last use, so the minimum idle age holds no one back.
+NOW = 1000.0
 
 
 def busy(replica: str, deployment: str, used: float, resources: Resources = SMALL) -> Occupant:
@@ -64,7 +66,7 @@ def asleep(replica: str, deployment: str, used: float, held_mb: int) -> Occupant
     ],
 )
 def test_place(occupants: list[Occupant], need: Resources, evicted: list[str]) -> None:
-    assert place(NODE, occupants, need, "X") == evicted
+    assert place(NODE, occupants, need, "X", now=NOW) == evicted
 
 
 @pytest.mark.parametrize(
@@ -89,5 +91,25 @@ def test_place(occupants: list[Occupant], need: Resources, evicted: list[str]) -
 )
 def test_place_refuses(occupants: list[Occupant], need: Resources, message: str) -> None:
     with pytest.raises(NoCapacity, match=message) as refused:
-        place(NODE, occupants, need, "X")
+        place(NODE, occupants, need, "X", now=NOW)
     assert refused.value.retry_after_s == 5
+
+
+def test_a_replica_used_less_than_the_minimum_idle_age_ago_is_not_evicted() -> None:
+    full = [idle("a", "A", 100), idle("b", "B", 90), busy("c", "C", 0), busy("d", "D", 0)]
+    # At 115: `b` has been idle 25 s, `a` 15 s; neither reaches 30 s.
+    with pytest.raises(NoCapacity, match=r"2 idle for less than 30 s are kept") as refused:
+        place(NODE, full, SMALL, "X", now=115, min_idle_s=30)
+    assert refused.value.retry_after_s == 5
+    # At 120 `b` has been idle exactly the minimum: it goes; `a` still may not.
+    assert place(NODE, full, SMALL, "X", now=120, min_idle_s=30) == ["b"]
+    with pytest.raises(NoCapacity, match=r"1 idle for less than 30 s"):
+        place(NODE, full, Resources(cpu=2, memory_mb=1000), "X", now=120, min_idle_s=30)
+    assert place(NODE, full, Resources(cpu=2, memory_mb=1000), "X", now=130, min_idle_s=30) == ["b", "a"]
+    # No minimum: whatever is idle may go at once.
+    assert place(NODE, full, SMALL, "X", now=100, min_idle_s=0) == ["b"]
+
+
+def test_a_sleeping_replica_has_no_minimum_idle_age() -> None:
+    occupants = [asleep("s", "S", 100, held_mb=3500), busy("b", "B", 100)]
+    assert place(NODE, occupants, SMALL, "X", now=101, min_idle_s=30) == ["s"]

@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..control.backends.ray import RayBackend
 from ..control.plane import ControlPlane
+from ..control.scheduler import DEFAULT_MIN_IDLE_S
 from ..control.seat import ControlSeat
 from ..control.replica import REPLICA_TOKEN_ENV
 from ..engine import EngineConfig, ModelLoadError
@@ -166,6 +167,16 @@ def up(
             "about this long.",
         ),
     ] = DEFAULT_TTL_S,
+    min_idle_before_eviction_s: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            envvar="TRAMONTANE_MIN_IDLE_BEFORE_EVICTION_S",
+            help="When the node (or Ray cluster) is full: how long a running replica must have been idle "
+            "before it may be evicted to make room for another deployment's; until then that deployment "
+            "gets 503 with Retry-After.",
+        ),
+    ] = DEFAULT_MIN_IDLE_S,
     shutdown_grace_s: Annotated[
         float,
         typer.Option(
@@ -192,7 +203,9 @@ def up(
         # Also before the models: an unreachable Ray cluster fails fast too.
         address = advertise_url or advertised_url(host, port, https=bool(tls))
         lease = Lease(tenancy.store, address, ttl_s=control_lease_s)
-        plane = None if replica_token is not None else open_control_plane(tenancy, backend, ray_address, lease)
+        plane = None if replica_token is not None else open_control_plane(
+            tenancy, backend, ray_address, lease, min_idle_before_eviction_s
+        )
         try:
             specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
             config = EngineConfig(
@@ -272,7 +285,11 @@ def advertised_url(host: str, port: int, *, https: bool = False) -> str:
 
 
 def open_control_plane(
-    tenancy: Tenancy, backend: ReplicaBackend, ray_address: str | None, lease: Lease
+    tenancy: Tenancy,
+    backend: ReplicaBackend,
+    ray_address: str | None,
+    lease: Lease,
+    min_idle_before_eviction_s: float = DEFAULT_MIN_IDLE_S,
 ) -> ControlPlane:
     """The control plane this gateway runs while it holds `lease`: its writes are
     fenced by the lease's token, and its replicas' control tokens derive from the
@@ -281,6 +298,7 @@ def open_control_plane(
         "home": tenancy.home,
         "fence": lambda session: lease.fence(session, lease.token),
         "replica_secret": hmac.new(tenancy.pepper, b"replica control tokens", hashlib.sha256).digest(),
+        "min_idle_before_eviction_s": min_idle_before_eviction_s,
     }
     if backend is ReplicaBackend.LOCAL:
         return ControlPlane(tenancy.store, **shared)

@@ -42,7 +42,7 @@ from .images import Images
 from .models import EventRow, ReplicaRow, RevisionRow
 from .replica import Replica
 from .repository import Repository
-from .scheduler import NodeCapacity, Occupant, place
+from .scheduler import DEFAULT_MIN_IDLE_S, NodeCapacity, Occupant, place
 from .secrets import Keyring, SecretStore
 from .spec import DeploymentSpec, Kind
 from .states import LIVE, ReplicaState
@@ -77,6 +77,7 @@ class ControlPlane:
         fence: Callable[[Session], None] | None = None,
         replica_secret: bytes | None = None,
         secret_store: SecretStore | None = None,
+        min_idle_before_eviction_s: float = DEFAULT_MIN_IDLE_S,
     ):
         self.repository = Repository(store, fence)
         # Model replicas' sleep/wake tokens derive from it, so that a successor
@@ -93,6 +94,9 @@ class ControlPlane:
         self.store_url = store.url
         self.secrets = secret_store or SecretStore(store, Keyring(self.home))
         self.reconcile_interval_s = reconcile_interval_s
+        # A running replica used more recently than this is not evicted to make
+        # room for another deployment's (scheduler.py says why).
+        self.min_idle_before_eviction_s = min_idle_before_eviction_s
         self.clock = clock
         self._deployments: dict[str, Deployment] = {}
         # Serialises changes to the replica set, so two wake-ups or a wake-up and
@@ -665,7 +669,15 @@ class ControlPlane:
     async def _make_room(self, deployment: Deployment, waking: str | None = None) -> None:
         """Evicts what must go for one more replica of `deployment` to fit (the
         sleeping replica `waking` gives its own held memory back as it wakes)."""
-        for victim_id in place(self.capacity, self._occupants(waking), deployment.spec.resources, deployment.id):
+        victims = place(
+            self.capacity,
+            self._occupants(waking),
+            deployment.spec.resources,
+            deployment.id,
+            now=self.clock.now(),
+            min_idle_s=self.min_idle_before_eviction_s,
+        )
+        for victim_id in victims:
             await self._evict(victim_id)
 
     async def _wake(self, replica: Replica) -> None:
