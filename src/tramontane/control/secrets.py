@@ -19,7 +19,6 @@ except to a replica's environment (`resolve`)."""
 from __future__ import annotations
 
 import os
-import secrets as token_source
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import Conflict, NotFound, Unavailable, Unprocessable
-from ..store import Store
+from ..store import Store, private_files
 from ..tenancy import audit
 from ..tenancy.audit import Actor
 from .models import SecretRow
@@ -119,7 +118,7 @@ class Keyring:
             keys = [k.strip() for k in configured.split(",") if k.strip()]
         else:
             if not self.path.exists():
-                _create_key_file(self.path)
+                private_files.create_once(self.path, Fernet.generate_key().decode() + "\n")
             self._file_stamp = self._stamp()
             try:
                 keys = [line.strip() for line in self.path.read_text().splitlines() if line.strip()]
@@ -130,27 +129,7 @@ class Keyring:
         return keys
 
     def _write(self, keys: list[str]) -> None:
-        tmp = self.path.with_name(f".{KEY_FILE}.{os.getpid()}.{token_source.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(keys) + "\n")
-        os.replace(tmp, self.path)
-
-
-def _create_key_file(path: Path) -> None:
-    """Writes a new key file atomically: two processes starting together must end
-    up with the same key, so the loser of the race keeps the winner's."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{token_source.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(Fernet.generate_key().decode() + "\n")
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
+        private_files.replace(self.path, "\n".join(keys) + "\n")
 
 
 class SecretStore:

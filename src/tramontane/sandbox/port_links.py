@@ -19,9 +19,7 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import re
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from urllib.parse import unquote_plus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Unauthorized
+from ..store.private_files import load_server_secret
 from .host_routing import HOST_ROUTED
 
 SECRET_ENV = "TRAMONTANE_PORT_LINK_SECRET"
@@ -50,30 +49,7 @@ _TOKEN = re.compile(r"^([A-Za-z0-9]{1,64})\.(\d{1,12})\.([A-Za-z0-9_-]{43})$")
 def load_secret(home: Path) -> bytes:
     """`$TRAMONTANE_PORT_LINK_SECRET` (servers behind one name must share it),
     else a random secret created once, mode 0600, in `home`."""
-    configured = os.environ.get(SECRET_ENV)
-    if configured:
-        if len(configured) < MIN_SECRET_CHARS:
-            raise ValueError(f"{SECRET_ENV} must be at least {MIN_SECRET_CHARS} characters")
-        return configured.encode()
-    path = home / SECRET_FILE
-    if not path.exists():
-        _create_secret(path)
-    return path.read_bytes().strip()
-
-
-def _create_secret(path: Path) -> None:
-    # Linked into place: of two processes starting together, both keep the winner's.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
+    return load_server_secret(home / SECRET_FILE, SECRET_ENV, MIN_SECRET_CHARS)
 
 
 @dataclass(frozen=True)
