@@ -9,6 +9,7 @@ Every side effect the plane has on a replica goes through this contract."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -109,6 +110,41 @@ class Backend(Protocol):
     async def close(self) -> None:
         """Releases what the backend itself holds (not the replicas: the plane stops those)."""
         ...
+
+
+class ChildProcessReplica:
+    """The part of `ReplicaHandle` that every replica started as a child process
+    of this control plane on this host shares: a command, or the `podman run` of
+    a container. A restarted control plane finds it again by its pid and the
+    pid's start time."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, pid_start: int | None):
+        self._process = process
+        self._port = port
+        self._pid_start = pid_start
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    @property
+    def pid_start(self) -> int | None:
+        return self._pid_start
+
+    @property
+    def node(self) -> str:
+        return "local"
+
+    async def wait(self) -> int:
+        return await self._process.wait()
 
 
 def open_log(log_path: Path) -> BinaryIO:

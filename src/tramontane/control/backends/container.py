@@ -17,46 +17,20 @@ from pathlib import Path
 from ..containers import REPLICA_LABEL, Freezer, Podman, RunRequest, container_name, podman_env
 from ..spec import DeploymentSpec
 from . import secret_files
-from .base import open_log
+from .base import ChildProcessReplica, open_log
 
 
-class ContainerReplica:
+class ContainerReplica(ChildProcessReplica):
     def __init__(
         self, podman: Podman, name: str, process: asyncio.subprocess.Process, port: int, pid_start: int | None
     ):
+        super().__init__(process, port, pid_start)
         self._podman = podman
         self.name = name
-        self._process = process
-        self._port = port
-        self._pid_start = pid_start
         # Found at the first pause; None after that: podman pauses it instead.
         self._freezer: Freezer | None = None
         self._looked_for_freezer = False
         self._frozen = False
-
-    @property
-    def host(self) -> str:
-        return "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def pid(self) -> int | None:
-        """The `podman run` process's: a restarted control plane finds the container by it."""
-        return self._process.pid
-
-    @property
-    def pid_start(self) -> int | None:
-        return self._pid_start
-
-    @property
-    def node(self) -> str:
-        return "local"
-
-    async def wait(self) -> int:
-        return await self._process.wait()
 
     async def pause(self) -> None:
         if not self._looked_for_freezer:

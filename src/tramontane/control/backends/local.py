@@ -17,7 +17,7 @@ from pathlib import Path
 from ..containers import NAME_PREFIX, Podman
 from ..spec import DeploymentSpec, Kind, expand_port
 from . import secret_files
-from .base import open_log
+from .base import ChildProcessReplica, open_log
 from .container import ContainerReplica, launch_container
 from .http import HttpReplicaCalls
 from .standby import Standby, can_start_warm
@@ -80,34 +80,9 @@ def group_cpu_seconds(pgid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class LocalReplica:
+class LocalReplica(ChildProcessReplica):
     def __init__(self, process: asyncio.subprocess.Process, port: int):
-        self._process = process
-        self._port = port
-        self._pid_start = process_start_time(process.pid)
-
-    @property
-    def host(self) -> str:
-        return "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid
-
-    @property
-    def pid_start(self) -> int | None:
-        return self._pid_start
-
-    @property
-    def node(self) -> str:
-        return "local"
-
-    async def wait(self) -> int:
-        return await self._process.wait()
+        super().__init__(process, port, process_start_time(process.pid))
 
     async def pause(self) -> None:
         _kill_group(self._process.pid, signal.SIGSTOP)
