@@ -26,6 +26,7 @@ from tramontane.agents.backend import ChatBackend, EngineBackend, ModelTurn
 from tramontane.finetune.service import FineTuning
 from tramontane.inference import ModelRegistry
 from tramontane.inference.protocol import ChatCompletionRequest
+from tramontane.inference.tool_calls import ToolCallStreamParser
 from tramontane.platform.app import create_app
 from tramontane.sandbox import ManagerConfig, SandboxManager
 from tramontane.tenancy import Tenancy
@@ -58,6 +59,9 @@ class TextTurn:
 
     async def close(self) -> None:
         pass
+
+    def tool_call_parser(self) -> ToolCallStreamParser:
+        return ToolCallStreamParser()  # the stand-ins write <tool_call> blocks
 
 
 def _content(message: Any) -> str:
