@@ -151,6 +151,7 @@ class FineTuningJobs:
             api=api,
             job_type="classifier" if classifier else "completion",
             classifier_targets=[t.model_dump() for t in request.classifier_targets or []] or None,
+            resources=request.resources.model_dump(exclude_none=True) if request.resources else None,
         )
         transition(job, VALIDATING)
         self._validate(job)

@@ -55,6 +55,9 @@ class FineTuningJobRow(WorkspaceOwned, Base):
     job_type: Mapped[str] = mapped_column(String(16), default="completion", server_default="completion")
     # A classifier job's targets: [{"name", "labels", "weight", "loss_function"}].
     classifier_targets: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    # What the job asked of its node ({"cpu", "gpus", "memory_mb"}, unset ones left
+    # out), read by the Ray executor; None: the operator's defaults.
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class BatchJobRow(WorkspaceOwned, Base):

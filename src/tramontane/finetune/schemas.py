@@ -26,6 +26,17 @@ class Hyperparameters(BaseModel):
     warmup_fraction: float | None = Field(None, ge=0, le=1)
 
 
+class JobResources(BaseModel):
+    """What a job's run asks of the node it runs on. With the Ray executor, Ray
+    places the run on a node that has them free (GPUs included); the local
+    executor runs jobs one at a time on the gateway and ignores them. Unset
+    fields take the operator's defaults (`tramontane up --job-cpus/--job-gpus`)."""
+
+    cpu: float | None = Field(None, gt=0, le=1024)
+    gpus: float | None = Field(None, ge=0, le=64)
+    memory_mb: int | None = Field(None, ge=1, le=64 * 1024 * 1024)
+
+
 class ClassifierTargetIn(BaseModel):
     """Mistral's classifier target: its labels as in the data; `single_class` picks
     one label per text (softmax), `multi_class` any number (a sigmoid each)."""
@@ -46,6 +57,7 @@ class CreateJobRequest(BaseModel):
     auto_start: bool = True
     job_type: Literal["completion", "classifier"] | None = None
     classifier_targets: list[ClassifierTargetIn] | None = Field(None, min_length=1, max_length=16)
+    resources: JobResources | None = None
 
 
 class CreateBatchRequest(BaseModel):

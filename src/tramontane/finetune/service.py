@@ -14,6 +14,7 @@ from ..store import Store
 from .batch import BatchJobs
 from .files import FileStore
 from .jobs import FineTuningJobs, ReadyModel
+from .ray_runner import RayTraining
 from .worker import TrainingWorker
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class FineTuning:
         *,
         on_model_ready: ModelReadyHook | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
+        ray: RayTraining | None = None,
     ):
         """`base_models` maps the names of the chat models a job may fine-tune to
         their checkpoints (GGUF file or HF folder).
@@ -44,11 +46,14 @@ class FineTuning:
         `on_model_ready(model_id, base_model, adapter_path, job=, workspace_id=)`
         runs on the server's event loop (awaited when it is a coroutine function):
         at start for every job that already succeeded, then for each job as it
-        succeeds. The adapter is the workspace's: serve it to that workspace only."""
+        succeeds. The adapter is the workspace's: serve it to that workspace only.
+
+        `ray`: the Ray job executor, which trains each job on a node of the
+        cluster with the resources it asks for; None: one job at a time, here."""
         self.files = FileStore(store, home, max_file_bytes)
         self.jobs = FineTuningJobs(store, self.files, base_models)
         self.batches = BatchJobs(store, self.files)
-        self.worker = TrainingWorker(store, self.jobs, home, self._announce_from_worker)
+        self.worker = TrainingWorker(store, self.jobs, home, self._announce_from_worker, ray)
         self.jobs.on_queued = self.worker.wake
         self._on_model_ready = on_model_ready
         # on_classifier_ready(model_id, embedding_model, head_path, job=, workspace_id=):

@@ -8,6 +8,8 @@ N continues exactly as if the run had never stopped.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import shutil
 from collections.abc import Callable, Sequence
@@ -22,6 +24,9 @@ from .dataset import Example
 from .lora import LoraModel, LoraSpec
 
 STATE_FILE = "trainer_state.pt"
+# A checkpoint's StepMetrics: whoever records the job's progress reads them from
+# the checkpoint itself, even when the process that trained it is gone.
+METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ class Trainer:
             if self.step % self.plan.checkpoint_every == 0 or self.step == self.plan.steps:
                 metrics = self._metrics(sum(losses) / len(losses))
                 losses.clear()
-                on_checkpoint(metrics, self._save())
+                on_checkpoint(metrics, self._save(metrics))
         return True
 
     def _metrics(self, train_loss: float) -> StepMetrics:
@@ -191,7 +196,7 @@ class Trainer:
         valid_loss, accuracy = evaluate(self.model, self.valid, self.device, self.plan.batch_size)
         return StepMetrics(self.step, train_loss, valid_loss, accuracy)
 
-    def _save(self) -> Path:
+    def _save(self, metrics: StepMetrics) -> Path:
         """Writes the adapter and the optimizer state under step-N, atomically:
         a crash mid-write leaves no checkpoint that `resume` would pick."""
         final = self.checkpoints_dir / f"step-{self.step:06d}"
@@ -207,6 +212,7 @@ class Trainer:
             "trained_tokens": self.trained_tokens,
         }
         torch.save(state, partial / STATE_FILE)
+        (partial / METRICS_FILE).write_text(json.dumps(dataclasses.asdict(metrics)))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         return final

@@ -66,6 +66,8 @@ def job_view(job: FineTuningJobRow, detailed: bool = True) -> dict[str, Any]:
         "trained_tokens": job.trained_tokens,
         "metadata": None,
     }
+    if job.resources:
+        view["resources"] = job.resources
     if job.job_type == "classifier":
         view["classifier_targets"] = job.classifier_targets or []
     if detailed:

@@ -1,0 +1,196 @@
+"""Fine-tuning jobs on a Ray cluster (the Ray job executor): a real local cluster
+whose head has no CPU for jobs and whose two worker nodes have one CPU each, so
+every run lands on a worker node, and a job of one CPU fills one.
+
+The gateways are live servers (the fine-tuning stack on loopback, without
+engines) driven over HTTP; what runs on Ray is the real training of the default
+model for a few dozen short steps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from finetune_helpers import CHAT_MODEL, FAST_HYPERPARAMETERS, TRAINING_LINE, Server, jsonl, serve, wait_for
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from tramontane.engine.defaults import default_chat_model_path  # noqa: E402
+from tramontane.finetune import ray_runner, worker  # noqa: E402
+from tramontane.finetune.ray_runner import NAMESPACE, RayTraining, RunResources, actor_name  # noqa: E402
+from tramontane.inference import ModelRegistry  # noqa: E402
+
+_OBJECT_STORE_BYTES = 80 * 2**20
+# Long enough to take a node away mid-run: 40 steps, a checkpoint every 8.
+LONG_RUN = {**FAST_HYPERPARAMETERS, "training_steps": 40}
+ONE_CPU = {"cpu": 1}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "object_store_memory": _OBJECT_STORE_BYTES, "include_dashboard": False},
+    )
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1, object_store_memory=_OBJECT_STORE_BYTES)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker, "IDLE_POLL_S", 0.2)
+    monkeypatch.setattr(ray_runner, "CHECK_S", 0.5)
+
+
+@pytest.fixture
+def gateway(cluster: Cluster, tmp_path: Path) -> Callable[[], Any]:
+    """Starts a gateway whose fine-tuning jobs train on the cluster, on this test's home."""
+    return lambda: serve(
+        tmp_path, ModelRegistry(), {CHAT_MODEL: default_chat_model_path()}, ray=RayTraining(RunResources())
+    )
+
+
+def submit(server: Server, hyperparameters: dict[str, Any], resources: dict[str, Any] | None = None) -> str:
+    with server.http(server.tenant("ray")) as http:
+        file_id = http.post("/v1/files", files={"file": ("t.jsonl", jsonl(TRAINING_LINE))}).json()["id"]
+        body = {"model": CHAT_MODEL, "training_files": [{"file_id": file_id}], "hyperparameters": hyperparameters}
+        if resources is not None:
+            body["resources"] = resources
+        created = http.post("/v1/fine_tuning/jobs", json=body)
+        assert created.status_code == 200, created.text
+        return created.json()["id"]
+
+
+def job(server: Server, job_id: str, done: Callable[[dict[str, Any]], bool], timeout: float = 180) -> dict[str, Any]:
+    with server.http(server.tenant("ray")) as http:
+        return wait_for(http, job_id, done, timeout)
+
+
+def events(job: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in reversed(job["events"]) if e["name"] == name]
+
+
+def statuses(job: dict[str, Any]) -> list[str]:
+    return [e["status"] for e in events(job, "status-updated")]
+
+
+def node_of(cluster: Cluster, node_id: str) -> Any:
+    return next(node for node in cluster.list_all_nodes() if node.node_id == node_id)
+
+
+def until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def no_actor(job_id: str) -> bool:
+    try:
+        ray.get_actor(actor_name(job_id), namespace=NAMESPACE)
+    except ValueError:
+        return True
+    return False
+
+
+def test_a_job_whose_node_dies_resumes_from_its_checkpoint_on_another(cluster: Cluster, gateway) -> None:
+    with gateway() as server:
+        job_id = submit(server, LONG_RUN, ONE_CPU)
+        running = job(server, job_id, lambda j: len(j["checkpoints"]) >= 1)
+        [placed] = events(running, "placed")
+        head = cluster.list_all_nodes()[0]
+        assert placed["node"] != head.node_id  # the head offers no CPU to jobs
+        assert placed["device"] == "cpu"
+        cluster.remove_node(node_of(cluster, placed["node"]))
+        done = job(server, job_id, lambda j: j["status"] in ("SUCCESS", "FAILED"))
+        cluster.add_node(num_cpus=1, object_store_memory=_OBJECT_STORE_BYTES)  # back to two for the next tests
+
+    assert done["status"] == "SUCCESS", done["events"]
+    assert len(events(done, "node-lost")) == 1
+    first, second = events(done, "placed")
+    assert second["node"] != first["node"]
+    [resumed] = events(done, "resumed")
+    assert resumed["step_number"] >= 8 and resumed["node"] == second["node"]  # not from zero
+    # Each checkpoint recorded once, whichever run wrote it.
+    assert [c["step_number"] for c in reversed(done["checkpoints"])] == [8, 16, 24, 32, 40]
+    assert statuses(done) == ["VALIDATING", "VALIDATED", "QUEUED", "RUNNING", "SUCCESS"]
+    assert done["fine_tuned_model"].startswith(f"ft:{CHAT_MODEL}:")
+    [(model_id, _, adapter, _)] = server.ready_models
+    assert model_id == done["fine_tuned_model"] and (adapter / "adapter_model.safetensors").is_file()
+    assert no_actor(job_id)
+
+
+def test_a_cancelled_job_cancels_its_run(cluster: Cluster, gateway) -> None:
+    with gateway() as server:
+        job_id = submit(server, {**LONG_RUN, "training_steps": 1000}, ONE_CPU)
+        job(server, job_id, lambda j: bool(events(j, "placed")))
+        assert not no_actor(job_id)
+        with server.http(server.tenant("ray")) as http:
+            assert http.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
+        done = job(server, job_id, lambda j: j["status"] == "CANCELLED", timeout=60)
+        until(lambda: no_actor(job_id))
+        until(lambda: ray.available_resources().get("CPU") == 2)
+    assert statuses(done)[-2:] == ["CANCELLATION_REQUESTED", "CANCELLED"]
+
+
+def test_a_job_no_node_can_run_waits_queued_until_one_joins(cluster: Cluster, gateway) -> None:
+    with gateway() as server:
+        job_id = submit(server, {**FAST_HYPERPARAMETERS, "training_steps": 4}, {"cpu": 1, "gpus": 1})
+        waiting = job(server, job_id, lambda j: bool(events(j, "waiting")), timeout=30)
+        time.sleep(1.0)  # several claims pass it over
+        waiting = job(server, job_id, lambda j: True)
+        assert waiting["status"] == "QUEUED" and waiting["resources"] == {"cpu": 1.0, "gpus": 1.0}
+        [reason] = events(waiting, "waiting")  # noted once
+        assert "no Ray node has 1 CPU, 1 GPU" in reason["reason"]
+        # A GPU node joins (Ray takes the operator's word for its GPU): the job runs there.
+        gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=_OBJECT_STORE_BYTES)
+        try:
+            done = job(server, job_id, lambda j: j["status"] in ("SUCCESS", "FAILED"))
+        finally:
+            cluster.remove_node(gpu_node)
+    assert done["status"] == "SUCCESS", done["events"]
+    [placed] = events(done, "placed")
+    assert placed["node"] == gpu_node.node_id
+
+
+def test_a_gateway_that_takes_over_adopts_the_run_instead_of_doubling_it(
+    cluster: Cluster, gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A heartbeat older than 3 s is a dead claimer's; the claimer's lease runs as long.
+    monkeypatch.setattr(worker, "STALE_AFTER_S", 3.0)
+    paused = threading.Event()
+    with gateway() as first:
+        job_id = submit(first, LONG_RUN, ONE_CPU)
+        job(first, job_id, lambda j: bool(events(j, "placed")))
+        # The first gateway stalls (paused, or cut off from the database): it neither
+        # renews nor records, but its actor trains on.
+        original = first.service.worker._heartbeat
+
+        def stalled(job_id: str) -> Any:
+            paused.wait(120)
+            return original(job_id)
+
+        monkeypatch.setattr(first.service.worker, "_heartbeat", stalled)
+        with gateway() as second:
+            done = job(second, job_id, lambda j: j["status"] in ("SUCCESS", "FAILED"))
+            paused.set()  # the first comes back, finds its lease gone, and lets the run be
+            time.sleep(1.5)
+            after = job(second, job_id, lambda j: True)
+    assert done["status"] == "SUCCESS", done["events"]
+    assert len(events(done, "placed")) == 1 and len(events(done, "adopted")) == 1
+    assert not events(done, "node-lost") and not events(done, "resumed")  # one run, never restarted
+    assert [c["step_number"] for c in reversed(done["checkpoints"])] == [8, 16, 24, 32, 40]
+    assert after["events"] == done["events"] and after["status"] == "SUCCESS"
+    assert no_actor(job_id)
