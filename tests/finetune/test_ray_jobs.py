@@ -8,6 +8,9 @@ model for a few dozen short steps."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,8 +29,8 @@ from tramontane.finetune.ray_runner import NAMESPACE, RayTraining, RunResources,
 from tramontane.inference import ModelRegistry  # noqa: E402
 
 _OBJECT_STORE_BYTES = 80 * 2**20
-# Long enough to take a node away mid-run: 40 steps, a checkpoint every 8.
-LONG_RUN = {**FAST_HYPERPARAMETERS, "training_steps": 40}
+# Long enough to take a node away mid-run: 10 steps (under a second each here), a checkpoint every 2.
+LONG_RUN = {**FAST_HYPERPARAMETERS, "training_steps": 10}
 ONE_CPU = {"cpu": 1}
 
 
@@ -105,6 +108,7 @@ def no_actor(job_id: str) -> bool:
     return False
 
 
+@pytest.mark.slow  # two runs, each starting a process and loading the model on its node
 def test_a_job_whose_node_dies_resumes_from_its_checkpoint_on_another(cluster: Cluster, gateway) -> None:
     with gateway() as server:
         job_id = submit(server, LONG_RUN, ONE_CPU)
@@ -122,14 +126,50 @@ def test_a_job_whose_node_dies_resumes_from_its_checkpoint_on_another(cluster: C
     first, second = events(done, "placed")
     assert second["node"] != first["node"]
     [resumed] = events(done, "resumed")
-    assert resumed["step_number"] >= 8 and resumed["node"] == second["node"]  # not from zero
+    assert resumed["step_number"] >= 2 and resumed["node"] == second["node"]  # not from zero
     # Each checkpoint recorded once, whichever run wrote it.
-    assert [c["step_number"] for c in reversed(done["checkpoints"])] == [8, 16, 24, 32, 40]
+    assert [c["step_number"] for c in reversed(done["checkpoints"])] == [2, 4, 6, 8, 10]
     assert statuses(done) == ["VALIDATING", "VALIDATED", "QUEUED", "RUNNING", "SUCCESS"]
     assert done["fine_tuned_model"].startswith(f"ft:{CHAT_MODEL}:")
     [(model_id, _, adapter, _)] = server.ready_models
     assert model_id == done["fine_tuned_model"] and (adapter / "adapter_model.safetensors").is_file()
     assert no_actor(job_id)
+
+
+@pytest.mark.slow  # a gateway process of its own, then a takeover after a stale heartbeat
+def test_a_gateway_killed_mid_job_takes_its_run_along_and_another_resumes_it(
+    cluster: Cluster, gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale_s = 3.0
+    monkeypatch.setattr(worker, "STALE_AFTER_S", stale_s)
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent), *sys.path])}
+    doomed = subprocess.Popen(
+        [sys.executable, str(here / "ray_gateway.py"), str(tmp_path), cluster.address, str(stale_s)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert doomed.stdout is not None
+        url = doomed.stdout.readline().strip()
+        assert url.startswith("http://"), "the gateway did not start"
+        first = Server(url, (tmp_path / "admin-key").read_text(), None)  # type: ignore[arg-type]
+        job_id = submit(first, LONG_RUN, ONE_CPU)
+        job(first, job_id, lambda j: len(j["checkpoints"]) >= 1)
+    finally:
+        doomed.kill()
+        doomed.wait(timeout=30)
+    # Its actor belonged to its Ray driver: Ray ends it, so nothing trains the job now.
+    until(lambda: no_actor(job_id), timeout_s=60)
+    with gateway() as second:
+        done = job(second, job_id, lambda j: j["status"] in ("SUCCESS", "FAILED"))
+    assert done["status"] == "SUCCESS", done["events"]
+    assert len(events(done, "placed")) == 2 and not events(done, "adopted")
+    [resumed] = events(done, "resumed")
+    assert resumed["step_number"] >= 2
+    assert [c["step_number"] for c in reversed(done["checkpoints"])] == [2, 4, 6, 8, 10]
+    assert statuses(done) == ["VALIDATING", "VALIDATED", "QUEUED", "RUNNING", "SUCCESS"]
 
 
 def test_a_cancelled_job_cancels_its_run(cluster: Cluster, gateway) -> None:
@@ -165,6 +205,7 @@ def test_a_job_no_node_can_run_waits_queued_until_one_joins(cluster: Cluster, ga
     assert placed["node"] == gpu_node.node_id
 
 
+@pytest.mark.slow  # waits out a stale heartbeat while the run trains on
 def test_a_gateway_that_takes_over_adopts_the_run_instead_of_doubling_it(
     cluster: Cluster, gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,7 +213,7 @@ def test_a_gateway_that_takes_over_adopts_the_run_instead_of_doubling_it(
     monkeypatch.setattr(worker, "STALE_AFTER_S", 3.0)
     paused = threading.Event()
     with gateway() as first:
-        job_id = submit(first, LONG_RUN, ONE_CPU)
+        job_id = submit(first, {**LONG_RUN, "training_steps": 16}, ONE_CPU)
         job(first, job_id, lambda j: bool(events(j, "placed")))
         # The first gateway stalls (paused, or cut off from the database): it neither
         # renews nor records, but its actor trains on.
@@ -191,6 +232,23 @@ def test_a_gateway_that_takes_over_adopts_the_run_instead_of_doubling_it(
     assert done["status"] == "SUCCESS", done["events"]
     assert len(events(done, "placed")) == 1 and len(events(done, "adopted")) == 1
     assert not events(done, "node-lost") and not events(done, "resumed")  # one run, never restarted
-    assert [c["step_number"] for c in reversed(done["checkpoints"])] == [8, 16, 24, 32, 40]
+    assert [c["step_number"] for c in reversed(done["checkpoints"])] == [4, 8, 12, 16]
     assert after["events"] == done["events"] and after["status"] == "SUCCESS"
     assert no_actor(job_id)
+
+
+def test_resources_are_checked_and_default_to_the_operators(cluster: Cluster, gateway) -> None:
+    defaults = RunResources(cpu=2, gpus=0.5)
+    assert defaults.with_asked({"gpus": 1}) == RunResources(cpu=2, gpus=1)
+    assert defaults.with_asked(None).actor_options() == {"num_cpus": 2, "num_gpus": 0.5}
+    assert RunResources(memory_mb=512).actor_options()["memory"] == 512 * 2**20
+    assert not RunResources(cpu=1, gpus=1).fits({"CPU": 8.0}) and RunResources(cpu=1).fits({"CPU": 1.0})
+    with gateway() as server, server.http(server.tenant("ray")) as http:
+        file_id = http.post("/v1/files", files={"file": ("t.jsonl", jsonl(TRAINING_LINE))}).json()["id"]
+        body = {"model": CHAT_MODEL, "training_files": [{"file_id": file_id}], "auto_start": False}
+        for bad in ({"gpus": -1}, {"cpu": 0}, {"memory_mb": 0}, {"cpu": "many"}):
+            refused = http.post("/v1/fine_tuning/jobs", json={**body, "resources": bad})
+            assert refused.status_code == 422, (bad, refused.text)
+        created = http.post("/v1/fine_tuning/jobs", json={**body, "resources": {"cpu": 2, "memory_mb": 1024}}).json()
+        assert created["status"] == "VALIDATED" and created["resources"] == {"cpu": 2.0, "memory_mb": 1024}
+        assert "resources" not in http.post("/v1/fine_tuning/jobs", json=body).json()

@@ -18,12 +18,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from ..control.backends.ray import RayBackend
+from ..control.backends.ray import RayBackend, connect
 from ..control.plane import ControlPlane
 from ..control.scheduler import DEFAULT_MIN_IDLE_S
 from ..control.seat import ControlSeat
 from ..control.replica import REPLICA_TOKEN_ENV
 from ..engine import EngineConfig, ModelLoadError
+from ..finetune.ray_runner import RayTraining, RunResources
 from ..finetune.service import FineTuning
 from ..inference import ModelRegistry, ModelSpec, default_model_specs
 from ..inference.images import ImageLimits, ImageLoader
@@ -36,6 +37,11 @@ console = Console(stderr=True)
 
 
 class ReplicaBackend(StrEnum):
+    LOCAL = "local"
+    RAY = "ray"
+
+
+class JobsExecutor(StrEnum):
     LOCAL = "local"
     RAY = "ray"
 
@@ -85,10 +91,26 @@ def up(
         str | None,
         typer.Option(
             envvar="TRAMONTANE_RAY_ADDRESS",
-            help="The Ray cluster for --backend ray, e.g. 10.0.0.5:6379. Default: RAY_ADDRESS, "
+            help="The Ray cluster for --backend ray and --jobs-executor ray, e.g. 10.0.0.5:6379. Default: RAY_ADDRESS, "
             "else a Ray instance started on this machine.",
         ),
     ] = None,
+    jobs_executor: Annotated[
+        JobsExecutor,
+        typer.Option(
+            envvar="TRAMONTANE_JOBS_EXECUTOR",
+            help="Where fine-tuning jobs train: on this gateway, one at a time, or each as a Ray actor on a "
+            "node of the cluster at --ray-address with the resources the job asks for. Give every gateway "
+            "sharing a database the same executor.",
+        ),
+    ] = JobsExecutor.LOCAL,
+    job_cpus: Annotated[
+        float, typer.Option(min=0.01, help="With --jobs-executor ray: the CPUs a job gets unless it asks.")
+    ] = RunResources.cpu,
+    job_gpus: Annotated[
+        float,
+        typer.Option(min=0.0, help="With --jobs-executor ray: the GPUs a job gets unless it asks (0: CPU nodes)."),
+    ] = RunResources.gpus,
     microvm_accelerator: Annotated[
         MicroVMAccelerator,
         typer.Option(
@@ -206,6 +228,9 @@ def up(
         plane = None if replica_token is not None else open_control_plane(
             tenancy, backend, ray_address, lease, min_idle_before_eviction_s
         )
+        ray_jobs = None
+        if replica_token is None and jobs_executor is JobsExecutor.RAY:
+            ray_jobs = open_ray_jobs(ray_address, RunResources(cpu=job_cpus, gpus=job_gpus))
         try:
             specs = [ModelSpec.parse(m) for m in model] if model else default_model_specs()
             config = EngineConfig(
@@ -246,6 +271,7 @@ def up(
                 registry.checkpoints(),
                 on_model_ready=registry.add_adapter,
                 max_file_bytes=MAX_BODY_BYTES,
+                ray=ray_jobs,
             )
             # Gateways sharing a PostgreSQL database hand the replicas over when one stops.
             seat = ControlSeat(plane, lease, hands_over=not tenancy.store.is_sqlite)
@@ -310,6 +336,18 @@ def open_control_plane(
     capacity = ray_backend.capacity()
     console.print(f"Deployments run on the Ray cluster: {capacity.cpu:g} CPUs, {capacity.gpus} GPUs")
     return ControlPlane(tenancy.store, backend=ray_backend, capacity=capacity, **shared)
+
+
+def open_ray_jobs(ray_address: str | None, defaults: RunResources) -> RayTraining:
+    """The Ray job executor, on the deployments' Ray connection when they run on
+    Ray too, else on one of its own to the same cluster."""
+    try:
+        connect(ray_address)
+    except (RuntimeError, ConnectionError) as exc:
+        console.print(f"[red]error:[/] cannot use the Ray job executor: {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"Fine-tuning jobs train on the Ray cluster ({defaults.describe()} each unless they ask)")
+    return RayTraining(defaults)
 
 
 def parse_weights(specs: list[str]) -> dict[str, float]:

@@ -54,8 +54,9 @@ CHECK_S = 2.0  # how often it renews the job's lease and heartbeat, and reads it
 # A run whose actor died this often (its node lost each time) fails: something
 # other than a lost node kills it.
 MAX_RELAUNCHES = 3
-# Waiting longer than this for a node with room is noted in the job's events.
-PLACEMENT_NOTE_S = 2.0
+# A run not started after this long is noted in the job's events: Ray is waiting
+# for a node with room (starting the actor's process takes a few seconds anyway).
+PLACEMENT_NOTE_S = 10.0
 _CALL_TIMEOUT_S = 30.0  # a node that does not answer a progress call for this long is treated as gone
 
 
@@ -375,7 +376,8 @@ class RayTraining:
             now = time.monotonic()
             if not noted and now - began > PLACEMENT_NOTE_S:
                 noted = True
-                hooks.event("waiting", {"reason": f"waiting for a Ray node with {resources.describe()} free"})
+                reason = f"not started after {PLACEMENT_NOTE_S:g} s: waiting for a Ray node with {resources.describe()} free"
+                hooks.event("waiting", {"reason": reason})
             if now >= next_check:
                 next_check = now + CHECK_S
                 verdict = hooks.check()

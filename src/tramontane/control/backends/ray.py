@@ -126,11 +126,7 @@ class RayBackend(HttpReplicaCalls):
     connection of this process when there is one."""
 
     def __init__(self, address: str | None = None):
-        self._ray = import_ray()
-        if not self._ray.is_initialized():
-            _check_reachable(address)
-            # Replica output comes back through each replica's log, not the driver's stdout.
-            self._ray.init(address=address, log_to_driver=False)
+        self._ray = connect(address)
         self._actor_class = self._ray.remote(ReplicaProcess)
 
     def capacity(self) -> NodeCapacity:
@@ -181,6 +177,17 @@ class RayBackend(HttpReplicaCalls):
         # The Ray connection belongs to this process (its driver): the replicas'
         # actors are stopped by the plane, and Ray's own state ends with the process.
         await self.close_calls()
+
+
+def connect(address: str | None) -> Any:
+    """Ray, connected to the cluster at `address` unless this process already is
+    (the deployments' backend and the jobs executor share one connection)."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        _check_reachable(address)
+        # Replicas' and jobs' output goes to their own logs, not the driver's stdout.
+        ray.init(address=address, log_to_driver=False)
+    return ray
 
 
 def _check_reachable(address: str | None) -> None:
