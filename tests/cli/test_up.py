@@ -45,6 +45,18 @@ def test_missing_model_fails_cleanly(tmp_path):
     assert "error:" in result.output
 
 
+def test_an_unreachable_ray_cluster_for_jobs_fails_fast():
+    pytest.importorskip("ray")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["up", "--jobs-executor", "ray", "--ray-address", address])
+    assert result.exit_code == 1 and "cannot use the Ray job executor" in result.output
+    assert f"no Ray cluster answers at {address}" in " ".join(result.output.split())  # the console wraps lines
+    assert time.monotonic() - started < 30
+
+
 def test_unusable_database_fails_cleanly_without_showing_its_password():
     runner = CliRunner()
     result = runner.invoke(app, ["up", "--database-url", "postgresql+psycopg://ops:hunter2@127.0.0.1:9/tramontane"])
