@@ -25,8 +25,10 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from tramontane.engine.defaults import default_chat_model_path  # noqa: E402
 from tramontane.finetune import ray_runner, worker  # noqa: E402
+from tramontane.finetune.models import FineTuningJobRow  # noqa: E402
 from tramontane.finetune.ray_runner import NAMESPACE, RayTraining, RunResources, actor_name  # noqa: E402
 from tramontane.inference import ModelRegistry  # noqa: E402
+from tramontane.store import open_store  # noqa: E402
 
 _OBJECT_STORE_BYTES = 80 * 2**20
 # Long enough to take a node away mid-run: 10 steps (under a second each here), a checkpoint every 2.
@@ -183,6 +185,21 @@ def test_a_cancelled_job_cancels_its_run(cluster: Cluster, gateway) -> None:
         until(lambda: no_actor(job_id))
         until(lambda: ray.available_resources().get("CPU") == 2)
     assert statuses(done)[-2:] == ["CANCELLATION_REQUESTED", "CANCELLED"]
+
+
+def test_a_gateway_that_stops_ends_its_runs_and_queues_their_jobs(cluster: Cluster, gateway, tmp_path: Path) -> None:
+    with gateway() as server:
+        job_id = submit(server, {**LONG_RUN, "training_steps": 1000}, ONE_CPU)
+        job(server, job_id, lambda j: bool(events(j, "placed")))
+    until(lambda: no_actor(job_id))
+    store = open_store(f"sqlite:///{tmp_path / 'tramontane.db'}")
+    try:
+        with store.session() as session:
+            row = session.get(FineTuningJobRow, job_id)
+            assert row is not None and row.status == "QUEUED"  # for any gateway to resume
+            assert row.events[-1]["data"]["reason"] == "the server stopped"
+    finally:
+        store.close()
 
 
 def test_a_job_no_node_can_run_waits_queued_until_one_joins(cluster: Cluster, gateway) -> None:
