@@ -12,6 +12,8 @@ PORT ?= 8000
 
 KERNEL_SOURCES := $(wildcard src/tramontane/engine/kernels/*.c src/tramontane/engine/kernels/*.h)
 MICROVM_SOURCES := $(wildcard src/tramontane/sandbox/microvm/*.py src/tramontane/sandbox/microvm/*.sh)
+DATA_TEMPLATE_SOURCES := src/tramontane/sandbox/templates/bundled/data.toml \
+	src/tramontane/sandbox/templates/spec.py src/tramontane/sandbox/templates/build.py
 
 .PHONY: system-deps console-assets install install-test up test bench clean
 
@@ -46,11 +48,19 @@ $(STAMPS)/install: pyproject.toml setup.py Makefile $(KERNEL_SOURCES) | $(PY)
 $(STAMPS)/microvm: $(STAMPS)/install $(MICROVM_SOURCES)
 	$(PY) -m tramontane.sandbox.microvm && touch $@ || true
 
+# The sandboxes' default template, "data" (Debian's python3 with numpy, pandas and
+# matplotlib, about 1.4 GB), built once from the Debian mirror into
+# $TRAMONTANE_HOME/templates (a minute or two; downloaded packages are kept there for
+# later builds). Optional like the guest: without it, `tramontane up` builds it in the
+# background and sandboxes that name no template get base meanwhile.
+$(STAMPS)/data-template: $(STAMPS)/install $(DATA_TEMPLATE_SOURCES)
+	$(VENV)/bin/tramontane sandbox template build data && touch $@ || true
+
 $(STAMPS)/install-test: $(STAMPS)/install
 	$(PIP) install -q -e '.[test]'
 	mkdir -p $(STAMPS) && touch $@
 
-install: system-deps console-assets $(STAMPS)/install $(STAMPS)/microvm
+install: system-deps console-assets $(STAMPS)/install $(STAMPS)/microvm $(STAMPS)/data-template
 
 install-test: install $(STAMPS)/install-test
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -25,12 +27,15 @@ from fastapi import FastAPI
 from starlette.requests import HTTPConnection
 
 from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
+from tramontane.errors import TramontaneError
 from tramontane.sandbox.cgroups import CgroupTree
+from tramontane.sandbox.default_template import bundled_spec
 from tramontane.sandbox.errors import SandboxError
 from tramontane.sandbox.host_routing import PortHostRouting
 from tramontane.sandbox.microvm import MicroVMHost
-from tramontane.sandbox.templates import Template
+from tramontane.sandbox.templates import Template, TemplateStore
 from tramontane.sandbox.templates import load as load_template
+from tramontane.sandbox.templates.store import default_root
 
 T = TypeVar("T")
 
@@ -141,8 +146,53 @@ def small_template(live: LiveSandboxes) -> Template:
     return template
 
 
+def provide_default_template(store: Path) -> str | None:
+    """Puts the bundled default template ("data") in the tests' store, before a
+    manager starts on it: already there; else hard-linked from the one `make
+    install` built into $TRAMONTANE_HOME/templates (a second, no copy); else
+    built here once (a minute or two). Returns why not, if it cannot be."""
+    spec = bundled_spec("data")
+    assert spec is not None
+    template_id = spec.content_hash(None)
+    if (store / template_id / "template.json").exists():
+        return None
+    installed = default_root() / template_id
+    if (installed / "template.json").exists():
+        store.mkdir(parents=True, exist_ok=True)
+        os.chmod(store, 0o711)
+        scratch = store / f".build-link-{secrets.token_hex(4)}"
+        linked = subprocess.run(["cp", "-a", "-l", str(installed), str(scratch)], capture_output=True, text=True)
+        if linked.returncode == 0:
+            os.rename(scratch, store / template_id)
+            return None
+        shutil.rmtree(scratch, ignore_errors=True)  # another filesystem: built here instead
+    if shutil.which("mmdebstrap") is None:
+        return "the data template is not built (make install) and mmdebstrap is not installed"
+    try:
+        asyncio.run(TemplateStore(store).build(spec))
+    except TramontaneError as exc:
+        return f"the data template could not be built: {exc.message}"
+    return None
+
+
 @pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSandboxes]:
+def default_template_missing() -> str | None:
+    return UNAVAILABLE or provide_default_template(TEST_TEMPLATES)
+
+
+@pytest.fixture(scope="session")
+def data_template(live: LiveSandboxes, default_template_missing: str | None) -> Template:
+    """The default template the `live` manager gives sandboxes that name none;
+    skipped where it could not be had."""
+    if default_template_missing is not None:
+        pytest.skip(default_template_missing)
+    template = live.manager.default_template.current()
+    assert template is not None and template.name == "data"
+    return template
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory, default_template_missing: str | None) -> Iterator[LiveSandboxes]:
     if UNAVAILABLE is not None:
         pytest.skip(UNAVAILABLE)
     config = ManagerConfig(

@@ -31,12 +31,18 @@ from tramontane.sandbox import Sandbox
 from tramontane.sandbox.client import InvalidArgumentException, LimitReachedException
 
 
-@pytest.fixture(params=["base", "resumed", pytest.param("template", marks=pytest.mark.slow)])
+@pytest.fixture(params=["base", "default", "resumed", pytest.param("template", marks=pytest.mark.slow)])
 def sbx(request, live) -> Iterator[Sandbox]:
-    """A fresh sandbox on the host's /usr, one paused to disk and resumed, and
-    one from a custom template: neither may open a way out the base lacks."""
-    template = request.getfixturevalue("small_template").id if request.param == "template" else "base"
-    sandbox = live.create(template=template, timeout=120)
+    """A fresh sandbox on the host's /usr, one of the default template (what a
+    request naming none gets: data), one paused to disk and resumed, and one
+    from a custom template: none may open a way out the base lacks."""
+    if request.param == "default":
+        request.getfixturevalue("data_template")  # skipped, saying why, where it could not be built
+        sandbox = live.create(timeout=120)
+        assert sandbox.get_info().template == "data"
+    else:
+        template = request.getfixturevalue("small_template").id if request.param == "template" else "base"
+        sandbox = live.create(template=template, timeout=120)
     if request.param == "resumed":
         sandbox.files.write("before-pause.txt", "kept")
         sandbox.pause()

@@ -126,6 +126,15 @@ def up(
             "--tls-cert, a wildcard certificate) at this server.",
         ),
     ] = None,
+    sandbox_default_template: Annotated[
+        str,
+        typer.Option(
+            envvar="TRAMONTANE_SANDBOX_DEFAULT_TEMPLATE",
+            help="The template a sandbox gets when its request names none: data (Python's data stack, built by "
+            "make install, else in the background at start; base meanwhile), base (the host's /usr), or a "
+            "template built with tramontane sandbox template build.",
+        ),
+    ] = "data",
     max_concurrent_per_workspace: Annotated[
         int,
         typer.Option(
@@ -261,6 +270,8 @@ def up(
                     max_file_bytes=MAX_BODY_BYTES,
                     microvm_accelerator=microvm_accelerator.value,
                     ports_domain=sandbox_domain,
+                    default_template=sandbox_default_template,
+                    build_default_template=True,
                     state_dir=str(tenancy.home),  # snapshots under each workspace's folder, erased with it
                 )
             )

@@ -9,6 +9,13 @@ platform's own files. The root itself is a tmpfs remounted read-only.
 A sandbox started from a template sees that template's tree in place of the
 host's /usr and public /etc (its /usr and whole /etc), bound read-only like the host's (bwrap binds are
 nosuid,nodev), shared by every sandbox of the template: nothing is copied.
+
+bwrap runs as the sandbox's host uid and must walk to what it binds (it
+resolves even a bound descriptor's path). Where a template's store lies below a
+directory that uid cannot search (e.g. $TRAMONTANE_HOME in root's 0700 home),
+bwrap is started in a mount namespace of its own, where the tree is bound at
+TEMPLATE_VIEW first (`in_template_view`): the host's mounts are untouched, and
+nothing outside that one tree becomes reachable.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ GUEST_ROOT = "/opt/tramontane"  # the guest package lands in GUEST_ROOT/guest
 OPTIONAL_PARTS = ("terminal.py", "tunnel.py", "watcher.py")  # the agent imports them on first use
 EGRESS_SOCKET = "/run/tramontane/egress.sock"  # the host's egress proxy, where a sandbox has one
 PROXY_URL = "http://127.0.0.1:3128"  # the guest's forwarder to EGRESS_SOCKET
+# An empty directory any uid can search; a template tree is bound over it in the
+# launch's own mount namespace only (see `in_template_view`).
+TEMPLATE_VIEW = "/run/tramontane-sandbox-template"
 
 # Top-level directories a merged-/usr system links into /usr, or binds on an older one.
 USR_ROOTS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -102,6 +112,7 @@ class LaunchFds:
     files: dict[str, int]  # path in the sandbox -> fd holding its content
     root: dict[str, int] = field(default_factory=dict)  # a template's directories (`open_template_root`)
     rootfs: Path | None = None  # the template's tree; None: the host's /usr
+    view: str | None = None  # where bwrap finds the tree instead of `root` (see `in_template_view`)
 
     def all(self) -> tuple[int, ...]:
         return (self.seccomp, self.info, self.block, *self.files.values(), *self.root.values())
@@ -150,15 +161,32 @@ def open_template_root(rootfs: Path) -> dict[str, int]:
     return fds
 
 
-def _template_root_filesystem(rootfs: Path, fds: dict[str, int]) -> list[str]:
-    argv = ["--ro-bind-fd", str(fds["/usr"]), "/usr"]
+def searchable_by_all(path: Path) -> bool:
+    """Whether any uid can walk down to `path` (every directory above it is o+x)."""
+    return all(os.stat(parent).st_mode & 0o001 for parent in path.parents)
+
+
+def in_template_view(rootfs: Path, host_uid: int, unshare: str, setpriv: str) -> list[str]:
+    """The command that runs the rest of the argv (bwrap's) as `host_uid` in a
+    mount namespace of its own (private: nothing propagates to the host) where
+    `rootfs` is bound at TEMPLATE_VIEW. Run as root; it execs, so bwrap keeps the pid."""
+    script = 'mount --bind -- "$1" "$2" && shift 2 && exec "$@"'
+    drop = [setpriv, f"--reuid={host_uid}", f"--regid={host_uid}", "--clear-groups", "--"]
+    return [unshare, "--mount", "--propagation=private", "--", "/bin/sh", "-c", script, "sh", str(rootfs), TEMPLATE_VIEW, *drop]
+
+
+def _template_root_filesystem(rootfs: Path, fds: dict[str, int], view: str | None) -> list[str]:
+    def bind(name: str) -> list[str]:
+        return ["--ro-bind", f"{view}/{name}", f"/{name}"] if view else ["--ro-bind-fd", str(fds[f"/{name}"]), f"/{name}"]
+
+    argv = bind("usr")
     for name in USR_ROOTS:
         if (rootfs / name).is_symlink():
             argv += ["--symlink", os.readlink(rootfs / name), f"/{name}"]
-        elif f"/{name}" in fds:
-            argv += ["--ro-bind-fd", str(fds[f"/{name}"]), f"/{name}"]
+        elif (rootfs / name).is_dir():
+            argv += bind(name)
     # The template's whole /etc: it was built for the sandbox, unlike the host's.
-    return argv + ["--ro-bind-fd", str(fds["/etc"]), "/etc"]
+    return argv + bind("etc")
 
 
 def build_argv(
@@ -183,7 +211,7 @@ def build_argv(
         # take over through /proc/1/mem.
         "--as-pid-1",
         "--cap-drop", "ALL",
-        *(_host_root_filesystem() if fds.rootfs is None else _template_root_filesystem(fds.rootfs, fds.root)),
+        *(_host_root_filesystem() if fds.rootfs is None else _template_root_filesystem(fds.rootfs, fds.root, fds.view)),
     ]  # fmt: skip
     for path, fd in fds.files.items():
         argv += ["--perms", "0444", "--ro-bind-data", str(fd), path]

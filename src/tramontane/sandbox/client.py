@@ -294,7 +294,7 @@ class Sandbox:
     @classmethod
     def create(
         cls,
-        template: str = "base",
+        template: str | None = None,
         timeout: float = 300,
         metadata: dict[str, str] | None = None,
         envs: dict[str, str] | None = None,
@@ -309,10 +309,15 @@ class Sandbox:
         api_key: str | None = None,
         request_timeout: float = 600,
     ) -> Sandbox:
-        """`allow_out`: "host:port" entries the sandbox may reach through its HTTP
-        proxy (HTTP_PROXY inside it); without it, the sandbox has no network."""
+        """`template`: a template's name or id, "base" (the host's /usr) or
+        "microvm"; None: the platform's default (`get_info().template` says which
+        one the sandbox got). `allow_out`: "host:port" entries the sandbox may
+        reach through its HTTP proxy (HTTP_PROXY inside it); without it, the
+        sandbox has no network."""
         http = cls._client(api_url, api_key, request_timeout)
-        body = {"template": template, "timeout": timeout, "metadata": metadata or {}, "envs": envs or {}}
+        body: dict[str, object] = {"timeout": timeout, "metadata": metadata or {}, "envs": envs or {}}
+        if template is not None:  # else the platform's default template
+            body["template"] = template
         body |= {"allow_internet_access": allow_internet_access, "idle_timeout": idle_timeout}
         body |= {"network": {"allow_out": list(allow_out or [])}}
         body |= {k: v for k, v in {"cpu": cpu, "memory_mb": memory_mb, "disk_mb": disk_mb}.items() if v is not None}

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -43,6 +44,16 @@ AGENT_BOOT = (
 @lru_cache(maxsize=1)
 def _sandbox_files() -> dict[str, bytes]:
     return bwrap.sandbox_files()
+
+
+@lru_cache(maxsize=1)
+def _view_tools() -> tuple[str, str]:
+    """unshare and setpriv (util-linux), and the empty directory trees are bound at."""
+    found = shutil.which("unshare"), shutil.which("setpriv")
+    if None in found:
+        raise Unavailable("unshare and setpriv (util-linux) are needed for templates", code="util_linux_missing")
+    os.makedirs(bwrap.TEMPLATE_VIEW, mode=0o755, exist_ok=True)
+    return found  # type: ignore[return-value]
 
 
 def rlimits(limits: Limits) -> dict[int, int]:
@@ -77,21 +88,29 @@ def _spawn(
     rootfs: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Starts bwrap, moves it and the sandbox's PID 1 into `group`, then lets it go on."""
-    root = {} if rootfs is None else bwrap.open_template_root(rootfs)
+    view = None if rootfs is None or bwrap.searchable_by_all(rootfs) else bwrap.TEMPLATE_VIEW
+    root = {} if rootfs is None or view else bwrap.open_template_root(rootfs)
     info_r, info_w = os.pipe2(os.O_CLOEXEC)
     block_r, block_w = os.pipe2(os.O_CLOEXEC)
-    fds = bwrap.LaunchFds(seccomp.filter_fd(), info_w, block_r, bwrap.open_file_fds(_sandbox_files()), root, rootfs)
+    fds = bwrap.LaunchFds(
+        seccomp.filter_fd(), info_w, block_r, bwrap.open_file_fds(_sandbox_files()), root, rootfs, view
+    )
+    argv = bwrap.build_argv(bwrap_path, limits, fds, agent_command(limits, egress_socket is not None), egress_socket)
+    # As the sandbox's uid, or as root until the template's view is mounted.
+    identity = {"user": host_uid, "group": host_uid, "extra_groups": []}
+    if view is not None:
+        assert rootfs is not None
+        argv = bwrap.in_template_view(rootfs, host_uid, *_view_tools()) + argv
+        identity = {}
     try:
         process = subprocess.Popen(
-            bwrap.build_argv(bwrap_path, limits, fds, agent_command(limits, egress_socket is not None), egress_socket),
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=fds.all(),
             env=env,
-            user=host_uid,
-            group=host_uid,
-            extra_groups=[],
+            **identity,  # type: ignore[arg-type]
         )
     finally:
         for fd in fds.all():

@@ -1,14 +1,17 @@
 """SandboxManager: creates, lists, finds and kills sandboxes, and reclaims them
 when their absolute or idle timeout passes.
 
-The template picks the tier: "base" is tier 1 (bubblewrap), "microvm" tier 2
-(a QEMU microVM, where the host can run one; see `microvm`). Both tiers run the
-same agent, so everything past creation is shared.
+The template picks the tier: "base" is tier 1 (bubblewrap) on the host's /usr,
+a built template (see `templates`) tier 1 on its own tree, "microvm" tier 2 (a
+QEMU microVM, where the host can run one; see `microvm`). Both tiers run the
+same agent, so everything past creation is shared. A request that names no
+template gets the operator's default (see `default_template`).
 
-A few sandboxes of the default shape are kept started ahead of demand, per
-template (the pool): a pooled sandbox is a pristine bwrap + agent, or a booted
-VM, that has run nothing, so handing it out only means writing its cgroup limits
-and environment, which takes creation off the start-up time. Sandboxes whose
+A few sandboxes of the default shape are kept started ahead of demand (the
+pool): tier 1's of the default template (or base while it is not built), and
+microVMs. A pooled sandbox is a pristine bwrap + agent, or a booted VM, that has
+run nothing, so handing it out only means writing its cgroup limits and
+environment, which takes creation off the start-up time. Sandboxes whose
 start-time settings (mount sizes, rlimits, and for a VM its memory and vCPUs)
 differ from the default are started on demand.
 """
@@ -16,6 +19,7 @@ differ from the default are started on demand.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import math
@@ -30,6 +34,7 @@ from typing import Any
 
 from . import bwrap
 from .cgroups import CgroupTree
+from .default_template import DefaultTemplate
 from .channel import ByteBudget, OutputBudget
 from .errors import Conflict, NotFound, SandboxError, Unavailable, Unprocessable
 from .files import MAX_FILE_BYTES
@@ -72,6 +77,13 @@ class ManagerConfig:
     max_limits: Limits = field(default_factory=_default_max_limits)
     max_timeout_s: float = 24 * 3600.0
     templates: frozenset[str] = frozenset({TIER1_TEMPLATE, MICROVM_TEMPLATE})
+    # What a sandbox whose request names no template gets: a built template's
+    # name (the bundled "data": numpy, pandas, matplotlib), or "base" (the
+    # host's /usr). While it is not built, such sandboxes get base and say so.
+    default_template: str = "data"
+    # Whether start() builds a missing bundled default in the background (the
+    # platform does; a library user or a test builds it itself).
+    build_default_template: bool = False
     # Built templates (see `templates`); None: $TRAMONTANE_HOME/templates.
     templates_dir: str | None = None
     # Where paused tier-1 sandboxes' snapshots are kept (see `snapshots`):
@@ -117,6 +129,12 @@ def host_memory_mb() -> int:
     raise Unavailable("cannot read the host's memory size from /proc/meminfo", code="host_memory_unknown")
 
 
+def _pool_name(template: str, custom: Template | None) -> str:
+    """Which pool a sandbox of `template` comes from: a built template's by its
+    id (whatever name or id the request used), a built-in one's by its name."""
+    return custom.id if custom is not None else template
+
+
 def _pool_key(template: str, limits: Limits) -> tuple[int, ...]:
     """The limits fixed when a sandbox starts: mount sizes and the agent's rlimits,
     and a VM's memory and vCPU count."""
@@ -130,7 +148,8 @@ class SandboxManager:
     def __init__(self, config: ManagerConfig | None = None):
         self.config = config or ManagerConfig()
         self._sandboxes: dict[str, ManagedSandbox] = {}
-        self._pools: dict[str, list[tuple[str, Runtime]]] = {t: [] for t in self.config.templates}
+        # By pool key: "base", "microvm", or a template's id.
+        self._pools: dict[str, list[tuple[str, Runtime]]] = {}
         pooled_at_most = self.config.pool_size + self.config.microvm_pool_size
         slots = self.config.max_sandboxes + pooled_at_most
         if slots > RANGE_SIZE:
@@ -153,6 +172,9 @@ class SandboxManager:
         self._reserved_mb = 0  # create()'s launches in flight, counted against host memory
         self._pool_launching_mb = 0  # the pool's: they yield to create()'s (see _add_to_pool)
         self.templates = TemplateStore(Path(self.config.templates_dir) if self.config.templates_dir else None)
+        self.default_template = DefaultTemplate(
+            self.config.default_template, self.templates, builtin=self.config.templates, fallback=TIER1_TEMPLATE
+        )
         state = Path(self.config.state_dir) if self.config.state_dir else tramontane_home()
         self.snapshots = SnapshotStore(state, self.config.snapshot_bytes_per_workspace)
         self._snapshots: dict[str, Snapshot] = {}  # paused sandboxes whose state is on disk
@@ -183,6 +205,7 @@ class SandboxManager:
                 logger.info("%s", self._microvm_missing)
         await asyncio.to_thread(self._load_snapshots)
         self._reaper = asyncio.create_task(self._reap_loop())
+        self.default_template.start(build=self.config.build_default_template, on_change=self._refill)
         self._refill()
 
     def _load_snapshots(self) -> None:
@@ -198,6 +221,7 @@ class SandboxManager:
 
     async def shutdown(self) -> None:
         self._closing = True
+        await self.default_template.stop()
         if self._reaper is not None:
             self._reaper.cancel()
         if self._filling is not None:
@@ -230,7 +254,8 @@ class SandboxManager:
         if self._tree is None:
             raise Unavailable("the sandbox manager is not started", code="not_started")
         spec = spec or SandboxSpec(limits=self.config.default_limits)
-        template = None if spec.template in self.config.templates else self.templates.resolve(spec.template, spec.owner)
+        spec, template, warnings = self._resolve_template(spec)
+        assert spec.template is not None
         spec.validate(
             templates=self.config.templates | {spec.template},
             max_limits=self.config.max_limits,
@@ -243,13 +268,13 @@ class SandboxManager:
             raise Unavailable(self._microvm_missing, code="microvm_unavailable")
         if len(self._sandboxes) + self._creating >= self.config.max_sandboxes:
             raise Unavailable(f"all {self.config.max_sandboxes} sandboxes are in use", code="capacity")
-        pooled = self._claim(spec)
+        pooled = self._claim(spec, template)
         need_mb = self._memory_mb(spec.template, spec.limits)
         try:
             self._admit(need_mb - (pooled[1].committed_mb if pooled else 0))
         except Unavailable:
             if pooled is not None:
-                self._pools[spec.template].insert(0, pooled)
+                self._pools.setdefault(_pool_name(spec.template, template), []).insert(0, pooled)
             raise
         if pooled is not None:
             sandbox_id, runtime = pooled
@@ -270,7 +295,8 @@ class SandboxManager:
                 sandbox_id, runtime = await self._launch_to_completion(spec, template)
             finally:
                 self._creating -= 1
-        warnings = [self._microvm.warning] if spec.template == MICROVM_TEMPLATE and self._microvm.warning else []
+        if spec.template == MICROVM_TEMPLATE and self._microvm.warning:
+            warnings.append(self._microvm.warning)
         sandbox = ManagedSandbox(sandbox_id, spec, runtime, self.config.max_file_bytes, warnings)
         self._sandboxes[sandbox_id] = sandbox
         self._watch(sandbox, runtime)
@@ -278,6 +304,25 @@ class SandboxManager:
         if template is not None and template.start:
             await self._start_command(sandbox, template.start)
         return sandbox
+
+    def _resolve_template(self, spec: SandboxSpec) -> tuple[SandboxSpec, Template | None, list[str]]:
+        """The spec with the template it really gets named, that template if it
+        is a built one, and warnings for the caller (why it got base)."""
+        if spec.template is None:
+            default = self.default_template.current()
+            if default is not None:
+                return dataclasses.replace(spec, template=default.name), default, []
+            if self.default_template.builtin:
+                return dataclasses.replace(spec, template=self.default_template.name), None, []
+            return dataclasses.replace(spec, template=TIER1_TEMPLATE), None, [self.default_template.warning()]
+        if spec.template in self.config.templates:
+            return spec, None, []
+        try:
+            return spec, self.templates.resolve(spec.template, spec.owner), []
+        except NotFound:
+            if (building := self.default_template.unavailable(spec.template)) is not None:
+                raise building from None
+            raise
 
     async def _start_command(self, sandbox: ManagedSandbox, command: str) -> None:
         """Starts a template's start command in the background; a sandbox whose
@@ -333,13 +378,14 @@ class SandboxManager:
             retry_after_s=min(60.0, max(1.0, soonest)),
         )
 
-    def _claim(self, spec: SandboxSpec) -> tuple[str, Runtime] | None:
+    def _claim(self, spec: SandboxSpec, template: Template | None) -> tuple[str, Runtime] | None:
+        assert spec.template is not None
+        pool = self._pools.get(_pool_name(spec.template, template))
         # Pooled sandboxes have no egress proxy, whose socket is mounted at start.
-        if spec.network.allow_out or spec.template not in self._pools:
+        if spec.network.allow_out or not pool:
             return None
         if _pool_key(spec.template, spec.limits) != _pool_key(spec.template, self.config.default_limits):
             return None
-        pool = self._pools[spec.template]
         while pool:
             sandbox_id, runtime = pool.pop(0)
             if not runtime.channel.closed.done():
@@ -453,35 +499,52 @@ class SandboxManager:
         else:
             self._reserved_mb += mb
 
-    def _pool_sizes(self) -> dict[str, int]:
-        sizes = {TIER1_TEMPLATE: self.config.pool_size}
-        if self._microvm is not None:
-            sizes[MICROVM_TEMPLATE] = self.config.microvm_pool_size
-        return {t: n for t, n in sizes.items() if t in self._pools and n > 0}
+    def _pooled_templates(self) -> dict[str, tuple[str, Template | None, int]]:
+        """The pools to keep, by pool name: (template, built template, size).
+        Tier 1's is the default's (base while the default is not built)."""
+        pools: dict[str, tuple[str, Template | None, int]] = {}
+        default = self.default_template.current()
+        if default is not None:
+            pools[default.id] = (default.name, default, self.config.pool_size)
+        elif TIER1_TEMPLATE in self.config.templates:
+            pools[TIER1_TEMPLATE] = (TIER1_TEMPLATE, None, self.config.pool_size)
+        if self._microvm is not None and MICROVM_TEMPLATE in self.config.templates:
+            pools[MICROVM_TEMPLATE] = (MICROVM_TEMPLATE, None, self.config.microvm_pool_size)
+        return {name: pool for name, pool in pools.items() if pool[2] > 0}
 
     def _refill(self) -> None:
-        if self._pool_sizes() and not self._closing and (self._filling is None or self._filling.done()):
+        if self._closing:
+            return
+        wanted = self._pooled_templates()
+        for name in [n for n in self._pools if n not in wanted]:
+            # E.g. base's, once the default template is built: its sandboxes go.
+            for _, runtime in self._pools.pop(name):
+                self._background(self._release(runtime))
+        if wanted and (self._filling is None or self._filling.done()):
             self._filling = asyncio.create_task(self._fill_pools())
 
     async def _fill_pools(self) -> None:
         # One sandbox at a time, to the pool furthest below its size: a claim from
         # any pool while this runs is refilled by this same loop.
         while self._free_uids and not self._closing:
-            sizes = self._pool_sizes()
-            short = [t for t, n in sizes.items() if len(self._pools[t]) < n]
+            wanted = self._pooled_templates()
+            short = {n: p for n, p in wanted.items() if len(self._pools.get(n, ())) < p[2]}
             if not short:
                 return
-            template = min(short, key=lambda t: len(self._pools[t]) / sizes[t])
-            if not await self._add_to_pool(template):
+            name = min(short, key=lambda n: len(self._pools.get(n, ())) / short[n][2])
+            if not await self._add_to_pool(name, *short[name][:2]):
                 return
 
-    async def _add_to_pool(self, template: str) -> bool:
+    async def _add_to_pool(self, name: str, template: str, custom: Template | None) -> bool:
         # The host's memory is for sandboxes asked for: the pool takes what is left,
         # and gives it back if a create() took it meanwhile.
         if not self._fits(self._memory_mb(template, self.config.default_limits) + self._pool_launching_mb):
             return False
+        env = custom.env if custom is not None else {}
         try:
-            sandbox_id, runtime = await self._launch(template, self.config.default_limits, {}, for_pool=True)
+            sandbox_id, runtime = await self._launch(
+                template, self.config.default_limits, env, for_pool=True, custom=custom
+            )
         except (OSError, SandboxError) as exc:
             # Not retried in a loop: the next create() launches directly and reports the cause.
             logger.error("could not start a pooled %s sandbox: %s", template, exc)
@@ -495,7 +558,10 @@ class SandboxManager:
         if not self._fits(runtime.committed_mb):
             await self._release(runtime)
             return False
-        self._pools[template].append((sandbox_id, runtime))
+        if name not in self._pooled_templates():  # the default changed while it started
+            await self._release(runtime)
+            return True
+        self._pools.setdefault(name, []).append((sandbox_id, runtime))
         return True
 
     @staticmethod
@@ -638,6 +704,7 @@ class SandboxManager:
     async def _reap_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.reap_interval_s)
+            self.default_template.current()  # notices it built or deleted, and turns the pool over
             now = time.monotonic()
             for sandbox in list(self._sandboxes.values()):
                 reason = sandbox.expired(now)

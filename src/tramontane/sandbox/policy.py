@@ -149,7 +149,8 @@ class NetworkPolicy:
 class SandboxSpec:
     """Everything fixed when a sandbox is created."""
 
-    template: str = "base"
+    # None: the platform's default template (the manager names the one it got here).
+    template: str | None = None
     timeout_s: float = 300.0  # absolute lifetime, extendable with set_timeout
     idle_timeout_s: float | None = None  # reclaimed after this long without an API call
     env: dict[str, str] = field(default_factory=dict)
