@@ -62,7 +62,7 @@ async def latency(
     iterations: int, pool_size: int, template: str = "base", accel: str = "kvm", allow_out: tuple[str, ...] = ()
 ) -> list[float]:
     if template == "base":
-        config = ManagerConfig(pool_size=pool_size, microvm_pool_size=0)
+        config = ManagerConfig(pool_size=pool_size, microvm_pool_size=0, default_template="base")
     else:
         config = ManagerConfig(pool_size=0, microvm_pool_size=pool_size, microvm_accelerator=accel)
     manager = SandboxManager(config)
@@ -85,7 +85,7 @@ async def latency(
 
 def serve(port: int, pool_size: int) -> None:
     """The API server, in a process of its own as in production."""
-    manager = SandboxManager(ManagerConfig(pool_size=pool_size, microvm_pool_size=0))
+    manager = SandboxManager(ManagerConfig(pool_size=pool_size, microvm_pool_size=0, default_template="base"))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -134,7 +134,7 @@ def latency_over_http(iterations: int, pool_size: int) -> list[float]:
 
 
 async def density(count: int) -> None:
-    manager = SandboxManager(ManagerConfig(pool_size=0, microvm_pool_size=0, max_sandboxes=count))
+    manager = SandboxManager(ManagerConfig(pool_size=0, microvm_pool_size=0, max_sandboxes=count, default_template="base"))
     await manager.start()
     try:
         before = mem_available()

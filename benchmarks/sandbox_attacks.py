@@ -40,7 +40,7 @@ MiB = 1024 * 1024
 
 
 def serve(sock: socket.socket) -> None:
-    manager = SandboxManager(ManagerConfig(pool_size=2, microvm_pool_size=0))
+    manager = SandboxManager(ManagerConfig(pool_size=2, microvm_pool_size=0, default_template="base"))
 
     async def lifespan(app: FastAPI) -> Any:
         await manager.start()

@@ -94,7 +94,9 @@ async def main(spec_path: Path, store: str | None, iterations: int, pauses: int)
             print(f"resume from disk:            {summary(resumed, 'ms', 1000)}")
         finally:
             await manager.shutdown()
-    pooled = SandboxManager(ManagerConfig(pool_size=2, microvm_pool_size=0, templates=frozenset({"base"})))
+    pooled = SandboxManager(
+        ManagerConfig(pool_size=2, microvm_pool_size=0, templates=frozenset({"base"}), default_template="base")
+    )
     await pooled.start()
     try:
         samples = []

@@ -16,7 +16,7 @@ from .web import ApiFailure, ConsoleRoute, CurrentUser, PageError, Redirect, api
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
 HOME = "/home/user"
-TEMPLATES = ("base", "microvm")
+TEMPLATES = ("default", "base", "microvm")  # "default": none named, the platform's default template
 
 
 def _sandbox_path(sandbox_id: str, tail: str = "") -> str:
@@ -33,7 +33,7 @@ async def sandboxes_page(user: CurrentUser) -> Response:
 @router.post("/sandboxes")
 async def create_sandbox(
     user: CurrentUser,
-    template: Annotated[str, Form(max_length=64)] = "base",
+    template: Annotated[str, Form(max_length=64)] = "default",
     timeout: Annotated[str, Form(max_length=12)] = "300",
 ) -> Response:
     user.require(Capability.SANDBOX)
@@ -41,7 +41,8 @@ async def create_sandbox(
         seconds = float(timeout)
     except ValueError:
         raise PageError(400, "timeout must be a number of seconds") from None
-    created = await user.json("POST", "/v1/sandboxes", json={"template": template, "timeout": seconds})
+    body: dict[str, object] = {"timeout": seconds} | ({} if template == "default" else {"template": template})
+    created = await user.json("POST", "/v1/sandboxes", json=body)
     user.flash(f"Sandbox {created['sandbox_id']} started.", "ok")
     raise Redirect(f"/sandboxes/{quote(created['sandbox_id'])}")
 

@@ -161,7 +161,7 @@ class SandboxSpec:
     owner: str | None = None
 
     def validate(self, *, templates: frozenset[str], max_limits: Limits, max_timeout_s: float) -> SandboxSpec:
-        if self.template not in templates:
+        if self.template is not None and self.template not in templates:  # None: the manager's default
             raise InvalidArgument(
                 f"unknown template {self.template!r}; available: {', '.join(sorted(templates))}",
                 param="template",
