@@ -247,22 +247,3 @@ def test_a_custom_template_starts_as_fast_as_the_base(live: LiveSandboxes, small
                 timings[template].append(time.monotonic() - started)
     base, custom = (sorted(t)[1] for t in timings.values())
     assert custom < base * 2 + 0.2, timings  # loose: a shared host; benchmarks/sandbox.py measures
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("TRAMONTANE_TEST_DATA_TEMPLATE"),
-    reason="builds the bundled data template (several minutes); set TRAMONTANE_TEST_DATA_TEMPLATE=1",
-)
-def test_the_bundled_data_template_runs_the_data_stack(live: LiveSandboxes) -> None:
-    from tramontane.sandbox.templates.cli import BUNDLED
-
-    template, _ = live.call(live.manager.templates.build(load(BUNDLED / "data.toml")), timeout=3000)
-    with live.create(template=template.id, timeout=120, memory_mb=1024) as sbx:
-        execution = sbx.run_code(
-            "import numpy as np, pandas as pd, matplotlib.pyplot as plt\n"
-            "frame = pd.DataFrame({'x': np.arange(5), 'y': np.arange(5) ** 2})\n"
-            "frame.plot(x='x', y='y')\nplt.show()\nint(frame.y.sum())"
-        )
-        assert execution.error is None and execution.text == "30"
-        assert any(result.png for result in execution.results)
