@@ -98,6 +98,19 @@ def test_default_sandboxes_come_from_the_warm_pool(live, data_template: Template
         named.kill()
 
 
+def test_a_default_sandbox_resumes_on_the_same_template(live, data_template: Template) -> None:
+    sandbox = live.create(timeout=120)
+    try:
+        sandbox.files.write("kept.txt", "yes")
+        sandbox.pause()
+        sandbox.resume()
+        assert sandbox.get_info().template == "data" and sandbox.files.read("kept.txt") == "yes"
+        assert live.manager.get(sandbox.sandbox_id).runtime.rootfs == data_template.rootfs
+        assert sandbox.commands.run("python3 -c 'import pandas'").exit_code == 0
+    finally:
+        sandbox.kill()
+
+
 def test_base_stays_available_by_name(live, data_template: Template) -> None:
     sandbox = live.create(template="base", timeout=60)
     try:
@@ -212,10 +225,10 @@ def test_naming_the_default_while_it_builds_is_a_503_with_retry_after(tmp_path: 
 
 
 def test_the_build_child_reports_a_cached_build(data_template: Template) -> None:
-    """`python -m tramontane.sandbox.default_template STORE data`, as the platform runs it."""
+    """The build child, as the platform runs it."""
     store = data_template.rootfs.parents[1]
     done = subprocess.run(
-        [sys.executable, "-m", default_module.__name__, str(store), "data"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", default_module._CHILD, str(store), "data"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(f"data ({data_template.id}) already built")

@@ -386,3 +386,5 @@ class ErrorResponse(BaseModel):
 class HealthStatus(BaseModel):
     status: str
     models: list[str] = Field(default_factory=list)
+    # What works in a degraded way, e.g. sandboxes on base while the default template builds.
+    warnings: list[str] = Field(default_factory=list)

@@ -257,7 +257,7 @@ def sandboxes(manager: SandboxManager, metrics: Metrics) -> Feature:
     return Feature(
         "sandboxes",
         routes=(Route(create_router(manager, owner=sandbox_owner)), Route(links_router(manager, signer))),
-        state={"port_links": PortLinks(signer, manager)},
+        state={"port_links": PortLinks(signer, manager), "health_checks": (manager.default_template.health_warning,)},
         middleware=middleware,
         start=start,
         stop=stop,

@@ -10,8 +10,7 @@ build at a time, logged. Until it is ready, sandboxes that name no template get
 `warnings` say why. A request naming the default template itself while it is
 being built gets 503 with a Retry-After, not a 404.
 
-Run as `python -m tramontane.sandbox.default_template STORE NAME` it is that
-child: it builds the bundled template NAME into STORE.
+`main` is that child: it builds the bundled template NAME into STORE.
 """
 
 from __future__ import annotations
@@ -39,6 +38,8 @@ BUNDLED = Path(__file__).with_name("templates") / "bundled"
 RECHECK_S = 10.0
 BUILD_RETRY_AFTER_S = 30.0
 _ERROR_CHARS = 2000
+# The build child's program (not `-m`: the sandbox package imports this module first).
+_CHILD = f"import sys; from {__name__} import main; sys.exit(main(sys.argv[1:]))"
 
 
 class DefaultStatus(StrEnum):
@@ -132,6 +133,12 @@ class DefaultTemplate:
         }.get(self.status, "is not ready")
         return f"the default template {self.name!r} {why}; this sandbox runs on {self.fallback!r} (the host's /usr)"
 
+    def health_warning(self) -> str | None:
+        """For the platform's /health: None while sandboxes get the default."""
+        if self.builtin or self.current() is not None:
+            return None
+        return f"sandboxes: {self.warning().replace('this sandbox runs', 'sandboxes naming no template run')}"
+
     def unavailable(self, name: str) -> Unavailable | None:
         """The error for a request naming the default while it is being built."""
         if name != self.name or self.status is not DefaultStatus.BUILDING:
@@ -183,7 +190,7 @@ class DefaultTemplate:
         try:
             # Its own session: stopping the server stops mmdebstrap and apt with it.
             self._child = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", __name__, str(self.store.root), self.name,
+                sys.executable, "-c", _CHILD, str(self.store.root), self.name,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
@@ -235,6 +242,3 @@ def main(argv: list[str]) -> int:
     print(f"{template.name} ({template.id}) {verb}, {template.size_bytes / 2**20:.0f} MiB")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from collections.abc import Callable
+
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from ..inference.protocol import HealthStatus
@@ -12,8 +14,11 @@ router = APIRouter()
 
 
 @router.get("/health", response_model=HealthStatus)
-async def health() -> HealthStatus:
-    return HealthStatus(status="ok")
+async def health(request: Request) -> HealthStatus:
+    """Alive; `warnings` names what serves in a degraded way (features put their
+    checks in `app.state.health_checks`)."""
+    checks: tuple[Callable[[], str | None], ...] = getattr(request.app.state, "health_checks", ())
+    return HealthStatus(status="ok", warnings=[warning for check in checks if (warning := check())])
 
 
 @router.get("/ready", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
