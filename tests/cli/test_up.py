@@ -30,6 +30,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TRAMONTANE_HOME", str(tmp_path))
     monkeypatch.delenv("TRAMONTANE_DATABASE_URL", raising=False)
     monkeypatch.delenv("TRAMONTANE_KEY_PEPPER", raising=False)
+    # This home has no data template: `up` would build it (minutes, 1.4 GB) in the background.
+    monkeypatch.setenv("TRAMONTANE_SANDBOX_DEFAULT_TEMPLATE", "base")
     return tmp_path
 
 

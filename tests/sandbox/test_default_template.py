@@ -8,6 +8,7 @@ a build that fails says why in `GET /v1/templates`."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import shutil
 import subprocess
@@ -232,3 +233,30 @@ def test_the_build_child_reports_a_cached_build(data_template: Template) -> None
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith(f"data ({data_template.id}) already built")
+
+
+def test_gateways_sharing_a_home_build_the_default_once(serve_sandboxes, data_template: Template, tmp_path: Path) -> None:
+    """Another process's build holds the lock: a second build waits for it (then finds
+    the template built), and a manager starting meanwhile leaves its scratch folder be."""
+    store = data_template.rootfs.parents[1]
+    default = DefaultTemplate("data", TemplateStore(store), builtin=frozenset({"base"}), fallback="base")
+    with open(store / default_module.BUILD_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert default.built_elsewhere_now()
+        waiting = subprocess.Popen(
+            [sys.executable, "-c", default_module._CHILD, str(store), "data"], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(1.0)
+        assert waiting.poll() is None
+        private = tmp_path / "store"
+        (private / ".build-in-progress").mkdir(parents=True)
+        os.link(store / default_module.BUILD_LOCK, private / default_module.BUILD_LOCK)  # the same lock
+        config = _config(private, tmp_path / "state", pool_size=0)
+        with serve_sandboxes(SandboxManager(config)):
+            assert (private / ".build-in-progress").is_dir()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    output, _ = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0 and "already built" in output
+    assert not default.built_elsewhere_now()
+    with serve_sandboxes(SandboxManager(config)):
+        assert not (private / ".build-in-progress").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -38,6 +39,9 @@ BUNDLED = Path(__file__).with_name("templates") / "bundled"
 RECHECK_S = 10.0
 BUILD_RETRY_AFTER_S = 30.0
 _ERROR_CHARS = 2000
+# Held by the build child: gateways sharing $TRAMONTANE_HOME build the default
+# once (the others wait, then find it built), and leave its scratch folder be.
+BUILD_LOCK = ".default-build.lock"
 # The build child's program (not `-m`: the sandbox package imports this module first).
 _CHILD = f"import sys; from {__name__} import main; sys.exit(main(sys.argv[1:]))"
 
@@ -160,6 +164,17 @@ class DefaultTemplate:
 
     # -- building it
 
+    def built_elsewhere_now(self) -> bool:
+        """Whether another process is building the default into this store now."""
+        try:
+            with open(self.store.root / BUILD_LOCK) as lock:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # no store, or no lock: nobody builds
+            return False
+        return False
+
     def start(self, *, build: bool, on_change: Callable[[], None]) -> None:
         """Finds the default; if absent and `build`, builds a bundled one in the
         background. `on_change` is called when it becomes ready or goes away."""
@@ -233,8 +248,12 @@ def main(argv: list[str]) -> int:
         print(f"no bundled template {name!r}", file=sys.stderr)
         return 2
     started = time.monotonic()
+    root = Path(store)
     try:
-        template, cached = asyncio.run(TemplateStore(Path(store)).build(spec))
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / BUILD_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another gateway's build: wait for it, then a cache hit
+            template, cached = asyncio.run(TemplateStore(root).build(spec))
     except Exception as exc:  # the parent logs the message: apt's or pip's own words
         print(getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

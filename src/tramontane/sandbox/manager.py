@@ -194,7 +194,8 @@ class SandboxManager:
         self._bwrap = found
         self._tree = CgroupTree.detect(self.config.cgroup_v2_parent)
         self._tree.reap_stale()
-        self.templates.clean()
+        if not self.default_template.built_elsewhere_now():  # its scratch folder is in use
+            self.templates.clean()
         self._memory_capacity_mb = int((self.config.host_memory_mb or host_memory_mb()) * self.config.memory_overcommit)
         self._uids = claim_uid_range(self.config.uid_lease_dir, self.config.host_uid_base)
         if MICROVM_TEMPLATE in self.config.templates:
