@@ -8,6 +8,7 @@ model for a few dozen short steps."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from tramontane.engine.defaults import default_chat_model_path  # noqa: E402
 from tramontane.finetune import ray_runner, worker  # noqa: E402
 from tramontane.finetune.models import FineTuningJobRow  # noqa: E402
+from tramontane.finetune.ray_batch import RayBatch, RayLines  # noqa: E402
 from tramontane.finetune.ray_runner import NAMESPACE, RayTraining, RunResources, actor_name  # noqa: E402
 from tramontane.inference import ModelRegistry  # noqa: E402
 from tramontane.store import open_store  # noqa: E402
@@ -269,3 +271,46 @@ def test_resources_are_checked_and_default_to_the_operators(cluster: Cluster, ga
         created = http.post("/v1/fine_tuning/jobs", json={**body, "resources": {"cpu": 2, "memory_mb": 1024}}).json()
         assert created["status"] == "VALIDATED" and created["resources"] == {"cpu": 2.0, "memory_mb": 1024}
         assert "resources" not in http.post("/v1/fine_tuning/jobs", json=body).json()
+
+
+def batch_line(n: int) -> dict[str, Any]:
+    body = {"messages": [{"role": "user", "content": f"Count from {n}:"}], "max_tokens": 24, "temperature": 0}
+    return {"custom_id": str(n), "body": body}
+
+
+@pytest.mark.slow  # loads the chat model on a node, twice
+def test_batch_lines_run_on_a_ray_node_and_fail_over_when_it_dies(
+    cluster: Cluster, gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[RayLines] = []
+    lines_of = RayBatch.lines
+
+    def recorded(self: RayBatch, job_id: str) -> RayLines:
+        started.append(lines_of(self, job_id))
+        return started[-1]
+
+    monkeypatch.setattr(RayBatch, "lines", recorded)
+    count = 24
+    # The gateway loads no engine: only a Ray node can answer these lines.
+    with gateway() as server, server.http(server.tenant("ray")) as http:
+        upload = http.post("/v1/files", files={"file": ("b.jsonl", jsonl(*map(batch_line, range(count))))},
+                           data={"purpose": "batch"}).json()
+        created = http.post(
+            "/v1/batch/jobs", json={"input_files": [upload["id"]], "endpoint": "/v1/chat/completions", "model": CHAT_MODEL}
+        ).json()
+        url = f"/v1/batch/jobs/{created['id']}"
+        until(lambda: (j := http.get(url).json())["completed_requests"] >= 1 or j["status"] == "FAILED", timeout_s=120)
+        assert http.get(url).json()["status"] == "RUNNING"
+        [lines] = started
+        first = lines.nodes[0]
+        assert first != cluster.list_all_nodes()[0].node_id
+        cluster.remove_node(node_of(cluster, first))
+        until(lambda: http.get(url).json()["status"] in ("SUCCESS", "FAILED"), timeout_s=180)
+        done = http.get(url).json()
+        cluster.add_node(num_cpus=1, object_store_memory=_OBJECT_STORE_BYTES)
+        results = [json.loads(line) for line in http.get(f"/v1/files/{done['output_file']}/content").text.splitlines()]
+    assert done["status"] == "SUCCESS", done
+    assert (done["succeeded_requests"], done["failed_requests"]) == (count, 0)
+    assert [r["custom_id"] for r in results] == [str(n) for n in range(count)]  # each line once
+    assert all(r["response"]["body"]["choices"][0]["message"]["content"] for r in results)
+    assert len(lines.nodes) == 2 and lines.nodes[1] != first  # the lines in flight went on elsewhere

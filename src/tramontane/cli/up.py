@@ -99,9 +99,9 @@ def up(
         JobsExecutor,
         typer.Option(
             envvar="TRAMONTANE_JOBS_EXECUTOR",
-            help="Where fine-tuning jobs train: on this gateway, one at a time, or each as a Ray actor on a "
-            "node of the cluster at --ray-address with the resources the job asks for. Give every gateway "
-            "sharing a database the same executor.",
+            help="Where fine-tuning jobs train and batch jobs' lines run: on this gateway, or in a Ray actor "
+            "per job on a node of the cluster at --ray-address with the resources the job asks for. Give "
+            "every gateway sharing a database the same executor.",
         ),
     ] = JobsExecutor.LOCAL,
     job_cpus: Annotated[

@@ -334,6 +334,17 @@ class BatchJobs:
         requests = await anyio.to_thread.run_sync(self._read_requests, job)
         await anyio.to_thread.run_sync(self._set, job_id, {"total_requests": len(requests)})
         execute = await self.execute(job)
+        try:
+            await self._run_lines(job, requests, execute)
+        finally:
+            # What the job's lines ran on (a Ray actor) goes with the job, however it ended.
+            if (close := getattr(execute, "aclose", None)) is not None:
+                await close()
+
+    async def _run_lines(
+        self, job: BatchJobRow, requests: list[tuple[Any, dict[str, Any] | TramontaneError]], execute: LineExecutor
+    ) -> None:
+        job_id = job.id
         # (input position, result line): written in input order whatever order they finish in.
         results: list[tuple[int, dict[str, Any]]] = []
         failures: list[tuple[int, dict[str, Any]]] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
@@ -23,6 +24,7 @@ from ..inference.registry import ModelRegistry
 from ..tenancy import EnergyReading, Principal, Tenancy
 from .batch import BatchRequest, Executor, LineExecutor
 from .models import BatchJobRow
+from .ray_batch import RayBatch, RayLines
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +33,49 @@ log = logging.getLogger(__name__)
 BATCH_RETRY_S = 600.0
 
 
-def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) -> Executor:
-    async def run(workspace_id: str, request: BatchRequest) -> ChatCompletionResponse | EmbeddingResponse:
-        """The response to one line; its workspace's fine-tuned models are among those it may name."""
-        try:
-            if request.endpoint == "/v1/chat/completions":
-                body = ChatCompletionRequest.model_validate(request.body)
-                if body.stream:
-                    raise Invalid("batch requests cannot stream", param="stream")
-                return await chat.complete(models, metrics, body, workspace_id)
-            return await embeddings.embed(models, EmbeddingRequest.model_validate(request.body))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            location = ".".join(str(part) for part in first["loc"])
-            raise Unprocessable(f"{location}: {first['msg']}", param=location or None) from None
+async def run_line(
+    models: ModelRegistry, metrics: Metrics, workspace_id: str, endpoint: str, body: dict[str, Any]
+) -> ChatCompletionResponse | EmbeddingResponse:
+    """The response to one line, run on `models`; its workspace's fine-tuned
+    models are among those it may name."""
+    try:
+        if endpoint == "/v1/chat/completions":
+            chat_body = ChatCompletionRequest.model_validate(body)
+            if chat_body.stream:
+                raise Invalid("batch requests cannot stream", param="stream")
+            return await chat.complete(models, metrics, chat_body, workspace_id)
+        return await embeddings.embed(models, EmbeddingRequest.model_validate(body))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        location = ".".join(str(part) for part in first["loc"])
+        raise Unprocessable(f"{location}: {first['msg']}", param=location or None) from None
+
+
+class JobLines:
+    """How one job's lines run (a LineExecutor), and what to release when it ends."""
+
+    def __init__(self, execute: LineExecutor, close: Callable[[], Awaitable[None]] | None = None):
+        self._execute = execute
+        self._close = close
+
+    async def __call__(self, request: BatchRequest) -> dict[str, Any]:
+        return await self._execute(request)
+
+    async def aclose(self) -> None:
+        if self._close is not None:
+            await self._close()
+
+
+def batch_executor(
+    models: ModelRegistry, metrics: Metrics, tenancy: Tenancy, ray: RayBatch | None = None
+) -> Executor:
+    """`ray`: run the lines that name a base model on a Ray actor of each job (see
+    ray_batch.py); the others (fine-tuned adapters) on this gateway's engines."""
+
+    async def run(job: BatchJobRow, remote: RayLines | None, request: BatchRequest) -> Any:
+        if remote is not None and remote.serves(request.body.get("model")):
+            return await remote.run(job.workspace_id, request)
+        return await run_line(models, metrics, job.workspace_id, request.endpoint, request.body)
 
     def meter(
         principal: Principal,
@@ -63,7 +94,7 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
             energy=energy,
         )
 
-    async def for_job(job: BatchJobRow) -> LineExecutor:
+    async def for_job(job: BatchJobRow) -> JobLines:
         # Looked up once per job: every line is metered as the key that created it.
         principal = await anyio.to_thread.run_sync(tenancy.key_principal, job.api_key_id) if job.api_key_id else None
         if principal is None:  # a job from before batch metering (a key goes only with its workspace)
@@ -73,6 +104,7 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
         weight = tenancy.scheduling_weight(principal) if principal else tenancy.admission.weight(job.workspace_id)
         tenant = Tenant(job.workspace_id, job.api_key_id or "", weight)
         share = Share(tenant, Priority.BATCH)
+        remote = ray.lines(job.id) if ray is not None else None
 
         async def run_shared(request: BatchRequest) -> ChatCompletionResponse | EmbeddingResponse:
             token = current_share.set(share)
@@ -80,7 +112,7 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
             try:
                 while True:
                     try:
-                        return await run(job.workspace_id, request)
+                        return await run(job, remote, request)
                     except APIError as exc:
                         pause = exc.retry_after_s or 1.0
                         if exc.code != "engine_overloaded" or time.monotonic() + pause > deadline:
@@ -104,6 +136,6 @@ def batch_executor(models: ModelRegistry, metrics: Metrics, tenancy: Tenancy) ->
                 await anyio.to_thread.run_sync(meter, principal, request, response, latency_s, energy)
             return response.model_dump(mode="json", exclude_none=True)
 
-        return execute
+        return JobLines(execute, remote.aclose if remote is not None else None)
 
     return for_job

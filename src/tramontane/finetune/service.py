@@ -14,6 +14,7 @@ from ..store import Store
 from .batch import BatchJobs
 from .files import FileStore
 from .jobs import FineTuningJobs, ReadyModel
+from .ray_batch import RayBatch
 from .ray_runner import RayTraining
 from .worker import TrainingWorker
 
@@ -53,6 +54,7 @@ class FineTuning:
         self.files = FileStore(store, home, max_file_bytes)
         self.jobs = FineTuningJobs(store, self.files, base_models)
         self.batches = BatchJobs(store, self.files)
+        self.ray = ray
         self.worker = TrainingWorker(store, self.jobs, home, self._announce_from_worker, ray)
         self.jobs.on_queued = self.worker.wake
         self._on_model_ready = on_model_ready
@@ -62,6 +64,15 @@ class FineTuning:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._announced: set[str] = set()  # job ids whose model is served here
         self._following: asyncio.Task[None] | None = None
+
+    def ray_batch(self) -> RayBatch | None:
+        """With the Ray executor: batch lines on Ray, for the base models jobs may
+        name (chat models, and the embedding models once the platform set them)."""
+        if self.ray is None:
+            return None
+        models = {name: (path, "chat") for name, path in self.jobs.base_models.items()}
+        models |= {name: (path, "embedding") for name, path in self.jobs.embedding_models.items()}
+        return RayBatch(models, self.ray.defaults)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

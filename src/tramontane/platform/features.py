@@ -186,8 +186,8 @@ def responses(tenancy: Tenancy) -> Feature:
 
 def fine_tuning(service: FineTuning, registry: ModelRegistry, metrics: Metrics, tenancy: Tenancy) -> Feature:
     """Files, fine-tuning jobs and the Batch API, whose lines run through the inference path."""
-    service.batches.execute = batch_executor(registry, metrics, tenancy)
     service.jobs.embedding_models = registry.embedding_checkpoints()
+    service.batches.execute = batch_executor(registry, metrics, tenancy, service.ray_batch())
     service.on_classifier_ready = registry.add_classifier
     registry.images.read_file = service.files.read_image
     routes = tuple(Route(router) for router in finetune_api.routers)
