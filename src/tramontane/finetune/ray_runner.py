@@ -57,7 +57,8 @@ MAX_RELAUNCHES = 3
 # A run not started after this long is noted in the job's events: Ray is waiting
 # for a node with room (starting the actor's process takes a few seconds anyway).
 PLACEMENT_NOTE_S = 10.0
-_CALL_TIMEOUT_S = 30.0  # a node that does not answer a progress call for this long is treated as gone
+_CALL_TIMEOUT_S = 30.0
+_NAME_RELEASE_S = 30.0  # a node that does not answer a progress call for this long is treated as gone
 
 
 def actor_name(job_id: str) -> str:
@@ -308,15 +309,23 @@ class RayTraining:
             return None
 
     def _launch(self, job_id: str, task: TrainingTask, resources: RunResources) -> Any:
-        options = resources.actor_options()
-        return self._actor_class.options(
+        options = self._actor_class.options(
             name=actor_name(job_id),
             namespace=NAMESPACE,
             # The claimer, not Ray, starts another when this one dies: it records why.
             max_restarts=0,
             max_concurrency=2,  # `stop` and `progress` answer while `start` returns
-            **options,
-        ).remote(task, threads=int(max(1.0, resources.cpu)), gpus=resources.gpus)
+            **resources.actor_options(),
+        )
+        # The name of an actor just killed (its node lost) is released a moment later.
+        deadline = time.monotonic() + _NAME_RELEASE_S
+        while True:
+            try:
+                return options.remote(task, threads=int(max(1.0, resources.cpu)), gpus=resources.gpus)
+            except self._ray.exceptions.ActorAlreadyExistsError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(POLL_S)
 
     def _kill(self, actor: Any) -> None:
         try:

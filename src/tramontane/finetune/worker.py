@@ -175,9 +175,11 @@ class TrainingWorker:
             for job in session.scalars(orphans):
                 transition(job, CANCELLED)
             runnable = or_(FineTuningJobRow.status == QUEUED, and_(FineTuningJobRow.status == RUNNING, abandoned))
+            # Not the jobs this worker follows: a run whose heartbeat is late here is still its own.
+            followed = FineTuningJobRow.id.not_in(list(self._runs))
             candidates = session.scalars(
                 select(FineTuningJobRow)
-                .where(runnable)
+                .where(runnable, followed)
                 .order_by(FineTuningJobRow.created_at)
                 .limit(CLAIM_SCAN if self.ray is not None else 1)
                 .with_for_update(skip_locked=True)
