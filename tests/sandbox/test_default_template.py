@@ -174,6 +174,11 @@ def test_without_the_default_built_sandboxes_get_base_and_say_so(
             assert bwrap.TEMPLATE_VIEW not in Path("/proc/self/mountinfo").read_text()
         finally:
             sandbox.kill()
+        cold = served.create(timeout=60, disk_mb=200, envs=TENANT_ENV)  # through the root helpers
+        try:
+            _assert_env_kept_off_the_host(served.manager, cold, from_data=True)
+        finally:
+            cold.kill()
 
 
 def test_a_failed_build_is_reported_and_sandboxes_get_base(serve_sandboxes, tmp_path: Path) -> None:
@@ -260,3 +265,26 @@ def test_gateways_sharing_a_home_build_the_default_once(serve_sandboxes, data_te
     assert not default.built_elsewhere_now()
     with serve_sandboxes(SandboxManager(config)):
         assert not (private / ".build-in-progress").exists()
+
+
+@pytest.mark.parametrize("template", ["data", "base"])
+def test_a_tenants_environment_never_reaches_host_processes(live, data_template: Template, template: str) -> None:
+    """The request's envs (and a template's env) go to the agent over its channel: bwrap,
+    and the root helpers that bind a template's view, run on the platform's own only."""
+    # disk_mb: started on demand, not from the pool (whose sandboxes started with no tenant).
+    sandbox = live.create(template=template, timeout=60, disk_mb=200, envs=TENANT_ENV)
+    try:
+        _assert_env_kept_off_the_host(live.manager, sandbox, template == "data")
+    finally:
+        sandbox.kill()
+
+
+TENANT_ENV = {"LD_PRELOAD": "/nowhere.so", "TENANT_SECRET": "s3"}
+
+
+def _assert_env_kept_off_the_host(manager: SandboxManager, sandbox, from_data: bool) -> None:
+    shown = sandbox.commands.run("printenv TENANT_SECRET LD_PRELOAD MPLBACKEND || true").stdout.split()
+    assert shown[:2] == ["s3", "/nowhere.so"] and shown[2:] == (["Agg"] if from_data else [])
+    bwrap_pid = manager.get(sandbox.sandbox_id).runtime.process.pid
+    host_env = Path(f"/proc/{bwrap_pid}/environ").read_bytes().split(b"\0")
+    assert not [v for v in host_env if v.startswith((b"LD_PRELOAD=", b"TENANT_SECRET=", b"MPLBACKEND="))]

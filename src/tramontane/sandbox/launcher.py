@@ -191,10 +191,16 @@ async def launch(
         proxy = EgressProxy(name, egress_socket_path(name), egress_rules)
         await proxy.start(host_uid)
         env = {**env, **bwrap.proxy_env()}
+    # Only the platform's own variables reach bwrap, a host process (and, for a
+    # template's view, the root helpers before it): a tenant's (the request's envs,
+    # a workspace template's env) could be LD_PRELOAD or the like, obeyed there,
+    # outside the sandbox. The agent takes them over its channel before it runs anything.
+    trusted = bwrap.base_env() | (bwrap.proxy_env() if proxy is not None else {})
+    tenant = {key: value for key, value in env.items() if trusted.get(key) != value}
     group = tree.create(name, limits)
     try:
         socket_path = None if proxy is None else str(proxy.path)
-        process = await asyncio.to_thread(_spawn, bwrap_path, group, limits, host_uid, env, socket_path, rootfs)
+        process = await asyncio.to_thread(_spawn, bwrap_path, group, limits, host_uid, trusted, socket_path, rootfs)
     except BaseException:
         await asyncio.to_thread(group.kill)
         group.remove()
@@ -204,6 +210,12 @@ async def launch(
     runtime = await attach(process, group, host_uid, budget)
     runtime.egress = proxy
     runtime.rootfs = rootfs
+    if tenant:
+        try:
+            await runtime.channel.call("configure", env=tenant)
+        except BaseException:
+            await runtime.stop()
+            raise
     return runtime
 
 
