@@ -62,10 +62,7 @@ async def main(store: str | None, iterations: int, pool_size: int) -> None:
                 raise SystemExit("the data template is not built: tramontane sandbox template build data")
             print(f"default template {default.name} ({default.id}), {default.size_bytes / 2**20:.0f} MiB")
             timings: dict[str, list[float]] = {"data": [], "base": [], "cold data": [], "cold base": []}
-            # Page cache and first-use costs off the figures. (A manager starting reaps
-            # empty cgroups, a launch of another's in flight among them: a create
-            # makes a pool that lost one fill again.)
-            for manager in managers:
+            for manager in managers:  # page cache and first-use costs off the figures
                 await first_command(manager)
             for _ in range(iterations):
                 for name, manager in zip(timings, managers, strict=True):

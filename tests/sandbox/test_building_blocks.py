@@ -4,12 +4,13 @@ host may only have v1) and /proc parsing."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tramontane.sandbox import bwrap, seccomp
-from tramontane.sandbox.cgroups import CgroupV2, _mounts, _own_paths
+from tramontane.sandbox.cgroups import CgroupTree, CgroupV2, _mounts, _own_paths
 from tramontane.sandbox.errors import InvalidArgument
 from tramontane.sandbox.policy import Limits, NetworkPolicy, SandboxSpec
 from tramontane.sandbox.schemas import CreateSandboxBody
@@ -126,3 +127,18 @@ def test_proc_parsing() -> None:
     assert {"cpu", "cpuacct"} <= mounts[1][3]
     own = _own_paths("4:memory:/process_api/x\n1:cpu,cpuacct:/\n0::/user.slice\n")
     assert own == {"memory": "/process_api/x", "cpu": "/", "cpuacct": "/", "": "/user.slice"}
+
+
+def test_reaping_spares_a_young_empty_cgroup(tier1_host: None) -> None:
+    """Another manager on the host makes a sandbox's cgroup a moment before its
+    process goes in: a manager starting meanwhile must not take it for a leftover."""
+    tree = CgroupTree.detect()
+    group = tree.create(f"reap-test-{os.getpid()}", Limits())
+    try:
+        tree.reap_stale()
+        assert all(d.is_dir() for d in group.dirs.values())
+        tree.reap_stale(min_age_s=0)
+        assert not any(d.exists() for d in group.dirs.values())
+    finally:
+        if any(d.exists() for d in group.dirs.values()):
+            group.remove()

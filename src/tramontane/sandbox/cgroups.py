@@ -23,6 +23,8 @@ V1_CONTROLLERS = ("memory", "pids", "cpu", "freezer")
 V1_OPTIONAL = ("cpuacct",)  # CPU time used, for metrics; often mounted with cpu
 V2_CONTROLLERS = ("memory", "pids", "cpu")
 GROUP_NAME = "tramontane-sandboxes"
+# An empty sandbox cgroup older than this is a crashed run's leftover.
+STALE_AFTER_S = 60.0
 
 
 @dataclass
@@ -297,11 +299,16 @@ class CgroupTree:
             raise
         return group
 
-    def reap_stale(self) -> None:
-        """Removes the empty cgroups a crashed earlier run left behind."""
+    def reap_stale(self, min_age_s: float = STALE_AFTER_S) -> None:
+        """Removes the empty cgroups a crashed earlier run left behind. Not a young
+        one: another manager on this host may be launching into it (its process
+        goes in a moment after the cgroup is made)."""
+        young = time.time() - min_age_s
         for base in self.bases.values():
             for child in base.iterdir():
-                if child.is_dir() and not (child / "cgroup.procs").read_text().strip():
+                if not child.is_dir() or child.stat().st_mtime > young:
+                    continue
+                if not (child / "cgroup.procs").read_text().strip():
                     try:
                         child.rmdir()
                     except OSError:
