@@ -9,7 +9,7 @@ from ..evaluations import cli as evaluations_cli
 from ..finetune import cli as finetune_cli
 from ..sandbox.templates import cli as templates_cli
 from ..tenancy import cli as tenancy_cli
-from . import bench, chat, up
+from . import bench, chat, node, up
 
 app = typer.Typer(
     help="Tramontane: serve models, run deployments and sandboxes, govern tenants.",
@@ -17,6 +17,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("up")(up.up)
+app.command("node")(node.node)
 app.command("chat")(chat.chat)
 app.command("bench")(bench.bench)
 app.command("build")(build)

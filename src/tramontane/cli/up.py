@@ -11,6 +11,7 @@ import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -29,7 +30,10 @@ from ..finetune.service import FineTuning
 from ..inference import ModelRegistry, ModelSpec, default_model_specs
 from ..inference.images import ImageLimits, ImageLoader
 from ..platform.app import MAX_BODY_BYTES, create_app
+from ..platform.sandbox_hosts import SandboxHosts
 from ..sandbox import ManagerConfig, SandboxManager
+from ..sandbox.hosts import HostDirectory
+from ..sandbox.node import HostAgent, HostSettings, host_token
 from ..store.leases import DEFAULT_TTL_S, Lease
 from ..tenancy import AdmissionLimits, Tenancy
 
@@ -208,6 +212,13 @@ def up(
             "gets 503 with Retry-After.",
         ),
     ] = DEFAULT_MIN_IDLE_S,
+    sandbox_host: Annotated[
+        bool,
+        typer.Option(
+            help="With a shared PostgreSQL database: also host sandboxes on this machine, registered among "
+            "the sandbox hosts (`tramontane node`). Off, this gateway places every sandbox on the others.",
+        ),
+    ] = True,
     shutdown_grace_s: Annotated[
         float,
         typer.Option(
@@ -265,6 +276,7 @@ def up(
             if sandbox_domain:
                 # The sandboxes' port names are the platform's: no deployment may claim them.
                 plane.domains.reserve(sandbox_domain)
+            hosting = tenancy.store.is_sqlite or sandbox_host
             sandboxes = SandboxManager(
                 ManagerConfig(
                     max_file_bytes=MAX_BODY_BYTES,
@@ -273,8 +285,11 @@ def up(
                     default_template=sandbox_default_template,
                     build_default_template=True,
                     state_dir=str(tenancy.home),  # snapshots under each workspace's folder, erased with it
+                    # Not hosting: its manager only runs conversations' code, started on demand.
+                    **({} if hosting else {"pool_size": 0, "microvm_pool_size": 0}),
                 )
             )
+            hosts = None if tenancy.store.is_sqlite else sandbox_hosts(tenancy, sandboxes, address, hosting)
             # Fine-tuned models are served as LoRA adapters on their base model's engine.
             finetune = FineTuning(
                 tenancy.store,
@@ -287,8 +302,9 @@ def up(
             # Gateways sharing a PostgreSQL database hand the replicas over when one stops.
             seat = ControlSeat(plane, lease, hands_over=not tenancy.store.is_sqlite)
             app = create_app(
-                registry, tenancy, sandboxes=sandboxes, control_plane=plane, control_seat=seat, finetune=finetune
-            )
+                registry, tenancy, sandboxes=sandboxes, sandbox_hosts=hosts, control_plane=plane,
+                control_seat=seat, finetune=finetune,
+            )  # fmt: skip
         # SIGTERM: uvicorn stops accepting connections, lets requests in flight run for
         # the grace period, cancels the rest (which aborts their generations), then
         # runs the app's shutdown: replicas, warm-pool sandboxes, engines.
@@ -319,6 +335,15 @@ def advertised_url(host: str, port: int, *, https: bool = False) -> str:
     if host in ("0.0.0.0", "::", ""):
         host = socket.getfqdn()
     return f"{'https' if https else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def sandbox_hosts(tenancy: Tenancy, manager: SandboxManager, address: str, hosting: bool) -> SandboxHosts:
+    """Sandboxes across the hosts registered in the shared database; this gateway
+    one of them (named by its address) when `hosting`."""
+    directory = HostDirectory(tenancy.store)
+    name = urlsplit(address).netloc
+    agent = HostAgent(manager, directory, HostSettings(f"gateway-{name}", address)) if hosting else None
+    return SandboxHosts(directory, host_token(tenancy.pepper), agent)
 
 
 def open_control_plane(

@@ -24,6 +24,7 @@ from ..server.middleware import BodySizeLimitMiddleware, RequestContextMiddlewar
 from ..tenancy import Tenancy
 from . import features
 from .features import Feature
+from .sandbox_hosts import SandboxHosts
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -35,6 +36,7 @@ def create_app(
     tenancy: Tenancy,
     *,
     sandboxes: SandboxManager | None = None,
+    sandbox_hosts: SandboxHosts | None = None,
     control_plane: ControlPlane | None = None,
     control_seat: ControlSeat | None = None,
     agent_backend: ChatBackend | None = None,
@@ -45,7 +47,9 @@ def create_app(
 ) -> FastAPI:
     """An app serving `registry`'s models to `tenancy`'s keys, with the admin API, the
     agents, conversations and libraries APIs, and, when given, the sandbox API, the
-    deployments API + router (run while this gateway leads, with `control_seat`) and
+    deployments API + router (run while this gateway leads, with `control_seat`),
+    sandboxes placed on and reached through the registered hosts (with
+    `sandbox_hosts`) and
     the files, fine-tuning and batch APIs. Its lifespan
     starts and stops the features' services (the caller owns `tenancy`).
     Conversations call their models through `agent_backend` (default: the registry's
@@ -59,6 +63,7 @@ def create_app(
         tenancy,
         metrics,
         sandboxes=sandboxes,
+        sandbox_hosts=sandbox_hosts,
         control_plane=control_plane,
         control_seat=control_seat,
         agent_backend=agent_backend,
@@ -75,6 +80,7 @@ def platform_features(
     metrics: Metrics,
     *,
     sandboxes: SandboxManager | None = None,
+    sandbox_hosts: SandboxHosts | None = None,
     control_plane: ControlPlane | None = None,
     control_seat: ControlSeat | None = None,
     agent_backend: ChatBackend | None = None,
@@ -105,7 +111,7 @@ def platform_features(
     if control_plane is not None:
         listed.append(features.deployments(control_plane, tenancy, metrics, control_seat))
     if sandboxes is not None:
-        listed.append(features.sandboxes(sandboxes, metrics))
+        listed.append(features.sandboxes(sandboxes, metrics, sandbox_hosts))
     if replica_token is None:
         listed.append(features.console())
     return listed

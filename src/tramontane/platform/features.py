@@ -47,12 +47,14 @@ from ..responses.service import Responses
 from ..sandbox import SandboxError, SandboxManager, create_router
 from ..sandbox.host_routing import PortHostRouting
 from ..sandbox.metrics import SandboxCollector
+from ..sandbox.node import NODE_PREFIX, node_api
 from ..sandbox.port_links import LinkSigner, PortLinkCredentials, RedactLinkTokens, load_secret
 from ..server import chat, classifiers, completions, embeddings, health, lora_admin, models, ocr, tokenize
 from ..server.sleep import sleep_router
 from ..tenancy import Tenancy, request_logs_router
 from ..tenancy.admin_api import router as admin_router
 from ..store import tramontane_home
+from .sandbox_hosts import SandboxForwarding, SandboxHosts
 from .sandbox_links import links_router
 from .sandbox_owner import PortLinks, sandbox_owner
 
@@ -231,8 +233,11 @@ def deployments(plane: ControlPlane, tenancy: Tenancy, metrics: Metrics, seat: C
     )
 
 
-def sandboxes(manager: SandboxManager, metrics: Metrics) -> Feature:
-    """The sandbox API, and each sandbox's CPU, memory and disk use on `/metrics`."""
+def sandboxes(manager: SandboxManager, metrics: Metrics, hosts: SandboxHosts | None = None) -> Feature:
+    """The sandbox API, and each sandbox's CPU, memory and disk use on `/metrics`.
+    With `hosts` (gateways sharing a database), sandboxes are placed on and
+    reached through the registered sandbox hosts, this gateway's own manager
+    among them when it hosts sandboxes (`platform.sandbox_hosts`)."""
     collector = SandboxCollector(manager)
     metrics.registry.register(collector)
 
@@ -240,12 +245,20 @@ def sandboxes(manager: SandboxManager, metrics: Metrics) -> Feature:
 
     async def start() -> None:
         logging.getLogger("uvicorn.access").addFilter(redact)
+        if hosts is not None:
+            await hosts.start()  # first: forwarding works even where this host cannot run sandboxes
         await manager.start()
         collector.start()
+        if hosts is not None and hosts.agent is not None:
+            await hosts.agent.start()
 
     async def stop() -> None:
+        if hosts is not None and hosts.agent is not None:
+            await hosts.agent.stop()
         await collector.stop()
         await manager.shutdown()
+        if hosts is not None:
+            await hosts.stop()
         logging.getLogger("uvicorn.access").removeFilter(redact)
 
     domain = manager.config.ports_domain
@@ -253,11 +266,20 @@ def sandboxes(manager: SandboxManager, metrics: Metrics) -> Feature:
     signer = LinkSigner(load_secret(Path(state_dir) if state_dir else tramontane_home()))
     # Listed inner first: host routing rewrites a port's name to its path before
     # the link credentials are taken off the request.
-    middleware = (Middleware(PortLinkCredentials), *((Middleware(PortHostRouting, domain=domain),) if domain else ()))
+    # Forwarding to other hosts innermost: it needs the link credentials taken off.
+    forwarding = (Middleware(SandboxForwarding, hosts=hosts),) if hosts is not None else ()
+    middleware = (
+        *forwarding,
+        Middleware(PortLinkCredentials),
+        *((Middleware(PortHostRouting, domain=domain),) if domain else ()),
+    )
+    links = PortLinks(signer, manager, hosts.directory if hosts is not None else None)
+    mounts = ((NODE_PREFIX, node_api(manager, hosts.token)),) if hosts is not None and hosts.agent else ()
     return Feature(
         "sandboxes",
-        routes=(Route(create_router(manager, owner=sandbox_owner)), Route(links_router(manager, signer))),
-        state={"port_links": PortLinks(signer, manager), "health_checks": (manager.default_template.health_warning,)},
+        routes=(Route(create_router(manager, owner=sandbox_owner)), Route(links_router(links))),
+        mounts=mounts,
+        state={"port_links": links, "health_checks": (manager.default_template.health_warning,)},
         middleware=middleware,
         start=start,
         stop=stop,

@@ -12,10 +12,10 @@ import anyio
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..sandbox import SandboxManager
-from ..sandbox.port_links import DEFAULT_EXPIRES_S, MAX_EXPIRES_S, TOKEN_PARAM, LinkSigner
+from ..sandbox.port_links import DEFAULT_EXPIRES_S, MAX_EXPIRES_S, TOKEN_PARAM
 from ..tenancy import Capability, Principal, require
 from ..tenancy.dependencies import get_tenancy
+from .sandbox_owner import PortLinks
 
 
 class PortLinkBody(BaseModel):
@@ -30,7 +30,8 @@ class PortLinkModel(BaseModel):
     expires_at: datetime
 
 
-def links_router(manager: SandboxManager, signer: LinkSigner) -> APIRouter:
+def links_router(links: PortLinks) -> APIRouter:
+    signer, manager = links.signer, links.sandboxes
     router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
 
     @router.post("/{sandbox_id}/port-links/{port}", status_code=201, response_model=PortLinkModel)
@@ -44,7 +45,7 @@ def links_router(manager: SandboxManager, signer: LinkSigner) -> APIRouter:
         """A URL opening `port` of the sandbox in a browser, until `expires_in`
         seconds from now (default 1 h, at most 24 h) or until this key is revoked.
         Whoever holds the URL reaches the port as this key would: share it as such."""
-        manager.get(sandbox_id, principal.workspace_id)  # another workspace's: 404
+        await links.check(sandbox_id, principal.workspace_id)  # another workspace's, on any host: 404
         expires_in = (body or PortLinkBody()).expires_in
         expires_at = signer.now() + expires_in
         token = signer.sign(sandbox_id, port, principal.key_id, expires_at)

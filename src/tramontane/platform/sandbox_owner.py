@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import anyio
 from starlette.requests import HTTPConnection
 
-from ..errors import Unauthorized
+from ..errors import NotFound, Unauthorized
 from ..sandbox import SandboxManager
+from ..sandbox.hosts import HostDirectory, PlacementState
 from ..sandbox.port_links import PORT_LINK, LinkSigner, PortLink
 from ..tenancy import Capability, Principal
 from ..tenancy.auth import Rejection
@@ -42,6 +43,22 @@ class PortLinks:
 
     signer: LinkSigner
     sandboxes: SandboxManager
+    # Where sandboxes on other hosts are found (gateways sharing a database).
+    directory: HostDirectory | None = None
+
+    async def check(self, sandbox_id: str, workspace_id: str) -> None:
+        """Raises NotFound unless the sandbox runs, on any host, for the workspace."""
+        try:
+            self.sandboxes.get(sandbox_id, workspace_id)
+            return
+        except NotFound:
+            if self.directory is None:
+                raise
+            placement = await anyio.to_thread.run_sync(self.directory.lookup, sandbox_id)
+            if placement is None or placement.workspace_id != workspace_id:
+                raise
+            if placement.state is not PlacementState.RUNNING:
+                raise
 
 
 def port_links(request: HTTPConnection) -> PortLinks:
@@ -66,7 +83,7 @@ async def _enter_by_link(request: HTTPConnection, link: PortLink) -> Principal:
             continue
         principal = await tenancy.enter_key(claim.key_id, Capability.SANDBOX, where=where)
         try:
-            links.sandboxes.get(link.sandbox_id, principal.workspace_id)  # gone, or not the key's: 404
+            await links.check(link.sandbox_id, principal.workspace_id)  # gone, or not the key's: 404
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await tenancy.leave(principal)

@@ -12,6 +12,7 @@ from ..control import models as control_models
 from ..evaluations import models as evaluations_models
 from ..finetune import models as finetune_models
 from ..responses import models as responses_models
+from ..sandbox import hosts as sandbox_hosts
 from ..store.models import Base
 
 FEATURE_MODELS = (
@@ -21,6 +22,7 @@ FEATURE_MODELS = (
     responses_models,
     console_sessions,
     evaluations_models,
+    sandbox_hosts,
 )
 
 

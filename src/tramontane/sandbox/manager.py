@@ -739,6 +739,13 @@ class SandboxManager:
 
     # -- figures
 
+    def tiers(self) -> tuple[str, ...]:
+        """The built-in templates this host can start now (a started manager)."""
+        tiers = [TIER1_TEMPLATE] if self._tree is not None and TIER1_TEMPLATE in self.config.templates else []
+        if self._microvm is not None:
+            tiers.append(MICROVM_TEMPLATE)
+        return tuple(tiers)
+
     def stats(self) -> dict[str, int]:
         states = [s.state for s in self._sandboxes.values()]
         return {

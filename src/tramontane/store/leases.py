@@ -76,7 +76,7 @@ def new_holder_id() -> str:
     return f"{socket.gethostname()}-{secrets.token_hex(6)}"
 
 
-def _db_now(store: Store) -> Any:
+def db_now(store: Store) -> Any:
     """The database's current time in epoch seconds, as an SQL expression."""
     if store.is_sqlite:
         return literal_column("((julianday('now') - 2440587.5) * 86400.0)")
@@ -99,7 +99,7 @@ class Lease:
     def try_acquire(self) -> int | None:
         """Takes the lease if it is free or has run out: the new fencing token,
         else None."""
-        now = _db_now(self.store)
+        now = db_now(self.store)
         values = {
             "name": self.name, "holder": self.holder, "token": 1,
             "expires_at": now + self.ttl_s, "address": self.address,
@@ -122,7 +122,7 @@ class Lease:
         """Extends the lease this gateway holds; False when it no longer holds it."""
         if self.token is None:
             return False
-        now = _db_now(self.store)
+        now = db_now(self.store)
         statement = (
             update(LeaseRow)
             .where(LeaseRow.name == self.name, LeaseRow.holder == self.holder, LeaseRow.token == self.token)
@@ -163,7 +163,7 @@ class Lease:
 
     def leader(self) -> Leader | None:
         """The gateway holding an unexpired lease, if any."""
-        now = _db_now(self.store)
+        now = db_now(self.store)
         statement = select(LeaseRow.holder, LeaseRow.token, LeaseRow.address).where(
             LeaseRow.name == self.name, LeaseRow.expires_at >= now
         )
