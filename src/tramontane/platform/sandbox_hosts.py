@@ -163,8 +163,8 @@ class SandboxForwarding:
                 return
             assert placement.address is not None
             if scope["type"] == "websocket":
-                await relay_websocket(scope, receive, send, self._url(placement.address, scope), self._headers(
-                    scope, workspace))
+                url, headers = self._url(placement.address, scope), self._headers(scope, workspace)
+                await relay_websocket(scope, receive, send, url, headers)
                 return
             body = await _read_body(receive)
             response = await self._send(placement.address, scope, workspace, body)
@@ -307,7 +307,9 @@ class SandboxForwarding:
 
 
 @asynccontextmanager
-async def _workspace(scope: Scope, receive: Receive, sandbox_id: str | None = None, rest: str = "") -> AsyncIterator[str]:
+async def _workspace(
+    scope: Scope, receive: Receive, sandbox_id: str | None = None, rest: str = ""
+) -> AsyncIterator[str]:
     """The caller's workspace, admitted by its key (or by a port link) as on the
     public sandbox API, until the response is sent."""
     port = _PORT_REST.match(rest)

@@ -16,9 +16,13 @@ from ..errors import Unavailable
 _OPEN_TIMEOUT_S = 5.0
 
 
-async def relay_websocket(scope: Scope, receive: Receive, send: Send, url: str, headers: list[tuple[bytes, bytes]]) -> None:
+async def relay_websocket(
+    scope: Scope, receive: Receive, send: Send, url: str, headers: list[tuple[bytes, bytes]]
+) -> None:
     offered = [p.strip() for _, v in _named(scope, b"sec-websocket-protocol") for p in v.split(",") if p.strip()]
-    extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if not k.lower().startswith(b"sec-websocket")]
+    extra = [
+        (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if not k.lower().startswith(b"sec-websocket")
+    ]
     try:
         upstream = await connect(
             "ws" + url.removeprefix("http"),

@@ -262,14 +262,19 @@ class HostDirectory:
         )  # fmt: skip
 
     def lost_of(self, workspace_id: str) -> list[Placement]:
-        """The workspace's lost sandboxes, for listings: they stay listed until deleted."""
+        """The workspace's lost sandboxes, for listings: they stay listed until
+        deleted. Those of a host that just lapsed count before a sweep marks them."""
+        now = db_now(self.store)
+        live = select(SandboxHostRow.name).where(SandboxHostRow.heartbeat_at >= now - self.ttl_s)
+        lapsed = and_(
+            SandboxPlacementRow.state == PlacementState.RUNNING.value, SandboxPlacementRow.host.not_in(live)
+        )
+        query = select(SandboxPlacementRow).where(
+            SandboxPlacementRow.workspace_id == workspace_id,
+            (SandboxPlacementRow.state == PlacementState.LOST.value) | lapsed,
+        )
         with self.store.session() as session:
-            rows = session.scalars(
-                select(SandboxPlacementRow).where(
-                    SandboxPlacementRow.workspace_id == workspace_id,
-                    SandboxPlacementRow.state == PlacementState.LOST.value,
-                )
-            ).all()
+            rows = session.scalars(query).all()
         return [
             Placement(r.sandbox_id, r.workspace_id, r.host, PlacementState.LOST, r.template, r.created_at,
                       r.ended_at, r.reason, None, False)
