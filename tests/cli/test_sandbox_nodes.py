@@ -147,7 +147,9 @@ def test_sandboxes_across_nodes(cluster, home: Path):
         assert made.status_code == 201, made.text
         ids.append(made.json()["sandbox_id"])
     where = _hosts(database)
-    assert sorted(where[i] for i in ids) == ["node-a", "node-a", "node-b", "node-b"]
+    assert sorted(where[i] for i in ids) == ["node-a", "node-a", "node-b", "node-b"], "".join(
+        line for node in nodes.values() for line in node[1][-40:]
+    )
 
     # Commands, files, processes, streams and the lifecycle through gateway B.
     for n, sandbox_id in enumerate(ids):
@@ -179,6 +181,19 @@ def test_sandboxes_across_nodes(cluster, home: Path):
             seen += frame if isinstance(frame, bytes) else b""
         ws.send(b"exit\n")
 
+    # A server in the sandbox, reached on its port through the other gateway, with
+    # the key and by a link signed on the first gateway.
+    serve = {"cmd": "python3 -m http.server 8000 --bind 127.0.0.1", "cwd": "/home/user", "background": True,
+             "stream": False}
+    assert client.post(f"{gw_a}/v1/sandboxes/{first}/commands", json=serve).status_code == 200
+    port_url = f"{gw_b}/v1/sandboxes/{first}/ports/8000/a.txt"
+    _wait(lambda: client.get(port_url).status_code == 200, 15, "the server in the sandbox")
+    assert client.get(port_url).content == b"across"
+    link = client.post(f"{gw_a}/v1/sandboxes/{first}/port-links/8000", json={"expires_in": 60})
+    assert link.status_code == 201, link.text
+    opened = httpx.get(link.json()["path_url"].replace(gw_a, gw_b))
+    assert opened.status_code == 200 and "a.txt" in opened.text
+
     # Another workspace reaches none of them, through either gateway: 404 as if absent.
     for url in (gw_a, gw_b):
         assert httpx.get(f"{url}/v1/sandboxes/{first}", headers=stranger).status_code == 404
@@ -188,6 +203,9 @@ def test_sandboxes_across_nodes(cluster, home: Path):
         assert httpx.get(f"{url}/v1/sandboxes", headers=stranger).json()["sandboxes"] == []
         with pytest.raises(Exception, match="404"):
             connect(ws_url, additional_headers=stranger, open_timeout=15)
+        assert httpx.get(port_url.replace(gw_b, url), headers=stranger).status_code == 404
+        linked = httpx.post(f"{url}/v1/sandboxes/{first}/port-links/8000", headers=stranger, json={})
+        assert linked.status_code == 404
     # The node API takes the hosts' token only, never a tenant's key.
     node_a = nodes[where[first]][2]
     assert httpx.get(f"{node_a}{NODE_PREFIX}/v1/sandboxes/{first}", headers=key).status_code == 401

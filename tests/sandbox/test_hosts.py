@@ -44,22 +44,23 @@ def test_placement_prefers_the_least_loaded_live_host_of_the_tier(store: Store, 
     hosts.register(host("b", tiers=("base", "microvm")), "b1", set())
     assert {h.name for h in hosts.candidates("base")} == {"a", "b"}
     assert [h.name for h in hosts.candidates("microvm")] == ["b"]
-    hosts.record("s1", workspace, "a", "base")
+    hosts.record("s1", workspace, "a", "base", 512)
     assert [h.name for h in hosts.candidates("base")] == ["b", "a"]
     for n in range(4):
-        hosts.record(f"b{n}", workspace, "b", "base")
+        hosts.record(f"b{n}", workspace, "b", "base", 512)
     assert [h.name for h in hosts.candidates("base")] == ["a"]  # b is full
-    # Memory counts too: a host whose sandboxes commit most of its memory is fuller.
-    hosts.heartbeat("a", "a1", {"s1"}, committed_memory_mb=16000)
-    assert hosts.candidates("base")[0].load > 0.9
+    # Memory counts too: a host whose sandboxes take most of its memory is fuller.
+    hosts.register(host("c", slots=100), "c1", set())
+    hosts.record("big", workspace, "c", "base", 15000)
+    assert [(h.name, round(h.load, 2)) for h in hosts.candidates("base")] == [("a", 0.25), ("c", 0.92)]
 
 
 def test_a_host_whose_heartbeat_lapses_has_its_sandboxes_lost(store: Store, workspace: str) -> None:
     hosts = HostDirectory(store, ttl_s=TTL_S)
     hosts.register(host("a"), "a1", set())
     hosts.register(host("b"), "b1", set())
-    hosts.record("on-a", workspace, "a", "base")
-    hosts.record("on-b", workspace, "b", "base")
+    hosts.record("on-a", workspace, "a", "base", 512)
+    hosts.record("on-b", workspace, "b", "base", 512)
     deadline = time.monotonic() + 5
     while hosts.lookup("on-a").host_live:  # type: ignore[union-attr]
         hosts.heartbeat("b", "b1", {"on-b"}, 0)
@@ -83,8 +84,8 @@ def test_a_host_whose_heartbeat_lapses_has_its_sandboxes_lost(store: Store, work
 def test_a_restarted_host_loses_what_it_no_longer_holds(store: Store, workspace: str) -> None:
     hosts = HostDirectory(store, ttl_s=TTL_S)
     hosts.register(host("a"), "a1", set())
-    hosts.record("kept", workspace, "a", "base")  # paused on disk: it comes back
-    hosts.record("gone", workspace, "a", "base")
+    hosts.record("kept", workspace, "a", "base", 512)  # paused on disk: it comes back
+    hosts.record("gone", workspace, "a", "base", 512)
     hosts.register(host("a"), "a2", {"kept"})
     assert hosts.lookup("gone").state is PlacementState.LOST  # type: ignore[union-attr]
     assert hosts.lookup("kept").state is PlacementState.RUNNING  # type: ignore[union-attr]
@@ -97,7 +98,7 @@ def test_a_restarted_host_loses_what_it_no_longer_holds(store: Store, workspace:
 def test_sandboxes_a_host_reclaimed_end_after_settling(store: Store, workspace: str) -> None:
     hosts = HostDirectory(store, ttl_s=TTL_S)
     hosts.register(host("a"), "a1", set())
-    hosts.record("new", workspace, "a", "base")
+    hosts.record("new", workspace, "a", "base", 512)
     # Just placed, not yet in the host's list: left alone.
     hosts.heartbeat("a", "a1", set(), 0)
     assert hosts.lookup("new").state is PlacementState.RUNNING  # type: ignore[union-attr]

@@ -225,11 +225,14 @@ class SandboxForwarding:
     async def _placed(
         self, host: HostView, workspace: str, template: str, data: bytes, response: httpx.Response, send: Send
     ) -> None:
-        sandbox_id = json.loads(data)["sandbox_id"]
+        made = json.loads(data)
+        sandbox_id, memory_mb = made["sandbox_id"], made["memory_mb"]
         # Shielded: a caller that hangs up now must not leave a sandbox no gateway can find.
         with anyio.CancelScope(shield=True):
             try:
-                await asyncio.to_thread(self.hosts.directory.record, sandbox_id, workspace, host.name, template)
+                await asyncio.to_thread(
+                    self.hosts.directory.record, sandbox_id, workspace, host.name, template, memory_mb
+                )
             except BaseException:
                 await self._kill_unrecorded(host, sandbox_id, workspace)
                 raise

@@ -57,6 +57,7 @@ class SandboxHostRow(Base):
     max_sandboxes: Mapped[int] = mapped_column(Integer)
     # The built-in templates (tiers) it can start: "base", "microvm".
     tiers: Mapped[list[str]] = mapped_column(JSON)
+    # What the host's own sandboxes commit, pooled ones included (for operators).
     committed_memory_mb: Mapped[int] = mapped_column(Integer, default=0)
     # The database's clock, in seconds since the epoch.
     heartbeat_at: Mapped[float] = mapped_column(Float)
@@ -70,6 +71,8 @@ class SandboxPlacementRow(WorkspaceOwned, Base):
     host: Mapped[str] = mapped_column(String(128), index=True)
     state: Mapped[str] = mapped_column(String(16), default=PlacementState.RUNNING.value)
     template: Mapped[str] = mapped_column(String(128))
+    # Its memory limit (a microVM's: the VM's), counted against its host's memory.
+    memory_mb: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float, default=None)
     reason: Mapped[str | None] = mapped_column(String(200), default=None)
@@ -95,9 +98,9 @@ class HostView:
     address: str
     max_sandboxes: int
     memory_mb: int
-    committed_memory_mb: int
     tiers: tuple[str, ...]
     placed: int
+    placed_memory_mb: int
 
     @property
     def has_room(self) -> bool:
@@ -105,9 +108,10 @@ class HostView:
 
     @property
     def load(self) -> float:
-        """The fuller of its sandbox slots and its memory, from 0 to 1."""
+        """The fuller of its sandbox slots and its memory, from 0 to 1, by the
+        placements recorded (not by the host's last heartbeat, which lags)."""
         slots = self.placed / max(1, self.max_sandboxes)
-        return max(slots, self.committed_memory_mb / max(1, self.memory_mb))
+        return max(slots, self.placed_memory_mb / max(1, self.memory_mb))
 
 
 @dataclass(frozen=True)
@@ -209,23 +213,27 @@ class HostDirectory:
     def live_hosts(self) -> list[HostView]:
         now = db_now(self.store)
         placed = (
-            select(SandboxPlacementRow.host, func.count().label("placed"))
+            select(
+                SandboxPlacementRow.host,
+                func.count().label("placed"),
+                func.sum(SandboxPlacementRow.memory_mb).label("memory_mb"),
+            )
             .where(SandboxPlacementRow.state == PlacementState.RUNNING.value)
             .group_by(SandboxPlacementRow.host)
             .subquery()
         )
         query = (
-            select(SandboxHostRow, func.coalesce(placed.c.placed, 0))
+            select(SandboxHostRow, func.coalesce(placed.c.placed, 0), func.coalesce(placed.c.memory_mb, 0))
             .outerjoin(placed, placed.c.host == SandboxHostRow.name)
             .where(SandboxHostRow.heartbeat_at >= now - self.ttl_s)
         )
         with self.store.session() as session:
             return [
                 HostView(
-                    host.name, host.address, host.max_sandboxes, host.memory_mb, host.committed_memory_mb,
-                    tuple(host.tiers), int(count),
+                    host.name, host.address, host.max_sandboxes, host.memory_mb, tuple(host.tiers), int(count),
+                    int(memory_mb),
                 )  # fmt: skip
-                for host, count in session.execute(query)
+                for host, count, memory_mb in session.execute(query)
             ]
 
     def candidates(self, tier: str) -> list[HostView]:
@@ -233,11 +241,11 @@ class HostDirectory:
         hosts = [h for h in self.live_hosts() if tier in h.tiers and h.has_room]
         return sorted(hosts, key=lambda h: (h.load, h.placed, h.name))
 
-    def record(self, sandbox_id: str, workspace_id: str, host: str, template: str) -> None:
+    def record(self, sandbox_id: str, workspace_id: str, host: str, template: str, memory_mb: int) -> None:
         with self.store.write() as connection:
             connection.execute(
                 SandboxPlacementRow.__table__.insert().values(
-                    sandbox_id=sandbox_id, workspace_id=workspace_id, host=host, template=template,
+                    sandbox_id=sandbox_id, workspace_id=workspace_id, host=host, template=template, memory_mb=memory_mb,
                     state=PlacementState.RUNNING.value, created_at=db_now(self.store),
                 )  # fmt: skip
             )

@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("host", sa.String(length=128), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("template", sa.String(length=128), nullable=False),
+        sa.Column("memory_mb", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("ended_at", sa.Float(), nullable=True),
         sa.Column("reason", sa.String(length=200), nullable=True),
