@@ -80,7 +80,7 @@ def test_gateways_share_keys_deployments_and_fail_over(gateways, home: Path):
 
     # A key made on one gateway works on all; revoked on another, it fails on all at once.
     made = httpx.post(f"{urls[1]}/v1/admin/workspaces/{workspace}/keys", headers=admin,
-                      json={"name": "app", "capabilities": ["inference", "deploy", "fine-tune"]}).json()
+                      json={"name": "app", "capabilities": ["inference", "deploy", "fine-tune", "sandbox"]}).json()
     key = {"Authorization": f"Bearer {made['key']}"}
     assert all(httpx.get(f"{url}/v1/models", headers=key).status_code == 200 for url in urls)
     doomed = httpx.post(f"{urls[0]}/v1/admin/workspaces/{workspace}/keys", headers=admin,
@@ -89,6 +89,18 @@ def test_gateways_share_keys_deployments_and_fail_over(gateways, home: Path):
     for url in urls:
         refused = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {doomed['key']}"})
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "api_key_revoked"
+
+    # Each gateway hosts sandboxes too: one made through a gateway runs on one of
+    # them and is reached through the others.
+    made = httpx.post(f"{urls[0]}/v1/sandboxes", headers=key, json={}, timeout=60)
+    assert made.status_code == 201, made.text
+    sandbox = made.json()["sandbox_id"]
+    for url in urls:
+        ran = httpx.post(f"{url}/v1/sandboxes/{sandbox}/commands", headers=key, timeout=60,
+                         json={"cmd": "echo across", "stream": False})
+        assert ran.status_code == 200 and ran.json()["stdout"] == "across\n", ran.text
+    assert httpx.delete(f"{urls[2]}/v1/sandboxes/{sandbox}", headers=key, timeout=60).status_code == 204
+    assert httpx.get(f"{urls[1]}/v1/sandboxes/{sandbox}", headers=key).status_code == 404
 
     # A batch job submitted through one gateway runs once, on one of them, and its
     # results are read through another.
