@@ -29,7 +29,7 @@ def test_migrations_match_the_models(store: Store) -> None:
 def test_upgrade_is_idempotent(store: Store) -> None:
     head = current_revision(store)
     upgrade(store)
-    assert current_revision(store) == head == "0018_job_resources"
+    assert current_revision(store) == head == "0019_sandbox_hosts"
 
 
 def test_a_prepared_read_returns_what_a_connection_does(tenancy: Tenancy, store: Store) -> None:

@@ -1,7 +1,7 @@
 """Sandbox hosts and the placement of each sandbox on one of them.
 
-Revision ID: 0018_sandbox_hosts
-Revises: 0017_library_vectors
+Revision ID: 0019_sandbox_hosts
+Revises: 0018_job_resources
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0018_sandbox_hosts"
-down_revision = "0017_library_vectors"
+revision = "0019_sandbox_hosts"
+down_revision = "0018_job_resources"
 branch_labels = None
 depends_on = None
 
