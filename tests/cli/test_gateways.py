@@ -31,13 +31,15 @@ def gateways(postgres_url: str, home: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TRAMONTANE_KEY_PEPPER", PEPPER)
     # The embedding model alone: it loads in a second, and models are not the point here.
     model = f"all-minilm-l6-v2={default_embedding_model_path()}"
+    # Base as the sandboxes' default template: no template build in the background.
+    options = ("--model", model, "--sandbox-default-template", "base")
     started = []
     try:
-        first = launch_up("--model", model)
+        first = launch_up(*options)
         started.append(first)
         wait_ready(first[0], first[3])  # the first creates the schema and the admin key
         for _ in range(2):
-            started.append(launch_up("--model", model))
+            started.append(launch_up(*options))
         for proc, _, _, url in started[1:]:
             wait_ready(proc, url)
         yield started

@@ -52,7 +52,8 @@ def launch_node(name: str) -> tuple[subprocess.Popen[str], list[str], str]:
         port = sock.getsockname()[1]
     tramontane = os.path.join(os.path.dirname(sys.executable), "tramontane")
     proc = subprocess.Popen(
-        [tramontane, "node", "--name", name, "--port", str(port), "--pool-size", "1", "--microvm-pool-size", "0"],
+        [tramontane, "node", "--name", name, "--port", str(port), "--pool-size", "1", "--microvm-pool-size", "0",
+         "--default-template", "base"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: list[str] = []
@@ -89,9 +90,11 @@ def cluster(postgres_url: str, home: Path, monkeypatch: pytest.MonkeyPatch):
     gateways, nodes = [], []
     database = sa.create_engine(postgres_url)
     try:
-        gateways.append(launch_up("--model", model, "--no-sandbox-host"))
+        # Base as the default template: no template build in the background.
+        options = ("--model", model, "--no-sandbox-host", "--sandbox-default-template", "base")
+        gateways.append(launch_up(*options))
         wait_ready(gateways[0][0], gateways[0][3])  # the first creates the schema and the admin key
-        gateways.append(launch_up("--model", model, "--no-sandbox-host"))
+        gateways.append(launch_up(*options))
         nodes = {name: launch_node(name) for name in ("node-a", "node-b")}
         wait_ready(gateways[1][0], gateways[1][3])
 

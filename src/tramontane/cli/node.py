@@ -54,6 +54,14 @@ def node(
     max_sandboxes: Annotated[int, typer.Option(min=1, help="Sandboxes this host runs at most.")] = 256,
     pool_size: Annotated[int, typer.Option(min=0, help="Tier-1 sandboxes kept started ahead of demand.")] = 4,
     microvm_pool_size: Annotated[int, typer.Option(min=0, help="Tier-2 (microVM) ones.")] = 1,
+    default_template: Annotated[
+        str,
+        typer.Option(
+            envvar="TRAMONTANE_SANDBOX_DEFAULT_TEMPLATE",
+            help="The template a sandbox gets when its request names none (as `tramontane up`'s "
+            "--sandbox-default-template: give hosts and gateways the same).",
+        ),
+    ] = "data",
     microvm_accelerator: Annotated[
         MicroVMAccelerator, typer.Option(help="How tier-2 sandboxes run their CPU: kvm, tcg or auto.")
     ] = MicroVMAccelerator.AUTO,
@@ -86,6 +94,8 @@ def node(
             microvm_pool_size=microvm_pool_size,
             microvm_accelerator=microvm_accelerator.value,
             max_file_bytes=MAX_BODY_BYTES,
+            default_template=default_template,
+            build_default_template=True,
             # Paused sandboxes' snapshots: this host's alone, found again when it restarts.
             state_dir=str(home / "nodes" / name),
         )
