@@ -24,12 +24,13 @@ from finetune_helpers import CHAT_MODEL, FAST_HYPERPARAMETERS, TRAINING_LINE, Se
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from tramontane.cli.up import load_models  # noqa: E402
 from tramontane.engine.defaults import default_chat_model_path  # noqa: E402
 from tramontane.finetune import ray_runner, worker  # noqa: E402
 from tramontane.finetune.models import FineTuningJobRow  # noqa: E402
 from tramontane.finetune.ray_batch import RayBatch, RayLines  # noqa: E402
 from tramontane.finetune.ray_runner import NAMESPACE, RayTraining, RunResources, actor_name  # noqa: E402
-from tramontane.inference import ModelRegistry  # noqa: E402
+from tramontane.inference import ModelRegistry, default_model_specs  # noqa: E402
 from tramontane.store import open_store  # noqa: E402
 
 _OBJECT_STORE_BYTES = 80 * 2**20
@@ -314,3 +315,34 @@ def test_batch_lines_run_on_a_ray_node_and_fail_over_when_it_dies(
     assert [r["custom_id"] for r in results] == [str(n) for n in range(count)]  # each line once
     assert all(r["response"]["body"]["choices"][0]["message"]["content"] for r in results)
     assert len(lines.nodes) == 2 and lines.nodes[1] != first  # the lines in flight went on elsewhere
+
+
+def test_an_evaluations_model_calls_run_on_its_ray_actor(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[RayLines] = []
+    lines_of = RayBatch.lines
+
+    def recorded(self: RayBatch, job_id: str) -> RayLines:
+        started.append(lines_of(self, job_id))
+        return started[-1]
+
+    monkeypatch.setattr(RayBatch, "lines", recorded)
+    registry = load_models([s for s in default_model_specs() if s.name == CHAT_MODEL])
+    items = [{"input": f"Write the number {i} in words.", "reference": str(i)} for i in range(6)]
+    with serve(tmp_path, registry, registry.checkpoints(), ray=RayTraining(RunResources())) as server, server.http(
+        server.tenant("ray")
+    ) as http:
+        dataset = http.post("/v1/files", files={"file": ("d.jsonl", jsonl(*items))}, data={"purpose": "evals"})
+        body = {"dataset": dataset.json()["id"], "targets": [{"model": CHAT_MODEL}], "metrics": [{"type": "chrf"}],
+                "completion_args": {"max_tokens": 12}}
+        created = http.post("/v1/evaluations", json=body)
+        assert created.status_code in (200, 201), created.text
+        url = f"/v1/evaluations/{created.json()['id']}"
+        until(lambda: http.get(url).json()["status"] in ("SUCCESS", "FAILED"), timeout_s=180)
+        done = http.get(url).json()
+    assert done["status"] == "SUCCESS", done["events"]
+    assert (done["completed_items"], done["failed_items"]) == (6, 0)
+    [lines] = started
+    assert len(lines.nodes) == 1 and lines.nodes[0] != cluster.list_all_nodes()[0].node_id
+    until(lambda: ray.available_resources().get("CPU") == 2)  # its actor ended with the job

@@ -103,9 +103,9 @@ def up(
         JobsExecutor,
         typer.Option(
             envvar="TRAMONTANE_JOBS_EXECUTOR",
-            help="Where fine-tuning jobs train and batch jobs' lines run: on this gateway, or in a Ray actor "
-            "per job on a node of the cluster at --ray-address with the resources the job asks for. Give "
-            "every gateway sharing a database the same executor.",
+            help="Where fine-tuning jobs train, and batch and evaluation jobs call base models: on this "
+            "gateway, or in a Ray actor per job on a node of the cluster at --ray-address with the resources "
+            "the job asks for. Give every gateway sharing a database the same executor.",
         ),
     ] = JobsExecutor.LOCAL,
     job_cpus: Annotated[

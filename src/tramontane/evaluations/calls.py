@@ -22,6 +22,8 @@ from ..agents.schemas import CompletionArgs as AgentArgs
 from ..agents.schemas import ConversationStart, RunFields
 from ..agents.service import AgentsService
 from ..engine import Priority, Tenant
+from ..finetune.batch import BatchRequest
+from ..finetune.ray_batch import RayLines
 from ..errors import APIError, Invalid, Limited, TramontaneError, Unavailable, UpstreamFailed
 from ..inference import chat, embeddings
 from ..inference.generation import Share, current_share
@@ -62,6 +64,8 @@ class Caller:
     agents: AgentsService | None
     principal: Principal
     request_prefix: str
+    # With the Ray job executor: the job's calls to base models run on its Ray actor.
+    remote: RayLines | None = None
 
     @property
     def workspace_id(self) -> str:
@@ -154,9 +158,13 @@ class Caller:
         except ValidationError as exc:
             raise Invalid(str(exc.errors()[0]["msg"])) from None
         started = time.perf_counter()
-        response, admitted = await self._admitted(
-            lambda: chat.complete(self.models, self.metrics, request, self.workspace_id)
-        )
+        if self.remote is not None and self.remote.serves(model):
+            remote, line = self.remote, BatchRequest("/v1/chat/completions", body, request_id)
+            response, admitted = await self._admitted(lambda: remote.run(self.workspace_id, line))
+        else:
+            response, admitted = await self._admitted(
+                lambda: chat.complete(self.models, self.metrics, request, self.workspace_id)
+            )
         latency = time.perf_counter() - started
         usage = response.usage
         energy = await self._meter(
@@ -168,7 +176,11 @@ class Caller:
 
     async def embed(self, model: str, texts: list[str], request_id: str) -> np.ndarray:
         request = EmbeddingRequest.model_validate({"model": model, "input": texts})
-        response, admitted = await self._admitted(lambda: embeddings.embed(self.models, request))
+        if self.remote is not None and self.remote.serves(model):
+            remote, line = self.remote, BatchRequest("/v1/embeddings", {"model": model, "input": texts}, request_id)
+            response, admitted = await self._admitted(lambda: remote.run(self.workspace_id, line))
+        else:
+            response, admitted = await self._admitted(lambda: embeddings.embed(self.models, request))
         await self._meter(admitted, response.model, response.usage.prompt_tokens, 0, request_id)
         return np.asarray([d.embedding for d in response.data], dtype=np.float64)
 

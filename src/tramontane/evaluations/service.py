@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from ..agents.service import AgentsService
 from ..errors import APIError, Conflict, Invalid, Limited, TramontaneError, as_api_error
 from ..finetune.files import FileStore
+from ..finetune.ray_batch import RayBatch
 from ..inference.metrics import Metrics
 from ..inference.registry import ModelRegistry
 from ..store.leases import Fenced, Lease, new_holder_id
@@ -82,13 +83,19 @@ class Evaluations:
         models: ModelRegistry,
         metrics: Metrics,
         agents: AgentsService | None,
+        ray: RayBatch | None = None,
     ):
+        """`ray`: the Ray job executor's side for model calls; with it, a job's
+        calls to the platform's base models run on a Ray actor of the job's own
+        (finetune/ray_batch.py), while agents and fine-tuned adapters are called
+        here."""
         self.tenancy = tenancy
         self.store = tenancy.store
         self.files = files
         self.models = models
         self.metrics = metrics
         self.agents = agents
+        self.ray = ray
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._leases: dict[str, Lease] = {}
         self._lost: set[str] = set()  # jobs whose lease another gateway took
@@ -401,6 +408,16 @@ class Evaluations:
         if principal is None:
             raise RuntimeError("the key that created the evaluation was erased")
         caller = self.caller(principal, job.id)
+        caller.remote = self.ray.lines(job.id) if self.ray is not None else None
+        try:
+            await self._execute_with(job, caller, done)
+        finally:
+            # The job's Ray actor ends with this run of the job, however it ended.
+            if caller.remote is not None:
+                await caller.remote.aclose()
+
+    async def _execute_with(self, job: EvaluationJobRow, caller: Caller, done: list[dict[str, Any]]) -> None:
+        job_id = job.id
         request = CreateEvaluation.model_validate(job.spec)
         labels = [t.label for t in request.targets]
         work = await anyio.to_thread.run_sync(self._work, job, request)

@@ -170,7 +170,7 @@ def evaluations(
 ) -> Feature:
     """Evaluation and red-team jobs over the Files API's datasets, calling the
     registry's models and the workspace's agents (with their real tools)."""
-    service = Evaluations(tenancy, finetune.files, registry, metrics, agents)
+    service = Evaluations(tenancy, finetune.files, registry, metrics, agents, finetune.ray_batch())
     return Feature(
         "evaluations",
         routes=(Route(evaluations_api.router, ERRORS),),
