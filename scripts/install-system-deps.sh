@@ -14,6 +14,7 @@
 #   tesseract-ocr-fra
 #   chromium            the web console's browser tests (driven by Playwright, headless)
 #   mmdebstrap          builds sandbox templates (Debian trees) from the Debian mirror
+#   squashfs-tools      a template's read-only root disk for tier-2 sandboxes (mksquashfs)
 #   postgresql          the tenancy tests start a throwaway server (initdb, pg_ctl);
 #                       production may point TRAMONTANE_DATABASE_URL at one
 #   podman crun         image deployments' containers (crun: the OCI runtime; podman
@@ -22,8 +23,8 @@
 # Safe to run again; does nothing where everything is installed. Needs root (or sudo).
 set -eu
 
-PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib qemu-system-x86 busybox-static cpio mmdebstrap postgresql chromium
-tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra podman crun git"
+PACKAGES="bubblewrap libseccomp2 python3 python3-matplotlib qemu-system-x86 busybox-static cpio mmdebstrap squashfs-tools
+postgresql chromium tesseract-ocr tesseract-ocr-eng tesseract-ocr-fra podman crun git"
 
 missing=""
 for package in $PACKAGES; do

@@ -192,6 +192,38 @@ def data_template(live: LiveSandboxes, default_template_missing: str | None) -> 
 
 
 @pytest.fixture(scope="session")
+def small_vm_template() -> Template:
+    """The small_template, for tier 2 (the same build and store); skipped where
+    tier 2 cannot run or the template cannot be built."""
+    accelerator, reason = _microvm_accelerator()
+    if accelerator is None:
+        pytest.skip(reason)
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    template, _ = asyncio.run(TemplateStore(TEST_TEMPLATES).build(load_template(SMALL_TEMPLATE_SPEC)))
+    return template
+
+
+@pytest.fixture
+def microvm_config() -> Callable[..., ManagerConfig]:
+    """ManagerConfig(...) for a tier-2 manager of the test's own, with no pools and
+    the tests' template store; skipped where tier 2 cannot run."""
+    accelerator, reason = _microvm_accelerator()
+    if accelerator is None:
+        pytest.skip(reason)
+
+    def config(**overrides: Any) -> ManagerConfig:
+        defaults: dict[str, Any] = {
+            "max_sandboxes": 4, "pool_size": 0, "microvm_pool_size": 0, "reap_interval_s": 0.1,
+            "templates_dir": str(TEST_TEMPLATES),
+            "microvm_accelerator": os.environ.get("TRAMONTANE_MICROVM_ACCEL") or "auto",
+        }  # fmt: skip
+        return ManagerConfig(**{**defaults, **overrides})
+
+    return config
+
+
+@pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory, default_template_missing: str | None) -> Iterator[LiveSandboxes]:
     if UNAVAILABLE is not None:
         pytest.skip(UNAVAILABLE)
@@ -231,7 +263,7 @@ def _microvm_accelerator() -> tuple[str | None, str]:
 
 
 @pytest.fixture(scope="session")
-def live_vm() -> Iterator[LiveSandboxes]:
+def live_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSandboxes]:
     """The API with tier-2 sandboxes (template "microvm") pooled; skipped where the
     host cannot run them (no QEMU, guest image not built)."""
     accelerator, reason = _microvm_accelerator()
@@ -242,6 +274,7 @@ def live_vm() -> Iterator[LiveSandboxes]:
         max_sandboxes=16, pool_size=0, microvm_pool_size=2,
         microvm_accelerator=os.environ.get("TRAMONTANE_MICROVM_ACCEL") or "auto",
         reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024,
+        templates_dir=str(TEST_TEMPLATES), state_dir=str(tmp_path_factory.mktemp("vm-state")),
     )  # fmt: skip
     with _serve(SandboxManager(config)) as served:
         yield served

@@ -78,6 +78,33 @@ async def test_a_line_the_agent_did_not_sign_ends_the_channel(forged: bytes) -> 
         assert agent.closed.done()
 
 
+async def test_a_rekeyed_channel_drops_the_old_channels_lines_until_the_new_key_passes() -> None:
+    """A microVM resumed from disk: its agent still signs with the old key and
+    sequence until it reads the new key; those lines, and the tail of one cut by
+    the pause, are dropped. Once a line passes the new key, a bad one is a breach."""
+    reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
+    budget = OutputBudget(1 << 20, ByteBudget(1 << 30))
+    agent = AgentChannel(reader, _Writer(), KEY, budget, rekey=True)  # type: ignore[arg-type]
+    try:
+        written = bytes(agent._writer.written)  # type: ignore[attr-defined]
+        assert written.startswith(b"\n") and json.loads(written) == {"id": -1, "op": "rekey", "key": KEY.hex()}
+        call = asyncio.create_task(agent.call("ps"))
+        await asyncio.sleep(0)
+        reader.feed_data(b'rocesses": []}\n')  # the tail of a line the pause cut
+        reader.feed_data(signed(41, {"id": 1, "ev": "ok", "processes": ["old"]}, key=b"o" * 32))
+        reader.feed_data(signed(0, {"id": -1, "ev": "ok"}))
+        reader.feed_data(signed(1, {"id": 1, "ev": "ok", "processes": []}))
+        assert (await call)["processes"] == []
+        assert agent.budget.dropped_bytes > 0
+        again = asyncio.create_task(agent.call("ps"))
+        await asyncio.sleep(0)
+        reader.feed_data(signed(2, {"id": 2, "ev": "ok", "forged": True}, key=b"o" * 32))
+        with pytest.raises(SandboxDied):
+            await again
+    finally:
+        agent.close()
+
+
 async def test_an_oversized_line_ends_the_channel_without_being_held() -> None:
     async with channel() as (agent, reader):
         call = asyncio.create_task(agent.call("ps"))

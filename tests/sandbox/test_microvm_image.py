@@ -24,7 +24,7 @@ def fake_kernel(tmp_path: Path) -> Path:
     kernel = tmp_path / "kernels" / "linux-image-test-amd64"
     (kernel / "modules").mkdir(parents=True)
     (kernel / "vmlinuz").write_bytes(b"kernel")
-    for name in image.MODULES:
+    for name in (*image.MODULES, *image.DISK_MODULES):
         (kernel / "modules" / f"{name}.ko").write_bytes(name.encode())
     return kernel
 
@@ -44,6 +44,8 @@ def test_initramfs_is_built_once_per_content(tmp_path: Path, fake_kernel: Path) 
         "opt/tramontane/guest/agent.py",
         "opt/tramontane/guest/vmboot.py",
         "opt/tramontane/modules/9p.ko",
+        "opt/tramontane/modules/squashfs.ko",
+        "opt/tramontane/modules/disk-order",
         "etc/passwd",
         "home/user",
     ):
@@ -72,3 +74,17 @@ def test_qemu_command_line_is_confined() -> None:
     assert "readonly=on" in joined and "workspace_mb=32" in joined
     host_limits = host.host_limits(limits)
     assert host_limits.memory_mb > 256 + 96 and host_limits.cpu == 1.5
+
+
+def test_a_vm_from_a_template_gets_its_disk_and_no_host_usr() -> None:
+    host = MicroVMHost("/usr/bin/qemu-system-x86_64", GuestImage(Path("k"), Path("i")), "kvm")
+    argv = host.argv(Limits(), "/proc/self/fd/5", "/proc/self/fd/6", root_disk="7", monitor_fd=8, incoming_fd=9)
+    joined = " ".join(argv)
+    assert "-fsdev" not in argv and "9p" not in joined  # the host's /usr is not exported
+    assert argv[argv.index("-add-fd") + 1] == "fd=7,set=1"
+    drive = argv[argv.index("-drive") + 1].split(",")
+    assert "readonly=on" in drive and "file=/dev/fdset/1" in drive
+    assert "root_disk=vda" in argv[argv.index("-append") + 1].split()
+    assert argv[argv.index("-incoming") + 1] == "fd:9" and "socket,id=qmp,fd=8" in argv
+    plain = host.argv(Limits(), "/proc/self/fd/5", "/proc/self/fd/6")
+    assert "-incoming" not in plain and "-mon" not in plain and "root_disk=vda" not in " ".join(plain)

@@ -198,29 +198,48 @@ class EventStream:
 class AgentChannel:
     """`key` authenticates the agent's lines; send it with `hello()` before anything else."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, budget: OutputBudget):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        key: bytes,
+        budget: OutputBudget,
+        rekey: bool = False,
+    ):
+        """`rekey`: the agent already runs with another channel's key (a microVM
+        resumed from disk); it is sent the new one in a request, and lines that
+        fail the new key are dropped until one passes."""
         self._reader = reader
         self._writer = writer
         self._key = key
         self._seq = 0
+        self._resyncing = rekey
         self.budget = budget
         self._next_id = 0
         self._streams: dict[int, EventStream] = {}
         self.last_heard = time.monotonic()
         self.closed = asyncio.get_running_loop().create_future()
-        self._writer.write(key.hex().encode() + b"\n")
+        if rekey:
+            # The newline first ends any request line the pause cut (the agent drops it).
+            self._writer.write(b"\n" + json.dumps({"id": -1, "op": "rekey", "key": key.hex()}).encode() + b"\n")
+        else:
+            self._writer.write(key.hex().encode() + b"\n")
         self._task = asyncio.create_task(self._read_loop())
 
     @staticmethod
     def new_key() -> bytes:
         return secrets.token_bytes(32)
 
-    def _authentic(self, line: bytes) -> bytes:
-        """The line's content if its MAC is right; the sequence moves on."""
+    def _authentic(self, line: bytes) -> bytes | None:
+        """The line's content if its MAC is right; the sequence moves on. None: a
+        line of the agent's previous channel, while the new key is not yet in use."""
         tag, content = line[:MAC_HEX], line[MAC_HEX + 1 : -1]
         expected = hashlib.blake2b(self._seq.to_bytes(8, "big") + content, key=self._key, digest_size=16)
         if line[MAC_HEX : MAC_HEX + 1] != b" " or not hmac.compare_digest(tag, expected.hexdigest().encode()):
+            if self._resyncing:
+                return None
             raise ValueError(f"line {self._seq} is not authentic")
+        self._resyncing = False
         self._seq += 1
         return content
 
@@ -231,7 +250,11 @@ class AgentChannel:
                 if not line.endswith(b"\n"):
                     break  # end of file, perhaps mid-line: the agent was killed
                 self.last_heard = time.monotonic()
-                event = json.loads(self._authentic(line))
+                content = self._authentic(line)
+                if content is None:
+                    self.budget.dropped_bytes += len(line)
+                    continue
+                event = json.loads(content)
                 if not isinstance(event, dict):
                     raise ValueError("agent sent a non-object")
                 stream = self._streams.get(event.get("id"))  # type: ignore[arg-type]

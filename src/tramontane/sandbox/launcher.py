@@ -22,6 +22,7 @@ import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import bwrap, seccomp
 from .cgroups import Cgroup, CgroupTree
@@ -29,6 +30,9 @@ from .channel import MAX_LINE_BYTES, AgentChannel, OutputBudget
 from .egress import EgressProxy, egress_socket_path
 from .errors import SandboxError, Unavailable
 from .policy import EgressRule, Limits, MiB
+
+if TYPE_CHECKING:
+    from .microvm.qmp import Monitor
 
 logger = logging.getLogger("tramontane.sandbox")
 
@@ -145,6 +149,7 @@ class Runtime:
     egress: EgressProxy | None = None  # the sandbox's way out, if its policy allows any
     committed_mb: int = 0  # host memory admission counted for it (its cgroup's memory limit)
     rootfs: Path | None = None  # the template tree it runs on; None: the host's /usr
+    monitor: Monitor | None = None  # a microVM's QMP connection, where it has one
     stderr_tail: bytearray = field(default_factory=bytearray)
     _stderr_task: asyncio.Task[None] | None = None
 
@@ -169,6 +174,8 @@ class Runtime:
             logger.error("could not remove a sandbox cgroup: %s", exc)
         if self.egress is not None:
             await self.egress.close()
+        if self.monitor is not None:
+            self.monitor.close()
 
 
 async def launch(
@@ -220,10 +227,11 @@ async def launch(
 
 
 async def attach(
-    process: subprocess.Popen[bytes], group: Cgroup, host_uid: int, budget: OutputBudget
+    process: subprocess.Popen[bytes], group: Cgroup, host_uid: int, budget: OutputBudget, rekey: bool = False
 ) -> Runtime:
     """The runtime of a started sandbox whose agent speaks on the process's stdin/stdout;
-    what the server holds of its output is charged to `budget`."""
+    what the server holds of its output is charged to `budget`. `rekey`: the agent
+    already runs (a microVM resumed from disk), see AgentChannel."""
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
@@ -234,6 +242,7 @@ async def attach(
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
     errors = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(errors), process.stderr)
-    runtime = Runtime(process, group, AgentChannel(reader, writer, AgentChannel.new_key(), budget), host_uid)
+    channel = AgentChannel(reader, writer, AgentChannel.new_key(), budget, rekey=rekey)
+    runtime = Runtime(process, group, channel, host_uid)
     runtime._stderr_task = asyncio.create_task(runtime._collect_stderr(errors))
     return runtime

@@ -39,7 +39,9 @@ from .channel import ByteBudget, OutputBudget
 from .errors import Conflict, NotFound, SandboxError, Unavailable, Unprocessable
 from .files import MAX_FILE_BYTES
 from .launcher import Runtime, launch
-from .microvm import MicroVMHost, launch_vm
+from .microvm import MicroVMHost, VMDisk, launch_vm, template_disk
+from .microvm.disk import image_path
+from .microvm.snapshot import check_disk, disk_identity, save_state
 from .policy import EgressRule, Limits, SandboxSpec, validate_timeout
 from ..store import tramontane_home
 from .sandbox import ManagedSandbox, SandboxState
@@ -51,6 +53,16 @@ logger = logging.getLogger("tramontane.sandbox")
 
 TIER1_TEMPLATE = "base"
 MICROVM_TEMPLATE = "microvm"
+MICROVM_PREFIX = "microvm:"  # "microvm:<template>": a built template's tree, in a microVM
+
+
+def is_microvm(template: str) -> bool:
+    return template == MICROVM_TEMPLATE or template.startswith(MICROVM_PREFIX)
+
+
+def template_name(template: str) -> str:
+    """The built template a sandbox's template names ("microvm:analytics": analytics)."""
+    return template.removeprefix(MICROVM_PREFIX)
 
 
 def _default_max_limits() -> Limits:
@@ -131,15 +143,18 @@ def host_memory_mb() -> int:
 
 def _pool_name(template: str, custom: Template | None) -> str:
     """Which pool a sandbox of `template` comes from: a built template's by its
-    id (whatever name or id the request used), a built-in one's by its name."""
-    return custom.id if custom is not None else template
+    id (whatever name or id the request used), a built-in one's by its name. A
+    template's microVMs are not its tier-1 sandboxes (and are never pooled)."""
+    if custom is None:
+        return template
+    return f"{MICROVM_PREFIX}{custom.id}" if is_microvm(template) else custom.id
 
 
 def _pool_key(template: str, limits: Limits) -> tuple[int, ...]:
     """The limits fixed when a sandbox starts: mount sizes and the agent's rlimits,
     and a VM's memory and vCPU count."""
     fixed = (limits.workspace_mb, limits.tmp_mb, limits.nofile, limits.pids)
-    if template == MICROVM_TEMPLATE:
+    if is_microvm(template):
         return (*fixed, limits.memory_mb, math.ceil(limits.cpu))
     return fixed
 
@@ -262,10 +277,10 @@ class SandboxManager:
             max_limits=self.config.max_limits,
             max_timeout_s=self.config.max_timeout_s,
         )
-        if spec.template == MICROVM_TEMPLATE and spec.network.allow_out:
+        if is_microvm(spec.template) and spec.network.allow_out:
             raise Unprocessable("egress allow-list is tier-1 only", param="network.allow_out", code="egress_tier1_only")
         self._check_private_egress(spec.network.rules())
-        if spec.template == MICROVM_TEMPLATE and self._microvm is None:
+        if is_microvm(spec.template) and self._microvm is None:
             raise Unavailable(self._microvm_missing, code="microvm_unavailable")
         if len(self._sandboxes) + self._creating >= self.config.max_sandboxes:
             raise Unavailable(f"all {self.config.max_sandboxes} sandboxes are in use", code="capacity")
@@ -296,7 +311,7 @@ class SandboxManager:
                 sandbox_id, runtime = await self._launch_to_completion(spec, template)
             finally:
                 self._creating -= 1
-        if spec.template == MICROVM_TEMPLATE and self._microvm.warning:
+        if is_microvm(spec.template) and self._microvm.warning:
             warnings.append(self._microvm.warning)
         sandbox = ManagedSandbox(sandbox_id, spec, runtime, self.config.max_file_bytes, warnings)
         self._sandboxes[sandbox_id] = sandbox
@@ -319,9 +334,9 @@ class SandboxManager:
         if spec.template in self.config.templates:
             return spec, None, []
         try:
-            return spec, self.templates.resolve(spec.template, spec.owner), []
+            return spec, self.templates.resolve(template_name(spec.template), spec.owner), []
         except NotFound:
-            if (building := self.default_template.unavailable(spec.template)) is not None:
+            if (building := self.default_template.unavailable(template_name(spec.template))) is not None:
                 raise building from None
             raise
 
@@ -404,12 +419,15 @@ class SandboxManager:
                     code="egress_private_not_allowed",
                 )
 
-    async def _launch_to_completion(self, spec: SandboxSpec, template: Template | None = None) -> tuple[str, Runtime]:
+    async def _launch_to_completion(
+        self, spec: SandboxSpec, template: Template | None = None, incoming: Path | None = None
+    ) -> tuple[str, Runtime]:
         """A launch the caller's cancellation (a client hanging up) cannot cut in
-        half: it runs on, and what it started is released."""
+        half: it runs on, and what it started is released. `incoming`: a microVM's
+        saved state to start from."""
         env = spec.env if template is None else {**template.env, **spec.env}
         launching = asyncio.ensure_future(
-            self._launch(spec.template, spec.limits, env, spec.network.rules(), custom=template)
+            self._launch(spec.template, spec.limits, env, spec.network.rules(), custom=template, incoming=incoming)
         )
         try:
             return await asyncio.shield(launching)
@@ -423,7 +441,7 @@ class SandboxManager:
 
     def _host_limits(self, template: str, limits: Limits) -> Limits:
         """The cgroup limits of a sandbox's host processes: a VM's are its QEMU's."""
-        if template == MICROVM_TEMPLATE:
+        if is_microvm(template):
             assert self._microvm is not None
             return self._microvm.host_limits(limits)
         return limits
@@ -436,6 +454,7 @@ class SandboxManager:
         egress_rules: tuple[EgressRule, ...] = (),
         for_pool: bool = False,
         custom: Template | None = None,
+        incoming: Path | None = None,
     ) -> tuple[str, Runtime]:
         if not self._free_uids:
             raise Unavailable("no free sandbox slot", code="capacity")
@@ -447,8 +466,9 @@ class SandboxManager:
         self._reserve(committed, for_pool)
         try:
             runtime = await self._start_runtime(
-                template, limits, env, egress_rules, sandbox_id, slot, budget, None if custom is None else custom.rootfs
-            )
+                template, limits, env, egress_rules, sandbox_id, slot, budget,
+                None if custom is None else custom.rootfs, incoming,
+            )  # fmt: skip
         except BaseException:
             self._free_uids.append(slot)
             raise
@@ -467,14 +487,23 @@ class SandboxManager:
         slot: int,
         budget: OutputBudget,
         rootfs: Path | None = None,
+        incoming: Path | None = None,
     ) -> Runtime:
         assert self._tree is not None
-        if template == MICROVM_TEMPLATE:
+        if is_microvm(template):
             assert self._microvm is not None
+            # A saved state runs on the disk it was saved with (checked before), never a rebuilt one.
+            disk = None
+            if rootfs is not None:
+                image = image_path(rootfs) if incoming else await asyncio.to_thread(template_disk, rootfs)
+                disk = VMDisk(image, incoming)
             runtime = await launch_vm(
                 self._microvm, tree=self._tree, name=sandbox_id, limits=limits,
-                host_uid=self.host_uids[slot], budget=budget,
+                host_uid=self.host_uids[slot], budget=budget, disk=disk,
             )  # fmt: skip
+            runtime.rootfs = rootfs
+            if incoming is not None:
+                return runtime  # its agent has its environment already
             try:
                 # The guest's init starts the agent with an empty environment.
                 await runtime.channel.call("configure", env={**bwrap.base_env(), **env})
@@ -616,14 +645,18 @@ class SandboxManager:
         return sandbox
 
     async def pause(self, sandbox_id: str, owner: str | None = None) -> ManagedSandbox:
-        """Tier 1: writes the sandbox to a snapshot on disk and stops it (see
-        `snapshots`). Tier 2: freezes the VM in memory."""
+        """Writes the sandbox to a snapshot on disk and stops it: tier 1 its files
+        and command list (see `snapshots`), a microVM from a template the whole VM
+        (see `microvm.snapshot`). A microVM on the host's /usr (9p, which QEMU
+        cannot migrate) is frozen in memory instead."""
         sandbox = self.get(sandbox_id, owner)
         async with self._transitions.setdefault(sandbox.id, asyncio.Lock()):
-            if sandbox.spec.template == MICROVM_TEMPLATE:
+            if not is_microvm(sandbox.spec.template):
+                await self._pause_to_disk(sandbox)
+            elif sandbox.runtime is not None and sandbox.runtime.monitor is None:
                 await sandbox.pause()
             else:
-                await self._pause_to_disk(sandbox)
+                await self._pause_vm_to_disk(sandbox)
         return sandbox
 
     async def resume(self, sandbox_id: str, owner: str | None = None) -> ManagedSandbox:
@@ -660,6 +693,30 @@ class SandboxManager:
         sandbox.runtime = None  # first: this runtime's end is not the sandbox's
         await self._release(runtime)
 
+    async def _pause_vm_to_disk(self, sandbox: ManagedSandbox) -> None:
+        sandbox.require_running()
+        runtime = sandbox.runtime
+        assert runtime is not None and runtime.monitor is not None and runtime.rootfs is not None
+        monitor, rootfs = runtime.monitor, runtime.rootfs
+        remaining_s = max(1.0, sandbox.deadline - time.monotonic())
+
+        def save(scratch: Path, final: Path, allowed: int) -> Snapshot:
+            sha256, size = save_state(monitor, scratch, allowed, self.snapshots.bytes_per_workspace)
+            return Snapshot(
+                sandbox.id, final, sandbox.spec, rootfs.parent.name, remaining_s, sandbox.started_at, [],
+                sha256, size, time.time(), vm=disk_identity(image_path(rootfs)),
+            )  # fmt: skip
+
+        sandbox.state = SandboxState.PAUSED  # no new operation while it is written
+        try:
+            snapshot = await asyncio.to_thread(self.snapshots.write, sandbox.id, sandbox.spec.owner, save)
+        except BaseException:
+            sandbox.state = SandboxState.RUNNING
+            raise
+        self._snapshots[sandbox.id] = snapshot
+        sandbox.runtime = None  # first: this runtime's end is not the sandbox's
+        await self._release(runtime)
+
     async def _resume_from_disk(self, sandbox: ManagedSandbox) -> None:
         snapshot = self._snapshots.get(sandbox.id)
         if sandbox.state is not SandboxState.PAUSED or snapshot is None:
@@ -674,19 +731,27 @@ class SandboxManager:
                 raise Conflict(
                     f"the template sandbox {sandbox.id} ran from was deleted", code="template_not_found"
                 ) from None
+        incoming = None
+        if snapshot.vm is not None:
+            if self._microvm is None:
+                raise Unavailable(self._microvm_missing, code="microvm_unavailable")
+            assert template is not None
+            check_disk(snapshot.vm, image_path(template.rootfs))
+            incoming = snapshot.archive
         self._admit(self._memory_mb(spec.template, spec.limits))
         self._creating += 1
         try:
-            _, runtime = await self._launch_to_completion(spec, template)
+            _, runtime = await self._launch_to_completion(spec, template, incoming)
         finally:
             self._creating -= 1
-        try:
-            await asyncio.to_thread(
-                self.snapshots.restore, snapshot, sandbox_root(runtime.process.pid), runtime.host_uid
-            )
-        except BaseException:
-            await self._release(runtime)
-            raise
+        if incoming is None:
+            try:
+                await asyncio.to_thread(
+                    self.snapshots.restore, snapshot, sandbox_root(runtime.process.pid), runtime.host_uid
+                )
+            except BaseException:
+                await self._release(runtime)
+                raise
         sandbox.runtime = runtime
         sandbox.state = SandboxState.RUNNING
         sandbox.set_timeout(snapshot.remaining_s)

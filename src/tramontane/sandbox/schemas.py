@@ -40,9 +40,9 @@ class NetworkBody(_Body):
 class CreateSandboxBody(_Body):
     template: str | None = Field(
         None,
-        description='A built template\'s name or id, "base" (tier 1 on the host\'s /usr) or "microvm" (tier 2, a '
-        "microVM). Default: the platform's default template (data: numpy, pandas, matplotlib); the response's "
-        "template says which one the sandbox got.",
+        description='A built template\'s name or id, "base" (tier 1 on the host\'s /usr), "microvm" (tier 2, a '
+        'microVM) or "microvm:<template>" (that template in a microVM). Default: the platform\'s default template '
+        "(data: numpy, pandas, matplotlib); the response's template says which one the sandbox got.",
     )
     timeout: float = Field(300, description="Seconds until the sandbox is killed; extend with POST /timeout.")
     idle_timeout: float | None = Field(None, description="Seconds without an API call after which it is killed.")

@@ -20,6 +20,10 @@ the sandbox's own host uid: it can reach no path and write no file the sandbox
 could not, whatever links or modes the sandbox left behind, and the sandbox is
 frozen while it reads.
 
+A tier-2 sandbox from a template (a microVM on a root disk) is snapshotted
+whole instead, memory included: `vm.state` holds QEMU's migration stream (see
+microvm/snapshot.py), checksummed and counted the same way.
+
 Snapshots live under their workspace's folder (`<home>/workspaces/<id>/
 sandbox-snapshots/<sandbox>/`), so erasing the workspace erases them, and count
 against a per-workspace storage limit.
@@ -37,9 +41,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import Conflict, LimitReached, NotFound, SandboxError
 from .policy import Limits, NetworkPolicy, SandboxSpec
@@ -48,6 +53,7 @@ logger = logging.getLogger("tramontane.sandbox")
 
 FORMAT = 1
 ARCHIVE = "files.tar"
+VM_STATE = "vm.state"
 MANIFEST = "manifest.json"
 SAVED_PATHS = ("home/user", "tmp", "dev/shm")  # relative to the sandbox's root
 _CHUNK = 1 << 20
@@ -110,6 +116,13 @@ class Snapshot:
     archive_bytes: int
     created_at: float
     skipped_files: int = 0
+    # A microVM's snapshot: its root disk's identity (see microvm/snapshot.py);
+    # None: a tier-1 snapshot of files.
+    vm: dict[str, Any] | None = None
+
+    @property
+    def archive(self) -> Path:
+        return self.directory / (ARCHIVE if self.vm is None else VM_STATE)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -123,6 +136,7 @@ class Snapshot:
             "archive": {"sha256": self.archive_sha256, "bytes": self.archive_bytes},
             "created_at": self.created_at,
             "skipped_files": self.skipped_files,
+            "vm": self.vm,
         }
 
 
@@ -148,6 +162,25 @@ def _file_sha256(path: Path) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def copy_limited(source: BinaryIO, target: Path, allowed: int, limit_bytes: int) -> tuple[str, int]:
+    """Copies `source` to `target` (fsynced), hashing it; past `allowed` bytes it
+    stops with SnapshotStorageFull. The SHA-256 and the size."""
+    digest, size = hashlib.sha256(), 0
+    with target.open("wb") as out:
+        while chunk := source.read(_CHUNK):
+            size += len(chunk)
+            if size > allowed:
+                raise SnapshotStorageFull(
+                    f"the workspace's snapshots would exceed their storage limit of "
+                    f"{limit_bytes // 2**20} MiB; delete paused sandboxes or files",
+                )
+            digest.update(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest(), size
 
 
 def _dir_bytes(path: Path) -> int:
@@ -196,17 +229,26 @@ class SnapshotStore:
     ) -> Snapshot:
         """Writes the snapshot of a frozen sandbox whose root is `root`; on any
         failure, nothing of it is left."""
-        final = self.owner_dir(spec.owner) / sandbox_id
+
+        def dump(scratch: Path, final: Path, allowed: int) -> Snapshot:
+            sha256, size, skipped = self._dump(root, host_uid, scratch / ARCHIVE, allowed)
+            return Snapshot(
+                sandbox_id, final, spec, template_id, remaining_s, started_at, processes, sha256, size, time.time(),
+                skipped,
+            )  # fmt: skip
+
+        return self.write(sandbox_id, spec.owner, dump)
+
+    def write(self, sandbox_id: str, owner: str | None, fill: Callable[[Path, Path, int], Snapshot]) -> Snapshot:
+        """Makes a snapshot: `fill(scratch, final, allowed_bytes)` writes its data
+        into the scratch folder and describes it; the manifest follows, and the
+        folder is renamed into place. On any failure, nothing of it is left."""
+        final = self.owner_dir(owner) / sandbox_id
         scratch = final.with_name(f".{sandbox_id}.partial")
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True, mode=0o700)
         try:
-            allowed = self.bytes_per_workspace - self.used_bytes(spec.owner)
-            sha256, size, skipped = self._dump(root, host_uid, scratch / ARCHIVE, allowed)
-            snapshot = Snapshot(
-                sandbox_id, final, spec, template_id, remaining_s, started_at, processes, sha256, size, time.time(),
-                skipped,
-            )  # fmt: skip
+            snapshot = fill(scratch, final, self.bytes_per_workspace - self.used_bytes(owner))
             body = snapshot.body()
             (scratch / MANIFEST).write_text(json.dumps({"body": body, "sha256": _digest(body)}))
             shutil.rmtree(final, ignore_errors=True)
@@ -217,7 +259,6 @@ class SnapshotStore:
         return snapshot
 
     def _dump(self, root: str, host_uid: int, target: Path, allowed: int) -> tuple[str, int, int]:
-        digest, size = hashlib.sha256(), 0
         helper = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _DUMP, root, str(host_uid), *SAVED_PATHS],
             stdout=subprocess.PIPE,
@@ -226,18 +267,7 @@ class SnapshotStore:
         )
         assert helper.stdout is not None and helper.stderr is not None
         try:
-            with target.open("wb") as out:
-                while chunk := helper.stdout.read(_CHUNK):
-                    size += len(chunk)
-                    if size > allowed:
-                        raise SnapshotStorageFull(
-                            f"the workspace's snapshots would exceed their storage limit of "
-                            f"{self.bytes_per_workspace // 2**20} MiB; delete paused sandboxes or files",
-                        )
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            sha256, size = copy_limited(helper.stdout, target, allowed, self.bytes_per_workspace)
             errors = helper.stderr.read().decode(errors="replace")
         finally:
             if helper.poll() is None:  # stopped early (storage limit, an error): it may block on a full pipe
@@ -246,7 +276,7 @@ class SnapshotStore:
         if helper.returncode != 0:
             raise SandboxError(f"could not read the sandbox's files: {errors.strip()[-500:]}", code="snapshot_failed")
         skipped = json.loads(errors.strip().splitlines()[-1]).get("skipped", 0)
-        return digest.hexdigest(), size, skipped
+        return sha256, size, skipped
 
     # -- reading
 
@@ -275,7 +305,7 @@ class SnapshotStore:
             return Snapshot(
                 body["sandbox_id"], directory, _spec_from_json(body["spec"]), body["template_id"],
                 body["remaining_s"], body["started_at"], body["processes"], body["archive"]["sha256"],
-                body["archive"]["bytes"], body["created_at"], body.get("skipped_files", 0),
+                body["archive"]["bytes"], body["created_at"], body.get("skipped_files", 0), body.get("vm"),
             )  # fmt: skip
         except FileNotFoundError:
             raise NotFound(f"the snapshot in {directory.name} is gone", code="snapshot_not_found") from None
@@ -285,7 +315,7 @@ class SnapshotStore:
     def verify(self, snapshot: Snapshot) -> None:
         """Refuses a snapshot whose manifest or archive changed on disk."""
         fresh = self.load(snapshot.directory)
-        archive = snapshot.directory / ARCHIVE
+        archive = fresh.archive
         try:
             intact = archive.stat().st_size == fresh.archive_bytes and _file_sha256(archive) == fresh.archive_sha256
         except FileNotFoundError:

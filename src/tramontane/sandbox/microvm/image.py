@@ -2,7 +2,8 @@
 
 The kernel comes from Debian's `linux-image-amd64` package (`apt-get download`):
 its vmlinuz, and the few modules the guest needs (virtio-mmio, the virtio serial
-port the agent talks over, 9p to mount the host's /usr read-only). The
+port the agent talks over, 9p to mount the host's /usr read-only, and virtio-blk
+with squashfs for a template's root disk, loaded only when the VM has one). The
 initramfs holds busybox (from `busybox-static`) for PID 1's set-up, those
 modules, init.sh, the guest agent, the seccomp program, and the same generated
 and public /etc files a tier-1 sandbox sees; everything else (python3, bash,
@@ -32,6 +33,8 @@ KERNEL_METAPACKAGE = "linux-image-amd64"
 BUSYBOX = Path("/bin/busybox")
 # Load order matters: each after what it depends on.
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_console", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p")
+# A template's root disk (see disk.py): loaded after MODULES, only by a VM that has one.
+DISK_MODULES = ("virtio_blk", "squashfs")
 GUEST_FILES = (
     "__init__.py", "agent.py", "fileops.py", "interpreter.py", "vmboot.py", "terminal.py", "tunnel.py", "watcher.py",
 )  # fmt: skip
@@ -65,7 +68,8 @@ def kernel_package() -> str:
 
 
 def _complete(kernel: Path) -> bool:
-    return (kernel / "vmlinuz").exists() and all((kernel / "modules" / f"{m}.ko").exists() for m in MODULES)
+    modules = (*MODULES, *DISK_MODULES)
+    return (kernel / "vmlinuz").exists() and all((kernel / "modules" / f"{m}.ko").exists() for m in modules)
 
 
 def fetch_kernel(package: str, root: Path) -> Path:
@@ -84,7 +88,7 @@ def fetch_kernel(package: str, root: Path) -> Path:
         (staged / "modules").mkdir(parents=True)
         shutil.copyfile(next((work / "tree" / "boot").glob("vmlinuz-*")), staged / "vmlinuz")
         found = {p.stem: p for p in (work / "tree" / "lib" / "modules").rglob("*.ko")}
-        for name in MODULES:
+        for name in (*MODULES, *DISK_MODULES):
             if name not in found:
                 raise Unavailable(f"{package} has no module {name}", code="microvm_image")
             shutil.copyfile(found[name], staged / "modules" / f"{name}.ko")
@@ -112,9 +116,10 @@ def _stage(tree: Path, kernel: Path) -> None:
     (opt / "modules").mkdir(parents=True)
     shutil.copyfile(BUSYBOX, opt / "busybox")
     (opt / "busybox").chmod(0o755)
-    for name in MODULES:
+    for name in (*MODULES, *DISK_MODULES):
         shutil.copyfile(kernel / "modules" / f"{name}.ko", opt / "modules" / f"{name}.ko")
     (opt / "modules" / "order").write_text("\n".join(MODULES) + "\n")
+    (opt / "modules" / "disk-order").write_text("\n".join(DISK_MODULES) + "\n")
     (opt / "seccomp.bpf").write_bytes(seccomp.filter_bpf())
     for path, content in bwrap.sandbox_files().items():
         (tree / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,7 @@ def _stage(tree: Path, kernel: Path) -> None:
         host = Path("/") / name
         if host.is_symlink():
             (tree / name).symlink_to(os.readlink(host))
-    for name in ("proc", "sys", "dev", "usr", "tmp", "home/user"):
+    for name in ("proc", "sys", "dev", "usr", "tmp", "home/user", "opt/tramontane/root"):
         (tree / name).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(INIT_SCRIPT, tree / "init")
     (tree / "init").chmod(0o755)

@@ -1,6 +1,7 @@
 #!/opt/tramontane/busybox sh
 # PID 1 of a tier-2 guest. It builds the same filesystem view a tier-1 sandbox
-# has (the host's /usr read-only over virtio-9p, generated /etc, size-capped
+# has (the host's /usr read-only over virtio-9p, or a template's /usr and /etc
+# from a read-only disk when the kernel is given root_disk=vda; generated /etc, size-capped
 # tmpfs for /home/user, /tmp and /dev/shm, a minimal /dev), then becomes the
 # agent as the unprivileged sandbox user. The kernel hands it `workspace_mb`,
 # `tmp_mb` and `rlimits` from its command line as environment variables.
@@ -12,7 +13,27 @@ $bb mount -t sysfs -o nosuid,nodev,noexec sys /sys
 for module in $($bb cat /opt/tramontane/modules/order); do
     $bb insmod "/opt/tramontane/modules/$module.ko"
 done
-$bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,nodev,nosuid,cache=loose usr /usr
+if [ "${root_disk:-}" = vda ]; then
+    # A template's /usr and /etc on a read-only squashfs disk (see microvm/disk.py),
+    # mounted through a node that is gone before anything else runs.
+    for module in $($bb cat /opt/tramontane/modules/disk-order); do
+        $bb insmod "/opt/tramontane/modules/$module.ko"
+    done
+    for _ in $($bb seq 500); do
+        [ -e /sys/block/vda/dev ] && break
+        $bb usleep 10000
+    done
+    disk=$($bb cat /sys/block/vda/dev)
+    $bb mknod -m 0600 /root-disk b "${disk%:*}" "${disk#*:}"
+    $bb mount -t squashfs -o ro,nosuid,nodev /root-disk /opt/tramontane/root
+    $bb rm /root-disk
+    $bb mount -o bind /opt/tramontane/root/usr /usr
+    $bb mount -o bind /opt/tramontane/root/etc /etc
+    $bb umount /opt/tramontane/root
+    $bb rmdir /opt/tramontane/root
+else
+    $bb mount -t 9p -o trans=virtio,version=9p2000.L,ro,nodev,nosuid,cache=loose usr /usr
+fi
 
 # A /dev with the usual character devices and nothing else: no disks, no /dev/mem.
 $bb mount -t tmpfs -o nosuid,noexec,mode=0755,size=64k dev /dev
