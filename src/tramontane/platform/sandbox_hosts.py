@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Conflict, NotFound, TramontaneError, Unavailable, as_api_error
 from ..sandbox.hosts import HostDirectory, HostView, Placement, PlacementState
-from ..sandbox.manager import MICROVM_TEMPLATE, TIER1_TEMPLATE
+from ..sandbox.manager import MICROVM_TEMPLATE, TIER1_TEMPLATE, is_microvm
 from ..sandbox.node import NODE_PREFIX, WORKSPACE_HEADER, HostAgent
 from .sandbox_owner import sandbox_owner
 from .sandbox_ws import relay_websocket
@@ -195,7 +195,7 @@ class SandboxForwarding:
         async with _workspace(scope, receive) as workspace:
             body = await _read_body(receive)
             template = _template_of(body)
-            tier = template if template in (TIER1_TEMPLATE, MICROVM_TEMPLATE) else TIER1_TEMPLATE
+            tier = MICROVM_TEMPLATE if is_microvm(template) else TIER1_TEMPLATE  # microvm:<template> too
             candidates = await asyncio.to_thread(self.hosts.directory.candidates, tier)
             refusal: httpx.Response | None = None
             for host in candidates[:_TRIES]:
