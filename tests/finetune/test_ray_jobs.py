@@ -225,6 +225,27 @@ def test_a_job_no_node_can_run_waits_queued_until_one_joins(cluster: Cluster, ga
     assert placed["node"] == gpu_node.node_id
 
 
+@pytest.mark.slow  # a GPU node joins, leaves mid-run, and joins again
+def test_a_running_job_whose_only_fitting_node_leaves_goes_back_to_the_queue(cluster: Cluster, gateway) -> None:
+    with gateway() as server:
+        job_id = submit(server, LONG_RUN, {"cpu": 1, "gpus": 1})
+        gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=_OBJECT_STORE_BYTES)
+        job(server, job_id, lambda j: len(j["checkpoints"]) >= 1)
+        cluster.remove_node(gpu_node)
+        requeued = job(server, job_id, lambda j: j["status"] == "QUEUED", timeout=60)
+        assert "no Ray node has 1 CPU, 1 GPU" in requeued["events"][0]["data"]["reason"]  # newest first
+        gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=_OBJECT_STORE_BYTES)
+        try:
+            done = job(server, job_id, lambda j: j["status"] in ("SUCCESS", "FAILED"))
+        finally:
+            cluster.remove_node(gpu_node)
+    assert done["status"] == "SUCCESS", done["events"]
+    [resumed] = events(done, "resumed")
+    assert resumed["step_number"] >= 2 and resumed["node"] == gpu_node.node_id
+    assert [c["step_number"] for c in reversed(done["checkpoints"])] == [2, 4, 6, 8, 10]
+    assert statuses(done)[-4:] == ["RUNNING", "QUEUED", "RUNNING", "SUCCESS"]
+
+
 @pytest.mark.slow  # waits out a stale heartbeat while the run trains on
 def test_a_gateway_that_takes_over_adopts_the_run_instead_of_doubling_it(
     cluster: Cluster, gateway, monkeypatch: pytest.MonkeyPatch
