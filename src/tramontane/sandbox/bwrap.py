@@ -166,13 +166,14 @@ def searchable_by_all(path: Path) -> bool:
     return all(os.stat(parent).st_mode & 0o001 for parent in path.parents)
 
 
-def in_template_view(rootfs: Path, host_uid: int, unshare: str, setpriv: str) -> list[str]:
+def in_template_view(rootfs: Path, host_uid: int, unshare: str, mount: str, setpriv: str) -> list[str]:
     """The command that runs the rest of the argv (bwrap's) as `host_uid` in a
     mount namespace of its own (private: nothing propagates to the host) where
     `rootfs` is bound at TEMPLATE_VIEW. Run as root; it execs, so bwrap keeps the pid."""
-    script = 'mount --bind -- "$1" "$2" && shift 2 && exec "$@"'
+    script = '"$1" --bind -- "$2" "$3" && shift 3 && exec "$@"'
     drop = [setpriv, f"--reuid={host_uid}", f"--regid={host_uid}", "--clear-groups", "--"]
-    return [unshare, "--mount", "--propagation=private", "--", "/bin/sh", "-c", script, "sh", str(rootfs), TEMPLATE_VIEW, *drop]
+    view = [mount, str(rootfs), TEMPLATE_VIEW]
+    return [unshare, "--mount", "--propagation=private", "--", "/bin/sh", "-c", script, "sh", *view, *drop]
 
 
 def _template_root_filesystem(rootfs: Path, fds: dict[str, int], view: str | None) -> list[str]:

@@ -51,11 +51,11 @@ def _sandbox_files() -> dict[str, bytes]:
 
 
 @lru_cache(maxsize=1)
-def _view_tools() -> tuple[str, str]:
-    """unshare and setpriv (util-linux), and the empty directory trees are bound at."""
-    found = shutil.which("unshare"), shutil.which("setpriv")
+def _view_tools() -> tuple[str, str, str]:
+    """unshare, mount and setpriv (util-linux), and the empty directory trees are bound at."""
+    found = shutil.which("unshare"), shutil.which("mount"), shutil.which("setpriv")
     if None in found:
-        raise Unavailable("unshare and setpriv (util-linux) are needed for templates", code="util_linux_missing")
+        raise Unavailable("unshare, mount and setpriv (util-linux) are needed here", code="util_linux_missing")
     os.makedirs(bwrap.TEMPLATE_VIEW, mode=0o755, exist_ok=True)
     return found  # type: ignore[return-value]
 
