@@ -115,8 +115,9 @@ def cluster(postgres_url: str, home: Path, monkeypatch: pytest.MonkeyPatch):
         database.dispose()
 
 
-def _keys(url: str, home: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """A sandbox key of the admin's workspace, and a key of another workspace holding every capability."""
+def _keys(url: str, home: Path) -> tuple[dict[str, str], dict[str, str], str]:
+    """A sandbox key of the admin's workspace, a key of another workspace holding
+    every capability, and that workspace's id."""
     admin = {"Authorization": f"Bearer {(home / 'admin-key').read_text().strip()}"}
     workspace = httpx.get(f"{url}/v1/admin/workspaces", headers=admin).json()["data"][0]["id"]
     other = httpx.post(f"{url}/v1/admin/workspaces", headers=admin, json={"name": "stranger"}).json()["id"]
@@ -126,7 +127,7 @@ def _keys(url: str, home: Path) -> tuple[dict[str, str], dict[str, str]]:
                          json={"name": "k", "capabilities": ["inference", "deploy", "sandbox", "fine-tune"]})
         assert key.status_code == 201, key.text
         made.append({"Authorization": f"Bearer {key.json()['key']}"})
-    return made[0], made[1]
+    return made[0], made[1], other
 
 
 def _hosts(database: sa.Engine) -> dict[str, str]:
@@ -137,7 +138,7 @@ def _hosts(database: sa.Engine) -> dict[str, str]:
 @pytest.mark.slow
 def test_sandboxes_across_nodes(cluster, home: Path):
     (gw_a, gw_b), nodes, database = cluster
-    key, stranger = _keys(gw_a, home)
+    key, stranger, stranger_workspace = _keys(gw_a, home)
     client = httpx.Client(headers=key, timeout=60)
 
     # Created through gateway A, spread over both nodes (least loaded first).
@@ -209,6 +210,18 @@ def test_sandboxes_across_nodes(cluster, home: Path):
         assert httpx.get(port_url.replace(gw_b, url), headers=stranger).status_code == 404
         linked = httpx.post(f"{url}/v1/sandboxes/{first}/port-links/8000", headers=stranger, json={})
         assert linked.status_code == 404
+    # An erased workspace's sandboxes stop on their hosts at the next heartbeat.
+    theirs = httpx.post(f"{gw_a}/v1/sandboxes", headers=stranger, json={}, timeout=60)
+    assert theirs.status_code == 201, theirs.text
+    their_node = nodes[_hosts(database)[theirs.json()["sandbox_id"]]][2]
+    their_url = f"{their_node}{NODE_PREFIX}/v1/sandboxes/{theirs.json()['sandbox_id']}"
+    as_gateway = {"Authorization": f"Bearer {host_token(PEPPER.encode())}", WORKSPACE_HEADER: stranger_workspace}
+    assert httpx.get(their_url, headers=as_gateway).status_code == 200
+    admin = {"Authorization": f"Bearer {(home / 'admin-key').read_text().strip()}"}
+    time.sleep(1.5)  # a heartbeat has seen it placed (one never seen goes RECORD_WITHIN_S after its creation)
+    assert httpx.delete(f"{gw_b}/v1/admin/workspaces/{stranger_workspace}", headers=admin).status_code == 200
+    _wait(lambda: httpx.get(their_url, headers=as_gateway).status_code == 404, 5, "the erased workspace's sandbox")
+
     # The node API takes the hosts' token only, never a tenant's key.
     node_a = nodes[where[first]][2]
     assert httpx.get(f"{node_a}{NODE_PREFIX}/v1/sandboxes/{first}", headers=key).status_code == 401

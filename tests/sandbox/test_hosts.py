@@ -3,13 +3,17 @@ order, liveness judged by the database's clock, lost and reclaimed sandboxes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tramontane.sandbox.hosts import HostDirectory, HostInfo, HostReplaced, PlacementState
+from tramontane.sandbox import node
+from tramontane.sandbox.node import HostAgent, HostSettings
 from tramontane.store import Store, open_store
 from tramontane.tenancy import Capability, Tenancy
 
@@ -74,7 +78,7 @@ def test_a_host_whose_heartbeat_lapses_has_its_sandboxes_lost(store: Store, work
     assert not hosts.lookup("on-b").lost  # type: ignore[union-attr]
     assert [h.name for h in hosts.candidates("base")] == ["b"]
     # Back after all (a long pause): it is told to kill what was declared lost; nothing runs twice.
-    assert hosts.heartbeat("a", "a1", {"on-a"}, 0) == ["on-a"]
+    assert hosts.heartbeat("a", "a1", {"on-a"}, 0).lost == {"on-a"}
     assert hosts.lookup("on-a").state is PlacementState.LOST  # type: ignore[union-attr]
     # Deleted through the API, a lost sandbox is forgotten.
     hosts.end("on-a", "deleted")
@@ -108,3 +112,54 @@ def test_sandboxes_a_host_reclaimed_end_after_settling(store: Store, workspace: 
     ended = hosts.lookup("new")
     assert ended is not None and ended.state is PlacementState.ENDED and ended.reason == "reclaimed by its host"
     assert hosts.candidates("base")[0].placed == 0
+
+
+class FakeManager:
+    """The manager's side an agent uses: which sandboxes it holds, and kill."""
+
+    def __init__(self, held: set[str]):
+        self.held = set(held)
+
+    def list(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(id=i) for i in sorted(self.held)]
+
+    def committed_mb(self) -> int:
+        return 0
+
+    def stats(self) -> dict[str, int]:
+        return {"memory_capacity_mb": 16384, "capacity": 4}
+
+    def tiers(self) -> tuple[str, ...]:
+        return ("base",)
+
+    async def kill(self, sandbox_id: str, owner: str | None = None) -> None:
+        self.held.discard(sandbox_id)
+
+
+async def test_an_agent_kills_what_is_no_longer_placed_on_its_host(
+    store: Store, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its workspace erased, or made through the node API and never recorded (its
+    gateway died): killed at a heartbeat. One not made through the node API (a
+    conversation's) is not the agent's to judge."""
+    monkeypatch.setattr(node, "RECORD_WITHIN_S", 0.3)
+    hosts = HostDirectory(store, ttl_s=TTL_S)
+    manager = FakeManager({"placed", "erased", "orphan", "conversation"})
+    agent = HostAgent(manager, hosts, HostSettings("a", "http://a:8100", heartbeat_s=0.05))  # type: ignore[arg-type]
+    await agent.start()
+    try:
+        for made in ("placed", "erased", "orphan"):
+            agent.created(made)
+        hosts.record("placed", workspace, "a", "base", 512)
+        hosts.record("erased", workspace, "a", "base", 512)
+        with store.write() as connection:  # at once, as a cascade from the workspace's erasure would
+            connection.exec_driver_sql("DELETE FROM sandbox_placements WHERE sandbox_id = 'erased'")
+        deadline = time.monotonic() + 5
+        while manager.held != {"placed", "conversation"}:
+            assert time.monotonic() < deadline, f"the agent left {manager.held}"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert manager.held == {"placed", "conversation"}
+    finally:
+        await agent.stop()
+    assert hosts.lookup("placed").lost  # type: ignore[union-attr]  # it left: its sandboxes went with it

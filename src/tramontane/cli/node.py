@@ -132,6 +132,6 @@ def node_server(manager: SandboxManager, agent: HostAgent, token: str) -> FastAP
     async def health() -> dict[str, object]:
         return {"status": "ok", "host": agent.name, **manager.stats()}
 
-    app.mount(NODE_PREFIX, node_api(manager, token))
+    app.mount(NODE_PREFIX, node_api(manager, token, agent.created))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     return app

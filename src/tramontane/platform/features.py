@@ -274,7 +274,8 @@ def sandboxes(manager: SandboxManager, metrics: Metrics, hosts: SandboxHosts | N
         *((Middleware(PortHostRouting, domain=domain),) if domain else ()),
     )
     links = PortLinks(signer, manager, hosts.directory if hosts is not None else None)
-    mounts = ((NODE_PREFIX, node_api(manager, hosts.token)),) if hosts is not None and hosts.agent else ()
+    agent = hosts.agent if hosts is not None else None
+    mounts = ((NODE_PREFIX, node_api(manager, hosts.token, agent.created)),) if hosts and agent else ()
     return Feature(
         "sandboxes",
         routes=(Route(create_router(manager, owner=sandbox_owner)), Route(links_router(links))),

@@ -115,6 +115,14 @@ class HostView:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """What a heartbeat tells a host of the sandboxes it holds."""
+
+    placed: set[str]  # placed here and running, by the database
+    lost: set[str]  # declared lost (or ended) meanwhile: to kill
+
+
+@dataclass(frozen=True)
 class Placement:
     sandbox_id: str
     workspace_id: str
@@ -162,11 +170,12 @@ class HostDirectory:
                 )
             )
 
-    def heartbeat(self, name: str, incarnation: str, sandbox_ids: set[str], committed_memory_mb: int) -> list[str]:
+    def heartbeat(self, name: str, incarnation: str, sandbox_ids: set[str], committed_memory_mb: int) -> Beat:
         """Renews the host's heartbeat; ends the placements of sandboxes it no
-        longer holds (reclaimed: timed out, exited). Returns the ids among
-        `sandbox_ids` that were declared lost, for the host to kill. Raises
-        `HostReplaced` when another process took the name."""
+        longer holds (reclaimed: timed out, exited). Returns which of
+        `sandbox_ids` are placed and running here, and which were declared lost
+        (for the host to kill). Raises `HostReplaced` when another process took
+        the name."""
         now = db_now(self.store)
         with self.store.write() as connection:
             renewed = connection.execute(
@@ -187,14 +196,16 @@ class HostDirectory:
                     PlacementState.ENDED, "reclaimed by its host",
                 )
             )
-            lost = connection.execute(
-                select(SandboxPlacementRow.sandbox_id).where(
-                    SandboxPlacementRow.host == name,
-                    SandboxPlacementRow.state != PlacementState.RUNNING.value,
-                    SandboxPlacementRow.sandbox_id.in_(sandbox_ids),
+            rows = connection.execute(
+                select(SandboxPlacementRow.sandbox_id, SandboxPlacementRow.state).where(
+                    SandboxPlacementRow.host == name, SandboxPlacementRow.sandbox_id.in_(sandbox_ids)
                 )
-            )
-            return [row[0] for row in lost]
+            ).all()
+        running = PlacementState.RUNNING.value
+        return Beat(
+            placed={sandbox_id for sandbox_id, state in rows if state == running},
+            lost={sandbox_id for sandbox_id, state in rows if state != running},
+        )
 
     def leave(self, name: str, incarnation: str) -> None:
         """A clean stop: the host is down at once (its running sandboxes stop with it)."""

@@ -14,14 +14,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Invalid, Unauthorized
 from .api import create_router
@@ -33,6 +37,9 @@ log = logging.getLogger("tramontane.sandbox.node")
 
 NODE_PREFIX = "/_node"
 WORKSPACE_HEADER = "x-tramontane-workspace"
+# A gateway records a placement right after the host made the sandbox; one made
+# through the node API and still unrecorded this long after is an orphan.
+RECORD_WITHIN_S = 10.0
 
 
 def host_token(pepper: bytes) -> str:
@@ -41,9 +48,9 @@ def host_token(pepper: bytes) -> str:
     return hmac.new(pepper, b"tramontane sandbox hosts", hashlib.sha256).hexdigest()
 
 
-def node_api(manager: SandboxManager, token: str) -> FastAPI:
+def node_api(manager: SandboxManager, token: str, on_created: Callable[[str], None] | None = None) -> FastAPI:
     """The node API, to mount at `NODE_PREFIX`. It has no lifespan: whoever mounts
-    it starts and stops `manager`."""
+    it starts and stops `manager`. `on_created` hears of each sandbox made through it."""
     expected = f"Bearer {token}".encode()
 
     def gateway_workspace(request: HTTPConnection) -> str:
@@ -57,7 +64,36 @@ def node_api(manager: SandboxManager, token: str) -> FastAPI:
 
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.include_router(create_router(manager, owner=gateway_workspace))
+    if on_created is not None:
+        app.add_middleware(_CreationWatch, on_created=on_created)
     return app
+
+
+class _CreationWatch:
+    """Tells `on_created` the id of each sandbox a `POST /v1/sandboxes` made."""
+
+    def __init__(self, app: ASGIApp, on_created: Callable[[str], None]):
+        self.app = app
+        self.on_created = on_created
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        creating = scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/v1/sandboxes")
+        if not creating:
+            await self.app(scope, receive, send)
+            return
+        status, body = 0, []
+
+        async def watching(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status == 201:
+                body.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, watching)
+        if status == 201:
+            self.on_created(json.loads(b"".join(body))["sandbox_id"])
 
 
 @dataclass(frozen=True)
@@ -69,7 +105,7 @@ class HostSettings:
 
 class HostAgent:
     """Registers a started manager as a host and keeps its heartbeat; kills the
-    sandboxes the gateways declared lost while it could not heartbeat."""
+    sandboxes that are no longer placed on it (see `_placed`)."""
 
     def __init__(self, manager: SandboxManager, directory: HostDirectory, settings: HostSettings):
         self.manager = manager
@@ -77,6 +113,13 @@ class HostAgent:
         self.settings = settings
         self.incarnation = secrets.token_hex(8)
         self._beating: asyncio.Task[None] | None = None
+        # The sandboxes a heartbeat found placed here, and those made through
+        # the node API (by when): one of them held still but not placed (lost,
+        # its workspace erased, or its gateway died before recording it) is
+        # killed, a created one once its gateway had time to record it. Others
+        # (a conversation's, on a gateway that hosts) are not this agent's to judge.
+        self._placed: set[str] = set()
+        self._created: dict[str, float] = {}
 
     @property
     def name(self) -> str:
@@ -107,30 +150,37 @@ class HostAgent:
         except SQLAlchemyError as exc:  # the gateways will find its heartbeat lapsed instead
             log.warning("sandbox host %s could not deregister: %s", self.settings.name, exc)
 
+    def created(self, sandbox_id: str) -> None:
+        """A sandbox made through the node API (see `node_api`'s `on_created`)."""
+        self._created[sandbox_id] = time.monotonic()
+
     def _held(self) -> set[str]:
         return {sandbox.id for sandbox in self.manager.list()}
 
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
+            held = self._held()
             try:
-                lost = await asyncio.to_thread(
-                    self.directory.heartbeat,
-                    self.settings.name,
-                    self.incarnation,
-                    self._held(),
-                    self.manager.committed_mb(),
+                beat = await asyncio.to_thread(
+                    self.directory.heartbeat, self.settings.name, self.incarnation, held, self.manager.committed_mb()
                 )
             except HostReplaced as exc:
                 log.error("%s: this host stops heartbeating", exc)
                 return
-            except SQLAlchemyError as exc:
+            except Exception as exc:  # noqa: BLE001  (the loop must outlive any one failure)
                 # Retried at the next beat; past the hosts' TTL the gateways declare
                 # this host's sandboxes lost, and it kills them once it is back.
-                log.warning("sandbox host %s: heartbeat failed: %s", self.settings.name, exc)
+                log.warning("sandbox host %s: heartbeat failed: %r", self.settings.name, exc)
                 continue
-            for sandbox_id in lost:
-                log.warning("sandbox %s was declared lost while this host was away: killing it", sandbox_id)
+            settled = time.monotonic() - RECORD_WITHIN_S
+            judged = self._placed | {i for i, at in self._created.items() if at < settled}
+            doomed = beat.lost | (judged & held) - beat.placed
+            self._placed = beat.placed
+            self._created = {i: at for i, at in self._created.items() if i in held and i not in beat.placed | doomed}
+            for sandbox_id in doomed:
+                log.warning("sandbox %s is no longer placed on this host (lost, or its workspace erased): "
+                            "killing it", sandbox_id)  # fmt: skip
                 try:
                     await self.manager.kill(sandbox_id)
                 except NotFound:
