@@ -272,6 +272,12 @@ def test_sandboxes_across_nodes(cluster, home: Path):
         assert ran.status_code == 200 and ran.json()["stdout"] == "still\n"
     states = {s["sandbox_id"]: s["state"] for s in client.get(f"{gw_a}/v1/sandboxes").json()["sandboxes"]}
     assert states == {**{i: "lost" for i in doomed}, **{i: "running" for i in kept}}
+    with database.connect() as c:
+        tiers = {tier for (offered,) in c.execute(sa.text("SELECT tiers FROM sandbox_hosts")) for tier in offered}
+    if "microvm" not in tiers:  # no host here boots one: waiting would not help, and the answer says so
+        no_vm = client.post(f"{gw_b}/v1/sandboxes", json={"template": "microvm"})
+        assert no_vm.status_code == 503 and no_vm.json()["error"]["code"] == "tier_unavailable", no_vm.text
+        assert "retry-after" not in no_vm.headers
     fresh = client.post(f"{gw_b}/v1/sandboxes", json={})
     assert fresh.status_code == 201, fresh.text
     assert _hosts(database)[fresh.json()["sandbox_id"]] == "node-b"

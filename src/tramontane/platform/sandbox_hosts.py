@@ -42,7 +42,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import Conflict, NotFound, TramontaneError, Unavailable, as_api_error
-from ..sandbox.hosts import HostDirectory, HostView, Placement, PlacementState
+from ..sandbox.hosts import HostDirectory, HostView, Placement, PlacementState, rank
 from ..sandbox.manager import MICROVM_TEMPLATE, TIER1_TEMPLATE, is_microvm
 from ..sandbox.node import NODE_PREFIX, WORKSPACE_HEADER, HostAgent
 from .sandbox_owner import sandbox_owner
@@ -196,7 +196,16 @@ class SandboxForwarding:
             body = await _read_body(receive)
             template = _template_of(body)
             tier = MICROVM_TEMPLATE if is_microvm(template) else TIER1_TEMPLATE  # microvm:<template> too
-            candidates = await asyncio.to_thread(self.hosts.directory.candidates, tier)
+            live = await asyncio.to_thread(self.hosts.directory.live_hosts)
+            candidates = rank(live, tier)
+            if live and not any(tier in host.tiers for host in live):  # waiting would not help
+                offered = sorted({t for host in live for t in host.tiers})
+                raise Unavailable(
+                    f"No sandbox host runs {tier!r} sandboxes (the {len(live)} live host(s) run: "
+                    f"{', '.join(offered) or 'none'})",
+                    code="tier_unavailable",
+                    param="template",
+                )
             refusal: httpx.Response | None = None
             for host in candidates[:_TRIES]:
                 try:
@@ -215,9 +224,9 @@ class SandboxForwarding:
             if refusal is not None and not candidates[_TRIES:]:
                 await _relay(refusal, send)
                 return
+            why = "no sandbox host is live" if not live else f"the {len(live)} live host(s) have no room for it"
             raise Unavailable(
-                f"No sandbox host has room for a {template!r} sandbox now ({len(candidates)} live host(s) "
-                f"with room for its tier {tier!r} were tried or none is live); retry shortly",
+                f"No room for a {template!r} sandbox now: {why}; retry shortly",
                 code="no_sandbox_host",
                 retry_after_s=2,
             )

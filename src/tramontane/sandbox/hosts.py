@@ -141,6 +141,12 @@ class Placement:
         return self.state is PlacementState.LOST or (self.state is PlacementState.RUNNING and not self.host_live)
 
 
+def rank(hosts: list[HostView], tier: str) -> list[HostView]:
+    """Those of `hosts` that run `tier` and have room, least loaded first."""
+    fitting = [h for h in hosts if tier in h.tiers and h.has_room]
+    return sorted(fitting, key=lambda h: (h.load, h.placed, h.name))
+
+
 class HostDirectory:
     def __init__(self, store: Store, *, ttl_s: float = DEFAULT_TTL_S):
         self.store = store
@@ -249,8 +255,7 @@ class HostDirectory:
 
     def candidates(self, tier: str) -> list[HostView]:
         """Live hosts that run `tier` and have room, least loaded first."""
-        hosts = [h for h in self.live_hosts() if tier in h.tiers and h.has_room]
-        return sorted(hosts, key=lambda h: (h.load, h.placed, h.name))
+        return rank(self.live_hosts(), tier)
 
     def record(self, sandbox_id: str, workspace_id: str, host: str, template: str, memory_mb: int) -> None:
         with self.store.write() as connection:
