@@ -246,6 +246,14 @@ def test_sandboxes_across_nodes(cluster, home: Path):
           f"command: median {statistics.median(via_gateway) * 1000:.1f} ms through a gateway, "
           f"{statistics.median(direct) * 1000:.1f} ms on the node (n=20 each)")
 
+    # Platform admins see the hosts; a tenant's key does not.
+    listed_hosts = httpx.get(f"{gw_b}/v1/admin/sandbox-hosts", headers=admin).json()["data"]
+    assert [(h["name"], h["live"], "base" in h["tiers"]) for h in listed_hosts] == [
+        ("node-a", True, True), ("node-b", True, True)
+    ]
+    assert sum(h["placed"] for h in listed_hosts) == len(ids)
+    assert httpx.get(f"{gw_b}/v1/admin/sandbox-hosts", headers=key).status_code == 403
+
     # Node A dies: its sandboxes are declared lost within its TTL plus a sweep;
     # node B's go on; new sandboxes go to node B.
     doomed = [i for i in ids if where[i] == "node-a"]
@@ -270,6 +278,9 @@ def test_sandboxes_across_nodes(cluster, home: Path):
     for sandbox_id in kept:
         ran = client.post(f"{gw_a}/v1/sandboxes/{sandbox_id}/commands", json={"cmd": "echo still", "stream": False})
         assert ran.status_code == 200 and ran.json()["stdout"] == "still\n"
+    assert [h["live"] for h in httpx.get(f"{gw_a}/v1/admin/sandbox-hosts", headers=admin).json()["data"]] == [
+        False, True
+    ]
     states = {s["sandbox_id"]: s["state"] for s in client.get(f"{gw_a}/v1/sandboxes").json()["sandboxes"]}
     assert states == {**{i: "lost" for i in doomed}, **{i: "running" for i in kept}}
     with database.connect() as c:

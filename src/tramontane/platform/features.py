@@ -54,7 +54,7 @@ from ..server.sleep import sleep_router
 from ..tenancy import Tenancy, request_logs_router
 from ..tenancy.admin_api import router as admin_router
 from ..store import tramontane_home
-from .sandbox_hosts import SandboxForwarding, SandboxHosts
+from .sandbox_hosts import SandboxForwarding, SandboxHosts, hosts_router
 from .sandbox_links import links_router
 from .sandbox_owner import PortLinks, sandbox_owner
 
@@ -278,7 +278,11 @@ def sandboxes(manager: SandboxManager, metrics: Metrics, hosts: SandboxHosts | N
     mounts = ((NODE_PREFIX, node_api(manager, hosts.token, agent.created)),) if hosts and agent else ()
     return Feature(
         "sandboxes",
-        routes=(Route(create_router(manager, owner=sandbox_owner)), Route(links_router(links))),
+        routes=(
+            Route(create_router(manager, owner=sandbox_owner)),
+            Route(links_router(links)),
+            *((Route(hosts_router(hosts.directory), ERRORS),) if hosts is not None else ()),
+        ),
         mounts=mounts,
         state={"port_links": links, "health_checks": (manager.default_template.health_warning,)},
         middleware=middleware,

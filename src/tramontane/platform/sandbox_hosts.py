@@ -31,20 +31,22 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 import anyio
 import httpx
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import Conflict, NotFound, TramontaneError, Unavailable, as_api_error
+from ..errors import Conflict, Forbidden, NotFound, TramontaneError, Unavailable, as_api_error
 from ..sandbox.hosts import HostDirectory, HostView, Placement, PlacementState, rank
 from ..sandbox.manager import MICROVM_TEMPLATE, TIER1_TEMPLATE, is_microvm
 from ..sandbox.node import NODE_PREFIX, WORKSPACE_HEADER, HostAgent
+from ..tenancy import Capability, Principal, require
 from .sandbox_owner import sandbox_owner
 from .sandbox_ws import relay_websocket
 
@@ -73,6 +75,40 @@ class LostSandboxModel(BaseModel):
     lost_at: datetime | None
     reason: str | None
     host: str
+
+
+class SandboxHostModel(BaseModel):
+    name: str
+    address: str
+    live: bool = Field(description="Heartbeat within the hosts' TTL; a host not live has its sandboxes lost.")
+    tiers: list[str]
+    cpu: float
+    memory_mb: int
+    max_sandboxes: int
+    placed: int = Field(description="Running sandboxes placed on it.")
+    placed_memory_mb: int
+    committed_memory_mb: int = Field(description="By its last heartbeat, its warm pool included.")
+    heartbeat_age_s: float
+
+
+class SandboxHostList(BaseModel):
+    data: list[SandboxHostModel]
+
+
+def hosts_router(directory: HostDirectory) -> APIRouter:
+    """`GET /v1/admin/sandbox-hosts`: the registered hosts, for platform admins."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.get("/sandbox-hosts", response_model=SandboxHostList)
+    async def list_sandbox_hosts(
+        principal: Annotated[Principal, Depends(require(Capability.ADMIN))],
+    ) -> SandboxHostList:
+        if not principal.platform_admin:  # the platform's machines are no organisation's business
+            raise Forbidden("Only a platform admin key can do this", code="platform_admin_required")
+        statuses = await asyncio.to_thread(directory.statuses)
+        return SandboxHostList(data=[SandboxHostModel(**{**vars(s), "tiers": list(s.tiers)}) for s in statuses])
+
+    return router
 
 
 class HostLost(Exception):

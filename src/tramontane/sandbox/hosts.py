@@ -115,6 +115,21 @@ class HostView:
 
 
 @dataclass(frozen=True)
+class HostStatus:
+    name: str
+    address: str
+    live: bool
+    tiers: tuple[str, ...]
+    cpu: float
+    memory_mb: int
+    max_sandboxes: int
+    placed: int  # running sandboxes placed on it
+    placed_memory_mb: int
+    committed_memory_mb: int  # by its last heartbeat, warm pool included
+    heartbeat_age_s: float
+
+
+@dataclass(frozen=True)
 class Beat:
     """What a heartbeat tells a host of the sandboxes it holds."""
 
@@ -251,6 +266,34 @@ class HostDirectory:
                     int(memory_mb),
                 )  # fmt: skip
                 for host, count, memory_mb in session.execute(query)
+            ]
+
+    def statuses(self) -> list[HostStatus]:
+        """Every registered host, live or not, with what is placed on it: for operators."""
+        now = db_now(self.store)
+        placed = (
+            select(
+                SandboxPlacementRow.host,
+                func.count().label("placed"),
+                func.sum(SandboxPlacementRow.memory_mb).label("memory_mb"),
+            )
+            .where(SandboxPlacementRow.state == PlacementState.RUNNING.value)
+            .group_by(SandboxPlacementRow.host)
+            .subquery()
+        )
+        query = (
+            select(SandboxHostRow, func.coalesce(placed.c.placed, 0), func.coalesce(placed.c.memory_mb, 0),
+                   now - SandboxHostRow.heartbeat_at)
+            .outerjoin(placed, placed.c.host == SandboxHostRow.name)
+            .order_by(SandboxHostRow.name)
+        )  # fmt: skip
+        with self.store.session() as session:
+            return [
+                HostStatus(
+                    host.name, host.address, float(age) <= self.ttl_s, tuple(host.tiers), host.cpu, host.memory_mb,
+                    host.max_sandboxes, int(count), int(memory_mb), host.committed_memory_mb, float(age),
+                )  # fmt: skip
+                for host, count, memory_mb, age in session.execute(query)
             ]
 
     def candidates(self, tier: str) -> list[HostView]:
