@@ -23,8 +23,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from test_up import home, launch_up, wait_ready  # noqa: F401  (home: the fixture)
+from typer.testing import CliRunner
 from websockets.sync.client import connect
 
+from tramontane.cli import app
 from tramontane.inference.registry import default_embedding_model_path
 from tramontane.sandbox.cgroups import CgroupTree
 from tramontane.sandbox.errors import SandboxError
@@ -307,3 +309,8 @@ def test_sandboxes_across_nodes(cluster, home: Path):
     assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
     assert refused.json()["error"]["code"] == "no_sandbox_host"
     client.close()
+
+
+def test_a_node_needs_the_gateways_postgresql(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["node", "--database-url", f"sqlite:///{tmp_path / 'one.db'}"])
+    assert result.exit_code == 2 and "PostgreSQL" in result.output
