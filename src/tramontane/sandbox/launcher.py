@@ -217,12 +217,14 @@ async def launch(
     runtime = await attach(process, group, host_uid, budget)
     runtime.egress = proxy
     runtime.rootfs = rootfs
-    if tenant:
-        try:
-            await runtime.channel.call("configure", env=tenant)
-        except BaseException:
-            await runtime.stop()
-            raise
+    try:
+        # Also the sandbox's first answer: bwrap, released from its block-fd, sets up
+        # the sandbox's mounts before it starts the agent, so until the agent answers
+        # /home/user may not be in place yet (a resume restores files there next).
+        await runtime.channel.call("configure", env=tenant)
+    except BaseException:
+        await runtime.stop()
+        raise
     return runtime
 
 
