@@ -260,9 +260,26 @@ def test_sandboxes_across_nodes(cluster, home: Path):
     # node B's go on; new sandboxes go to node B.
     doomed = [i for i in ids if where[i] == "node-a"]
     kept = [i for i in ids if where[i] == "node-b"]
+    # Frozen first (a host cut off answers nothing): a call in flight is answered
+    # once its heartbeat lapses, not left hanging; then killed outright.
+    in_flight: dict[str, object] = {}
+
+    def long_call() -> None:
+        started = time.monotonic()
+        answer = httpx.post(f"{gw_b}/v1/sandboxes/{doomed[0]}/commands", headers=key, timeout=60,
+                            json={"cmd": "sleep 30", "stream": False})  # fmt: skip
+        in_flight.update(status=answer.status_code, body=answer.json(), took=time.monotonic() - started)
+
+    caller = threading.Thread(target=long_call)
+    caller.start()
+    time.sleep(1.0)
+    nodes["node-a"][0].send_signal(signal.SIGSTOP)
+    killed = time.monotonic()
+    caller.join(timeout=30)
+    assert in_flight["status"] == 409 and in_flight["body"]["error"]["code"] == "sandbox_lost", in_flight
+    assert time.monotonic() - killed < TTL_S + 5
     nodes["node-a"][0].send_signal(signal.SIGKILL)
     nodes["node-a"][0].wait(timeout=10)
-    killed = time.monotonic()
 
     def lost() -> bool:
         answer = client.get(f"{gw_b}/v1/sandboxes/{doomed[0]}")
@@ -270,7 +287,8 @@ def test_sandboxes_across_nodes(cluster, home: Path):
         return answer.status_code == 200 and answer.json()["state"] == "lost"
 
     _wait(lost, TTL_S + 10, "the dead node's sandboxes to be declared lost")
-    print(f"lost: declared {time.monotonic() - killed:.1f} s after SIGKILL (TTL {TTL_S} s)")
+    print(f"lost: declared {time.monotonic() - killed:.1f} s after SIGSTOP (TTL {TTL_S} s); "
+          f"the call in flight answered after {in_flight['took']:.1f} s")
     for sandbox_id in doomed:
         started = time.monotonic()
         answer = client.post(f"{gw_a}/v1/sandboxes/{sandbox_id}/commands", json={"cmd": "echo hi"})

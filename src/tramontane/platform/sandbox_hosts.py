@@ -131,6 +131,9 @@ class SandboxHosts:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
         self._sweeping: asyncio.Task[None] | None = None
+        # The live hosts' names as of the last sweep: relayed calls in flight
+        # watch their host here, rather than each reading the database.
+        self.live: set[str] | None = None
 
     async def start(self) -> None:
         self._sweeping = asyncio.create_task(self._sweep())
@@ -156,6 +159,14 @@ class SandboxHosts:
                 continue
             if lost:
                 log.warning("%d sandbox(es) lost: their host stopped heartbeating", lost)
+            try:
+                self.live = {host.name for host in await asyncio.to_thread(self.directory.live_hosts)}
+            except SQLAlchemyError as exc:
+                log.warning("sandbox hosts: reading the live hosts failed: %s", exc)
+
+    def lapsed(self, host: str) -> bool:
+        """Whether the last sweep found `host` down (False before any sweep)."""
+        return self.live is not None and host not in self.live
 
 
 class SandboxForwarding:
@@ -203,10 +214,43 @@ class SandboxForwarding:
                 await relay_websocket(scope, receive, send, url, headers)
                 return
             body = await _read_body(receive)
-            response = await self._send(placement.address, scope, workspace, body)
-            if scope["method"] == "DELETE" and rest in ("", "/") and response.status_code in (204, 404):
-                await asyncio.to_thread(self.hosts.directory.end, placement.sandbox_id, "killed")
-            await _relay(response, send)
+            answered = False
+
+            async def tracking(message: Message) -> None:
+                nonlocal answered
+                answered = answered or message["type"] == "http.response.start"
+                await send(message)
+
+            async with self._watching(placement.host) as lapsed:
+                response = await self._send(placement.address, scope, workspace, body)
+                if scope["method"] == "DELETE" and rest in ("", "/") and response.status_code in (204, 404):
+                    await asyncio.to_thread(self.hosts.directory.end, placement.sandbox_id, "killed")
+                await _relay(response, tracking)
+            if lapsed.is_set():
+                if answered:
+                    raise HostLost(f"host {placement.host} stopped heartbeating mid-response")
+                raise Conflict(
+                    f"sandbox {placement.sandbox_id} is lost: its host {placement.host} stopped heartbeating "
+                    "while this call ran. Its processes and files are gone; delete it and create another.",
+                    code="sandbox_lost",
+                )
+
+    @asynccontextmanager
+    async def _watching(self, host: str) -> AsyncIterator[asyncio.Event]:
+        """Cancels the block when `host`'s heartbeat lapses (a frozen or cut-off
+        host answers nothing, not even an error); the event says it did."""
+        lapsed = asyncio.Event()
+        async with anyio.create_task_group() as tasks:
+
+            async def watch() -> None:
+                while not self.hosts.lapsed(host):
+                    await anyio.sleep(self.hosts.sweep_s)
+                lapsed.set()
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(watch)
+            yield lapsed
+            tasks.cancel_scope.cancel()
 
     async def _answer_lost(self, scope: Scope, send: Send, placement: Placement, rest: str) -> None:
         method = scope.get("method")
