@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -144,12 +143,9 @@ def test_sandboxes_across_nodes(cluster, home: Path):
     client = httpx.Client(headers=key, timeout=60)
 
     # Created through gateway A, spread over both nodes (least loaded first).
-    placed = []
     ids = []
     for n in range(4):
-        started = time.perf_counter()
         made = client.post(f"{gw_a}/v1/sandboxes", json={"timeout": 300, "metadata": {"n": str(n)}})
-        placed.append(time.perf_counter() - started)
         assert made.status_code == 201, made.text
         ids.append(made.json()["sandbox_id"])
     where = _hosts(database)
@@ -227,26 +223,6 @@ def test_sandboxes_across_nodes(cluster, home: Path):
     # The node API takes the hosts' token only, never a tenant's key.
     node_a = nodes[where[first]][2]
     assert httpx.get(f"{node_a}{NODE_PREFIX}/v1/sandboxes/{first}", headers=key).status_code == 401
-
-    # Forwarding's cost per command: through a gateway, and straight to the node's API.
-    host_headers = {"Authorization": f"Bearer {host_token(PEPPER.encode())}"}
-    workspace = httpx.get(f"{gw_a}/v1/admin/workspaces",
-                          headers={"Authorization": f"Bearer {(home / 'admin-key').read_text().strip()}"}).json()
-    host_headers[WORKSPACE_HEADER] = workspace["data"][0]["id"]
-    via_gateway, direct = [], []
-    with httpx.Client(headers=host_headers, timeout=60) as straight:
-        for _ in range(20):
-            started = time.perf_counter()
-            ran = client.post(f"{gw_b}/v1/sandboxes/{first}/commands", json={"cmd": "true", "stream": False})
-            assert ran.status_code == 200
-            via_gateway.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            assert straight.post(f"{node_a}{NODE_PREFIX}/v1/sandboxes/{first}/commands",
-                                 json={"cmd": "true", "stream": False}).status_code == 200
-            direct.append(time.perf_counter() - started)
-    print(f"placement: median {statistics.median(placed) * 1000:.0f} ms (n={len(placed)}); "
-          f"command: median {statistics.median(via_gateway) * 1000:.1f} ms through a gateway, "
-          f"{statistics.median(direct) * 1000:.1f} ms on the node (n=20 each)")
 
     # Platform admins see the hosts; a tenant's key does not.
     listed_hosts = httpx.get(f"{gw_b}/v1/admin/sandbox-hosts", headers=admin).json()["data"]
