@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -247,3 +248,23 @@ def test_a_custom_template_starts_as_fast_as_the_base(live: LiveSandboxes, small
                 timings[template].append(time.monotonic() - started)
     base, custom = (sorted(t)[1] for t in timings.values())
     assert custom < base * 2 + 0.2, timings  # loose: a shared host; benchmarks/sandbox.py measures
+
+
+def test_clean_detaches_a_killed_builds_mounts_before_removing_it(tmp_path: Path) -> None:
+    """A build killed mid-way leaves the host's /dev/shm bound into its tree:
+    removing the tree through that mount would delete the host's files."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("bind mounts need root")
+    host_files = tmp_path / "host-shm"
+    host_files.mkdir()
+    (host_files / "segment").write_text("in use")
+    store = TemplateStore(tmp_path / "templates")
+    inside = tmp_path / "templates" / ".build-cut-short" / "rootfs" / "dev" / "shm"
+    inside.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(host_files), str(inside)], check=True)
+    try:
+        store.clean()
+    finally:
+        subprocess.run(["umount", "--lazy", str(inside)], capture_output=True)
+    assert (host_files / "segment").read_text() == "in use"
+    assert not (tmp_path / "templates" / ".build-cut-short").exists()

@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,21 @@ class Template:
         }  # fmt: skip
 
 
+def _detach_mounts(tree: Path) -> bool:
+    """Lazily unmounts everything mounted under `tree`, deepest first; whether
+    nothing is mounted there any more."""
+    prefix = str(tree.resolve()) + "/"
+
+    def under() -> list[str]:
+        with open("/proc/self/mounts") as mounts:
+            points = [line.split()[1].encode().decode("unicode_escape") for line in mounts]
+        return [p for p in points if p.startswith(prefix)]
+
+    for point in sorted(under(), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True)
+    return not under()
+
+
 def _tree_size(root: Path) -> int:
     total = 0
     for directory, _dirs, names in os.walk(root):
@@ -73,10 +89,17 @@ class TemplateStore:
         self._building = asyncio.Semaphore(1)  # builds are disk- and network-heavy: one at a time
 
     def clean(self) -> None:
-        """Removes scratch folders of builds a crash cut short."""
+        """Removes scratch folders of builds a crash cut short. A build killed
+        mid-way can leave mmdebstrap's mounts in its tree (/proc, /sys, and the
+        host's own /dev/shm bound in): they are detached first, since removing
+        through them would delete the host's files; a tree that keeps a mount
+        is left alone."""
         if self.root.exists():
             for scratch in self.root.glob(".build-*"):
-                shutil.rmtree(scratch, ignore_errors=True)
+                if _detach_mounts(scratch):
+                    shutil.rmtree(scratch, ignore_errors=True)
+                else:
+                    logger.error("left %s: something is still mounted under it", scratch)
 
     # -- lookup
 
