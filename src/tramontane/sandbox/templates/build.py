@@ -76,8 +76,12 @@ def debootstrap(spec: TemplateSpec, rootfs: Path, apt_cache: Path) -> None:
     """The base tree with the spec's Debian packages; `apt_cache` keeps downloaded
     .debs between builds (apt checks each against the signed index before use)."""
     apt_cache.mkdir(parents=True, exist_ok=True)
+    # mmdebstrap mounts the host's /dev, /proc and /sys inside the tree; in a
+    # mount namespace of its own those mounts die with it, so a build cut short
+    # leaves nothing attached that removing its scratch folder could reach through.
     _run(
         [
+            _tool("unshare"), "--mount", "--propagation", "private", "--",
             _tool("mmdebstrap"), "--mode=root", "--format=directory", "--variant=minbase",
             "--include=" + ",".join(spec.packages()),
             "--aptopt=APT::Install-Recommends false",
