@@ -163,3 +163,32 @@ async def test_an_agent_kills_what_is_no_longer_placed_on_its_host(
     finally:
         await agent.stop()
     assert hosts.lookup("placed").lost  # type: ignore[union-attr]  # it left: its sandboxes went with it
+
+
+async def test_a_dedicated_host_judges_what_it_finds_at_start(
+    store: Store, workspace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node restarting finds paused sandboxes on its disk: one whose workspace was
+    erased while it was down (its placement gone) is killed, snapshot and all; one
+    still placed here stays. A gateway that also hosts leaves both alone."""
+    monkeypatch.setattr(node, "RECORD_WITHIN_S", 0.3)
+    hosts = HostDirectory(store, ttl_s=TTL_S)
+    for dedicated in (False, True):
+        kept, erased = f"kept-{dedicated}", f"erased-{dedicated}"
+        hosts.register(host("a"), f"before-{dedicated}", {kept})
+        hosts.record(kept, workspace, "a", "base", 512)
+        manager = FakeManager({kept, erased})
+        settings = HostSettings("a", "http://a:8100", heartbeat_s=0.05, dedicated=dedicated)
+        agent = HostAgent(manager, hosts, settings)  # type: ignore[arg-type]
+        await agent.start()
+        try:
+            survivors = {kept} if dedicated else {kept, erased}
+            deadline = time.monotonic() + 5
+            while manager.held != survivors:
+                assert time.monotonic() < deadline, f"the agent left {manager.held}"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.6)  # past the settling time: nothing more goes
+            assert manager.held == survivors
+            assert not hosts.lookup(kept).lost  # type: ignore[union-attr]
+        finally:
+            await agent.stop()

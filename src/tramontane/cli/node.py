@@ -101,7 +101,7 @@ def node(
         )
     )
     address = advertise_url or advertised_url(host, port)
-    agent = HostAgent(manager, HostDirectory(store), HostSettings(name, address, heartbeat_s))
+    agent = HostAgent(manager, HostDirectory(store), HostSettings(name, address, heartbeat_s, dedicated=True))
     console.print(f"Sandbox host {name!r} serving gateways at [bold]{address}[/]")
     try:
         uvicorn.run(node_server(manager, agent, token), host=host, port=port, log_level="info")

@@ -101,6 +101,12 @@ class HostSettings:
     name: str
     address: str  # where gateways reach this host's node API (without NODE_PREFIX)
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
+    # A dedicated host (`tramontane node`) holds nothing but what gateways
+    # placed on it, so the paused sandboxes it finds on disk when it starts are
+    # judged like newly made ones: one no longer placed (its workspace erased
+    # while the host was down) is killed, its snapshot with it. A gateway that
+    # also hosts keeps its conversations' sandboxes, which are never placed.
+    dedicated: bool = False
 
 
 class HostAgent:
@@ -137,7 +143,11 @@ class HostAgent:
         )
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.directory.register, self.info(), self.incarnation, self._held())
+        held = self._held()
+        if self.settings.dedicated:
+            for sandbox_id in held:
+                self.created(sandbox_id)
+        await asyncio.to_thread(self.directory.register, self.info(), self.incarnation, held)
         self._beating = asyncio.create_task(self._beat())
         log.info("sandbox host %s registered at %s", self.settings.name, self.settings.address)
 
