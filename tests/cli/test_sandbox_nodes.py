@@ -153,6 +153,12 @@ def test_sandboxes_across_nodes(cluster, home: Path):
         line for node in nodes.values() for line in node[1][-40:]
     )
 
+    # Each node shows its own sandboxes' use on its /metrics.
+    for name, (_, _, node_url) in nodes.items():
+        scraped = httpx.get(f"{node_url}/metrics", timeout=30).text
+        shown = {i for i in ids if f'tramontane_sandbox_memory_bytes{{sandbox_id="{i}"' in scraped}
+        assert shown == {i for i in ids if where[i] == name}, scraped[-2000:]
+
     # Commands, files, processes, streams and the lifecycle through gateway B.
     for n, sandbox_id in enumerate(ids):
         ran = client.post(f"{gw_b}/v1/sandboxes/{sandbox_id}/commands", json={"cmd": f"echo hi-{n}", "stream": False})

@@ -14,7 +14,8 @@ from typing import Annotated
 
 import typer
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from rich.console import Console
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -22,6 +23,7 @@ from ..platform.app import MAX_BODY_BYTES
 from ..sandbox import ManagerConfig, SandboxManager
 from ..sandbox.errors import SandboxError
 from ..sandbox.hosts import DEFAULT_HEARTBEAT_S, HostDirectory
+from ..sandbox.metrics import SandboxCollector
 from ..sandbox.node import NODE_PREFIX, HostAgent, HostSettings, host_token, node_api
 from ..server.middleware import BodySizeLimitMiddleware
 from ..store import open_store, tramontane_home
@@ -110,7 +112,11 @@ def node(
 
 
 def node_server(manager: SandboxManager, agent: HostAgent, token: str) -> FastAPI:
-    """The node API and `/health`; the manager and its registration run with the app."""
+    """The node API, `/health` and `/metrics` (its sandboxes' CPU, memory and disk,
+    as a gateway shows its own); the manager and its registration run with the app."""
+    collector = SandboxCollector(manager)
+    registry = CollectorRegistry()
+    registry.register(collector)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,11 +125,13 @@ def node_server(manager: SandboxManager, agent: HostAgent, token: str) -> FastAP
         except SandboxError as exc:
             console.print(f"[red]error:[/] this host cannot run sandboxes: {exc.message}")
             raise
+        collector.start()
         try:
             await agent.start()
             yield
         finally:
             await agent.stop()
+            await collector.stop()
             await manager.shutdown()
 
     app = FastAPI(title="Tramontane sandbox host", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
@@ -131,6 +139,10 @@ def node_server(manager: SandboxManager, agent: HostAgent, token: str) -> FastAP
     @app.get("/health")
     async def health() -> dict[str, object]:
         return {"status": "ok", "host": agent.name, **manager.stats()}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.mount(NODE_PREFIX, node_api(manager, token, agent.created))
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
