@@ -260,7 +260,9 @@ def _microvm_accelerator() -> tuple[str | None, str]:
 @pytest.fixture(scope="session")
 def live_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSandboxes]:
     """The API with tier-2 sandboxes (template "microvm") pooled; skipped where the
-    host cannot run them (no QEMU, guest image not built)."""
+    host cannot run them (no QEMU, guest image not built). Its default is base, so
+    plain "microvm" runs on the host's /usr over 9p (with a built default it would
+    run on the default's disk: test_microvm_snapshots.py covers that)."""
     accelerator, reason = _microvm_accelerator()
     if accelerator is None:
         pytest.skip(reason)
@@ -268,7 +270,7 @@ def live_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveSandboxes]
     config = ManagerConfig(
         max_sandboxes=16, pool_size=0, microvm_pool_size=2,
         microvm_accelerator=os.environ.get("TRAMONTANE_MICROVM_ACCEL") or "auto",
-        reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024,
+        reap_interval_s=0.1, max_file_bytes=4 * 1024 * 1024, default_template="base",
         templates_dir=str(TEST_TEMPLATES), state_dir=str(tmp_path_factory.mktemp("vm-state")),
     )  # fmt: skip
     with _serve(SandboxManager(config)) as served:

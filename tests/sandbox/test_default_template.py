@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tramontane.sandbox import ManagerConfig, SandboxManager, bwrap
+from tramontane.sandbox import ManagerConfig, SandboxManager, SandboxSpec, bwrap
 from tramontane.sandbox import default_template as default_module
 from tramontane.sandbox.default_template import DefaultStatus, DefaultTemplate
+from tramontane.sandbox.microvm import MicroVMHost
 from tramontane.sandbox.templates import Template, TemplateStore
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -219,6 +220,36 @@ def test_base_as_the_default_says_nothing(serve_sandboxes, tmp_path: Path) -> No
             assert http.get("/v1/templates").json()["default"] == {
                 "name": "base", "status": "builtin", "serving": "base", "error": None, "build_started_at": None
             }  # fmt: skip
+
+
+def test_plain_microvm_follows_the_default(data_template: Template, tmp_path: Path) -> None:
+    """Which template and pool a plain "microvm" request gets, without booting a VM
+    (test_microvm_snapshots.py boots one on the default and pauses it to disk)."""
+    store = data_template.rootfs.parents[1]
+    plain = SandboxSpec(template="microvm")
+    # A stand-in for a host that can run VMs: only its presence decides the pools here.
+    host = MicroVMHost("qemu-system-x86_64", None, "kvm")  # type: ignore[arg-type]
+
+    built = SandboxManager(_config(store, tmp_path / "state", microvm_pool_size=1))
+    spec, template, warnings = built._resolve_template(plain)
+    assert template == data_template
+    assert (spec.template, warnings) == ("microvm:data", [])  # its disk: it pauses to disk
+    built._microvm = host
+    assert built._pooled_templates()[f"microvm:{template.id}"] == ("microvm:data", template, 1)
+    assert "microvm" not in built._pooled_templates()
+
+    missing = SandboxManager(_config(tmp_path / "empty", tmp_path / "state", microvm_pool_size=1))
+    spec, template, warnings = missing._resolve_template(plain)
+    assert (spec.template, template) == ("microvm", None)
+    assert warnings == [
+        "the default template 'data' is not built on this server; "
+        "this sandbox runs on 'microvm' (the host's /usr over 9p)"
+    ]
+    missing._microvm = host
+    assert missing._pooled_templates()["microvm"] == ("microvm", None, 1)
+
+    base = SandboxManager(_config(store, tmp_path / "state", default_template="base"))
+    assert base._resolve_template(plain) == (plain, None, [])  # the operator's choice: said nothing
 
 
 def test_naming_the_default_while_it_builds_is_a_503_with_retry_after(tmp_path: Path) -> None:

@@ -89,6 +89,7 @@ def test_commands_files_code_and_pause(live_vm, vm: Sandbox) -> None:
     assert vm.run_code("x = 41").error is None and vm.run_code("x + 1").text == "42"
     vm.pause()
     assert vm.get_info().state is SandboxState.PAUSED
+    assert live_vm.manager.get(vm.sandbox_id).runtime is not None  # 9p: frozen in memory
     with pytest.raises(SandboxException) as caught:
         vm.commands.run("true")
     assert caught.value.status == 409

@@ -1,6 +1,8 @@
 """Pause writes a tier-2 sandbox from a template to disk, memory included, and
 resume brings the same VM back: the same processes with their memory, PIDs and
-open files, also after a server restart. A damaged snapshot is refused, the
+open files, also after a server restart. The VM is a plain "microvm" one on a
+server whose default template is the tests' small one: it runs on that
+template's disk, as "microvm:<default>" does. A damaged snapshot is refused, the
 workspace's storage limit holds, and the tier-2 escape attempts run against the
 resumed VM. One VM for all of it (an emulated boot costs seconds). Skipped
 without QEMU or the guest image (see conftest.py)."""
@@ -57,12 +59,16 @@ def host_service() -> Iterator[int]:
 def test_a_template_vm_pauses_to_disk_with_its_memory_and_resumes_after_a_restart(
     tmp_path: Path, serve_sandboxes, microvm_config, small_vm_template: Template, host_service: int
 ) -> None:
-    with serve_sandboxes(SandboxManager(microvm_config(state_dir=str(tmp_path)))) as first:
+    config = microvm_config(state_dir=str(tmp_path), default_template=small_vm_template.name)
+    with serve_sandboxes(SandboxManager(config)) as first:
         with httpx.Client(base_url=first.url, headers={"x-tenant": WORKSPACE}, timeout=600) as http:
-            body = {"template": f"microvm:{small_vm_template.name}", "timeout": 900, "memory_mb": 256}
+            body = {"template": "microvm", "timeout": 900, "memory_mb": 256}
             created = http.post("/v1/sandboxes", json=body)
             assert created.status_code == 201, created.text
         vm = _tenant_sandbox(first, created.json()["sandbox_id"])
+        info = vm.get_info()
+        assert info.template == f"microvm:{small_vm_template.name}" and not any("default" in w for w in info.warnings)
+        assert vm.commands.run("hello").stdout == "hello from the template\n"  # its tree, not the host's /usr
         vm.files.write("notes.txt", "written before the pause")
         assert vm.run_code("x = 41").error is None
         keeper = vm.commands.run(KEEPER, background=True)
@@ -96,7 +102,7 @@ def test_a_template_vm_pauses_to_disk_with_its_memory_and_resumes_after_a_restar
         assert paused.value.status == 409
         sandbox_id = vm.sandbox_id
 
-    with serve_sandboxes(SandboxManager(microvm_config(state_dir=str(tmp_path)))) as second:
+    with serve_sandboxes(SandboxManager(config)) as second:
         vm = _tenant_sandbox(second, sandbox_id)
         assert vm.get_info().state is SandboxState.PAUSED
         state = second.manager._snapshots[sandbox_id].directory / VM_STATE

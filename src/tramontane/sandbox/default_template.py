@@ -128,14 +128,14 @@ class DefaultTemplate:
     def serving(self) -> str:
         return self.name if self.builtin or self.current() is not None else self.fallback
 
-    def warning(self) -> str:
-        """Said to each sandbox that got the fallback."""
+    def warning(self, fallback: str | None = None, what: str = "the host's /usr") -> str:
+        """Said to each sandbox that got the fallback (tier 2's: plain microvm)."""
         why = {
             DefaultStatus.BUILDING: "is being built",
             DefaultStatus.FAILED: "failed to build",
             DefaultStatus.MISSING: "is not built on this server",
         }.get(self.status, "is not ready")
-        return f"the default template {self.name!r} {why}; this sandbox runs on {self.fallback!r} (the host's /usr)"
+        return f"the default template {self.name!r} {why}; this sandbox runs on {fallback or self.fallback!r} ({what})"
 
     def health_warning(self) -> str | None:
         """For the platform's /health: None while sandboxes get the default."""

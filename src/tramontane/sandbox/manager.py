@@ -5,15 +5,16 @@ The template picks the tier: "base" is tier 1 (bubblewrap) on the host's /usr,
 a built template (see `templates`) tier 1 on its own tree, "microvm" tier 2 (a
 QEMU microVM, where the host can run one; see `microvm`). Both tiers run the
 same agent, so everything past creation is shared. A request that names no
-template gets the operator's default (see `default_template`).
+template gets the operator's default (see `default_template`); plain "microvm"
+gets it too, as "microvm:<default>", once it is built.
 
 A few sandboxes of the default shape are kept started ahead of demand (the
 pool): tier 1's of the default template (or base while it is not built), and
-microVMs. A pooled sandbox is a pristine bwrap + agent, or a booted VM, that has
-run nothing, so handing it out only means writing its cgroup limits and
-environment, which takes creation off the start-up time. Sandboxes whose
-start-time settings (mount sizes, rlimits, and for a VM its memory and vCPUs)
-differ from the default are started on demand.
+microVMs of it (plain microvm while it is not built). A pooled sandbox is a
+pristine bwrap + agent, or a booted VM, that has run nothing, so handing it out
+only means writing its cgroup limits and environment, which takes creation off
+the start-up time. Sandboxes whose start-time settings (mount sizes, rlimits,
+and for a VM its memory and vCPUs) differ from the default are started on demand.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def host_memory_mb() -> int:
 def _pool_name(template: str, custom: Template | None) -> str:
     """Which pool a sandbox of `template` comes from: a built template's by its
     id (whatever name or id the request used), a built-in one's by its name. A
-    template's microVMs are not its tier-1 sandboxes (and are never pooled)."""
+    template's microVMs are not its tier-1 sandboxes (and only the default's are pooled)."""
     if custom is None:
         return template
     return f"{MICROVM_PREFIX}{custom.id}" if is_microvm(template) else custom.id
@@ -331,6 +332,8 @@ class SandboxManager:
             if self.default_template.builtin:
                 return dataclasses.replace(spec, template=self.default_template.name), None, []
             return dataclasses.replace(spec, template=TIER1_TEMPLATE), None, [self.default_template.warning()]
+        if spec.template == MICROVM_TEMPLATE:
+            return self._resolve_plain_microvm(spec)
         if spec.template in self.config.templates:
             return spec, None, []
         try:
@@ -339,6 +342,18 @@ class SandboxManager:
             if (building := self.default_template.unavailable(template_name(spec.template))) is not None:
                 raise building from None
             raise
+
+    def _resolve_plain_microvm(self, spec: SandboxSpec) -> tuple[SandboxSpec, Template | None, list[str]]:
+        """Plain "microvm" follows the default as tier 1 does: on the default
+        template's disk ("microvm:<default>", which pauses to disk) when it is
+        ready, else on the host's /usr over 9p, saying why unless the operator
+        chose a built-in default."""
+        default = self.default_template.current()
+        if default is not None:
+            return dataclasses.replace(spec, template=f"{MICROVM_PREFIX}{default.name}"), default, []
+        if self.default_template.builtin:
+            return spec, None, []
+        return spec, None, [self.default_template.warning(MICROVM_TEMPLATE, "the host's /usr over 9p")]
 
     async def _start_command(self, sandbox: ManagedSandbox, command: str) -> None:
         """Starts a template's start command in the background; a sandbox whose
@@ -531,7 +546,8 @@ class SandboxManager:
 
     def _pooled_templates(self) -> dict[str, tuple[str, Template | None, int]]:
         """The pools to keep, by pool name: (template, built template, size).
-        Tier 1's is the default's (base while the default is not built)."""
+        Tier 1's is the default's (base while the default is not built), tier
+        2's the default's microVMs (plain microvm while it is not built)."""
         pools: dict[str, tuple[str, Template | None, int]] = {}
         default = self.default_template.current()
         if default is not None:
@@ -539,7 +555,13 @@ class SandboxManager:
         elif TIER1_TEMPLATE in self.config.templates:
             pools[TIER1_TEMPLATE] = (TIER1_TEMPLATE, None, self.config.pool_size)
         if self._microvm is not None and MICROVM_TEMPLATE in self.config.templates:
-            pools[MICROVM_TEMPLATE] = (MICROVM_TEMPLATE, None, self.config.microvm_pool_size)
+            # Plain microvm's, on the default's disk once it is ready (the 9p ones go then).
+            if default is not None:
+                pools[f"{MICROVM_PREFIX}{default.id}"] = (
+                    f"{MICROVM_PREFIX}{default.name}", default, self.config.microvm_pool_size
+                )
+            else:
+                pools[MICROVM_TEMPLATE] = (MICROVM_TEMPLATE, None, self.config.microvm_pool_size)
         return {name: pool for name, pool in pools.items() if pool[2] > 0}
 
     def _refill(self) -> None:
