@@ -26,7 +26,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from tramontane.cli.up import load_models  # noqa: E402
 from tramontane.engine.defaults import default_chat_model_path  # noqa: E402
-from tramontane.finetune import ray_runner, worker  # noqa: E402
+from tramontane.finetune import ray_batch, ray_runner, worker  # noqa: E402
 from tramontane.finetune.models import FineTuningJobRow  # noqa: E402
 from tramontane.finetune.ray_batch import RayBatch, RayLines  # noqa: E402
 from tramontane.finetune.ray_runner import NAMESPACE, RayTraining, RunResources, actor_name  # noqa: E402
@@ -336,6 +336,41 @@ def test_batch_lines_run_on_a_ray_node_and_fail_over_when_it_dies(
     assert [r["custom_id"] for r in results] == [str(n) for n in range(count)]  # each line once
     assert all(r["response"]["body"]["choices"][0]["message"]["content"] for r in results)
     assert len(lines.nodes) == 2 and lines.nodes[1] != first  # the lines in flight went on elsewhere
+
+
+@pytest.mark.slow  # a GPU node joins, leaves under the lines, and joins again
+def test_batch_lines_wait_while_their_only_fitting_node_is_away(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ray_batch, "NODE_POLL_S", 0.2)
+    count = 20  # past the runner's 8 at once: lines are left when the node goes
+    gpu_job = RayTraining(RunResources(cpu=1, gpus=1))
+    gpu_node = None
+    with serve(tmp_path, ModelRegistry(), {CHAT_MODEL: default_chat_model_path()}, ray=gpu_job) as server, \
+            server.http(server.tenant("ray")) as http:  # fmt: skip
+        upload = http.post("/v1/files", files={"file": ("b.jsonl", jsonl(*map(batch_line, range(count))))},
+                           data={"purpose": "batch"}).json()
+        created = http.post(
+            "/v1/batch/jobs", json={"input_files": [upload["id"]], "endpoint": "/v1/chat/completions", "model": CHAT_MODEL}
+        ).json()
+        url = f"/v1/batch/jobs/{created['id']}"
+        time.sleep(1.5)  # no GPU node yet: the lines wait, none fails
+        waiting = http.get(url).json()
+        assert waiting["status"] == "RUNNING" and waiting["failed_requests"] == 0, waiting
+        try:
+            gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=_OBJECT_STORE_BYTES)
+            until(lambda: (j := http.get(url).json())["completed_requests"] >= 1 or j["status"] == "FAILED", 120)
+            cluster.remove_node(gpu_node)
+            time.sleep(1.5)  # its only fitting node gone: the rest wait again
+            assert http.get(url).json()["status"] == "RUNNING"
+            gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=_OBJECT_STORE_BYTES)
+            until(lambda: http.get(url).json()["status"] in ("SUCCESS", "FAILED"), timeout_s=180)
+        finally:
+            if gpu_node is not None:
+                cluster.remove_node(gpu_node)
+        done = http.get(url).json()
+    assert done["status"] == "SUCCESS", done
+    assert (done["succeeded_requests"], done["failed_requests"]) == (count, 0)
 
 
 def test_an_evaluations_model_calls_run_on_its_ray_actor(

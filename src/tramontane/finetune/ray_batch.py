@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 
 # Lines one job's actor runs at once: the batch runner's own bound (batch.CONCURRENT_REQUESTS) fits in it.
 ACTOR_CONCURRENCY = 16
+# How long a job's lines wait for a node that fits them (one left, or none has
+# joined yet) before they fail: a restarted node or a new one is minutes away.
+NODE_WAIT_S = 900.0
+NODE_POLL_S = 1.0
 
 
 class BatchEngine:
@@ -152,11 +156,7 @@ class RayLines:
                 raise UpstreamFailed(f"the batch's Ray actor died {self._lost} times; its other lines are not run")
             if self._actor is None:
                 resources = self._batch.resources
-                nodes = [node["Resources"] for node in self._ray.nodes() if node["Alive"]]
-                if not any(resources.fits(totals) for totals in nodes):
-                    raise Unavailable(
-                        f"no Ray node has {resources.describe()} for this batch's lines", code="no_ray_node"
-                    )
+                await self._node_that_fits(resources)
                 actor = self._batch._actor_class.options(
                     max_restarts=0, max_concurrency=ACTOR_CONCURRENCY, **resources.actor_options()
                 ).remote(self._batch.models, gpus=resources.gpus, threads=int(max(1.0, resources.cpu)))
@@ -167,6 +167,22 @@ class RayLines:
                     raise UpstreamFailed(f"the batch's Ray actor did not start: {exc}") from None
                 self._actor = actor
             return self._actor
+
+    async def _node_that_fits(self, resources: RunResources) -> None:
+        """Waits, up to NODE_WAIT_S, for a live node that could run the actor: the
+        job's lines are held, not failed, while their only fitting node is away."""
+        deadline = asyncio.get_running_loop().time() + NODE_WAIT_S
+        told = False
+        while not any(resources.fits(node["Resources"]) for node in self._ray.nodes() if node["Alive"]):
+            if asyncio.get_running_loop().time() >= deadline:
+                raise Unavailable(
+                    f"no Ray node has had {resources.describe()} for this batch's lines in {NODE_WAIT_S:g} s",
+                    code="no_ray_node",
+                )
+            if not told:
+                log.warning("batch job %s: waiting for a Ray node with %s", self.job_id, resources.describe())
+                told = True
+            await asyncio.sleep(NODE_POLL_S)
 
     async def _replace(self, actor: Any, exc: Exception) -> None:
         """Its node died under the line: the next line (this one, again) starts another."""
