@@ -22,6 +22,7 @@ import enum
 from dataclasses import dataclass
 
 from sqlalchemy import JSON, Float, Integer, String, and_, delete, func, select, update
+from sqlalchemy.sql import Subquery
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
@@ -156,6 +157,20 @@ class Placement:
         return self.state is PlacementState.LOST or (self.state is PlacementState.RUNNING and not self.host_live)
 
 
+def _placed_per_host() -> Subquery:
+    """How many running sandboxes each host holds, and the memory they were given."""
+    return (
+        select(
+            SandboxPlacementRow.host,
+            func.count().label("placed"),
+            func.sum(SandboxPlacementRow.memory_mb).label("memory_mb"),
+        )
+        .where(SandboxPlacementRow.state == PlacementState.RUNNING.value)
+        .group_by(SandboxPlacementRow.host)
+        .subquery()
+    )
+
+
 def rank(hosts: list[HostView], tier: str) -> list[HostView]:
     """Those of `hosts` that run `tier` and have room, least loaded first."""
     fitting = [h for h in hosts if tier in h.tiers and h.has_room]
@@ -244,16 +259,7 @@ class HostDirectory:
 
     def live_hosts(self) -> list[HostView]:
         now = db_now(self.store)
-        placed = (
-            select(
-                SandboxPlacementRow.host,
-                func.count().label("placed"),
-                func.sum(SandboxPlacementRow.memory_mb).label("memory_mb"),
-            )
-            .where(SandboxPlacementRow.state == PlacementState.RUNNING.value)
-            .group_by(SandboxPlacementRow.host)
-            .subquery()
-        )
+        placed = _placed_per_host()
         query = (
             select(SandboxHostRow, func.coalesce(placed.c.placed, 0), func.coalesce(placed.c.memory_mb, 0))
             .outerjoin(placed, placed.c.host == SandboxHostRow.name)
@@ -271,16 +277,7 @@ class HostDirectory:
     def statuses(self) -> list[HostStatus]:
         """Every registered host, live or not, with what is placed on it: for operators."""
         now = db_now(self.store)
-        placed = (
-            select(
-                SandboxPlacementRow.host,
-                func.count().label("placed"),
-                func.sum(SandboxPlacementRow.memory_mb).label("memory_mb"),
-            )
-            .where(SandboxPlacementRow.state == PlacementState.RUNNING.value)
-            .group_by(SandboxPlacementRow.host)
-            .subquery()
-        )
+        placed = _placed_per_host()
         query = (
             select(SandboxHostRow, func.coalesce(placed.c.placed, 0), func.coalesce(placed.c.memory_mb, 0),
                    now - SandboxHostRow.heartbeat_at)
