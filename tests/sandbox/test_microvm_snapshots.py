@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,21 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.kvm
 
 WORKSPACE = "ws_00112233445566bb"
+PAUSED_AT_LEAST_S = 8.0  # longer than the clock's tolerance: a clock left behind is caught
+CLOCK_TOLERANCE_S = 3.0
+CAP_SYS_TIME = 25
+# The effective capabilities of each process running as root, kernel threads (no command line) aside.
+ROOT_CAPABILITIES = (
+    "import os\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    " try:\n"
+    "  user = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
+    "  status = dict(line.split(':', 1) for line in open(f'/proc/{pid}/status'))\n"
+    " except OSError:\n"
+    "  continue\n"
+    " if user and status['Uid'].split()[0] == '0':\n"
+    "  print(status['CapEff'].strip())"
+)
 # Holds a token it drew at start in memory, and writes it with a counter through
 # a file it keeps open: a restarted process would draw another token and count from 0.
 KEEPER = (
@@ -77,6 +93,11 @@ def test_a_template_vm_pauses_to_disk_with_its_memory_and_resumes_after_a_restar
             if vm.commands.run("test -s /tmp/keeper && echo y || true").stdout == "y\n":
                 break
         token, before = _keeper(vm)
+        # The guest has no clock of its own: the host set it at boot.
+        assert abs(float(vm.commands.run("date +%s.%N").stdout) - time.time()) < CLOCK_TOLERANCE_S
+        # The one process left as root in the guest, the clock keeper, can set the clock and nothing else.
+        roots = vm.commands.run(f"python3 -c \"{ROOT_CAPABILITIES}\"").stdout.split()
+        assert [int(c, 16) for c in roots] == [1 << CAP_SYS_TIME], roots
 
         # Past the workspace's storage limit: refused, nothing left, the VM runs on.
         first.manager.snapshots.bytes_per_workspace = 1 << 20
@@ -90,6 +111,7 @@ def test_a_template_vm_pauses_to_disk_with_its_memory_and_resumes_after_a_restar
         first.manager.snapshots.bytes_per_workspace = 10 << 30
 
         vm.pause()
+        paused_at = time.monotonic()
         assert vm.get_info().state is SandboxState.PAUSED
         assert first.manager.get(vm.sandbox_id).runtime is None  # no QEMU left
         directory = first.manager._snapshots[vm.sandbox_id].directory
@@ -116,8 +138,12 @@ def test_a_template_vm_pauses_to_disk_with_its_memory_and_resumes_after_a_restar
         raw[len(raw) // 2] ^= 0xFF
         state.write_bytes(bytes(raw))
 
+        time.sleep(max(0.0, PAUSED_AT_LEAST_S - (time.monotonic() - paused_at)))
         vm.resume()
         assert vm.get_info().state is SandboxState.RUNNING
+        # The wall clock is set again, not behind by the time spent on disk.
+        guest_now = float(vm.commands.run("date +%s.%N").stdout)
+        assert abs(guest_now - time.time()) < CLOCK_TOLERANCE_S, guest_now - time.time()
         assert not state.parent.exists()  # a resumed snapshot is consumed
         # The same VM: the interpreter's variable, the keeper's PID, token and open file.
         assert vm.run_code("x + 1").text == "42"

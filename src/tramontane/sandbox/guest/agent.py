@@ -36,6 +36,7 @@ import resource
 import select
 import selectors
 import signal
+import struct
 import time
 
 from .fileops import HOME, MAX_REPLY_BYTES, OPS, Failure, errno_name, failure_from, kind_of, read
@@ -94,8 +95,9 @@ def read_key():
 
 
 class Agent:
-    def __init__(self, key, pids_limit=None, egress_socket=None):
+    def __init__(self, key, pids_limit=None, egress_socket=None, clock_fd=None):
         self.key = key
+        self.clock_fd = clock_fd  # a microVM's clock keeper (see vmboot.start_clock_keeper)
         self.seq = 0
         self.pids_limit = pids_limit
         self.egress_socket = egress_socket
@@ -205,6 +207,18 @@ class Agent:
         of the old channel still in flight fail the new key and are dropped there."""
         self.key = bytes.fromhex(request["key"])
         self.seq = 0
+        return {}
+
+    def op_set_clock(self, request):
+        """A microVM's wall clock: it has no clock of its own at boot, and it stands
+        still while the VM is on disk, so the host sets it after each boot and resume
+        (through the clock keeper, see vmboot). A tier-1 sandbox shares the host's."""
+        if self.clock_fd is None:
+            return {}
+        try:
+            os.write(self.clock_fd, struct.pack("<q", int(request["time_ns"])))
+        except (KeyError, TypeError, ValueError, OverflowError, struct.error) as exc:
+            raise Failure("invalid", f"time_ns: {exc}") from None
         return {}
 
     def fail(self, rid, failure):
@@ -546,10 +560,15 @@ def load_part(name, agent):
     return Watches(agent)
 
 
-def main(rlimits, egress_socket=None):
+def main(rlimits, egress_socket=None, clock_fd=None):
     key = read_key()
     # Only the host's pipes may cross into commands: drop whatever bwrap left open.
-    os.closerange(3, 1 << 16)
+    if clock_fd is None:
+        os.closerange(3, 1 << 16)
+    else:
+        os.closerange(3, clock_fd)
+        os.closerange(clock_fd + 1, 1 << 16)
+        os.set_inheritable(clock_fd, False)
     # Soft and hard: nothing started from here can raise them again.
     for limit, value in rlimits.items():
         resource.setrlimit(int(limit), (value, value))
@@ -558,7 +577,7 @@ def main(rlimits, egress_socket=None):
     # each child dumpable again.)
     LIBC.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     pids_limit = {int(k): v for k, v in rlimits.items()}.get(resource.RLIMIT_NPROC)
-    agent = Agent(key, pids_limit, egress_socket)
+    agent = Agent(key, pids_limit, egress_socket, clock_fd)
     if egress_socket is not None:
         agent.start_forwarder(egress_socket)
     agent.run()

@@ -28,6 +28,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,10 @@ async def launch_vm(
             assert runtime.monitor is not None
             await asyncio.to_thread(run_after_incoming, runtime.monitor, BOOT_TIMEOUT_S[host.accelerator])
         await runtime.channel.call("ps", timeout=BOOT_TIMEOUT_S[host.accelerator])
+        try:
+            await runtime.channel.call("set_clock", time_ns=time.time_ns())
+        except SandboxError as exc:  # the VM still works; its timestamps do not
+            logger.warning("microVM %s: its wall clock was not set: %s", name, exc)
     except SandboxError as exc:  # MonitorError too: QEMU exited (a state it could not load)
         await runtime.stop()
         tail = runtime.stderr_tail.decode(errors="replace").strip()[-800:]
