@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,7 +71,7 @@ class FollowerForwarding:
         if any(name == FORWARDED_HEADER for name, _ in scope["headers"]):
             await self._refuse(send, "This gateway no longer leads the control plane", "not_leader")
             return
-        body = await _read_body(receive)
+        body = await read_body(receive)
         deadline = time.monotonic() + self.wait_s
         tried: set[str] = set()
         while True:
@@ -139,18 +140,10 @@ class FollowerForwarding:
         return self.client.build_request(scope["method"], url, headers=headers, content=body)
 
     async def _relay(self, response: httpx.Response, send: Send) -> None:
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": _response_headers(response)})
-        try:
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as exc:
-            # The status is sent: the connection is dropped, so that the client
-            # sees a broken response, never a short one that looks whole.
-            raise LeaderLost(f"the leading gateway's response broke off: {exc}") from exc
-        finally:
-            await response.aclose()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await relay(
+            response, send, _response_headers(response),
+            lambda why: LeaderLost(f"the leading gateway's response broke off: {why}"),
+        )  # fmt: skip
 
     async def _refuse(self, send: Send, message: str, code: str) -> None:
         response = as_api_error(Unavailable(message, code=code, retry_after_s=1)).response()
@@ -204,7 +197,8 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes:
+    """A request's whole body (what came before the client left, if it did)."""
     chunks = []
     while True:
         message: Message = await receive()
@@ -214,3 +208,21 @@ async def _read_body(receive: Receive) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def relay(
+    response: httpx.Response, send: Send, headers: list[tuple[bytes, bytes]], broken: Callable[[str], Exception]
+) -> None:
+    """Sends `response` on to the client as it comes, with `headers`. Once the
+    status is sent, a body that breaks off raises `broken(why)`: the connection is
+    dropped, so that the client sees a broken response, never a short one that
+    looks whole."""
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    try:
+        async for chunk in response.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except httpx.HTTPError as exc:
+        raise broken(str(exc)) from exc
+    finally:
+        await response.aclose()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..control.forwarding import read_body, relay
 from ..errors import Conflict, Forbidden, NotFound, TramontaneError, Unavailable, as_api_error
 from ..sandbox.hosts import HostDirectory, HostView, Placement, PlacementState, rank
 from ..sandbox.manager import MICROVM_TEMPLATE, TIER1_TEMPLATE, is_microvm
@@ -213,7 +214,7 @@ class SandboxForwarding:
                 url, headers = self._url(placement.address, scope), self._headers(scope, workspace)
                 await relay_websocket(scope, receive, send, url, headers)
                 return
-            body = await _read_body(receive)
+            body = await read_body(receive)
             answered = False
 
             async def tracking(message: Message) -> None:
@@ -273,7 +274,7 @@ class SandboxForwarding:
 
     async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with _workspace(scope, receive) as workspace:
-            body = await _read_body(receive)
+            body = await read_body(receive)
             template = _template_of(body)
             tier = MICROVM_TEMPLATE if is_microvm(template) else TIER1_TEMPLATE  # microvm:<template> too
             live = await asyncio.to_thread(self.hosts.directory.live_hosts)
@@ -442,15 +443,9 @@ async def _answering_errors(handle: Any, scope: Scope, receive: Receive, send: S
 
 
 async def _relay(response: httpx.Response, send: Send) -> None:
-    await send({"type": "http.response.start", "status": response.status_code, "headers": _relayed_headers(response)})
-    try:
-        async for chunk in response.aiter_raw():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except httpx.HTTPError as exc:
-        raise HostLost(f"the sandbox host's response broke off: {exc}") from exc
-    finally:
-        await response.aclose()
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await relay(
+        response, send, _relayed_headers(response), lambda why: HostLost(f"the sandbox host's response broke off: {why}")
+    )
 
 
 def _relayed_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
@@ -465,16 +460,6 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 def _template_of(body: bytes) -> str:
