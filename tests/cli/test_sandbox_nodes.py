@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,30 +20,17 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from sandbox_support import tier1_unavailable_reason
 from test_up import home, launch_up, wait_ready  # noqa: F401  (home: the fixture)
 from typer.testing import CliRunner
 from websockets.sync.client import connect
 
 from tramontane.cli import app
 from tramontane.inference.registry import default_embedding_model_path
-from tramontane.sandbox.cgroups import CgroupTree
-from tramontane.sandbox.errors import SandboxError
 from tramontane.sandbox.node import NODE_PREFIX, WORKSPACE_HEADER, host_token
 
 PEPPER = "a-pepper-gateways-and-nodes-share-0123456789"
 TTL_S = 5.0  # sandbox.hosts.DEFAULT_TTL_S
-
-
-def _unavailable() -> str | None:
-    if shutil.which("bwrap") is None:
-        return "bubblewrap is not installed (apt-get install bubblewrap)"
-    if os.geteuid() != 0:
-        return "tier-1 sandboxes need root (a host uid and a cgroup per sandbox)"
-    try:
-        CgroupTree.detect()
-    except (OSError, SandboxError) as exc:
-        return f"cgroups are not usable here: {exc}"
-    return None
 
 
 def launch_node(name: str) -> tuple[subprocess.Popen[str], list[str], str]:
@@ -82,7 +68,7 @@ def _wait(condition, timeout_s: float, what: str) -> float:
 
 @pytest.fixture
 def cluster(postgres_url: str, home: Path, monkeypatch: pytest.MonkeyPatch):
-    reason = _unavailable()
+    reason = tier1_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
     monkeypatch.setenv("TRAMONTANE_DATABASE_URL", postgres_url)

@@ -24,10 +24,10 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from sandbox_support import tier1_unavailable_reason
 from starlette.requests import HTTPConnection
 
 from tramontane.sandbox import ManagerConfig, Sandbox, SandboxManager, create_router
-from tramontane.sandbox.cgroups import CgroupTree
 from tramontane.sandbox.default_template import bundled_spec
 from tramontane.sandbox.errors import SandboxError
 from tramontane.sandbox.host_routing import PortHostRouting
@@ -39,19 +39,7 @@ from tramontane.sandbox.templates.store import default_root
 T = TypeVar("T")
 
 
-def _unavailable_reason() -> str | None:
-    if shutil.which("bwrap") is None:
-        return "bubblewrap is not installed (apt-get install bubblewrap)"
-    if os.geteuid() != 0:
-        return "tier-1 sandboxes need root (a host uid and a cgroup per sandbox)"
-    try:
-        CgroupTree.detect()
-    except (OSError, SandboxError) as exc:
-        return f"cgroups are not usable here: {exc}"
-    return None
-
-
-UNAVAILABLE = _unavailable_reason()
+UNAVAILABLE = tier1_unavailable_reason()
 
 
 @pytest.fixture
