@@ -300,10 +300,19 @@ def batch_line(n: int) -> dict[str, Any]:
     return {"custom_id": str(n), "body": body}
 
 
-@pytest.mark.slow  # loads the chat model on a node, twice
-def test_batch_lines_run_on_a_ray_node_and_fail_over_when_it_dies(
-    cluster: Cluster, gateway, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def create_batch(http: Any, count: int) -> str:
+    """A chat batch job of `count` lines; its URL."""
+    upload = http.post("/v1/files", files={"file": ("b.jsonl", jsonl(*map(batch_line, range(count))))},
+                       data={"purpose": "batch"}).json()  # fmt: skip
+    created = http.post(
+        "/v1/batch/jobs", json={"input_files": [upload["id"]], "endpoint": "/v1/chat/completions", "model": CHAT_MODEL}
+    ).json()
+    return f"/v1/batch/jobs/{created['id']}"
+
+
+@pytest.fixture
+def started_lines(monkeypatch: pytest.MonkeyPatch) -> list[RayLines]:
+    """Each batch or evaluation job's lines on Ray, as the gateway starts them."""
     started: list[RayLines] = []
     lines_of = RayBatch.lines
 
@@ -312,18 +321,20 @@ def test_batch_lines_run_on_a_ray_node_and_fail_over_when_it_dies(
         return started[-1]
 
     monkeypatch.setattr(RayBatch, "lines", recorded)
+    return started
+
+
+@pytest.mark.slow  # loads the chat model on a node, twice
+def test_batch_lines_run_on_a_ray_node_and_fail_over_when_it_dies(
+    cluster: Cluster, gateway, started_lines: list[RayLines]
+) -> None:
     count = 24
     # The gateway loads no engine: only a Ray node can answer these lines.
     with gateway() as server, server.http(server.tenant("ray")) as http:
-        upload = http.post("/v1/files", files={"file": ("b.jsonl", jsonl(*map(batch_line, range(count))))},
-                           data={"purpose": "batch"}).json()
-        created = http.post(
-            "/v1/batch/jobs", json={"input_files": [upload["id"]], "endpoint": "/v1/chat/completions", "model": CHAT_MODEL}
-        ).json()
-        url = f"/v1/batch/jobs/{created['id']}"
+        url = create_batch(http, count)
         until(lambda: (j := http.get(url).json())["completed_requests"] >= 1 or j["status"] == "FAILED", timeout_s=120)
         assert http.get(url).json()["status"] == "RUNNING"
-        [lines] = started
+        [lines] = started_lines
         first = lines.nodes[0]
         assert first != cluster.list_all_nodes()[0].node_id
         cluster.remove_node(node_of(cluster, first))
@@ -348,12 +359,7 @@ def test_batch_lines_wait_while_their_only_fitting_node_is_away(
     gpu_node = None
     with serve(tmp_path, ModelRegistry(), {CHAT_MODEL: default_chat_model_path()}, ray=gpu_job) as server, \
             server.http(server.tenant("ray")) as http:  # fmt: skip
-        upload = http.post("/v1/files", files={"file": ("b.jsonl", jsonl(*map(batch_line, range(count))))},
-                           data={"purpose": "batch"}).json()
-        created = http.post(
-            "/v1/batch/jobs", json={"input_files": [upload["id"]], "endpoint": "/v1/chat/completions", "model": CHAT_MODEL}
-        ).json()
-        url = f"/v1/batch/jobs/{created['id']}"
+        url = create_batch(http, count)
         time.sleep(1.5)  # no GPU node yet: the lines wait, none fails
         waiting = http.get(url).json()
         assert waiting["status"] == "RUNNING" and waiting["failed_requests"] == 0, waiting
@@ -374,16 +380,8 @@ def test_batch_lines_wait_while_their_only_fitting_node_is_away(
 
 
 def test_an_evaluations_model_calls_run_on_its_ray_actor(
-    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, tmp_path: Path, started_lines: list[RayLines]
 ) -> None:
-    started: list[RayLines] = []
-    lines_of = RayBatch.lines
-
-    def recorded(self: RayBatch, job_id: str) -> RayLines:
-        started.append(lines_of(self, job_id))
-        return started[-1]
-
-    monkeypatch.setattr(RayBatch, "lines", recorded)
     registry = load_models([s for s in default_model_specs() if s.name == CHAT_MODEL])
     items = [{"input": f"Write the number {i} in words.", "reference": str(i)} for i in range(6)]
     with serve(tmp_path, registry, registry.checkpoints(), ray=RayTraining(RunResources())) as server, server.http(
@@ -399,6 +397,6 @@ def test_an_evaluations_model_calls_run_on_its_ray_actor(
         done = http.get(url).json()
     assert done["status"] == "SUCCESS", done["events"]
     assert (done["completed_items"], done["failed_items"]) == (6, 0)
-    [lines] = started
+    [lines] = started_lines
     assert len(lines.nodes) == 1 and lines.nodes[0] != cluster.list_all_nodes()[0].node_id
     until(lambda: ray.available_resources().get("CPU") == 2)  # its actor ended with the job
