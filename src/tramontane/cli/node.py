@@ -17,7 +17,6 @@ import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from rich.console import Console
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..platform.app import MAX_BODY_BYTES
 from ..sandbox import ManagerConfig, SandboxManager
@@ -28,7 +27,7 @@ from ..sandbox.node import NODE_PREFIX, HostAgent, HostSettings, host_token, nod
 from ..server.middleware import BodySizeLimitMiddleware
 from ..store import open_store, tramontane_home
 from ..tenancy.pepper import load_pepper
-from .up import MicroVMAccelerator, advertised_url
+from .up import MicroVMAccelerator, advertised_url, opening_the_database
 
 console = Console(stderr=True)
 
@@ -70,14 +69,8 @@ def node(
     heartbeat_s: Annotated[float, typer.Option(min=0.1, help="Seconds between heartbeats.")] = DEFAULT_HEARTBEAT_S,
 ) -> None:
     """Host sandboxes for the gateways sharing DATABASE_URL (and TRAMONTANE_KEY_PEPPER)."""
-    try:
+    with opening_the_database():
         store = open_store(database_url)
-    except ArgumentError as exc:
-        console.print("[red]error:[/] --database-url is not a valid SQLAlchemy URL")
-        raise typer.Exit(1) from exc
-    except (SQLAlchemyError, ValueError, OSError) as exc:
-        console.print(f"[red]error:[/] cannot open the database: {exc}")
-        raise typer.Exit(1) from exc
     if store.is_sqlite:
         store.close()
         console.print("[red]error:[/] sandbox hosts serve gateways sharing a PostgreSQL database (--database-url)")

@@ -8,6 +8,8 @@ import os
 import socket
 import ssl
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -399,9 +401,11 @@ def parse_weights(specs: list[str]) -> dict[str, float]:
     return weights
 
 
-def open_tenancy(database_url: str | None, admission: AdmissionLimits | None = None) -> Tenancy:
+@contextmanager
+def opening_the_database() -> Iterator[None]:
+    """A bad --database-url or a database that cannot be opened: one line, exit 1."""
     try:
-        return Tenancy.open(database_url, admission=admission)
+        yield
     except ArgumentError as exc:
         # Its message repeats the URL, password included.
         console.print("[red]error:[/] --database-url is not a valid SQLAlchemy URL")
@@ -409,6 +413,11 @@ def open_tenancy(database_url: str | None, admission: AdmissionLimits | None = N
     except (SQLAlchemyError, ValueError, OSError) as exc:
         console.print(f"[red]error:[/] cannot open the database: {exc}")
         raise typer.Exit(1) from exc
+
+
+def open_tenancy(database_url: str | None, admission: AdmissionLimits | None = None) -> Tenancy:
+    with opening_the_database():
+        return Tenancy.open(database_url, admission=admission)
 
 
 def write_admin_key(home: Path, key: str) -> Path:
