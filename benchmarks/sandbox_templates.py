@@ -26,21 +26,10 @@ import time
 from pathlib import Path
 
 from percentiles import summary
+from sandbox_timing import HOLDER, first_command
 
 from tramontane.sandbox import ManagerConfig, SandboxManager, SandboxSpec
 from tramontane.sandbox.templates import load
-
-HOLDER = "python3 -c 'b = bytearray(200 << 20); b[::4096] = b\"x\" * len(b[::4096]); import time; time.sleep(3600)'"
-
-
-async def first_command(manager: SandboxManager, template: str) -> float:
-    started = time.perf_counter()
-    sandbox = await manager.create(SandboxSpec(template=template))
-    await sandbox.commands.run("echo ok")
-    elapsed = time.perf_counter() - started
-    await manager.kill(sandbox.id)
-    return elapsed
-
 
 async def creation(manager: SandboxManager, template_id: str, iterations: int) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {"base": [], "template": []}
